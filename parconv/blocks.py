@@ -1,0 +1,162 @@
+"""Balanced half-open blocks and the input rows an output block reads.  Pure integers, no MPI.
+
+Conventions (design.md):
+
+* ``block_range(n, p, i)`` splits ``[0, n)`` into ``p`` contiguous blocks whose sizes differ by at
+  most one; the first ``n % p`` blocks are the larger ones.
+* Along the height (and likewise the width) the *input* rows are owned in blocks aligned with the
+  output blocks: H-block ``d`` owns input rows ``[sh * h_start(d) - ph, sh * h_start(d+1) - ph)``,
+  clipped to the image, the first block from row 0 and the last to ``H_in``.  For every layer
+  with ``sh <= dh (R - 1) + 1`` (every catalogue layer) the rows a block owns are a subset of the
+  rows it reads, so its halo is one-sided.
+* A block of an array that several ranks share is split again into balanced *flat* pieces of its
+  C-order elements (``flat_piece``), and ``flat_range_boxes`` turns such a piece back into
+  rectangular boxes for HDF5 hyperslabs.
+
+Example: 10 output rows on 3 ranks, 3x3 kernel, stride 1, padding 1 (H_in = 10)::
+
+    output blocks  [0,4) [4,7) [7,10)
+    owned rows     [0,3) [3,6) [6,10)
+    needed rows    [0,5) [3,8) [6,10)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ParconvError
+
+
+def block_range(n: int, p: int, i: int) -> tuple[int, int]:
+    """Half-open range of block ``i`` when ``[0, n)`` is split into ``p`` balanced blocks."""
+    if not 0 <= i < p:
+        raise ParconvError(f"block index {i} outside [0, {p})")
+    base, extra = divmod(n, p)
+    start = i * base + min(i, extra)
+    return start, start + base + (1 if i < extra else 0)
+
+
+def block_starts(n: int, p: int) -> np.ndarray:
+    """The ``p + 1`` boundaries of the balanced split of ``[0, n)`` (vectorised block_range)."""
+    base, extra = divmod(n, p)
+    i = np.arange(p + 1, dtype=np.int64)
+    return i * base + np.minimum(i, extra)
+
+
+def block_sizes(n: int, p: int) -> np.ndarray:
+    """Sizes of the ``p`` balanced blocks of ``[0, n)``."""
+    return np.diff(block_starts(n, p))
+
+
+flat_piece = block_range
+"""Half-open flat range of piece ``i`` when a block of ``n`` elements is shared by ``p`` ranks."""
+
+
+def owned_input_starts(n_in: int, n_out: int, stride: int, pad: int, p: int) -> np.ndarray:
+    """Boundaries (``p + 1`` of them) of the input positions owned by each of ``p`` output blocks.
+
+    Block ``d`` owns ``[starts[d], starts[d+1])``: aligned with the first input position its output
+    block reads, clipped to ``[0, n_in)``.  Together they partition ``[0, n_in)``.
+    """
+    out_starts = block_starts(n_out, p)
+    starts = np.clip(stride * out_starts - pad, 0, n_in)
+    starts[0], starts[-1] = 0, n_in
+    return starts
+
+
+def needed_positions(out_range: tuple[int, int], n_in: int, kernel: int, stride: int,
+                     pad: int, dil: int) -> np.ndarray:
+    """Sorted input positions (inside the image) that output positions ``out_range`` read."""
+    lo, hi = out_range
+    idx = stride * np.arange(lo, hi)[:, None] + dil * np.arange(kernel)[None, :] - pad
+    idx = idx[(idx >= 0) & (idx < n_in)]
+    return np.unique(idx)
+
+
+def needed_span(out_range: tuple[int, int], n_in: int, kernel: int, stride: int, pad: int,
+                dil: int) -> tuple[int, int]:
+    """Half-open span ``[first, last + 1)`` of the input positions an output range reads.
+
+    Empty ranges and ranges that read only padding give ``(x, x)``.
+    """
+    lo, hi = out_range
+    if hi <= lo:
+        return (0, 0)
+    first = stride * lo - pad
+    last = stride * (hi - 1) + dil * (kernel - 1) - pad
+    first_in, last_in = max(first, 0), min(last, n_in - 1)
+    if last_in < first_in:
+        return (first_in, first_in)
+    return first_in, last_in + 1
+
+
+def local_padding(out_range: tuple[int, int], span: tuple[int, int], kernel: int, stride: int,
+                  pad: int, dil: int) -> tuple[int, int]:
+    """(before, after) zero padding that makes a local buffer covering ``span`` act as the full
+    padded input for the output positions ``out_range``.
+
+    With this padding, local output ``j`` reads local (padded) position ``stride * j + dil * r``.
+    """
+    lo, hi = out_range
+    before = span[0] - (stride * lo - pad)
+    needed_end = stride * (hi - 1) + dil * (kernel - 1) - pad + 1
+    after = needed_end - span[1]
+    return int(before), int(after)
+
+
+def overlap(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+    """Intersection of two half-open ranges (empty ranges come back as ``(x, x)``)."""
+    lo, hi = max(a[0], b[0]), min(a[1], b[1])
+    return (lo, max(lo, hi))
+
+
+def flat_range_boxes(shape: tuple[int, ...], start: int, stop: int) -> list[tuple[tuple[int, int], ...]]:
+    """Rectangular boxes (tuples of half-open ranges per axis) covering flat range
+    ``[start, stop)`` of a C-order array of ``shape``, in flat order.
+
+    At most ``2 * len(shape) - 1`` boxes.  Example: shape (2, 3), range [2, 5) gives
+    ``[((0, 1), (2, 3)), ((1, 2), (0, 2))]``.
+    """
+    shape = tuple(int(s) for s in shape)
+    total = int(np.prod(shape)) if shape else 1
+    if not 0 <= start <= stop <= total:
+        raise ParconvError(f"flat range [{start}, {stop}) outside [0, {total})")
+    if start == stop:
+        return []
+    if len(shape) == 1:
+        return [((start, stop),)]
+    inner = int(np.prod(shape[1:]))
+    first, last = start // inner, (stop - 1) // inner
+    if first == last:
+        return [((first, first + 1),) + box for box in
+                flat_range_boxes(shape[1:], start - first * inner, stop - first * inner)]
+    boxes = []
+    head_end = first + 1 if start % inner else first
+    if start % inner:
+        boxes += [((first, first + 1),) + box for box in
+                  flat_range_boxes(shape[1:], start % inner, inner)]
+    tail_start = last if stop % inner else last + 1
+    if tail_start > head_end:
+        boxes.append(((head_end, tail_start),) + tuple((0, s) for s in shape[1:]))
+    if stop % inner:
+        boxes += [((last, last + 1),) + box for box in
+                  flat_range_boxes(shape[1:], 0, stop % inner)]
+    return boxes
+
+
+def count_masked(shape: tuple[int, ...], row_mask: np.ndarray, col_mask: np.ndarray,
+                 starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """Number of elements with ``row_mask[h] & col_mask[w]`` in each flat range of a C-order
+    array of ``shape = (..., h, w)``; vectorised over the ranges ``[starts[i], stops[i])``."""
+    plane = np.outer(row_mask, col_mask).ravel()
+    cum = np.concatenate(([0], np.cumsum(plane, dtype=np.int64)))
+    per_plane, plane_total = plane.size, int(cum[-1])
+
+    def upto(x):
+        x = np.asarray(x, dtype=np.int64)
+        if per_plane == 0:
+            return np.zeros_like(x)
+        return (x // per_plane) * plane_total + cum[x % per_plane]
+
+    del shape  # the leading axes only repeat the plane
+    return upto(stops) - upto(starts)
