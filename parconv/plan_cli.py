@@ -1,0 +1,139 @@
+"""``python -m parconv.plan``: print the plan of one layer on P ranks (no MPI needed).
+
+Examples::
+
+    python -m parconv.plan --layer resnet50.layer3.0.conv2 --batch 32 -P 64
+    python -m parconv.plan --batch 8 --in-channels 64 --out-channels 128 --size 56 \\
+        --kernel-size 3 --padding 1 -P 16 --grid 2x2x1x2x2 --json
+    python -m parconv.plan --list-layers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import ParconvError
+from .layers import get_layer, layer_names
+from .spec import spec_for_dtype
+
+
+def parse_pair(text: str, name: str) -> tuple[int, int]:
+    """``"3"`` -> (3, 3); ``"3x5"`` -> (3, 5)."""
+    parts = str(text).lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2:
+        raise ParconvError(f"--{name} must be N or NxM (integers), got {text!r}")
+    return values[0], values[1]
+
+
+def add_layer_arguments(parser: argparse.ArgumentParser) -> None:
+    """The layer flags shared by parconv.plan, parconv.run and parconv.gemmini (design.md)."""
+    g = parser.add_argument_group("layer (a catalogue name, or the shape flags)")
+    g.add_argument("--layer", metavar="NAME",
+                   help="a catalogue layer, e.g. resnet50.layer3.0.conv2 (see --list-layers); "
+                        "shape flags given as well override its fields")
+    g.add_argument("--batch", type=int, metavar="N", help="batch size N (default 1 or the "
+                   "command's default)")
+    g.add_argument("--in-channels", type=int, metavar="C", help="input channels C")
+    g.add_argument("--out-channels", type=int, metavar="K", help="output channels K")
+    g.add_argument("--size", metavar="H[xW]", help="input height and width")
+    g.add_argument("--kernel-size", metavar="R[xS]", help="filter height and width (default 3)")
+    g.add_argument("--stride", metavar="S[xS]", help="stride (default 1)")
+    g.add_argument("--padding", metavar="P[xP]", help="zero padding (default 0)")
+    g.add_argument("--dilation", metavar="D[xD]", help="dilation (default 1)")
+    g.add_argument("--dtype", default="int8", choices=("int8", "float32", "float64"),
+                   help="int8 = int8 inputs and weights with int32 accumulation (default int8)")
+    g.add_argument("--bias", action="store_true", help="the layer adds a bias per output channel")
+    g.add_argument("--list-layers", action="store_true", help="list the catalogue and exit")
+
+
+def spec_from_args(args, default_batch: int = 1, overrides: dict | None = None):
+    """Build the ConvSpec from parsed layer flags (catalogue layer first, flags override).
+
+    ``overrides`` supplies values read elsewhere (e.g. shapes and attributes of an HDF5 file)
+    that flags given explicitly still override."""
+    fields = dict(overrides or {})
+    if args.layer:
+        base = get_layer(args.layer, batch=args.batch or default_batch, dtype=args.dtype)
+        fields = {"batch": base.batch, "in_channels": base.in_channels,
+                  "out_channels": base.out_channels, "in_size": base.in_size,
+                  "kernel_size": base.kernel_size, "stride": base.stride,
+                  "padding": base.padding, "dilation": base.dilation, "name": base.name,
+                  **fields}
+    explicit = {"batch": args.batch, "in_channels": args.in_channels,
+                "out_channels": args.out_channels}
+    fields.update({k: v for k, v in explicit.items() if v is not None})
+    for flag, key in (("size", "in_size"), ("kernel_size", "kernel_size"), ("stride", "stride"),
+                      ("padding", "padding"), ("dilation", "dilation")):
+        value = getattr(args, flag)
+        if value is not None:
+            fields[key] = parse_pair(value, flag.replace("_", "-"))
+    fields.setdefault("batch", default_batch)
+    fields.setdefault("kernel_size", (3, 3))
+    missing = [f"--{k.replace('_', '-')}" for k in ("in_channels", "out_channels", "in_size")
+               if k not in fields]
+    if missing:
+        raise ParconvError(f"give --layer NAME or the layer shape; missing {', '.join(missing)}"
+                           .replace("--in-size", "--size"))
+    fields.setdefault("name", "custom")
+    return spec_for_dtype(args.dtype, bias=args.bias, **fields)
+
+
+def list_layers() -> str:
+    from .layers import CATALOGUE
+    rows = [f"{'name':<34} {'C':>5} {'K':>5} {'in':>5} {'k':>3} {'s':>3} {'p':>3}"]
+    rows += [f"{n:<34} {c:>5} {k:>5} {h:>5} {r:>3} {s:>3} {p:>3}"
+             for n, (c, k, h, r, s, p) in CATALOGUE.items()]
+    return "\n".join(rows) + f"\n{len(layer_names())} layers"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m parconv.plan",
+        description="Choose the processor grid for a convolution layer on P processes, predict "
+                    "every rank's bytes per phase exactly, and compare with the parallel lower "
+                    "bound and the baselines peers use. Pure computation: no MPI is started.",
+        epilog="Example: python -m parconv.plan --layer resnet50.layer3.0.conv2 --batch 32 -P 64")
+    add_layer_arguments(parser)
+    g = parser.add_argument_group("distribution")
+    g.add_argument("-P", "--processes", type=int, default=64, metavar="P",
+                   help="number of MPI processes (default 64)")
+    g.add_argument("--memory", metavar="BYTES", help="memory per process for the footprint "
+                   "check and the memory-dependent bound, e.g. 512MiB (default 1GiB)")
+    g.add_argument("--grid", default="auto", metavar="auto|NxKxCxHxW",
+                   help="force a grid instead of choosing one (default auto)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the plan as JSON (the run report's keys where they apply)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list_layers:
+        print(list_layers())
+        return 0
+    try:
+        from .plan import make_plan
+        spec = spec_from_args(args, default_batch=1)
+        plan = make_plan(spec, args.processes, memory=args.memory, grid=args.grid)
+    except ParconvError as exc:
+        print(f"parconv.plan: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        json.dump(plan.to_dict(), sys.stdout)
+        print()
+    else:
+        print(plan.table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Exact bytes per rank and phase of the grid algorithm, for every rank of a grid at once.  Pure.
+
+The arithmetic follows theory.md section 5 and the counting rule of the engine: bytes are the
+logical point-to-point payload between distinct ranks (self-copies excluded), messages are the
+number of distinct destinations with a non-empty payload.  All arrays are indexed by rank, in the
+row-major order of (N, K, C, H, W) grid coordinates, and broadcast over a 5-D grid so that one call
+predicts every rank of a grid with thousands of ranks.
+
+Phases: ``filter`` and ``bias`` (all-gather over the N-H-W group), ``input`` (all-gather of the
+touched input elements over the K group), ``halo_h`` and ``halo_w`` (halo exchange, height first so
+that corners come along), ``reduce`` (reduce-scatter of partial sums over the C group).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .axis import axis_layout
+from .blocks import block_sizes
+
+PHASES = ("filter", "bias", "input", "halo_h", "halo_w", "reduce")
+#: received bytes of these phases plus the sent bytes of ``reduce`` are the bound-comparable volume
+RECEIVED_BOUND_PHASES = ("filter", "input", "halo_h", "halo_w")
+
+
+def _shape(axis: int, values) -> np.ndarray:
+    """Put a per-block vector on grid axis ``axis`` (0..4) of a 5-D broadcast."""
+    shape = [1] * 5
+    values = np.asarray(values, dtype=np.int64)
+    shape[axis] = values.size
+    return values.reshape(shape)
+
+
+def _piece(total: np.ndarray, parts: int, index: np.ndarray) -> np.ndarray:
+    """Size of balanced flat piece ``index`` of ``total`` elements split ``parts`` ways."""
+    return total // parts + (index < total % parts)
+
+
+def _piece_start(total: np.ndarray, parts: int, index: np.ndarray) -> np.ndarray:
+    return index * (total // parts) + np.minimum(index, total % parts)
+
+
+def _nonzero_others(total: np.ndarray, parts: int, mine: np.ndarray) -> np.ndarray:
+    """How many of the other ``parts - 1`` balanced pieces are non-empty."""
+    nonempty = np.where(total // parts > 0, parts, total % parts)
+    return nonempty - (mine > 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class GridPrediction:
+    """Predicted traffic of one grid: ``phases[name] = {"sent", "received", "messages"}`` (bytes,
+    bytes, count; arrays over the active ranks), the memory footprint per rank (bytes) and the
+    largest owned share of each array (elements: touched input, filter, output)."""
+
+    dims: tuple
+    phases: dict
+    footprint: np.ndarray
+    owned: tuple
+
+    @property
+    def bound_volume(self) -> np.ndarray:
+        vol = sum(self.phases[p]["received"] for p in RECEIVED_BOUND_PHASES)
+        return vol + self.phases["reduce"]["sent"]
+
+    @property
+    def max_volume(self) -> int:
+        return int(self.bound_volume.max())
+
+
+def _touched_prefix(x, hl, wl, d_idx, e_idx, tr, tc, or_, oc):
+    """Touched input elements among the first ``x`` elements (C order) of each input block
+    (rows ``or_`` x columns ``oc`` per plane), without building the planes."""
+    row_prefix, row_mask = hl.own_prefix_touched
+    col_prefix, _ = wl.own_prefix_touched
+    plane = np.maximum(or_ * oc, 1)
+    full, rem = np.divmod(x, plane)
+    i, j = np.divmod(rem, np.maximum(oc, 1))
+    return (full * tr * tc + row_prefix[d_idx, i] * tc
+            + row_mask[d_idx, i] * col_prefix[e_idx, j])
+
+
+def predict_grid(spec, dims: tuple[int, int, int, int, int]) -> GridPrediction:
+    """Predict every active rank's bytes per phase for grid ``dims`` (exact).  Local, pure."""
+    PN, PK, PC, PH, PW = dims
+    R, S = spec.kernel_size
+    hl, wl = axis_layout(spec, 0, PH), axis_layout(spec, 1, PW)
+    nN = _shape(0, block_sizes(spec.batch, PN))
+    nK = _shape(1, block_sizes(spec.out_channels, PK))
+    nC = _shape(2, block_sizes(spec.in_channels, PC))
+    nH, nW = _shape(3, hl.out_sizes), _shape(4, wl.out_sizes)
+    a, b, c, d, e = (_shape(i, np.arange(n)) for i, n in enumerate(dims))
+    full = np.zeros(dims, dtype=np.int64)
+    phases = {}
+
+    # (1) filter block (b, c) all-gathered over the P_N P_H P_W ranks that share it
+    group = PN * PH * PW
+    q = (a * PH + d) * PW + e
+    n_f = nK * nC * R * S + full
+    mine = _piece(n_f, group, q)
+    phases["filter"] = dict(sent=mine * (group - 1) * spec.p_weight,
+                            received=(n_f - mine) * spec.p_weight,
+                            messages=(group - 1) * (mine > 0))
+    n_b = (nK + full) * (c == 0) * spec.bias
+    mine_b = _piece(n_b, group, q)
+    phases["bias"] = dict(sent=mine_b * (group - 1) * spec.p_bias,
+                          received=(n_b - mine_b) * spec.p_bias,
+                          messages=(group - 1) * (mine_b > 0))
+
+    # (2) touched elements of input block (a, c, d, e) all-gathered over the P_K ranks
+    or_, oc = _shape(3, hl.own_sizes), _shape(4, wl.own_sizes)
+    tr, tc = _shape(3, hl.touched_own_counts), _shape(4, wl.touched_own_counts)
+    block = nN * nC * or_ * oc + full
+    start, stop = _piece_start(block, PK, b), _piece_start(block, PK, b + 1)
+    d_idx, e_idx = np.broadcast_to(d, dims), np.broadcast_to(e, dims)
+    args = (hl, wl, d_idx, e_idx, tr, tc, or_, oc)
+    touched_mine = _touched_prefix(stop, *args) - _touched_prefix(start, *args)
+    touched_block = nN * nC * tr * tc + full
+    phases["input"] = dict(sent=touched_mine * (PK - 1) * spec.p_in,
+                           received=(touched_block - touched_mine) * spec.p_in,
+                           messages=(PK - 1) * (touched_mine > 0))
+
+    # (3) halos: rows x touched own columns along H, then all needed rows x columns along W
+    nc_ = nN * nC
+    phases["halo_h"] = dict(
+        sent=nc_ * _shape(3, hl.halo_sent) * tc * spec.p_in + full,
+        received=nc_ * _shape(3, hl.halo_received) * tc * spec.p_in + full,
+        messages=_shape(3, hl.halo_messages) * (tc > 0) + full)
+    needed_rows = _shape(3, hl.needed_counts)
+    phases["halo_w"] = dict(
+        sent=nc_ * needed_rows * _shape(4, wl.halo_sent) * spec.p_in + full,
+        received=nc_ * needed_rows * _shape(4, wl.halo_received) * spec.p_in + full,
+        messages=_shape(4, wl.halo_messages) * (needed_rows > 0) + full)
+
+    # (5) partial sums of output block (a, b, d, e) reduce-scattered over the P_C ranks
+    n_o = nN * nK * nH * nW + full
+    mine_o = _piece(n_o, PC, c)
+    phases["reduce"] = dict(sent=(n_o - mine_o) * spec.p_acc,
+                            received=mine_o * (PC - 1) * spec.p_acc,
+                            messages=_nonzero_others(n_o, PC, mine_o))
+
+    footprint = (spec.p_in * nc_ * _shape(3, hl.buf_sizes) * _shape(4, wl.buf_sizes)
+                 + spec.p_weight * nK * nC * R * S + spec.p_acc * n_o + full)
+    flat = {name: {key: np.ascontiguousarray(v).reshape(-1).astype(np.int64)
+                   for key, v in ph.items()} for name, ph in phases.items()}
+    owned = (int(touched_mine.max()), int(mine.max()), int(mine_o.max()))
+    return GridPrediction(tuple(dims), flat, footprint.reshape(-1), owned)
+
+
+def mean_volume_lower_bound(spec, grids: np.ndarray) -> np.ndarray:
+    """Average bound-comparable volume over the ranks of each grid, ignoring halos.
+
+    The busiest rank moves at least the average, and halos only add, so this is a lower bound on
+    each grid's largest volume: the planner evaluates grids exactly in increasing order of it and
+    stops once it exceeds the best exact volume found.  ``grids`` is an (n, 5) integer array.
+    """
+    g = np.asarray(grids, dtype=np.float64)
+    PN, PK, PC, PH, PW = g.T
+    P = g.prod(axis=1)
+    filt = spec.p_weight * spec.size_filter * (PN * PH * PW - 1) / P
+    inp = spec.p_in * spec.size_input_touched * (PK - 1) / P
+    out = spec.p_acc * spec.size_output * (PC - 1) / P
+    return filt + inp + out
+
+
+def owned_piece_sizes(spec, dims: tuple[int, int, int, int, int]) -> dict[str, np.ndarray]:
+    """Elements each active rank owns at the start (``input`` (all, touched or not), ``filter``,
+    ``bias``) and at the end (``output``), in rank order.  Used for the scatter/gather phases."""
+    PN, PK, PC, PH, PW = dims
+    R, S = spec.kernel_size
+    hl, wl = axis_layout(spec, 0, PH), axis_layout(spec, 1, PW)
+    nN = _shape(0, block_sizes(spec.batch, PN))
+    nK = _shape(1, block_sizes(spec.out_channels, PK))
+    nC = _shape(2, block_sizes(spec.in_channels, PC))
+    a, b, c, d, e = (_shape(i, np.arange(n)) for i, n in enumerate(dims))
+    full = np.zeros(dims, dtype=np.int64)
+    group, q = PN * PH * PW, (a * PH + d) * PW + e
+    sizes = {
+        "input": _piece(nN * nC * _shape(3, hl.own_sizes) * _shape(4, wl.own_sizes) + full, PK, b),
+        "filter": _piece(nK * nC * R * S + full, group, q),
+        "bias": _piece((nK + full) * (c == 0) * spec.bias, group, q),
+        "output": _piece(nN * nK * _shape(3, hl.out_sizes) * _shape(4, wl.out_sizes) + full, PC, c),
+    }
+    return {k: v.reshape(-1).astype(np.int64) for k, v in sizes.items()}
