@@ -86,38 +86,38 @@ class AxisLayout:
         return out
 
     # ---- vectorised per-block counts (arrays of length p) -----------------------------------
-    @property
+    @cached_property
     def out_sizes(self) -> np.ndarray:
         return np.diff(self.out_starts)
 
-    @property
+    @cached_property
     def own_sizes(self) -> np.ndarray:
         return np.diff(self.own_starts)
 
-    @property
+    @cached_property
     def needed_counts(self) -> np.ndarray:
         return np.array([len(n) for n in self.needed], dtype=np.int64)
 
-    @property
+    @cached_property
     def touched_own_counts(self) -> np.ndarray:
         cum = np.concatenate(([0], np.cumsum(self.touched, dtype=np.int64)))
         return cum[self.own_starts[1:]] - cum[self.own_starts[:-1]]
 
-    @property
+    @cached_property
     def buf_sizes(self) -> np.ndarray:
         return np.array([b - a for a, b in (self.buf(d) for d in range(self.p))], dtype=np.int64)
 
-    @property
+    @cached_property
     def halo_received(self) -> np.ndarray:
         """Positions each block receives from others: needed minus what it owns itself."""
         return self.needed_counts - np.diagonal(self.overlap)
 
-    @property
+    @cached_property
     def halo_sent(self) -> np.ndarray:
         """Positions each block sends to all others together."""
         return self.overlap.sum(axis=1) - np.diagonal(self.overlap)
 
-    @property
+    @cached_property
     def halo_messages(self) -> np.ndarray:
         """Number of other blocks each block sends a non-empty halo to."""
         nonzero = self.overlap > 0

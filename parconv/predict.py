@@ -149,19 +149,29 @@ def predict_grid(spec, dims: tuple[int, int, int, int, int]) -> GridPrediction:
 
 
 def mean_volume_lower_bound(spec, grids: np.ndarray) -> np.ndarray:
-    """Average bound-comparable volume over the ranks of each grid, ignoring halos.
+    """Average bound-comparable volume over the ranks of each grid, halos included.
 
-    The busiest rank moves at least the average, and halos only add, so this is a lower bound on
-    each grid's largest volume: the planner evaluates grids exactly in increasing order of it and
-    stops once it exceeds the best exact volume found.  ``grids`` is an (n, 5) integer array.
+    The busiest rank moves at least the average, so this is a lower bound on each grid's largest
+    volume: the planner evaluates grids exactly in increasing order of it and stops once it
+    exceeds the best exact volume found.  Every term is a product of per-axis means because the
+    blocks of different axes are independent.  ``grids`` is an (n, 5) integer array.
     """
-    g = np.asarray(grids, dtype=np.float64)
-    PN, PK, PC, PH, PW = g.T
-    P = g.prod(axis=1)
+    g = np.asarray(grids, dtype=np.int64)
+    PN, PK, PC, PH, PW = (g[:, i].astype(np.float64) for i in range(5))
+    P = PN * PK * PC * PH * PW
     filt = spec.p_weight * spec.size_filter * (PN * PH * PW - 1) / P
     inp = spec.p_in * spec.size_input_touched * (PK - 1) / P
     out = spec.p_acc * spec.size_output * (PC - 1) / P
-    return filt + inp + out
+
+    def per_axis(which, column, attr):
+        values = {p: float(getattr(axis_layout(spec, which, int(p)), attr).mean())
+                  for p in np.unique(g[:, column])}
+        return np.array([values[p] for p in g[:, column]])
+
+    nc = spec.batch / PN * spec.in_channels / PC
+    halo = spec.p_in * nc * (per_axis(0, 3, "halo_received") * per_axis(1, 4, "touched_own_counts")
+                             + per_axis(0, 3, "needed_counts") * per_axis(1, 4, "halo_received"))
+    return filt + inp + out + halo
 
 
 def owned_piece_sizes(spec, dims: tuple[int, int, int, int, int]) -> dict[str, np.ndarray]:

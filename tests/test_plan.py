@@ -88,7 +88,7 @@ def _coverage(plan, array, shape):
     return count
 
 
-def _grids(spec, P, limit=12):
+def _grids(spec, P, limit=6):
     grids = factorizations(P, dimension_caps(spec))
     step = max(1, len(grids) // limit)
     return grids[::step]
@@ -144,9 +144,8 @@ def test_exchanges_deliver_every_needed_input(spec):
                         loc.output_block
 
 
-@pytest.mark.parametrize("name", ["resnet50.conv1", "resnet50.layer1.0.conv2",
-                                  "resnet50.layer2.0.downsample.0", "resnet50.layer4.1.conv2",
-                                  "vgg16.conv1_2", "alexnet.conv2"])
+@pytest.mark.parametrize("name", ["resnet50.conv1", "resnet50.layer2.0.downsample.0",
+                                  "resnet50.layer4.1.conv2", "alexnet.conv2"])
 def test_planner_beats_baselines_and_respects_bound_for_every_P(name):
     spec = get_layer(name, batch=4)
     for P in range(1, 65):
