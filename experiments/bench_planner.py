@@ -38,7 +38,8 @@ def row_for(name: str, batch: int, P: int) -> dict:
     return {"layer": name, "P": P, "grid": str(plan.dims), "active": plan.active,
             "max_volume": plan.max_volume, "B_MI": round(plan.bound.B_MI),
             "B_MD": round(plan.bound.B_MD), "binding": plan.bound.binding,
-            "ratio_to_bound": round(plan.ratio_to_bound, 4), "best_baseline": best or "-",
+            "ratio_to_bound": (round(plan.ratio_to_bound, 4) if plan.ratio_to_bound is not None
+                               else "n/a"), "best_baseline": best or "-",
             "baseline_volume": bases[best]["max_volume"] if best else "",
             "baseline_over_ours": (round(bases[best]["max_volume"] / plan.max_volume, 3)
                                    if best else ""),
@@ -76,11 +77,11 @@ def main() -> int:
         print(f"{r['layer']:<32} {r['P']:>5} {r['grid']:<16} {r['ratio_to_bound']:>6} "
               f"{base:>17} {r['plan_time_s']:>6.3f}s")
     worst = max(rows, key=lambda r: r["plan_time_s"])
-    above = [r for r in rows if r["ratio_to_bound"] > 1.3]
+    ratios = [r["ratio_to_bound"] for r in rows if r["ratio_to_bound"] != "n/a"]
+    above = [r for r in rows if r["ratio_to_bound"] != "n/a" and r["ratio_to_bound"] > 1.3]
     print(f"\nslowest planning: {worst['plan_time_s']:.3f} s ({worst['layer']}, P={worst['P']})")
-    print(f"ratio to bound: min {min(r['ratio_to_bound'] for r in rows):.3f}, "
-          f"max {max(r['ratio_to_bound'] for r in rows):.3f}; {len(above)} of {len(rows)} "
-          f"above 1.3")
+    print(f"ratio to bound: min {min(ratios):.3f}, max {max(ratios):.3f}; {len(above)} of "
+          f"{len(rows)} above 1.3, {len(rows) - len(ratios)} with a zero bound")
     print(f"wrote {stem}.csv and {stem}.md")
     return 0
 

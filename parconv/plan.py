@@ -174,8 +174,9 @@ class Plan:
         return int(self.predicted_bound_volume.max())
 
     @property
-    def ratio_to_bound(self) -> float:
-        return self.max_volume / self.bound.value if self.bound.value > 0 else float("inf")
+    def ratio_to_bound(self) -> float | None:
+        """Largest bound-comparable volume over max(B_MI, B_MD); None when the bound is 0."""
+        return self.max_volume / self.bound.value if self.bound.value > 0 else None
 
     def predict_scatter(self, root: int = 0) -> dict:
         """Bytes of handing every rank its owned input, filter and bias pieces from ``root``."""
@@ -294,11 +295,24 @@ def parse_memory(value) -> int:
     return amount
 
 
+def _max_work(spec: ConvSpec, grids: np.ndarray) -> np.ndarray:
+    """Iterations of the busiest rank of each grid (the product of the largest blocks)."""
+    caps = np.array(dimension_caps(spec), dtype=np.int64)
+    R, S = spec.kernel_size
+    return np.prod(-(-caps // grids), axis=1) * R * S
+
+
 def _candidates(spec: ConvSpec, P: int, max_idle: int) -> np.ndarray:
+    """Grids using all P ranks, plus grids leaving up to ``max_idle`` ranks idle that give their
+    busiest rank no more work than the best full grid does: idling ranks always shrinks the
+    bytes moved, so it may only be chosen when it costs no compute (theory.md section 5)."""
     caps = dimension_caps(spec)
-    grids = [g for used in range(P, max(P - max_idle, 1) - 1, -1)
-             for g in factorizations(used, caps)]
-    return np.array(grids, dtype=np.int64).reshape(-1, 5)
+    full = np.array(factorizations(P, caps), dtype=np.int64).reshape(-1, 5)
+    idle = np.array([g for used in range(P - 1, max(P - max_idle, 1) - 1, -1)
+                     for g in factorizations(used, caps)], dtype=np.int64).reshape(-1, 5)
+    if len(full) and len(idle):
+        idle = idle[_max_work(spec, idle) <= _max_work(spec, full).min()]
+    return np.concatenate([full, idle])
 
 
 def _best_grid(spec, grids: np.ndarray, memory: int):

@@ -38,7 +38,8 @@ def plan_table(plan) -> str:
         "",
         f"lower bound: B_MI = {human_bytes(bound.B_MI)}, B_MD = {human_bytes(bound.B_MD)} "
         f"({bound.binding} binds)",
-        f"ratio to bound: {plan.ratio_to_bound:.3f}",
+        "ratio to bound: " + ("n/a (the bound is 0)" if plan.ratio_to_bound is None
+                              else f"{plan.ratio_to_bound:.3f}"),
         "",
         f"baselines (largest bound-comparable volume of any rank):",
     ]
