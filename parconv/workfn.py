@@ -1,0 +1,360 @@
+"""The two small geometric programs behind the bounds (theory.md sections 2 and 4), solved in log
+variables and certified by Lagrangian duality.  Pure, no MPI.
+
+With u = (log x_I, log x_F, log x_O) and T = log |V|, every inequality of theory.md section 2 is
+linear, ``T <= a_i . u + b_i`` (one row per inequality, see `layer_program`), the caps are
+``u_j <= U_j = log |A_j|`` and the byte budget ``sum_j p_j exp(u_j) <= X`` is convex.
+
+* The work function F(X) maximises T (a convex program).  The primal (SLSQP) gives a feasible
+  point, hence a value that may be slightly LOW; the value returned is the dual value
+  ``min_{lambda, nu} g(lambda, nu)``, which by weak duality is never below the true maximum
+  whatever lambda and nu are, so a bound built on it stays valid even if the optimiser stops early.
+* The busy processor's minimum traffic (the memory-independent bound) minimises
+  ``sum_j p_j exp(u_j)`` under ``a_i . u + b_i >= T0`` and ``log o_j <= u_j <= U_j``; its
+  Lagrangian dual ``h(lambda)`` is C^1 and concave, and every lambda >= 0 gives a value that is
+  never above the true minimum.
+
+Both return the primal point as well, and the gap between primal and dual (a few 1e-12 relative in
+practice) tells how tight the certificate is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from functools import lru_cache
+
+import numpy as np
+from scipy.optimize import minimize
+
+from .spec import ConvSpec
+
+#: relative tolerance on the duality gap before the dual is polished further
+GAP_TOL = 1e-10
+#: safety margin (absolute, in log space) that absorbs floating-point rounding of the dual value
+LOG_PAD = 1e-12
+#: lower limit of the primal log variables (x_j >= exp(-40)); the dual needs no such limit
+_U_FLOOR = -40.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerProgram:
+    """The data of the section-2 inequalities of one layer, in log variables.
+
+    rows (m, 3) and offsets (m,) encode ``T <= rows @ u + offsets``; `families` labels each row
+    ('P', 'H2', 'H1', 'L' or 'G' for |V| <= G_eff); `caps` = log |A_j|; `bytes_per` = p_j.
+    """
+
+    rows: np.ndarray
+    offsets: np.ndarray
+    families: tuple[str, ...]
+    sizes: np.ndarray
+    bytes_per: np.ndarray
+
+    @property
+    def caps(self) -> np.ndarray:
+        return np.log(self.sizes)
+
+    def index(self, family: str) -> np.ndarray:
+        return np.array([f == family for f in self.families])
+
+
+def output_bytes(spec: ConvSpec) -> int:
+    """p_O of the bounds: min(p_acc, p_out).
+
+    A partial sum costs p_acc bytes, but an output completed inside a segment (or on a processor
+    that does not own it) may be moved as its final value at p_out bytes; the smaller of the two
+    keeps the segment and ownership arguments valid when ``dtype_out`` is narrower than the
+    accumulator (e.g. int8 outputs of an int32 accumulator).
+    """
+    return min(spec.p_acc, spec.p_out)
+
+
+def _axis_used_taps(n_in: int, n_out: int, kernel: int, stride: int, pad: int, dil: int) -> int:
+    idx = stride * np.arange(n_out)[:, None] + dil * np.arange(kernel)[None, :] - pad
+    return int(np.count_nonzero(((idx >= 0) & (idx < n_in)).any(axis=0)))
+
+
+def used_filter_size(spec: ConvSpec) -> int:
+    """Filter elements some effective iteration reads: K C (used rows r) (used columns s).
+
+    Equal to |F| for every catalogue layer; smaller when a tap only ever meets padding (a thin
+    local block at the border, a degenerate layer).  Such elements need never be moved, so they
+    count neither in the compulsory traffic nor in the cap on x_F.
+    """
+    taps = [_axis_used_taps(*spec.axis(i)) for i in (0, 1)]
+    return spec.out_channels * spec.in_channels * taps[0] * taps[1]
+
+
+@lru_cache(maxsize=1024)
+def layer_program(spec: ConvSpec) -> LayerProgram:
+    """The rows of (P), (H2), (H1), (L) and |V| <= G_eff of theory.md section 2.  Local.
+
+    Needs G_eff >= 1 (then every array size and loop bound is positive)."""
+    n = spec.batch
+    h, w = spec.out_size
+    r, s = spec.kernel_size
+    c, k, rho = spec.in_channels, spec.out_channels, spec.rho
+    third = 2.0 / 3.0
+    table = [  # (a_I, a_F, a_O, b, family)
+        (0, 1, 1, 0.0, "P"), (1, 0, 1, 0.0, "P"), (1, 1, 0, 0.0, "P"),
+        (third, third, third, 0.0, "H2"),
+        (0.5, 0.5, 0.5, 0.5 * math.log(rho), "H1"),
+        (0, 0, 1, math.log(c * r * s), "L"), (0, 1, 0, math.log(n * h * w), "L"),
+        (1, 0, 0, math.log(k * rho), "L"),
+        (0, 0, 0, math.log(spec.G_eff), "G"),
+    ]
+    rows = np.array([t[:3] for t in table], dtype=float)
+    offsets = np.array([t[3] for t in table])
+    sizes = np.array([spec.size_input_touched, used_filter_size(spec), spec.size_output],
+                     dtype=float)
+    p = np.array([spec.p_in, spec.p_weight, output_bytes(spec)], dtype=float)
+    return LayerProgram(rows, offsets, tuple(t[4] for t in table), sizes, p)
+
+
+def logsumexp(v: np.ndarray) -> float:
+    """log sum exp(v) of a short vector (scipy's version costs far more than the solve needs)."""
+    top = float(np.max(v))
+    return top + math.log(float(np.sum(np.exp(v - top))))
+
+
+def softmax(v: np.ndarray) -> np.ndarray:
+    e = np.exp(v - np.max(v))
+    return e / e.sum()
+
+
+# ---- the work function F(X) -------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class WorkSolution:
+    """F(X) = exp(log_upper) (certified, never below the maximum) and the primal point x."""
+
+    value: float
+    primal_value: float
+    x: tuple[float, float, float]
+    slack: dict  # family -> smallest log slack of its rows at the primal point
+
+
+def _work_dual(prog: LayerProgram, lam: np.ndarray, X: float) -> float:
+    """min over nu > 0 of the Lagrangian dual g(lambda, nu) of the work function, for lambda on
+    the simplex: an upper bound on log F(X).  Exact in nu.
+
+    ``g = lambda.b + nu X + sum_j sup_{u_j <= U_j} (s_j u_j - nu p_j e^{u_j})`` with s = rows^T
+    lambda.  The inner sup sits at ``u_j = min(U_j, log(s_j / (nu p_j)))``; g is convex in nu
+    and stationary where ``X = sum_j min(p_j |A_j|, s_j / nu)``; each choice of capped set gives a
+    candidate nu, every candidate is a valid bound, and the minimum among them is exact.
+    """
+    s = prog.rows.T @ lam
+    base = float(lam @ prog.offsets)
+    caps, p, sizes = prog.caps, prog.bytes_per, prog.sizes
+    best = base + float(s @ caps)  # the limit nu -> 0 (every variable at its cap)
+    for capped in itertools.product((False, True), repeat=3):
+        capped = np.array(capped)
+        free = ~capped & (s > 0)
+        room = X - float(p[capped] @ sizes[capped])
+        if room <= 0 or not free.any():
+            continue
+        nu = float(s[free].sum()) / room
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u = np.minimum(caps, np.log(s / (nu * p)))
+            inner = np.where(s > 0, s * u - nu * p * np.exp(u), 0.0)
+        best = min(best, base + nu * X + float(inner.sum()))
+    return best
+
+
+def _work_primal(prog: LayerProgram, X: float) -> tuple[np.ndarray, float, np.ndarray]:
+    """SLSQP on (T, u); returns a FEASIBLE u, its T, and the inequality multipliers."""
+    caps, logp, log_x = prog.caps, np.log(prog.bytes_per), math.log(X)
+    u0 = np.minimum(caps, np.log(X / (3.0 * prog.bytes_per)))
+    z0 = np.concatenate([[np.min(prog.rows @ u0 + prog.offsets)], u0])
+    m = len(prog.offsets)
+    constraints = [
+        {"type": "ineq", "fun": lambda z: prog.rows @ z[1:] + prog.offsets - z[0],
+         "jac": lambda z: np.hstack([-np.ones((m, 1)), prog.rows])},
+        {"type": "ineq", "fun": lambda z: np.array([log_x - logsumexp(z[1:] + logp)]),
+         "jac": lambda z: np.concatenate([[0.0], -softmax(z[1:] + logp)])[None, :]},
+    ]
+    bounds = [(None, None)] + [(min(_U_FLOOR, cap), cap) for cap in caps]
+    res = minimize(lambda z: -z[0], z0, jac=lambda z: np.eye(4)[0] * -1.0, method="SLSQP",
+                   bounds=bounds, constraints=constraints,
+                   options={"ftol": 1e-12, "maxiter": 100})
+    u = np.minimum(caps, res.x[1:])
+    excess = logsumexp(u + logp) - log_x
+    if excess > 0:  # shifting every u by -excess meets the budget exactly
+        u = u - excess
+    lam = _multipliers(res, m)
+    return u, float(np.min(prog.rows @ u + prog.offsets)), np.clip(lam, 0.0, None)
+
+
+def _multipliers(res, m: int) -> np.ndarray:
+    """The first m inequality multipliers of an SLSQP result (zeros if SciPy gives none); they
+    only seed the dual, whose value is valid for any non-negative lambda."""
+    lam = np.asarray(getattr(res, "multipliers", np.zeros(m)), dtype=float).ravel()[:m]
+    if lam.shape != (m,) or not np.all(np.isfinite(lam)):
+        return np.zeros(m)
+    return np.clip(lam, 0.0, None)
+
+
+def polish_work_dual(prog: LayerProgram, lam0: np.ndarray, X: float) -> tuple[float, np.ndarray]:
+    """Minimise the (convex) dual over the simplex from lam0; every point tried is a valid bound,
+    so the smallest value seen is returned."""
+    seen = [(_work_dual(prog, lam0, X), lam0)]
+
+    def objective(lam):
+        lam = np.clip(lam, 0.0, None)
+        lam = lam / lam.sum() if lam.sum() > 0 else np.full_like(lam, 1.0 / len(lam))
+        value = _work_dual(prog, lam, X)
+        seen.append((value, lam))
+        return value
+
+    m = len(lam0)
+    minimize(objective, lam0, method="SLSQP", bounds=[(0.0, 1.0)] * m,
+             constraints=[{"type": "eq", "fun": lambda lam: lam.sum() - 1.0}],
+             options={"ftol": 1e-15, "maxiter": 200})
+    return min(seen, key=lambda t: t[0])
+
+
+def _closed_form_duals(prog: LayerProgram) -> list[np.ndarray]:
+    """The dual points whose values are the closed forms (H1, H2 alone) and |V| <= G_eff."""
+    return [prog.index(f).astype(float) for f in ("H1", "H2", "G")]
+
+
+@lru_cache(maxsize=8192)
+def solve_work(spec: ConvSpec, X: float) -> WorkSolution:
+    """F(X) of theory.md section 2 with its primal point.  Local.
+
+    When every array fits in X bytes the maximum is G_eff exactly (the whole iteration space
+    satisfies every inequality).  Otherwise the certified value is the smallest of the dual values
+    at the SLSQP multipliers and at the closed-form dual points, polished when the gap to the
+    primal exceeds `GAP_TOL`.
+    """
+    if spec.G_eff == 0:  # every iteration reads padding: there is no work and no data
+        return WorkSolution(0.0, 0.0, (0.0, 0.0, 0.0), {})
+    prog = layer_program(spec)
+    if float(prog.bytes_per @ prog.sizes) <= X:
+        x = tuple(float(v) for v in prog.sizes)
+        slack = _slacks(prog, prog.caps, math.log(spec.G_eff))
+        return WorkSolution(float(spec.G_eff), float(spec.G_eff), x, slack)
+    u, t_primal, lam = _work_primal(prog, X)
+    candidates = _closed_form_duals(prog)
+    if lam.sum() > 0:
+        candidates.append(lam / lam.sum())
+    best, best_lam = min(((_work_dual(prog, c, X), c) for c in candidates), key=lambda t: t[0])
+    if best - t_primal > GAP_TOL * max(1.0, abs(t_primal)):
+        best, best_lam = polish_work_dual(prog, best_lam, X)
+    log_upper = min(best, math.log(spec.G_eff)) + LOG_PAD
+    return WorkSolution(math.exp(log_upper), math.exp(t_primal),
+                        tuple(float(v) for v in np.exp(u)), _slacks(prog, u, t_primal))
+
+
+def _slacks(prog: LayerProgram, u: np.ndarray, t: float) -> dict:
+    values = prog.rows @ u + prog.offsets - t
+    return {f: float(values[prog.index(f)].min()) for f in sorted(set(prog.families))}
+
+
+# ---- the busy processor's minimum traffic (memory-independent bound) ----------------------------
+@dataclasses.dataclass(frozen=True)
+class TrafficSolution:
+    """min sum_j p_j x_j: `value` certified (never above the minimum), `primal_value` attained at
+    the feasible point `x`."""
+
+    value: float
+    primal_value: float
+    x: tuple[float, float, float]
+
+
+def _traffic_dual(prog, lam, rhs, lower, upper) -> tuple[float, np.ndarray]:
+    """h(lambda) and its gradient: a lower bound on min sum p_j x_j for any lambda >= 0.
+
+    ``h = lambda . rhs + sum_j min_{lower_j <= u_j <= upper_j} (p_j e^{u_j} - s_j u_j)`` with
+    s = rows^T lambda and rhs_i = T0 - b_i; the inner minimiser is ``clip(log(s_j/p_j))``.
+    """
+    s = prog.rows.T @ lam
+    p = prog.bytes_per
+    with np.errstate(divide="ignore"):
+        u = np.clip(np.log(s / p), lower, upper)
+    value = float(lam @ rhs + np.sum(p * np.exp(u) - s * u))
+    return value, rhs - prog.rows @ u
+
+
+def _traffic_primal(prog, rhs, lower, upper) -> tuple[np.ndarray, np.ndarray]:
+    """SLSQP on u minimising log sum p e^u; returns u and the row multipliers, rescaled to the
+    objective sum p e^u.
+
+    The start balances bytes (p_j x_j equal, the AM-GM optimum of the H1 row) and is raised to
+    feasibility, which is usually close to the optimum.
+    """
+    rows, logp = prog.rows, np.log(prog.bytes_per)
+    h1 = prog.families.index("H1")
+    level = (2.0 * rhs[h1] + logp.sum()) / 3.0  # log of the equal byte share
+    start = _make_feasible(rows, rhs, np.clip(level - logp, lower, upper), upper)
+    constraints = [{"type": "ineq", "fun": lambda u: rows @ u - rhs, "jac": lambda u: rows}]
+    res = minimize(lambda u: logsumexp(u + logp), start,
+                   jac=lambda u: softmax(u + logp), method="SLSQP",
+                   bounds=list(zip(lower, upper)), constraints=constraints,
+                   options={"ftol": 1e-12, "maxiter": 100})
+    u = np.clip(res.x, lower, upper)
+    return u, _multipliers(res, len(rhs)) * math.exp(logsumexp(u + logp))
+
+
+def traffic_program(spec: ConvSpec, work: int, owned: tuple[int, int, int]):
+    """(program without the G_eff row, rhs_i = log(work) - b_i, lower = log o_j, upper = log |A_j|)
+    of the busy processor's problem; needs work >= 1 and G_eff >= 1.  Local."""
+    prog = layer_program(spec)
+    keep = ~prog.index("G")  # |V| <= G_eff holds for every work <= G_eff
+    sub = dataclasses.replace(prog, rows=prog.rows[keep], offsets=prog.offsets[keep],
+                              families=tuple(f for f, k in zip(prog.families, keep) if k))
+    rhs = math.log(work) - sub.offsets
+    lower = np.log(np.clip(np.asarray(owned, float), 1.0, prog.sizes))
+    return sub, rhs, lower, prog.caps
+
+
+@lru_cache(maxsize=8192)
+def solve_traffic(spec: ConvSpec, work: int, owned: tuple[int, int, int]) -> TrafficSolution:
+    """min p_I x_I + p_F x_F + p_O x_O over the section-2 inequalities at |V| = work and
+    owned_j <= x_j <= |A_j| (theory.md section 4).  Local.
+
+    The primal point is made feasible by raising it (every inequality is monotone in x) up to the
+    caps; the certified value is the dual at the SLSQP multipliers, or after an L-BFGS-B polish of
+    the concave dual when the gap to the primal exceeds `GAP_TOL`.
+    """
+    if work <= 0 or spec.G_eff == 0:
+        return TrafficSolution(0.0, 0.0, (0.0, 0.0, 0.0))
+    prog, rhs, lower, upper = traffic_program(spec, work, owned)
+    u, lam = _traffic_primal(prog, rhs, lower, upper)
+    u = _make_feasible(prog.rows, rhs, u, upper)
+    primal = float(prog.bytes_per @ np.exp(u))
+    best = _traffic_dual(prog, lam, rhs, lower, upper)[0]
+    if primal - best > GAP_TOL * primal:
+        best = max(best, polish_traffic_dual(prog, lam, rhs, lower, upper))
+    certified = best * math.exp(-LOG_PAD) - LOG_PAD
+    return TrafficSolution(min(certified, primal), primal, tuple(float(v) for v in np.exp(u)))
+
+
+def _make_feasible(rows, rhs, u, upper) -> np.ndarray:
+    """Raise u uniformly (not past the caps) until every row holds; the caps themselves are
+    feasible, so this ends.  Overshooting twice the shortfall makes rows whose free coefficients
+    sum to at least 1/2 hold in one step (a solver's point is off by ~1e-12 at most)."""
+    for _ in range(60):
+        short = float(np.max(rhs - rows @ u))
+        if short <= 0:
+            return u
+        u = np.minimum(upper, u + max(2.0 * short, 1e-12))
+    return upper.copy()
+
+
+def polish_traffic_dual(prog, lam0, rhs, lower, upper) -> float:
+    """Maximise h over lambda >= 0 with L-BFGS-B (h is C^1 and concave); scaled so that the
+    variables are O(1).  Returns the largest value seen (each is a valid lower bound)."""
+    scale = max(float(lam0.max()), 1.0)
+    seen = [_traffic_dual(prog, lam0, rhs, lower, upper)[0]]
+
+    def negative(mu):
+        value, grad = _traffic_dual(prog, mu * scale, rhs, lower, upper)
+        seen.append(value)
+        return -value / scale, -grad
+
+    minimize(negative, lam0 / scale, jac=True, method="L-BFGS-B",
+             bounds=[(0.0, None)] * len(lam0), options={"ftol": 1e-15, "gtol": 1e-12,
+                                                        "maxiter": 500})
+    return max(seen)
