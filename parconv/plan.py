@@ -83,6 +83,10 @@ class RankLocal:
         return self.input_pieces[self.coords[1]]
 
     @property
+    def filter_piece(self) -> tuple[int, int]:
+        return self.filter_pieces[self._filter_index]
+
+    @property
     def output_piece(self) -> tuple[int, int]:
         return self.output_pieces[self.coords[2]]
 
@@ -93,7 +97,7 @@ class RankLocal:
 
     def filter_piece_boxes(self) -> list[tuple]:
         """Global (K, C, R, S) boxes of the filter elements this rank owns at the start."""
-        return _offset(flat_range_boxes(self.filter_block, *self.filter_pieces[self._filter_index]),
+        return _offset(flat_range_boxes(self.filter_block, *self.filter_piece),
                        (self.k[0], self.c[0], 0, 0))
 
     def bias_piece_range(self) -> tuple[int, int] | None:
@@ -192,18 +196,16 @@ class Plan:
                                 {"output": self.spec.p_out}, outward=False)
 
     def _root_phase(self, root, sizes, weights, outward):
+        """Root-to-all (``outward``) or all-to-root traffic: one message per peer and phase."""
+        per_peer = sum(self._pad(elems) * weights[name] for name, elems in sizes.items())
+        per_peer[root] = 0
         sent, received, messages = (np.zeros(self.ranks, dtype=np.int64) for _ in range(3))
-        for name, elems in sizes.items():
-            nbytes = self._pad(elems) * weights[name]
-            nbytes[root] = 0
-            if outward:
-                sent[root] += nbytes.sum()
-                received += nbytes
-                messages[root] += np.count_nonzero(nbytes)
-            else:
-                received[root] += nbytes.sum()
-                sent += nbytes
-                messages += nbytes > 0
+        if outward:
+            sent[root], received[:] = per_peer.sum(), per_peer
+            messages[root] = np.count_nonzero(per_peer)
+        else:
+            received[root], sent[:] = per_peer.sum(), per_peer
+            messages[:] = per_peer > 0
         return {"sent": sent, "received": received, "messages": messages}
 
     # ---- presentation -----------------------------------------------------------------------
@@ -305,13 +307,18 @@ def _max_work(spec: ConvSpec, grids: np.ndarray) -> np.ndarray:
 def _candidates(spec: ConvSpec, P: int, max_idle: int) -> np.ndarray:
     """Grids using all P ranks, plus grids leaving up to ``max_idle`` ranks idle that give their
     busiest rank no more work than the best full grid does: idling ranks always shrinks the
-    bytes moved, so it may only be chosen when it costs no compute (theory.md section 5)."""
+    bytes moved, so it may only be chosen when it costs no compute (theory.md section 5).
+    A layer too small for P ranks runs on the largest number of ranks its dimensions allow."""
     caps = dimension_caps(spec)
     full = np.array(factorizations(P, caps), dtype=np.int64).reshape(-1, 5)
     idle = np.array([g for used in range(P - 1, max(P - max_idle, 1) - 1, -1)
                      for g in factorizations(used, caps)], dtype=np.int64).reshape(-1, 5)
     if len(full) and len(idle):
         idle = idle[_max_work(spec, idle) <= _max_work(spec, full).min()]
+    used = min(P, int(np.prod(caps)))
+    while not len(full) and not len(idle):
+        idle = np.array(factorizations(used, caps), dtype=np.int64).reshape(-1, 5)
+        used -= 1
     return np.concatenate([full, idle])
 
 

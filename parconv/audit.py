@@ -1,0 +1,189 @@
+"""Holding a distributed run to account: counted bytes against the plan, the measured volume
+against the lower bound, the output against a serial reference; and the run report.
+
+Used by parconv.conv after the exchanges.  Everything here that communicates moves only metadata
+(counters, times, per-rank kernel statistics, a verdict) on the grid's duplicated communicator,
+plus the "check" gather of the owned input pieces when the data was not on the root.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import exchange
+from .errors import ParconvRuntimeError
+from .plan import PHASES
+
+#: phases the engine counts, in report order: the algorithm, then the data distribution
+COUNTED = PHASES + ("scatter", "gather", "check")
+COUNT_KEYS = ("sent", "received", "messages")
+#: relative tolerance per float type, scaled by sqrt(C R S) and the largest |reference| value
+FLOAT_RTOL = {"float16": 1e-2, "float32": 1e-5, "float64": 1e-12}
+#: the measured volume may undercut the (numerically solved) bound by this relative amount only
+BOUND_SLACK = 1e-9
+
+
+def gather_counts(grid) -> dict[str, np.ndarray]:
+    """Every rank's counters: ``{phase: int64 array (P, 3)}`` over (sent, received, messages).
+
+    Collective over ``grid.world``; every rank gets the whole table.
+    """
+    table = grid.counters.counters()
+    mine = np.array([[table.get(phase, {}).get(key, 0) for key in COUNT_KEYS]
+                     for phase in COUNTED], dtype=np.int64)
+    everyone = np.empty((grid.world.size, *mine.shape), dtype=np.int64)
+    grid.world.comm.Allgather(mine, everyone)  # meta: counters, not data
+    return {phase: everyone[:, i, :] for i, phase in enumerate(COUNTED)}
+
+
+def measured_bound_volume(counts: dict) -> np.ndarray:
+    """Per rank: received bytes of filter, input and halos plus sent partial-sum bytes."""
+    received = sum(counts[p][:, 1] for p in ("filter", "input", "halo_h", "halo_w"))
+    return received + counts["reduce"][:, 0]
+
+
+def predictions(plan, performed, root: int) -> dict:
+    """``{phase: {key: array (P,)}}`` the counters must equal, for the phases that ran."""
+    out = {phase: plan.predicted[phase] for phase in PHASES}
+    if "scatter" in performed:
+        out["scatter"] = plan.predict_scatter(root)
+    if "gather" in performed:
+        out["gather"] = plan.predict_gather(root)
+    return out
+
+
+def verify_counts(plan, counts: dict, performed, root: int) -> None:
+    """Raise ParconvRuntimeError (on every rank alike: ``counts`` is global) when any rank's
+    counted bytes or messages differ from the plan's prediction in any phase.  Local."""
+    wrong = []
+    for phase, predicted in predictions(plan, performed, root).items():
+        for column, key in enumerate(COUNT_KEYS):
+            expected = np.asarray(predicted[key], dtype=np.int64)
+            measured = counts[phase][:, column]
+            for rank in np.flatnonzero(expected != measured):
+                wrong.append(f"rank {rank} phase {phase} {key}: predicted {expected[rank]}, "
+                             f"measured {measured[rank]}")
+    if wrong:
+        more = f" (and {len(wrong) - 5} more)" if len(wrong) > 5 else ""
+        raise ParconvRuntimeError("counted traffic differs from the plan: "
+                                  + "; ".join(wrong[:5]) + more)
+
+
+def verify_bound(plan, counts: dict) -> None:
+    """Raise ParconvRuntimeError when the busiest rank's measured volume is below the lower bound
+    (a bug in the bound, the plan or the counters).  Local."""
+    volume = int(measured_bound_volume(counts).max())
+    value = float(plan.bound.value)
+    if volume < value * (1 - BOUND_SLACK) - BOUND_SLACK:
+        raise ParconvRuntimeError(
+            f"measured volume {volume} B of the busiest rank is BELOW the lower bound "
+            f"{value:.6g} B ({plan.bound.binding}): the bound, the plan or the counters are wrong")
+
+
+def _sum_numeric(values: list):
+    """Sum the numeric leaves of equally shaped dicts; other leaves are dropped."""
+    dicts = [v for v in values if isinstance(v, dict)]
+    if dicts:
+        keys = dict.fromkeys(k for d in dicts for k in d)
+        out = {k: _sum_numeric([d[k] for d in dicts if k in d]) for k in keys}
+        return {k: v for k, v in out.items() if v is not None and v != {}}
+    numbers = [v for v in values if isinstance(v, (int, float, np.integer, np.floating))
+               and not isinstance(v, (bool, np.bool_))]
+    return sum(numbers) if numbers and len(numbers) == len(values) else None
+
+
+def node_section(grid, stats) -> dict:
+    """Kernel name, every rank's stats (None where idle) and their numeric totals.  Collective
+    over ``grid.world``."""
+    per_rank = grid.world.comm.allgather(stats)  # meta: small dicts
+    active = [s for s in per_rank if s is not None]
+    names = sorted({str(s.get("kernel")) for s in active})
+    return {"kernel": names[0] if len(names) == 1 else names, "per_rank": per_rank,
+            "totals": _sum_numeric(active) if active else {}}
+
+
+def slowest_times(grid, seconds: dict) -> dict:
+    """The largest time of every phase over the ranks.  Collective over ``grid.world``."""
+    from mpi4py import MPI
+    names = list(seconds)
+    local = np.array([seconds[n] for n in names], dtype=np.float64)
+    out = np.empty_like(local)
+    grid.world.comm.Allreduce(local, out, op=MPI.MAX)  # meta: timings
+    return {n: float(t) for n, t in zip(names, out)}
+
+
+def build_report(grid, plan, counts, performed, stats, seconds, check=None) -> dict:
+    """The run report (design.md "Report (JSON)"), the same dict on every rank.  Collective over
+    ``grid.world``.  ``bytes.sent`` / ``received`` sum the algorithm's phases (parconv.plan.PHASES);
+    the distribution phases that ran (scatter, gather, check) are listed in ``per_phase`` only."""
+    volume = measured_bound_volume(counts)
+    shown = [p for p in COUNTED if p in PHASES or p in performed]
+    per_phase = {p: {key: counts[p][:, i].tolist() for i, key in enumerate(COUNT_KEYS)}
+                 for p in shown}
+    value = float(plan.bound.value)
+    report = {
+        "spec": plan.spec.to_dict(), "ranks": plan.ranks, "active_ranks": plan.active,
+        "grid": plan.dims.as_dict(), "grid_forced": plan.forced, "memory": plan.memory,
+        "bytes": {
+            "sent": sum(counts[p][:, 0] for p in PHASES).tolist(),
+            "received": sum(counts[p][:, 1] for p in PHASES).tolist(),
+            "bound_volume": volume.tolist(),
+            "predicted_bound_volume": np.asarray(plan.predicted_bound_volume).tolist(),
+            "per_phase": per_phase,
+            "totals_over": list(PHASES),
+        },
+        "bound": plan.bound.to_dict(),
+        "ratio_to_bound": float(volume.max()) / value if value > 0 else None,
+        "predicted_ratio_to_bound": (float(plan.max_volume) / value if value > 0 else None),
+        "baselines": plan.baselines,
+        "node": node_section(grid, stats),
+        "time_s": slowest_times(grid, seconds),
+    }
+    if check is not None:
+        report["check"] = check
+    return report
+
+
+def tolerance(spec, reference: np.ndarray) -> float:
+    """Largest accepted |distributed - reference|: 0 for integers; for floats
+    ``FLOAT_RTOL[type] * sqrt(C R S) * max(|reference|)`` (the summation order differs: the
+    channel sum is split over P_C ranks; rounding grows like sqrt of the number of terms)."""
+    if np.issubdtype(np.dtype(spec.dtype_out), np.integer):
+        return 0.0
+    terms = spec.in_channels * spec.kernel_size[0] * spec.kernel_size[1]
+    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
+    rtol = FLOAT_RTOL.get(spec.dtype_out, 1e-5)
+    return rtol * math.sqrt(terms) * max(scale, np.finfo(spec.dtype_out).tiny)
+
+
+def reference_output(spec, x, w, bias) -> np.ndarray:
+    """The serial reference: the numpy node kernel on the whole layer, plus bias, cast to
+    dtype_out.  Local."""
+    from .kernels import get_kernel
+    y, _ = get_kernel("numpy").run(spec.replace(bias=False), x, w)
+    if bias is not None:
+        y = np.add(y, np.asarray(bias).reshape(1, -1, 1, 1), dtype=spec.dtype_acc)
+    return y.astype(spec.dtype_out)
+
+
+def compare_with_reference(grid, plan, globals_, pieces, output, root: int,
+                           from_blocks: bool) -> dict:
+    """``{"max_abs_err", "tolerance", "ok"}`` of the gathered output against the serial
+    reference, agreed on every rank.  Collective over ``grid.world``.  ``globals_`` is (x, w,
+    bias) on the root; when the data came as per-rank ``pieces`` (``from_blocks``, the same on
+    every rank) they are first gathered on the root (counted phase "check")."""
+    spec = plan.spec
+    if from_blocks:
+        globals_ = exchange.gather_owned(grid, pieces, root)
+    verdict = None
+    if grid.world.rank == root:
+        x, w, bias = globals_
+        ref = reference_output(spec, x, w, bias)
+        wide = np.int64 if np.issubdtype(ref.dtype, np.integer) else np.float64
+        diff = np.abs(output.astype(wide) - ref.astype(wide))
+        err = diff.max().item() if diff.size else 0
+        tol = tolerance(spec, ref)
+        verdict = {"max_abs_err": err, "tolerance": tol, "ok": bool(err <= tol)}
+    return grid.world.comm.bcast(verdict, root=root)  # meta: the verdict

@@ -1,0 +1,336 @@
+"""Counted MPI calls and the processor grid: the only place parconv makes communicators.
+
+Every byte of data the engine moves goes through a `CountedComm`, which records per phase the
+bytes sent, the bytes received and the distinct destinations, following the counting rule of the
+plan (plan_api.md): bytes are the LOGICAL point-to-point payload between distinct ranks (a rank's
+copy to itself is not traffic), computed from the numpy buffers and counts actually handed to MPI
+(``count * itemsize``), never from the plan.
+
+* Allgatherv: a member with a non-empty piece "sends" it once to each other member;
+  it receives the other members' pieces.
+* Alltoallv: sent = sum of sendcounts to others, received = sum of recvcounts from others.
+* Scatterv / Gatherv: the root sends (receives) each other rank's count; that rank receives
+  (sends) it.
+* Point-to-point exchange: the message sizes.
+
+``messages`` is the number of DISTINCT destination ranks (ranks of the communicator the
+`ProcGrid` duplicated) that got a non-empty payload in the phase, so several calls to the same
+peer within one phase count once.
+
+`ProcGrid` duplicates the communicator it is given, builds the Cartesian communicator of the
+plan's grid (``reorder=False``, so grid rank = rank) and the five sub-communicators of the grid
+algorithm, all counted into one `ByteCounters` table.  Idle ranks (``rank >= plan.active``) hold
+only the duplicate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from mpi4py import MPI
+
+from .errors import ParconvRuntimeError, agree
+
+#: remain_dims of Cart.Sub over the grid axes (N, K, C, H, W) for each group of the algorithm
+GROUP_AXES = {
+    "filter": (True, False, False, True, True),   # ranks sharing one filter block (b, c)
+    "k": (False, True, False, False, False),      # ranks sharing one input block (a, c, d, e)
+    "c": (False, False, True, False, False),      # ranks summing one output block (a, b, d, e)
+    "h": (False, False, False, True, False),      # halo neighbours along the height
+    "w": (False, False, False, False, True),      # halo neighbours along the width
+}
+
+
+class ByteCounters:
+    """Per-phase table of bytes sent, bytes received and distinct destinations.  Local.
+
+    Shared by all the `CountedComm` objects of one `ProcGrid`; destinations are recorded as ranks
+    of the grid's duplicated communicator so that they are comparable across sub-communicators.
+    """
+
+    def __init__(self) -> None:
+        self._sent: dict[str, int] = {}
+        self._received: dict[str, int] = {}
+        self._destinations: dict[str, set] = {}
+
+    def record(self, phase: str, sent: int, received: int, destinations) -> None:
+        """Add one call's payload to ``phase``; ``destinations``: ranks with a non-empty payload."""
+        self._sent[phase] = self._sent.get(phase, 0) + int(sent)
+        self._received[phase] = self._received.get(phase, 0) + int(received)
+        self._destinations.setdefault(phase, set()).update(int(r) for r in destinations)
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """``{phase: {"sent": bytes, "received": bytes, "messages": distinct destinations}}``."""
+        return {phase: {"sent": self._sent[phase], "received": self._received[phase],
+                        "messages": len(self._destinations[phase])} for phase in self._sent}
+
+    def get(self, phase: str) -> dict[str, int]:
+        """The counts of one phase, zeros when nothing was recorded in it."""
+        return self.counters().get(phase, {"sent": 0, "received": 0, "messages": 0})
+
+
+def _displacements(counts: np.ndarray) -> np.ndarray:
+    return np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+
+
+def _as_counts(counts, size: int, what: str) -> np.ndarray:
+    counts = np.asarray(counts, dtype=np.int64).reshape(-1)
+    if counts.size != size or (counts < 0).any():
+        raise ParconvRuntimeError(f"{what} must be {size} non-negative counts, got {counts}")
+    return counts
+
+
+def _flat(buffer: np.ndarray, what: str) -> np.ndarray:
+    if not isinstance(buffer, np.ndarray) or not buffer.flags.c_contiguous:
+        raise ParconvRuntimeError(f"{what} must be a C-contiguous numpy array")
+    return buffer.reshape(-1)
+
+
+class CountedComm:
+    """An mpi4py communicator whose data calls are counted per phase.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Comm
+        The communicator to wrap (not freed by this object: its `ProcGrid` owns it).
+    counters : ByteCounters
+        The table to record into.
+    parent_ranks : sequence of int
+        For each rank of ``comm``, its rank in the grid's duplicated communicator (how
+        destinations are named in the table).
+
+    All data calls take numpy buffers; counts are in ELEMENTS of the buffers' dtype.  Every call
+    is collective over ``comm`` (or, for `exchange`, over the ranks named in it).
+    """
+
+    def __init__(self, comm, counters: ByteCounters, parent_ranks) -> None:
+        self.comm = comm
+        self.counters = counters
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self.parent_ranks = np.asarray(parent_ranks, dtype=np.int64)
+
+    def _others(self, nonzero: np.ndarray) -> np.ndarray:
+        mask = np.asarray(nonzero, dtype=bool).copy()
+        mask[self.rank] = False
+        return self.parent_ranks[mask]
+
+    def Barrier(self, phase: str | None = None) -> None:
+        """Synchronise.  Collective over this communicator.  Moves no payload, so nothing is
+        counted (``phase`` is accepted for a uniform call style)."""
+        self.comm.Barrier()
+
+    def Allgatherv(self, sendbuf: np.ndarray, recvbuf: np.ndarray, counts, phase: str) -> None:
+        """Every member contributes ``counts[i]`` elements; ``recvbuf`` gets them in rank order.
+
+        Collective over this communicator.  Example (3 ranks, counts [2, 1, 0]): rank 0 holds
+        [a, b], rank 1 [c], rank 2 []; afterwards every rank's recvbuf is [a, b, c].  Counted:
+        rank 0 sent 2 * 2 elements to 2 destinations, received 1; rank 2 sent nothing.
+        """
+        counts = _as_counts(counts, self.size, "Allgatherv counts")
+        send, recv = _flat(sendbuf, "Allgatherv sendbuf"), _flat(recvbuf, "Allgatherv recvbuf")
+        if send.size != counts[self.rank] or recv.size != counts.sum():
+            raise ParconvRuntimeError(
+                f"Allgatherv in phase {phase!r}: send {send.size} / receive {recv.size} elements "
+                f"do not match counts {counts.tolist()} at member {self.rank}")
+        self.comm.Allgatherv(send, [recv, (counts, _displacements(counts))])
+        item, mine = recv.itemsize, int(counts[self.rank])
+        dest = self._others(np.full(self.size, mine > 0))
+        self.counters.record(phase, mine * item * (self.size - 1),
+                             (int(counts.sum()) - mine) * item, dest)
+
+    def Alltoallv(self, sendbuf: np.ndarray, sendcounts, recvbuf: np.ndarray, recvcounts,
+                  phase: str) -> None:
+        """Member i sends ``sendcounts[j]`` consecutive elements to member j.
+
+        Collective over this communicator.  Example (2 ranks): rank 0 sends [a | b] with counts
+        [1, 1], rank 1 sends [c, d | e] with counts [2, 1]; afterwards rank 0 holds [a | c, d]
+        and rank 1 [b | e].  Counted: rank 0 sent 1 element and received 2.
+        """
+        sendcounts = _as_counts(sendcounts, self.size, "Alltoallv sendcounts")
+        recvcounts = _as_counts(recvcounts, self.size, "Alltoallv recvcounts")
+        send, recv = _flat(sendbuf, "Alltoallv sendbuf"), _flat(recvbuf, "Alltoallv recvbuf")
+        if send.size != sendcounts.sum() or recv.size != recvcounts.sum():
+            raise ParconvRuntimeError(f"Alltoallv in phase {phase!r}: buffer sizes do not match "
+                                      f"the counts at member {self.rank}")
+        self.comm.Alltoallv([send, (sendcounts, _displacements(sendcounts))],
+                            [recv, (recvcounts, _displacements(recvcounts))])
+        me = self.rank
+        self.counters.record(phase, (sendcounts.sum() - sendcounts[me]) * send.itemsize,
+                             (recvcounts.sum() - recvcounts[me]) * recv.itemsize,
+                             self._others(sendcounts > 0))
+
+    def Scatterv(self, sendbuf, counts, recvbuf: np.ndarray, root: int, phase: str) -> None:
+        """The root sends ``counts[i]`` consecutive elements of ``sendbuf`` to member i.
+
+        Collective over this communicator; ``sendbuf`` and ``counts`` matter on the root only.
+        Example (root 0, counts [1, 2]): rank 0 has [a | b, c]; afterwards rank 0's recvbuf is [a],
+        rank 1's [b, c].  Counted: the root sent 2 elements to 1 destination; rank 1 received 2.
+        """
+        recv = _flat(recvbuf, "Scatterv recvbuf")
+        if self.rank == root:
+            counts = _as_counts(counts, self.size, "Scatterv counts")
+            send = _flat(sendbuf, "Scatterv sendbuf")
+            if send.size != counts.sum() or recv.size != counts[root]:
+                raise ParconvRuntimeError(f"Scatterv in phase {phase!r}: buffer sizes do not "
+                                          f"match the counts at the root")
+            self.comm.Scatterv([send, (counts, _displacements(counts))], recv, root=root)
+            self.counters.record(phase, (counts.sum() - counts[root]) * send.itemsize, 0,
+                                 self._others(counts > 0))
+        else:
+            self.comm.Scatterv(None, recv, root=root)
+            self.counters.record(phase, 0, recv.size * recv.itemsize, ())
+
+    def Gatherv(self, sendbuf: np.ndarray, recvbuf, counts, root: int, phase: str) -> None:
+        """Member i sends its ``counts[i]`` elements to the root, which stores them in rank order.
+
+        Collective over this communicator; ``recvbuf`` and ``counts`` matter on the root only.
+        Example (root 0): rank 0 sends [a], rank 1 [b, c]; afterwards the root's recvbuf is
+        [a, b, c].  Counted: rank 1 sent 2 elements to 1 destination; the root received 2.
+        """
+        send = _flat(sendbuf, "Gatherv sendbuf")
+        if self.rank == root:
+            counts = _as_counts(counts, self.size, "Gatherv counts")
+            recv = _flat(recvbuf, "Gatherv recvbuf")
+            if recv.size != counts.sum() or send.size != counts[root]:
+                raise ParconvRuntimeError(f"Gatherv in phase {phase!r}: buffer sizes do not "
+                                          f"match the counts at the root")
+            self.comm.Gatherv(send, [recv, (counts, _displacements(counts))], root=root)
+            self.counters.record(phase, 0, (counts.sum() - counts[root]) * recv.itemsize, ())
+        else:
+            self.comm.Gatherv(send, None, root=root)
+            dest = [self.parent_ranks[root]] if send.size else ()
+            self.counters.record(phase, send.size * send.itemsize, 0, dest)
+
+    def exchange(self, sends: dict, recvs: dict, phase: str, tag: int = 0) -> None:
+        """Point-to-point exchange: send ``sends[peer]`` to each peer, receive ``recvs[peer]``
+        (preallocated) from each peer.
+
+        Collective over the ranks named: each message must be matched by the peer's entry of the
+        same size.  Empty arrays are not sent (both sides skip them).  Example (ranks 0 and 1 of a
+        row): rank 0 passes sends {1: [x]}, recvs {1: empty(2)}; rank 1 sends {0: [y, z]},
+        recvs {0: empty(1)}; afterwards rank 0's recvs[1] is [y, z] and rank 1's recvs[0] is [x].
+        """
+        requests, dest, sent, received = [], [], 0, 0
+        for peer, buf in sorted(recvs.items()):
+            buf = _flat(buf, "exchange receive buffer")
+            if buf.size and peer != self.rank:
+                requests.append(self.comm.Irecv(buf, source=peer, tag=tag))
+                received += buf.size * buf.itemsize
+        for peer, buf in sorted(sends.items()):
+            buf = _flat(buf, "exchange send buffer")
+            if buf.size and peer != self.rank:
+                requests.append(self.comm.Isend(buf, dest=peer, tag=tag))
+                sent += buf.size * buf.itemsize
+                dest.append(self.parent_ranks[peer])
+        MPI.Request.Waitall(requests)
+        self.counters.record(phase, sent, received, dest)
+
+
+def _translate(sub, parent) -> np.ndarray:
+    """Ranks in ``parent`` of the members of ``sub`` (in ``sub``'s rank order)."""
+    with_group = sub.Get_group()
+    parent_group = parent.Get_group()
+    try:
+        ranks = MPI.Group.Translate_ranks(with_group, list(range(sub.Get_size())), parent_group)
+    finally:
+        with_group.Free()
+        parent_group.Free()
+    return np.asarray(ranks, dtype=np.int64)
+
+
+class ProcGrid:
+    """The grid of a plan on an MPI communicator: Cartesian communicator and group communicators.
+
+    Collective over ``comm`` (construction and `free`).
+
+    Attributes
+    ----------
+    world : CountedComm
+        Over the duplicate of ``comm`` (all ranks, idle ones included): data distribution,
+        gathers.
+    cart : mpi4py.MPI.Cartcomm or None
+        The grid (None on idle ranks).
+    filter, k, c, h, w : CountedComm or None
+        The groups of theory.md section 5 (None on idle ranks): ``filter`` varies N, H, W
+        (member index ``(a * P_H + d) * P_W + e``), ``k`` varies K (index b), ``c`` varies C
+        (index c), ``h`` varies H (index d), ``w`` varies W (index e).
+    counters : ByteCounters
+        The one table all of them count into.
+    """
+
+    def __init__(self, comm, plan) -> None:
+        self.plan = plan
+        self.counters = ByteCounters()
+        self._owned = []
+        dup = comm.Dup()
+        self._owned.append(dup)
+        self.rank = dup.Get_rank()
+        self.world = CountedComm(dup, self.counters, range(dup.Get_size()))
+        self.cart = None
+        self.filter = self.k = self.c = self.h = self.w = None
+        try:
+            self._build(dup)
+        except BaseException:
+            self.free()
+            raise
+
+    def _build(self, dup) -> None:
+        """Create the grid and its groups, agreeing over ``dup`` before every collective step so
+        that a failed check on one rank cannot leave the others waiting."""
+        if dup.Get_size() != self.plan.ranks:   # the same on every rank: no agreement needed
+            raise ParconvRuntimeError(f"plan is for {self.plan.ranks} ranks but the "
+                                      f"communicator has {dup.Get_size()}")
+        cart = dup.Create_cart(list(self.plan.dims.as_tuple()), periods=[False] * 5,
+                               reorder=False)
+        if cart != MPI.COMM_NULL:
+            self._owned.append(cart)
+            self.cart = cart
+        agree(dup, self._check_coords())
+        if self.cart is not None:
+            self._make_groups(dup)
+
+    @property
+    def active(self) -> bool:
+        """Whether this rank is part of the grid (idle ranks only join world calls)."""
+        return self.cart is not None
+
+    def _check_coords(self) -> Exception | None:
+        """The error to agree on when the Cartesian numbering differs from the plan's."""
+        if self.cart is None:
+            return None
+        coords = tuple(int(v) for v in self.cart.Get_coords(self.cart.Get_rank()))
+        expected = tuple(int(v) for v in self.plan.coords(self.rank))
+        if self.cart.Get_rank() != self.rank or coords != expected:
+            return ParconvRuntimeError(
+                f"Cartesian rank {self.cart.Get_rank()} at {coords} but the plan puts rank "
+                f"{self.rank} at {expected}")
+        return None
+
+    def _make_groups(self, dup) -> None:
+        (a, b, c, d, e), dims = self.plan.coords(self.rank), self.plan.dims
+        expected_index = {"filter": (a * dims.H + d) * dims.W + e, "k": b, "c": c, "h": d, "w": e}
+        for name, remain in GROUP_AXES.items():
+            members = int(np.prod([n for n, keep in zip(dims.as_tuple(), remain) if keep]))
+            # a group of one needs no collective creation (saves a context id per axis)
+            sub = MPI.COMM_SELF.Dup() if members == 1 else self.cart.Sub(list(remain))
+            self._owned.append(sub)
+            if sub.Get_rank() != expected_index[name]:
+                # the row-major numbering of Cart.Sub is fixed by the MPI standard
+                raise ParconvRuntimeError(f"rank {self.rank} is member {sub.Get_rank()} of its "
+                                          f"{name} group, expected {expected_index[name]}")
+            setattr(self, name, CountedComm(sub, self.counters, _translate(sub, dup)))
+
+    def free(self) -> None:
+        """Free every communicator this grid created (the duplicate last).  Collective."""
+        while self._owned:
+            comm = self._owned.pop()
+            if comm != MPI.COMM_NULL:
+                comm.Free()
+        self.cart = None
+        self.filter = self.k = self.c = self.h = self.w = None
+
+    def __enter__(self) -> "ProcGrid":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.free()
