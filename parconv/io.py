@@ -1,0 +1,366 @@
+"""HDF5 input and output of a layer, distributed: every rank reads and writes only its own blocks.
+
+File layout (design.md): datasets ``input`` (N, C, H_in, W_in), ``weight`` (K, C, R, S), optional
+``bias`` (K,); root-group attributes ``stride``, ``padding``, ``dilation`` (pairs) when the file
+carries them.  An output file holds ``output`` (N, K, H, W) and the same attributes.
+
+Writing is atomic: the data go to a temporary file in the destination folder, which rank 0
+renames to the final name only after every rank reported success; on any failure the temporary
+file is removed, so nothing half written ever appears under the final name.
+
+h5py here is usually built without MPI; then writes are handed from rank to rank in order (one
+writer at a time, a token passed with Send/Recv).  With a parallel h5py the 'mpio' driver is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+
+import numpy as np
+
+from .errors import ParconvError, ParconvRuntimeError, agree, collectively
+
+LAYER_ATTRIBUTES = ("stride", "padding", "dilation")
+_TOKEN_TAG = 7301
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerMeta:
+    """Shapes, types and layer attributes of an HDF5 layer file (what rank 0 found)."""
+
+    path: str
+    input_shape: tuple
+    weight_shape: tuple
+    bias_shape: tuple | None
+    input_dtype: str
+    weight_dtype: str
+    bias_dtype: str | None
+    attributes: dict  # subset of LAYER_ATTRIBUTES -> (int, int)
+    name: str | None = None  # the ``layer`` attribute, when the file has one
+
+
+@contextlib.contextmanager
+def _duplicated(comm):
+    """A private duplicate of `comm` for the duration of a block (freed afterwards)."""
+    dup = comm.Dup()
+    try:
+        yield dup
+    finally:
+        dup.Free()
+
+
+def _require(condition: bool, path: str, problem: str) -> None:
+    if not condition:
+        raise ParconvError(f"input file {path}: {problem}")
+
+
+def _pair_attribute(path: str, name: str, value) -> tuple[int, int]:
+    values = np.atleast_1d(np.asarray(value)).ravel()
+    _require(values.size in (1, 2) and np.issubdtype(values.dtype, np.integer), path,
+             f"attribute {name!r} must be one integer or a pair of integers, got {value!r}")
+    pair = (int(values[0]), int(values[-1]))
+    return pair
+
+
+def _open_for_reading(path: str):
+    import h5py
+    if not os.path.exists(path):
+        raise ParconvError(f"input file {path}: no such file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise ParconvError(f"input file {path}: cannot be read as HDF5 ({exc})") from exc
+
+
+def _dataset(handle, path: str, name: str, ndim: int):
+    import h5py
+    obj = handle.get(name)
+    _require(isinstance(obj, h5py.Dataset), path, f"missing dataset {name!r} "
+             f"(expected {ndim}-D; the file has {sorted(handle.keys())})")
+    _require(obj.ndim == ndim, path, f"dataset {name!r} must be {ndim}-D, got shape {obj.shape}")
+    return obj
+
+
+def inspect_layer_file(path: str) -> LayerMeta:
+    """Read and check the metadata of a layer file.  Local.
+
+    Raises
+    ------
+    ParconvError
+        Missing or unreadable file, missing dataset, wrong ranks, or shapes that disagree (input
+        channels of ``input`` and ``weight``, bias length and output channels).
+    """
+    with _open_for_reading(path) as handle:
+        x = _dataset(handle, path, "input", 4)
+        w = _dataset(handle, path, "weight", 4)
+        b = _dataset(handle, path, "bias", 1) if "bias" in handle else None
+        _require(x.shape[1] == w.shape[1], path,
+                 f"input channels disagree: 'input' has C = {x.shape[1]} (shape {x.shape}), "
+                 f"'weight' has C = {w.shape[1]} (shape {w.shape})")
+        if b is not None:
+            _require(b.shape[0] == w.shape[0], path,
+                     f"'bias' has {b.shape[0]} elements, 'weight' has K = {w.shape[0]} "
+                     f"output channels")
+        _require(min(x.shape) > 0 and min(w.shape) > 0, path,
+                 f"empty dataset: 'input' {x.shape}, 'weight' {w.shape}")
+        attributes = {name: _pair_attribute(path, name, handle.attrs[name])
+                      for name in LAYER_ATTRIBUTES if name in handle.attrs}
+        name = handle.attrs.get("layer")
+        name = name.decode() if isinstance(name, bytes) else (str(name) if name else None)
+        return LayerMeta(path=path, input_shape=tuple(int(v) for v in x.shape),
+                         weight_shape=tuple(int(v) for v in w.shape),
+                         bias_shape=None if b is None else (int(b.shape[0]),),
+                         input_dtype=str(x.dtype), weight_dtype=str(w.dtype),
+                         bias_dtype=None if b is None else str(b.dtype), attributes=attributes,
+                         name=name)
+
+
+def read_layer_meta(comm, path: str) -> LayerMeta:
+    """Rank 0 inspects the layer file and broadcasts what it found.  Collective over `comm`.
+
+    Every rank returns the same LayerMeta, or every rank raises the same ParconvError naming the
+    file and the problem.
+    """
+    found, error = None, None
+    if comm.Get_rank() == 0:
+        try:
+            found = inspect_layer_file(path)
+        except ParconvError as exc:
+            error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - any reading problem is bad input here
+            error = f"input file {path}: {type(exc).__name__}: {exc}"
+    found, error = comm.bcast((found, error), root=0)  # meta
+    if error is not None:
+        raise ParconvError(error)
+    return found
+
+
+def _read_boxes(dataset, boxes, dtype) -> np.ndarray:
+    """The elements of `boxes` (global half-open ranges per axis), flattened in order."""
+    parts = [np.asarray(dataset[tuple(slice(a, b) for a, b in box)]).ravel() for box in boxes]
+    if not parts:
+        return np.empty(0, dtype=dtype)
+    return np.concatenate(parts).astype(dtype, copy=False)
+
+
+def _checked_dtype(path: str, name: str, found, wanted) -> None:
+    _require(np.can_cast(found, wanted, casting="safe"), path,
+             f"dataset {name!r} has type {found}, which does not convert safely to {wanted}")
+
+
+def read_owned_blocks(comm, path: str, plan):
+    """Each rank reads its own pieces of ``input``, ``weight``, ``bias``.  Collective over `comm`.
+
+    Ranks read independent hyperslabs (``plan.local(rank).input_piece_boxes()`` and friends) and
+    flatten them in order into the flat pieces the engine expects.  Idle ranks read nothing.
+    A failure on any rank is raised on every rank (errors.collectively).
+
+    Returns
+    -------
+    OwnedBlocks
+        ``input_piece``, ``filter_piece``, ``bias_piece`` (None where the rank owns no bias).
+    """
+    from .conv import OwnedBlocks
+    spec, local = plan.spec, plan.local(comm.Get_rank())
+    blocks = OwnedBlocks(np.empty(0, spec.dtype_in), np.empty(0, spec.dtype_weight), None)
+    with collectively(comm):
+        if local is not None:
+            with _open_for_reading(path) as handle:
+                x, w = handle["input"], handle["weight"]
+                _checked_dtype(path, "input", x.dtype, spec.dtype_in)
+                _checked_dtype(path, "weight", w.dtype, spec.dtype_weight)
+                bias = None
+                bias_range = local.bias_piece_range() if spec.bias else None
+                if bias_range is not None:
+                    _require("bias" in handle, path, "missing dataset 'bias' (--bias given)")
+                    _checked_dtype(path, "bias", handle["bias"].dtype, spec.dtype_acc)
+                    bias = _read_boxes(handle["bias"], [(bias_range,)], spec.dtype_acc)
+                blocks = OwnedBlocks(_read_boxes(x, local.input_piece_boxes(), spec.dtype_in),
+                                     _read_boxes(w, local.filter_piece_boxes(), spec.dtype_weight),
+                                     bias)
+    return blocks
+
+
+# ---- writing --------------------------------------------------------------------------------
+
+def temporary_name(path: str, pid: int | None = None) -> str:
+    """``folder/.name.tmp-<pid>``: same folder (so the rename is atomic), hidden, unique per job."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{name}.tmp-{os.getpid() if pid is None else pid}")
+
+
+def _layer_attributes(spec) -> dict:
+    return {"stride": np.array(spec.stride, dtype=np.int64),
+            "padding": np.array(spec.padding, dtype=np.int64),
+            "dilation": np.array(spec.dilation, dtype=np.int64),
+            "layer": spec.name}
+
+
+def _write_boxes(dataset, boxes, flat: np.ndarray) -> None:
+    """Write the flat piece `flat` into `boxes` (global ranges), consuming it in order."""
+    offset = 0
+    for box in boxes:
+        shape = tuple(b - a for a, b in box)
+        count = int(np.prod(shape))
+        dataset[tuple(slice(a, b) for a, b in box)] = flat[offset:offset + count].reshape(shape)
+        offset += count
+    if offset != flat.size:
+        raise ParconvRuntimeError(f"output piece has {flat.size} elements, its boxes {offset}")
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+
+
+def _write_in_turn(comm, tmp: str, boxes, piece) -> None:
+    """Ranks open `tmp` one after another and write their boxes.  Collective over `comm`.
+
+    A token travels 0 -> 1 -> ... -> P-1; it carries "an earlier rank failed", after which the
+    others skip writing but still pass it on, so nobody waits forever.
+    """
+    import h5py
+    rank, size = comm.Get_rank(), comm.Get_size()
+    token = np.zeros(1, dtype=np.int32)
+    if rank > 0:
+        comm.Recv(token, source=rank - 1, tag=_TOKEN_TAG)
+    error = None
+    if token[0] == 0:
+        try:
+            if boxes:
+                with h5py.File(tmp, "r+") as handle:
+                    _write_boxes(handle["output"], boxes, piece)
+        except Exception as exc:  # noqa: BLE001 - reported to every rank by agree() below
+            error, token[0] = exc, 1
+    if rank + 1 < size:
+        comm.Send(token, dest=rank + 1, tag=_TOKEN_TAG)
+    agree(comm, error)
+
+
+def _write_parallel(comm, tmp: str, spec, boxes, piece) -> None:
+    """All ranks write their boxes at once through the 'mpio' driver.  Collective over `comm`."""
+    import h5py
+    error = None
+    with h5py.File(tmp, "w", driver="mpio", comm=comm) as handle:
+        dataset = handle.create_dataset("output", shape=spec.output_shape, dtype=spec.dtype_out)
+        handle.attrs.update(_layer_attributes(spec))
+        try:
+            _write_boxes(dataset, boxes, piece)
+        except Exception as exc:  # noqa: BLE001 - agreed below, after the collective close
+            error = exc
+    agree(comm, error)
+
+
+def write_output(comm, path: str, plan, result) -> None:
+    """Write the distributed output to `path` atomically.  Collective over `comm`.
+
+    Each rank writes ``result.output_piece`` (flat, C order over its boxes) into
+    ``result.output_boxes``.  After all ranks agreed on success rank 0 renames the temporary
+    file to `path`; otherwise it removes it and every rank raises the agreed error.
+
+    Example with 2 ranks, output (1, 1, 2, 2): rank 0 holds piece [a, b] with boxes
+    [((0,1),(0,1),(0,1),(0,2))], rank 1 [c, d] with [((0,1),(0,1),(1,2),(0,2))]; afterwards
+    `path` holds output [[[[a, b], [c, d]]]] and no temporary file remains.
+    """
+    with _duplicated(comm) as comm:
+        _write_output(comm, path, plan.spec, result)
+
+
+def _write_output(comm, path: str, spec, result) -> None:
+    import h5py
+    tmp = comm.bcast(temporary_name(path) if comm.Get_rank() == 0 else None, root=0)  # meta
+    boxes = list(result.output_boxes or [])
+    piece = np.asarray(result.output_piece if boxes else np.empty(0), dtype=spec.dtype_out)
+    try:
+        if h5py.get_config().mpi:
+            _write_parallel(comm, tmp, spec, boxes, piece)
+        else:
+            with collectively(comm):
+                if comm.Get_rank() == 0:
+                    _create_output_file(tmp, spec)
+            _write_in_turn(comm, tmp, boxes, piece)
+        with collectively(comm):
+            if comm.Get_rank() == 0:
+                os.replace(tmp, path)
+    except BaseException:
+        if comm.Get_rank() == 0:
+            _remove_quietly(tmp)
+        raise
+
+
+def _create_output_file(tmp: str, spec) -> None:
+    import h5py
+    folder = os.path.dirname(tmp)
+    if not os.path.isdir(folder):
+        raise ParconvError(f"output file: folder {folder} does not exist")
+    with h5py.File(tmp, "w") as handle:
+        handle.create_dataset("output", shape=spec.output_shape, dtype=spec.dtype_out)
+        handle.attrs.update(_layer_attributes(spec))
+
+
+def write_layer_file(path: str, spec, x: np.ndarray, w: np.ndarray, bias=None) -> None:
+    """Write a complete layer file (input, weight, optional bias, attributes) atomically.  Local.
+
+    A serial helper for tests and tools.
+    """
+    import h5py
+    tmp = temporary_name(path)
+    try:
+        with h5py.File(tmp, "w") as handle:
+            handle.create_dataset("input", data=np.asarray(x, dtype=spec.dtype_in))
+            handle.create_dataset("weight", data=np.asarray(w, dtype=spec.dtype_weight))
+            if bias is not None:
+                handle.create_dataset("bias", data=np.asarray(bias, dtype=spec.dtype_acc))
+            handle.attrs.update(_layer_attributes(spec))
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def random_layer_data(spec, seed: int = 0) -> tuple:
+    """Seeded random (x, w, bias) for `spec`: uniform int8 for int8 layers (bias int32 in
+    [-2^15, 2^15)), standard normal for floats; bias None unless ``spec.bias``.  Local."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ParconvError(f"--seed must be an integer >= 0, got {seed!r}")
+    rng = np.random.default_rng(seed)
+    if np.issubdtype(np.dtype(spec.dtype_in), np.integer):
+        x = rng.integers(-128, 128, spec.input_shape, dtype=np.int8).astype(spec.dtype_in)
+        w = rng.integers(-128, 128, spec.weight_shape, dtype=np.int8).astype(spec.dtype_weight)
+        bias = rng.integers(-2**15, 2**15, spec.out_channels).astype(spec.dtype_acc)
+    else:
+        x = rng.standard_normal(spec.input_shape).astype(spec.dtype_in)
+        w = rng.standard_normal(spec.weight_shape).astype(spec.dtype_weight)
+        bias = rng.standard_normal(spec.out_channels).astype(spec.dtype_acc)
+    return x, w, (bias if spec.bias else None)
+
+
+def main(argv=None) -> int:
+    """``python -m parconv.io make [layer flags] [--seed N] OUT.h5``: write a random layer file."""
+    import argparse
+    import sys
+    from .plan_cli import add_layer_arguments, spec_from_args
+    parser = argparse.ArgumentParser(
+        prog="python -m parconv.io", description="Write a layer file (input, weight, optional "
+        "bias, stride/padding/dilation attributes) with seeded random data, for --input.",
+        epilog="Example: python -m parconv.io make --layer resnet50.layer2.0.conv2 --batch 4 "
+               "--bias layer.h5")
+    parser.add_argument("command", choices=("make",))
+    parser.add_argument("path", metavar="OUT.h5")
+    add_layer_arguments(parser)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data (default 0)")
+    args = parser.parse_args(argv)
+    try:
+        spec = spec_from_args(args, default_batch=1)
+        write_layer_file(args.path, spec, *random_layer_data(spec, args.seed))
+    except (ParconvError, OSError) as exc:
+        print(f"parconv.io: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.path}: {spec.describe()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
