@@ -1,0 +1,330 @@
+"""The tiling optimiser of theory.md section 6: relaxation, integer search, exact scoring.
+
+Pure data, no MPI.
+
+Why three loop orders suffice
+-----------------------------
+Under the one-buffer-per-array model of `parconv.tiling` every loop is a reuse loop of exactly one
+array (K of the input; N, H, W of the filter; C, R, S of the output) and a dependency of the other
+two.  Take the innermost loop with more than one block: it belongs to the reuse set of one array X,
+so the other two arrays depend on it and are reloaded on every tile change of their own loops -
+each pays the full product of the trip counts of its reuse loops.  Only X can save, and it saves
+most when all of its reuse loops are innermost.  Hence, for every tiling, the cheapest of all
+5040 orders costs the same as the cheapest of the three `CANONICAL_ORDERS` (output-, weight- and
+input-stationary; the order of the outer loops does not change the traffic).  The tests check this
+against all 5040 orders.  Output-stationary orders never spill; the other two trade partial-sum
+spills (``2 p_acc |O|`` per extra pass over C, R, S) for filter or input reuse.
+
+The search
+----------
+1. Relaxation (`parconv.tiling_relax.relax`): one smooth problem per order in log block sizes,
+   minimising modelled traffic under every memory budget.
+2. Integer neighbourhood: floor, ceil, the balanced size with the same trip count, multiples of the
+   hardware granularity (K and C) and the full extent around each continuous optimum; the product
+   of those values is scored exactly.
+3. Pairwise local search: for every pair of loops, every "ladder" value of both (every size
+   ceil(E / n), every multiple of the granularity), until nothing improves.
+Candidates are scored by `traffic_totals` (the exact model, vectorised) and ranked by traffic,
+then by the number of tiles; the winner is re-scored with `parconv.tiling.traffic`.
+By default (``keep_window=True``) ``t_R = R`` and ``t_S = S`` whenever that window fits, as
+theory.md section 6 asks.  That rule is a heuristic, not a theorem: when the memory barely holds
+the window, splitting it can move fewer bytes (tests/test_tiling.py has tiny examples), so
+``keep_window=False`` searches R and S like the other loops.  On the ResNet-50 layers with
+Gemmini's memories it changes nothing.  Tiny layers (at most ``full_search_limit`` tilings) are
+searched exhaustively.
+
+What the memory object must provide: ``fits(spec, tiling)`` and ``capacity()``.  Optional:
+``fits_array(spec, tiles)`` (vectorised fits over an (m, 7) array; without it the search calls
+``fits`` per candidate and is slower), ``budgets()`` (constraints of the relaxation; default one
+memory of ``capacity()`` bytes holding all three arrays), ``granularity`` (default for the
+``granularity`` argument) and ``bound(spec)`` (a SequentialBound; default
+``bounds.sequential_bound(spec, capacity())``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from functools import lru_cache
+from typing import Iterator
+
+import numpy as np
+
+from .errors import ParconvError
+from .spec import ConvSpec
+from .tiling import (DEPENDS, LOOPS, REUSE_LOOPS, Tiling, Traffic, axis_window_sum, check_order,
+                     clip_array, extents, traffic)
+from .tiling_relax import relax
+
+#: one loop order per reuse pattern; together they attain the best of all 5040 orders
+CANONICAL_ORDERS = {"output-stationary": "NHWKRSC",
+                    "weight-stationary": "KRSCNHW",
+                    "input-stationary": "NHWRSCK"}
+ALL_ORDERS = tuple("".join(p) for p in itertools.permutations(LOOPS))
+_I = {loop: i for i, loop in enumerate(LOOPS)}
+
+
+@dataclasses.dataclass(frozen=True)
+class TilingResult:
+    """The optimiser's answer: tiling, loop order, exact traffic and the sequential bound.
+
+    ``bound`` is in bytes (sequential bound with M = ``memory.capacity()``), ``ratio`` is
+    ``traffic.total / bound``, ``evaluated`` the number of (candidate, order) pairs scored.
+    """
+
+    tiling: Tiling
+    order: str
+    traffic: Traffic
+    bound: float
+    ratio: float
+    evaluated: int = 0
+
+    def to_dict(self) -> dict:
+        return {"tiling": self.tiling.to_dict(), "tile": list(self.tiling.as_tuple()),
+                "order": self.order, "traffic": self.traffic.to_dict(), "bound": self.bound,
+                "ratio": self.ratio, "evaluated": self.evaluated}
+
+
+# ---- vectorised exact model --------------------------------------------------------------------
+@lru_cache(maxsize=256)
+def _axis_table(n_in: int, n_out: int, kernel: int, stride: int, pad: int, dil: int) -> np.ndarray:
+    """``table[t_out, t_k]`` = `axis_window_sum` for every block size pair of one axis."""
+    table = np.zeros((n_out + 1, kernel + 1), dtype=np.int64)
+    for t_out in range(1, n_out + 1):
+        for t_k in range(1, kernel + 1):
+            table[t_out, t_k] = axis_window_sum(n_in, n_out, kernel, stride, pad, dil, t_out, t_k)
+    return table
+
+
+def traffic_totals(spec: ConvSpec, tiles: np.ndarray, order: str) -> np.ndarray:
+    """Exact total traffic (bytes, int64) of each row of an (m, 7) array of block sizes.
+
+    The same model as `parconv.tiling.traffic`, vectorised over tilings for one loop order.
+    """
+    return _totals(spec, tiles, [check_order(order)])[0]
+
+
+def _totals(spec: ConvSpec, tiles: np.ndarray, orders: list[str],
+            chunk: int = 1 << 20) -> np.ndarray:
+    """`traffic_totals` for several orders at once: a (len(orders), m) array.
+
+    Vectorised over orders and tilings together, in pieces of about `chunk` pairs.
+    """
+    t = clip_array(spec, np.atleast_2d(tiles))
+    trips = -(-np.asarray(extents(spec), dtype=np.int64) // t)
+    rows = _axis_table(*spec.axis(0))[t[:, 3], t[:, 5]]
+    cols = _axis_table(*spec.axis(1))[t[:, 4], t[:, 6]]
+    inputs = spec.p_in * spec.batch * spec.in_channels * rows * cols
+    position = np.array([[order.index(l) for l in LOOPS] for order in orders])
+    out = np.empty((len(orders), len(t)), dtype=np.int64)
+    step = max(1, chunk // max(1, len(t)))
+    for lo in range(0, len(orders), step):
+        pos = position[lo:lo + step, None, :]                  # (orders, 1, 7)
+
+        def multiplier(array: str) -> np.ndarray:
+            # innermost position of the array's loops with more than one block, per pair
+            innermost = np.where(trips[None, :, [_I[l] for l in DEPENDS[array]]] > 1,
+                                 pos[:, :, [_I[l] for l in DEPENDS[array]]], -1).max(axis=2)
+            reuse = [_I[l] for l in REUSE_LOOPS[array]]
+            return np.where(pos[:, :, reuse] < innermost[:, :, None], trips[None, :, reuse],
+                            1).prod(axis=2)
+
+        out[lo:lo + step] = (inputs * multiplier("input")
+                             + spec.p_weight * spec.size_filter * multiplier("filter")
+                             + spec.size_output * (spec.p_out
+                                                   + 2 * spec.p_acc * (multiplier("output") - 1)))
+    return out
+
+
+# ---- candidate sets ----------------------------------------------------------------------------
+def _near(extent: int, t: float, granularity: int, all_below: int = 8) -> set[int]:
+    """Integer block sizes around a continuous one (module docstring, step 2)."""
+    values = {1, extent, math.floor(t), math.ceil(t)}
+    for blocks in {math.floor(extent / t), math.ceil(extent / t)}:
+        if blocks >= 1:
+            values.add(-(-extent // blocks))
+    if granularity > 1:
+        values |= {math.floor(t / granularity) * granularity,
+                   math.ceil(t / granularity) * granularity}
+    if extent <= all_below:
+        values |= set(range(1, extent + 1))
+    return {v for v in values if 1 <= v <= extent}
+
+
+def _ladder(extent: int, granularity: int) -> np.ndarray:
+    """Every block size that is the smallest with its trip count, and granularity multiples."""
+    values = np.unique(-(-extent // np.arange(1, extent + 1)))
+    if granularity > 1:
+        values = np.union1d(values, np.arange(granularity, extent + 1, granularity))
+    return values
+
+
+def _grid(values: list) -> np.ndarray:
+    mesh = np.meshgrid(*[np.asarray(sorted(v), dtype=np.int64) for v in values], indexing="ij")
+    return np.stack([m.ravel() for m in mesh], axis=1)
+
+
+# ---- scoring -----------------------------------------------------------------------------------
+class _Scorer:
+    """Ranks candidate tilings by exact traffic (best order), then by number of tiles."""
+
+    def __init__(self, spec: ConvSpec, memory, orders: list[str]):
+        self.spec, self.memory, self.orders = spec, memory, orders
+        self.extents = np.asarray(extents(spec), dtype=np.int64)
+        self.evaluated = 0
+        self.best: tuple | None = None          # (total, tiles, tile tuple, order)
+
+    def fits(self, tiles: np.ndarray) -> np.ndarray:
+        if hasattr(self.memory, "fits_array"):
+            return np.asarray(self.memory.fits_array(self.spec, tiles), dtype=bool)
+        return np.fromiter((self.memory.fits(self.spec, Tiling(*map(int, row))) for row in tiles),
+                           dtype=bool, count=len(tiles))
+
+    def offer(self, tiles: np.ndarray) -> tuple | None:
+        """Score the fitting rows of `tiles` and return the best as (total, tiles, tile, order).
+
+        The overall best is kept in ``self.best``.  None if no row fits.
+        """
+        tiles = clip_array(self.spec, tiles)
+        tiles = tiles[self.fits(tiles)]
+        if not len(tiles):
+            return None
+        totals = _totals(self.spec, tiles, self.orders)
+        self.evaluated += totals.size
+        which = totals.argmin(axis=0)
+        total = totals.min(axis=0)
+        count = np.prod(-(-self.extents // tiles), axis=1)
+        i = np.lexsort((count, total))[0]
+        candidate = (int(total[i]), int(count[i]), tuple(int(v) for v in tiles[i]),
+                     self.orders[which[i]])
+        if self.best is None or candidate[:2] < self.best[:2]:
+            self.best = candidate
+        return candidate
+
+
+def _local_search(scorer: _Scorer, start: tuple, free: str, granularity: int,
+                  max_rounds: int = 8) -> None:
+    """Pairwise moves over the ladders of the free loops from `start` until nothing improves."""
+    ladders = {l: _ladder(int(scorer.extents[_I[l]]), granularity if l in "KC" else 1)
+               for l in free}
+    current = start
+    for _ in range(max_rounds):
+        before = current
+        for a, b in itertools.combinations(free, 2):
+            pair = _grid([ladders[a], ladders[b]])
+            tiles = np.tile(np.asarray(current[2], dtype=np.int64), (len(pair), 1))
+            tiles[:, _I[a]], tiles[:, _I[b]] = pair[:, 0], pair[:, 1]
+            found = scorer.offer(tiles)
+            if found is not None and found[:2] < current[:2]:
+                current = found
+        if current == before:
+            return
+
+
+def optimise(spec: ConvSpec, memory, orders=None, granularity: int | None = None, *,
+             keep_window: bool = True, full_search_limit: int = 4096) -> TilingResult:
+    """The tiling and loop order that move the fewest bytes and fit in `memory`.
+
+    Parameters
+    ----------
+    spec : ConvSpec
+        The layer (or a rank's local block).
+    memory : SingleMemory, ScratchAccMemory or any object with ``fits`` and ``capacity``
+        (see the module docstring for the optional methods it may provide).
+    orders : iterable of str, optional
+        Loop orders to consider; default `CANONICAL_ORDERS`, which attain the best of all orders.
+    granularity : int, optional
+        Candidate tK and tC include multiples of this; default ``memory.granularity`` or 1.
+    keep_window : bool
+        Keep ``t_R = R`` and ``t_S = S`` whenever that window fits (theory.md section 6); with
+        False the filter window is searched like the other loops (this can win when the memory
+        barely holds the window).
+    full_search_limit : int
+        Layers with at most this many tilings are searched exhaustively.
+
+    Returns
+    -------
+    TilingResult
+
+    Raises
+    ------
+    ParconvError
+        If no tiling fits (even all block sizes 1), or for a bad order.
+    """
+    orders = [check_order(o) for o in (orders or CANONICAL_ORDERS.values())]
+    g = int(granularity or getattr(memory, "granularity", 1) or 1)
+    ext = extents(spec)
+    if not memory.fits(spec, Tiling(1, 1, 1, 1, 1, 1, 1)):
+        raise ParconvError(f"memory {memory!r} is too small for the layer: even the smallest tile "
+                           f"(every block size 1) does not fit")
+    whole = keep_window and memory.fits(spec, Tiling(1, 1, 1, 1, 1, ext[5], ext[6]))
+    free = "NKCHW" if whole else LOOPS
+    scorer = _Scorer(spec, memory, orders)
+    if math.prod(ext) <= full_search_limit:
+        scorer.offer(_grid([range(1, e + 1) if l in free else {e} for l, e in zip(LOOPS, ext)]))
+    else:
+        _search(scorer, memory, free, g)
+    total, _, tile, _ = scorer.best
+    tiling = Tiling(*tile)
+    best_traffic, best_order = min(((traffic(spec, tiling, o), o) for o in orders),
+                                   key=lambda pair: pair[0].total)
+    if best_traffic.total != total:
+        raise AssertionError(f"vectorised and scalar traffic disagree for {tiling}: "
+                             f"{total} != {best_traffic.total}")
+    bound = _bound_value(spec, memory)
+    return TilingResult(tiling=tiling, order=best_order, traffic=best_traffic, bound=bound,
+                        ratio=best_traffic.total / bound, evaluated=scorer.evaluated)
+
+
+def _search(scorer: _Scorer, memory, free: str, granularity: int,
+            max_grid: int = 300_000) -> None:
+    """Relaxation, integer neighbourhood and local search (module docstring, steps 1-3)."""
+    spec, ext = scorer.spec, extents(scorer.spec)
+    smallest = [1 if l in free else e for l, e in zip(LOOPS, ext)]
+    starts = [scorer.offer(np.array([smallest]))]
+    budgets = memory.budgets() if hasattr(memory, "budgets") else \
+        [(("input", "filter", "output"), memory.capacity())]
+    for order in scorer.orders:
+        point = relax(spec, order, budgets, free)
+        values = [_near(e, t, granularity if l in "KC" else 1) if l in free else {e}
+                  for l, e, t in zip(LOOPS, ext, point)]
+        if math.prod(len(v) for v in values) > max_grid:
+            values = [{min(max(math.floor(t), 1), e), min(math.ceil(t), e), e} if l in free
+                      else {e} for l, e, t in zip(LOOPS, ext, point)]
+        starts.append(scorer.offer(_grid(values)))
+    # one local search from every distinct start: different reuse patterns end in different local
+    # optima of the pairwise moves
+    for start in sorted({s for s in starts if s is not None}):
+        _local_search(scorer, start, free, granularity)
+
+
+def _bound_value(spec: ConvSpec, memory) -> float:
+    if hasattr(memory, "bound"):
+        return float(memory.bound(spec).value)
+    from .bounds import sequential_bound
+    return float(sequential_bound(spec, memory.capacity()).value)
+
+
+def enumerate_tilings(spec: ConvSpec, memory=None, distinct_orders: bool = False
+                      ) -> Iterator[tuple[Tiling, str]]:
+    """Every tiling (block sizes 1..extent on each loop) and loop order, for tiny layers.
+
+    With `memory`, only tilings that fit.  With ``distinct_orders``, only one order per relative
+    order of the loops that have more than one block (loops with one block never change an index,
+    so where they sit changes nothing): the others are put outermost.
+    """
+    ext = extents(spec)
+    for sizes in itertools.product(*(range(1, e + 1) for e in ext)):
+        tiling = Tiling(*sizes)
+        if memory is not None and not memory.fits(spec, tiling):
+            continue
+        if not distinct_orders:
+            for order in ALL_ORDERS:
+                yield tiling, order
+            continue
+        trips = tiling.trips(spec)
+        single = "".join(l for l, n in zip(LOOPS, trips) if n == 1)
+        several = [l for l, n in zip(LOOPS, trips) if n > 1]
+        for perm in itertools.permutations(several):
+            yield tiling, single + "".join(perm)
