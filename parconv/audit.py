@@ -82,11 +82,16 @@ def verify_bound(plan, counts: dict) -> None:
             f"{value:.6g} B ({plan.bound.binding}): the bound, the plan or the counters are wrong")
 
 
+#: ratios that do not add up over ranks: dropped from generic totals (a kernel's ``combine``
+#: recomputes them from the summed quantities)
+INTENSIVE = frozenset({"utilization", "ratio_to_bound"})
+
+
 def _sum_numeric(values: list):
-    """Sum the numeric leaves of equally shaped dicts; other leaves are dropped."""
+    """Sum the numeric leaves of equally shaped dicts; other leaves and ratios are dropped."""
     dicts = [v for v in values if isinstance(v, dict)]
     if dicts:
-        keys = dict.fromkeys(k for d in dicts for k in d)
+        keys = dict.fromkeys(k for d in dicts for k in d if k not in INTENSIVE)
         out = {k: _sum_numeric([d[k] for d in dicts if k in d]) for k in keys}
         return {k: v for k, v in out.items() if v is not None and v != {}}
     numbers = [v for v in values if isinstance(v, (int, float, np.integer, np.floating))
@@ -94,14 +99,16 @@ def _sum_numeric(values: list):
     return sum(numbers) if numbers and len(numbers) == len(values) else None
 
 
-def node_section(grid, stats) -> dict:
-    """Kernel name, every rank's stats (None where idle) and their numeric totals.  Collective
-    over ``grid.world``."""
+def node_section(grid, stats, combine=None) -> dict:
+    """Kernel name, every rank's stats (None where idle) and their totals: ``combine(list of
+    stats)`` when the kernel provides one (it knows which figures add up), else the sums of the
+    numeric leaves without the ratios.  Collective over ``grid.world``."""
     per_rank = grid.world.comm.allgather(stats)  # meta: small dicts
     active = [s for s in per_rank if s is not None]
     names = sorted({str(s.get("kernel")) for s in active})
+    totals = (combine or _sum_numeric)(active) if active else {}
     return {"kernel": names[0] if len(names) == 1 else names, "per_rank": per_rank,
-            "totals": _sum_numeric(active) if active else {}}
+            "totals": totals}
 
 
 def slowest_times(grid, seconds: dict) -> dict:
@@ -114,7 +121,8 @@ def slowest_times(grid, seconds: dict) -> dict:
     return {n: float(t) for n, t in zip(names, out)}
 
 
-def build_report(grid, plan, counts, performed, stats, seconds, check=None) -> dict:
+def build_report(grid, plan, counts, performed, stats, seconds, check=None,
+                 combine=None) -> dict:
     """The run report (design.md "Report (JSON)"), the same dict on every rank.  Collective over
     ``grid.world``.  ``bytes.sent`` / ``received`` sum the algorithm's phases (parconv.plan.PHASES);
     the distribution phases that ran (scatter, gather, check) are listed in ``per_phase`` only."""
@@ -138,7 +146,7 @@ def build_report(grid, plan, counts, performed, stats, seconds, check=None) -> d
         "ratio_to_bound": float(volume.max()) / value if value > 0 else None,
         "predicted_ratio_to_bound": (float(plan.max_volume) / value if value > 0 else None),
         "baselines": plan.baselines,
-        "node": node_section(grid, stats),
+        "node": node_section(grid, stats, combine),
         "time_s": slowest_times(grid, seconds),
     }
     if check is not None:

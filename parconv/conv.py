@@ -289,7 +289,8 @@ def _run(grid, plan, kernel, sources, gather, root, check, timer) -> ConvResult:
             verdict = compare_with_reference(grid, plan, globals_, pieces, output, root,
                                              from_blocks)
     counts = gather_counts(grid)
-    report = build_report(grid, plan, counts, performed, stats, timer.seconds, verdict)
+    report = build_report(grid, plan, counts, performed, stats, timer.seconds, verdict,
+                          getattr(kernel, "combine", None))
     try:
         verify_counts(plan, counts, performed, root)
         verify_bound(plan, counts)
