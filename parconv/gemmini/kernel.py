@@ -1,0 +1,108 @@
+"""`GemminiKernel`: the Gemmini model as parconv's node kernel (common brief, "Node kernel
+interface").  Pure, no MPI.
+
+``run(spec, x, w)`` runs the rank's local block tile by tile through the executor with parconv's
+tiling (`parconv.gemmini.ours.plan_parconv`), returns the exact partial output, and evaluates the
+vendor tiling (``tiled_conv_auto``) on the same block with the analytical model of
+`parconv.gemmini.calls` (the executor is run once, for parconv's tiling).
+
+Element sizes on a rank: the local block's output is a partial sum that the engine reduces over
+the C group, so it leaves Gemmini as ``spec.dtype_out`` (int32 for int8 layers: a full-precision
+accumulator read, mvout with bit 29 set) rather than scaled int8; the bias is added by the
+engine, so the model loads one only when ``spec.bias`` (never, for local blocks).  Float layers
+use the same rules with their element sizes (``GemminiConfig.for_spec``) and compute in their type.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..errors import ParconvError
+from ..spec import ConvSpec
+from .config import DEFAULT_CONFIG, GemminiConfig
+
+
+def tiling_figures(tile, order: str, schedule: str, dram_bytes: dict, cycles: float,
+                   utilization: float, calls: int) -> dict:
+    """The per-tiling block of the stats (JSON-ready)."""
+    return {"tile": [int(v) for v in tile], "order": order, "schedule": schedule,
+            "dram_bytes": {k: int(v) for k, v in dram_bytes.items()}, "cycles": float(cycles),
+            "utilization": float(utilization), "calls": int(calls)}
+
+
+def vendor_figures(layer_cost) -> dict:
+    """The stats block of the library's tiling from its `LayerCost` (tile as the 7-tuple)."""
+    if layer_cost is None:
+        return None
+    dram = {s: int(layer_cost.dram_bytes[s]) for s in ("input", "weight", "bias", "output")}
+    dram["psum"] = 0
+    dram["total"] = sum(dram.values())
+    return tiling_figures(layer_cost.tile.as_tuple(), "NHWKRSC", "vendor", dram,
+                          layer_cost.cycles, layer_cost.utilization, layer_cost.calls)
+
+
+class GemminiKernel:
+    """The Gemmini accelerator model as a node kernel.  Local.
+
+    Parameters
+    ----------
+    config : GemminiConfig, optional
+        The modelled Gemmini (default: the default configuration, ``dev`` semantics).
+    """
+
+    name = "gemmini"
+
+    def __init__(self, config: GemminiConfig | None = None) -> None:
+        self.config = config or DEFAULT_CONFIG
+
+    def node_config(self, spec: ConvSpec) -> GemminiConfig:
+        """The config for a local block: its element sizes, bias only if the block has one."""
+        config = self.config.for_spec(spec)
+        return config.replace(output_bytes=spec.p_out, bias=bool(spec.bias))
+
+    def run(self, spec: ConvSpec, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Convolve one local block on the model.  Local.
+
+        Returns
+        -------
+        y : ndarray (N, K, H, W) of ``spec.dtype_acc``
+            The exact partial output without bias (int32 wrap-around for int8).
+        stats : dict
+            ``kernel``, ``macs``, ``time_s``, ``config``, ``semantics``; ``parconv`` and
+            ``vendor`` (each ``tile``, ``order``, ``schedule``, ``dram_bytes`` per stream and
+            ``total``, ``cycles``, ``utilization``, ``calls``; parconv's ``tile`` is
+            (tN, tK, tC, tH, tW, tR, tS), the vendor's the library 7-tuple (batches, porows,
+            pocols, pochs, krows, kcols, kchs)); ``bound_bytes`` (sequential bound of the block
+            with M = scratchpad + accumulator) and ``ratio_to_bound`` (parconv's bytes / bound).
+
+        Raises
+        ------
+        ParconvError
+            If the operands do not match ``spec``.
+        """
+        from ..bounds import sequential_bound_two_memory
+        from ..kernels import _checked_operands
+        from .ours import model_spec, plan_parconv, run_parconv
+        start = time.perf_counter()
+        if spec.bias:
+            raise ParconvError("GemminiKernel computes partial outputs without bias "
+                               "(the engine adds it); pass a spec with bias=False")
+        x, w = _checked_operands(spec, x, w)
+        config = self.node_config(spec)
+        plan = plan_parconv(spec, config)
+        y, executed, plan = run_parconv(spec, x, w, plan=plan)
+        bound = float(sequential_bound_two_memory(model_spec(spec, plan.config),
+                                                  config.scratch_bytes,
+                                                  config.acc_total_bytes).value)
+        ours = tiling_figures(plan.tiling.as_tuple(), plan.order, plan.schedule,
+                              executed.to_dict()["dram_bytes"], executed.cycles,
+                              executed.utilization, executed.calls)
+        total = ours["dram_bytes"]["total"]
+        stats = {"kernel": self.name, "macs": int(spec.G),
+                 "config": config.name, "semantics": config.semantics,
+                 "parconv": ours, "vendor": vendor_figures(plan.vendor),
+                 "bound_bytes": bound, "ratio_to_bound": total / bound if bound > 0 else None,
+                 "time_s": time.perf_counter() - start}
+        return y, stats

@@ -1,0 +1,164 @@
+"""Exact cost of a parconv (tiling, loop order) on the Gemmini model, evaluated per tile without
+moving data.  Pure numpy, no MPI.
+
+The tiles are enumerated in visiting order as index arrays (in chunks), and for each tile the
+model of `parconv.gemmini.executor` is applied elementwise: an input or weight block is moved in
+when the previous tile used another block (consecutive reuse), an output block's first visit loads
+the bias (``bias_bytes`` per ``dim`` output pixels of a row and output channel), a later visit reads
+back its spilled partial sums, and the end of a visit writes the block as final output or as a
+partial-sum spill.  Bytes are the in-image windows of the traffic contract (common brief), so
+``input + weight + output + psum`` equals `parconv.tiling.traffic` exactly and ``bias`` is the
+extra stream.  Each tile costs ``max(exec_cycles, bytes / bw_eff)`` with the pass model of
+`parconv.gemmini.call_rules.exec_cycles`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from ..spec import ConvSpec
+from ..tiling import LOOPS, Tiling, check_order, extents
+from . import call_rules as rules
+
+STREAMS = ("input", "weight", "bias", "output", "psum")
+_I = {loop: i for i, loop in enumerate(LOOPS)}
+#: tiles evaluated at once (bounds the memory of the index arrays)
+CHUNK = 1 << 17
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCost:
+    """DRAM bytes per stream, rows moved and modelled cycles of one (tiling, order).
+
+    ``tile`` is (tN, tK, tC, tH, tW, tR, tS); ``dram_bytes`` has the five streams and ``total``;
+    ``cycles`` sums ``max(exec, bytes / bw_eff)`` over the tiles (``calls``), ``dma_cycles``
+    sums ``bytes / bw_eff``; ``utilization = macs / (dim^2 cycles)``.
+    """
+
+    tile: tuple
+    order: str
+    calls: int
+    dram_bytes: dict
+    mvin_rows: dict
+    mvout_rows: dict
+    passes: int
+    exec_cycles: int
+    cycles: float
+    dma_cycles: float
+    memory_bound_calls: int
+    macs: int
+    peak_macs_per_cycle: int
+
+    @property
+    def utilization(self) -> float:
+        return self.macs / (self.peak_macs_per_cycle * self.cycles) if self.cycles else 0.0
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["tile"] = list(self.tile)
+        out["utilization"] = self.utilization
+        return out
+
+
+def axis_window_table(n_in: int, n_out: int, kernel: int, stride: int, pad: int, dil: int,
+                      t_out: int, t_k: int) -> np.ndarray:
+    """In-image window length of every (output block, tap block) pair of one axis."""
+    h0 = np.arange(0, n_out, t_out)
+    h1 = np.minimum(h0 + t_out, n_out)
+    r0 = np.arange(0, kernel, t_k)
+    r1 = np.minimum(r0 + t_k, kernel)
+    first = np.maximum(stride * h0[:, None] + dil * r0[None, :] - pad, 0)
+    last = np.minimum(stride * (h1 - 1)[:, None] + dil * (r1 - 1)[None, :] - pad, n_in - 1)
+    return np.clip(last - first + 1, 0, None)
+
+
+def _indices(flat: np.ndarray, dims: list, order: str) -> list:
+    coords = np.unravel_index(flat, dims)
+    return [coords[order.index(loop)] for loop in LOOPS]
+
+
+def _differs(a: list, b: list, loops: str) -> np.ndarray:
+    out = np.zeros(a[0].shape, dtype=bool)
+    for loop in loops:
+        out |= a[_I[loop]] != b[_I[loop]]
+    return out
+
+
+def tiling_cost(spec: ConvSpec, tiling: Tiling, order: str, config, *, strided: bool = False,
+                bias: bool | None = None) -> ModelCost:
+    """The Gemmini-model cost of ``spec`` tiled by ``tiling`` in loop order ``order``.  Local.
+
+    ``config`` gives the element sizes, ``dim``, ``bw_eff`` and the first-layer rule;
+    ``strided`` marks a subsampled 1x1 layer (no first-layer packing then, like downsample);
+    ``bias`` defaults to ``config.has_bias``.
+    """
+    check_order(order)
+    bias = config.has_bias if bias is None else bias
+    ext = np.asarray(extents(spec), dtype=np.int64)
+    t = np.asarray(tiling.clipped(spec).as_tuple(), dtype=np.int64)
+    trips = -(-ext // t)
+    dims = [int(trips[_I[loop]]) for loop in order]
+    total_tiles = math.prod(dims)
+    rows_table = axis_window_table(*spec.axis(0), int(t[3]), int(t[5]))
+    cols_table = axis_window_table(*spec.axis(1), int(t[4]), int(t[6]))
+    dilated = max(spec.dilation) > 1
+    sums = dict.fromkeys(("exec", "passes", "mem_bound"), 0)
+    cycles = dma = 0.0
+    dram = dict.fromkeys(STREAMS, 0)
+    mvin = dict.fromkeys(("input", "weight", "bias", "psum"), 0)
+    mvout = dict.fromkeys(("output", "psum"), 0)
+    for start in range(0, total_tiles, CHUNK):
+        flat = np.arange(start, min(start + CHUNK, total_tiles), dtype=np.int64)
+        cur = _indices(flat, dims, order)
+        prev = _indices(np.maximum(flat - 1, 0), dims, order)
+        nxt = _indices(np.minimum(flat + 1, total_tiles - 1), dims, order)
+        head, tail = flat == 0, flat == total_tiles - 1
+        nN, nK, nC, nH, nW, nR, nS = (np.minimum(t[j], ext[j] - cur[j] * t[j]) for j in range(7))
+        reduction_start = (cur[_I["C"]] == 0) & (cur[_I["R"]] == 0) & (cur[_I["S"]] == 0)
+        reduction_end = np.ones_like(head)
+        for loop in "CRS":
+            reduction_end &= cur[_I[loop]] == trips[_I[loop]] - 1
+        load_in = head | _differs(cur, prev, "NCHWRS")
+        load_w = head | _differs(cur, prev, "KCRS")
+        visit_start = head | _differs(cur, prev, "NKHW")
+        visit_end = tail | _differs(cur, nxt, "NKHW")
+        window = rows_table[cur[_I["H"]], cur[_I["R"]]] * cols_table[cur[_I["W"]], cur[_I["S"]]]
+        out_elems = nN * nK * nH * nW
+        acc_rows = nN * nH * nW * rules.ceil_div(nK, config.dim)
+        first_visit = visit_start & reduction_start
+        readback = visit_start & ~reduction_start
+        per_tile = {
+            "input": load_in * nN * nC * window * config.input_bytes,
+            "weight": load_w * nK * nC * nR * nS * config.weight_bytes,
+            "bias": (first_visit * bias) * nN * nH * rules.ceil_div(nW, config.dim) * nK
+            * config.bias_bytes,
+            "output": (visit_end & reduction_end) * out_elems * config.output_bytes,
+            # a tile may both read back and spill: count the two transfers (not a logical or)
+            "psum": (readback.astype(np.int64) + (visit_end & ~reduction_end))
+            * out_elems * config.acc_bytes}
+        for stream, values in per_tile.items():
+            dram[stream] += int(values.sum())
+        mvin["input"] += int((load_in * nN * window * rules.ceil_div(nC, config.dim)).sum())
+        mvin["weight"] += int((load_w * rules.ceil_div(nK, config.dim) * nR * nS * nC).sum())
+        mvin["bias"] += int(((first_visit * bias) * acc_rows).sum())
+        mvin["psum"] += int((readback * acc_rows).sum())
+        mvout["output"] += int(((visit_end & reduction_end) * acc_rows).sum())
+        mvout["psum"] += int(((visit_end & ~reduction_end) * acc_rows).sum())
+        mpp = rules.max_pixels_per_row(config, nC, nS, strided, dilated)
+        work = (nN, nH, nW, nK, nR, nS, nC, mpp, config.dim)
+        exec_cycles = rules.exec_cycles(*work)
+        tile_dma = sum(per_tile.values()) / config.bw_eff
+        sums["exec"] += int(exec_cycles.sum())
+        sums["passes"] += int(rules.passes(*work).sum())
+        sums["mem_bound"] += int((tile_dma > exec_cycles).sum())
+        cycles += float(np.maximum(exec_cycles, tile_dma).sum())
+        dma += float(tile_dma.sum())
+    dram["total"] = sum(dram.values())
+    return ModelCost(tile=tuple(int(v) for v in t), order=order, calls=total_tiles,
+                     dram_bytes=dram, mvin_rows=mvin, mvout_rows=mvout, passes=sums["passes"],
+                     exec_cycles=sums["exec"], cycles=cycles, dma_cycles=dma,
+                     memory_bound_calls=sums["mem_bound"], macs=spec.G,
+                     peak_macs_per_cycle=config.dim ** 2)

@@ -1,0 +1,174 @@
+"""Refinement of parconv's tiling for Gemmini's cycle model.  Pure numpy, no MPI.
+
+`parconv.tiling.optimise` finds the (tiling, order) that moves the fewest bytes.  On Gemmini the
+bytes are only one of the two terms of the cycle model: a tile whose output width is not a
+multiple of the array side (a pass of I < 16 pixels) or whose channel blocks are ragged wastes
+array passes, and a byte-optimal tile can be several times slower on a compute-bound layer.  This
+module searches the neighbourhood of the optimiser's answer (and of the vendor tile) for tilings
+that are fast *and* frugal:
+
+* candidate sizes per loop are the "ladder" values (every size that is the smallest with its
+  number of blocks) plus multiples of ``dim`` for K, C and W (the array's granularity);
+* each candidate is screened with ``max(exec_total, bytes / bw_eff)``: ``exec_total`` summed over
+  the tiles in closed form (the pass model is a product of per-loop factors, `exec_totals`) and
+  ``bytes`` = exact traffic of `parconv.tiling.traffic_totals` plus the bias stream;
+* pairwise coordinate search (every pair of free loops over their candidate values) from the
+  best seed until nothing improves; ranking key = (screened cycles in steps of `CYCLE_SLACK` of
+  the ideal ``G / dim^2``, then bytes), so among equally fast tilings the one moving fewer bytes
+  wins.  The fastest and the most frugal candidates of every sweep are remembered.
+
+The best few candidates are then costed exactly by `parconv.gemmini.ours_cost.tiling_cost` by the
+caller (`parconv.gemmini.ours.plan_parconv`).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from ..spec import ConvSpec
+from ..tiling import LOOPS, clip_array, extents
+from . import call_rules as rules
+
+_I = {loop: i for i, loop in enumerate(LOOPS)}
+#: cycle slack: tilings within this fraction of the fastest count as equally fast, and the one
+#: moving the fewest bytes among them wins (also the width of the ranking key's cycle bins, as a
+#: fraction of the ideal cycles G / dim^2)
+CYCLE_SLACK = 0.02
+
+
+def ladder(extent: int, granularity: int = 1) -> np.ndarray:
+    """Block sizes worth trying on a loop of ``extent``: the smallest size of every trip count
+    and the multiples of ``granularity``."""
+    values = np.unique(-(-extent // np.arange(1, extent + 1)))
+    if granularity > 1:
+        values = np.union1d(values, np.arange(granularity, extent + 1, granularity))
+    return values.astype(np.int64)
+
+
+def _per_loop(t: np.ndarray, ext: int):
+    """(full size, number of full blocks, ragged size) of one loop for each candidate; the
+    ragged block is the last one (it equals the full size when the extent divides evenly)."""
+    trips = -(-ext // t)
+    return t, trips - 1, ext - (trips - 1) * t
+
+
+def _loop_sum(t: np.ndarray, ext: int, f) -> np.ndarray:
+    full, n_full, ragged = _per_loop(t, ext)
+    return n_full * f(full) + f(ragged)
+
+
+def exec_totals(spec: ConvSpec, tiles: np.ndarray, config, strided: bool = False) -> np.ndarray:
+    """Execute-model cycles (gemmini.md 4.7) summed over all tiles, for each row of an (m, 7)
+    array of block sizes, in closed form.
+
+    A tile's cycles are ``blocks(K, R, S, C) * passes(N, H, W)`` with ``passes = n h F(w) +
+    G(w)``, so the sum over tiles factorises into sums over each loop's blocks (the (S, C) pair
+    jointly, because of the first-layer packing).
+    """
+    ext = extents(spec)
+    t = clip_array(spec, np.atleast_2d(tiles)).T
+    d = config.dim
+    dilated = max(spec.dilation) > 1
+
+    def last_pass(w):
+        return np.maximum(w - d * (rules.ceil_div(w, d) - 1), rules.MIN_PASS_CYCLES)
+
+    sum_n = _loop_sum(t[0], ext[0], lambda v: v)
+    sum_h = _loop_sum(t[3], ext[3], lambda v: v)
+    sum_f = _loop_sum(t[4], ext[4], lambda w: d * (rules.ceil_div(w, d) - 1) + last_pass(w))
+    sum_g = _loop_sum(t[4], ext[4], lambda w: d - last_pass(w))
+    trips_n, trips_h = -(-ext[0] // t[0]), -(-ext[3] // t[3])
+    per_block = sum_n * sum_h * sum_f + trips_n * trips_h * sum_g
+    sum_k = _loop_sum(t[1], ext[1], lambda k: rules.ceil_div(k, d))
+    sum_r = _loop_sum(t[5], ext[5], lambda r: r)
+    s_full, s_n, s_rag = _per_loop(t[6], ext[6])
+    c_full, c_n, c_rag = _per_loop(t[2], ext[2])
+    sum_sc = 0
+    for (s, ns), (c, nc) in itertools.product(((s_full, s_n), (s_rag, 1)),
+                                              ((c_full, c_n), (c_rag, 1))):
+        mpp = rules.max_pixels_per_row(config, c, s, strided, dilated)
+        sum_sc = sum_sc + ns * nc * rules.ceil_div(s, mpp) * rules.ceil_div(c, d)
+    return sum_k * sum_r * sum_sc * per_block
+
+
+def bias_totals(spec: ConvSpec, tiles: np.ndarray, config) -> np.ndarray:
+    """Bias bytes of each row of an (m, 7) array: one ``dim``-wide row per ``dim`` output pixels
+    of a row, per output channel, on the first visit of every output block."""
+    if not config.has_bias:
+        return np.zeros(len(np.atleast_2d(tiles)), dtype=np.int64)
+    ext = extents(spec)
+    t = clip_array(spec, np.atleast_2d(tiles)).T
+    return (_loop_sum(t[0], ext[0], lambda v: v) * _loop_sum(t[3], ext[3], lambda v: v)
+            * _loop_sum(t[4], ext[4], lambda w: rules.ceil_div(w, config.dim))
+            * ext[1] * config.bias_bytes)
+
+
+class Screen:
+    """Screens and ranks candidate (tiling, order) pairs; remembers the best ones.  Local."""
+
+    def __init__(self, spec: ConvSpec, memory, config, orders, strided: bool = False,
+                 keep: int = 16):
+        self.spec, self.memory, self.config = spec, memory, config
+        self.orders, self.strided, self.keep = list(orders), strided, keep
+        self.bin = max(CYCLE_SLACK * spec.G / config.dim ** 2, 1.0)
+        self.seen: dict[tuple, tuple] = {}      # (tile, order) -> key
+        self.best: tuple | None = None          # (key, tile, order)
+
+    def offer(self, tiles: np.ndarray) -> bool:
+        """Score the fitting rows of ``tiles`` under every order; True if the best improved."""
+        from ..tiling import traffic_totals
+        tiles = np.unique(clip_array(self.spec, np.atleast_2d(tiles)), axis=0)
+        tiles = tiles[np.asarray(self.memory.fits_array(self.spec, tiles), dtype=bool)]
+        if not len(tiles):
+            return False
+        exec_total = exec_totals(self.spec, tiles, self.config, self.strided)
+        bias = bias_totals(self.spec, tiles, self.config)
+        improved = False
+        for order in self.orders:
+            moved = traffic_totals(self.spec, tiles, order) + bias
+            score = np.maximum(exec_total, moved / self.config.bw_eff)
+            bins = np.floor(score / self.bin).astype(np.int64)
+            fastest = np.lexsort((moved, bins))[:self.keep]
+            frugal = np.argsort(moved, kind="stable")[:self.keep]
+            for i in np.concatenate((fastest, frugal)):
+                key = (int(bins[i]), int(moved[i]))
+                tile = tuple(int(v) for v in tiles[i])
+                self.seen[(tile, order)] = key
+                if self.best is None or key < self.best[0]:
+                    self.best = (key, tile, order)
+                    improved = True
+        return improved
+
+    def top(self, count: int) -> list[tuple[tuple, str]]:
+        """The ``count`` best (tile, order) pairs seen, best first."""
+        ranked = sorted(self.seen.items(), key=lambda item: item[1])
+        return [pair for pair, _ in ranked[:count]]
+
+
+def refine(spec: ConvSpec, memory, config, seeds, orders, strided: bool = False,
+           max_rounds: int = 6) -> Screen:
+    """Pairwise coordinate search from the best of ``seeds`` (tile tuples).  Local.
+
+    Returns the `Screen` holding the best candidates seen.
+    """
+    ext = extents(spec)
+    screen = Screen(spec, memory, config, orders, strided)
+    screen.offer(np.asarray(list(seeds), dtype=np.int64))
+    if screen.best is None:
+        return screen
+    window = (ext[5], ext[6])
+    free = "NKCHW" if screen.best[1][5:] == window else LOOPS
+    granular = {"K": config.dim, "C": config.dim, "W": config.dim}
+    ladders = {loop: ladder(ext[_I[loop]], granular.get(loop, 1)) for loop in free}
+    for _ in range(max_rounds):
+        improved = False
+        for a, b in itertools.combinations(free, 2):
+            grid = np.array(list(itertools.product(ladders[a], ladders[b])), dtype=np.int64)
+            tiles = np.tile(np.asarray(screen.best[1], dtype=np.int64), (len(grid), 1))
+            tiles[:, _I[a]], tiles[:, _I[b]] = grid[:, 0], grid[:, 1]
+            improved |= screen.offer(tiles)
+        if not improved:
+            break
+    return screen

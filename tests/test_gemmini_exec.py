@@ -1,0 +1,282 @@
+"""The Gemmini tile executor, parconv's tiling on Gemmini, the node kernel and the command line.
+
+Exactness on awkward shapes for the vendor tiling, parconv's and random feasible tilings; the
+executor's byte counts against the analytical models (part 1's `vendor_layer_cost`,
+`parconv.tiling.traffic` + bias, `tiling_cost`); capacity violations; CLI and kernel contracts.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import contextlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from parconv.errors import ParconvError
+from parconv.gemmini.calls import vendor_layer_cost
+from parconv.gemmini.config import GemminiConfig
+from parconv.gemmini.executor import TileExecutor
+from parconv.gemmini.vendor_run import run_vendor
+from parconv.gemmini.ours import (GemminiMemory, plan_parconv, run_parconv, tiling_calls,
+                                  vendor_tuple)
+from parconv.gemmini.ours_cost import tiling_cost
+from parconv.gemmini.ours_search import CYCLE_SLACK, bias_totals, exec_totals
+from parconv.kernels import reference_conv2d
+from parconv.layers import get_layer
+from parconv.spec import ConvSpec
+from parconv.tiling import LOOPS, Tiling, extents, traffic
+
+# a small Gemmini (128 scratchpad / 32 accumulator rows per tile) so that small layers need
+# many tiles, ragged edges and several channel blocks
+SMALL = dict(spad_bank_rows=64, acc_rows=64)
+
+AWKWARD = {
+    "3x3 s2 pad1 ragged": dict(batch=2, in_channels=5, out_channels=7, in_size=(9, 11),
+                               kernel_size=(3, 3), stride=(2, 2), padding=(1, 1)),
+    "3x3 s3 pad2": dict(batch=1, in_channels=18, out_channels=20, in_size=(13, 10),
+                        kernel_size=(3, 3), stride=(3, 3), padding=(2, 2)),
+    "3x3 dil2 pad(2,1)": dict(batch=1, in_channels=20, out_channels=33, in_size=(13, 10),
+                              kernel_size=(3, 3), dilation=(2, 2), padding=(2, 1)),
+    "asymmetric padding": dict(batch=2, in_channels=6, out_channels=17, in_size=(10, 9),
+                               kernel_size=(3, 3), stride=(2, 1), padding=(1, 0),
+                               padding_end=(2, 1)),
+    "1x1": dict(batch=2, in_channels=40, out_channels=24, in_size=(7, 9), kernel_size=(1, 1)),
+    "1x1 s2 (downsample)": dict(batch=1, in_channels=40, out_channels=70, in_size=(12, 12),
+                                kernel_size=(1, 1), stride=(2, 2)),
+    "5x5 pad2": dict(batch=1, in_channels=3, out_channels=21, in_size=(15, 14),
+                     kernel_size=(5, 5), padding=(2, 2)),
+    "7x7 s2 stem": dict(batch=2, in_channels=3, out_channels=20, in_size=(20, 20),
+                        kernel_size=(7, 7), stride=(2, 2), padding=(3, 3)),
+}
+
+
+def _data(spec: ConvSpec, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-128, 128, spec.input_shape).astype(np.int8)
+    w = rng.integers(-128, 128, spec.weight_shape).astype(np.int8)
+    bias = rng.integers(-2 ** 20, 2 ** 20, spec.out_channels).astype(np.int32)
+    return x, w, bias
+
+
+def _psum(moved) -> int:
+    return moved.output_read + moved.spill_write
+
+
+def _check_against_traffic(spec, tiling, order, config, counted: dict, bias: bool):
+    """Executor counts == parconv.tiling.traffic (+ the bias stream) == tiling_cost."""
+    moved = traffic(spec, tiling, order)
+    assert counted["input"] == moved.input
+    assert counted["weight"] == moved.filter
+    assert counted["output"] == moved.output_write
+    assert counted["psum"] == _psum(moved)
+    model = tiling_cost(spec, tiling, order, config, bias=bias)
+    assert {k: counted[k] for k in model.dram_bytes} == model.dram_bytes
+    assert counted["bias"] == int(bias_totals(spec, np.array([tiling.as_tuple()]), config)[0]
+                                  if bias else 0)
+    return model
+
+
+# ---- the vendor tiling --------------------------------------------------------------------------
+@pytest.mark.parametrize("semantics", ["dev", "dosa"])
+@pytest.mark.parametrize("name", list(AWKWARD))
+def test_vendor_exact_and_counts_equal_the_analytical_model(name, semantics):
+    spec = ConvSpec(**AWKWARD[name])
+    config = GemminiConfig(semantics=semantics, **SMALL)
+    x, w, bias = _data(spec)
+    bias = bias if config.has_bias else None
+    y, stats, loop = run_vendor(spec, x, w, bias, config=config)
+    np.testing.assert_array_equal(y, reference_conv2d(spec, x, w, bias))
+    model = vendor_layer_cost(spec, None, config)
+    counted = stats.to_dict()
+    assert {s: counted["dram_bytes"][s] for s in model.dram_bytes} == model.dram_bytes
+    assert counted["dram_bytes"]["psum"] == 0
+    assert (stats.calls, stats.exec_cycles, stats.passes) == \
+        (model.calls, model.exec_cycles, model.passes)
+    assert stats.cycles == pytest.approx(model.cycles, rel=1e-12)
+    assert stats.max_spad_rows <= config.spad_rows_limit
+    assert stats.max_acc_rows <= config.acc_rows_limit
+
+
+@pytest.mark.parametrize("name, batch", [("resnet50.layer3.1.conv1", 1),     # a_reuse
+                                         ("resnet50.layer4.0.downsample.0", 1)])
+def test_vendor_operand_reuse_on_real_layers(name, batch):
+    spec = get_layer(name, batch)
+    config = GemminiConfig()
+    x, w, bias = _data(spec, 3)
+    y, stats, loop = run_vendor(spec, x, w, bias, config=config)
+    assert loop.a_reuse or loop.b_reuse or loop.downsample
+    np.testing.assert_array_equal(y, reference_conv2d(spec, x, w, bias))
+    model = vendor_layer_cost(spec, None, config)
+    assert {s: stats.dram_bytes[s] for s in model.dram_bytes if s != "total"} == \
+        {s: v for s, v in model.dram_bytes.items() if s != "total"}
+
+
+# ---- parconv's tiling ---------------------------------------------------------------------------
+@pytest.mark.parametrize("semantics", ["dev", "dosa"])
+@pytest.mark.parametrize("name", list(AWKWARD))
+def test_parconv_tiling_exact_and_counts_equal_traffic(name, semantics):
+    spec = ConvSpec(**AWKWARD[name])
+    config = GemminiConfig(semantics=semantics, **SMALL)
+    x, w, bias = _data(spec, 1)
+    bias = bias if config.has_bias else None
+    y, stats, plan = run_parconv(spec, x, w, bias, config=config)
+    np.testing.assert_array_equal(y, reference_conv2d(spec, x, w, bias))
+    assert GemminiMemory(plan.config).fits(plan.model, plan.tiling)
+    counted = stats.to_dict()["dram_bytes"]
+    assert counted == plan.cost.dram_bytes
+    assert stats.cycles == pytest.approx(plan.cost.cycles, rel=1e-12)
+    if plan.schedule == "tiling":
+        _check_against_traffic(plan.model, plan.tiling, plan.order, plan.config, counted,
+                               config.has_bias)
+    # never more bytes than the vendor tiling; at most CYCLE_SLACK slower (for fewer bytes)
+    assert counted["total"] <= plan.vendor.dram_bytes["total"]
+    assert plan.cost.cycles <= plan.vendor.cycles * (1 + CYCLE_SLACK)
+
+
+@st.composite
+def _tilings(draw):
+    name = draw(st.sampled_from(sorted(AWKWARD)))
+    # the stored output is int8, as Gemmini's mvout writes it (GemminiConfig.output_bytes = 1)
+    spec = ConvSpec(**AWKWARD[name]).replace(dtype_out="int8")
+    sizes = [draw(st.integers(1, e)) for e in extents(spec)]
+    memory = GemminiMemory(GemminiConfig(**SMALL))
+    while not memory.fits(spec, Tiling(*sizes)):
+        # shrink the largest block until the library's rule accepts the tile
+        i = int(np.argmax(sizes))
+        sizes[i] = -(-sizes[i] // 2)
+    order = "".join(draw(st.permutations(LOOPS)))
+    tiling = Tiling(*sizes)
+    assume(np.prod(tiling.trips(spec)) <= 300)     # keep the executor's walk short
+    return spec, tiling, order
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_tilings(), bias=st.booleans())
+def test_random_feasible_tilings_are_exact_and_counted_exactly(case, bias):
+    spec, tiling, order = case
+    config = GemminiConfig(bias=bias, **SMALL)
+    x, w, b = _data(spec, 2)
+    b = b if bias else None
+    y, stats = TileExecutor(spec, config).run(tiling_calls(spec, tiling, order, config), x, w, b)
+    np.testing.assert_array_equal(y, reference_conv2d(spec, x, w, b))
+    model = _check_against_traffic(spec, tiling, order, config,
+                                   stats.to_dict()["dram_bytes"], bias)
+    assert stats.exec_cycles == model.exec_cycles
+    assert stats.exec_cycles == int(exec_totals(spec, np.array([tiling.as_tuple()]), config)[0])
+    assert stats.cycles == pytest.approx(model.cycles, rel=1e-12)
+    assert (stats.mvin_rows, stats.mvout_rows) == (model.mvin_rows, model.mvout_rows)
+    assert stats.max_spad_rows <= config.spad_rows_limit
+
+
+def test_float_layers_use_their_element_sizes():
+    spec = ConvSpec(**AWKWARD["3x3 s2 pad1 ragged"], dtype_in="float32")
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(spec.input_shape).astype(np.float32)
+    w = rng.standard_normal(spec.weight_shape).astype(np.float32)
+    y, stats, plan = run_parconv(spec, x, w, config=GemminiConfig(semantics="dosa", **SMALL))
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, reference_conv2d(spec, x, w), rtol=1e-4, atol=1e-4)
+    assert plan.config.input_bytes == 4 and plan.config.acc_bytes == 4
+    moved = traffic(plan.model, plan.tiling, plan.order)
+    assert stats.dram_bytes["input"] == moved.input      # 4 bytes per element
+    assert moved.input % 4 == 0
+
+
+# ---- capacity -----------------------------------------------------------------------------------
+def test_vendor_tile_that_does_not_fit_raises():
+    spec = ConvSpec(**AWKWARD["1x1"])
+    x, w, _ = _data(spec)
+    with pytest.raises(ParconvError, match="does not fit"):
+        run_vendor(spec, x, w, tile=(2, 7, 9, 24, 1, 1, 40), config=GemminiConfig(**SMALL))
+
+
+def test_executor_rejects_an_overflowing_tile():
+    spec = ConvSpec(**AWKWARD["1x1"])
+    config = GemminiConfig(**SMALL)
+    whole = Tiling(*extents(spec))
+    assert not GemminiMemory(config).fits(spec, whole)
+    x, w, _ = _data(spec)
+    with pytest.raises(ParconvError, match="accumulator rows"):
+        TileExecutor(spec, config).run(tiling_calls(spec, whole, "NKCHWRS", config), x, w)
+
+
+def test_gemmini_memory_is_the_library_rule():
+    spec = ConvSpec(**AWKWARD["3x3 dil2 pad(2,1)"])
+    config = GemminiConfig(**SMALL)
+    memory = GemminiMemory(config)
+    rng = np.random.default_rng(0)
+    tiles = np.stack([rng.integers(1, e + 1, 300) for e in extents(spec)], axis=1)
+    vectorised = memory.fits_array(spec, tiles)
+    one_by_one = [config.fits(spec, vendor_tuple(Tiling(*map(int, t)))) for t in tiles]
+    assert list(vectorised) == one_by_one
+    assert 0 < sum(one_by_one) < len(one_by_one)
+
+
+# ---- real layers, analytical only ---------------------------------------------------------------
+@pytest.mark.parametrize("name, batch", [("resnet50.layer1.0.conv1", 1),
+                                         ("resnet50.layer2.0.conv2", 4),
+                                         ("resnet50.layer2.0.downsample.0", 1)])
+def test_parconv_beats_vendor_bytes_on_resnet_layers(name, batch):
+    spec = get_layer(name, batch)
+    plan = plan_parconv(spec, GemminiConfig())
+    assert plan.cost.dram_bytes["total"] <= plan.vendor.dram_bytes["total"]
+    assert plan.cost.cycles <= plan.vendor.cycles * (1 + CYCLE_SLACK)
+    assert plan.cost.dram_bytes["total"] >= plan.result.bound   # never below the bound
+    print(name, batch, plan.tiling.as_tuple(), plan.order, plan.cost.dram_bytes["total"],
+          plan.vendor.dram_bytes["total"], plan.cost.dram_bytes["total"] / plan.result.bound)
+
+
+# ---- the node kernel ----------------------------------------------------------------------------
+def test_gemmini_kernel_contract():
+    from parconv.kernels import get_kernel
+    spec = ConvSpec(**AWKWARD["asymmetric padding"])
+    x, w, _ = _data(spec, 4)
+    y, stats = get_kernel("gemmini").run(spec, x, w)
+    assert y.dtype == np.int32
+    np.testing.assert_array_equal(y, reference_conv2d(spec, x, w))
+    assert stats["kernel"] == "gemmini" and stats["macs"] == spec.G
+    for which in ("parconv", "vendor"):
+        block = stats[which]
+        assert {"tile", "order", "dram_bytes", "cycles", "utilization"} <= set(block)
+        assert set(block["dram_bytes"]) >= {"input", "weight", "bias", "output", "total"}
+        assert block["dram_bytes"]["bias"] == 0          # local blocks carry no bias
+    assert stats["ratio_to_bound"] == pytest.approx(
+        stats["parconv"]["dram_bytes"]["total"] / stats["bound_bytes"])
+    assert stats["ratio_to_bound"] >= 1.0
+    json.dumps(stats)
+
+
+# ---- command line -------------------------------------------------------------------------------
+def _cli(*argv):
+    from parconv.gemmini.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(list(argv))
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_cli_json_keys_and_execute():
+    status, out, _ = _cli("--batch", "1", "--in-channels", "20", "--out-channels", "24",
+                          "--size", "12", "--kernel-size", "3", "--stride", "2", "--padding",
+                          "1", "--config", "chip", "--json", "--execute")
+    assert status == 0
+    result = json.loads(out)
+    for which in ("vendor", "parconv"):
+        assert {"tile", "dram_bytes", "cycles", "utilization"} <= set(result[which])
+        assert "total" in result[which]["dram_bytes"]
+        assert result["execute"][which]["ok"] and result["execute"][which]["bytes_match_model"]
+    assert len(result["vendor"]["tile"]) == 7 and isinstance(result["parconv"]["order"], str)
+    assert result["bound_bytes"] > 0
+
+
+def test_cli_table_and_errors():
+    status, out, _ = _cli("--layer", "resnet50.layer1.0.conv1", "--semantics", "dosa")
+    assert status == 0 and "vendor tile" in out and "parconv tile" in out
+    status, _, err = _cli("--layer", "resnet50.nope")
+    assert status == 2 and "unknown layer" in err
+    status, _, err = _cli("--layer", "resnet50.conv1", "--bw-eff", "17")
+    assert status == 2 and "bw_eff" in err
