@@ -13,8 +13,8 @@ How parconv runs a layer on the modelled Gemmini (theory.md section 6):
   byte-optimal tiling; `parconv.gemmini.ours_search.refine` then looks around it (and around the
   vendor tile) for tilings the systolic array runs efficiently, since a byte-optimal tile with
   5-pixel rows wastes most of each array pass.  The winner moves no more bytes than the library
-  and is, among the candidates at most 2 % slower than the fastest, the one moving the fewest
-  bytes (`plan_parconv`).  ``OursPlan.source`` says which candidate won; when the library's own
+  and is, among the candidates at most 2 % slower than the fastest and never slower than the
+  library, the one moving the fewest bytes (`plan_parconv`).  ``OursPlan.source`` says which candidate won; when the library's own
   schedule wins (its two-half operand reuse is outside the one-buffer model), ``schedule`` is
   ``"vendor"``.
 * **Strided DMA.** A 1x1 convolution with stride > 1 and no padding reads only every s-th row and
@@ -213,7 +213,7 @@ def plan_parconv(spec: ConvSpec, config: GemminiConfig | None = None, orders=Non
        than the library are dropped, and the library's own schedule joins as a candidate (its
        two-half operand reuse, ``a_reuse`` / ``b_reuse``, can beat every schedule of the
        one-buffer model).  Among the candidates at most `CYCLE_SLACK` (2 %) slower than the
-       fastest, the one moving the fewest bytes wins (then the faster; a tie keeps parconv's
+       fastest and no slower than the library, the one moving the fewest bytes wins (then the faster; a tie keeps parconv's
        tiles).
 
     ``config`` defaults to the default Gemmini; floats use ``config.for_spec(spec)``.  The bias
@@ -260,11 +260,14 @@ def plan_parconv(spec: ConvSpec, config: GemminiConfig | None = None, orders=Non
         cost = tiling_cost(run_on, Tiling(*tile), order, config, strided=strided)
         if limit is None or cost.dram_bytes["total"] <= limit:
             costed.append((cost, Tiling(*tile), order, source))
+    ceiling = float("inf")
     if vendor is not None:
         costed.append((cost_of_vendor(vendor), tiling_of_vendor(vendor.tile), VENDOR_ORDER,
                        "vendor schedule"))
+        ceiling = costed[-1][0].cycles      # never slower than the library itself
     fastest = min(cost.cycles for cost, *_ in costed)
-    best = min((c for c in costed if c[0].cycles <= fastest * (1 + CYCLE_SLACK)),
+    ceiling = min(ceiling, fastest * (1 + CYCLE_SLACK))
+    best = min((c for c in costed if c[0].cycles <= ceiling),
                key=lambda c: (c[0].dram_bytes["total"], c[0].cycles, c[3] == "vendor schedule"))
     common = dict(spec=spec, config=config, result=result, vendor=vendor,
                   candidates=len(pairs))
