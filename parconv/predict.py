@@ -81,22 +81,34 @@ def _touched_prefix(x, hl, wl, d_idx, e_idx, tr, tc, or_, oc):
             + row_mask[d_idx, i] * col_prefix[e_idx, j])
 
 
+class _Grid:
+    """The 5-D broadcast of a grid: block sizes per axis, coordinates, the two spatial layouts,
+    and ``full``, a zero array of the grid's shape that broadcasts sums to every rank."""
+
+    def __init__(self, spec, dims: tuple[int, int, int, int, int]):
+        PN, PK, PC, PH, PW = dims
+        self.hl, self.wl = axis_layout(spec, 0, PH), axis_layout(spec, 1, PW)
+        self.nN = _shape(0, block_sizes(spec.batch, PN))
+        self.nK = _shape(1, block_sizes(spec.out_channels, PK))
+        self.nC = _shape(2, block_sizes(spec.in_channels, PC))
+        self.nH, self.nW = _shape(3, self.hl.out_sizes), _shape(4, self.wl.out_sizes)
+        self.a, self.b, self.c, self.d, self.e = (_shape(i, np.arange(n))
+                                                  for i, n in enumerate(dims))
+        self.full = np.zeros(dims, dtype=np.int64)
+        self.filter_group = PN * PH * PW
+        self.q = (self.a * PH + self.d) * PW + self.e   # index in the N-H-W group
+
+
 def predict_grid(spec, dims: tuple[int, int, int, int, int]) -> GridPrediction:
     """Predict every active rank's bytes per phase for grid ``dims`` (exact).  Local, pure."""
     PN, PK, PC, PH, PW = dims
     R, S = spec.kernel_size
-    hl, wl = axis_layout(spec, 0, PH), axis_layout(spec, 1, PW)
-    nN = _shape(0, block_sizes(spec.batch, PN))
-    nK = _shape(1, block_sizes(spec.out_channels, PK))
-    nC = _shape(2, block_sizes(spec.in_channels, PC))
-    nH, nW = _shape(3, hl.out_sizes), _shape(4, wl.out_sizes)
-    a, b, c, d, e = (_shape(i, np.arange(n)) for i, n in enumerate(dims))
-    full = np.zeros(dims, dtype=np.int64)
+    g = _Grid(spec, dims)
+    hl, wl, nN, nK, nC, nH, nW = g.hl, g.wl, g.nN, g.nK, g.nC, g.nH, g.nW
+    b, c, d, e, full, group, q = g.b, g.c, g.d, g.e, g.full, g.filter_group, g.q
     phases = {}
 
     # (1) filter block (b, c) all-gathered over the P_N P_H P_W ranks that share it
-    group = PN * PH * PW
-    q = (a * PH + d) * PW + e
     n_f = nK * nC * R * S + full
     mine = _piece(n_f, group, q)
     phases["filter"] = dict(sent=mine * (group - 1) * spec.p_weight,
@@ -177,19 +189,15 @@ def mean_volume_lower_bound(spec, grids: np.ndarray) -> np.ndarray:
 def owned_piece_sizes(spec, dims: tuple[int, int, int, int, int]) -> dict[str, np.ndarray]:
     """Elements each active rank owns at the start (``input`` (all, touched or not), ``filter``,
     ``bias``) and at the end (``output``), in rank order.  Used for the scatter/gather phases."""
-    PN, PK, PC, PH, PW = dims
+    _, PK, PC, _, _ = dims
     R, S = spec.kernel_size
-    hl, wl = axis_layout(spec, 0, PH), axis_layout(spec, 1, PW)
-    nN = _shape(0, block_sizes(spec.batch, PN))
-    nK = _shape(1, block_sizes(spec.out_channels, PK))
-    nC = _shape(2, block_sizes(spec.in_channels, PC))
-    a, b, c, d, e = (_shape(i, np.arange(n)) for i, n in enumerate(dims))
-    full = np.zeros(dims, dtype=np.int64)
-    group, q = PN * PH * PW, (a * PH + d) * PW + e
+    g = _Grid(spec, dims)
+    hl, wl, nN, nK, nC, full = g.hl, g.wl, g.nN, g.nK, g.nC, g.full
+    b, c, group, q = g.b, g.c, g.filter_group, g.q
     sizes = {
         "input": _piece(nN * nC * _shape(3, hl.own_sizes) * _shape(4, wl.own_sizes) + full, PK, b),
         "filter": _piece(nK * nC * R * S + full, group, q),
         "bias": _piece((nK + full) * (c == 0) * spec.bias, group, q),
-        "output": _piece(nN * nK * _shape(3, hl.out_sizes) * _shape(4, wl.out_sizes) + full, PC, c),
+        "output": _piece(nN * nK * g.nH * g.nW + full, PC, c),
     }
     return {k: v.reshape(-1).astype(np.int64) for k, v in sizes.items()}

@@ -266,17 +266,23 @@ class Traffic:
         return out
 
 
-@lru_cache(maxsize=1 << 16)
-def axis_window_sum(n_in: int, n_out: int, kernel: int, stride: int, pad: int, dil: int,
-                    t_out: int, t_k: int) -> int:
-    """Sum over all (output block, tap block) pairs of one axis of the in-image window length."""
+def axis_window_table(n_in: int, n_out: int, kernel: int, stride: int, pad: int, dil: int,
+                      t_out: int, t_k: int) -> np.ndarray:
+    """In-image window length of every (output block, tap block) pair of one axis."""
     h0 = np.arange(0, n_out, t_out)
     h1 = np.minimum(h0 + t_out, n_out)
     r0 = np.arange(0, kernel, t_k)
     r1 = np.minimum(r0 + t_k, kernel)
     first = np.maximum(stride * h0[:, None] + dil * r0[None, :] - pad, 0)
     last = np.minimum(stride * (h1 - 1)[:, None] + dil * (r1 - 1)[None, :] - pad, n_in - 1)
-    return int(np.clip(last - first + 1, 0, None).sum())
+    return np.clip(last - first + 1, 0, None)
+
+
+@lru_cache(maxsize=1 << 16)
+def axis_window_sum(n_in: int, n_out: int, kernel: int, stride: int, pad: int, dil: int,
+                    t_out: int, t_k: int) -> int:
+    """Sum over all (output block, tap block) pairs of one axis of the in-image window length."""
+    return int(axis_window_table(n_in, n_out, kernel, stride, pad, dil, t_out, t_k).sum())
 
 
 def _innermost(order: str, trips: dict, loops: str) -> int:

@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from ..spec import ConvSpec
-from ..tiling import LOOPS, Tiling, check_order, extents
+from ..tiling import LOOPS, Tiling, axis_window_table, check_order, extents
 from . import call_rules as rules
 
 STREAMS = ("input", "weight", "bias", "output", "psum")
@@ -61,18 +61,6 @@ class ModelCost:
         out["tile"] = list(self.tile)
         out["utilization"] = self.utilization
         return out
-
-
-def axis_window_table(n_in: int, n_out: int, kernel: int, stride: int, pad: int, dil: int,
-                      t_out: int, t_k: int) -> np.ndarray:
-    """In-image window length of every (output block, tap block) pair of one axis."""
-    h0 = np.arange(0, n_out, t_out)
-    h1 = np.minimum(h0 + t_out, n_out)
-    r0 = np.arange(0, kernel, t_k)
-    r1 = np.minimum(r0 + t_k, kernel)
-    first = np.maximum(stride * h0[:, None] + dil * r0[None, :] - pad, 0)
-    last = np.minimum(stride * (h1 - 1)[:, None] + dil * (r1 - 1)[None, :] - pad, n_in - 1)
-    return np.clip(last - first + 1, 0, None)
 
 
 def _indices(flat: np.ndarray, dims: list, order: str) -> list:
