@@ -41,7 +41,7 @@ def plan_table(plan) -> str:
         "ratio to bound: " + ("n/a (the bound is 0)" if plan.ratio_to_bound is None
                               else f"{plan.ratio_to_bound:.3f}"),
         "",
-        f"baselines (largest bound-comparable volume of any rank):",
+        "baselines (largest bound-comparable volume of any rank):",
     ]
     for name, base in plan.baselines.items():
         if base is None:

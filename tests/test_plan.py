@@ -36,7 +36,6 @@ def _recount(plan, rank):
     spec, loc = plan.spec, plan.local(rank)
     PN, PK, PC, PH, PW = plan.dims.as_tuple()
     a, b, c, d, e = loc.coords
-    group = PN * PH * PW
     q = (a * PH + d) * PW + e
     out = {}
 
