@@ -280,3 +280,26 @@ def test_cli_table_and_errors():
     assert status == 2 and "unknown layer" in err
     status, _, err = _cli("--layer", "resnet50.conv1", "--bw-eff", "17")
     assert status == 2 and "bw_eff" in err
+
+
+def test_kernel_totals_add_bytes_and_recompute_ratios():
+    """Totals over ranks sum bytes, MACs and bounds; utilization and ratios are recomputed."""
+    from parconv.gemmini.kernel import GemminiKernel
+    kernel = GemminiKernel()
+    rng = np.random.default_rng(3)
+    stats = []
+    for size in (6, 9):
+        spec = ConvSpec(batch=1, in_channels=20, out_channels=18, in_size=(size, size),
+                        kernel_size=3, padding=1)
+        x = rng.integers(-128, 128, spec.input_shape, dtype=np.int8)
+        w = rng.integers(-128, 128, spec.weight_shape, dtype=np.int8)
+        stats.append(kernel.run(spec, x, w)[1])
+    total = kernel.combine(stats)
+    assert total["macs"] == sum(s["macs"] for s in stats)
+    ours = total["parconv"]
+    assert ours["dram_bytes"]["total"] == sum(s["parconv"]["dram_bytes"]["total"] for s in stats)
+    assert ours["cycles"] == sum(s["parconv"]["cycles"] for s in stats)
+    assert ours["utilization"] == pytest.approx(total["macs"] / (256 * ours["cycles"]))
+    assert 0 < ours["utilization"] <= 1
+    assert ours["ratio_to_bound"] == pytest.approx(ours["dram_bytes"]["total"]
+                                                   / total["bound_bytes"])

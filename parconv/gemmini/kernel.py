@@ -106,3 +106,25 @@ class GemminiKernel:
                  "bound_bytes": bound, "ratio_to_bound": total / bound if bound > 0 else None,
                  "time_s": time.perf_counter() - start}
         return y, stats
+
+    def combine(self, per_rank: list[dict]) -> dict:
+        """Totals over the ranks' stats: bytes, MACs and bounds add up; cycles are given both
+        summed (work) and as the slowest rank (time); utilization and the ratio to the bound are
+        recomputed from the sums, never summed.  Local."""
+        macs = sum(s["macs"] for s in per_rank)
+        bound = sum(s["bound_bytes"] for s in per_rank)
+        out = {"kernel": "gemmini", "macs": macs, "bound_bytes": bound,
+               "time_s": sum(s.get("time_s", 0.0) for s in per_rank)}
+        for which in ("parconv", "vendor"):
+            blocks = [s[which] for s in per_rank if s.get(which)]
+            if not blocks:
+                continue
+            dram = {k: sum(b["dram_bytes"][k] for b in blocks) for k in blocks[0]["dram_bytes"]}
+            cycles = sum(b["cycles"] for b in blocks)
+            out[which] = {"dram_bytes": dram, "cycles": cycles,
+                          "cycles_slowest_rank": max(b["cycles"] for b in blocks),
+                          "calls": sum(b["calls"] for b in blocks),
+                          "utilization": (macs / (self.config.peak_macs_per_cycle * cycles)
+                                          if cycles else 0.0),
+                          "ratio_to_bound": dram["total"] / bound if bound > 0 else None}
+        return out
