@@ -1,10 +1,11 @@
+# python experiments/bench_planner.py [--batch 32] [--ranks 8,64,512,4096]
 """Planner benchmark: every ResNet-50 layer at batch 32 on P in {8, 64, 512, 4096}.
 
 Run:  python experiments/bench_planner.py [--batch 32] [--ranks 8,64,512,4096] [--out DIR]
 
 Prints, per layer and P, the chosen grid, its ratio to the parallel lower bound max(B_MI, B_MD),
 its advantage over the best baseline (batch / spatial / input- or output-channel only) and the
-planning time; writes the same as CSV and Markdown to experiments/results/planner/.  Every figure is
+planning time; writes the same as CSV and Markdown, and a plot, to experiments/results/planner/.  Every figure is
 computed by parconv.plan; nothing is assumed.
 """
 
@@ -46,6 +47,38 @@ def row_for(name: str, batch: int, P: int) -> dict:
             "plan_time_s": round(elapsed, 4)}
 
 
+def plot(rows: list[dict], path: str) -> None:
+    """Two panels: ratio to the bound of every layer against P, and the busiest rank's volume of
+    the chosen grid against the best baseline, summed over the layers where a baseline exists."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ranks = sorted({r["P"] for r in rows})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, P in enumerate(ranks):
+        ratios = [r["ratio_to_bound"] for r in rows if r["P"] == P and r["ratio_to_bound"] != "n/a"]
+        left.scatter([i] * len(ratios), ratios, s=12, alpha=0.6)
+    left.set_xticks(range(len(ranks)), [str(P) for P in ranks])
+    left.axhline(1.0, color="k", lw=0.8)
+    left.set(xlabel="P", ylabel="busiest rank / max(B_MI, B_MD)",
+             title="ratio to the lower bound, every ResNet-50 layer")
+    ours, base = [], []
+    for P in ranks:
+        both = [r for r in rows if r["P"] == P and r["baseline_volume"] != ""]
+        ours.append(sum(r["max_volume"] for r in both) / 2**20)
+        base.append(sum(r["baseline_volume"] for r in both) / 2**20)
+    x = range(len(ranks))
+    right.bar([i - 0.2 for i in x], ours, 0.4, label="chosen grid")
+    right.bar([i + 0.2 for i in x], base, 0.4, label="best baseline")
+    right.set_xticks(list(x), [str(P) for P in ranks])
+    right.set(xlabel="P", ylabel="MiB (sum over layers with a baseline)",
+              title="busiest rank's volume: planner vs best baseline")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png", dpi=120)
+    os.replace(path + ".tmp.png", path)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
@@ -82,7 +115,8 @@ def main() -> int:
     print(f"\nslowest planning: {worst['plan_time_s']:.3f} s ({worst['layer']}, P={worst['P']})")
     print(f"ratio to bound: min {min(ratios):.3f}, max {max(ratios):.3f}; {len(above)} of "
           f"{len(rows)} above 1.3, {len(rows) - len(ratios)} with a zero bound")
-    print(f"wrote {stem}.csv and {stem}.md")
+    plot(rows, stem + ".png")
+    print(f"wrote {stem}.csv, {stem}.md and {stem}.png")
     return 0
 
 

@@ -1,3 +1,4 @@
+# python experiments/distributed_runs.py [--ranks 8,64] [--batch 8] [--node gemmini]
 """Distributed runs of catalogue layers: measured bytes against the bound, and time per phase.
 
 Run:  python experiments/distributed_runs.py [--ranks 8,64] [--batch 8] [--node gemmini]
