@@ -217,3 +217,23 @@ def test_vectorised_prediction_matches_every_forced_grid_choice():
         best = min(predict_grid(spec, g).max_volume
                    for g in itertools.chain(factorizations(P, dimension_caps(spec))))
         assert chosen.max_volume == best
+
+
+@pytest.mark.parametrize("spec", [AWKWARD[1], AWKWARD[5]], ids=["strided-bias", "dilated"])
+def test_every_P_up_to_64_every_rank(spec):
+    """For the automatic plan at every P in 1..64: arrays partition exactly, every rank's
+    prediction equals its recount, bytes are conserved, and the bound holds."""
+    for P in range(1, 65):
+        plan = make_plan(spec, P)
+        for rank in range(plan.active):
+            recount = _recount(plan, rank)
+            for phase in PHASES:
+                for key in ("sent", "received", "messages"):
+                    assert plan.predicted[phase][key][rank] == recount[phase][key], \
+                        (P, rank, phase, key)
+        for phase in PHASES:
+            assert plan.predicted[phase]["sent"].sum() == plan.predicted[phase]["received"].sum()
+        for array, shape in (("input", spec.input_shape), ("filter", spec.weight_shape),
+                             ("output", spec.output_shape)):
+            assert (_coverage(plan, array, shape) == 1).all(), (P, array)
+        assert plan.max_volume >= plan.bound.value
