@@ -73,23 +73,6 @@ def needed_positions(out_range: tuple[int, int], n_in: int, kernel: int, stride:
     return np.unique(idx)
 
 
-def needed_span(out_range: tuple[int, int], n_in: int, kernel: int, stride: int, pad: int,
-                dil: int) -> tuple[int, int]:
-    """Half-open span ``[first, last + 1)`` of the input positions an output range reads.
-
-    Empty ranges and ranges that read only padding give ``(x, x)``.
-    """
-    lo, hi = out_range
-    if hi <= lo:
-        return (0, 0)
-    first = stride * lo - pad
-    last = stride * (hi - 1) + dil * (kernel - 1) - pad
-    first_in, last_in = max(first, 0), min(last, n_in - 1)
-    if last_in < first_in:
-        return (first_in, first_in)
-    return first_in, last_in + 1
-
-
 def local_padding(out_range: tuple[int, int], span: tuple[int, int], kernel: int, stride: int,
                   pad: int, dil: int) -> tuple[int, int]:
     """(before, after) zero padding that makes a local buffer covering ``span`` act as the full
@@ -102,12 +85,6 @@ def local_padding(out_range: tuple[int, int], span: tuple[int, int], kernel: int
     needed_end = stride * (hi - 1) + dil * (kernel - 1) - pad + 1
     after = needed_end - span[1]
     return int(before), int(after)
-
-
-def overlap(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
-    """Intersection of two half-open ranges (empty ranges come back as ``(x, x)``)."""
-    lo, hi = max(a[0], b[0]), min(a[1], b[1])
-    return (lo, max(lo, hi))
 
 
 def flat_range_boxes(shape: tuple[int, ...], start: int, stop: int) -> list[tuple[tuple[int, int], ...]]:
@@ -144,10 +121,11 @@ def flat_range_boxes(shape: tuple[int, ...], start: int, stop: int) -> list[tupl
     return boxes
 
 
-def count_masked(shape: tuple[int, ...], row_mask: np.ndarray, col_mask: np.ndarray,
-                 starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+def count_masked(row_mask: np.ndarray, col_mask: np.ndarray, starts: np.ndarray,
+                 stops: np.ndarray) -> np.ndarray:
     """Number of elements with ``row_mask[h] & col_mask[w]`` in each flat range of a C-order
-    array of ``shape = (..., h, w)``; vectorised over the ranges ``[starts[i], stops[i])``."""
+    array of shape ``(..., len(row_mask), len(col_mask))``; vectorised over the ranges
+    ``[starts[i], stops[i])`` (the leading axes only repeat the (h, w) plane)."""
     plane = np.outer(row_mask, col_mask).ravel()
     cum = np.concatenate(([0], np.cumsum(plane, dtype=np.int64)))
     per_plane, plane_total = plane.size, int(cum[-1])
@@ -158,5 +136,4 @@ def count_masked(shape: tuple[int, ...], row_mask: np.ndarray, col_mask: np.ndar
             return np.zeros_like(x)
         return (x // per_plane) * plane_total + cum[x % per_plane]
 
-    del shape  # the leading axes only repeat the plane
     return upto(stops) - upto(starts)

@@ -93,8 +93,7 @@ def allgather_input(grid, local, piece: np.ndarray) -> np.ndarray:
     mine = _checked_piece(piece, local.input_pieces, grid.k.rank, spec.dtype_in, "input")
     mask = _touched_mask(local)
     starts, stops = (np.array(v, dtype=np.int64) for v in zip(*local.input_pieces))
-    counts = count_masked(local.input_block, local.rows_touched_own, local.cols_touched_own,
-                          starts, stops)
+    counts = count_masked(local.rows_touched_own, local.cols_touched_own, starts, stops)
     lo, hi = local.input_pieces[grid.k.rank]
     packed = np.ascontiguousarray(mine[mask[lo:hi]])
     received = np.empty(int(counts.sum()), dtype=spec.dtype_in)
