@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ParconvError
+from .errors import ParconvError, ParconvRuntimeError
 
 
 def block_range(n: int, p: int, i: int) -> tuple[int, int]:
@@ -119,6 +119,36 @@ def flat_range_boxes(shape: tuple[int, ...], start: int, stop: int) -> list[tupl
         boxes += [((last, last + 1),) + box for box in
                   flat_range_boxes(shape[1:], 0, stop % inner)]
     return boxes
+
+
+def read_boxes(source, boxes, dtype=None) -> np.ndarray:
+    """The elements of ``source`` (a numpy array or an h5py dataset) in ``boxes`` (tuples of
+    global half-open ranges), flattened in box order: the inverse of `write_boxes`."""
+    parts = [np.asarray(source[tuple(slice(lo, hi) for lo, hi in box)]).reshape(-1)
+             for box in boxes]
+    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype or source.dtype)
+    return flat.astype(dtype, copy=False) if dtype is not None else flat
+
+
+def write_boxes(target, boxes, flat: np.ndarray) -> None:
+    """Store ``flat`` into ``boxes`` of ``target`` (a numpy array or an h5py dataset), consuming
+    it in box order.
+
+    Raises
+    ------
+    ParconvRuntimeError
+        If ``flat`` does not have exactly as many elements as the boxes (a failure of the run,
+        not of the user's input).
+    """
+    sizes = [int(np.prod([hi - lo for lo, hi in box])) for box in boxes]
+    if sum(sizes) != flat.size:
+        raise ParconvRuntimeError(f"a piece of {flat.size} elements does not fill its boxes of "
+                           f"{sum(sizes)} elements")
+    offset = 0
+    for box, count in zip(boxes, sizes):
+        shape = tuple(hi - lo for lo, hi in box)
+        target[tuple(slice(lo, hi) for lo, hi in box)] = flat[offset:offset + count].reshape(shape)
+        offset += count
 
 
 def count_masked(row_mask: np.ndarray, col_mask: np.ndarray, starts: np.ndarray,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blocks import count_masked
+from .blocks import count_masked, read_boxes, write_boxes
 from .errors import ParconvRuntimeError
 
 
@@ -191,22 +191,6 @@ def reduce_scatter_output(grid, local, partial: np.ndarray) -> np.ndarray:
 
 # ---- data distribution from and to one root (phases "scatter", "gather", "check") -------------
 
-def _read_boxes(array: np.ndarray, boxes) -> np.ndarray:
-    """The elements of ``array`` in ``boxes`` (global half-open ranges), flattened in order."""
-    parts = [array[tuple(slice(lo, hi) for lo, hi in box)].reshape(-1) for box in boxes]
-    return np.concatenate(parts) if parts else array.reshape(-1)[:0].copy()
-
-
-def _write_boxes(array: np.ndarray, boxes, flat: np.ndarray) -> None:
-    """Store ``flat`` into ``boxes`` of ``array``, consuming it in order."""
-    offset = 0
-    for box in boxes:
-        shape = tuple(hi - lo for lo, hi in box)
-        count = int(np.prod(shape))
-        array[tuple(slice(lo, hi) for lo, hi in box)] = flat[offset:offset + count].reshape(shape)
-        offset += count
-
-
 def _owned_parts(plan, rank: int) -> list[tuple[str, list]]:
     """(dtype, global boxes) of the input, filter and bias pieces ``rank`` owns at the start;
     empty for an idle rank, no boxes for an empty piece."""
@@ -256,7 +240,7 @@ def scatter_owned(grid, x, w, bias, root: int) -> list[np.ndarray] | None:
     plan = grid.plan
     sendbuf, counts = None, None
     if grid.world.rank == root:
-        raw = [_as_bytes([_read_boxes(array, boxes) for array, (_, boxes) in
+        raw = [_as_bytes([read_boxes(array, boxes) for array, (_, boxes) in
                           zip((x, w, bias), _owned_parts(plan, r)) if boxes])
                for r in range(plan.active)]
         counts = np.zeros(plan.ranks, dtype=np.int64)
@@ -294,7 +278,7 @@ def gather_owned(grid, pieces, root: int, phase: str = "check"):
         typed = _unpack(raw[offsets[r]:offsets[r + 1]], everyone[r])
         for array, (_, boxes), part in zip((x, w, b), everyone[r], typed):
             if boxes:
-                _write_boxes(array, boxes, part)
+                write_boxes(array, boxes, part)
     return x, w, b
 
 
@@ -321,5 +305,5 @@ def gather_output(grid, piece: np.ndarray | None, root: int) -> np.ndarray | Non
     result = np.zeros(spec.output_shape, dtype=spec.dtype_out)
     offsets = np.concatenate(([0], np.cumsum(counts)))
     for r in range(plan.active):
-        _write_boxes(result, plan.local(r).output_piece_boxes(), out[offsets[r]:offsets[r + 1]])
+        write_boxes(result, plan.local(r).output_piece_boxes(), out[offsets[r]:offsets[r + 1]])
     return result

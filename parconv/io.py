@@ -20,7 +20,8 @@ import os
 
 import numpy as np
 
-from .errors import ParconvError, ParconvRuntimeError, agree, collectively
+from .blocks import read_boxes, write_boxes
+from .errors import ParconvError, agree, collectively
 
 LAYER_ATTRIBUTES = ("stride", "padding", "dilation")
 _TOKEN_TAG = 7301
@@ -137,14 +138,6 @@ def read_layer_meta(comm, path: str) -> LayerMeta:
     return found
 
 
-def _read_boxes(dataset, boxes, dtype) -> np.ndarray:
-    """The elements of `boxes` (global half-open ranges per axis), flattened in order."""
-    parts = [np.asarray(dataset[tuple(slice(a, b) for a, b in box)]).ravel() for box in boxes]
-    if not parts:
-        return np.empty(0, dtype=dtype)
-    return np.concatenate(parts).astype(dtype, copy=False)
-
-
 def _checked_dtype(path: str, name: str, found, wanted) -> None:
     _require(np.can_cast(found, wanted, casting="safe"), path,
              f"dataset {name!r} has type {found}, which does not convert safely to {wanted}")
@@ -176,9 +169,9 @@ def read_owned_blocks(comm, path: str, plan):
                 if bias_range is not None:
                     _require("bias" in handle, path, "missing dataset 'bias' (--bias given)")
                     _checked_dtype(path, "bias", handle["bias"].dtype, spec.dtype_acc)
-                    bias = _read_boxes(handle["bias"], [(bias_range,)], spec.dtype_acc)
-                blocks = OwnedBlocks(_read_boxes(x, local.input_piece_boxes(), spec.dtype_in),
-                                     _read_boxes(w, local.filter_piece_boxes(), spec.dtype_weight),
+                    bias = read_boxes(handle["bias"], [(bias_range,)], spec.dtype_acc)
+                blocks = OwnedBlocks(read_boxes(x, local.input_piece_boxes(), spec.dtype_in),
+                                     read_boxes(w, local.filter_piece_boxes(), spec.dtype_weight),
                                      bias)
     return blocks
 
@@ -196,18 +189,6 @@ def _layer_attributes(spec) -> dict:
             "padding": np.array(spec.padding, dtype=np.int64),
             "dilation": np.array(spec.dilation, dtype=np.int64),
             "layer": spec.name}
-
-
-def _write_boxes(dataset, boxes, flat: np.ndarray) -> None:
-    """Write the flat piece `flat` into `boxes` (global ranges), consuming it in order."""
-    offset = 0
-    for box in boxes:
-        shape = tuple(b - a for a, b in box)
-        count = int(np.prod(shape))
-        dataset[tuple(slice(a, b) for a, b in box)] = flat[offset:offset + count].reshape(shape)
-        offset += count
-    if offset != flat.size:
-        raise ParconvRuntimeError(f"output piece has {flat.size} elements, its boxes {offset}")
 
 
 def _remove_quietly(path: str) -> None:
@@ -231,7 +212,7 @@ def _write_in_turn(comm, tmp: str, boxes, piece) -> None:
         try:
             if boxes:
                 with h5py.File(tmp, "r+") as handle:
-                    _write_boxes(handle["output"], boxes, piece)
+                    write_boxes(handle["output"], boxes, piece)
         except Exception as exc:  # noqa: BLE001 - reported to every rank by agree() below
             error, token[0] = exc, 1
     if rank + 1 < size:
@@ -247,7 +228,7 @@ def _write_parallel(comm, tmp: str, spec, boxes, piece) -> None:
         dataset = handle.create_dataset("output", shape=spec.output_shape, dtype=spec.dtype_out)
         handle.attrs.update(_layer_attributes(spec))
         try:
-            _write_boxes(dataset, boxes, piece)
+            write_boxes(dataset, boxes, piece)
         except Exception as exc:  # noqa: BLE001 - agreed below, after the collective close
             error = exc
     agree(comm, error)

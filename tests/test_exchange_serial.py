@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from parconv import audit, exchange
+from parconv.blocks import read_boxes, write_boxes
 from parconv.errors import ParconvRuntimeError
 from parconv.plan import make_plan
 from parconv.spec import ConvSpec
@@ -31,9 +32,9 @@ def test_owned_pieces_partition_every_array(P, seed):
     rebuilt = [np.full(a.shape, np.nan) for a in arrays]
     for rank in range(plan.active):
         for array, copy, (_, boxes) in zip(arrays, rebuilt, exchange._owned_parts(plan, rank)):
-            piece = exchange._read_boxes(array, boxes)
+            piece = read_boxes(array, boxes)
             assert piece.size == exchange._count(boxes)
-            exchange._write_boxes(copy, boxes, piece)
+            write_boxes(copy, boxes, piece)
     for array, copy in zip(arrays, rebuilt):
         np.testing.assert_array_equal(array, copy)
 

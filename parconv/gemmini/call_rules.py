@@ -236,3 +236,12 @@ def exec_cycles(batches_, orows, ocols, pochs_, krows_, kcols_, kchs_, mpp=1, di
     per_block = np.where(batches_ * orows * ocols > 0, per_block, 0)
     cycles = weight_blocks(pochs_, krows_, kcols_, kchs_, mpp, dim) * per_block
     return cycles if np.ndim(cycles) else int(cycles)
+
+
+class Utilization:
+    """Mixin for cost records with ``macs``, ``cycles`` and ``peak_macs_per_cycle``."""
+
+    @property
+    def utilization(self) -> float:
+        """MACs / (peak MACs per cycle x cycles): 1.0 is the array busy on every cycle."""
+        return self.macs / (self.peak_macs_per_cycle * self.cycles) if self.cycles else 0.0

@@ -214,7 +214,7 @@ def iter_calls(loop: VendorLoop) -> Iterator[VendorCall]:
 
 # ---- a whole layer ------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
-class LayerCost:
+class LayerCost(rules.Utilization):
     """DRAM traffic and modelled cycles of one layer run by the library's loop.
 
     ``dram_bytes`` has ``input``, ``weight``, ``bias``, ``output`` and ``total``; ``requests`` the
@@ -241,10 +241,6 @@ class LayerCost:
     config_name: str
     semantics: str
     pool: tuple
-
-    @property
-    def utilization(self) -> float:
-        return self.macs / (self.peak_macs_per_cycle * self.cycles) if self.cycles else 0.0
 
     @property
     def exec_utilization(self) -> float:

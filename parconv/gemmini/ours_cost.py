@@ -30,7 +30,7 @@ CHUNK = 1 << 17
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelCost:
+class ModelCost(rules.Utilization):
     """DRAM bytes per stream, rows moved and modelled cycles of one (tiling, order).
 
     ``tile`` is (tN, tK, tC, tH, tW, tR, tS); ``dram_bytes`` has the five streams and ``total``;
@@ -51,10 +51,6 @@ class ModelCost:
     memory_bound_calls: int
     macs: int
     peak_macs_per_cycle: int
-
-    @property
-    def utilization(self) -> float:
-        return self.macs / (self.peak_macs_per_cycle * self.cycles) if self.cycles else 0.0
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
