@@ -260,6 +260,7 @@ def _execute(comm, args, argv, say) -> int:
     from .io import read_layer_meta, read_owned_blocks, write_output
     from .plan import make_plan
     from .report import summary_table, write_json
+    from .provenance import git_revision
     rank, size = comm.Get_rank(), comm.Get_size()
     started = time.perf_counter()
     if args.seed < 0:
@@ -293,6 +294,7 @@ def _execute(comm, args, argv, say) -> int:
     if args.report:
         with collectively(comm):
             if rank == 0:
+                report["git_revision"] = git_revision()
                 write_json(report, args.report)
     if rank == 0 and not args.quiet:
         print(summary_table(report), flush=True)
