@@ -5,8 +5,8 @@ Reads ``RESULTS_DIR/reports/*.json`` (or ``RESULTS_DIR/*.json`` when there is no
 folder) and, when ``RESULTS_DIR/sweep.json`` (written by ``launch.sweep``) lists the runs of the
 sweep, names every run whose report is missing.  One row per report: layer, batch, P, grid, the
 busiest rank's volume (max of ``bytes.bound_volume``), the bound, the binding term, the ratio to
-the bound, the time of each phase (``time_s``), the peak memory (when the report has it) and the
-git revision.  Reports from different git revisions are refused unless
+the bound, the time of each phase (``time_s``), the peak memory (largest rank's
+``memory.peak_rss_bytes``, empty when the report has none) and the git revision.  Reports from different git revisions are refused unless
 ``--allow-mixed-revisions``.  Both tables are written atomically (temporary file + rename) and
 never replace an existing file unless ``--force``.
 
@@ -28,9 +28,10 @@ HEAD_COLUMNS = ("layer", "batch", "P", "grid", "node", "dtype", "memory", "busie
                 "predicted_busiest_volume", "bound_value", "binding", "B_MI", "B_MD",
                 "ratio_to_bound")
 TAIL_COLUMNS = ("wall_time_s", "peak_memory_bytes", "git_revision", "report")
-#: report keys that may hold per-rank peak memory (a number, a per-rank list, or a dict with
-#: ``per_rank`` / ``max``); the first present is used, none present leaves the column empty
-PEAK_MEMORY_KEYS = ("peak_memory_bytes", "peak_memory", "memory_peak", "peak_rss_bytes")
+#: where a report may hold per-rank peak memory, as (section or None, key): a number or a
+#: per-rank list (the column is its maximum); the first present is used, none leaves it empty
+PEAK_MEMORY_KEYS = (("memory", "peak_rss_bytes"), (None, "peak_rss_bytes"),
+                    (None, "peak_memory_bytes"))
 MANIFEST = "sweep.json"
 
 
@@ -62,15 +63,22 @@ def expected_reports(results_dir: str) -> list[str] | None:
 
 
 def _peak_memory(report: dict):
-    for key in PEAK_MEMORY_KEYS:
-        value = report.get(key)
-        if isinstance(value, dict):
-            value = value.get("max", value.get("per_rank"))
+    for section, key in PEAK_MEMORY_KEYS:
+        holder = report.get(section) if section else report
+        value = holder.get(key) if isinstance(holder, dict) else None
         if isinstance(value, list):
             value = max((v for v in value if v is not None), default=None)
         if isinstance(value, (int, float)):
             return value
     return None
+
+
+def _memory_limit(report: dict):
+    """The per-rank --memory of the run: ``memory`` when a number, else ``bound.M``."""
+    memory = report.get("memory")
+    if isinstance(memory, (int, float)):
+        return memory
+    return (report.get("bound") or {}).get("M")
 
 
 def _number(value):
@@ -94,7 +102,7 @@ def row_of(report: dict, name: str) -> dict:
         "grid": "x".join(str(int(grid[axis])) for axis in "NKCHW"),
         "node": (report.get("run") or {}).get("node") or (report.get("node") or {}).get("kernel"),
         "dtype": spec.get("dtype_in"),
-        "memory": report.get("memory"),
+        "memory": _memory_limit(report),
         "busiest_volume": max(int(v) for v in volumes),
         "predicted_busiest_volume": max(int(v) for v in predicted) if predicted else None,
         "bound_value": _number(bound["value"]),

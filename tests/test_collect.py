@@ -27,7 +27,8 @@ def fake_report(layer="resnet50.layer1.0.conv1", ranks=2, volumes=(10, 30), revi
         "ranks": ranks, "memory": 1 << 30,
         "grid": {"N": 1, "K": 1, "C": 1, "H": 1, "W": ranks},
         "bytes": {"bound_volume": list(volumes), "predicted_bound_volume": list(volumes)},
-        "bound": {"B_MI": 20.5, "B_MD": 0.0, "binding": "memory-independent", "value": 20.5},
+        "bound": {"B_MI": 20.5, "B_MD": 0.0, "binding": "memory-independent", "value": 20.5,
+                  "M": float(1 << 30)},
         "ratio_to_bound": max(volumes) / 20.5,
         "node": {"kernel": "numpy"},
         "time_s": {"plan": 0.001, "kernel": 0.25 * ranks},
@@ -56,7 +57,7 @@ def test_table_matches_the_reports(tmp_path):
     reports = {"a-P1.json": fake_report(ranks=1, volumes=(0,)),
                "a-P2.json": fake_report(ranks=2, volumes=(10, 30)),
                "b-P4.json": fake_report(layer="vgg16.features.0", ranks=4, volumes=(5, 7, 40, 1),
-                                        peak_memory_bytes=[100, 300, 200, 50])}
+                                        memory={"peak_rss_bytes": [100, 300, 200, 50]})}
     write_sweep(tmp_path, reports, manifest=list(reports))
     assert run_collect(tmp_path) == 0
     with open(tmp_path / "results.csv", encoding="utf-8") as handle:
@@ -75,7 +76,9 @@ def test_table_matches_the_reports(tmp_path):
         assert json_row["ratio_to_bound"] == pytest.approx(report["ratio_to_bound"])
         assert json_row["time_kernel_s"] == report["time_s"]["kernel"]
         assert json_row["git_revision"] == "a" * 40
-    assert table["rows"][2]["peak_memory_bytes"] == 300   # the busiest rank's peak
+    assert table["rows"][2]["peak_memory_bytes"] == 300   # the largest rank's peak
+    # --memory: the number under "memory", or bound.M where "memory" holds the peaks
+    assert [r["memory"] for r in table["rows"]] == [1 << 30] * 3
     assert rows[0]["peak_memory_bytes"] == "" and table["rows"][0]["peak_memory_bytes"] is None
 
 
