@@ -12,6 +12,7 @@ Command line: ``python -m parconv.plan --help`` (parconv.plan.cli).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from functools import cached_property
 
@@ -31,6 +32,8 @@ __all__ = ["make_plan", "Plan", "RankSchedule", "GridDims", "PHASES", "BOUND_PHA
 
 #: per-rank memory assumed when none is given (bytes)
 DEFAULT_MEMORY = 1 << 30
+#: the largest per-rank memory accepted (bytes): footprints stay exact in int64
+MAX_MEMORY = 1 << 60
 BOUND_PHASES = RECEIVED_BOUND_PHASES + ("reduce",)
 #: the grids peers use, each a function of P
 BASELINES = {"batch": lambda P: [(P, 1, 1, 1, 1)],
@@ -165,12 +168,17 @@ def parse_memory(value) -> int:
         number = text.rstrip("KMGTBkmgtbiI")
         unit = text[len(number):].lower()
         try:
-            amount = int(float(number) * units[unit])
-        except (ValueError, KeyError):
-            raise ParconvError(f"--memory must be bytes such as 1073741824, 512MiB or 2GB, "
-                               f"got {value!r}") from None
+            scaled = float(number) * units[unit]
+            if not math.isfinite(scaled):
+                raise ValueError(scaled)
+            amount = int(scaled)
+        except (ValueError, KeyError, OverflowError):
+            raise ParconvError(f"--memory must be a finite number of bytes such as 1073741824, "
+                               f"512MiB or 2GB, got {value!r}") from None
     if amount < 1:
         raise ParconvError(f"--memory must be positive, got {value!r}")
+    if amount > MAX_MEMORY:
+        raise ParconvError(f"--memory must be at most {MAX_MEMORY} bytes (1 EiB), got {value!r}")
     return amount
 
 
@@ -190,8 +198,11 @@ def _candidates(spec: ConvSpec, P: int, max_idle: int) -> np.ndarray:
     full = np.array(factorizations(P, caps), dtype=np.int64).reshape(-1, 5)
     idle = np.array([g for used in range(P - 1, max(P - max_idle, 1) - 1, -1)
                      for g in factorizations(used, caps)], dtype=np.int64).reshape(-1, 5)
-    if len(full) and len(idle):
-        idle = idle[_max_work(spec, idle) <= _max_work(spec, full).min()]
+    if len(idle):
+        # without a full grid the reference is the least-loaded busiest rank of any candidate,
+        # so the planner keeps as many ranks busy as the layer's dimensions allow
+        reference = _max_work(spec, full if len(full) else idle).min()
+        idle = idle[_max_work(spec, idle) <= reference]
     used = min(P, int(np.prod(caps)))
     while not len(full) and not len(idle):
         idle = np.array(factorizations(used, caps), dtype=np.int64).reshape(-1, 5)
