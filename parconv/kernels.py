@@ -1,6 +1,6 @@
 """Node kernels: the fast CPU convolution, a slow reference, and the kernel registry.  No MPI.
 
-Every kernel follows one contract (common brief, "Node kernel interface")::
+Every kernel follows one contract (docs/design.md 4.4, "Node kernel interface")::
 
     y, stats = get_kernel(name).run(spec, x, w)
 
