@@ -1,6 +1,6 @@
 """Node kernels on the CPU: the fast convolution and a slow reference.  Pure, no MPI.
 
-Every kernel follows one contract (docs/design.md, "Node kernel interface")::
+Every kernel follows one contract (docs/design.md 4.4, "Node kernel interface")::
 
     y, stats = parconv.nodes.get_kernel(name).run(spec, x, w)
 

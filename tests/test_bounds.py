@@ -195,7 +195,7 @@ def test_dual_polish_reaches_the_optimum_from_a_poor_start(name):
 # ---- section 3: sequential bound against explicit schedules ------------------------------------
 def schedule_traffic(spec, tiles, order):
     """Bytes moved and fast-memory footprint of one (tiling, loop order) under the traffic model
-    of the common brief: consecutive reuse, spills of incomplete outputs at p_acc, final outputs
+    of docs/theory.md 6.3: consecutive reuse, spills of incomplete outputs at p_acc, final outputs
     at p_out, input windows clipped to the image."""
     (H, W), (R, S) = spec.out_size, spec.kernel_size
     extent = dict(zip(LOOPS, (spec.batch, spec.out_channels, spec.in_channels, H, W, R, S)))

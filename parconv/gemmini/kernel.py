@@ -1,4 +1,4 @@
-"""`GemminiKernel`: the Gemmini model as parconv's node kernel (docs/design.md, "Node kernel
+"""`GemminiKernel`: the Gemmini model as parconv's node kernel (docs/design.md 4.4, "Node kernel
 interface").  Pure, no MPI.
 
 ``run(spec, x, w)`` runs the rank's local block tile by tile through the executor with parconv's

@@ -2,7 +2,7 @@
 
 Every byte of data the engine moves goes through a `CountedComm`, which records per phase the
 bytes sent, the bytes received and the distinct destinations, following the counting rule of the
-plan (docs/design.md): bytes are the LOGICAL point-to-point payload between distinct ranks (a rank's
+plan (design.md 3): bytes are the LOGICAL point-to-point payload between distinct ranks (a rank's
 copy to itself is not traffic), computed from the numpy buffers and counts actually handed to MPI
 (``count * itemsize``), never from the plan.
 

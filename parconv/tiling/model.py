@@ -3,8 +3,8 @@
 A tiling is a block size on each of the seven loops ``LOOPS = "NKCHWRS"`` of the convolution and a
 loop order is a permutation of ``LOOPS`` (outermost first) over the *block* indices.  This module
 gives the fast-memory footprint of one block, the memories a tiling must fit in, and the exact
-slow-memory traffic of a (tiling, loop order) under the contract of the design (docs/design.md,
-"Memory-traffic semantics"):
+slow-memory traffic of a (tiling, loop order) under the contract of the design (theory.md 6.3,
+"Exact traffic of a (tiling, order)"):
 
 * one buffer per array; an input or filter block is loaded unless the previous tile used the same
   block (the same block indices on the loops the array depends on: input N C H W R S, filter
