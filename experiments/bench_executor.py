@@ -23,8 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from parconv.gemmini.config import GemminiConfig  # noqa: E402
-from parconv.gemmini.vendor_run import run_vendor  # noqa: E402
-from parconv.gemmini.ours import plan_parconv, run_parconv  # noqa: E402
+from parconv.gemmini.tiled.choose import choose_tiling, run_parconv  # noqa: E402
+from parconv.gemmini.vendor.run import run_vendor  # noqa: E402
 from parconv.kernels import NumpyKernel  # noqa: E402
 from parconv.layers import get_layer  # noqa: E402
 
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
         x = rng.integers(-128, 128, spec.input_shape).astype(np.int8)
         w = rng.integers(-128, 128, spec.weight_shape).astype(np.int8)
         t_numpy, (y_ref, _) = best_time(lambda: NumpyKernel().run(spec, x, w), args.repeat)
-        t_plan, plan = best_time(lambda: plan_parconv(spec, config), 1)
+        t_plan, plan = best_time(lambda: choose_tiling(spec, config), 1)
         t_ours, (y_ours, s_ours, _) = best_time(lambda: run_parconv(spec, x, w, plan=plan),
                                                 args.repeat)
         t_vendor, (y_vendor, s_vendor, _) = best_time(

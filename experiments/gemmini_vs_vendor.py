@@ -2,8 +2,8 @@
 """parconv's tiling against the Gemmini library's tiled_conv_auto, on the Gemmini model.
 
 Every ResNet-50 convolution (batch 1 and 4) and every VGG-16 convolution (batch 1 and 4) is
-modelled with both tilings (analytical models: `parconv.gemmini.calls.vendor_layer_cost` for the
-library's loop, `parconv.gemmini.ours_cost.tiling_cost` for parconv's; the executor counts the
+modelled with both tilings (analytical models: `parconv.gemmini.vendor.calls.vendor_layer_cost` for the
+library's loop, `parconv.gemmini.tiled.cost.tiling_cost` for parconv's; the executor counts the
 same bytes, see tests/test_gemmini_exec.py, and ``--execute N`` re-checks N layers on data).
 Default Gemmini, ``dev`` semantics (operand reuse, downsample, bias, first-layer optimization),
 BW_eff = 8 B/cycle.
@@ -30,10 +30,10 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from parconv.gemmini.calls import vendor_layer_cost  # noqa: E402
 from parconv.gemmini.config import GemminiConfig  # noqa: E402
-from parconv.gemmini.ours import plan_parconv, vendor_tuple  # noqa: E402
-from parconv.gemmini.vendor import conv_auto  # noqa: E402
+from parconv.gemmini.tiled.choose import choose_tiling, vendor_tuple  # noqa: E402
+from parconv.gemmini.vendor.calls import vendor_layer_cost  # noqa: E402
+from parconv.gemmini.vendor.heuristics import conv_auto  # noqa: E402
 from parconv.layers import get_layer, layer_names  # noqa: E402
 from parconv.spec import ConvSpec  # noqa: E402
 
@@ -76,11 +76,11 @@ def geomean(values) -> float:
 def compare_layer(spec: ConvSpec, config: GemminiConfig) -> dict:
     """Both tilings of one layer on the model, as one table row."""
     start = time.perf_counter()
-    plan = plan_parconv(spec, config)
+    plan = choose_tiling(spec, config)
     vendor, ours = plan.vendor, plan.cost
     bound = plan.result.bound if plan.model is not spec else plan.result.bound
     from parconv.bounds import sequential_bound_two_memory
-    from parconv.gemmini.ours import model_spec
+    from parconv.gemmini.tiled.choose import model_spec
     bound = float(sequential_bound_two_memory(model_spec(spec, plan.config),
                                               plan.config.scratch_bytes,
                                               plan.config.acc_total_bytes).value)

@@ -12,8 +12,9 @@ import math
 
 import numpy as np
 
-from . import exchange
 from .errors import ParconvRuntimeError
+from .mpi import distribute
+from .nodes import get_kernel
 from .plan import PHASES
 
 #: phases the engine counts, in report order: the algorithm, then the data distribution
@@ -169,7 +170,6 @@ def tolerance(spec, reference: np.ndarray) -> float:
 def reference_output(spec, x, w, bias) -> np.ndarray:
     """The serial reference: the numpy node kernel on the whole layer, plus bias, cast to
     dtype_out.  Local."""
-    from .kernels import get_kernel
     y, _ = get_kernel("numpy").run(spec.replace(bias=False), x, w)
     if bias is not None:
         y = np.add(y, np.asarray(bias).reshape(1, -1, 1, 1), dtype=spec.dtype_acc)
@@ -184,7 +184,7 @@ def compare_with_reference(grid, plan, globals_, pieces, output, root: int,
     every rank) they are first gathered on the root (counted phase "check")."""
     spec = plan.spec
     if from_blocks:
-        globals_ = exchange.gather_owned(grid, pieces, root)
+        globals_ = distribute.gather_owned(grid, pieces, root)
     verdict = None
     if grid.world.rank == root:
         x, w, bias = globals_

@@ -1,6 +1,6 @@
 """distributed_conv2d: one convolution layer on an MPI communicator, every byte counted.
 
-Wires the plan (parconv.plan), the grid (parconv.comm), the exchanges (parconv.exchange) and the
+Wires the plan (parconv.plan), the grid (parconv.mpi.procgrid), the exchanges (parconv.mpi.exchange) and the
 node kernel (parconv.kernels) into the grid algorithm of theory.md section 5, then holds the
 counted bytes against the plan's prediction (they must be equal on every rank and phase) and the
 measured volume against the lower bound (it may never be below).
@@ -14,31 +14,18 @@ import time
 
 import numpy as np
 
-from . import exchange
-from .audit import (build_report, compare_with_reference, gather_counts, verify_bound,
-                    verify_counts)
-from .comm import ProcGrid
-from .errors import ParconvError, ParconvRuntimeError, collectively
+from .audit import build_report, compare_with_reference, gather_counts, verify_bound, verify_counts
+from .errors import ParconvError, ParconvRuntimeError
+from .mpi import distribute, exchange
+from .mpi.agree import collectively
+from .mpi.procgrid import ProcGrid
+from .nodes import get_kernel
 from .plan import Plan, make_plan
 from .spec import ConvSpec
 
 #: phases timed, in order (the report's ``time_s``); "kernel" is the node kernel
 TIMED = ("plan", "setup", "scatter", "filter", "bias", "input", "halo_h", "halo_w", "kernel",
          "reduce", "gather", "check")
-
-
-@dataclasses.dataclass
-class OwnedBlocks:
-    """The flat pieces one rank owns at the start (read by parconv.io, or made by a caller).
-
-    ``input_piece`` covers ``plan.local(rank).input_piece_boxes()`` in order (dtype_in),
-    ``filter_piece`` the filter boxes (dtype_weight), ``bias_piece`` the bias range (dtype_acc)
-    or None where the rank owns no bias.  Idle ranks pass empty arrays.
-    """
-
-    input_piece: np.ndarray
-    filter_piece: np.ndarray
-    bias_piece: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -107,7 +94,6 @@ def _local_plan(size: int, spec, plan, grid, memory, root) -> Plan:
 def _kernel_object(node):
     """A node kernel object from a name or an object with ``run``.  Local."""
     if isinstance(node, str):
-        from .kernels import get_kernel
         return get_kernel(node)
     if not callable(getattr(node, "run", None)):
         raise ParconvError(f"node must be a kernel name or an object with run(), got {node!r}")
@@ -148,7 +134,7 @@ def _local_sources(rank: int, plan, x, w, bias, blocks, root: int):
 
 def _checked_blocks(plan, rank: int, blocks) -> list | None:
     """This rank's pieces as typed flat arrays, checked against the plan.  Local."""
-    local, spec = plan.local(rank), plan.spec
+    local, spec = plan.schedule(rank), plan.spec
     if local is None:
         return None
     bias_range = local.bias_piece_range()
@@ -204,7 +190,7 @@ def _run_kernel(spec, local, kernel, filters, bias, buffer):
 
 def _compute(grid, plan, pieces, kernel, timer):
     """Phases 1-5 (all ranks call it; idle ranks only join the kernel agreement)."""
-    local, spec = plan.local(grid.rank), plan.spec
+    local, spec = plan.schedule(grid.rank), plan.spec
     partial, stats = None, None
     if local is not None:
         filters, bias, buffer = _local_step(grid, local, pieces, timer)
@@ -234,7 +220,7 @@ def distributed_conv2d(comm, spec: ConvSpec, *, x=None, w=None, bias=None, block
         Global input (N, C, H_in, W_in), filters (K, C, R, S) and bias (K,) (dtype_acc), on the
         root only; scattered in the counted phase "scatter".  Alternatively:
     blocks : OwnedBlocks, optional
-        This rank's owned pieces (e.g. from parconv.io.read_owned_blocks), on every rank.
+        This rank's owned pieces (e.g. from parconv.mpi.hdf5.read_owned_blocks), on every rank.
     plan : Plan, optional
         A plan for ``spec`` on ``comm.Get_size()`` ranks; otherwise ``make_plan(spec, P,
         memory, grid)``.
@@ -276,13 +262,13 @@ def _run(grid, plan, kernel, sources, gather, root, check, timer) -> ConvResult:
     if not from_blocks:
         performed.append("scatter")
         with timer("scatter"):
-            pieces = exchange.scatter_owned(grid, *globals_, root)
+            pieces = distribute.scatter_owned(grid, *globals_, root)
     piece, stats = _compute(grid, plan, pieces, kernel, timer)
     output, verdict = None, None
     if gather or check:
         performed.append("gather")
         with timer("gather"):
-            output = exchange.gather_output(grid, piece, root)
+            output = distribute.gather_output(grid, piece, root)
     if check:
         performed += ["check"] if from_blocks else []
         with timer("check"):
@@ -301,6 +287,6 @@ def _run(grid, plan, kernel, sources, gather, root, check, timer) -> ConvResult:
     except ParconvRuntimeError as error:
         error.report = report
         raise
-    local = plan.local(grid.rank)
+    local = plan.schedule(grid.rank)
     boxes = local.output_piece_boxes() if local is not None else []
     return ConvResult(piece, boxes, output if gather else None, plan, report)

@@ -1,8 +1,8 @@
-"""Node kernels: the fast CPU convolution, a slow reference, and the kernel registry.  No MPI.
+"""Node kernels on the CPU: the fast convolution and a slow reference.  Pure, no MPI.
 
-Every kernel follows one contract (common brief, "Node kernel interface")::
+Every kernel follows one contract (docs/design.md 4.4, "Node kernel interface")::
 
-    y, stats = get_kernel(name).run(spec, x, w)
+    y, stats = parconv.nodes.get_kernel(name).run(spec, x, w)
 
 ``spec`` describes the LOCAL block (its padding may be asymmetric: ``spec.padding`` before,
 ``spec.padding_end`` after), ``x`` is ``(N, C, H_in, W_in)`` of ``spec.dtype_in``, ``w`` is
@@ -184,23 +184,3 @@ def reference_conv2d(spec: ConvSpec, x: np.ndarray, w: np.ndarray, bias=None) ->
     if bias is not None:
         out += np.asarray(bias).astype(exact).reshape(1, -1, 1, 1)
     return _to_accumulator(out, spec.dtype_acc)
-
-
-KERNEL_NAMES = ("numpy", "gemmini")
-
-
-def get_kernel(name: str):
-    """The node kernel called `name`: 'numpy' (NumpyKernel) or 'gemmini' (the accelerator model,
-    imported on first use).  Local.
-
-    Raises
-    ------
-    ParconvError
-        For an unknown name (the message lists the known ones).
-    """
-    if name == "numpy":
-        return NumpyKernel()
-    if name == "gemmini":
-        from .gemmini.kernel import GemminiKernel
-        return GemminiKernel()
-    raise ParconvError(f"node kernel must be one of {', '.join(KERNEL_NAMES)}, got {name!r}")

@@ -28,7 +28,16 @@ import traceback
 
 import numpy as np
 
-from .errors import ParconvError, ParconvRuntimeError, collectively
+from .cli import add_layer_arguments, list_layers, parse_pair, spec_from_args
+from .conv import distributed_conv2d
+from .data import random_layer_data
+from .errors import ParconvError, ParconvRuntimeError
+from .mpi.agree import collectively
+from .mpi.hdf5 import read_layer_meta, read_owned_blocks, write_output
+from .nodes import get_kernel
+from .plan import make_plan
+from .provenance import git_revision
+from .report import human_bytes, summary_table, write_json
 
 DEFAULT_LAYER = "resnet50.layer3.0.conv2"
 DEFAULT_BATCH = 8
@@ -77,7 +86,6 @@ def _set_help(parser: argparse.ArgumentParser, dest: str, text: str) -> None:
 
 def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     """The command line of ``python -m parconv.run`` (layer flags shared with parconv.plan)."""
-    from .plan_cli import add_layer_arguments
     parser = _Parser(
         prog=PROG, rank=rank,
         description="Run one convolution layer on all MPI ranks: choose the processor grid from "
@@ -136,7 +144,6 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
 
 def _file_fields(meta, args) -> dict:
     """Layer fields fixed by an input file; explicit flags that contradict them are errors."""
-    from .plan_cli import parse_pair
     (n, c, h, w), (k, _, r, s) = meta.input_shape, meta.weight_shape
     fields = {"batch": n, "in_channels": c, "out_channels": k, "in_size": (h, w),
               "kernel_size": (r, s)}
@@ -173,7 +180,6 @@ def build_spec(args, meta=None):
     file) > the catalogue layer (``--layer``, or the default layer when nothing else describes
     one) > defaults.
     """
-    from .plan_cli import spec_from_args
     args = argparse.Namespace(**vars(args))
     overrides = None
     if meta is not None:
@@ -223,7 +229,6 @@ class _FailingKernel:
 
 
 def _node_kernel(name: str, rank: int):
-    from .kernels import get_kernel
     try:
         kernel = get_kernel(name)
     except ImportError as exc:
@@ -237,7 +242,6 @@ def _node_kernel(name: str, rank: int):
 
 def _random_data(comm, spec, seed: int) -> dict:
     """Seeded random input, weight and bias on rank 0 (None elsewhere).  Collective over `comm`."""
-    from .io import random_layer_data
     data = {"x": None, "w": None, "bias": None}
     with collectively(comm):
         if comm.Get_rank() == 0:
@@ -246,7 +250,6 @@ def _random_data(comm, spec, seed: int) -> dict:
 
 
 def _plan_line(plan) -> str:
-    from .report import human_bytes
     bound, ratio = plan.bound, plan.ratio_to_bound
     ratio_text = "n/a (bound 0)" if ratio is None else f"{ratio:.3f}"
     return (f"plan: grid NxKxCxHxW = {plan.dims} ({plan.active} of {plan.ranks} ranks active), "
@@ -256,11 +259,6 @@ def _plan_line(plan) -> str:
 
 def _execute(comm, args, argv, say) -> int:
     """Everything after option parsing.  Collective over `comm`."""
-    from .conv import distributed_conv2d
-    from .io import read_layer_meta, read_owned_blocks, write_output
-    from .plan import make_plan
-    from .report import summary_table, write_json
-    from .provenance import git_revision
     rank, size = comm.Get_rank(), comm.Get_size()
     started = time.perf_counter()
     if args.seed < 0:
@@ -351,7 +349,6 @@ def main(argv=None) -> int:
                 print(f"parconv: {text}", flush=True)
 
         if args.list_layers:
-            from .plan_cli import list_layers
             if rank == 0:
                 print(list_layers())
         else:

@@ -21,6 +21,14 @@ from .errors import ParconvError
 DTYPE_BYTES = {"int8": 1, "int16": 2, "int32": 4, "int64": 8,
                "float16": 2, "float32": 4, "float64": 8}
 
+#: largest value of any integer field: shapes, strides and paddings are C ints in MPI and HDF5
+MAX_FIELD = 2**31 - 1
+#: largest per-axis bookkeeping (input positions, or output positions times taps): the pure
+#: modules build index arrays of this length, so it is refused before anything is allocated
+MAX_AXIS_WORK = 2**27
+#: largest size of one array in bytes (byte counts stay exact in int64)
+MAX_ARRAY_BYTES = 2**60
+
 #: the accumulator type that goes with an input type when none is given
 DEFAULT_ACC = {"int8": "int32", "int16": "int32", "int32": "int64",
                "float16": "float32", "float32": "float32", "float64": "float64"}
@@ -36,6 +44,8 @@ def _pair(value, name: str) -> tuple[int, int]:
     for v in pair:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
             raise ParconvError(f"{name} must be integers, got {value!r}")
+        if int(v) > MAX_FIELD:
+            raise ParconvError(f"{name} must be at most {MAX_FIELD}, got {int(v)}")
     return int(pair[0]), int(pair[1])
 
 
@@ -111,6 +121,8 @@ class ConvSpec:
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ParconvError(f"{field} must be a positive integer (>= 1), got {value!r}")
+            if int(value) > MAX_FIELD:
+                raise ParconvError(f"{field} must be at most {MAX_FIELD}, got {int(value)}")
             object.__setattr__(self, field, int(value))
         if self.padding_end is None:
             object.__setattr__(self, "padding_end", self.padding)
@@ -138,7 +150,26 @@ class ConvSpec:
                     f"spans {extent} positions, more than the padded input ({n_in} + {pad} + "
                     f"{pad_end} = {n_in + pad + pad_end}); kernel extent must be <= padded "
                     f"input size")
+        self._check_sizes()
         object.__setattr__(self, "bias", bool(self.bias))
+
+    def _check_sizes(self) -> None:
+        """Refuse, from arithmetic alone, layers whose bookkeeping or arrays could not be held."""
+        for axis, (n_in, n_out, k) in enumerate(zip(self.in_size, self.out_size,
+                                                    self.kernel_size)):
+            name = "height" if axis == 0 else "width"
+            if max(n_in, n_out * k) > MAX_AXIS_WORK:
+                raise ParconvError(
+                    f"layer too large along the {name}: {n_in} input and {n_out} output positions "
+                    f"with {k} taps (padding {self.padding[axis]}); at most {MAX_AXIS_WORK} input "
+                    f"positions and output positions x taps are supported")
+        for what, shape, dtype in (("input", self.input_shape, self.dtype_in),
+                                   ("weight", self.weight_shape, self.dtype_weight),
+                                   ("output", self.output_shape, self.dtype_acc)):
+            size = math.prod(shape) * DTYPE_BYTES[dtype]
+            if size > MAX_ARRAY_BYTES:
+                raise ParconvError(f"the {what} array {shape} would need {size} bytes, more than "
+                                   f"the {MAX_ARRAY_BYTES} supported")
 
     # ---- shapes -------------------------------------------------------------------------------
     @property

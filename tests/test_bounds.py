@@ -7,17 +7,17 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from parconv.bounds import (busy_processor_footprint, closed_form_work, im2col_bound,
                             parallel_bounds, sequential_bound, sequential_bound_two_memory,
                             work_function)
+from parconv.bounds.workfn import (layer_program, output_bytes, polish_traffic_dual,
+                                   polish_work_dual, solve_traffic, solve_work, traffic_program,
+                                   used_filter_size)
 from parconv.errors import ParconvError
 from parconv.layers import get_layer
 from parconv.spec import ConvSpec
-from parconv.workfn import (layer_program, output_bytes, polish_traffic_dual, polish_work_dual,
-                            solve_traffic, solve_work, traffic_program, used_filter_size)
 
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -195,7 +195,7 @@ def test_dual_polish_reaches_the_optimum_from_a_poor_start(name):
 # ---- section 3: sequential bound against explicit schedules ------------------------------------
 def schedule_traffic(spec, tiles, order):
     """Bytes moved and fast-memory footprint of one (tiling, loop order) under the traffic model
-    of the common brief: consecutive reuse, spills of incomplete outputs at p_acc, final outputs
+    of docs/theory.md 6.3: consecutive reuse, spills of incomplete outputs at p_acc, final outputs
     at p_out, input windows clipped to the image."""
     (H, W), (R, S) = spec.out_size, spec.kernel_size
     extent = dict(zip(LOOPS, (spec.batch, spec.out_channels, spec.in_channels, H, W, R, S)))

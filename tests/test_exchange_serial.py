@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from parconv import audit, exchange
-from parconv.blocks import read_boxes, write_boxes
+from parconv import audit
 from parconv.errors import ParconvRuntimeError
+from parconv.mpi import distribute
 from parconv.plan import make_plan
+from parconv.plan.blocks import read_boxes, write_boxes
 from parconv.spec import ConvSpec
 
 SPEC = ConvSpec(batch=2, in_channels=3, out_channels=5, in_size=(9, 7), kernel_size=3,
@@ -31,9 +32,9 @@ def test_owned_pieces_partition_every_array(P, seed):
               (SPEC.input_shape, SPEC.weight_shape, (SPEC.out_channels,))]
     rebuilt = [np.full(a.shape, np.nan) for a in arrays]
     for rank in range(plan.active):
-        for array, copy, (_, boxes) in zip(arrays, rebuilt, exchange._owned_parts(plan, rank)):
+        for array, copy, (_, boxes) in zip(arrays, rebuilt, distribute._owned_parts(plan, rank)):
             piece = read_boxes(array, boxes)
-            assert piece.size == exchange._count(boxes)
+            assert piece.size == distribute._count(boxes)
             write_boxes(copy, boxes, piece)
     for array, copy in zip(arrays, rebuilt):
         np.testing.assert_array_equal(array, copy)
@@ -42,7 +43,7 @@ def test_owned_pieces_partition_every_array(P, seed):
 def test_unpack_reverses_the_byte_packing():
     parts = [("int8", [((0, 3),)]), ("float64", [((0, 2),)]), ("int32", [])]
     values = [np.array([1, -2, 3], np.int8), np.array([0.5, -1.25]), np.zeros(0, np.int32)]
-    typed = exchange._unpack(exchange._as_bytes(values), parts)
+    typed = distribute._unpack(distribute._as_bytes(values), parts)
     for got, want in zip(typed, values):
         assert got.dtype == want.dtype
         np.testing.assert_array_equal(got, want)

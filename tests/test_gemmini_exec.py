@@ -7,24 +7,23 @@ executor's byte counts against the analytical models (part 1's `vendor_layer_cos
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
-import contextlib
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from parconv.errors import ParconvError
-from parconv.gemmini.calls import vendor_layer_cost
 from parconv.gemmini.config import GemminiConfig
 from parconv.gemmini.executor import TileExecutor
-from parconv.gemmini.vendor_run import run_vendor
-from parconv.gemmini.ours import (GemminiMemory, plan_parconv, run_parconv, tiling_calls,
-                                  vendor_tuple)
-from parconv.gemmini.ours_cost import tiling_cost
-from parconv.gemmini.ours_search import CYCLE_SLACK, bias_totals, exec_totals
+from parconv.gemmini.tiled.choose import (GemminiMemory, choose_tiling, run_parconv, tiling_calls,
+                                          vendor_tuple)
+from parconv.gemmini.tiled.cost import tiling_cost
+from parconv.gemmini.tiled.search import CYCLE_SLACK, bias_totals, exec_totals
+from parconv.gemmini.vendor.calls import vendor_layer_cost
+from parconv.gemmini.vendor.run import run_vendor
 from parconv.kernels import reference_conv2d
 from parconv.layers import get_layer
 from parconv.spec import ConvSpec
@@ -222,7 +221,7 @@ def test_gemmini_memory_is_the_library_rule():
                                          ("resnet50.layer2.0.downsample.0", 1)])
 def test_parconv_beats_vendor_bytes_on_resnet_layers(name, batch):
     spec = get_layer(name, batch)
-    plan = plan_parconv(spec, GemminiConfig())
+    plan = choose_tiling(spec, GemminiConfig())
     assert plan.cost.dram_bytes["total"] <= plan.vendor.dram_bytes["total"]
     assert plan.cost.cycles <= plan.vendor.cycles * (1 + CYCLE_SLACK)
     assert plan.cost.dram_bytes["total"] >= plan.result.bound   # never below the bound
@@ -232,7 +231,7 @@ def test_parconv_beats_vendor_bytes_on_resnet_layers(name, batch):
 
 # ---- the node kernel ----------------------------------------------------------------------------
 def test_gemmini_kernel_contract():
-    from parconv.kernels import get_kernel
+    from parconv.nodes import get_kernel
     spec = ConvSpec(**AWKWARD["asymmetric padding"])
     x, w, _ = _data(spec, 4)
     y, stats = get_kernel("gemmini").run(spec, x, w)

@@ -12,8 +12,7 @@ import re
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from parconv.errors import ParconvError
 from parconv.gemmini import (GemminiConfig, Pool, VendorConvTile, conv_auto, conv_extents,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from parconv import io
 from parconv.errors import ParconvError, ParconvRuntimeError
+from parconv.mpi import hdf5 as io
 from parconv.plan import make_plan
 from parconv.spec import spec_for_dtype
 
@@ -147,7 +147,7 @@ def test_each_rank_reads_its_own_pieces(tmp_path, grid, bias):
     seen_x, seen_w, seen_b = (np.zeros(a.shape, int) for a in (x, w, b))
     for rank in range(plan.ranks):
         blocks = io.read_owned_blocks(SimulatedRank(rank), path, plan)
-        local = plan.local(rank)
+        local = plan.schedule(rank)
         for piece, boxes, array, seen in ((blocks.input_piece, local.input_piece_boxes(), x,
                                            seen_x),
                                           (blocks.filter_piece, local.filter_piece_boxes(), w,

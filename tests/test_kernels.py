@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from parconv.errors import ParconvError
-from parconv.kernels import NumpyKernel, get_kernel, reference_conv2d
+from parconv.kernels import NumpyKernel, reference_conv2d
+from parconv.nodes import get_kernel
 from parconv.spec import ConvSpec, spec_for_dtype
 
 

@@ -1,6 +1,6 @@
 """The planner: blocks partition every array, schedules are consistent, predictions are exact.
 
-The vectorised prediction (parconv.predict) is checked against an independent per-rank recount
+The vectorised prediction (parconv.plan.predict) is checked against an independent per-rank recount
 from the explicit schedules of ``Plan.local`` for every rank of many grids.
 """
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from parconv.errors import ParconvError
-from parconv.grid import GridDims, factorizations, dimension_caps
 from parconv.layers import get_layer
-from parconv.plan import make_plan, BOUND_PHASES
-from parconv.predict import PHASES, predict_grid
+from parconv.plan import BOUND_PHASES, make_plan
+from parconv.plan.dims import GridDims, dimension_caps, factorizations
+from parconv.plan.predict import PHASES, predict_grid
 from parconv.spec import ConvSpec
 
 AWKWARD = [
@@ -33,7 +33,7 @@ AWKWARD = [
 
 def _recount(plan, rank):
     """Bytes per phase of one rank, recounted from its explicit schedules."""
-    spec, loc = plan.spec, plan.local(rank)
+    spec, loc = plan.spec, plan.schedule(rank)
     PN, PK, PC, PH, PW = plan.dims.as_tuple()
     a, b, c, d, e = loc.coords
     q = (a * PH + d) * PW + e
@@ -74,7 +74,7 @@ def _coverage(plan, array, shape):
     """How often each element of an array is owned, from the per-rank boxes."""
     count = np.zeros(shape, dtype=np.int64)
     for rank in range(plan.active):
-        loc = plan.local(rank)
+        loc = plan.schedule(rank)
         if array == "bias":
             rng = loc.bias_piece_range()
             if rng:
@@ -119,7 +119,7 @@ def test_exchanges_deliver_every_needed_input(spec):
     for P in (2, 3, 4, 6, 8):
         for dims in _grids(spec, P, limit=6):
             plan = make_plan(spec, P, grid=dims)
-            locs = {plan.coords(r): plan.local(r) for r in range(P)}
+            locs = {plan.coords(r): plan.schedule(r) for r in range(P)}
             for (a, b, c, d, e), loc in locs.items():
                 held_rows = set(np.arange(*loc.rows_own)[loc.rows_touched_own])
                 held_cols = set(np.arange(*loc.cols_own)[loc.cols_touched_own])
@@ -178,7 +178,7 @@ def test_idle_ranks_when_cheaper_and_scatter_gather_conservation():
     assert plan.active < 7          # 7 is prime: a 1-D grid loses to a 6-rank grid
     for pred in (plan.predict_scatter(), plan.predict_gather()):
         assert pred["sent"].sum() == pred["received"].sum()
-    root = plan.local(0)
+    root = plan.schedule(0)
     root_bytes = ((root.input_piece[1] - root.input_piece[0]) * spec.p_in
                   + np.subtract(*root.filter_pieces[0][::-1]) * spec.p_weight
                   + np.subtract(*root.bias_piece_range()[::-1]) * spec.p_bias)

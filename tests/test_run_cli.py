@@ -18,8 +18,8 @@ import h5py
 import numpy as np
 import pytest
 
-from parconv.io import write_layer_file
 from parconv.kernels import reference_conv2d
+from parconv.mpi.hdf5 import write_layer_file
 from parconv.spec import spec_for_dtype
 
 pytestmark = pytest.mark.mpi_skip
@@ -229,9 +229,10 @@ def test_default_layer_uses_at_least_three_grid_dimensions_at_64_ranks():
 
 
 def test_flags_override_the_layer_and_the_file(tmp_path):
-    from parconv.io import read_layer_meta
-    from parconv.run import build_parser, build_spec
     from mpi4py import MPI
+
+    from parconv.mpi.hdf5 import read_layer_meta
+    from parconv.run import build_parser, build_spec
     parse = build_parser().parse_args
     spec = build_spec(parse(["--layer", "resnet50.conv1", "--batch", "3", "--stride", "1x2"]))
     assert (spec.batch, spec.in_channels, spec.stride, spec.kernel_size) == (3, 3, (1, 2), (7, 7))

@@ -5,8 +5,7 @@ import itertools
 import json
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from parconv.errors import ParconvError
 from parconv.layers import get_layer, layer_names

@@ -13,9 +13,9 @@ from parconv.errors import ParconvError
 from parconv.layers import get_layer
 from parconv.spec import ConvSpec
 from parconv.tiling import (LOOPS, ScratchAccMemory, SingleMemory, Tiling, enumerate_tilings,
-                            extents, footprint, optimise, traffic,
-                            traffic_by_simulation, traffic_totals)
-from parconv.tiling_search import ALL_ORDERS, CANONICAL_ORDERS, _grid, _totals
+                            extents, footprint, optimise, traffic, traffic_by_simulation,
+                            traffic_totals)
+from parconv.tiling.search import ALL_ORDERS, CANONICAL_ORDERS, _grid, _totals
 
 GEMMINI = dict(scratch_bytes=256 * 1024, acc_bytes=64 * 1024, double_buffer=True, granularity=16)
 

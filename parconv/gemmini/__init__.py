@@ -12,11 +12,12 @@ Pure modules, no MPI:
   and `vendor_layer_cost` (a whole layer, grouped evaluation) returning a `LayerCost`.
 """
 
-from .calls import (LayerCost, VendorCall, VendorLoop, cost_by_walking, iter_calls,
-                    vendor_layer_cost, vendor_loop)
 from .config import (DEFAULT_CONFIG, NAMED_CONFIGS, NO_POOL, GemminiConfig, Pool,
                      downsample_eligible, footprint_rows, uses_downsample)
-from .vendor import VendorConvTile, VendorMatmulTile, conv_auto, conv_extents, matmul_auto
+from .vendor.calls import (LayerCost, VendorCall, VendorLoop, cost_by_walking, iter_calls,
+                           vendor_layer_cost, vendor_loop)
+from .vendor.heuristics import (VendorConvTile, VendorMatmulTile, conv_auto, conv_extents,
+                                matmul_auto)
 
 __all__ = ["DEFAULT_CONFIG", "NAMED_CONFIGS", "NO_POOL", "GemminiConfig", "Pool",
            "downsample_eligible", "footprint_rows", "uses_downsample", "VendorConvTile",

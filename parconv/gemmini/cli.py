@@ -22,15 +22,19 @@ import sys
 
 import numpy as np
 
+from ..bounds import sequential_bound_two_memory
+from ..cli import add_layer_arguments, list_layers, spec_from_args
 from ..errors import ParconvError, ParconvRuntimeError
+from ..kernels import conv2d_local
 from .config import NAMED_CONFIGS, SEMANTICS, GemminiConfig
+from .tiled.choose import choose_tiling, cost_of_vendor, model_spec, run_parconv, vendor_tuple
+from .vendor.run import run_vendor
 
 PROG = "python -m parconv.gemmini"
 STREAMS = ("input", "weight", "bias", "output", "psum", "total")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..plan_cli import add_layer_arguments
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Model one convolution layer on the Gemmini accelerator with the vendor "
@@ -83,9 +87,7 @@ def _figures(cost, tile, order: str, schedule: str) -> dict:
 
 def evaluate(spec, config: GemminiConfig) -> dict:
     """The comparison of one layer as a JSON-ready dict (what ``--json`` prints).  Local."""
-    from ..bounds import sequential_bound_two_memory
-    from .ours import cost_of_vendor, model_spec, plan_parconv, vendor_tuple
-    plan = plan_parconv(spec, config)
+    plan = choose_tiling(spec, config)
     cfg = plan.config
     if plan.vendor is None:
         raise ParconvError(f"the vendor heuristic finds no tile for {spec.describe()} on "
@@ -110,9 +112,6 @@ def evaluate(spec, config: GemminiConfig) -> dict:
 
 def execute(spec, plan, seed: int) -> dict:
     """Run both tilings on random data; compare with the reference and the analytical counts."""
-    from ..kernels import conv2d_local
-    from .vendor_run import run_vendor
-    from .ours import run_parconv
     rng = np.random.default_rng(seed)
     if np.issubdtype(np.dtype(spec.dtype_in), np.integer):
         x = rng.integers(-128, 128, spec.input_shape).astype(spec.dtype_in)
@@ -189,7 +188,6 @@ def render(result: dict) -> str:
 
 def main(argv=None) -> int:
     """Entry point; returns the exit status."""
-    from ..plan_cli import list_layers, spec_from_args
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -2,8 +2,8 @@
 accumulator, the way Gemmini's conv loop does, and counts what moves.  Pure numpy, no MPI.
 
 A schedule is a sequence of `TileCall` records (one per ``loop_conv_ws`` call for the vendor loop,
-one per tile for parconv's tilings; see `parconv.gemmini.vendor_run.vendor_calls` and
-`parconv.gemmini.ours.tiling_calls`).  For each call the executor
+one per tile for parconv's tilings; see `parconv.gemmini.vendor.run.vendor_calls` and
+`parconv.gemmini.tiled.choose.tiling_calls`).  For each call the executor
 
 1. checks the tile's scratchpad rows (input window with its zero padding, weights) against the
    per-tile limit and its accumulator rows against the accumulator limit (rows of ``dim`` elements,
@@ -12,7 +12,7 @@ one per tile for parconv's tilings; see `parconv.gemmini.vendor_run.vendor_calls
 2. moves the input window (only in-image positions cost DRAM bytes: padding is zero-filled) and
    the weight block in, unless the schedule says the block is still resident (``"reuse"``: checked,
    the block must be in one of the two scratchpad halves with exactly the same window) or the mode
-   is ``"auto"`` and the previous tile used the identical block ("consecutive reuse", common brief);
+   is ``"auto"`` and the previous tile used the identical block ("consecutive reuse", theory.md 6.3)
 3. on the first visit of an output block loads the bias (stride-0 mvins: one ``dim``-wide row of
    ``bias_bytes`` per ``dim`` output pixels of an output row, gemmini.md 4.5), or reads back the
    spilled partial sums (``acc_bytes`` each) on a later visit;
@@ -40,8 +40,7 @@ import numpy as np
 
 from ..errors import ParconvError, ParconvRuntimeError
 from ..spec import ConvSpec
-from .call_rules import exec_cycles as call_exec_cycles
-from .call_rules import passes as call_passes
+from .call_rules import exec_cycles as call_exec_cycles, passes as call_passes
 
 STREAMS = ("input", "weight", "bias", "output", "psum")
 
@@ -53,7 +52,7 @@ class TileCall:
     ``row0``/``col0`` are the image positions held in the first scratchpad row/column of the
     input window (negative inside the top/left padding), ``rows``/``cols`` the number held
     (padding included), ``step`` the DRAM stride between held positions (2 under downsample).
-    Keys identify blocks (block indices, common brief); modes are ``"load"`` (always move in, as
+    Keys identify blocks (block indices, theory.md 6.3); modes are ``"load"`` (always move in, as
     the library does on every call), ``"reuse"`` (the block must still be resident: a NULL
     pointer) or ``"auto"`` (move in unless the previous tile used the identical block).
     ``last`` says the output block's reduction is complete after this call; ``mpp`` is the

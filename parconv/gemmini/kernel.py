@@ -1,10 +1,10 @@
-"""`GemminiKernel`: the Gemmini model as parconv's node kernel (common brief, "Node kernel
+"""`GemminiKernel`: the Gemmini model as parconv's node kernel (docs/design.md 4.4, "Node kernel
 interface").  Pure, no MPI.
 
 ``run(spec, x, w)`` runs the rank's local block tile by tile through the executor with parconv's
-tiling (`parconv.gemmini.ours.plan_parconv`), returns the exact partial output, and evaluates the
+tiling (`parconv.gemmini.tiled.choose.choose_tiling`), returns the exact partial output, and evaluates the
 vendor tiling (``tiled_conv_auto``) on the same block with the analytical model of
-`parconv.gemmini.calls` (the executor is run once, for parconv's tiling).
+`parconv.gemmini.vendor.calls` (the executor is run once, for parconv's tiling).
 
 Element sizes on a rank: the local block's output is a partial sum that the engine reduces over
 the C group, so it leaves Gemmini as ``spec.dtype_out`` (int32 for int8 layers: a full-precision
@@ -19,9 +19,12 @@ import time
 
 import numpy as np
 
+from ..bounds import sequential_bound_two_memory
 from ..errors import ParconvError
+from ..kernels import _checked_operands
 from ..spec import ConvSpec
 from .config import DEFAULT_CONFIG, GemminiConfig
+from .tiled.choose import choose_tiling, model_spec, run_parconv
 
 
 def tiling_figures(tile, order: str, schedule: str, dram_bytes: dict, cycles: float,
@@ -82,16 +85,13 @@ class GemminiKernel:
         ParconvError
             If the operands do not match ``spec``.
         """
-        from ..bounds import sequential_bound_two_memory
-        from ..kernels import _checked_operands
-        from .ours import model_spec, plan_parconv, run_parconv
         start = time.perf_counter()
         if spec.bias:
             raise ParconvError("GemminiKernel computes partial outputs without bias "
                                "(the engine adds it); pass a spec with bias=False")
         x, w = _checked_operands(spec, x, w)
         config = self.node_config(spec)
-        plan = plan_parconv(spec, config)
+        plan = choose_tiling(spec, config)
         y, executed, plan = run_parconv(spec, x, w, plan=plan)
         bound = float(sequential_bound_two_memory(model_spec(spec, plan.config),
                                                   config.scratch_bytes,

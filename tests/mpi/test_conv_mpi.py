@@ -15,12 +15,15 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from parconv.comm import ByteCounters, CountedComm, ProcGrid
-from parconv.conv import OwnedBlocks, distributed_conv2d
+from parconv.conv import distributed_conv2d
+from parconv.mpi.distribute import OwnedBlocks
 from parconv.errors import ParconvError, ParconvRuntimeError
-from parconv.grid import dimension_caps, factorizations
-from parconv.kernels import get_kernel, reference_conv2d
+from parconv.kernels import reference_conv2d
+from parconv.mpi.comm import ByteCounters, CountedComm
+from parconv.mpi.procgrid import ProcGrid
+from parconv.nodes import get_kernel
 from parconv.plan import PHASES, make_plan
+from parconv.plan.dims import dimension_caps, factorizations
 from parconv.spec import ConvSpec
 
 pytestmark = pytest.mark.mpi(min_size=1)
@@ -159,7 +162,7 @@ def test_random_layers_on_random_grids():
 
 def owned_blocks(plan, rank, x, w, bias) -> OwnedBlocks:
     """This rank's pieces cut from the global arrays through the plan's boxes."""
-    local = plan.local(rank)
+    local = plan.schedule(rank)
     if local is None:
         return OwnedBlocks(np.empty(0, x.dtype), np.empty(0, w.dtype), None)
 
@@ -173,7 +176,7 @@ def owned_blocks(plan, rank, x, w, bias) -> OwnedBlocks:
 
 @pytest.mark.parametrize("name", ["odd-3x3-bias", "7x7-float64-bias"])
 def test_blocks_input_gives_the_scatter_result(name):
-    """Data handed in as per-rank OwnedBlocks (as parconv.io reads it) gives the same pieces as
+    """Data handed in as per-rank OwnedBlocks (as parconv.mpi.hdf5 reads it) gives the same pieces as
     the scattered global arrays; the engine's check gathers the pieces (phase "check")."""
     comm, spec = MPI.COMM_WORLD, LAYERS[name]
     x, w, bias = layer_data(spec, seed=3)

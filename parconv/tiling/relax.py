@@ -7,18 +7,17 @@ the ``E / t`` of its reuse loops that lie outside its innermost loop in the orde
 assumed to have several blocks).  `relax` minimises the logarithm of that modelled traffic subject
 to ``log(footprint) <= log(capacity)`` for each memory budget with SLSQP.  Without the negative
 constants the problem is a geometric program (convex in ``y``); with them it is a nearby smooth
-problem whose local optimum is only a starting point: the integer search in `tiling_search` scores
+problem whose local optimum is only a starting point: the integer search in `parconv.tiling.search` scores
 every candidate with the exact model.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize
 
-from .spec import ConvSpec
-from .tiling import DEPENDS, LOOPS, REUSE_LOOPS, extents
-
+from ..bounds.workfn import minimize
+from ..spec import ConvSpec
+from .model import DEPENDS, LOOPS, REUSE_LOOPS, extents
 
 
 class Signomial:

@@ -17,13 +17,14 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import ParconvError
-from . import call_rules as rules
+from ...errors import ParconvError
+from .. import call_rules as rules
+
 # exec_cycles is re-exported for the tile executor
-from .call_rules import AxisGeometry, AxisWindow, axis_window, exec_cycles  # noqa: F401
-from .config import DEFAULT_CONFIG, TILE_FIELDS, GemminiConfig, as_pool, downsample_eligible
-from .config import tile_tuple, uses_downsample
-from .vendor import VendorConvTile, conv_auto, conv_extents
+from ..call_rules import AxisGeometry, AxisWindow, axis_window, exec_cycles  # noqa: F401
+from ..config import (DEFAULT_CONFIG, TILE_FIELDS, GemminiConfig, as_pool, downsample_eligible,
+                      tile_tuple, uses_downsample)
+from .heuristics import VendorConvTile, conv_auto, conv_extents
 
 STREAMS = ("input", "weight", "bias", "output")
 

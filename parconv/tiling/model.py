@@ -3,8 +3,8 @@
 A tiling is a block size on each of the seven loops ``LOOPS = "NKCHWRS"`` of the convolution and a
 loop order is a permutation of ``LOOPS`` (outermost first) over the *block* indices.  This module
 gives the fast-memory footprint of one block, the memories a tiling must fit in, and the exact
-slow-memory traffic of a (tiling, loop order) under the contract of the design (common brief,
-"Memory-traffic semantics"):
+slow-memory traffic of a (tiling, loop order) under the contract of the design (theory.md 6.3,
+"Exact traffic of a (tiling, order)"):
 
 * one buffer per array; an input or filter block is loaded unless the previous tile used the same
   block (the same block indices on the loops the array depends on: input N C H W R S, filter
@@ -24,7 +24,7 @@ sum of its block sizes (ragged edges and clipped halos included) times the trip 
 outside that position it does not depend on.  `traffic_by_simulation` walks the tiles literally and
 is the reference the tests hold `traffic` to.
 
-The optimiser lives in `parconv.tiling_search` and is re-exported here (`optimise`,
+The optimiser lives in `parconv.tiling.search`; the package `parconv.tiling` exports both (`optimise`,
 `TilingResult`, `enumerate_tilings`).
 """
 
@@ -37,8 +37,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from .errors import ParconvError
-from .spec import ConvSpec
+from ..bounds import sequential_bound_two_memory
+from ..errors import ParconvError
+from ..spec import ConvSpec
 
 #: the seven loops, in the order of a `Tiling`'s fields
 LOOPS = "NKCHWRS"
@@ -228,8 +229,7 @@ class ScratchAccMemory:
         return bool(self.fits_array(spec, np.array([tiling.as_tuple()]))[0])
 
     def bound(self, spec: ConvSpec):
-        """The sequential bound with a scratchpad and an accumulator (bounds.py)."""
-        from .bounds import sequential_bound_two_memory
+        """The sequential bound with a scratchpad and an accumulator (parconv.bounds)."""
         return sequential_bound_two_memory(spec, self.scratch_bytes, self.acc_bytes)
 
     def __repr__(self) -> str:
@@ -398,17 +398,6 @@ def traffic_by_simulation(spec: ConvSpec, tiling: Tiling, order: str) -> Traffic
     return Traffic(**bytes_, loads=loads, tiles=tiles)
 
 
-_SEARCH_NAMES = ("CANONICAL_ORDERS", "TilingResult", "enumerate_tilings", "optimise",
-                 "traffic_totals")
-
-
-def __getattr__(name):
-    # the optimiser imports this module, so it is loaded on first use instead of at import time
-    if name in _SEARCH_NAMES:
-        from . import tiling_search
-        return getattr(tiling_search, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = ["LOOPS", "Tiling", "Traffic", "SingleMemory", "ScratchAccMemory", "footprint",
-           "traffic", "traffic_by_simulation", "extents", "check_order", *_SEARCH_NAMES]
+           "traffic", "traffic_by_simulation", "extents", "check_order", "clip_array",
+           "axis_window_table", "axis_window_sum"]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ParconvError, ParconvRuntimeError
+from ..errors import ParconvError, ParconvRuntimeError
 
 
 def block_range(n: int, p: int, i: int) -> tuple[int, int]:

@@ -17,8 +17,8 @@ that are fast *and* frugal:
   the ideal ``G / dim^2``, then bytes), so among equally fast tilings the one moving fewer bytes
   wins.  The fastest and the most frugal candidates of every sweep are remembered.
 
-The best few candidates are then costed exactly by `parconv.gemmini.ours_cost.tiling_cost` by the
-caller (`parconv.gemmini.ours.plan_parconv`).
+The best few candidates are then costed exactly by `parconv.gemmini.tiled.cost.tiling_cost` by the
+caller (`parconv.gemmini.tiled.choose.choose_tiling`).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import itertools
 
 import numpy as np
 
-from ..spec import ConvSpec
-from ..tiling import LOOPS, clip_array, extents
-from . import call_rules as rules
+from ...spec import ConvSpec
+from ...tiling import LOOPS, clip_array, extents, traffic_totals
+from .. import call_rules as rules
 
 _I = {loop: i for i, loop in enumerate(LOOPS)}
 #: cycle slack: tilings within this fraction of the fastest count as equally fast, and the one
@@ -118,7 +118,6 @@ class Screen:
 
     def offer(self, tiles: np.ndarray) -> bool:
         """Score the fitting rows of ``tiles`` under every order; True if the best improved."""
-        from ..tiling import traffic_totals
         tiles = np.unique(clip_array(self.spec, np.atleast_2d(tiles)), axis=0)
         tiles = tiles[np.asarray(self.memory.fits_array(self.spec, tiles), dtype=bool)]
         if not len(tiles):

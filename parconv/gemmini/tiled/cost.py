@@ -6,7 +6,7 @@ model of `parconv.gemmini.executor` is applied elementwise: an input or weight b
 when the previous tile used another block (consecutive reuse), an output block's first visit loads
 the bias (``bias_bytes`` per ``dim`` output pixels of a row and output channel), a later visit reads
 back its spilled partial sums, and the end of a visit writes the block as final output or as a
-partial-sum spill.  Bytes are the in-image windows of the traffic contract (common brief), so
+partial-sum spill.  Bytes are the in-image windows of the traffic contract (theory.md 6.3), so
 ``input + weight + output + psum`` equals `parconv.tiling.traffic` exactly and ``bias`` is the
 extra stream.  Each tile costs ``max(exec_cycles, bytes / bw_eff)`` with the pass model of
 `parconv.gemmini.call_rules.exec_cycles`.
@@ -19,9 +19,9 @@ import math
 
 import numpy as np
 
-from ..spec import ConvSpec
-from ..tiling import LOOPS, Tiling, axis_window_table, check_order, extents
-from . import call_rules as rules
+from ...spec import ConvSpec
+from ...tiling import LOOPS, Tiling, axis_window_table, check_order, extents
+from .. import call_rules as rules
 
 STREAMS = ("input", "weight", "bias", "output", "psum")
 _I = {loop: i for i, loop in enumerate(LOOPS)}

@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from ..errors import ParconvError
-from .config import (DEFAULT_CONFIG, TILE_FIELDS, GemminiConfig, as_pool, footprint_function,
-                     tile_tuple, uses_downsample)
+from ...errors import ParconvError
+from ..config import (DEFAULT_CONFIG, TILE_FIELDS, GemminiConfig, as_pool, footprint_function,
+                      tile_tuple, uses_downsample)
 
 # indices into the 7-vector of tile sizes (library order)
 _POCOLS, _POROWS, _CHANNEL_INDICES = 2, 1, (3, 6)

@@ -10,11 +10,11 @@ How parconv runs a layer on the modelled Gemmini (theory.md section 6):
   capacity check.  ``capacity()`` = scratchpad + accumulator bytes: the ``M`` of the bound.
 * **Search.** `parconv.tiling.optimise` over tile sizes and loop orders (output-, weight- and
   input-stationary orders, with the consecutive reuse the vendor loop never exploits) gives the
-  byte-optimal tiling; `parconv.gemmini.ours_search.refine` then looks around it (and around the
+  byte-optimal tiling; `parconv.gemmini.tiled.search.refine` then looks around it (and around the
   vendor tile) for tilings the systolic array runs efficiently, since a byte-optimal tile with
   5-pixel rows wastes most of each array pass.  The winner moves no more bytes than the library
   and is, among the candidates at most 2 % slower than the fastest and never slower than the
-  library, the one moving the fewest bytes (`plan_parconv`).  ``OursPlan.source`` says which candidate won; when the library's own
+  library, the one moving the fewest bytes (`choose_tiling`).  ``TilingChoice.source`` says which candidate won; when the library's own
   schedule wins (its two-half operand reuse is outside the one-buffer model), ``schedule`` is
   ``"vendor"``.
 * **Strided DMA.** A 1x1 convolution with stride > 1 and no padding reads only every s-th row and
@@ -38,13 +38,19 @@ import dataclasses
 
 import numpy as np
 
-from ..errors import ParconvError
-from ..spec import ConvSpec
-from ..tiling import LOOPS, ScratchAccMemory, Tiling, clip_array, extents
-from . import call_rules
-from .config import DEFAULT_CONFIG, GemminiConfig, footprint_function, as_pool
-from .executor import TileCall, TileExecutor
-from .ours_cost import ModelCost, tiling_cost
+from ...bounds import sequential_bound_two_memory
+from ...errors import ParconvError
+from ...spec import ConvSpec
+from ...tiling import (CANONICAL_ORDERS, LOOPS, ScratchAccMemory, Tiling, TilingResult, clip_array,
+                       extents, optimise, traffic)
+from .. import call_rules
+from ..config import DEFAULT_CONFIG, GemminiConfig, as_pool, footprint_function
+from ..executor import TileCall, TileExecutor
+from ..vendor.calls import vendor_layer_cost
+from ..vendor.heuristics import conv_auto
+from ..vendor.run import run_vendor
+from .cost import ModelCost, tiling_cost
+from .search import CYCLE_SLACK, refine
 
 #: the vendor loop b -> porow -> pocol -> poch -> krow -> kcol -> kch in parconv's loop names
 VENDOR_ORDER = "NHWKRSC"
@@ -85,7 +91,6 @@ class GemminiMemory(ScratchAccMemory):
         return self.config.fits(spec, vendor_tuple(tiling.clipped(spec)))
 
     def bound(self, spec: ConvSpec):
-        from ..bounds import sequential_bound_two_memory
         return sequential_bound_two_memory(spec, self.config.scratch_bytes,
                                            self.config.acc_total_bytes)
 
@@ -148,14 +153,14 @@ def subsample_input(spec: ConvSpec, x: np.ndarray) -> np.ndarray:
 
 # ---- the plan -----------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
-class OursPlan:
+class TilingChoice:
     """parconv's tiling of one layer on Gemmini.
 
     ``model`` is the layer the tiles run on (the subsampled stride-1 layer when ``subsampled``,
     with ``dtype_out`` of the stored output).  ``schedule`` is ``"tiling"`` (parconv's tiles with
     consecutive reuse, `tiling_calls`) or ``"vendor"`` (the library's own loop and pointer
     rules, chosen only when no tiling of the one-buffer model moves fewer bytes; see
-    `plan_parconv`).  ``source`` names the winning candidate (``"optimise"``, ``"refined"``,
+    `choose_tiling`).  ``source`` names the winning candidate (``"optimise"``, ``"refined"``,
     ``"vendor tile"`` or ``"vendor schedule"``), ``result`` is the optimiser's `TilingResult`,
     ``cost`` the winner's `ModelCost` and ``vendor`` the library's `LayerCost` (or None when
     ``conv_auto`` finds no tile).
@@ -194,19 +199,18 @@ def cost_of_vendor(layer_cost) -> ModelCost:
 
 
 def _single_tile_result(spec: ConvSpec, memory: GemminiMemory, tiling: Tiling, order: str):
-    from ..tiling import TilingResult, traffic
     moved = traffic(spec, tiling, order)
     bound = float(memory.bound(spec).value)
     return TilingResult(tiling=tiling, order=order, traffic=moved, bound=bound,
                         ratio=moved.total / bound if bound > 0 else float("inf"), evaluated=1)
 
 
-def plan_parconv(spec: ConvSpec, config: GemminiConfig | None = None, orders=None,
-                 exact: int = 12) -> OursPlan:
+def choose_tiling(spec: ConvSpec, config: GemminiConfig | None = None, orders=None,
+                 exact: int = 12) -> TilingChoice:
     """parconv's tiling and loop order of ``spec`` on Gemmini (module docstring).  Local.
 
     1. `parconv.tiling.optimise` with `GemminiMemory` (fewest bytes, bias excluded);
-    2. `parconv.gemmini.ours_search.refine` from that tiling and the vendor tile (closed-form
+    2. `parconv.gemmini.tiled.search.refine` from that tiling and the vendor tile (closed-form
        screening of cycles and bytes);
     3. the ``exact`` best screened candidates, the optimiser's answer and the vendor tile (in the
        canonical orders) are costed exactly (`tiling_cost`); those moving more DRAM bytes
@@ -224,10 +228,6 @@ def plan_parconv(spec: ConvSpec, config: GemminiConfig | None = None, orders=Non
     ParconvError
         If not even the smallest tile fits the config.
     """
-    from ..tiling import CANONICAL_ORDERS, optimise
-    from .calls import vendor_layer_cost
-    from .ours_search import CYCLE_SLACK, refine
-    from .vendor import conv_auto
     config = (config or DEFAULT_CONFIG).for_spec(spec)
     model = model_spec(spec, config)
     sub = subsampled_spec(model)
@@ -272,10 +272,10 @@ def plan_parconv(spec: ConvSpec, config: GemminiConfig | None = None, orders=Non
     common = dict(spec=spec, config=config, result=result, vendor=vendor,
                   candidates=len(pairs))
     if best[3] == "vendor schedule":
-        return OursPlan(model=spec, subsampled=False, tiling=best[1], order=VENDOR_ORDER,
+        return TilingChoice(model=spec, subsampled=False, tiling=best[1], order=VENDOR_ORDER,
                         schedule="vendor", source=best[3], cost=best[0], **common)
     cost, tiling, order, source = best
-    return OursPlan(model=run_on, subsampled=strided, tiling=tiling, order=order,
+    return TilingChoice(model=run_on, subsampled=strided, tiling=tiling, order=order,
                     schedule="tiling", source=source, cost=cost, **common)
 
 
@@ -310,18 +310,17 @@ def tiling_calls(spec: ConvSpec, tiling: Tiling, order: str, config: GemminiConf
 
 
 def run_parconv(spec: ConvSpec, x, w, bias=None, config: GemminiConfig | None = None,
-                plan: OursPlan | None = None):
+                plan: TilingChoice | None = None):
     """Run ``spec`` tile by tile with parconv's tiling.  Local.
 
     Returns ``(y, stats, plan)``; ``y`` is (N, K, H, W) in ``spec.dtype_acc`` (plus ``bias`` when
     given; a bias needs ``config.has_bias``).
     """
-    plan = plan or plan_parconv(spec, config)
+    plan = plan or choose_tiling(spec, config)
     if bias is not None and not plan.config.has_bias:
         raise ParconvError(f"semantics {plan.config.semantics!r} loads no bias; run without bias "
                            f"or enable it (GemminiConfig bias=True)")
     if plan.schedule == "vendor":
-        from .vendor_run import run_vendor
         y, stats, _ = run_vendor(spec, x, w, bias, tile=vendor_tuple(plan.tiling),
                                  config=plan.config)
         return y, stats, plan

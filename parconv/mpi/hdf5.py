@@ -14,14 +14,20 @@ writer at a time, a token passed with Send/Recv).  With a parallel h5py the 'mpi
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import os
+import sys
 
 import numpy as np
 
-from .blocks import read_boxes, write_boxes
-from .errors import ParconvError, agree, collectively
+from ..cli import add_layer_arguments, spec_from_args
+from ..data import random_layer_data
+from ..errors import ParconvError
+from ..plan.blocks import read_boxes, write_boxes
+from .agree import agree, collectively
+from .distribute import OwnedBlocks
 
 LAYER_ATTRIBUTES = ("stride", "padding", "dilation")
 _TOKEN_TAG = 7301
@@ -146,7 +152,7 @@ def _checked_dtype(path: str, name: str, found, wanted) -> None:
 def read_owned_blocks(comm, path: str, plan):
     """Each rank reads its own pieces of ``input``, ``weight``, ``bias``.  Collective over `comm`.
 
-    Ranks read independent hyperslabs (``plan.local(rank).input_piece_boxes()`` and friends) and
+    Ranks read independent hyperslabs (``plan.schedule(rank).input_piece_boxes()`` and friends) and
     flatten them in order into the flat pieces the engine expects.  Idle ranks read nothing.
     A failure on any rank is raised on every rank (errors.collectively).
 
@@ -155,8 +161,7 @@ def read_owned_blocks(comm, path: str, plan):
     OwnedBlocks
         ``input_piece``, ``filter_piece``, ``bias_piece`` (None where the rank owns no bias).
     """
-    from .conv import OwnedBlocks
-    spec, local = plan.spec, plan.local(comm.Get_rank())
+    spec, local = plan.spec, plan.schedule(comm.Get_rank())
     blocks = OwnedBlocks(np.empty(0, spec.dtype_in), np.empty(0, spec.dtype_weight), None)
     with collectively(comm):
         if local is not None:
@@ -301,32 +306,12 @@ def write_layer_file(path: str, spec, x: np.ndarray, w: np.ndarray, bias=None) -
         raise
 
 
-def random_layer_data(spec, seed: int = 0) -> tuple:
-    """Seeded random (x, w, bias) for `spec`: uniform int8 for int8 layers (bias int32 in
-    [-2^15, 2^15)), standard normal for floats; bias None unless ``spec.bias``.  Local."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ParconvError(f"--seed must be an integer >= 0, got {seed!r}")
-    rng = np.random.default_rng(seed)
-    if np.issubdtype(np.dtype(spec.dtype_in), np.integer):
-        x = rng.integers(-128, 128, spec.input_shape, dtype=np.int8).astype(spec.dtype_in)
-        w = rng.integers(-128, 128, spec.weight_shape, dtype=np.int8).astype(spec.dtype_weight)
-        bias = rng.integers(-2**15, 2**15, spec.out_channels).astype(spec.dtype_acc)
-    else:
-        x = rng.standard_normal(spec.input_shape).astype(spec.dtype_in)
-        w = rng.standard_normal(spec.weight_shape).astype(spec.dtype_weight)
-        bias = rng.standard_normal(spec.out_channels).astype(spec.dtype_acc)
-    return x, w, (bias if spec.bias else None)
-
-
 def main(argv=None) -> int:
-    """``python -m parconv.io make [layer flags] [--seed N] OUT.h5``: write a random layer file."""
-    import argparse
-    import sys
-    from .plan_cli import add_layer_arguments, spec_from_args
+    """``python -m parconv.mpi.hdf5 make [layer flags] [--seed N] OUT.h5``: write a random layer file."""
     parser = argparse.ArgumentParser(
-        prog="python -m parconv.io", description="Write a layer file (input, weight, optional "
+        prog="python -m parconv.mpi.hdf5", description="Write a layer file (input, weight, optional "
         "bias, stride/padding/dilation attributes) with seeded random data, for --input.",
-        epilog="Example: python -m parconv.io make --layer resnet50.layer2.0.conv2 --batch 4 "
+        epilog="Example: python -m parconv.mpi.hdf5 make --layer resnet50.layer2.0.conv2 --batch 4 "
                "--bias layer.h5")
     parser.add_argument("command", choices=("make",))
     parser.add_argument("path", metavar="OUT.h5")
@@ -337,7 +322,7 @@ def main(argv=None) -> int:
         spec = spec_from_args(args, default_batch=1)
         write_layer_file(args.path, spec, *random_layer_data(spec, args.seed))
     except (ParconvError, OSError) as exc:
-        print(f"parconv.io: error: {exc}", file=sys.stderr)
+        print(f"parconv.mpi.hdf5: error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.path}: {spec.describe()}")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from functools import lru_cache
 
-from .errors import ParconvError
+from ..errors import ParconvError
 
 AXES = ("N", "K", "C", "H", "W")
 

@@ -3,120 +3,43 @@
 Pure data, no MPI: a plan takes rank numbers, never communicators, so one serial test can check
 every rank of a grid with thousands of ranks.  ``make_plan`` enumerates the ordered factorisations
 of P (and of P - i for a few idle ranks i) into P_N x P_K x P_C x P_H x P_W, predicts each grid's
-per-rank bytes exactly (parconv.predict), drops grids whose blocks do not fit in the per-rank memory
+per-rank bytes exactly (parconv.plan.predict), drops grids whose blocks do not fit in the per-rank memory
 and keeps the grid whose busiest rank moves the fewest bound-comparable bytes (theory.md section 5).
 
-Command line: ``python -m parconv.plan --help`` (parconv.plan_cli).
+Command line: ``python -m parconv.plan --help`` (parconv.plan.cli).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from functools import cached_property
 
 import numpy as np
 
-from .axis import axis_layout
-from .blocks import block_range, flat_piece, flat_range_boxes
-from .bounds import parallel_bounds
-from .errors import ParconvError
-from .grid import AXES, GridDims, dimension_caps, factorizations, validate_grid
+from ..bounds import parallel_bounds
+from ..errors import ParconvError
+from ..spec import ConvSpec
+from .dims import AXES, GridDims, dimension_caps, factorizations, validate_grid
 from .predict import (PHASES, RECEIVED_BOUND_PHASES, GridPrediction, mean_volume_lower_bound,
                       owned_piece_sizes, predict_grid)
-from .spec import ConvSpec
+from .schedule import RankSchedule, rank_schedule
+from .text import plan_table
 
-__all__ = ["make_plan", "Plan", "RankLocal", "GridDims", "PHASES", "BOUND_PHASES",
+__all__ = ["make_plan", "Plan", "RankSchedule", "GridDims", "PHASES", "BOUND_PHASES",
            "DEFAULT_MEMORY"]
 
 #: per-rank memory assumed when none is given (bytes)
 DEFAULT_MEMORY = 1 << 30
+#: the largest per-rank memory accepted (bytes): footprints stay exact in int64
+MAX_MEMORY = 1 << 60
 BOUND_PHASES = RECEIVED_BOUND_PHASES + ("reduce",)
 #: the grids peers use, each a function of P
 BASELINES = {"batch": lambda P: [(P, 1, 1, 1, 1)],
              "output-channel": lambda P: [(1, P, 1, 1, 1)],
              "input-channel": lambda P: [(1, 1, P, 1, 1)],
              "spatial": lambda P: [(1, 1, 1, h, P // h) for h in range(1, P + 1) if P % h == 0]}
-
-
-def _offset(boxes, origin):
-    return [tuple((lo + o, hi + o) for (lo, hi), o in zip(box, origin)) for box in boxes]
-
-
-@dataclasses.dataclass(frozen=True)
-class RankLocal:
-    """Everything one rank holds and exchanges; see the module doc of parconv.axis for the terms.
-
-    Ranges are half-open and global; pieces are flat (C-order) ranges within their block.
-    """
-
-    rank: int
-    coords: tuple
-    n: tuple
-    k: tuple
-    c: tuple
-    h: tuple
-    w: tuple
-    rows_own: tuple
-    cols_own: tuple
-    rows_span: tuple
-    cols_span: tuple
-    rows_buf: tuple
-    cols_buf: tuple
-    rows_needed: np.ndarray
-    cols_needed: np.ndarray
-    rows_touched_own: np.ndarray
-    cols_touched_own: np.ndarray
-    local_spec: ConvSpec | None
-    input_block: tuple
-    input_pieces: list
-    filter_block: tuple
-    filter_pieces: list
-    bias_pieces: list | None
-    output_block: tuple
-    output_pieces: list
-    halo_h: list
-    halo_w: list
-
-    @property
-    def input_piece(self) -> tuple[int, int]:
-        return self.input_pieces[self.coords[1]]
-
-    @property
-    def filter_piece(self) -> tuple[int, int]:
-        return self.filter_pieces[self._filter_index]
-
-    @property
-    def output_piece(self) -> tuple[int, int]:
-        return self.output_pieces[self.coords[2]]
-
-    def input_piece_boxes(self) -> list[tuple]:
-        """Global (N, C, H_in, W_in) boxes of the input elements this rank owns at the start."""
-        origin = (self.n[0], self.c[0], self.rows_own[0], self.cols_own[0])
-        return _offset(flat_range_boxes(self.input_block, *self.input_piece), origin)
-
-    def filter_piece_boxes(self) -> list[tuple]:
-        """Global (K, C, R, S) boxes of the filter elements this rank owns at the start."""
-        return _offset(flat_range_boxes(self.filter_block, *self.filter_piece),
-                       (self.k[0], self.c[0], 0, 0))
-
-    def bias_piece_range(self) -> tuple[int, int] | None:
-        """Global range of the bias elements this rank owns, or None."""
-        if self.bias_pieces is None:
-            return None
-        lo, hi = self.bias_pieces[self._filter_index]
-        return (self.k[0] + lo, self.k[0] + hi)
-
-    def output_piece_boxes(self) -> list[tuple]:
-        """Global (N, K, H, W) boxes of the output elements this rank owns at the end."""
-        return _offset(flat_range_boxes(self.output_block, *self.output_piece),
-                       (self.n[0], self.k[0], self.h[0], self.w[0]))
-
-    @property
-    def _filter_index(self) -> int:
-        a, _, _, d, e = self.coords
-        PH, PW = len(self.halo_h), len(self.halo_w)
-        return (a * PH + d) * PW + e
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,11 +74,11 @@ class Plan:
     def rank_of(self, coords) -> int:
         return int(np.ravel_multi_index(tuple(coords), self.dims.as_tuple()))
 
-    def local(self, rank: int) -> RankLocal | None:
+    def schedule(self, rank: int) -> RankSchedule | None:
         """The blocks, pieces and exchange schedules of ``rank`` (None when idle)."""
         if not self.is_active(rank):
             return None
-        return _rank_local(self.spec, self.dims, rank, self.coords(rank))
+        return rank_schedule(self.spec, self.dims, rank, self.coords(rank))
 
     # ---- predictions ------------------------------------------------------------------------
     def _pad(self, values: np.ndarray) -> np.ndarray:
@@ -229,50 +152,7 @@ class Plan:
         }
 
     def table(self) -> str:
-        from .plan_text import plan_table
         return plan_table(self)
-
-
-def _rank_local(spec: ConvSpec, dims: GridDims, rank: int, coords) -> RankLocal:
-    a, b, c, d, e = coords
-    PN, PK, PC, PH, PW = dims.as_tuple()
-    hl, wl = axis_layout(spec, 0, PH), axis_layout(spec, 1, PW)
-    n, k = block_range(spec.batch, PN, a), block_range(spec.out_channels, PK, b)
-    cc = block_range(spec.in_channels, PC, c)
-    nN, nK, nC = n[1] - n[0], k[1] - k[0], cc[1] - cc[0]
-    h, w = hl.out(d), wl.out(e)
-    rows_own, cols_own = hl.own(d), wl.own(e)
-    rows_span, cols_span = hl.span(d), wl.span(e)
-    R, S = spec.kernel_size
-    local_spec = None
-    if rows_span[1] > rows_span[0] and cols_span[1] > cols_span[0]:
-        (pt, pb), (pl, pr) = hl.padding(d), wl.padding(e)
-        local_spec = spec.replace(batch=nN, in_channels=nC, out_channels=nK,
-                                  in_size=(rows_span[1] - rows_span[0],
-                                           cols_span[1] - cols_span[0]),
-                                  padding=(pt, pl), padding_end=(pb, pr), bias=False,
-                                  name=f"{spec.name}@rank{rank}")
-    input_block = (nN, nC, rows_own[1] - rows_own[0], cols_own[1] - cols_own[0])
-    filter_block = (nK, nC, R, S)
-    output_block = (nN, nK, h[1] - h[0], w[1] - w[0])
-    group = PN * PH * PW
-    bias_pieces = ([flat_piece(nK, group, i) for i in range(group)]
-                   if spec.bias and c == 0 else None)
-    return RankLocal(
-        rank=rank, coords=tuple(coords), n=n, k=k, c=cc, h=h, w=w,
-        rows_own=rows_own, cols_own=cols_own, rows_span=rows_span, cols_span=cols_span,
-        rows_buf=hl.buf(d), cols_buf=wl.buf(e),
-        rows_needed=hl.needed[d], cols_needed=wl.needed[e],
-        rows_touched_own=hl.touched_own(d), cols_touched_own=wl.touched_own(e),
-        local_spec=local_spec,
-        input_block=input_block,
-        input_pieces=[flat_piece(int(np.prod(input_block)), PK, i) for i in range(PK)],
-        filter_block=filter_block,
-        filter_pieces=[flat_piece(int(np.prod(filter_block)), group, i) for i in range(group)],
-        bias_pieces=bias_pieces,
-        output_block=output_block,
-        output_pieces=[flat_piece(int(np.prod(output_block)), PC, i) for i in range(PC)],
-        halo_h=hl.halo(d), halo_w=wl.halo(e))
 
 
 def parse_memory(value) -> int:
@@ -288,12 +168,17 @@ def parse_memory(value) -> int:
         number = text.rstrip("KMGTBkmgtbiI")
         unit = text[len(number):].lower()
         try:
-            amount = int(float(number) * units[unit])
-        except (ValueError, KeyError):
-            raise ParconvError(f"--memory must be bytes such as 1073741824, 512MiB or 2GB, "
-                               f"got {value!r}") from None
+            scaled = float(number) * units[unit]
+            if not math.isfinite(scaled):
+                raise ValueError(scaled)
+            amount = int(scaled)
+        except (ValueError, KeyError, OverflowError):
+            raise ParconvError(f"--memory must be a finite number of bytes such as 1073741824, "
+                               f"512MiB or 2GB, got {value!r}") from None
     if amount < 1:
         raise ParconvError(f"--memory must be positive, got {value!r}")
+    if amount > MAX_MEMORY:
+        raise ParconvError(f"--memory must be at most {MAX_MEMORY} bytes (1 EiB), got {value!r}")
     return amount
 
 
@@ -313,8 +198,11 @@ def _candidates(spec: ConvSpec, P: int, max_idle: int) -> np.ndarray:
     full = np.array(factorizations(P, caps), dtype=np.int64).reshape(-1, 5)
     idle = np.array([g for used in range(P - 1, max(P - max_idle, 1) - 1, -1)
                      for g in factorizations(used, caps)], dtype=np.int64).reshape(-1, 5)
-    if len(full) and len(idle):
-        idle = idle[_max_work(spec, idle) <= _max_work(spec, full).min()]
+    if len(idle):
+        # without a full grid the reference is the least-loaded busiest rank of any candidate,
+        # so the planner keeps as many ranks busy as the layer's dimensions allow
+        reference = _max_work(spec, full if len(full) else idle).min()
+        idle = idle[_max_work(spec, idle) <= reference]
     used = min(P, int(np.prod(caps)))
     while not len(full) and not len(idle):
         idle = np.array(factorizations(used, caps), dtype=np.int64).reshape(-1, 5)
@@ -397,10 +285,3 @@ def make_plan(spec: ConvSpec, P: int, memory=None, grid=None, max_idle: int = 3)
     return Plan(spec=spec, ranks=P, dims=GridDims(*best.dims), memory=memory, prediction=best,
                 bound=bound, baselines=_baselines(spec, P, memory), forced=forced,
                 grids_evaluated=evaluated, planning_time_s=time.perf_counter() - started)
-
-
-if __name__ == "__main__":  # python -m parconv.plan
-    import sys
-
-    from parconv.plan_cli import main
-    sys.exit(main())

@@ -17,7 +17,7 @@ spills (``2 p_acc |O|`` per extra pass over C, R, S) for filter or input reuse.
 
 The search
 ----------
-1. Relaxation (`parconv.tiling_relax.relax`): one smooth problem per order in log block sizes,
+1. Relaxation (`parconv.tiling.relax.relax`): one smooth problem per order in log block sizes,
    minimising modelled traffic under every memory budget.
 2. Integer neighbourhood: floor, ceil, the balanced size with the same trip count, multiples of the
    hardware granularity (K and C) and the full extent around each continuous optimum; the product
@@ -51,11 +51,12 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import ParconvError
-from .spec import ConvSpec
-from .tiling import (DEPENDS, LOOPS, REUSE_LOOPS, Tiling, Traffic, axis_window_sum, check_order,
-                     clip_array, extents, traffic)
-from .tiling_relax import relax
+from ..bounds import sequential_bound
+from ..errors import ParconvError
+from ..spec import ConvSpec
+from .model import (DEPENDS, LOOPS, REUSE_LOOPS, Tiling, Traffic, axis_window_sum, check_order,
+                    clip_array, extents, traffic)
+from .relax import relax
 
 #: one loop order per reuse pattern; together they attain the best of all 5040 orders
 CANONICAL_ORDERS = {"output-stationary": "NHWKRSC",
@@ -302,7 +303,6 @@ def _search(scorer: _Scorer, memory, free: str, granularity: int,
 def _bound_value(spec: ConvSpec, memory) -> float:
     if hasattr(memory, "bound"):
         return float(memory.bound(spec).value)
-    from .bounds import sequential_bound
     return float(sequential_bound(spec, memory.capacity()).value)
 
 

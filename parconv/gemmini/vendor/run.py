@@ -1,22 +1,24 @@
 """The library's conv tile loop run on the tile executor (gemmini.md 4.4).  Pure, no MPI.
 
-`vendor_calls` turns the loop nest of `parconv.gemmini.calls.vendor_loop` into the executor's
+`vendor_calls` turns the loop nest of `parconv.gemmini.vendor.calls.vendor_loop` into the executor's
 `TileCall` records (the library's windows, truncation and pointer rules, from
 `parconv.gemmini.call_rules`); `run_vendor` executes them on data.  The executor then moves the
-data and counts the bytes itself, which must equal `parconv.gemmini.calls.vendor_layer_cost`.
+data and counts the bytes itself, which must equal `parconv.gemmini.vendor.calls.vendor_layer_cost`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ParconvError
-from ..spec import ConvSpec
-from .executor import TileCall, TileExecutor
+from ...errors import ParconvError
+from ...spec import ConvSpec
+from .. import call_rules as rules
+from ..executor import TileCall, TileExecutor
+from .calls import vendor_loop
 
 
 def vendor_calls(loop) -> list[TileCall]:
-    """The calls of the library's loop (`parconv.gemmini.calls.vendor_loop`) as tiles.  Local.
+    """The calls of the library's loop (`parconv.gemmini.vendor.calls.vendor_loop`) as tiles.  Local.
 
     Windows, truncation and pointer rules are the library's (gemmini.md 4.4), taken from
     `parconv.gemmini.call_rules` (``axis_window`` per spatial axis, ``loads_input`` /
@@ -25,10 +27,9 @@ def vendor_calls(loop) -> list[TileCall]:
     checks the block is still in one of the two scratchpad halves); under downsample every
     other input row and column is moved (step 2).
     """
-    from . import call_rules as rules
     if loop.pooled:
         raise ParconvError("the tile executor does not model a fused max-pool; use "
-                           "parconv.gemmini.calls.vendor_layer_cost for pooled layers")
+                           "parconv.gemmini.vendor.calls.vendor_layer_cost for pooled layers")
     step = 2 if loop.downsample else 1
     starts = [[int(v) for v in loop.starts(i)] for i in range(7)]
     sizes = [[int(v) for v in loop.sizes(i)] for i in range(7)]
@@ -74,7 +75,6 @@ def run_vendor(spec: ConvSpec, x, w, bias=None, tile=None, config=None, downsamp
     ParconvError
         If the tile does not fit the config's per-tile limits.
     """
-    from .calls import vendor_loop
     loop = vendor_loop(spec, tile, config, None, downsample)
     if bias is not None and not loop.config.has_bias:
         raise ParconvError(f"semantics {loop.config.semantics!r} loads no bias; run without "

@@ -1,8 +1,8 @@
 """The exchanges of the grid algorithm (theory.md section 5) on a `ProcGrid`.
 
 Each function is collective over one group communicator of the grid and takes this rank's
-`RankLocal` (parconv.plan) for the block geometry; the byte counts come from the buffers handed to
-MPI (parconv.comm), the plan only says which elements go where.
+`RankSchedule` (parconv.plan) for the block geometry; the byte counts come from the buffers handed to
+MPI (parconv.mpi.comm), the plan only says which elements go where.
 
     allgather_filter   (1) filter block F[k, c] over the N-H-W group        phase "filter"
     allgather_bias     (1) bias block bias[k] over the N-H-W group (c == 0)  phase "bias"
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blocks import count_masked, read_boxes, write_boxes
-from .errors import ParconvRuntimeError
+from ..errors import ParconvRuntimeError
+from ..plan.blocks import count_masked
 
 
 def _piece_sizes(pieces) -> np.ndarray:
@@ -187,123 +187,3 @@ def reduce_scatter_output(grid, local, partial: np.ndarray) -> np.ndarray:
     received = np.empty(mine * grid.c.size, dtype=spec.dtype_acc)
     grid.c.Alltoallv(flat, sendcounts, received, np.full(grid.c.size, mine), "reduce")
     return received.reshape(grid.c.size, mine).sum(axis=0, dtype=spec.dtype_acc)
-
-
-# ---- data distribution from and to one root (phases "scatter", "gather", "check") -------------
-
-def _owned_parts(plan, rank: int) -> list[tuple[str, list]]:
-    """(dtype, global boxes) of the input, filter and bias pieces ``rank`` owns at the start;
-    empty for an idle rank, no boxes for an empty piece."""
-    local, spec = plan.local(rank), plan.spec
-    if local is None:
-        return []
-    bias = local.bias_piece_range()
-    return [(spec.dtype_in, local.input_piece_boxes()),
-            (spec.dtype_weight, local.filter_piece_boxes()),
-            (spec.dtype_acc, [] if bias is None else [(bias,)])]
-
-
-def _count(boxes) -> int:
-    return sum(int(np.prod([hi - lo for lo, hi in box])) for box in boxes)
-
-
-def _parts_bytes(parts) -> int:
-    return sum(np.dtype(dtype).itemsize * _count(boxes) for dtype, boxes in parts)
-
-
-def _as_bytes(arrays) -> np.ndarray:
-    """Concatenate the raw bytes of ``arrays`` (C order) into one uint8 buffer."""
-    raw = [np.ascontiguousarray(a).reshape(-1).view(np.uint8) for a in arrays]
-    return np.concatenate(raw) if raw else np.zeros(0, dtype=np.uint8)
-
-
-def _unpack(raw: np.ndarray, parts) -> list[np.ndarray]:
-    """Split a byte buffer into the typed pieces of ``parts`` (copies: offsets may be unaligned)."""
-    out, offset = [], 0
-    for dtype, boxes in parts:
-        nbytes = np.dtype(dtype).itemsize * _count(boxes)
-        out.append(np.frombuffer(raw[offset:offset + nbytes].tobytes(), dtype=dtype))
-        offset += nbytes
-    return out
-
-
-def scatter_owned(grid, x, w, bias, root: int) -> list[np.ndarray] | None:
-    """Hand every active rank its owned input, filter and bias pieces from the root's arrays.
-
-    Collective over ``grid.world`` (phase "scatter").  The root holds the global ``x`` (N, C, H_in,
-    W_in), ``w`` (K, C, R, S) and ``bias`` (K,) or None, already validated; the other ranks pass
-    anything.  Each rank's three pieces travel as one byte message.  Returns ``[input_piece,
-    filter_piece, bias_piece]`` (flat; the bias piece is empty where the rank owns none), or None
-    on idle ranks.  Example: 2 ranks on grid 1x2x1x1x1 of a layer with C = K = 2: rank 1 receives
-    half of In (flat order of the whole input block) and half of its filter block F[1, :, :, :].
-    """
-    plan = grid.plan
-    sendbuf, counts = None, None
-    if grid.world.rank == root:
-        raw = [_as_bytes([read_boxes(array, boxes) for array, (_, boxes) in
-                          zip((x, w, bias), _owned_parts(plan, r)) if boxes])
-               for r in range(plan.active)]
-        counts = np.zeros(plan.ranks, dtype=np.int64)
-        counts[:plan.active] = [part.size for part in raw]
-        sendbuf = np.concatenate(raw)
-    parts = _owned_parts(plan, grid.world.rank)
-    received = np.empty(_parts_bytes(parts), dtype=np.uint8)
-    grid.world.Scatterv(sendbuf, counts, received, root, "scatter")
-    return _unpack(received, parts) if parts else None
-
-
-def gather_owned(grid, pieces, root: int, phase: str = "check"):
-    """The inverse of `scatter_owned`: assemble the global ``x``, ``w``, ``bias`` on the root.
-
-    Collective over ``grid.world``.  ``pieces`` is this rank's [input, filter, bias] flat pieces
-    (ignored on idle ranks).  Returns ``(x, w, bias or None)`` on the root, None elsewhere.
-    """
-    plan, spec = grid.plan, grid.plan.spec
-    parts = _owned_parts(plan, grid.world.rank)
-    mine = _as_bytes([np.asarray(p if p is not None else [], dtype=dtype)
-                      for p, (dtype, _) in zip(pieces or [], parts)])
-    counts, raw, everyone = None, None, None
-    if grid.world.rank == root:
-        everyone = [_owned_parts(plan, r) for r in range(plan.ranks)]
-        counts = np.array([_parts_bytes(p) for p in everyone], dtype=np.int64)
-        raw = np.empty(int(counts.sum()), dtype=np.uint8)
-    grid.world.Gatherv(mine, raw, counts, root, phase)
-    if grid.world.rank != root:
-        return None
-    x = np.zeros(spec.input_shape, dtype=spec.dtype_in)
-    w = np.zeros(spec.weight_shape, dtype=spec.dtype_weight)
-    b = np.zeros(spec.out_channels, dtype=spec.dtype_acc) if spec.bias else None
-    offsets = np.concatenate(([0], np.cumsum(counts)))
-    for r in range(plan.active):
-        typed = _unpack(raw[offsets[r]:offsets[r + 1]], everyone[r])
-        for array, (_, boxes), part in zip((x, w, b), everyone[r], typed):
-            if boxes:
-                write_boxes(array, boxes, part)
-    return x, w, b
-
-
-def gather_output(grid, piece: np.ndarray | None, root: int) -> np.ndarray | None:
-    """Assemble the global output (N, K, H, W) on the root from every rank's owned piece.
-
-    Collective over ``grid.world`` (phase "gather").  ``piece`` is this rank's flat output piece
-    (dtype_out; None on idle ranks).  Returns the output on the root, None elsewhere.  Example:
-    P_C = 2, rank c=0 owns the first half of the flat block (a, b, d, e), rank c=1 the second;
-    the root writes both halves into Out[n block, k block, h block, w block].
-    """
-    plan, spec = grid.plan, grid.plan.spec
-    mine = np.zeros(0, dtype=spec.dtype_out) if piece is None else \
-        np.ascontiguousarray(piece, dtype=spec.dtype_out).reshape(-1)
-    counts, out = None, None
-    if grid.world.rank == root:
-        counts = np.zeros(plan.ranks, dtype=np.int64)
-        counts[:plan.active] = [int(np.diff(plan.local(r).output_piece)[0])
-                                for r in range(plan.active)]
-        out = np.empty(int(counts.sum()), dtype=spec.dtype_out)
-    grid.world.Gatherv(mine, out, counts, root, "gather")
-    if grid.world.rank != root:
-        return None
-    result = np.zeros(spec.output_shape, dtype=spec.dtype_out)
-    offsets = np.concatenate(([0], np.cumsum(counts)))
-    for r in range(plan.active):
-        write_boxes(result, plan.local(r).output_piece_boxes(), out[offsets[r]:offsets[r + 1]])
-    return result

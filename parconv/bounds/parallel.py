@@ -1,0 +1,90 @@
+"""Parallel lower bounds of theory.md section 4: the busiest of P processors, in bytes.  Pure.
+
+* `parallel_bounds`: memory-independent B_MI (a convex program in log variables with a dual
+  certificate) and memory-dependent B_MD (the segment argument on one processor's share).
+* `busy_processor_footprint`: where B_MI's optimum puts the busy processor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..spec import ConvSpec
+from .checks import check_bytes, check_owned, check_ranks, check_spec
+from .sequential import segments
+from .workfn import output_bytes, solve_traffic, solve_work, used_filter_size
+
+__all__ = ["parallel_bounds", "busy_processor_footprint", "ParallelBound"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelBound:
+    """Lower bound on the busiest processor's volume (received input and filter bytes plus sent
+    partial-sum bytes), theory.md section 4."""
+
+    B_MI: float
+    B_MD: float
+    binding: str
+    value: float
+    P: int
+    M: float | None
+    owned: tuple[int, int, int]
+
+    def to_dict(self) -> dict:
+        return {"B_MI": self.B_MI, "B_MD": self.B_MD, "binding": self.binding,
+                "value": self.value, "P": self.P, "M": self.M, "owned": list(self.owned)}
+
+
+def parallel_bounds(spec: ConvSpec, P: int, M: float | None = None, owned=None) -> ParallelBound:
+    """max(B_MI, B_MD) for P processors (theory.md section 4).  Local.
+
+    B_MI = min over x of sum_j p_j (x_j - o_j) subject to the section-2 inequalities at
+    |V| = ceil(G_eff / P) and o_j <= x_j <= |A_j|: a convex program in log variables, solved with a
+    dual certificate so the value is never above the true minimum; 0 when the busy processor can
+    work inside what it owns.  B_MD = M (ceil(ceil(G_eff / P) / F(3M)) - 1), 0 when M is None
+    (the busy processor does at least ceil(G_eff / P) iterations, an integer, hence the inner
+    ceiling, slightly stronger than theory.md's G_eff / P and equally valid).
+
+    Parameters
+    ----------
+    spec : ConvSpec
+    P : int
+        Number of processors, >= 1.
+    M : float, optional
+        Memory per processor in bytes.
+    owned : (int, int, int), optional
+        (o_I, o_F, o_O): the largest number of touched input, filter and output elements any rank
+        owns; default the balanced shares ceil(|A_j| / P).
+
+    Raises
+    ------
+    ParconvError
+        On P < 1, a non-positive M, or owned outside [ceil(|A_j| / P), |A_j|].
+    """
+    check_spec(spec)
+    P = check_ranks(P)
+    M = None if M is None else check_bytes(M, "M")
+    owned = check_owned(spec, P, owned)
+    work = -(-spec.G_eff // P)
+    p = (spec.p_in, spec.p_weight, output_bytes(spec))
+    # filter elements that only ever meet padding are never needed: owning them saves nothing
+    usable = (owned[0], min(owned[1], used_filter_size(spec)), owned[2])
+    owned_bytes = sum(pj * oj for pj, oj in zip(p, usable))
+    B_MI = max(0.0, solve_traffic(spec, work, usable).value - owned_bytes)
+    B_MD = 0.0 if M is None else segments(work, M, solve_work(spec, 3.0 * M).value)
+    binding = "memory-dependent" if B_MD > B_MI else "memory-independent"
+    return ParallelBound(B_MI=B_MI, B_MD=B_MD, binding=binding, value=max(B_MI, B_MD), P=P, M=M,
+                         owned=owned)
+
+
+def busy_processor_footprint(spec: ConvSpec, P: int, owned=None) -> tuple[float, float, float]:
+    """(x_I, x_F, x_O) at the optimum of B_MI's program (elements, not rounded).  Local.
+
+    Shows where the bound puts the busy processor: e.g. x_F = |F| when the whole filter is cheaper
+    to replicate than any alternative (the usual CNN case).
+    """
+    check_spec(spec)
+    P = check_ranks(P)
+    o_I, o_F, o_O = check_owned(spec, P, owned)
+    usable = (o_I, min(o_F, used_filter_size(spec)), o_O)
+    return solve_traffic(spec, -(-spec.G_eff // P), usable).x

@@ -1,0 +1,167 @@
+"""Sequential lower bounds of theory.md sections 2-3, in bytes, mixed precision.  Pure, no MPI.
+
+* `work_function` F(X): the most iterations any set of data worth X bytes can feed (section 2),
+  solved as a geometric program and certified by duality (`parconv.bounds.workfn`), never below
+  the truth; `closed_form_work`, its two AM-GM upper bounds.
+* `sequential_bound`: one processor with a fast memory of M bytes (section 3);
+  `sequential_bound_two_memory`, a scratchpad and an accumulator.
+* `im2col_bound`: the same layer computed as im2col + matrix multiply, for comparison (section 3).
+
+Precisions: p_I = ``spec.p_in``, p_F = ``spec.p_weight``, p_Y = ``spec.p_out`` (stored output, in
+the compulsory traffic) and p_O = min(p_acc, p_out) for outputs inside the counting arguments (see
+`parconv.bounds.workfn.output_bytes`: an output completed in a segment, or on a processor that does
+not own it, can be moved at p_out bytes; with the usual p_out = p_acc this is theory.md's p_O).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from ..spec import ConvSpec
+from .checks import check_bytes, check_spec
+from .workfn import output_bytes, solve_work, used_filter_size
+
+__all__ = ["work_function", "closed_form_work", "sequential_bound", "sequential_bound_two_memory",
+           "im2col_bound", "segments", "SequentialBound"]
+
+
+# ---- work function ----------------------------------------------------------------------------
+def work_function(spec: ConvSpec, X: float) -> float:
+    """F(X) of theory.md section 2: the largest |V| allowed by (P), (H1), (H2), (L) and
+    |V| <= G_eff over (x_I, x_F, x_O) with p_I x_I + p_F x_F + p_O x_O <= X, x_j <= |A_j|.
+
+    Local.  Solved in log variables; the value is a dual (upper) certificate, so it is never below
+    the true maximum (and exceeds it by about 1e-12 relative).  Cached on (spec, X).
+
+    Raises
+    ------
+    ParconvError
+        If X is not a finite number > 0.
+    """
+    check_spec(spec)
+    return solve_work(spec, check_bytes(X, "X")).value
+
+
+def closed_form_work(spec: ConvSpec, X: float) -> dict:
+    """The two closed-form upper bounds on F(X) of theory.md section 2 (AM-GM on (H1), (H2)).
+
+    ``small_filter = rho^(1/2) (X/3)^(3/2) / (p_I p_F p_O)^(1/2)``,
+    ``large_filter = (X/3)^2 / (p_I p_F p_O)^(2/3)``.  Local.
+    """
+    check_spec(spec)
+    X = check_bytes(X, "X")
+    ppp = spec.p_in * spec.p_weight * output_bytes(spec)
+    return {"small_filter": math.sqrt(spec.rho) * (X / 3.0) ** 1.5 / math.sqrt(ppp),
+            "large_filter": (X / 3.0) ** 2 / ppp ** (2.0 / 3.0)}
+
+
+def segments(work: float, M: float, per_segment: float) -> float:
+    """M (ceil(work / F(3M)) - 1), 0 when no work (theory.md section 3)."""
+    if work <= 0 or per_segment <= 0:
+        return 0.0
+    return M * max(math.ceil(work / per_segment) - 1, 0)
+
+
+# ---- sequential -------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class SequentialBound:
+    """Lower bound on the bytes moved between slow memory and a fast memory of M bytes.
+
+    ``value`` is the maximum of the other terms; all are bytes (theory.md section 3).  ``binding``
+    names the largest term; when it is the segment term it names the inequality family active at
+    the optimum of F(3M): 'small-filter' if the (H1) row has the smallest slack (ties included),
+    'large-filter' if a (P) or (H2) row has a strictly smaller slack.
+    """
+
+    value: float
+    compulsory: float
+    segment: float
+    small_filter: float
+    large_filter: float
+    binding: str
+    M: float
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def sequential_bound(spec: ConvSpec, M: float) -> SequentialBound:
+    """W_seq >= max(compulsory, M (ceil(G_eff / F(3M)) - 1), closed forms) (theory.md section 3).
+
+    Local.  compulsory = p_I |I_touched| + p_F |F_used| + p_Y |O|, with |F_used| = |F| unless
+    some filter tap only ever meets padding (`parconv.bounds.workfn.used_filter_size`);
+    small_filter = G_eff (p_I p_F p_O)^(1/2) / (rho^(1/2) M^(1/2)) - M;
+    large_filter = G_eff (p_I p_F p_O)^(2/3) / M - M (both clipped at 0).  The closed forms never
+    exceed the segment term (F(3M) is at most either closed form of F); they are kept as checks.
+
+    Raises
+    ------
+    ParconvError
+        If M is not a finite number of bytes > 0.
+    """
+    check_spec(spec)
+    M = check_bytes(M, "M")
+    ppp = spec.p_in * spec.p_weight * output_bytes(spec)
+    compulsory = float(spec.p_in * spec.size_input_touched
+                       + spec.p_weight * used_filter_size(spec) + spec.p_out * spec.size_output)
+    solution = solve_work(spec, 3.0 * M)
+    segment = segments(spec.G_eff, M, solution.value)
+    small = max(0.0, spec.G_eff * math.sqrt(ppp) / math.sqrt(spec.rho * M) - M)
+    large = max(0.0, spec.G_eff * ppp ** (2.0 / 3.0) / M - M)
+    terms = {"compulsory": compulsory, "small-filter": small, "large-filter": large}
+    slack = solution.slack
+    if slack and slack["H1"] <= min(slack["P"], slack["H2"]):
+        terms["segment:small-filter"] = segment
+    else:
+        terms["segment:large-filter"] = segment
+    binding = max(terms, key=lambda key: (terms[key], key == "compulsory"))
+    return SequentialBound(value=max(terms.values()), compulsory=compulsory, segment=segment,
+                           small_filter=small, large_filter=large,
+                           binding=binding.removeprefix("segment:"), M=M)
+
+
+def sequential_bound_two_memory(spec: ConvSpec, M_scratch: float, M_acc: float) -> SequentialBound:
+    """The sequential bound for a scratchpad of M_scratch bytes (inputs, filters) and an
+    accumulator of M_acc bytes (partial sums): the one-memory bound with M = M_scratch + M_acc,
+    valid because a schedule on the two memories is a schedule on their union (theory.md
+    section 3).  Local.
+
+    Raises
+    ------
+    ParconvError
+        If either size is not a finite number of bytes > 0.
+    """
+    total = check_bytes(M_scratch, "M_scratch") + check_bytes(M_acc, "M_acc")
+    return sequential_bound(spec, total)
+
+
+def im2col_bound(spec: ConvSpec, M: float) -> float:
+    """Sequential lower bound (bytes) of the im2col + matrix-multiply route for the same layer.
+
+    Local.  The GEMM (N H W) x (C R S) x K reads the im2col matrix A (N H W C R S elements of p_I
+    bytes, padding zeros included because they are stored) and performs all G = N K C H W R S
+    multiply-adds.  With the Loomis-Whitney work function
+    F_mm(X) = (X/3)^(3/2) / (p_I p_F p_O)^(1/2) (theory.md section 2 with rho = 1 and A in place
+    of the input) the segment argument of section 3 gives
+
+        W_im2col >= max(p_I |A| + p_F |F| + p_Y |O|,  M (ceil(G / F_mm(3M)) - 1)).
+
+    Building A from the input (reading |I_touched|, writing |A|) costs more and is not counted, so
+    this is a lower bound on that route.
+
+    Raises
+    ------
+    ParconvError
+        If M is not a finite number of bytes > 0.
+    """
+    check_spec(spec)
+    M = check_bytes(M, "M")
+    h, w = spec.out_size
+    r, s = spec.kernel_size
+    im2col_elements = spec.batch * h * w * spec.in_channels * r * s
+    compulsory = float(spec.p_in * im2col_elements + spec.p_weight * spec.size_filter
+                       + spec.p_out * spec.size_output)
+    ppp = spec.p_in * spec.p_weight * output_bytes(spec)
+    per_segment = M ** 1.5 / math.sqrt(ppp)  # F_mm(3M)
+    return max(compulsory, segments(spec.G, M, per_segment))

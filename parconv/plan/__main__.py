@@ -1,0 +1,7 @@
+"""``python -m parconv.plan``: see parconv.plan.cli."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
