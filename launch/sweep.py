@@ -369,7 +369,8 @@ def main(argv=None) -> int:
     removed = clear_previous(out) if os.path.isdir(out) else 0
     os.makedirs(os.path.join(out, "reports"), exist_ok=True)
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
-    generated_by = f"cd {shlex.quote(os.getcwd())} && python -m launch.sweep {quote(argv)}"
+    generated_by = (f"cd {shlex.quote(os.getcwd())} && "
+                    f"{quote([sys.executable, os.path.join(REPO, 'launch', 'sweep.py')] + argv)}")
     jobs = []
     for layer in layers:
         for p in ranks:
