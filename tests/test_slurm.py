@@ -30,7 +30,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYER = "resnet50.layer1.0.conv1"
 PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "sinfo", "squeue", "scancel")
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin", "/sbin"])
-TIMEOUT = 180   # seconds for any one command; a job that takes longer has hung
+TIMEOUT = 300   # seconds for any one command (the machine may be busy); longer = hung
 
 CONF = """\
 ClusterName=parconvtest
@@ -181,7 +181,7 @@ def slurm():
         cluster.wait_for("munged", lambda: os.path.exists(f"{folder}/munge.socket"))
         cluster.start(program("slurmctld"), "-D", "-f", cluster.env["SLURM_CONF"])
         cluster.start(program("slurmd"), "-D", "-f", cluster.env["SLURM_CONF"], "-N", "localhost")
-        cluster.wait_for("the node to be idle", lambda: cluster.run(
+        cluster.wait_for("the node to be idle", seconds=60, test=lambda: cluster.run(
             "sinfo", "-h", "-o", "%t", check=False, timeout=30).stdout.strip() == "idle")
         print(f"\nSlurm cluster up in {time.monotonic() - started:.1f} s", file=sys.stderr)
         yield cluster
@@ -266,18 +266,28 @@ def test_sweeps_through_srun_and_mpirun(slurm):
 
 
 def test_a_wrong_srun_mpi_plugin_is_caught_before_the_run(slurm):
-    """--mpi=none starts P one-rank MPI jobs: the probe step refuses, no report is written."""
+    """--mpi=none starts P one-rank MPI jobs: the probe step refuses, no report is written.
+
+    Once by hand (sbatch launch/slurm.sbatch, settings from the environment), once in a sweep
+    (its submit_all.sh fails and launch.collect names the missing report); both at once.
+    """
     report = os.path.join(slurm.folder, "none.json")
     log = os.path.join(slurm.folder, "none-%j.out")
     env = dict(slurm.env, PARCONV_SRUN_MPI="none", PARCONV_PYTHON=sys.executable)
-    done = subprocess.run(["sbatch", "--wait", "--ntasks=2", f"--output={log}",
-                           "launch/slurm.sbatch", "--layer", LAYER, "--batch", "1", "--node",
-                           "numpy", "--report", report], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT)
-    assert done.returncode != 0
-    job = done.stdout.split()[-1]
-    with open(log.replace("%j", job), encoding="utf-8") as handle:
+    by_hand = subprocess.Popen(["sbatch", "--wait", "--ntasks=2", f"--output={log}",
+                                "launch/slurm.sbatch", "--layer", LAYER, "--batch", "1",
+                                "--node", "numpy", "--report", report], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = make_sweep(slurm, "none", "2", "--srun-mpi", "none")
+    submit = slurm.run("bash", os.path.join(out, "submit_all.sh"), "--wait", check=False)
+    stdout, _ = by_hand.communicate(timeout=TIMEOUT)
+    assert by_hand.returncode != 0
+    with open(log.replace("%j", stdout.split()[-1]), encoding="utf-8") as handle:
         text = handle.read()
-    assert "parconv: python " + sys.executable + " (PARCONV_PYTHON)" in text
+    assert f"parconv: python {sys.executable} (PARCONV_PYTHON)" in text
     assert "srun --mpi=none did not start one MPI job of 2 ranks" in text
     assert not os.path.exists(report)
+    assert submit.returncode == 1 and f"{LAYER}-P2.sbatch: FAILED" in submit.stdout
+    assert "0 of 1 jobs ok" in submit.stdout
+    collect = slurm.run(sys.executable, "-m", "launch.collect", out, check=False)
+    assert collect.returncode == 2 and f"1 missing: reports/{LAYER}-P2.json" in collect.stderr
