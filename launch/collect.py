@@ -6,9 +6,10 @@ folder) and, when ``RESULTS_DIR/sweep.json`` (written by ``launch.sweep``) lists
 sweep, names every run whose report is missing.  One row per report: layer, batch, P, grid, the
 busiest rank's volume (max of ``bytes.bound_volume``), the bound, the binding term, the ratio to
 the bound, the time of each phase (``time_s``), the peak memory (largest rank's
-``memory.peak_rss_bytes``, empty when the report has none) and the git revision.  Reports from different git revisions are refused unless
-``--allow-mixed-revisions``.  Both tables are written atomically (temporary file + rename) and
-never replace an existing file unless ``--force``.
+``memory.peak_rss_bytes``, empty when the report has none) and the git revision.  Reports
+from different git revisions are refused unless ``--allow-mixed-revisions``.  Both tables
+are written atomically (temporary file + rename) and never replace an existing file unless
+``--force``.
 
 Exit status: 0 written; 2 refused (missing or malformed reports, mixed revisions, outputs exist,
 bad options), with a message naming the problem.

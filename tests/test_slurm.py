@@ -73,7 +73,8 @@ def ensure_slurm() -> None:
     missing = [name for name in PROGRAMS if program(name) is None]
     if not missing:
         return
-    reason = f"Slurm programs missing ({', '.join(missing)}) and slurm-wlm/munge cannot be installed"
+    reason = (f"Slurm programs missing ({', '.join(missing)}) and slurm-wlm/munge cannot be "
+              f"installed")
     if os.geteuid() != 0:
         pytest.skip(f"{reason}: not root")
     if program("apt-get") is None:
