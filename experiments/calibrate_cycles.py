@@ -60,7 +60,7 @@ def is_validation(key: tuple) -> bool:
     return zlib.crc32(repr(key).encode()) % 10 < 3
 
 
-def load_records(path: str = DATA) -> list[dict]:
+def load_records(path: str = DATA, warm: bool = True) -> list[dict]:
     """The FireSim runs with their calibration terms and roofline cycles."""
     with open(path) as f:
         raw = json.load(f)["records"]
@@ -74,7 +74,7 @@ def load_records(path: str = DATA) -> list[dict]:
             raise SystemExit(f"csv_row {r['csv_row']}: out_size {spec.out_size} != "
                              f"{r['out_size']}")
         tile = tuple(r["tile"][k] for k in TILE_KEYS)
-        cost = firesim_cost(spec, tile, r["loop_order"], r["firesim_pe_dim"], START)
+        cost = firesim_cost(spec, tile, r["loop_order"], r["firesim_pe_dim"], START, warm=warm)
         key = layer_key(spec)
         records.append({"csv_row": r["csv_row"], "key": key, "dim": r["firesim_pe_dim"],
                         "order": r["loop_order"], "tile": tile, "measured": r["measured_cycles"],
@@ -218,11 +218,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "gemmini"))
     parser.add_argument("--bootstrap", type=int, default=40, metavar="B")
+    parser.add_argument("--cold", action="store_true",
+                        help="treat every FireSim run as starting with a cold L2")
     parser.add_argument("--constants", default=CONSTANTS_PATH,
                         help="where to write the fitted constants (read by the library)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    records = load_records()
+    records = load_records(warm=not args.cold)
     resnet = resnet_rows()
     fit_set = [r for r in records if r["dim"] == 16 and not r["validation"]]
     theta = fit(fit_set)

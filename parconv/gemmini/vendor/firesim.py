@@ -34,10 +34,12 @@ def firesim_config(dim: int) -> GemminiConfig:
                          spad_bank_rows=1 << 24, acc_rows=1 << 24)
 
 
-def firesim_cost(spec, tile, order: str, dim: int = 16, constants=None) -> LayerCost:
+def firesim_cost(spec, tile, order: str, dim: int = 16, constants=None,
+                 warm: bool = True) -> LayerCost:
     """`LayerCost` of ``tiled_conv(spec, tile, order)`` on the FireSim build of side ``dim``;
     ``calibrated_cycles`` is the model of the measured cycles.  ``tile`` sizes larger than the
-    layer are clamped (the library loops once over such a dimension).  Local.
+    layer are clamped (the library loops once over such a dimension).  ``warm``: the data were
+    touched by the harness's ``tiled_conv_auto`` run just before.  Local.
 
     Raises
     ------
@@ -49,4 +51,4 @@ def firesim_cost(spec, tile, order: str, dim: int = 16, constants=None) -> Layer
                            f"got {order!r}")
     tile = tuple(min(int(t), e) for t, e in zip(tile, conv_extents(spec)))
     return vendor_layer_cost(spec, tile, firesim_config(dim), downsample=False, order=order,
-                             constants=constants, warm=True)
+                             constants=constants, warm=warm)
