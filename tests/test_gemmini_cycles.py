@@ -82,3 +82,14 @@ def test_library_and_tiling_costs_carry_the_calibrated_model():
     # a slower bus (every byte costs more) can only make the model slower
     slow = CycleConstants(**{f: getattr(constants, f) for f in FIELDS}, l2_bytes=1)
     assert vendor_layer_cost(SPEC, constants=slow).calibrated_cycles >= vendor.calibrated_cycles
+
+
+def test_search_objective_is_the_calibrated_model():
+    from parconv.gemmini.tiled.choose import choose_tiling
+    from parconv.gemmini.tiled.search import CYCLE_SLACK
+    plan = choose_tiling(SPEC)
+    assert plan.cost.dram_bytes["total"] <= plan.vendor.dram_bytes["total"]
+    assert plan.cost.calibrated_cycles <= plan.vendor.calibrated_cycles
+    assert plan.cost.calibrated_cycles <= plan.fewest_bytes["calibrated_cycles"] * (
+        1 + CYCLE_SLACK)
+    assert plan.fewest_bytes["bytes"] <= plan.cost.dram_bytes["total"]

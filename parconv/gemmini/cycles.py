@@ -51,7 +51,8 @@ FIELDS = ("c_call", "t_hit", "t_miss", "inv_bw", "alpha", "p_pass")
 
 @dataclasses.dataclass(frozen=True)
 class CycleConstants:
-    """The fitted constants of the calibrated model (module docstring), in cycles.
+    """The constants of the calibrated model (module docstring), in cycles.  The defaults are
+    only starting values of the fit; the fitted ones come from `load_constants`.
 
     ``l2_bytes`` is the residency capacity of the reuse-distance test (the FireSim builds' 512 KiB
     L2, not fitted); ``stderr`` holds bootstrap standard errors of the fitted fields.
@@ -88,9 +89,16 @@ class CycleConstants:
 
 @functools.lru_cache(maxsize=4)
 def load_constants(path: str = CONSTANTS_PATH) -> CycleConstants:
-    """The fitted constants (defaults when the calibration has not been run)."""
+    """The fitted constants of ``cycle_constants.json``.
+
+    Raises
+    ------
+    ParconvError
+        If the file is missing (run ``experiments/calibrate_cycles.py``).
+    """
     if not os.path.exists(path):
-        return CycleConstants()
+        raise ParconvError(f"no fitted cycle constants at {path}; run "
+                           f"experiments/calibrate_cycles.py")
     with open(path) as f:
         data = json.load(f)
     return CycleConstants(**{k: data[k] for k in (*FIELDS, "l2_bytes", "stderr", "fit")
