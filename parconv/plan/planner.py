@@ -32,6 +32,8 @@ __all__ = ["make_plan", "Plan", "RankSchedule", "GridDims", "PHASES", "BOUND_PHA
 #: per-rank memory assumed when none is given (bytes)
 DEFAULT_MEMORY = 1 << 30
 BOUND_PHASES = RECEIVED_BOUND_PHASES + ("reduce",)
+#: schedules a plan keeps (most recent ranks)
+SCHEDULE_CACHE = 8
 #: the grids peers use, each a function of P
 BASELINES = {"batch": lambda P: [(P, 1, 1, 1, 1)],
              "output-channel": lambda P: [(1, P, 1, 1, 1)],
@@ -72,10 +74,20 @@ class Plan:
         return int(np.ravel_multi_index(tuple(coords), self.dims.as_tuple()))
 
     def schedule(self, rank: int) -> RankSchedule | None:
-        """The blocks, pieces and exchange schedules of ``rank`` (None when idle)."""
+        """The blocks, pieces and exchange schedules of ``rank`` (None when idle).
+
+        Built for that rank alone (parconv.plan.schedule) and kept: the engine asks for its own
+        rank's schedule several times.  The few most recent ranks are kept, so a serial loop
+        over all ranks holds O(1) schedules."""
         if not self.is_active(rank):
             return None
-        return rank_schedule(self.spec, self.dims, rank, self.coords(rank))
+        cache = self.__dict__.setdefault("_schedules", {})
+        rank = int(rank)
+        if rank not in cache:
+            if len(cache) >= SCHEDULE_CACHE:
+                cache.pop(next(iter(cache)))
+            cache[rank] = rank_schedule(self.spec, self.dims, rank, self.coords(rank))
+        return cache[rank]
 
     # ---- predictions ------------------------------------------------------------------------
     def _pad(self, values: np.ndarray) -> np.ndarray:
