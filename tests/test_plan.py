@@ -237,3 +237,23 @@ def test_every_P_up_to_64_every_rank(spec):
                              ("output", spec.output_shape)):
             assert (_coverage(plan, array, shape) == 1).all(), (P, array)
         assert plan.max_volume >= plan.bound.value
+
+
+def test_scatter_and_gather_predictions_are_made_with_the_plan():
+    """make_plan computes them (the audit compares, it does not plan again); another root moves
+    the same bytes with the root's own piece left out."""
+    spec = AWKWARD[1]
+    plan = make_plan(spec, 6, grid=(1, 1, 2, 3, 1))
+    assert {"predicted_scatter", "predicted_gather"} <= set(plan.__dict__)
+    assert plan.predict_scatter() is plan.predicted_scatter
+    for root in range(6):
+        for name, own in (("scatter", ("input", "filter", "bias")), ("gather", ("output",))):
+            pred = getattr(plan, f"predict_{name}")(root)
+            assert pred["sent"].sum() == pred["received"].sum()
+            weights = dict(input=spec.p_in, filter=spec.p_weight, bias=spec.p_bias,
+                           output=spec.p_out)
+            total = sum(plan.owned_elements[k].sum() * weights[k] for k in own)
+            root_own = sum(plan.owned_elements[k][root] * weights[k] for k in own)
+            assert pred["sent"].sum() == total - root_own
+    with pytest.raises(ParconvError, match="root"):
+        plan.predict_gather(6)

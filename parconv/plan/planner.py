@@ -55,6 +55,14 @@ class Plan:
     forced: bool
     grids_evaluated: int
     planning_time_s: float
+    #: elements each active rank owns at the start (``input``, ``filter``, ``bias``) and the
+    #: end (``output``) of a run (predict.owned_piece_sizes), for the scatter / gather phases
+    owned_elements: dict = dataclasses.field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.owned_elements is None:
+            object.__setattr__(self, "owned_elements",
+                               owned_piece_sizes(self.spec, self.dims.as_tuple()))
 
     # ---- ranks ------------------------------------------------------------------------------
     @property
@@ -114,22 +122,39 @@ class Plan:
         """Largest bound-comparable volume over max(B_MI, B_MD); None when the bound is 0."""
         return self.max_volume / self.bound.value if self.bound.value > 0 else None
 
+    @cached_property
+    def predicted_scatter(self) -> dict:
+        """`predict_scatter` from rank 0, the default root."""
+        return self.predict_scatter(0)
+
+    @cached_property
+    def predicted_gather(self) -> dict:
+        """`predict_gather` to rank 0, the default root."""
+        return self.predict_gather(0)
+
     def predict_scatter(self, root: int = 0) -> dict:
-        """Bytes of handing every rank its owned input, filter and bias pieces from ``root``."""
-        sizes = owned_piece_sizes(self.spec, self.dims.as_tuple())
+        """Bytes of handing every rank its owned input, filter and bias pieces from ``root``
+        (``{"sent", "received", "messages"}``, arrays of length P).  Arithmetic on the owned
+        piece sizes that make_plan stored (``owned_elements``): nothing is planned again."""
+        if root == 0 and "predicted_scatter" in self.__dict__:
+            return self.predicted_scatter
         weights = {"input": self.spec.p_in, "filter": self.spec.p_weight,
                    "bias": self.spec.p_bias}
-        return self._root_phase(root, {k: sizes[k] for k in weights}, weights, outward=True)
+        return self._root_phase(root, weights, outward=True)
 
     def predict_gather(self, root: int = 0) -> dict:
-        """Bytes of collecting every rank's owned output piece (stored type) on ``root``."""
-        sizes = owned_piece_sizes(self.spec, self.dims.as_tuple())
-        return self._root_phase(root, {"output": sizes["output"]},
-                                {"output": self.spec.p_out}, outward=False)
+        """Bytes of collecting every rank's owned output piece (stored type) on ``root``; from
+        the stored ``owned_elements`` like `predict_scatter`."""
+        if root == 0 and "predicted_gather" in self.__dict__:
+            return self.predicted_gather
+        return self._root_phase(root, {"output": self.spec.p_out}, outward=False)
 
-    def _root_phase(self, root, sizes, weights, outward):
+    def _root_phase(self, root, weights, outward):
         """Root-to-all (``outward``) or all-to-root traffic: one message per peer and phase."""
-        per_peer = sum(self._pad(elems) * weights[name] for name, elems in sizes.items())
+        if not 0 <= root < self.ranks:
+            raise ParconvError(f"root {root} outside [0, {self.ranks})")
+        per_peer = sum(self._pad(self.owned_elements[name]) * weight
+                       for name, weight in weights.items())
         per_peer[root] = 0
         sent, received, messages = (np.zeros(self.ranks, dtype=np.int64) for _ in range(3))
         if outward:
@@ -283,6 +308,10 @@ def make_plan(spec: ConvSpec, P: int, memory=None, grid=None, max_idle: int = 3)
         raise ParconvError(f"memory too small: {what} needs at least {smallest} bytes per rank "
                            f"for its blocks, but --memory is {memory} bytes")
     bound = parallel_bounds(spec, P, memory, owned=best.owned)
-    return Plan(spec=spec, ranks=P, dims=GridDims(*best.dims), memory=memory, prediction=best,
-                bound=bound, baselines=_baselines(spec, P, memory), forced=forced,
-                grids_evaluated=evaluated, planning_time_s=time.perf_counter() - started)
+    dims = GridDims(*best.dims)
+    baselines, owned = _baselines(spec, P, memory), owned_piece_sizes(spec, dims.as_tuple())
+    plan = Plan(spec=spec, ranks=P, dims=dims, memory=memory, prediction=best, bound=bound,
+                baselines=baselines, forced=forced, grids_evaluated=evaluated,
+                planning_time_s=time.perf_counter() - started, owned_elements=owned)
+    plan.predicted_scatter, plan.predicted_gather   # made with the plan: the audit only compares
+    return plan
