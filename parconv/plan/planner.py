@@ -21,6 +21,7 @@ from ..bounds import parallel_bounds
 from ..errors import ParconvError
 from ..spec import ConvSpec
 from .dims import AXES, GridDims, dimension_caps, factorizations, validate_grid
+from .footprint import STAGES, node_name
 from .predict import (PHASES, RECEIVED_BOUND_PHASES, GridPrediction, mean_volume_lower_bound,
                       owned_piece_sizes, predict_grid)
 from .schedule import RankSchedule, rank_schedule
@@ -58,6 +59,8 @@ class Plan:
     #: elements each active rank owns at the start (``input``, ``filter``, ``bias``) and the
     #: end (``output``) of a run (predict.owned_piece_sizes), for the scatter / gather phases
     owned_elements: dict = dataclasses.field(default=None, repr=False)
+    #: the node kernel the footprint was budgeted for (parconv.plan.footprint.node_name)
+    node: str = "numpy"
 
     def __post_init__(self):
         if self.owned_elements is None:
@@ -165,6 +168,23 @@ class Plan:
             messages[:] = per_peer > 0
         return {"sent": sent, "received": received, "messages": messages}
 
+    # ---- memory -------------------------------------------------------------------------------
+    def footprint(self, rank: int) -> dict | None:
+        """What ``rank`` allocates, as named terms: ``{"node", "total", "stage", "terms"}``
+        (bytes; parconv.plan.footprint); None when idle."""
+        if not self.is_active(rank):
+            return None
+        return self.prediction.memory.for_rank(rank)
+
+    @cached_property
+    def footprints(self) -> dict:
+        """Every rank's footprint (lists of length P, zero on idle ranks): ``total``,
+        ``stage`` (None on idle ranks) and ``terms``."""
+        memory = self.prediction.memory
+        stages = [tuple(STAGES)[int(i)] for i in memory.stage] + [None] * (self.ranks - self.active)
+        return {"node": memory.node, "total": self._pad(memory.total).tolist(), "stage": stages,
+                "terms": {name: self._pad(v).tolist() for name, v in memory.terms.items()}}
+
     # ---- presentation -----------------------------------------------------------------------
     def to_dict(self) -> dict:
         """JSON-ready, with the run report's keys where they apply."""
@@ -179,6 +199,7 @@ class Plan:
             "predicted_bytes": {phase: {k: v.tolist() for k, v in d.items()}
                                 for phase, d in self.predicted.items()},
             "footprint_max": int(self.prediction.footprint.max()),
+            "footprint": self.footprints,
             "owned_max": dict(zip(("input", "filter", "output"), self.prediction.owned)),
             "baselines": self.baselines,
             "grids_evaluated": self.grids_evaluated,
@@ -236,7 +257,7 @@ def _candidates(spec: ConvSpec, P: int, max_idle: int) -> np.ndarray:
     return np.concatenate([full, idle])
 
 
-def _best_grid(spec, grids: np.ndarray, memory: int):
+def _best_grid(spec, grids: np.ndarray, memory: int, node="numpy"):
     """Exact evaluation in increasing order of the mean-volume lower bound, with early stop.
 
     Returns (best prediction or None, grids evaluated, smallest footprint seen)."""
@@ -246,7 +267,7 @@ def _best_grid(spec, grids: np.ndarray, memory: int):
     for i in order:
         if best is not None and lower[i] > best_key[0]:
             break
-        pred = predict_grid(spec, tuple(int(v) for v in grids[i]))
+        pred = predict_grid(spec, tuple(int(v) for v in grids[i]), node)
         evaluated += 1
         need = int(pred.footprint.max())
         smallest = need if smallest is None else min(smallest, need)
@@ -259,19 +280,20 @@ def _best_grid(spec, grids: np.ndarray, memory: int):
     return best, evaluated, smallest
 
 
-def _baselines(spec: ConvSpec, P: int, memory: int) -> dict:
+def _baselines(spec: ConvSpec, P: int, memory: int, node="numpy") -> dict:
     caps = dimension_caps(spec)
     out = {}
     for name, make in BASELINES.items():
         grids = np.array([g for g in make(P) if all(f <= cap for f, cap in zip(g, caps))],
                          dtype=np.int64).reshape(-1, 5)
-        best = _best_grid(spec, grids, memory)[0] if len(grids) else None
+        best = _best_grid(spec, grids, memory, node)[0] if len(grids) else None
         out[name] = None if best is None else {
             "grid": dict(zip(AXES, (int(v) for v in best.dims))), "max_volume": best.max_volume}
     return out
 
 
-def make_plan(spec: ConvSpec, P: int, memory=None, grid=None, max_idle: int = 3) -> Plan:
+def make_plan(spec: ConvSpec, P: int, memory=None, grid=None, max_idle: int = 3,
+              node="numpy") -> Plan:
     """Choose the grid for ``spec`` on ``P`` ranks and predict every rank's bytes.  Pure.
 
     Parameters
@@ -280,11 +302,16 @@ def make_plan(spec: ConvSpec, P: int, memory=None, grid=None, max_idle: int = 3)
     P : int
         Number of ranks (processes).
     memory : int or str, optional
-        Bytes per rank for the footprint check and the memory-dependent bound (default 1 GiB).
+        Bytes per rank for the footprint check (every rank's `Footprint` total must fit: what
+        it really allocates, parconv.plan.footprint) and the memory-dependent bound (default
+        1 GiB).
     grid : None, 'auto', GridDims, 5-tuple or "NxKxCxHxW", optional
         Force a grid instead of choosing one; it must multiply to ``P`` and fit every dimension.
     max_idle : int
         The automatic choice also considers leaving up to this many ranks idle.
+    node : str or kernel object
+        The node kernel whose workspace the footprint counts (parconv.plan.footprint;
+        "numpy" or "gemmini", other objects are budgeted as "numpy").
 
     Raises
     ------
@@ -302,16 +329,18 @@ def make_plan(spec: ConvSpec, P: int, memory=None, grid=None, max_idle: int = 3)
         grids = np.array([dims.as_tuple()], dtype=np.int64)
     else:
         grids = _candidates(spec, P, max_idle)
-    best, evaluated, smallest = _best_grid(spec, grids, memory)
+    best, evaluated, smallest = _best_grid(spec, grids, memory, node)
     if best is None:
         what = f"grid {dims}" if forced else "any grid"
         raise ParconvError(f"memory too small: {what} needs at least {smallest} bytes per rank "
-                           f"for its blocks, but --memory is {memory} bytes")
+                           f"(its blocks, exchange buffers and kernel workspace), but --memory "
+                           f"is {memory} bytes")
     bound = parallel_bounds(spec, P, memory, owned=best.owned)
     dims = GridDims(*best.dims)
-    baselines, owned = _baselines(spec, P, memory), owned_piece_sizes(spec, dims.as_tuple())
+    baselines, owned = _baselines(spec, P, memory, node), owned_piece_sizes(spec, dims.as_tuple())
     plan = Plan(spec=spec, ranks=P, dims=dims, memory=memory, prediction=best, bound=bound,
                 baselines=baselines, forced=forced, grids_evaluated=evaluated,
-                planning_time_s=time.perf_counter() - started, owned_elements=owned)
+                planning_time_s=time.perf_counter() - started, owned_elements=owned,
+                node=node_name(node))
     plan.predicted_scatter, plan.predicted_gather   # made with the plan: the audit only compares
     return plan
