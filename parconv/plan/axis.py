@@ -32,7 +32,7 @@ _EMPTY = np.zeros(0, dtype=np.int64)
 _EMPTY.flags.writeable = False
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class AxisHalo:
     """The halo exchange of one block along one axis, naming only the real peers.
 

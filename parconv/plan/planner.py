@@ -20,6 +20,7 @@ import numpy as np
 from ..bounds import parallel_bounds
 from ..errors import ParconvError
 from ..spec import ConvSpec
+from .balance import make_balance, predict_balance, rank_layout
 from .dims import AXES, GridDims, dimension_caps, factorizations, validate_grid
 from .footprint import STAGES, node_name
 from .predict import (PHASES, RECEIVED_BOUND_PHASES, GridPrediction, mean_volume_lower_bound,
@@ -167,6 +168,23 @@ class Plan:
             received[root], sent[:] = per_peer.sum(), per_peer
             messages[:] = per_peer > 0
         return {"sent": sent, "received": received, "messages": messages}
+
+    # ---- balanced start (parconv.plan.balance) ---------------------------------------------
+    @cached_property
+    def balance(self) -> dict:
+        """The `Balance` of input, filter and bias over all P ranks (idle ones included): each
+        owns at most ceil(T / P) touched elements of each array initially."""
+        return make_balance(self.spec, self.prediction.work_touched, self.ranks)
+
+    @cached_property
+    def predicted_balance(self) -> dict:
+        """Bytes and messages of the "balance" phase that moves surpluses to their workers."""
+        return predict_balance(self.balance)
+
+    def initial_layout(self, rank: int) -> dict:
+        """What ``rank`` owns in the balanced layout and moves in the balance phase
+        (`parconv.plan.balance.rank_layout`)."""
+        return rank_layout(self.balance, self.schedule, rank)
 
     # ---- memory -------------------------------------------------------------------------------
     def footprint(self, rank: int) -> dict | None:

@@ -61,6 +61,8 @@ class GridPrediction:
     footprint: np.ndarray
     owned: tuple
     memory: Footprint = None
+    #: touched elements of every active rank's work piece of input, filter, bias
+    work_touched: dict = None
 
     @property
     def bound_volume(self) -> np.ndarray:
@@ -165,7 +167,9 @@ def predict_grid(spec, dims: tuple[int, int, int, int, int], node="numpy") -> Gr
     flat = {name: {key: np.ascontiguousarray(v).reshape(-1).astype(np.int64)
                    for key, v in ph.items()} for name, ph in phases.items()}
     owned = (int(touched_mine.max()), int(mine.max()), int(mine_o.max()))
-    return GridPrediction(tuple(dims), flat, memory.total, owned, memory)
+    work = {name: np.ascontiguousarray(v + full).reshape(-1).astype(np.int64)
+            for name, v in (("input", touched_mine), ("filter", mine), ("bias", mine_b))}
+    return GridPrediction(tuple(dims), flat, memory.total, owned, memory, work)
 
 
 def mean_volume_lower_bound(spec, grids: np.ndarray) -> np.ndarray:

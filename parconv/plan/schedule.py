@@ -17,7 +17,7 @@ import numpy as np
 
 from ..spec import ConvSpec
 from .axis import AxisHalo, axis_layout
-from .blocks import FlatSplit, block_range, flat_range_boxes
+from .blocks import FlatSplit, block_range, count_masked, flat_range_boxes
 from .dims import GridDims
 
 
@@ -143,6 +143,45 @@ class RankSchedule:
             return None
         lo, hi = self.bias_split.piece(self.filter_index)
         return (self.k[0] + lo, self.k[0] + hi)
+
+    # ---- touched elements and flat ranges of the work pieces (the balanced layout) -----------
+    def piece_flat_of_touched(self, array: str, k) -> np.ndarray:
+        """Flat positions, within this rank's ``array`` block ("input", "filter" or "bias"), of
+        the touched elements ``k`` (indices counted from 0 within its work piece, in flat
+        order); ``k`` equal to the piece's touched count maps to the piece's end."""
+        k = np.asarray(k, dtype=np.int64)
+        if array != "input":
+            split = self.bias_split if array == "bias" else self.filter_split
+            lo, _ = split.piece(self.filter_index)
+            return lo + k
+        lo, hi = self.input_piece
+        rows = np.flatnonzero(self.rows_touched_own)
+        cols = np.flatnonzero(self.cols_touched_own)
+        plane = self.input_block[2] * self.input_block[3]
+        per_plane = rows.size * cols.size
+        before = count_masked(self.rows_touched_own, self.cols_touched_own, [0], [lo])[0]
+        total = count_masked(self.rows_touched_own, self.cols_touched_own, [lo], [hi])[0]
+        g = before + np.minimum(k, max(total - 1, 0))
+        if per_plane == 0:
+            return np.full(k.shape, hi, dtype=np.int64)
+        p, rem = np.divmod(g, per_plane)
+        i, j = np.divmod(rem, cols.size)
+        flat = p * plane + rows[i] * self.input_block[3] + cols[j]
+        return np.where(k >= total, hi, flat).astype(np.int64)
+
+    def block_boxes(self, array: str, lo: int, hi: int) -> list[tuple]:
+        """Global boxes of flat range [lo, hi) of this rank's ``array`` block ("input" (N, C,
+        H_in, W_in), "filter" (K, C, R, S), "bias" (K,) or "output" (N, K, H, W))."""
+        if array == "input":
+            return _offset(flat_range_boxes(self.input_block, lo, hi),
+                           (self.n[0], self.c[0], self.rows_own[0], self.cols_own[0]))
+        if array == "filter":
+            return _offset(flat_range_boxes(self.filter_block, lo, hi),
+                           (self.k[0], self.c[0], 0, 0))
+        if array == "bias":
+            return _offset(flat_range_boxes((self.k[1] - self.k[0],), lo, hi), (self.k[0],))
+        return _offset(flat_range_boxes(self.output_block, lo, hi),
+                       (self.n[0], self.k[0], self.h[0], self.w[0]))
 
     def output_piece_boxes(self) -> list[tuple]:
         """Global (N, K, H, W) boxes of the output elements this rank owns at the end."""
