@@ -75,30 +75,48 @@ NODES = ("numpy", "gemmini")
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Footprint:
-    """Named terms (bytes, int64 arrays over the active ranks) and the stages they are alive
-    in; ``total`` is the largest stage sum per rank, ``stage`` the name of that stage."""
+    """Named terms (bytes per rank) and the stages they are alive in; ``total`` is the largest
+    stage sum per rank, ``stage`` the index (into ``tuple(STAGES)``) of that stage.
+
+    ``raw`` holds each term broadcastable to the grid's shape ``dims`` (most terms vary along
+    one or two grid axes only), so that the planner's search builds one full array per stage;
+    ``terms`` are the flat int64 arrays over the active ranks, made on first use.
+    """
 
     node: str
-    terms: dict
+    raw: dict
+    dims: tuple
 
     @cached_property
-    def stage_sums(self) -> dict:
-        return {stage: sum(self.terms[t] for t in terms) for stage, terms in STAGES.items()}
+    def terms(self) -> dict:
+        return {t: np.broadcast_to(np.asarray(v, dtype=np.int64), self.dims).reshape(-1)
+                for t, v in self.raw.items()}
+
+    def _stage_sum(self, stage: str) -> np.ndarray:
+        return np.broadcast_to(sum(np.asarray(self.raw[t], dtype=np.int64)
+                                   for t in STAGES[stage]), self.dims).reshape(-1)
 
     @cached_property
     def total(self) -> np.ndarray:
-        return np.max(np.stack(list(self.stage_sums.values())), axis=0)
+        out = None
+        for stage in STAGES:
+            value = self._stage_sum(stage)
+            out = value.copy() if out is None else np.maximum(out, value, out=out)
+        return out
 
     @cached_property
     def stage(self) -> np.ndarray:
-        """Index into ``tuple(STAGES)`` of each rank's largest stage."""
-        return np.argmax(np.stack(list(self.stage_sums.values())), axis=0)
+        return np.argmax(np.stack([self._stage_sum(s) for s in STAGES]), axis=0)
 
     def for_rank(self, rank: int) -> dict:
         """JSON-ready ``{"node", "total", "stage", "terms": {name: bytes}}`` of one rank."""
-        return {"node": self.node, "total": int(self.total[rank]),
-                "stage": tuple(STAGES)[int(self.stage[rank])],
-                "terms": {name: int(v[rank]) for name, v in self.terms.items()}}
+        index = np.unravel_index(int(rank), self.dims)
+        terms = {t: int(np.broadcast_to(np.asarray(v, dtype=np.int64), self.dims)[index])
+                 for t, v in self.raw.items()}
+        sums = [sum(terms[t] for t in STAGES[s]) for s in STAGES]
+        best = int(np.argmax(sums))
+        return {"node": self.node, "total": sums[best], "stage": tuple(STAGES)[best],
+                "terms": terms}
 
 
 def node_name(node) -> str:
@@ -194,6 +212,4 @@ def footprint_terms(spec, g, sizes: dict, phases: dict, node="numpy") -> Footpri
         "bias_add": spec.p_acc * n_out * bias_here,
         "reduce_buffers": spec.p_acc * piece_out * (PC + 1) + spec.p_out * piece_out,
     }
-    flat = {t: np.ascontiguousarray(np.asarray(v, dtype=np.int64) + full).reshape(-1)
-            for t, v in terms.items()}
-    return Footprint(name, flat)
+    return Footprint(name, terms, full.shape)
