@@ -307,3 +307,15 @@ def test_footprint_is_the_largest_stage_of_named_terms_and_refuses_what_cannot_f
         make_plan(get_layer("vgg16.conv1_2", batch=187), 4)
     big = make_plan(get_layer("vgg16.conv1_2", batch=187), 4, memory="1TiB")
     assert big.prediction.footprint.max() * 4 > 20 * 10**9 * 0.9
+
+
+def test_pickled_plan_leaves_out_derived_caches_and_rebuilds_them():
+    import pickle
+    plan = make_plan(AWKWARD[1], 6, grid=(1, 1, 2, 3, 1))
+    before = plan.to_dict()
+    plan.schedule(2), plan.footprints, plan.predicted_balance
+    copy = pickle.loads(pickle.dumps(plan))
+    assert not {"_schedules", "footprints", "balance", "predicted"} & set(copy.__dict__)
+    assert copy.to_dict() == before
+    assert copy.schedule(2).halo_h[0][1].tolist() == plan.schedule(2).halo_h[0][1].tolist()
+    assert np.array_equal(copy.predicted_balance["sent"], plan.predicted_balance["sent"])

@@ -87,6 +87,10 @@ class Footprint:
     raw: dict
     dims: tuple
 
+    def __getstate__(self) -> dict:
+        # the flat terms and stage indices are derived (O(P) each): not pickled
+        return {k: v for k, v in self.__dict__.items() if k not in ("terms", "stage")}
+
     @cached_property
     def terms(self) -> dict:
         return {t: np.broadcast_to(np.asarray(v, dtype=np.int64), self.dims).reshape(-1)

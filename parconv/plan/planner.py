@@ -63,6 +63,13 @@ class Plan:
     #: the node kernel the footprint was budgeted for (parconv.plan.footprint.node_name)
     node: str = "numpy"
 
+    #: caches derived from the fields, left out when a plan is pickled (broadcast)
+    _DERIVED = ("_schedules", "predicted", "predicted_bound_volume", "footprints", "balance",
+                "predicted_balance")
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in self._DERIVED}
+
     def __post_init__(self):
         if self.owned_elements is None:
             object.__setattr__(self, "owned_elements",
