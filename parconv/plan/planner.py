@@ -41,7 +41,13 @@ BASELINES = {"batch": lambda P: [(P, 1, 1, 1, 1)],
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """A chosen grid with every rank's predicted bytes and the parallel lower bound."""
+    """A chosen grid with every rank's predicted bytes and the parallel lower bound.
+
+    ``bound`` is the problem's bound: balanced shares ceil(|A_j| / P) for the total P, idle ranks
+    included (theory.md 4.2), so it depends on the layer, P and the memory only.  ``layout_bound``
+    is the same bound with the chosen layout's largest owned shares (valid for this layout, and
+    lower where its blocks are uneven).
+    """
 
     spec: ConvSpec
     ranks: int
@@ -53,6 +59,7 @@ class Plan:
     forced: bool
     grids_evaluated: int
     planning_time_s: float
+    layout_bound: object = None
 
     # ---- ranks ------------------------------------------------------------------------------
     @property
@@ -136,6 +143,10 @@ class Plan:
             "spec": self.spec.to_dict(), "ranks": self.ranks, "active_ranks": self.active,
             "grid": self.dims.as_dict(), "grid_forced": self.forced, "memory": self.memory,
             "bound": self.bound.to_dict(),
+            "layout_bound": (None if self.layout_bound is None
+                             else self.layout_bound.to_dict()),
+            # the run report's place; the top-level key below is an alias kept for one release
+            "bytes": {"predicted_bound_volume": self.predicted_bound_volume.tolist()},
             "predicted_bound_volume": self.predicted_bound_volume.tolist(),
             "max_volume": self.max_volume, "busiest_rank": busiest,
             "ratio_to_bound": self.ratio_to_bound,
@@ -270,7 +281,9 @@ def make_plan(spec: ConvSpec, P: int, memory=None, grid=None, max_idle: int = 3)
         what = f"grid {dims}" if forced else "any grid"
         raise ParconvError(f"memory too small: {what} needs at least {smallest} bytes per rank "
                            f"for its blocks, but --memory is {memory} bytes")
-    bound = parallel_bounds(spec, P, memory, owned=best.owned)
+    bound = parallel_bounds(spec, P, memory)  # the problem's bound: balanced shares
+    layout_bound = parallel_bounds(spec, P, memory, owned=best.owned)
     return Plan(spec=spec, ranks=P, dims=GridDims(*best.dims), memory=memory, prediction=best,
                 bound=bound, baselines=_baselines(spec, P, memory), forced=forced,
-                grids_evaluated=evaluated, planning_time_s=time.perf_counter() - started)
+                grids_evaluated=evaluated, planning_time_s=time.perf_counter() - started,
+                layout_bound=layout_bound)
