@@ -43,3 +43,16 @@ def test_predicted_bound_volume_lives_under_bytes_with_a_top_level_alias():
     assert d["bytes"]["predicted_bound_volume"] == np.asarray(plan.predicted_bound_volume).tolist()
     assert d["layout_bound"]["owned"] == list(plan.prediction.owned)
     assert d["bound"]["value"] == plan.bound.value
+
+
+@pytest.mark.parametrize("name, P", [("resnet50.conv1", 64), ("resnet50.layer1.0.conv2", 512),
+                                     ("vgg16.conv5_1", 64)])
+def test_ideal_grid_is_below_the_integer_grid_and_halos_only_add(name, P):
+    from parconv.bounds.alternatives import ideal_grid
+    spec = get_layer(name, batch=32)
+    plan = make_plan(spec, P)
+    bare, factors = ideal_grid(spec, P)
+    with_halo, _ = ideal_grid(spec, P, halo=True)
+    assert np.prod(factors) == pytest.approx(P)
+    assert bare <= with_halo * (1 + 1e-12)
+    assert with_halo <= plan.max_volume * (1 + 1e-9)

@@ -1,9 +1,10 @@
 """Decompositions outside the planner's grid family, for explaining gaps to the bound (analysis
 only; docs/_notes_bounds.md, items 4-5 of issue 8).  Pure, no MPI.
 
-* `ideal_grid`: the grid algorithm's busiest volume with REAL grid factors and no halo, each
-  rank owning the balanced shares: what the grid family would move without integrality.  Its
-  ratio to the bound is the part of a gap that is neither integrality nor halo.
+* `ideal_grid`: the grid algorithm's busiest volume with REAL grid factors, each rank owning the
+  balanced shares, with or without halos: what the grid family would move without integrality
+  (and without halos).  Its ratio to the bound is the part of a gap that is neither integrality
+  (nor halo).
 
 Two grids side by side (P = P1 + P2, each planned by `make_plan` on its part of the batch or of
 the output channels) are evaluated by `experiments/bench_planner.py`, which may import the planner
