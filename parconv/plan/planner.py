@@ -207,6 +207,11 @@ def _candidates(spec: ConvSpec, P: int, max_idle: int) -> np.ndarray:
     while not len(full) and not len(idle):
         idle = np.array(factorizations(used, caps), dtype=np.int64).reshape(-1, 5)
         used -= 1
+    if not len(full):
+        # no grid uses all P ranks: still idle only ranks whose work costs no compute, so that
+        # the plan does not move fewer bytes than the problem's bound only by owning everything
+        # on fewer ranks (issue 8)
+        idle = idle[_max_work(spec, idle) <= _max_work(spec, idle).min()]
     return np.concatenate([full, idle])
 
 
