@@ -48,7 +48,13 @@ BASELINES = {"batch": lambda P: [(P, 1, 1, 1, 1)],
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """A chosen grid with every rank's predicted bytes and the parallel lower bound."""
+    """A chosen grid with every rank's predicted bytes and the parallel lower bound.
+
+    ``bound`` is the problem's bound: balanced shares ceil(|A_j| / P) for the total P, idle ranks
+    included (theory.md 4.2), so it depends on the layer, P and the memory only.  ``layout_bound``
+    is the same bound with the chosen layout's largest owned shares (valid for this layout, and
+    lower where its blocks are uneven).
+    """
 
     spec: ConvSpec
     ranks: int
@@ -65,6 +71,8 @@ class Plan:
     owned_elements: dict = dataclasses.field(default=None, repr=False)
     #: the node kernel the footprint was budgeted for (parconv.plan.footprint.node_name)
     node: str = "numpy"
+    #: B_MI / B_MD with the chosen layout's own largest owned shares (``bound`` is the problem's)
+    layout_bound: object = None
 
     #: caches derived from the fields, left out when a plan is pickled (broadcast)
     _DERIVED = ("_schedules", "predicted", "predicted_bound_volume", "footprints", "balance",
@@ -221,6 +229,10 @@ class Plan:
             "spec": self.spec.to_dict(), "ranks": self.ranks, "active_ranks": self.active,
             "grid": self.dims.as_dict(), "grid_forced": self.forced, "memory": self.memory,
             "bound": self.bound.to_dict(),
+            "layout_bound": (None if self.layout_bound is None
+                             else self.layout_bound.to_dict()),
+            # the run report's place; the top-level key below is an alias kept for one release
+            "bytes": {"predicted_bound_volume": self.predicted_bound_volume.tolist()},
             "predicted_bound_volume": self.predicted_bound_volume.tolist(),
             "max_volume": self.max_volume, "busiest_rank": busiest,
             "ratio_to_bound": self.ratio_to_bound,
@@ -281,15 +293,17 @@ def _candidates(spec: ConvSpec, P: int, max_idle: int) -> np.ndarray:
     full = np.array(factorizations(P, caps), dtype=np.int64).reshape(-1, 5)
     idle = np.array([g for used in range(P - 1, max(P - max_idle, 1) - 1, -1)
                      for g in factorizations(used, caps)], dtype=np.int64).reshape(-1, 5)
-    if len(idle):
-        # without a full grid the reference is the least-loaded busiest rank of any candidate,
-        # so the planner keeps as many ranks busy as the layer's dimensions allow
-        reference = _max_work(spec, full if len(full) else idle).min()
-        idle = idle[_max_work(spec, idle) <= reference]
+    if len(full) and len(idle):
+        idle = idle[_max_work(spec, idle) <= _max_work(spec, full).min()]
     used = min(P, int(np.prod(caps)))
     while not len(full) and not len(idle):
         idle = np.array(factorizations(used, caps), dtype=np.int64).reshape(-1, 5)
         used -= 1
+    if not len(full):
+        # no grid uses all P ranks: keep as many busy as the least-loaded busiest rank allows,
+        # so the plan does not move fewer bytes than the problem's bound only by owning
+        # everything on fewer ranks
+        idle = idle[_max_work(spec, idle) <= _max_work(spec, idle).min()]
     return np.concatenate([full, idle])
 
 
@@ -371,12 +385,13 @@ def make_plan(spec: ConvSpec, P: int, memory=None, grid=None, max_idle: int = 3,
         raise ParconvError(f"memory too small: {what} needs at least {smallest} bytes per rank "
                            f"(its blocks, exchange buffers and kernel workspace), but --memory "
                            f"is {memory} bytes")
-    bound = parallel_bounds(spec, P, memory, owned=best.owned)
+    bound = parallel_bounds(spec, P, memory)  # the problem's bound: balanced shares
+    layout_bound = parallel_bounds(spec, P, memory, owned=best.owned)
     dims = GridDims(*best.dims)
     baselines, owned = _baselines(spec, P, memory, node), owned_piece_sizes(spec, dims.as_tuple())
     plan = Plan(spec=spec, ranks=P, dims=dims, memory=memory, prediction=best, bound=bound,
                 baselines=baselines, forced=forced, grids_evaluated=evaluated,
                 planning_time_s=time.perf_counter() - started, owned_elements=owned,
-                node=node_name(node))
+                node=node_name(node), layout_bound=layout_bound)
     plan.predicted_scatter, plan.predicted_gather   # made with the plan: the audit only compares
     return plan
