@@ -232,6 +232,16 @@ class LayerExchange:
         else:
             np.copyto(stage.slot, piece, casting="same_kind")
 
+    def moves(self, phase: str) -> bool:
+        """Whether ``phase`` involves other ranks at all on this rank (else it is a local copy
+        or nothing, and is not timed)."""
+        if phase in ("filter", "bias", "input"):
+            stage = {"filter": self._filter, "bias": self._bias, "input": self._input}[phase]
+            return stage is not None and stage.comm.size > 1
+        if phase in self._halo:
+            return bool(self._halo[phase][1].requests)
+        return self._received is not None
+
     def test(self, phase: str) -> bool:
         """Whether ``phase`` has completed (drives MPI progress; never blocks)."""
         if phase in ("filter", "bias", "input"):

@@ -139,13 +139,18 @@ def run_layer(world, exchange, chunks, kernel, pieces, overlap: bool = True,
             pass
         return None, clock
 
+    timed = {p for p in ("filter", "bias", "input", "halo_h", "halo_w", "reduce")
+             if exchange.moves(p)}
+
     def start(phase, piece=None):
-        clock.begin(phase)
+        if phase in timed:
+            clock.begin(phase)
         exchange.start(phase, piece)
 
     def finish(phase):
         exchange.finish(phase)
-        clock.end(phase)
+        if phase in timed:
+            clock.end(phase)
 
     calls, error = [], None
 
@@ -168,11 +173,16 @@ def run_layer(world, exchange, chunks, kernel, pieces, overlap: bool = True,
         finish("filter")
         finish("bias")
         pending = ["halo_h", "halo_w"]
-        for _ in compute(chunks.interior):
+
+        def progress():
             while pending and exchange.test(pending[0]):
                 finish(pending.pop(0))
                 if pending:
                     start(pending[0])
+
+        progress()
+        for _ in compute(chunks.interior):
+            progress()
         while pending:
             finish(pending.pop(0))
             if pending:
