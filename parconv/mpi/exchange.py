@@ -13,7 +13,8 @@ blocking and finished (waited for and unpacked) later, so the engine can compute
     "halo_h"  (3) rows along H (after "input")                       persistent Isend/Irecv
     "halo_w"  (3) columns along W over all needed rows (after
                   "halo_h", so corners travel in two hops)           persistent Isend/Irecv
-    "reduce"  (5) partial sums over the C group                      Ialltoallv, then a sum
+    "reduce"  (5) partial sums over the C group, in segments of       one Ialltoallv per
+                  whole images started as soon as they are computed  segment, then a sum
 
 Bytes are counted from the buffers handed to MPI (parconv.mpi.comm) when a phase starts.  The
 object owns MPI requests: `free` releases them (context manager); the ProcGrid owns the
@@ -30,6 +31,9 @@ from ..errors import ParconvRuntimeError
 from ..plan.blocks import count_masked
 
 PHASE_ORDER = ("filter", "bias", "input", "halo_h", "halo_w", "reduce")
+#: the reduction is cut into at most this many segments of whole images of the output block; the
+#: bytes are the same and so are the destinations (a message count is per distinct peer)
+REDUCE_SEGMENTS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,12 +162,10 @@ class LayerExchange:
         # (5) reduce-scatter of the partial sums over the C group
         self.partial = np.zeros(local.output_block, dtype=types.acc)
         self._c = grid.c
-        sendcounts = _sizes(local.output_pieces)
-        mine = int(sendcounts[grid.c.rank])
-        self._reduce_counts = (sendcounts, _displacements(sendcounts),
-                               np.full(grid.c.size, mine, dtype=np.int64),
-                               np.arange(grid.c.size, dtype=np.int64) * mine)
-        self._reduce_request = None
+        sizes = _sizes(local.output_pieces)
+        mine = int(sizes[grid.c.rank])
+        self.segments, self._segment_counts = self._plan_segments(local, grid.c.rank)
+        self._reduce_requests = []
         flat = self.partial.reshape(-1)
         if grid.c.size == 1:
             self._received = None
@@ -172,6 +174,41 @@ class LayerExchange:
             self._received = np.empty(mine * grid.c.size, dtype=types.acc)
             self.output = np.empty(mine, dtype=types.out)
             self._sum = self.output if types.out == types.acc else np.empty(mine, types.acc)
+
+    @staticmethod
+    def _plan_segments(local, me: int):
+        """Image ranges of the reduce segments (the same on every member of the C group: they
+        depend on the output block only) and each segment's Ialltoallv counts and
+        displacements into the flat partial block and the (P_C, mine) receive buffer."""
+        nN = local.output_block[0]
+        per_image = int(np.prod(local.output_block[1:]))
+        parts = max(1, min(nN, REDUCE_SEGMENTS))
+        bounds = [nN * i // parts for i in range(parts + 1)]
+        lo_piece = np.array([lo for lo, _ in local.output_pieces], dtype=np.int64)
+        hi_piece = np.array([hi for _, hi in local.output_pieces], dtype=np.int64)
+        my_lo, my_hi = local.output_pieces[me]
+        segments, counts = [], []
+        for i0, i1 in zip(bounds[:-1], bounds[1:]):
+            lo, hi = i0 * per_image, i1 * per_image
+            start = np.maximum(lo_piece, lo)
+            send = np.maximum(np.minimum(hi_piece, hi) - start, 0)
+            recv_lo = max(lo, my_lo)
+            recv = max(0, min(hi, my_hi) - recv_lo)
+            peers = np.arange(len(local.output_pieces), dtype=np.int64)
+            counts.append((send, np.where(send > 0, start, 0),
+                           np.full(peers.size, recv, dtype=np.int64),
+                           peers * (my_hi - my_lo) + (recv_lo - my_lo if recv else 0)))
+            segments.append((i0, i1))
+        return segments, counts
+
+    def start_segment(self, index: int) -> None:
+        """Start the reduction of segment ``index`` (images ``segments[index]`` of the partial
+        block, bias already added).  Collective over the C group, in segment order."""
+        if self._received is None:
+            return
+        send, sdispls, recv, rdispls = self._segment_counts[index]
+        self._reduce_requests.append(self._c.Ialltoallv(
+            self.partial.reshape(-1), send, sdispls, self._received, recv, rdispls, "reduce"))
 
     def _plan_halo(self, comm, schedule, fixed_local, axis: int, origin: int, tag: int) -> list:
         """Per peer: (send index, send buffer, receive index, receive buffer); plus the
@@ -212,11 +249,8 @@ class LayerExchange:
                     np.copyto(send, self.buffer[send_index])
             requests.start(phase)
         elif phase == "reduce":
-            if self._received is not None:
-                sendcounts, sdispls, recvcounts, rdispls = self._reduce_counts
-                self._reduce_request = self._c.Ialltoallv(
-                    self.partial.reshape(-1), sendcounts, sdispls, self._received, recvcounts,
-                    rdispls, "reduce")
+            for index in range(len(self._reduce_requests), len(self.segments)):
+                self.start_segment(index)
         else:
             raise ParconvRuntimeError(f"unknown exchange phase {phase!r}")
 
@@ -249,7 +283,7 @@ class LayerExchange:
             return stage is None or stage.test()
         if phase in self._halo:
             return self._halo[phase][1].test()
-        return self._reduce_request is None or bool(self._reduce_request.Test())
+        return all(bool(r.Test()) for r in self._reduce_requests)
 
     def finish(self, phase: str) -> None:
         """Wait for ``phase`` and put what arrived in place."""
@@ -272,8 +306,8 @@ class LayerExchange:
                 if self.output.base is not self.partial:
                     np.copyto(self.output, self.partial.reshape(-1), casting="unsafe")
                 return
-            self._reduce_request.Wait()
-            self._reduce_request = None
+            while self._reduce_requests:
+                self._reduce_requests.pop(0).Wait()
             np.sum(self._received.reshape(self._c.size, -1), axis=0, dtype=self.types.acc,
                    out=self._sum)
             if self._sum is not self.output:

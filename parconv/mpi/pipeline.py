@@ -13,9 +13,9 @@ Order with overlap (every start is non-blocking)::
     finish halo_h / halo_w | kernel on boundary chunks | agree on kernel errors | reduce
 
 Without overlap every phase is started and finished in turn and the kernel runs after the halos.
-The reduction is one Ialltoallv over the whole partial block, started after the last chunk: the
-flat output pieces of the C group cut across output channels, so chunking it would change the
-message count per peer the plan predicts (not overlapped yet).
+The reduction runs in segments of whole images (the same segments on every member of the C
+group): a segment's Ialltoallv starts as soon as its images are computed, while the kernel works
+on later images.  Bytes and destinations per phase are those of one reduction.
 """
 
 from __future__ import annotations
@@ -93,6 +93,8 @@ class KernelChunks:
                            (local.w[0] + r[4], local.w[0] + r[5]), name))
              for r in chunk_regions(regions, spec, (nC, nK), itemsize, budget)]
             for regions in (inner, outer))
+        # images complete in order, so their reductions can start while later images compute
+        self.boundary.sort(key=lambda chunk: chunk[0][0])
 
 
 def _run_chunk(exchange, chunks, chunk, kernel, copy_window: bool):
@@ -153,6 +155,20 @@ def run_layer(world, exchange, chunks, kernel, pieces, overlap: bool = True,
             clock.end(phase)
 
     calls, error = [], None
+    nN, _, nH, nW = exchange.partial.shape
+    done = np.zeros(nN, dtype=np.int64)     # output positions computed per image
+    segments = list(exchange.segments)
+
+    def release(force: bool = False):
+        """Add the bias to, and start the reduction of, every segment whose images are done."""
+        while segments and (force or (done[slice(*segments[0])] == nH * nW).all()):
+            i0, i1 = segments.pop(0)
+            if exchange.bias is not None:
+                np.add(exchange.partial[i0:i1], exchange.bias.reshape(1, -1, 1, 1),
+                       out=exchange.partial[i0:i1])
+            if "reduce" not in clock.begun and "reduce" in timed:
+                clock.begin("reduce")
+            exchange.start_segment(len(exchange.segments) - len(segments) - 1)
 
     def compute(group):
         nonlocal error
@@ -161,8 +177,12 @@ def run_layer(world, exchange, chunks, kernel, pieces, overlap: bool = True,
                 try:
                     with clock.kernel():
                         calls.append(_run_chunk(exchange, chunks, chunk, kernel, copy_window))
-                except Exception as exc:  # noqa: BLE001 - agreed on after the halos
+                except Exception as exc:  # noqa: BLE001 - agreed on after the reduction
                     error = exc
+            n0, n1, h0, h1, w0, w1 = chunk[0]
+            done[n0:n1] += (h1 - h0) * (w1 - w0)
+            if overlap:
+                release()
             yield
 
     if overlap:
@@ -198,11 +218,9 @@ def run_layer(world, exchange, chunks, kernel, pieces, overlap: bool = True,
             pass
     for _ in compute(chunks.boundary):
         pass
+    release(force=True)   # every member starts every segment, even after a kernel failure
+    finish("reduce")
     with collectively(world):
         if error is not None:
             raise error
-    if exchange.bias is not None:
-        np.add(exchange.partial, exchange.bias.reshape(1, -1, 1, 1), out=exchange.partial)
-    start("reduce")
-    finish("reduce")
     return merge_stats(kernel, calls), clock
