@@ -40,8 +40,8 @@ REPEATED = ("filter", "bias", "input", "halo_h", "halo_w", "kernel", "reduce", "
 TIMED = ONCE[:3] + REPEATED + ONCE[3:]
 #: kernels run on chunks of the block (interior first); others get the whole block in one call
 SPLITTABLE_KERNELS = ("numpy",)
-#: smallest kernel workspace budget per chunk (bytes)
-MIN_CHUNK_BUDGET = 8 << 20
+#: smallest kernel workspace budget per chunk (bytes); the budget is half the working set
+MIN_CHUNK_BUDGET = 1 << 20
 
 
 @dataclasses.dataclass

@@ -32,7 +32,7 @@ from .plan.blocks import read_boxes
 ARRAYS = ("input", "weight", "bias")
 _STREAMS = {"input": 1, "weight": 2, "bias": 3}
 #: elements made per numpy expression (bounds the uint64 temporaries to a few MiB)
-CHUNK = 1 << 16
+CHUNK = 1 << 14
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _TWO_PI_2_53 = 2 * np.pi / 2.0 ** 53

@@ -88,6 +88,16 @@ def chunk_regions(regions, spec, channels: tuple[int, int], itemsize: int,
     return out
 
 
+def channel_chunks(spec, channels: tuple[int, int], itemsize: int, budget: int) -> list:
+    """Output-channel ranges (relative to the block) whose filter copy in the kernel's compute
+    type (``itemsize`` bytes) takes at most half of ``budget``: a float64 copy of an int8 filter
+    block is 8 times its size.  ``channels`` = (C, K) of the block."""
+    C, K = channels
+    R, S = spec.kernel_size
+    step = max(1, min(K, (budget // 2) // max(itemsize * C * R * S, 1)))
+    return [(k, min(K, k + step)) for k in range(0, K, step)] or [(0, 0)]
+
+
 def sub_spec(spec, images: int, channels: tuple[int, int], out_rows, out_cols, name: str):
     """The local convolution of output rows ``out_rows`` x columns ``out_cols`` (global ranges)
     over ``channels`` = (C block size, K block size) and ``images`` images.

@@ -26,7 +26,8 @@ import time
 import numpy as np
 
 from ..errors import ParconvRuntimeError
-from ..regions import chunk_regions, interior_range, split_interior, sub_spec
+from ..regions import (channel_chunks, chunk_regions, interior_range, split_interior,
+                       sub_spec)
 from .agree import collectively
 
 
@@ -79,7 +80,7 @@ class KernelChunks:
         self.origin = (local.rows_buf[0], local.cols_buf[0])
         if not split:
             self.interior = []
-            self.boundary = [((0, nN, 0, nH, 0, nW), local.local_spec, local.rows_span,
+            self.boundary = [((0, nN, 0, nH, 0, nW), (0, nK), local.local_spec, local.rows_span,
                               local.cols_span)]
             return
         rows_in = interior_range(spec, 0, local.h, local.rows_own)
@@ -88,25 +89,30 @@ class KernelChunks:
         itemsize = 8 if np.issubdtype(np.dtype(spec.dtype_in), np.integer) else \
             np.dtype(spec.dtype_acc).itemsize
         name = local.local_spec.name if local.local_spec is not None else spec.name
+        ks = channel_chunks(spec, (nC, nK), itemsize, budget)
+        step = ks[0][1] - ks[0][0]
         self.interior, self.boundary = (
-            [(r, *sub_spec(spec, r[1] - r[0], (nC, nK), (local.h[0] + r[2], local.h[0] + r[3]),
-                           (local.w[0] + r[4], local.w[0] + r[5]), name))
-             for r in chunk_regions(regions, spec, (nC, nK), itemsize, budget)]
+            [(r, k, *sub_spec(spec, r[1] - r[0], (nC, k[1] - k[0]),
+                              (local.h[0] + r[2], local.h[0] + r[3]),
+                              (local.w[0] + r[4], local.w[0] + r[5]), name))
+             for r in chunk_regions(regions, spec, (nC, step), itemsize, budget) for k in ks]
             for regions in (inner, outer))
         # images complete in order, so their reductions can start while later images compute
         self.boundary.sort(key=lambda chunk: chunk[0][0])
 
 
 def _run_chunk(exchange, chunks, chunk, kernel, copy_window: bool):
-    (n0, n1, h0, h1, w0, w1), local_spec, rows, cols = chunk
-    target = exchange.partial[n0:n1, :, h0:h1, w0:w1]
+    (n0, n1, h0, h1, w0, w1), (k0, k1), local_spec, rows, cols = chunk
+    target = exchange.partial[n0:n1, k0:k1, h0:h1, w0:w1]
     if local_spec is None:
         target[...] = 0
         return None
     r0, c0 = chunks.origin
     window = exchange.buffer[n0:n1, :, rows[0] - r0:rows[1] - r0, cols[0] - c0:cols[1] - c0]
+    filters = exchange.filters if k1 - k0 == exchange.filters.shape[0] else \
+        exchange.filters[k0:k1]
     y, stats = kernel.run(local_spec, np.ascontiguousarray(window) if copy_window else window,
-                          exchange.filters)
+                          filters)
     y = np.asarray(y)
     if y.shape != target.shape or y.dtype != target.dtype:
         raise ParconvRuntimeError(f"node kernel returned {y.dtype} {y.shape}, expected "
@@ -155,13 +161,13 @@ def run_layer(world, exchange, chunks, kernel, pieces, overlap: bool = True,
             clock.end(phase)
 
     calls, error = [], None
-    nN, _, nH, nW = exchange.partial.shape
-    done = np.zeros(nN, dtype=np.int64)     # output positions computed per image
+    nN, nK, nH, nW = exchange.partial.shape
+    done = np.zeros(nN, dtype=np.int64)     # output elements computed per image
     segments = list(exchange.segments)
 
     def release(force: bool = False):
         """Add the bias to, and start the reduction of, every segment whose images are done."""
-        while segments and (force or (done[slice(*segments[0])] == nH * nW).all()):
+        while segments and (force or (done[slice(*segments[0])] == nK * nH * nW).all()):
             i0, i1 = segments.pop(0)
             if exchange.bias is not None:
                 np.add(exchange.partial[i0:i1], exchange.bias.reshape(1, -1, 1, 1),
@@ -179,8 +185,8 @@ def run_layer(world, exchange, chunks, kernel, pieces, overlap: bool = True,
                         calls.append(_run_chunk(exchange, chunks, chunk, kernel, copy_window))
                 except Exception as exc:  # noqa: BLE001 - agreed on after the reduction
                     error = exc
-            n0, n1, h0, h1, w0, w1 = chunk[0]
-            done[n0:n1] += (h1 - h0) * (w1 - w0)
+            (n0, n1, h0, h1, w0, w1), (k0, k1) = chunk[:2]
+            done[n0:n1] += (h1 - h0) * (w1 - w0) * (k1 - k0)
             if overlap:
                 release()
             yield
