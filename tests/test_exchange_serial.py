@@ -1,4 +1,5 @@
-"""Serial checks of the engine's pure helpers: piece boxes, report totals, tolerances, verdicts.
+"""Serial checks of the engine's pure helpers: piece boxes, report totals, tolerances, verdicts,
+seeded data and output regions.
 
 The engine itself runs under MPI (tests/mpi/test_conv_mpi.py); these are the parts that need no
 communicator.
@@ -11,10 +12,13 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from parconv import audit
+from parconv.data import SeededLayer, generated_values, owned_pieces, random_layer_data
+from parconv.kernels import reference_conv2d
 from parconv.errors import ParconvRuntimeError
 from parconv.mpi import distribute
 from parconv.plan import make_plan
 from parconv.plan.blocks import read_boxes, write_boxes
+from parconv.regions import chunk_regions, interior_range, split_interior, sub_spec
 from parconv.spec import ConvSpec
 
 SPEC = ConvSpec(batch=2, in_channels=3, out_channels=5, in_size=(9, 7), kernel_size=3,
@@ -94,9 +98,6 @@ def test_tolerance_is_zero_for_integers_and_scaled_for_floats():
 
 # ---- seeded data and output regions (pure parts of the engine without a root) ---------------
 
-from parconv.data import SeededLayer, generated_values, owned_pieces, random_layer_data  # noqa: E402
-from parconv.kernels import reference_conv2d  # noqa: E402
-from parconv.regions import chunk_regions, interior_range, split_interior, sub_spec  # noqa: E402
 
 
 @settings(max_examples=20, deadline=None)
