@@ -5,7 +5,8 @@ overlap gain, and the start-up of a 64-rank default run against bare ``import mp
 Run:  python experiments/bench_runs.py                 quick: small batches, P = 1, 2, 4, 8, 64
       python experiments/bench_runs.py --full          batch 32 for both layers
       options: --ranks 1,2,4 --layers resnet50.layer3.0.conv2 --repeat 3 --node numpy
-               --no-startup (skip the 64-rank start-up comparison)
+               --no-startup (skip the 64-rank start-up comparison) --tag NAME (output name)
+               --spatial (force 1x1x1xHxW grids, whose halos the overlap hides)
 
 For each layer and P one mpirun job (oversubscribed on this machine) runs the layer once to warm
 up, then ``--repeat`` times with overlap, ``--repeat`` times without, and both again, on the same
@@ -64,11 +65,11 @@ def worker(argv) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--layer"), parser.add_argument("--batch", type=int)
     parser.add_argument("--repeat", type=int), parser.add_argument("--node")
-    parser.add_argument("--out")
+    parser.add_argument("--out"), parser.add_argument("--grid", default="auto")
     args = parser.parse_args(argv)
     comm = MPI.COMM_WORLD
     spec = get_layer(args.layer).replace(batch=args.batch)
-    plan = shared_plan(comm, spec)
+    plan = shared_plan(comm, spec, grid=args.grid)
     # warm-up: its times are not used; its memory figures are (the first run's peak, measured
     # against the baseline before any run)
     warm = distributed_conv2d(comm, spec, seed=0, plan=plan, node=args.node).report
@@ -112,6 +113,12 @@ def _row(layer: str, P: int, batch: int, reports: dict) -> dict:
             "bytes_equal": on["bytes"]["per_phase"] == off["bytes"]["per_phase"]}
 
 
+def spatial_grid(P: int) -> str:
+    """The 1 x 1 x 1 x P_H x P_W grid with P_H P_W = P closest to square (halos on both axes)."""
+    h = max(d for d in range(1, int(P ** 0.5) + 1) if P % d == 0)
+    return f"1x1x1x{P // h}x{h}"
+
+
 def run_section(args) -> list[dict]:
     """The real runs: one mpirun job per (layer, P); returns one row per job (printed too)."""
     rows = []
@@ -122,7 +129,8 @@ def run_section(args) -> list[dict]:
                 out = os.path.join(tmp, f"{layer}-{P}.json")
                 cmd = [args.mpirun, "-n", str(P), sys.executable, os.path.abspath(__file__),
                        "--worker", "--layer", layer, "--batch", str(batch), "--repeat",
-                       str(args.repeat), "--node", args.node, "--out", out]
+                       str(args.repeat), "--node", args.node, "--out", out,
+                       "--grid", spatial_grid(P) if getattr(args, "spatial", False) else "auto"]
                 print("$", " ".join(cmd), flush=True)
                 started = time.perf_counter()
                 subprocess.run(cmd, cwd=REPO, env=_env(), check=True, timeout=3600)
@@ -208,6 +216,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--node", default="numpy", choices=("numpy", "gemmini"))
     parser.add_argument("--no-startup", action="store_true")
+    parser.add_argument("--tag", default="", help="results go to runs-TAG.{json,md}")
+    parser.add_argument("--spatial", action="store_true",
+                        help="force 1x1x1xHxW grids (halos on both axes) instead of the auto grid")
     parser.add_argument("--mpirun", default=os.path.join(os.path.dirname(sys.executable),
                                                          "mpirun"))
     args = parser.parse_args(argv)
@@ -219,12 +230,13 @@ def main(argv=None) -> int:
     startup = None if args.no_startup else startup_section(args.mpirun)
     os.makedirs(OUT, exist_ok=True)
     command = "python experiments/bench_runs.py " + " ".join(argv)
-    with open(os.path.join(OUT, "runs.json"), "w") as handle:
+    name = f"runs-{args.tag}" if args.tag else "runs"
+    with open(os.path.join(OUT, f"{name}.json"), "w") as handle:
         json.dump({"command": command.strip(), "rows": rows, "startup": startup}, handle,
                   indent=1)
-    with open(os.path.join(OUT, "runs.md"), "w") as handle:
+    with open(os.path.join(OUT, f"{name}.md"), "w") as handle:
         handle.write(_markdown(rows, startup, command.strip()))
-    print(f"wrote {os.path.join(OUT, 'runs.md')}")
+    print(f"wrote {os.path.join(OUT, name + '.md')}")
     return 0
 
 
