@@ -26,7 +26,7 @@ from .audit import (build_report, compare_with_reference, gather_counts, local_c
 from .data import SeededLayer, owned_pieces
 from .errors import ParconvError, ParconvRuntimeError
 from .mpi import distribute
-from .mpi.agree import collectively
+from .mpi.agree import collectively, patient_allgather_flags, patient_bcast
 from .mpi.exchange import LayerExchange, LayerTypes
 from .mpi.pipeline import KernelChunks, run_layer
 from .mpi.procgrid import ProcGrid
@@ -80,7 +80,8 @@ def shared_plan(comm, spec, memory=None, grid=None, root: int = 0) -> Plan:
             problem = ("input", str(exc))
         except Exception as exc:  # noqa: BLE001 - every rank must learn of it
             problem = ("runtime", f"planning failed: {type(exc).__name__}: {exc}")
-    made, problem = comm.bcast((made, problem), root=root)  # meta: the plan is pure data
+    # meta: the plan is pure data; the other ranks sleep while the root plans
+    made, problem = patient_bcast(comm, (made, problem), root=root)
     if problem is not None:
         raise (ParconvError if problem[0] == "input" else ParconvRuntimeError)(problem[1])
     return made
@@ -112,7 +113,8 @@ class _Data:
 
 def _validate_call(comm, spec, root, blocks, source, seed, repeat) -> tuple:
     """Checks every rank makes alike; the data mode flags agreed over ``comm``."""
-    flags = comm.allgather((blocks is not None, source is not None, seed is not None))  # meta
+    flags = patient_allgather_flags(comm, (blocks is not None, source is not None,
+                                           seed is not None))
     with collectively(comm):
         if not isinstance(spec, ConvSpec):
             raise ParconvError(f"spec must be a ConvSpec, got {type(spec).__name__}")
