@@ -31,12 +31,6 @@ def agree(comm, error: BaseException | None) -> None:
     if error is not None:
         kind = "input" if isinstance(error, ParconvError) else "runtime"
         local = (comm.Get_rank(), kind, f"{error}" or type(error).__name__)
-    if hasattr(comm, "Iallgather"):
-        # one flag per rank first, waited for patiently; the messages only after a failure
-        flags = np.zeros(comm.Get_size(), dtype=np.int8)
-        _wait_patiently(comm.Iallgather(np.array([local is not None], dtype=np.int8), flags))
-        if not flags.any():
-            return
     failures = [f for f in comm.allgather(local) if f is not None]  # meta: tiny tuples
     if not failures:
         return
@@ -70,8 +64,10 @@ def collectively(comm):
     agree(comm, error)
 
 
-#: first and longest sleep between two tests of a pending request (seconds)
-POLL_S, MAX_POLL_S = 0.0002, 0.02
+#: first and longest sleep between two tests of a pending request (seconds).  Used only where
+#: ranks wait for long local work of others (the root planning): a sleeping rank progresses its
+#: other pending requests only when it wakes, so patience everywhere would slow every exchange
+POLL_S, MAX_POLL_S = 0.0002, 0.005
 
 
 def _wait_patiently(request) -> None:
