@@ -131,16 +131,20 @@ def _validate_call(comm, spec, root, blocks, source, seed, repeat) -> tuple:
     return flags[0]
 
 
-def _plan_for(comm, spec, plan, grid, memory, root) -> Plan:
-    if plan is None:
-        return shared_plan(comm, spec, memory, grid, root)
+def _plan_and_kernel(comm, spec, plan, grid, memory, root, node):
+    """The plan (made on the root, or the one given, checked) and the kernel object, with one
+    agreement.  Collective over ``comm``."""
+    given = plan is not None
+    if not given:
+        plan = shared_plan(comm, spec, memory, grid, root)
     with collectively(comm):
-        if grid is not None or memory is not None:
+        if given and (grid is not None or memory is not None):
             raise ParconvError("give either plan or grid/memory, not both")
-        if plan.spec != spec or plan.ranks != comm.Get_size():
+        if given and (plan.spec != spec or plan.ranks != comm.Get_size()):
             raise ParconvError(f"plan is for {plan.ranks} ranks and {plan.spec.describe()}; "
                                f"the run has {comm.Get_size()} ranks and {spec.describe()}")
-    return plan
+        kernel = _kernel_object(node)
+    return plan, kernel
 
 
 def _kernel_object(node):
@@ -174,34 +178,33 @@ def _checked_blocks(plan, local, blocks) -> list | None:
 
 
 def _data(comm, plan, local, flags, x, w, bias, blocks, source, seed, root) -> _Data:
-    """The validated data of this rank, or the same ParconvError on every rank.  Collective."""
+    """The validated data of this rank, or a ParconvError (local: the caller agrees)."""
     spec, rank = plan.spec, comm.Get_rank()
     use_blocks, use_source, use_seed = flags
-    with collectively(comm):
-        given = any(v is not None for v in (x, w, bias))
-        if (use_blocks or use_source or use_seed) and rank == root and given:
-            raise ParconvError("give either the global arrays x, w, bias or blocks / source / "
-                               "seed, not both")
-        if use_seed:
-            source = SeededLayer(spec, seed)
-        if use_blocks:
-            data = _Data("blocks", source, _checked_blocks(plan, local, blocks))
-        elif source is not None:
-            if not callable(getattr(source, "read", None)):
-                raise ParconvError(f"source must have read(name, boxes), got {source!r}")
-            data = _Data("source", source,
-                         owned_pieces(source, spec, local) if local is not None else None)
-        else:
-            globals_ = (None, None, None)
-            if rank == root:
-                globals_ = (_checked_global("x", x, spec.input_shape, spec.dtype_in),
-                            _checked_global("w", w, spec.weight_shape, spec.dtype_weight), None)
-                if spec.bias:
-                    globals_ = globals_[:2] + (_checked_global("bias", bias, (spec.out_channels,),
-                                                               spec.dtype_acc),)
-                elif bias is not None:
-                    raise ParconvError("bias given but spec.bias is False")
-            data = _Data("root", None, None, globals_)
+    given = any(v is not None for v in (x, w, bias))
+    if (use_blocks or use_source or use_seed) and rank == root and given:
+        raise ParconvError("give either the global arrays x, w, bias or blocks / source / "
+                           "seed, not both")
+    if use_seed:
+        source = SeededLayer(spec, seed)
+    if use_blocks:
+        data = _Data("blocks", source, _checked_blocks(plan, local, blocks))
+    elif source is not None:
+        if not callable(getattr(source, "read", None)):
+            raise ParconvError(f"source must have read(name, boxes), got {source!r}")
+        data = _Data("source", source,
+                     owned_pieces(source, spec, local) if local is not None else None)
+    else:
+        globals_ = (None, None, None)
+        if rank == root:
+            globals_ = (_checked_global("x", x, spec.input_shape, spec.dtype_in),
+                        _checked_global("w", w, spec.weight_shape, spec.dtype_weight), None)
+            if spec.bias:
+                globals_ = globals_[:2] + (_checked_global("bias", bias, (spec.out_channels,),
+                                                           spec.dtype_acc),)
+            elif bias is not None:
+                raise ParconvError("bias given but spec.bias is False")
+        data = _Data("root", None, None, globals_)
     return data
 
 
@@ -261,27 +264,31 @@ def distributed_conv2d(comm, spec: ConvSpec, *, x=None, w=None, bias=None, block
     once = dict.fromkeys(ONCE, 0.0)
     started = time.perf_counter()
     flags = _validate_call(comm, spec, root, blocks, source, seed, repeat)
-    plan = _plan_for(comm, spec, plan, grid, memory, root)
+    plan, kernel = _plan_and_kernel(comm, spec, plan, grid, memory, root, node)
     baseline = peak_rss_bytes()   # after the imports planning needs (scipy on the root)
-    with collectively(comm):
-        kernel = _kernel_object(node)
     once["plan"] = time.perf_counter() - started
     started = time.perf_counter()
     with ProcGrid(comm, plan.dims) as proc_grid, contextlib.ExitStack() as stack:
         local = plan.schedule(comm.Get_rank())
-        data = _data(comm, plan, local, flags, x, w, bias, blocks, source, seed, root)
+        exchange, chunks = None, None
+
+        def planned_exchange():
+            if local is None:
+                return None, None
+            made = stack.enter_context(LayerExchange(proc_grid, local, LayerTypes.of(spec)))
+            split = getattr(kernel, "name", None) in SPLITTABLE_KERNELS
+            return made, KernelChunks(spec, local, split, max(MIN_CHUNK_BUDGET, made.nbytes // 2))
+
+        with collectively(comm):   # one agreement for the data and the exchanges (no root)
+            data = _data(comm, plan, local, flags, x, w, bias, blocks, source, seed, root)
+            if data.mode != "root":
+                exchange, chunks = planned_exchange()
         if data.mode == "root":
             scatter_start = time.perf_counter()
             data.pieces = distribute.scatter_owned(proc_grid, plan, *data.globals_, root)
             once["scatter"] = time.perf_counter() - scatter_start
-        with collectively(comm):
-            exchange, chunks = None, None
-            if local is not None:
-                exchange = stack.enter_context(LayerExchange(proc_grid, local,
-                                                             LayerTypes.of(spec)))
-                split = getattr(kernel, "name", None) in SPLITTABLE_KERNELS
-                chunks = KernelChunks(spec, local, split,
-                                      max(MIN_CHUNK_BUDGET, exchange.nbytes // 2))
+            with collectively(comm):
+                exchange, chunks = planned_exchange()
         once["setup"] = time.perf_counter() - started - once["scatter"]
         run = _Run(proc_grid, plan, local, kernel, data, root, baseline, once)
         return run.execute(exchange, chunks, repeat, overlap, gather, check)
@@ -309,7 +316,7 @@ class _Run:
             tables.append(grid.counters.take())
             seconds.append({**clock.seconds(), "layer": layer})
             overlaps.append(clock.overlap())
-        with collectively(world):
+        with collectively(world) if len(tables) > 1 else contextlib.nullcontext():
             for i, table in enumerate(tables[1:], start=2):
                 if table != tables[0]:
                     raise ParconvRuntimeError(f"repeat {i} counted {table}, the first counted "

@@ -205,7 +205,10 @@ def build_spec(args, meta=None):
 # ---- helpers of the run ------------------------------------------------------------------------
 
 def _check_writable(comm, paths: dict) -> None:
-    """Rank 0 checks that each output path can be created; the verdict is broadcast.  Collective."""
+    """Rank 0 checks that each output path can be created; the verdict is broadcast.  Collective
+    (nothing to do, and no communication, when no path is given: the same on every rank)."""
+    if all(path is None for path in paths.values()):
+        return
     problem = None
     if comm.Get_rank() == 0:
         for flag, path in paths.items():
