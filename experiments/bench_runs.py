@@ -229,7 +229,7 @@ def main(argv=None) -> int:
                                                          "mpirun"))
     args = parser.parse_args(argv)
     args.layers = args.layers.split(",")
-    args.ranks = [int(p) for p in args.ranks.split(",")]
+    args.ranks = [int(p) for p in args.ranks.split(",") if p]   # --ranks "" : start-up only
     args.batch = {layer: (FULL_BATCH if args.full else QUICK_BATCH).get(layer, 8)
                   for layer in args.layers}
     rows = run_section(args)
