@@ -2,8 +2,10 @@
 against the lower bound, the output against a serial reference; and the run report.
 
 Used by parconv.conv after the exchanges.  Everything here that communicates moves only metadata
-(counters, times, per-rank kernel statistics, a verdict) on the grid's duplicated communicator,
-plus the "check" gather of the owned input pieces when the data was not on the root.
+(counters, times, memory figures, per-rank kernel statistics, a verdict) on the grid's duplicated
+communicator, plus, in the legacy check of per-rank blocks without a source, the "check" gather of
+the owned input pieces.  The check with a data source (`local_check`) gathers nothing: every rank
+recomputes its own output piece from the input region and filters it reads.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import numpy as np
 
 from .errors import ParconvRuntimeError
 from .mpi import distribute
+from .mpi.agree import collectively
 from .nodes import get_kernel
 from .plan import PHASES
+from .plan.blocks import block_starts
+from .regions import sub_spec
 
 #: phases the engine counts, in report order: the algorithm, then the data distribution
 COUNTED = PHASES + ("scatter", "gather", "check")
@@ -26,12 +31,13 @@ FLOAT_RTOL = {"float16": 1e-2, "float32": 1e-5, "float64": 1e-12}
 BOUND_SLACK = 1e-9
 
 
-def gather_counts(grid) -> dict[str, np.ndarray]:
+def gather_counts(grid, table: dict | None = None) -> dict[str, np.ndarray]:
     """Every rank's counters: ``{phase: int64 array (P, 3)}`` over (sent, received, messages).
 
-    Collective over ``grid.world``; every rank gets the whole table.
+    Collective over ``grid.world``; every rank gets the whole table.  ``table``: this rank's
+    counters (default: what ``grid.counters`` holds now).
     """
-    table = grid.counters.counters()
+    table = grid.counters.counters() if table is None else table
     mine = np.array([[table.get(phase, {}).get(key, 0) for key in COUNT_KEYS]
                      for phase in COUNTED], dtype=np.int64)
     everyone = np.empty((grid.world.size, *mine.shape), dtype=np.int64)
@@ -46,12 +52,14 @@ def measured_bound_volume(counts: dict) -> np.ndarray:
 
 
 def predictions(plan, performed, root: int) -> dict:
-    """``{phase: {key: array (P,)}}`` the counters must equal, for the phases that ran."""
+    """``{phase: {key: array (P,)}}`` the counters must equal, for the phases that ran.
+
+    The one place the audit asks the plan for the distribution phases' bytes."""
     out = {phase: plan.predicted[phase] for phase in PHASES}
     if "scatter" in performed:
-        out["scatter"] = plan.predict_scatter(root)
+        out["scatter"] = plan.predicted_scatter if root == 0 else plan.predict_scatter(root)
     if "gather" in performed:
-        out["gather"] = plan.predict_gather(root)
+        out["gather"] = plan.predicted_gather if root == 0 else plan.predict_gather(root)
     return out
 
 
@@ -112,21 +120,33 @@ def node_section(grid, stats, combine=None) -> dict:
             "totals": totals}
 
 
-def slowest_times(grid, seconds: dict) -> dict:
-    """The largest time of every phase over the ranks.  Collective over ``grid.world``."""
+def slowest(comm, values: np.ndarray) -> np.ndarray:
+    """Elementwise maximum of a float array over the ranks.  Collective over ``comm``."""
     from mpi4py import MPI
-    names = list(seconds)
-    local = np.array([seconds[n] for n in names], dtype=np.float64)
+    local = np.ascontiguousarray(values, dtype=np.float64)
     out = np.empty_like(local)
-    grid.world.comm.Allreduce(local, out, op=MPI.MAX)  # meta: timings
-    return {n: float(t) for n, t in zip(names, out)}
+    comm.Allreduce(local, out, op=MPI.MAX)  # meta: timings, errors
+    return out
 
 
-def build_report(grid, plan, counts, performed, stats, seconds, check=None,
-                 combine=None) -> dict:
+def memory_section(grid, baseline: int, peak: int, working_set: int) -> dict:
+    """Per rank: peak resident bytes, the baseline right after imports (before the run) and
+    the bytes of the rank's own working set.  Collective over ``grid.world``."""
+    mine = np.array([peak, baseline, working_set], dtype=np.int64)
+    everyone = np.empty((grid.world.size, 3), dtype=np.int64)
+    grid.world.comm.Allgather(mine, everyone)  # meta: three numbers per rank
+    return {"peak_rss_bytes": everyone[:, 0].tolist(),
+            "baseline_rss_bytes": everyone[:, 1].tolist(),
+            "working_set_bytes": everyone[:, 2].tolist()}
+
+
+def build_report(grid, plan, counts, performed, stats, times, check=None,
+                 combine=None, memory=None) -> dict:
     """The run report (design.md "Report (JSON)"), the same dict on every rank.  Collective over
     ``grid.world``.  ``bytes.sent`` / ``received`` sum the algorithm's phases (parconv.plan.PHASES);
-    the distribution phases that ran (scatter, gather, check) are listed in ``per_phase`` only."""
+    the distribution phases that ran (scatter, gather, check) are listed in ``per_phase`` only.
+    ``times``: ``{"time_s": ..., ...}`` already agreed over the ranks (parconv.conv), merged into
+    the report; ``memory``: the `memory_section`."""
     volume = measured_bound_volume(counts)
     shown = [p for p in COUNTED if p in PHASES or p in performed]
     per_phase = {p: {key: counts[p][:, i].tolist() for i, key in enumerate(COUNT_KEYS)}
@@ -148,8 +168,10 @@ def build_report(grid, plan, counts, performed, stats, seconds, check=None,
         "predicted_ratio_to_bound": (float(plan.max_volume) / value if value > 0 else None),
         "baselines": plan.baselines,
         "node": node_section(grid, stats, combine),
-        "time_s": slowest_times(grid, seconds),
     }
+    report.update(times)
+    if memory is not None:
+        report["memory"] = memory
     if check is not None:
         report["check"] = check
     return report
@@ -159,10 +181,15 @@ def tolerance(spec, reference: np.ndarray) -> float:
     """Largest accepted |distributed - reference|: 0 for integers; for floats
     ``FLOAT_RTOL[type] * sqrt(C R S) * max(|reference|)`` (the summation order differs: the
     channel sum is split over P_C ranks; rounding grows like sqrt of the number of terms)."""
+    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
+    return tolerance_for_scale(spec, scale)
+
+
+def tolerance_for_scale(spec, scale: float) -> float:
+    """`tolerance` given ``max(|reference|)`` (agreed over the ranks by `local_check`)."""
     if np.issubdtype(np.dtype(spec.dtype_out), np.integer):
         return 0.0
     terms = spec.in_channels * spec.kernel_size[0] * spec.kernel_size[1]
-    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
     rtol = FLOAT_RTOL.get(spec.dtype_out, 1e-5)
     return rtol * math.sqrt(terms) * max(scale, np.finfo(spec.dtype_out).tiny)
 
@@ -184,7 +211,7 @@ def compare_with_reference(grid, plan, globals_, pieces, output, root: int,
     every rank) they are first gathered on the root (counted phase "check")."""
     spec = plan.spec
     if from_blocks:
-        globals_ = distribute.gather_owned(grid, pieces, root)
+        globals_ = distribute.gather_owned(grid, plan, pieces, root)
     verdict = None
     if grid.world.rank == root:
         x, w, bias = globals_
@@ -195,3 +222,52 @@ def compare_with_reference(grid, plan, globals_, pieces, output, root: int,
         tol = tolerance(spec, ref)
         verdict = {"max_abs_err": err, "tolerance": tol, "ok": bool(err <= tol)}
     return grid.world.comm.bcast(verdict, root=root)  # meta: the verdict
+
+
+def _reference_box(spec, source, box, c_step: int) -> np.ndarray:
+    """The serial reference of one output box ((n), (k), (h), (w)) in dtype_acc, bias included,
+    from ``source``: one image and ``c_step`` input channels at a time (bounded memory)."""
+    (n0, n1), (k0, k1), rows, cols = box
+    R, S = spec.kernel_size
+    acc = np.zeros((n1 - n0, k1 - k0, rows[1] - rows[0], cols[1] - cols[0]),
+                   dtype=spec.dtype_acc)
+    kernel = get_kernel("numpy")
+    starts = block_starts(spec.in_channels, -(-spec.in_channels // c_step))
+    for c0, c1 in zip(starts[:-1], starts[1:]):
+        local, rspan, cspan = sub_spec(spec, 1, (int(c1 - c0), k1 - k0), rows, cols,
+                                       f"{spec.name}@check")
+        if local is None:
+            continue
+        w = source.read("weight", [((k0, k1), (int(c0), int(c1)), (0, R), (0, S))])
+        w = w.reshape(local.weight_shape)
+        for n in range(n0, n1):
+            x = source.read("input", [((n, n + 1), (int(c0), int(c1)), rspan, cspan)])
+            y, _ = kernel.run(local, x.reshape(local.input_shape), w)
+            acc[n - n0:n - n0 + 1] += y
+    if spec.bias:
+        acc += source.read("bias", [((k0, k1),)]).reshape(1, -1, 1, 1)
+    return acc.astype(spec.dtype_out)
+
+
+def local_check(comm, spec, local, source, piece) -> dict:
+    """``{"max_abs_err", "tolerance", "ok"}`` of every rank's output piece against the serial
+    reference, each rank recomputing its own piece from ``source``; the ranks agree on the
+    largest error and the largest |reference| (Allreduce).  Collective over ``comm``; no data
+    moves.  ``local``: the rank's schedule (None when idle)."""
+    err, scale = 0.0, 0.0
+    with collectively(comm):
+        if local is not None:
+            offset = 0
+            for box in local.output_piece_boxes():
+                ref = _reference_box(spec, source, box, max(1, local.c[1] - local.c[0]))
+                got = np.asarray(piece[offset:offset + ref.size]).reshape(ref.shape)
+                offset += ref.size
+                wide = np.int64 if np.issubdtype(ref.dtype, np.integer) else np.float64
+                if ref.size:
+                    err = max(err, float(np.abs(got.astype(wide) - ref.astype(wide)).max()))
+                    scale = max(scale, float(np.abs(ref.astype(wide)).max()))
+    err, scale = (float(v) for v in slowest(comm, np.array([err, scale])))
+    if np.issubdtype(np.dtype(spec.dtype_out), np.integer):
+        err = int(err)
+    tol = tolerance_for_scale(spec, scale)
+    return {"max_abs_err": err, "tolerance": tol, "ok": bool(err <= tol)}

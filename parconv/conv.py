@@ -1,31 +1,47 @@
 """distributed_conv2d: one convolution layer on an MPI communicator, every byte counted.
 
-Wires the plan (parconv.plan), the grid (parconv.mpi.procgrid), the exchanges (parconv.mpi.exchange) and the
-node kernel (parconv.kernels) into the grid algorithm of theory.md section 5, then holds the
-counted bytes against the plan's prediction (they must be equal on every rank and phase) and the
-measured volume against the lower bound (it may never be below).
+Wires the plan (parconv.plan, made once on the root and broadcast), the grid
+(parconv.mpi.procgrid), the planned exchanges (parconv.mpi.exchange), one run of the layer with
+overlap (parconv.mpi.pipeline) and the node kernel (parconv.nodes) into the grid algorithm of
+theory.md section 5, then holds the counted bytes against the plan's prediction (they must be
+equal on every rank and phase, and on every repeat) and the measured volume against the lower
+bound (it may never be below).
+
+Data: by default every rank reads or makes its own pieces through a data source (``seed=`` or
+``source=``, parconv.data); the global arrays on a root (``x, w, bias``, scattered) and per-rank
+``blocks`` remain accepted.  Nothing is gathered unless ``gather=True``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import resource
 import time
 
 import numpy as np
 
-from .audit import build_report, compare_with_reference, gather_counts, verify_bound, verify_counts
+from .audit import (build_report, compare_with_reference, gather_counts, local_check,
+                    memory_section, slowest, verify_bound, verify_counts)
+from .data import SeededLayer, owned_pieces
 from .errors import ParconvError, ParconvRuntimeError
-from .mpi import distribute, exchange
-from .mpi.agree import collectively
+from .mpi import distribute
+from .mpi.agree import collectively, patient_allgather_flags, patient_bcast
+from .mpi.exchange import LayerExchange, LayerTypes
+from .mpi.pipeline import KernelChunks, run_layer
 from .mpi.procgrid import ProcGrid
 from .nodes import get_kernel
 from .plan import Plan, make_plan
 from .spec import ConvSpec
 
-#: phases timed, in order (the report's ``time_s``); "kernel" is the node kernel
-TIMED = ("plan", "setup", "scatter", "filter", "bias", "input", "halo_h", "halo_w", "kernel",
-         "reduce", "gather", "check")
+#: phases timed once per call, and per repeat of the layer ("layer": one whole repeat)
+ONCE = ("plan", "setup", "scatter", "gather", "check")
+REPEATED = ("filter", "bias", "input", "halo_h", "halo_w", "kernel", "reduce", "layer")
+TIMED = ONCE[:3] + REPEATED + ONCE[3:]
+#: kernels run on chunks of the block (interior first); others get the whole block in one call
+SPLITTABLE_KERNELS = ("numpy",)
+#: smallest kernel workspace budget per chunk (bytes); the budget is half the working set
+MIN_CHUNK_BUDGET = 1 << 20
 
 
 @dataclasses.dataclass
@@ -46,58 +62,30 @@ class ConvResult:
     report: dict
 
 
-class _Timer:
-    """Wall time per phase on this rank.  Local."""
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (bytes; Linux reports KiB).  Local."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
-    def __init__(self) -> None:
-        self.seconds = dict.fromkeys(TIMED, 0.0)
 
-    @contextlib.contextmanager
-    def __call__(self, phase: str):
-        start = time.perf_counter()
+def shared_plan(comm, spec, memory=None, grid=None, root: int = 0, node="numpy") -> Plan:
+    """The plan for ``spec`` on ``comm``: made on ``root`` alone and broadcast (it is pure
+    data), so the other ranks never search grids or solve bounds.  Collective over ``comm``.
+
+    ``node`` (a name or kernel object) chooses the footprint model the memory is checked with.
+    Raises the root's ParconvError (bad grid, memory too small) on every rank."""
+    made, problem = None, None
+    if comm.Get_rank() == root:
         try:
-            yield
-        finally:
-            self.seconds[phase] += time.perf_counter() - start
-
-
-def _prepare(comm, spec, plan, grid, memory, root, node, data, blocks):
-    """The plan, the kernel object and the validated data sources, or the same ParconvError on
-    every rank.  Collective over ``comm`` (two small agreements)."""
-    use_blocks = comm.allgather(blocks is not None)  # meta: one flag per rank
-    with collectively(comm):
-        if len(set(use_blocks)) != 1:
-            raise ParconvError("blocks must be given on every rank or on none")
-        plan = _local_plan(comm.Get_size(), spec, plan, grid, memory, root)
-        kernel = _kernel_object(node)
-        globals_, pieces = _local_sources(comm.Get_rank(), plan, *data,
-                                          blocks if use_blocks[0] else None, root)
-    return plan, kernel, (globals_, pieces, use_blocks[0])
-
-
-def _local_plan(size: int, spec, plan, grid, memory, root) -> Plan:
-    """The plan for ``size`` ranks (made, or checked when given).  Local."""
-    if not isinstance(spec, ConvSpec):
-        raise ParconvError(f"spec must be a ConvSpec, got {type(spec).__name__}")
-    if isinstance(root, bool) or not isinstance(root, (int, np.integer)) or not 0 <= root < size:
-        raise ParconvError(f"root must be a rank in [0, {size}), got {root!r}")
-    if plan is None:
-        return make_plan(spec, size, memory=memory, grid=grid)
-    if grid is not None or memory is not None:
-        raise ParconvError("give either plan or grid/memory, not both")
-    if plan.spec != spec or plan.ranks != size:
-        raise ParconvError(f"plan is for {plan.ranks} ranks and {plan.spec.describe()}; "
-                           f"the run has {size} ranks and {spec.describe()}")
-    return plan
-
-
-def _kernel_object(node):
-    """A node kernel object from a name or an object with ``run``.  Local."""
-    if isinstance(node, str):
-        return get_kernel(node)
-    if not callable(getattr(node, "run", None)):
-        raise ParconvError(f"node must be a kernel name or an object with run(), got {node!r}")
-    return node
+            made = make_plan(spec, comm.Get_size(), memory=memory, grid=grid, node=node)
+        except ParconvError as exc:
+            problem = ("input", str(exc))
+        except Exception as exc:  # noqa: BLE001 - every rank must learn of it
+            problem = ("runtime", f"planning failed: {type(exc).__name__}: {exc}")
+    # meta: the plan is pure data; the other ranks sleep while the root plans
+    made, problem = patient_bcast(comm, (made, problem), root=root)
+    if problem is not None:
+        raise (ParconvError if problem[0] == "input" else ParconvRuntimeError)(problem[1])
+    return made
 
 
 def _checked_global(name: str, value, shape, dtype) -> np.ndarray:
@@ -114,27 +102,64 @@ def _checked_global(name: str, value, shape, dtype) -> np.ndarray:
     return np.ascontiguousarray(value)
 
 
-def _local_sources(rank: int, plan, x, w, bias, blocks, root: int):
-    """The validated global (x, w, bias) on the root (None elsewhere) and this rank's pieces
-    [input, filter, bias] when ``blocks`` are given and the rank is active (else None).  Local."""
-    spec = plan.spec
-    if blocks is not None:
-        if rank == root and x is not None:
-            raise ParconvError("give either blocks or the global arrays x, w, bias, not both")
-        return (None, None, None), _checked_blocks(plan, rank, blocks)
-    if rank == root:
-        x = _checked_global("x", x, spec.input_shape, spec.dtype_in)
-        w = _checked_global("w", w, spec.weight_shape, spec.dtype_weight)
-        if spec.bias:
-            bias = _checked_global("bias", bias, (spec.out_channels,), spec.dtype_acc)
-        elif bias is not None:
-            raise ParconvError("bias given but spec.bias is False")
-    return (x, w, bias), None
+@dataclasses.dataclass
+class _Data:
+    """Where the data comes from: ``mode`` "source", "blocks" or "root" (global arrays)."""
+
+    mode: str
+    source: object = None
+    pieces: list | None = None
+    globals_: tuple = (None, None, None)
 
 
-def _checked_blocks(plan, rank: int, blocks) -> list | None:
+def _validate_call(comm, spec, root, blocks, source, seed, repeat) -> tuple:
+    """Checks every rank makes alike; the data mode flags agreed over ``comm``."""
+    flags = patient_allgather_flags(comm, (blocks is not None, source is not None,
+                                           seed is not None))
+    with collectively(comm):
+        if not isinstance(spec, ConvSpec):
+            raise ParconvError(f"spec must be a ConvSpec, got {type(spec).__name__}")
+        size = comm.Get_size()
+        if isinstance(root, bool) or not isinstance(root, (int, np.integer)) or \
+                not 0 <= root < size:
+            raise ParconvError(f"root must be a rank in [0, {size}), got {root!r}")
+        if isinstance(repeat, bool) or not isinstance(repeat, (int, np.integer)) or repeat < 1:
+            raise ParconvError(f"repeat must be an integer >= 1, got {repeat!r}")
+        if len(set(flags)) != 1:
+            raise ParconvError("blocks, source and seed must be given on every rank or on none")
+        if flags[0][1] and flags[0][2]:
+            raise ParconvError("give either source or seed, not both")
+    return flags[0]
+
+
+def _plan_and_kernel(comm, spec, plan, grid, memory, root, node):
+    """The plan (made on the root, or the one given, checked) and the kernel object, with one
+    agreement.  Collective over ``comm``."""
+    given = plan is not None
+    if not given:
+        plan = shared_plan(comm, spec, memory, grid, root, node)
+    with collectively(comm):
+        if given and (grid is not None or memory is not None):
+            raise ParconvError("give either plan or grid/memory, not both")
+        if given and (plan.spec != spec or plan.ranks != comm.Get_size()):
+            raise ParconvError(f"plan is for {plan.ranks} ranks and {plan.spec.describe()}; "
+                               f"the run has {comm.Get_size()} ranks and {spec.describe()}")
+        kernel = _kernel_object(node)
+    return plan, kernel
+
+
+def _kernel_object(node):
+    """A node kernel object from a name or an object with ``run``.  Local."""
+    if isinstance(node, str):
+        return get_kernel(node)
+    if not callable(getattr(node, "run", None)):
+        raise ParconvError(f"node must be a kernel name or an object with run(), got {node!r}")
+    return node
+
+
+def _checked_blocks(plan, local, blocks) -> list | None:
     """This rank's pieces as typed flat arrays, checked against the plan.  Local."""
-    local, spec = plan.schedule(rank), plan.spec
+    spec = plan.spec
     if local is None:
         return None
     bias_range = local.bias_piece_range()
@@ -147,66 +172,47 @@ def _checked_blocks(plan, rank: int, blocks) -> list | None:
         count = sum(int(np.prod([hi - lo for lo, hi in box])) for box in boxes)
         if value is None and count == 0:
             value = np.zeros(0, dtype=dtype)
-        pieces.append(_checked_global(f"blocks.{field} of rank {rank}",
+        pieces.append(_checked_global(f"blocks.{field} of rank {local.rank}",
                                       None if value is None else np.asarray(value).reshape(-1),
                                       (count,), dtype))
     return pieces
 
 
-def _local_step(grid, local, pieces, timer):
-    """Phases 1-4 on an active rank: gathers, halos, node kernel (+ bias on c == 0)."""
-    with timer("filter"):
-        filters = exchange.allgather_filter(grid, local, pieces[1])
-    with timer("bias"):
-        bias = exchange.allgather_bias(grid, local, pieces[2])
-    with timer("input"):
-        buffer = exchange.allgather_input(grid, local, pieces[0])
-    with timer("halo_h"):
-        exchange.exchange_halo_rows(grid, local, buffer)
-    with timer("halo_w"):
-        exchange.exchange_halo_cols(grid, local, buffer)
-    return filters, bias, buffer
-
-
-def _run_kernel(spec, local, kernel, filters, bias, buffer):
-    """The node kernel on the span of the buffer; zeros when the block reads only padding."""
-    if local.local_spec is None:
-        partial = np.zeros(local.output_block, dtype=spec.dtype_acc)
-        stats = {"kernel": getattr(kernel, "name", type(kernel).__name__), "macs": 0}
+def _data(comm, plan, local, flags, x, w, bias, blocks, source, seed, root) -> _Data:
+    """The validated data of this rank, or a ParconvError (local: the caller agrees)."""
+    spec, rank = plan.spec, comm.Get_rank()
+    use_blocks, use_source, use_seed = flags
+    given = any(v is not None for v in (x, w, bias))
+    if (use_blocks or use_source or use_seed) and rank == root and given:
+        raise ParconvError("give either the global arrays x, w, bias or blocks / source / "
+                           "seed, not both")
+    if use_seed:
+        source = SeededLayer(spec, seed)
+    if use_blocks:
+        data = _Data("blocks", source, _checked_blocks(plan, local, blocks))
+    elif source is not None:
+        if not callable(getattr(source, "read", None)):
+            raise ParconvError(f"source must have read(name, boxes), got {source!r}")
+        data = _Data("source", source,
+                     owned_pieces(source, spec, local) if local is not None else None)
     else:
-        rows = slice(local.rows_span[0] - local.rows_buf[0], local.rows_span[1] - local.rows_buf[0])
-        cols = slice(local.cols_span[0] - local.cols_buf[0], local.cols_span[1] - local.cols_buf[0])
-        window = np.ascontiguousarray(buffer[:, :, rows, cols])
-        partial, stats = kernel.run(local.local_spec, window, filters)
-        partial = np.asarray(partial)
-        if partial.shape != tuple(local.output_block) or partial.dtype != np.dtype(spec.dtype_acc):
-            raise ParconvRuntimeError(
-                f"node kernel returned {partial.dtype} {partial.shape}, expected "
-                f"{spec.dtype_acc} {tuple(local.output_block)}")
-    if bias is not None:
-        partial = np.add(partial, bias.reshape(1, -1, 1, 1), dtype=spec.dtype_acc)
-    return partial, stats
-
-
-def _compute(grid, plan, pieces, kernel, timer):
-    """Phases 1-5 (all ranks call it; idle ranks only join the kernel agreement)."""
-    local, spec = plan.schedule(grid.rank), plan.spec
-    partial, stats = None, None
-    if local is not None:
-        filters, bias, buffer = _local_step(grid, local, pieces, timer)
-    with timer("kernel"), collectively(grid.world.comm):
-        if local is not None:
-            partial, stats = _run_kernel(spec, local, kernel, filters, bias, buffer)
-    if local is None:
-        return None, stats
-    with timer("reduce"):
-        piece = exchange.reduce_scatter_output(grid, local, partial)
-    return piece.astype(spec.dtype_out), stats
+        globals_ = (None, None, None)
+        if rank == root:
+            globals_ = (_checked_global("x", x, spec.input_shape, spec.dtype_in),
+                        _checked_global("w", w, spec.weight_shape, spec.dtype_weight), None)
+            if spec.bias:
+                globals_ = globals_[:2] + (_checked_global("bias", bias, (spec.out_channels,),
+                                                           spec.dtype_acc),)
+            elif bias is not None:
+                raise ParconvError("bias given but spec.bias is False")
+        data = _Data("root", None, None, globals_)
+    return data
 
 
 def distributed_conv2d(comm, spec: ConvSpec, *, x=None, w=None, bias=None, blocks=None,
-                       plan: Plan | None = None, grid=None, memory=None, node="numpy",
-                       gather: bool = False, root: int = 0, check: bool = False) -> ConvResult:
+                       source=None, seed=None, plan: Plan | None = None, grid=None, memory=None,
+                       node="numpy", gather: bool = False, root: int = 0, check: bool = False,
+                       repeat: int = 1, overlap: bool = True) -> ConvResult:
     """Run one convolution layer on ``comm`` with the grid algorithm; count and verify bytes.
 
     Collective over ``comm`` (which is duplicated, never used directly for data).
@@ -216,21 +222,32 @@ def distributed_conv2d(comm, spec: ConvSpec, *, x=None, w=None, bias=None, block
     comm : mpi4py communicator
     spec : ConvSpec
         The layer (same on every rank).
+    seed : int, optional
+        Every rank makes its own pieces of the seeded data (parconv.data): the same values for
+        every P and grid; nothing is scattered.  Or:
+    source : object with ``read(name, boxes)``, optional
+        Every rank reads its own pieces from it (e.g. parconv.mpi.hdf5.FileLayer).  Or:
+    blocks : OwnedBlocks, optional
+        This rank's owned pieces, on every rank (a ``source`` may come along for ``check``).  Or:
     x, w, bias : ndarray, optional
         Global input (N, C, H_in, W_in), filters (K, C, R, S) and bias (K,) (dtype_acc), on the
-        root only; scattered in the counted phase "scatter".  Alternatively:
-    blocks : OwnedBlocks, optional
-        This rank's owned pieces (e.g. from parconv.mpi.hdf5.read_owned_blocks), on every rank.
+        root only; scattered in the counted phase "scatter".
     plan : Plan, optional
         A plan for ``spec`` on ``comm.Get_size()`` ranks; otherwise ``make_plan(spec, P,
-        memory, grid)``.
+        memory, grid)`` on the root, broadcast.
     node : str or kernel object
         "numpy", "gemmini" or any object with ``run(spec, x, w) -> (y, stats)``.
     gather : bool
         Assemble the whole output on the root (phase "gather") and return it.
     check : bool
-        Compare the output with a serial reference on the root (exact for integers, see
-        `conv_report.compare_with_reference` for the float tolerance).
+        Compare the output with a serial reference (exact for integers, see
+        `audit.tolerance`): with a source (or seed) every rank recomputes its own piece, nothing
+        is gathered; with global arrays on the root the output is gathered there.
+    repeat : int
+        Run the layer this many times on the same planned exchanges; the report's ``time_s``
+        holds the median per phase and ``time_s_all`` every repeat.
+    overlap : bool
+        Start the exchanges early and run the kernel on the interior while halos travel.
 
     Returns
     -------
@@ -245,48 +262,127 @@ def distributed_conv2d(comm, spec: ConvSpec, *, x=None, w=None, bias=None, block
         the measured volume is below the lower bound, or (``check``) the output is wrong; in the
         last case the exception carries the run report as ``.report``.
     """
-    timer = _Timer()
-    with timer("plan"):
-        plan, kernel, sources = _prepare(comm, spec, plan, grid, memory, root, node,
-                                         (x, w, bias), blocks)
-    with timer("setup"):
-        proc_grid = ProcGrid(comm, plan)
-    with proc_grid:
-        return _run(proc_grid, plan, kernel, sources, gather, root, check, timer)
+    once = dict.fromkeys(ONCE, 0.0)
+    started = time.perf_counter()
+    flags = _validate_call(comm, spec, root, blocks, source, seed, repeat)
+    plan, kernel = _plan_and_kernel(comm, spec, plan, grid, memory, root, node)
+    baseline = peak_rss_bytes()   # after the imports planning needs (scipy on the root)
+    once["plan"] = time.perf_counter() - started
+    started = time.perf_counter()
+    with ProcGrid(comm, plan.dims) as proc_grid, contextlib.ExitStack() as stack:
+        local = plan.schedule(comm.Get_rank())
+        exchange, chunks = None, None
+
+        def planned_exchange():
+            if local is None:
+                return None, None
+            made = stack.enter_context(LayerExchange(proc_grid, local, LayerTypes.of(spec)))
+            split = getattr(kernel, "name", None) in SPLITTABLE_KERNELS
+            return made, KernelChunks(spec, local, split, max(MIN_CHUNK_BUDGET, made.nbytes // 2))
+
+        with collectively(comm):   # one agreement for the data and the exchanges (no root)
+            data = _data(comm, plan, local, flags, x, w, bias, blocks, source, seed, root)
+            if data.mode != "root":
+                exchange, chunks = planned_exchange()
+        if data.mode == "root":
+            scatter_start = time.perf_counter()
+            data.pieces = distribute.scatter_owned(proc_grid, plan, *data.globals_, root)
+            once["scatter"] = time.perf_counter() - scatter_start
+            with collectively(comm):
+                exchange, chunks = planned_exchange()
+        once["setup"] = time.perf_counter() - started - once["scatter"]
+        run = _Run(proc_grid, plan, local, kernel, data, root, baseline, once)
+        return run.execute(exchange, chunks, repeat, overlap, gather, check)
 
 
-def _run(grid, plan, kernel, sources, gather, root, check, timer) -> ConvResult:
-    """Everything after the grid exists: distribute, compute, gather, check, verify, report."""
-    globals_, pieces, from_blocks = sources
-    performed = []
-    if not from_blocks:
-        performed.append("scatter")
-        with timer("scatter"):
-            pieces = distribute.scatter_owned(grid, *globals_, root)
-    piece, stats = _compute(grid, plan, pieces, kernel, timer)
-    output, verdict = None, None
-    if gather or check:
-        performed.append("gather")
-        with timer("gather"):
-            output = distribute.gather_output(grid, piece, root)
-    if check:
-        performed += ["check"] if from_blocks else []
-        with timer("check"):
-            verdict = compare_with_reference(grid, plan, globals_, pieces, output, root,
-                                             from_blocks)
-    counts = gather_counts(grid)
-    report = build_report(grid, plan, counts, performed, stats, timer.seconds, verdict,
-                          getattr(kernel, "combine", None))
-    try:
-        verify_counts(plan, counts, performed, root)
-        verify_bound(plan, counts)
-        if verdict is not None and not verdict["ok"]:
-            raise ParconvRuntimeError(
-                f"output differs from the serial reference: max abs error "
-                f"{verdict['max_abs_err']} > tolerance {verdict['tolerance']}")
-    except ParconvRuntimeError as error:
-        error.report = report
-        raise
-    local = plan.schedule(grid.rank)
-    boxes = local.output_piece_boxes() if local is not None else []
-    return ConvResult(piece, boxes, output if gather else None, plan, report)
+class _Run:
+    """Everything after the grid and the exchanges exist: repeats, gather, check, report."""
+
+    def __init__(self, grid, plan, local, kernel, data, root, baseline, once) -> None:
+        self.grid, self.plan, self.local, self.kernel = grid, plan, local, kernel
+        self.data, self.root, self.baseline, self.once = data, root, baseline, once
+
+    def execute(self, exchange, chunks, repeat, overlap, gather, check) -> ConvResult:
+        grid, plan, data, root = self.grid, self.plan, self.data, self.root
+        world = grid.world.comm
+        performed = ["scatter"] if data.mode == "root" else []
+        distribution = grid.counters.take()
+        tables, seconds, overlaps, stats = [], [], [], None
+        pieces = data.pieces or [None, None, None]
+        for _ in range(repeat):
+            began = time.perf_counter()
+            stats, clock = run_layer(world, exchange, chunks, self.kernel, pieces, overlap,
+                                     copy_window=_copies_window(self.kernel))
+            layer = time.perf_counter() - began
+            tables.append(grid.counters.take())
+            seconds.append({**clock.seconds(), "layer": layer})
+            overlaps.append(clock.overlap())
+        with collectively(world) if len(tables) > 1 else contextlib.nullcontext():
+            for i, table in enumerate(tables[1:], start=2):
+                if table != tables[0]:
+                    raise ParconvRuntimeError(f"repeat {i} counted {table}, the first counted "
+                                              f"{tables[0]}")
+        piece = None if exchange is None else exchange.output
+        output, verdict = None, None
+        if gather or (check and data.source is None):
+            performed.append("gather")
+            began = time.perf_counter()
+            output = distribute.gather_output(grid, plan, piece, root)
+            self.once["gather"] = time.perf_counter() - began
+        if check:
+            began = time.perf_counter()
+            if data.source is not None:
+                verdict = local_check(world, plan.spec, self.local, data.source, piece)
+            else:   # no source to read from: the legacy check on the root
+                performed += ["check"] if data.mode == "blocks" else []
+                verdict = compare_with_reference(grid, plan, data.globals_, data.pieces, output,
+                                                 root, data.mode == "blocks")
+            self.once["check"] = time.perf_counter() - began
+        table = {**distribution, **tables[-1], **grid.counters.take()}
+        counts = gather_counts(grid, table)
+        working = (0 if exchange is None else exchange.nbytes) + \
+            sum(int(np.asarray(p).nbytes) for p in pieces if p is not None)
+        memory = memory_section(grid, self.baseline, peak_rss_bytes(), working)
+        times = _times(world, self.once, seconds, overlaps)
+        report = build_report(grid, plan, counts, performed, stats, times, verdict,
+                              getattr(self.kernel, "combine", None), memory)
+        report["repeat"] = len(tables)
+        report["overlap"] = bool(overlap)
+        try:
+            verify_counts(plan, counts, performed, root)
+            verify_bound(plan, counts)
+            if verdict is not None and not verdict["ok"]:
+                raise ParconvRuntimeError(
+                    f"output differs from the serial reference: max abs error "
+                    f"{verdict['max_abs_err']} > tolerance {verdict['tolerance']}")
+        except ParconvRuntimeError as error:
+            error.report = report
+            raise
+        boxes = self.local.output_piece_boxes() if self.local is not None else []
+        return ConvResult(piece, boxes, output if gather else None, plan, report)
+
+
+def _copies_window(kernel) -> bool:
+    """Kernels other than numpy get a contiguous copy of their input window (as before)."""
+    return getattr(kernel, "name", None) not in SPLITTABLE_KERNELS
+
+
+def _times(world, once: dict, seconds: list, overlaps: list) -> dict:
+    """``time_s`` (once-phases, and the median over repeats of the slowest rank of each repeat),
+    ``time_s_all`` (every repeat) and ``overlap_s`` (median kernel time hidden inside each
+    phase).  Collective over ``world``."""
+    names = list(REPEATED)
+    table = np.array([[s.get(n, 0.0) for n in names] for s in seconds]
+                     + [[o.get(n, 0.0) for n in names] for o in overlaps]
+                     + [[once[n] for n in ONCE] + [0.0] * (len(names) - len(ONCE))])
+    table = slowest(world, table)
+    k = len(seconds)
+    per_repeat, hidden, firsts = table[:k], table[k:2 * k], table[2 * k]
+    medians, hidden = np.median(per_repeat, axis=0), np.median(hidden, axis=0)
+    time_s = {n: float(firsts[i]) for i, n in enumerate(ONCE[:3])}
+    time_s.update({n: float(medians[i]) for i, n in enumerate(names)})
+    time_s.update({n: float(firsts[i + 3]) for i, n in enumerate(ONCE[3:])})
+    return {"time_s": time_s,
+            "time_s_all": {n: per_repeat[:, i].tolist() for i, n in enumerate(names)},
+            "overlap_s": {n: float(hidden[i]) for i, n in enumerate(names)
+                          if n not in ("kernel", "layer")}}

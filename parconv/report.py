@@ -2,7 +2,9 @@
 
 The report is the dict the engine builds (design.md, "Report (JSON)"): ``spec``, ``ranks``,
 ``grid``, ``bytes`` (per-rank lists and ``per_phase``), ``bound``, ``ratio_to_bound``, ``node``,
-``time_s`` and ``check``.  Everything here only reads it; missing parts are left out of the summary.
+``time_s`` (medians over ``repeat`` runs of the slowest rank), ``time_s_all`` (every repeat),
+``overlap_s`` (kernel time hidden inside each phase), ``memory`` (per rank ``peak_rss_bytes``,
+``baseline_rss_bytes``, ``working_set_bytes``) and ``check``.  Everything here only reads it; missing parts are left out of the summary.
 """
 
 from __future__ import annotations
@@ -163,7 +165,27 @@ def _time_lines(report: dict) -> list[str]:
         return []
     parts = ", ".join(f"{phase} {float(t) * 1e3:.1f}" for phase, t in times.items()
                       if t is not None)
-    return [f"  time (ms, slowest rank): {parts}"]
+    repeat = report.get("repeat", 1)
+    which = f"median of {repeat} repeats, " if repeat and repeat > 1 else ""
+    lines = [f"  time (ms, {which}slowest rank): {parts}"]
+    hidden = {p: float(t) for p, t in (report.get("overlap_s") or {}).items() if t}
+    if hidden:
+        lines.append("  kernel time overlapped with (ms): "
+                     + ", ".join(f"{p} {t * 1e3:.1f}" for p, t in hidden.items()))
+    return lines
+
+
+def _memory_lines(report: dict) -> list[str]:
+    memory = report.get("memory") or {}
+    peak, base, work = (memory.get(k) for k in ("peak_rss_bytes", "baseline_rss_bytes",
+                                                "working_set_bytes"))
+    if not peak or not base or not work:
+        return []
+    ratios = [(p - b) / w if w else 0.0 for p, b, w in zip(peak, base, work)]
+    r = int(np.argmax(ratios))
+    return [f"  memory: largest peak {human_bytes(max(peak))}; rank {r}: peak "
+            f"{human_bytes(peak[r])} = baseline {human_bytes(base[r])} + "
+            f"{ratios[r]:.2f} x working set {human_bytes(work[r])}"]
 
 
 def _check_lines(report: dict) -> list[str]:
@@ -185,6 +207,7 @@ def summary_table(report: dict) -> str:
             f"kernel {'x'.join(map(str, spec.get('kernel_size', [])))} "
             f"stride {'x'.join(map(str, spec.get('stride', [])))} {spec.get('dtype_in')}")
     lines = [head, f"  ranks {report.get('ranks')}, grid NxKxCxHxW = {grid_text}"]
-    for part in (_bytes_lines, _bound_lines, _node_lines, _time_lines, _check_lines):
+    for part in (_bytes_lines, _bound_lines, _node_lines, _time_lines, _memory_lines,
+                 _check_lines):
         lines += part(report)
     return "\n".join(lines)

@@ -29,13 +29,11 @@ import traceback
 import numpy as np
 
 from .cli import add_layer_arguments, list_layers, parse_pair, spec_from_args
-from .conv import distributed_conv2d
-from .data import random_layer_data
+from .conv import distributed_conv2d, shared_plan
 from .errors import ParconvError, ParconvRuntimeError
 from .mpi.agree import collectively
-from .mpi.hdf5 import read_layer_meta, read_owned_blocks, write_output
+from .mpi.hdf5 import FileLayer, read_layer_meta, read_owned_blocks, write_output
 from .nodes import get_kernel
-from .plan import make_plan
 from .provenance import git_revision
 from .report import human_bytes, summary_table, write_json
 
@@ -132,7 +130,18 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     data.add_argument("--report", metavar="FILE.json", help="write the JSON run report "
                       "(default: not written)")
     data.add_argument("--check", action="store_true",
-                      help="compare with a serial reference on rank 0; mismatch = exit 1")
+                      help="every rank recomputes its own output piece with the serial kernel "
+                           "from the data (seeded or the input file) and the ranks agree on the "
+                           "largest error; nothing is gathered; mismatch = exit 1")
+    data.add_argument("--gather", action="store_true",
+                      help="also assemble the whole output on rank 0 (counted phase 'gather'; "
+                           "default: the output stays distributed)")
+    data.add_argument("--repeat", type=int, default=1, metavar="N",
+                      help="run the layer N times on the same planned exchanges and report the "
+                           "median time per phase (default 1)")
+    data.add_argument("--no-overlap", action="store_true",
+                      help="run every exchange to completion before the kernel (default: halos "
+                           "travel while the kernel computes the interior of the block)")
     data.add_argument("--seed", type=int, default=0,
                       help="seed of the random data, >= 0 (default 0)")
     data.add_argument("--quiet", action="store_true",
@@ -197,7 +206,10 @@ def build_spec(args, meta=None):
 # ---- helpers of the run ------------------------------------------------------------------------
 
 def _check_writable(comm, paths: dict) -> None:
-    """Rank 0 checks that each output path can be created; the verdict is broadcast.  Collective."""
+    """Rank 0 checks that each output path can be created; the verdict is broadcast.  Collective
+    (nothing to do, and no communication, when no path is given: the same on every rank)."""
+    if all(path is None for path in paths.values()):
+        return
     problem = None
     if comm.Get_rank() == 0:
         for flag, path in paths.items():
@@ -240,15 +252,6 @@ def _node_kernel(name: str, rank: int):
     return kernel
 
 
-def _random_data(comm, spec, seed: int) -> dict:
-    """Seeded random input, weight and bias on rank 0 (None elsewhere).  Collective over `comm`."""
-    data = {"x": None, "w": None, "bias": None}
-    with collectively(comm):
-        if comm.Get_rank() == 0:
-            data["x"], data["w"], data["bias"] = random_layer_data(spec, seed)
-    return data
-
-
 def _plan_line(plan) -> str:
     bound, ratio = plan.bound, plan.ratio_to_bound
     ratio_text = "n/a (bound 0)" if ratio is None else f"{ratio:.3f}"
@@ -263,21 +266,27 @@ def _execute(comm, args, argv, say) -> int:
     started = time.perf_counter()
     if args.seed < 0:
         raise ParconvError(f"--seed must be >= 0, got {args.seed}")
+    if args.repeat < 1:
+        raise ParconvError(f"--repeat must be >= 1, got {args.repeat}")
     meta = read_layer_meta(comm, args.input) if args.input else None
     spec = build_spec(args, meta)
     _check_writable(comm, {"--output": args.output, "--report": args.report})
     say(f"layer: {spec.describe()}")
-    plan = make_plan(spec, size, memory=args.memory, grid=args.grid)
+    plan = shared_plan(comm, spec, memory=args.memory, grid=args.grid, node=args.node)
     say(_plan_line(plan))
     kernel = _node_kernel(args.node, rank)
     if args.input:
         say(f"reading {args.input} (every rank its own blocks)")
-        data = {"blocks": read_owned_blocks(comm, args.input, plan)}
+        data = {"blocks": read_owned_blocks(comm, args.input, plan),
+                "source": FileLayer(args.input, spec) if args.check else None}
     else:
-        data = _random_data(comm, spec, args.seed)
+        data = {"seed": args.seed}   # every rank makes its own pieces: nothing is scattered
     say(f"running on {size} rank{'s' if size > 1 else ''}, node kernel {args.node}"
+        + (f", {args.repeat} times" if args.repeat > 1 else "")
         + (", then checking against the serial reference" if args.check else ""))
-    result = distributed_conv2d(comm, spec, plan=plan, node=kernel, check=args.check, **data)
+    result = distributed_conv2d(comm, spec, plan=plan, node=kernel, check=args.check,
+                                gather=args.gather, repeat=args.repeat,
+                                overlap=not args.no_overlap, **data)
     report = result.report
     check = report.get("check") or {}
     if args.check and not check.get("ok"):  # the engine raises first; this guards its contract

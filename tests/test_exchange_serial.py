@@ -1,4 +1,5 @@
-"""Serial checks of the engine's pure helpers: piece boxes, report totals, tolerances, verdicts.
+"""Serial checks of the engine's pure helpers: piece boxes, report totals, tolerances, verdicts,
+seeded data and output regions.
 
 The engine itself runs under MPI (tests/mpi/test_conv_mpi.py); these are the parts that need no
 communicator.
@@ -11,10 +12,13 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from parconv import audit
+from parconv.data import SeededLayer, generated_values, owned_pieces, random_layer_data
+from parconv.kernels import reference_conv2d
 from parconv.errors import ParconvRuntimeError
 from parconv.mpi import distribute
 from parconv.plan import make_plan
 from parconv.plan.blocks import read_boxes, write_boxes
+from parconv.regions import chunk_regions, interior_range, split_interior, sub_spec
 from parconv.spec import ConvSpec
 
 SPEC = ConvSpec(batch=2, in_channels=3, out_channels=5, in_size=(9, 7), kernel_size=3,
@@ -90,3 +94,70 @@ def test_tolerance_is_zero_for_integers_and_scaled_for_floats():
     spec = SPEC.replace(dtype_in="float32", dtype_acc="float32", dtype_out="float32")
     assert audit.tolerance(spec, np.array([2.0, -4.0], np.float32)) == \
         pytest.approx(1e-5 * np.sqrt(3 * 3 * 3) * 4.0)
+
+
+# ---- seeded data and output regions (pure parts of the engine without a root) ---------------
+
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 8), st.integers(0, 1000), st.sampled_from(["int8", "float32"]))
+def test_seeded_pieces_are_the_same_for_every_P(P, seed, dtype):
+    """Every rank's seeded pieces equal the whole seeded arrays cut at its boxes."""
+    spec = SPEC.replace(dtype_in=dtype, dtype_weight=dtype,
+                        dtype_acc="int32" if dtype == "int8" else dtype,
+                        dtype_out="int32" if dtype == "int8" else dtype)
+    x, w, bias = random_layer_data(spec, seed)
+    plan = make_plan(spec, P)
+    for rank in range(plan.active):
+        local = plan.schedule(rank)
+        pieces = owned_pieces(SeededLayer(spec, seed), spec, local)
+        np.testing.assert_array_equal(pieces[0], read_boxes(x, local.input_piece_boxes()))
+        np.testing.assert_array_equal(pieces[1], read_boxes(w, local.filter_piece_boxes()))
+        bias_range = local.bias_piece_range()
+        if bias_range is not None:
+            np.testing.assert_array_equal(pieces[2], bias[slice(*bias_range)])
+
+
+def test_seeded_values_ranges_and_seeds():
+    x, w, bias = random_layer_data(SPEC, 0)
+    assert x.dtype == np.int8 and bias.dtype == np.int32
+    assert x.min() < -100 and x.max() > 100 and abs(bias).max() < 2 ** 15
+    assert not np.array_equal(x, random_layer_data(SPEC, 1)[0])
+    floats = SPEC.replace(dtype_in="float64", dtype_weight="float64", dtype_acc="float64",
+                          dtype_out="float64", batch=40)
+    values = generated_values(floats, "input", [((0, 40), (0, 3), (0, 9), (0, 7))], 5)
+    assert abs(values.mean()) < 0.05 and abs(values.std() - 1) < 0.05
+
+
+@pytest.mark.parametrize("spec", [
+    SPEC, SPEC.replace(stride=(2, 3), kernel_size=(3, 5), padding=(1, 2), in_size=(11, 10)),
+    SPEC.replace(dilation=(2, 1), padding=(2, 0), in_size=(13, 8)),
+    SPEC.replace(kernel_size=(3, 3), stride=(3, 3), padding=(2, 2), in_size=(5, 6))])
+@pytest.mark.parametrize("budget", [1, 1 << 30])
+def test_regions_tile_the_block_and_reproduce_the_kernel(spec, budget):
+    """Interior + boundary chunks cover every output position once, and the kernel on each
+    chunk's sub-spec reproduces the whole layer."""
+    spec = spec.replace(bias=False)
+    x, w, _ = random_layer_data(spec, 2)
+    full = reference_conv2d(spec, x, w)
+    (H_in, W_in), (H, W) = spec.in_size, spec.out_size
+    own = (2, H_in - 3), (1, W_in - 2)
+    rows_in = interior_range(spec, 0, (0, H), own[0])
+    cols_in = interior_range(spec, 1, (0, W), own[1])
+    inner, outer = split_interior((spec.batch, H, W), rows_in, cols_in)
+    chunks = chunk_regions(inner + outer, spec, (spec.in_channels, spec.out_channels), 8, budget)
+    rebuilt, seen = np.zeros_like(full), np.zeros(full.shape, int)
+    for n0, n1, h0, h1, w0, w1 in chunks:
+        seen[n0:n1, :, h0:h1, w0:w1] += 1
+        local, rows, cols = sub_spec(spec, n1 - n0, (spec.in_channels, spec.out_channels),
+                                     (h0, h1), (w0, w1), "chunk")
+        if local is not None:
+            rebuilt[n0:n1, :, h0:h1, w0:w1] = reference_conv2d(
+                local, x[n0:n1, :, rows[0]:rows[1], cols[0]:cols[1]], w)
+    assert (seen == 1).all()
+    np.testing.assert_array_equal(rebuilt, full)
+    for region in inner:   # the interior reads only the owned rows and columns
+        local, rows, cols = sub_spec(spec, 1, (1, 1), region[2:4], region[4:6], "i")
+        assert local is None or (own[0][0] <= rows[0] and rows[1] <= own[0][1]
+                                 and own[1][0] <= cols[0] and cols[1] <= own[1][1])

@@ -52,6 +52,12 @@ class ByteCounters:
         return {phase: {"sent": self._sent[phase], "received": self._received[phase],
                         "messages": len(self._destinations[phase])} for phase in self._sent}
 
+    def take(self) -> dict[str, dict[str, int]]:
+        """`counters` of everything recorded so far, and start afresh (one repeat of a layer)."""
+        table = self.counters()
+        self._sent, self._received, self._destinations = {}, {}, {}
+        return table
+
     def get(self, phase: str) -> dict[str, int]:
         """The counts of one phase, zeros when nothing was recorded in it."""
         return self.counters().get(phase, {"sent": 0, "received": 0, "messages": 0})
@@ -126,6 +132,45 @@ class CountedComm:
         dest = self._others(np.full(self.size, mine > 0))
         self.counters.record(phase, mine * item * (self.size - 1),
                              (int(counts.sum()) - mine) * item, dest)
+
+    def Iallgatherv_inplace(self, recvbuf: np.ndarray, counts, displs, phase: str):
+        """Non-blocking `Allgatherv` whose own piece is already in place: ``recvbuf[displs[i]:
+        displs[i] + counts[i]]`` of member i travels to every member.
+
+        Collective over this communicator; returns the request (wait before reading
+        ``recvbuf``).  Counted when started, by the rule of `Allgatherv`; ``counts`` and
+        ``displs`` are int arrays made once by the caller (checked here on each call: cheap)."""
+        recv = _flat(recvbuf, "Iallgatherv recvbuf")
+        mine = int(counts[self.rank])
+        request = self.comm.Iallgatherv(MPI.IN_PLACE, [recv, (counts, displs)])
+        item = recv.itemsize
+        self.counters.record(phase, mine * item * (self.size - 1),
+                             (int(counts.sum()) - mine) * item,
+                             self.parent_ranks[np.arange(self.size) != self.rank]
+                             if mine > 0 else ())
+        return request
+
+    def Ialltoallv(self, sendbuf: np.ndarray, sendcounts, sdispls, recvbuf: np.ndarray,
+                   recvcounts, rdispls, phase: str):
+        """Non-blocking `Alltoallv` with the caller's counts and displacements (made once).
+
+        Collective over this communicator; returns the request.  Counted when started, by the
+        rule of `Alltoallv`."""
+        send, recv = _flat(sendbuf, "Ialltoallv sendbuf"), _flat(recvbuf, "Ialltoallv recvbuf")
+        request = self.comm.Ialltoallv([send, (sendcounts, sdispls)],
+                                       [recv, (recvcounts, rdispls)])
+        me = self.rank
+        self.counters.record(phase, (int(sendcounts.sum()) - int(sendcounts[me])) * send.itemsize,
+                             (int(recvcounts.sum()) - int(recvcounts[me])) * recv.itemsize,
+                             self._others(sendcounts > 0))
+        return request
+
+    def persistent_exchange(self, sends: dict, recvs: dict, tag: int = 0) -> "PlannedExchange":
+        """Persistent point-to-point requests for sending ``sends[peer]`` and receiving into
+        ``recvs[peer]`` (buffers owned by the caller and reused on every start).  Local (no
+        communication until `PlannedExchange.start`); empty buffers and self entries are
+        skipped."""
+        return PlannedExchange(self, sends, recvs, tag)
 
     def Alltoallv(self, sendbuf: np.ndarray, sendcounts, recvbuf: np.ndarray, recvcounts,
                   phase: str) -> None:
@@ -213,3 +258,51 @@ class CountedComm:
                 dest.append(self.parent_ranks[peer])
         MPI.Request.Waitall(requests)
         self.counters.record(phase, sent, received, dest)
+
+
+class PlannedExchange:
+    """Persistent send and receive requests of one point-to-point exchange, made once.
+
+    `start` starts them all (counted like `CountedComm.exchange`), `wait` completes them,
+    `test` reports completion without blocking; `free` releases the requests.  Collective over
+    the ranks named on both sides.  Context manager.
+    """
+
+    def __init__(self, comm: CountedComm, sends: dict, recvs: dict, tag: int) -> None:
+        self.comm = comm
+        self.requests = []
+        self.sent = self.received = 0
+        self.destinations = []
+        for peer, buf in sorted(recvs.items()):
+            buf = _flat(buf, "exchange receive buffer")
+            if buf.size and peer != comm.rank:
+                self.requests.append(comm.comm.Recv_init(buf, source=peer, tag=tag))
+                self.received += buf.size * buf.itemsize
+        for peer, buf in sorted(sends.items()):
+            buf = _flat(buf, "exchange send buffer")
+            if buf.size and peer != comm.rank:
+                self.requests.append(comm.comm.Send_init(buf, dest=peer, tag=tag))
+                self.sent += buf.size * buf.itemsize
+                self.destinations.append(int(comm.parent_ranks[peer]))
+
+    def start(self, phase: str) -> None:
+        if self.requests:
+            MPI.Prequest.Startall(self.requests)
+        self.comm.counters.record(phase, self.sent, self.received, self.destinations)
+
+    def test(self) -> bool:
+        return bool(MPI.Request.Testall(self.requests)) if self.requests else True
+
+    def wait(self) -> None:
+        if self.requests:
+            MPI.Request.Waitall(self.requests)
+
+    def free(self) -> None:
+        while self.requests:
+            self.requests.pop().Free()
+
+    def __enter__(self) -> "PlannedExchange":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.free()

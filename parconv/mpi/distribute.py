@@ -2,6 +2,9 @@
 
 `OwnedBlocks` is what one rank owns at the start.  `scatter_owned` hands every rank its pieces from
 global arrays on a root, `gather_owned` and `gather_output` assemble global arrays on a root.
+They run only when the caller holds global arrays on the root or asks for the whole output
+(``gather``); by default every rank reads or makes its own pieces (parconv.data) and nothing is
+scattered or gathered.  The root's loops over all ranks here are O(P) by nature.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def _unpack(raw: np.ndarray, parts) -> list[np.ndarray]:
     return out
 
 
-def scatter_owned(grid, x, w, bias, root: int) -> list[np.ndarray] | None:
+def scatter_owned(grid, plan, x, w, bias, root: int) -> list[np.ndarray] | None:
     """Hand every active rank its owned input, filter and bias pieces from the root's arrays.
 
     Collective over ``grid.world`` (phase "scatter").  The root holds the global ``x`` (N, C, H_in,
@@ -73,7 +76,6 @@ def scatter_owned(grid, x, w, bias, root: int) -> list[np.ndarray] | None:
     on idle ranks.  Example: 2 ranks on grid 1x2x1x1x1 of a layer with C = K = 2: rank 1 receives
     half of In (flat order of the whole input block) and half of its filter block F[1, :, :, :].
     """
-    plan = grid.plan
     sendbuf, counts = None, None
     if grid.world.rank == root:
         raw = [_as_bytes([read_boxes(array, boxes) for array, (_, boxes) in
@@ -88,13 +90,13 @@ def scatter_owned(grid, x, w, bias, root: int) -> list[np.ndarray] | None:
     return _unpack(received, parts) if parts else None
 
 
-def gather_owned(grid, pieces, root: int, phase: str = "check"):
+def gather_owned(grid, plan, pieces, root: int, phase: str = "check"):
     """The inverse of `scatter_owned`: assemble the global ``x``, ``w``, ``bias`` on the root.
 
     Collective over ``grid.world``.  ``pieces`` is this rank's [input, filter, bias] flat pieces
     (ignored on idle ranks).  Returns ``(x, w, bias or None)`` on the root, None elsewhere.
     """
-    plan, spec = grid.plan, grid.plan.spec
+    spec = plan.spec
     parts = _owned_parts(plan, grid.world.rank)
     mine = _as_bytes([np.asarray(p if p is not None else [], dtype=dtype)
                       for p, (dtype, _) in zip(pieces or [], parts)])
@@ -118,7 +120,7 @@ def gather_owned(grid, pieces, root: int, phase: str = "check"):
     return x, w, b
 
 
-def gather_output(grid, piece: np.ndarray | None, root: int) -> np.ndarray | None:
+def gather_output(grid, plan, piece: np.ndarray | None, root: int) -> np.ndarray | None:
     """Assemble the global output (N, K, H, W) on the root from every rank's owned piece.
 
     Collective over ``grid.world`` (phase "gather").  ``piece`` is this rank's flat output piece
@@ -126,7 +128,7 @@ def gather_output(grid, piece: np.ndarray | None, root: int) -> np.ndarray | Non
     P_C = 2, rank c=0 owns the first half of the flat block (a, b, d, e), rank c=1 the second;
     the root writes both halves into Out[n block, k block, h block, w block].
     """
-    plan, spec = grid.plan, grid.plan.spec
+    spec = plan.spec
     mine = np.zeros(0, dtype=spec.dtype_out) if piece is None else \
         np.ascontiguousarray(piece, dtype=spec.dtype_out).reshape(-1)
     counts, out = None, None

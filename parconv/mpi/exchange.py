@@ -1,189 +1,354 @@
-"""The exchanges of the grid algorithm (theory.md section 5) on a `ProcGrid`.
+"""The exchanges of the grid algorithm (theory.md section 5), planned once per rank and layer.
 
-Each function is collective over one group communicator of the grid and takes this rank's
-`RankSchedule` (parconv.plan) for the block geometry; the byte counts come from the buffers handed to
-MPI (parconv.mpi.comm), the plan only says which elements go where.
+`LayerExchange` is built once from (ProcGrid, RankSchedule, LayerTypes), the way mpi4py-fft
+builds a ``Transfer``: counts, displacements, index slices, every send and receive buffer, the
+work buffer, the partial output and the persistent halo requests are made at construction and
+reused by every run of the layer, which allocates no new buffer.  Each phase is started without
+blocking and finished (waited for and unpacked) later, so the engine can compute while it moves:
 
-    allgather_filter   (1) filter block F[k, c] over the N-H-W group        phase "filter"
-    allgather_bias     (1) bias block bias[k] over the N-H-W group (c == 0)  phase "bias"
-    allgather_input    (2) touched elements of In[n, c, own rows, own cols]
-                           over the K group, into the local work buffer      phase "input"
-    exchange_halos     (3) rows along H, then columns along W               "halo_h", "halo_w"
-    reduce_scatter_output (5) partial sums over the C group                 phase "reduce"
+    "filter"  (1) filter block F[k, c] over the N-H-W group          Iallgatherv, in place
+    "bias"    (1) bias block over the N-H-W group (c == 0)           Iallgatherv, in place
+    "input"   (2) touched elements of In[n, c, own rows, own cols]
+                  over the K group, into the work buffer             Iallgatherv, in place
+    "halo_h"  (3) rows along H (after "input")                       persistent Isend/Irecv
+    "halo_w"  (3) columns along W over all needed rows (after
+                  "halo_h", so corners travel in two hops)           persistent Isend/Irecv
+    "reduce"  (5) partial sums over the C group, in segments of       one Ialltoallv per
+                  whole images started as soon as they are computed  segment, then a sum
+
+Bytes are counted from the buffers handed to MPI (parconv.mpi.comm) when a phase starts.  The
+object owns MPI requests: `free` releases them (context manager); the ProcGrid owns the
+communicators.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
 from ..errors import ParconvRuntimeError
 from ..plan.blocks import count_masked
 
+PHASE_ORDER = ("filter", "bias", "input", "halo_h", "halo_w", "reduce")
+#: the reduction is cut into at most this many segments of whole images of the output block; the
+#: bytes are the same and so are the destinations (a message count is per distinct peer)
+REDUCE_SEGMENTS = 4
 
-def _piece_sizes(pieces) -> np.ndarray:
+
+@dataclasses.dataclass(frozen=True)
+class LayerTypes:
+    """Element types of one layer: input, weight, accumulator (bias, partial sums), output."""
+
+    input: np.dtype
+    weight: np.dtype
+    acc: np.dtype
+    out: np.dtype
+
+    @classmethod
+    def of(cls, spec) -> "LayerTypes":
+        return cls(*(np.dtype(t) for t in (spec.dtype_in, spec.dtype_weight, spec.dtype_acc,
+                                           spec.dtype_out)))
+
+
+def _displacements(counts: np.ndarray) -> np.ndarray:
+    return np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+
+
+def _sizes(pieces) -> np.ndarray:
     return np.array([hi - lo for lo, hi in pieces], dtype=np.int64)
 
 
-def _checked_piece(piece, pieces, index: int, dtype, what: str) -> np.ndarray:
-    piece = np.ascontiguousarray(piece, dtype=dtype).reshape(-1)
-    lo, hi = pieces[index]
-    if piece.size != hi - lo:
-        raise ParconvRuntimeError(f"{what} piece has {piece.size} elements, the plan gives "
-                                  f"member {index} the flat range [{lo}, {hi})")
-    return piece
+def _index(positions) -> slice | np.ndarray:
+    """A slice for evenly spaced positions (views, no copies), else the index array."""
+    positions = np.asarray(positions, dtype=np.int64)
+    if positions.size == 0:
+        return slice(0, 0)
+    if positions.size == 1:
+        return slice(int(positions[0]), int(positions[0]) + 1)
+    steps = np.diff(positions)
+    if steps[0] > 0 and (steps == steps[0]).all():
+        return slice(int(positions[0]), int(positions[-1]) + 1, int(steps[0]))
+    return positions
 
 
-def _allgather_block(group, pieces, piece, shape, dtype, phase: str, what: str) -> np.ndarray:
-    counts = _piece_sizes(pieces)
-    mine = _checked_piece(piece, pieces, group.rank, dtype, what)
-    block = np.empty(int(counts.sum()), dtype=dtype)
-    group.Allgatherv(mine, block, counts, phase)
-    return block.reshape(shape)
+def _region(rows, cols):
+    """The index of rows x cols of a (n, c, rows, cols) buffer (outer product for two arrays)."""
+    if isinstance(rows, np.ndarray) and isinstance(cols, np.ndarray):
+        return (slice(None), slice(None), rows[:, None], cols[None, :])
+    return (slice(None), slice(None), rows, cols)
 
 
-def allgather_filter(grid, local, piece: np.ndarray) -> np.ndarray:
-    """Assemble the filter block F[k, c, :, :] from the pieces of the N-H-W group.
+def _length(index, extent: int) -> int:
+    return len(range(*index.indices(extent))) if isinstance(index, slice) else index.size
 
-    Collective over ``grid.filter``.  Member ``q = (a P_H + d) P_W + e`` brings flat piece
-    ``local.filter_pieces[q]`` (C order) of the (nK, nC, R, S) block.  Example: a 2-rank group
-    sharing a block of 5 elements; rank q=0 holds [f0, f1, f2], q=1 holds [f3, f4]; afterwards both
-    hold the whole block [f0 .. f4] reshaped to (nK, nC, R, S).
+
+class _Gather:
+    """One in-place Iallgatherv: this member's piece is copied into its slot, then sent."""
+
+    def __init__(self, comm, counts: np.ndarray, dtype, phase: str) -> None:
+        self.comm, self.phase, self.counts = comm, phase, counts
+        self.displs = _displacements(counts)
+        self.buffer = np.empty(int(counts.sum()), dtype=dtype)
+        lo = int(self.displs[comm.rank])
+        self.slot = self.buffer[lo:lo + int(counts[comm.rank])]
+        self.request = None
+
+    def start(self):
+        self.request = self.comm.Iallgatherv_inplace(self.buffer, self.counts, self.displs,
+                                                     self.phase)
+
+    def test(self) -> bool:
+        return self.request is None or bool(self.request.Test())
+
+    def wait(self) -> None:
+        if self.request is not None:
+            self.request.Wait()
+            self.request = None
+
+
+class LayerExchange:
+    """Every exchange of one rank for one layer, with its buffers, made once.  Collective use.
+
+    Construction and `free` are local.  Each ``start_*`` / ``finish_*`` pair is collective over
+    the phase's group communicator (start on every member, finish on every member).
+
+    Attributes (reused by every run)
+    ---------------------------------
+    filters : (nK, nC, R, S) filter block after ``finish("filter")``
+    bias : (nK,) bias block after ``finish("bias")`` (None where the rank has no bias block)
+    buffer : (nN, nC, rows_buf, cols_buf) input work buffer: own block after "input", halos after
+        "halo_h" / "halo_w", zeros where nothing is read
+    partial : (nN, nK, nH, nW) partial output the kernel writes (dtype_acc)
+    output : flat owned output piece (dtype_out) after ``finish("reduce")``
     """
-    spec = grid.plan.spec
-    return _allgather_block(grid.filter, local.filter_pieces, piece, local.filter_block,
-                            spec.dtype_weight, "filter", "filter")
 
+    def __init__(self, grid, local, types: LayerTypes) -> None:
+        self.local, self.types = local, types
+        self._halos = []
+        me_k = grid.k.rank
+        self._filter = _Gather(grid.filter, _sizes(local.filter_pieces), types.weight, "filter")
+        self._bias = (None if local.bias_pieces is None else
+                      _Gather(grid.filter, _sizes(local.bias_pieces), types.acc, "bias"))
+        self.filters = self._filter.buffer.reshape(local.filter_block)
+        self.bias = None if self._bias is None else self._bias.buffer
+        # (2) input: only touched rows x touched columns travel, so the packed elements of the
+        # whole block are the dense array block[:, :, touched rows][..., touched cols]
+        rt, ct = np.asarray(local.rows_touched_own, bool), np.asarray(local.cols_touched_own, bool)
+        starts, stops = (np.array(v, dtype=np.int64) for v in zip(*local.input_pieces))
+        self._input = _Gather(grid.k, count_masked(rt, ct, starts, stops), types.input, "input")
+        lo, hi = local.input_pieces[me_k]
+        self._piece_size = hi - lo
+        self._pack_mask = None
+        if not (rt.all() and ct.all()):
+            plane = np.outer(rt, ct).reshape(-1)
+            first, last = (lo // plane.size, -(-hi // plane.size)) if plane.size else (0, 0)
+            self._pack_mask = np.tile(plane, last - first)[lo - first * plane.size:
+                                                           hi - first * plane.size]
+        nN, nC = local.input_block[:2]
+        rows0, cols0 = local.rows_buf[0], local.cols_buf[0]
+        self.buffer = np.zeros((nN, nC, local.rows_buf[1] - rows0, local.cols_buf[1] - cols0),
+                               dtype=types.input)
+        own_rows = local.rows_own[0] + np.flatnonzero(rt)
+        own_cols = local.cols_own[0] + np.flatnonzero(ct)
+        self._own = _region(_index(own_rows - rows0), _index(own_cols - cols0))
+        self._own_shape = (nN, nC, own_rows.size, own_cols.size)
+        # (3) halos: one persistent request per peer and direction, buffers per peer
+        self._halo = {
+            "halo_h": self._plan_halo(grid.h, local.halo_h, own_cols - cols0, 0, rows0, tag=1),
+            "halo_w": self._plan_halo(grid.w, local.halo_w,
+                                      np.asarray(local.rows_needed, np.int64) - rows0, 1, cols0,
+                                      tag=2)}
+        # (5) reduce-scatter of the partial sums over the C group
+        self.partial = np.zeros(local.output_block, dtype=types.acc)
+        self._c = grid.c
+        sizes = _sizes(local.output_pieces)
+        mine = int(sizes[grid.c.rank])
+        self.segments, self._segment_counts = self._plan_segments(local, grid.c.rank)
+        self._reduce_requests = []
+        flat = self.partial.reshape(-1)
+        if grid.c.size == 1:
+            self._received = None
+            self.output = flat if types.out == types.acc else np.empty(mine, types.out)
+        else:
+            self._received = np.empty(mine * grid.c.size, dtype=types.acc)
+            self.output = np.empty(mine, dtype=types.out)
+            self._sum = self.output if types.out == types.acc else np.empty(mine, types.acc)
 
-def allgather_bias(grid, local, piece: np.ndarray) -> np.ndarray | None:
-    """Assemble the bias block bias[k] on the ranks of channel block c == 0.
+    @staticmethod
+    def _plan_segments(local, me: int):
+        """Image ranges of the reduce segments (the same on every member of the C group: they
+        depend on the output block only) and each segment's Ialltoallv counts and
+        displacements into the flat partial block and the (P_C, mine) receive buffer."""
+        nN = local.output_block[0]
+        per_image = int(np.prod(local.output_block[1:]))
+        parts = max(1, min(nN, REDUCE_SEGMENTS))
+        bounds = [nN * i // parts for i in range(parts + 1)]
+        lo_piece = np.array([lo for lo, _ in local.output_pieces], dtype=np.int64)
+        hi_piece = np.array([hi for _, hi in local.output_pieces], dtype=np.int64)
+        my_lo, my_hi = local.output_pieces[me]
+        segments, counts = [], []
+        for i0, i1 in zip(bounds[:-1], bounds[1:]):
+            lo, hi = i0 * per_image, i1 * per_image
+            start = np.maximum(lo_piece, lo)
+            send = np.maximum(np.minimum(hi_piece, hi) - start, 0)
+            recv_lo = max(lo, my_lo)
+            recv = max(0, min(hi, my_hi) - recv_lo)
+            peers = np.arange(len(local.output_pieces), dtype=np.int64)
+            counts.append((send, np.where(send > 0, start, 0),
+                           np.full(peers.size, recv, dtype=np.int64),
+                           peers * (my_hi - my_lo) + (recv_lo - my_lo if recv else 0)))
+            segments.append((i0, i1))
+        return segments, counts
 
-    Collective over ``grid.filter`` on ranks with ``local.bias_pieces`` (layers with bias,
-    c == 0: the whole N-H-W group qualifies or none of it); returns None elsewhere without
-    communicating.  Example: nK = 3 over a 2-rank group: q=0 holds [b0, b1], q=1 holds [b2];
-    afterwards both hold [b0, b1, b2] (dtype_acc).
-    """
-    if local.bias_pieces is None:
-        return None
-    spec = grid.plan.spec
-    return _allgather_block(grid.filter, local.bias_pieces, piece, (local.k[1] - local.k[0],),
-                            spec.dtype_acc, "bias", "bias")
+    def start_segment(self, index: int) -> None:
+        """Start the reduction of segment ``index`` (images ``segments[index]`` of the partial
+        block, bias already added).  Collective over the C group, in segment order."""
+        if self._received is None:
+            return
+        send, sdispls, recv, rdispls = self._segment_counts[index]
+        self._reduce_requests.append(self._c.Ialltoallv(
+            self.partial.reshape(-1), send, sdispls, self._received, recv, rdispls, "reduce"))
 
+    def _plan_halo(self, comm, schedule, fixed_local, axis: int, origin: int, tag: int) -> list:
+        """Per peer: (send index, send buffer, receive index, receive buffer); plus the
+        persistent requests.  ``fixed_local``: buffer positions of the other axis."""
+        fixed = _index(fixed_local)
+        nN, nC = self.buffer.shape[:2]
+        width = _length(fixed, self.buffer.shape[3 - axis])
+        entries, sends, recvs = [], {}, {}
+        for peer, (send_pos, recv_pos) in enumerate(schedule):
+            if peer == comm.rank:
+                continue
+            pair = []
+            for positions in (send_pos, recv_pos):
+                moving = _index(np.asarray(positions, np.int64) - origin)
+                count = _length(moving, self.buffer.shape[2 + axis])
+                shape = (nN, nC, count, width) if axis == 0 else (nN, nC, width, count)
+                index = _region(moving, fixed) if axis == 0 else _region(fixed, moving)
+                pair += [index, np.empty(shape, dtype=self.buffer.dtype)]
+            entries.append(pair)
+            sends[peer], recvs[peer] = pair[1], pair[3]
+        requests = comm.persistent_exchange(sends, recvs, tag=tag)
+        self._halos.append(requests)
+        return [entries, requests]
 
-def _touched_mask(local) -> np.ndarray:
-    """Flat mask over the input block: elements whose row and column the layer reads."""
-    plane = np.outer(local.rows_touched_own, local.cols_touched_own).reshape(-1)
-    nN, nC = local.input_block[:2]
-    return np.tile(plane, nN * nC)
+    # ---- starting and finishing phases ---------------------------------------------------------
+    def start(self, phase: str, piece=None) -> None:
+        """Start ``phase``; "filter", "bias" and "input" take this rank's owned flat piece."""
+        if phase in ("filter", "bias", "input"):
+            stage = {"filter": self._filter, "bias": self._bias, "input": self._input}[phase]
+            if stage is None:
+                return
+            self._place(stage, phase, piece)
+            stage.start()
+        elif phase in self._halo:
+            entries, requests = self._halo[phase]
+            for send_index, send, _, _ in entries:
+                if send.size:
+                    np.copyto(send, self.buffer[send_index])
+            requests.start(phase)
+        elif phase == "reduce":
+            for index in range(len(self._reduce_requests), len(self.segments)):
+                self.start_segment(index)
+        else:
+            raise ParconvRuntimeError(f"unknown exchange phase {phase!r}")
 
+    def _place(self, stage, phase: str, piece) -> None:
+        dtype = stage.buffer.dtype
+        piece = np.asarray(piece if piece is not None else np.zeros(0, dtype)).reshape(-1)
+        expected = self._piece_size if phase == "input" else stage.slot.size
+        if piece.size != expected:
+            raise ParconvRuntimeError(f"{phase} piece has {piece.size} elements, the plan gives "
+                                      f"this rank {expected}")
+        if phase == "input" and self._pack_mask is not None:
+            np.compress(self._pack_mask, piece, out=stage.slot)
+        else:
+            np.copyto(stage.slot, piece, casting="same_kind")
 
-def allgather_input(grid, local, piece: np.ndarray) -> np.ndarray:
-    """All-gather the touched elements of the input block into a fresh local work buffer.
+    def moves(self, phase: str) -> bool:
+        """Whether ``phase`` involves other ranks at all on this rank (else it is a local copy
+        or nothing, and is not timed)."""
+        if phase in ("filter", "bias", "input"):
+            stage = {"filter": self._filter, "bias": self._bias, "input": self._input}[phase]
+            return stage is not None and stage.comm.size > 1
+        if phase in self._halo:
+            return bool(self._halo[phase][1].requests)
+        return self._received is not None
 
-    Collective over ``grid.k``.  Member b brings flat piece ``local.input_pieces[b]`` of the block
-    In[n, c, rows_own, cols_own] (ALL its elements); only the elements whose row and column are
-    touched by the layer travel (packed in flat order), so untouched rows, e.g. the odd rows of a
-    1x1 stride-2 layer, never move.  Returns the (nN, nC, rows_buf, cols_buf) buffer with the block
-    in place, zeros elsewhere (halos arrive later) and in untouched positions.
+    def test(self, phase: str) -> bool:
+        """Whether ``phase`` has completed (drives MPI progress; never blocks)."""
+        if phase in ("filter", "bias", "input"):
+            stage = {"filter": self._filter, "bias": self._bias, "input": self._input}[phase]
+            return stage is None or stage.test()
+        if phase in self._halo:
+            return self._halo[phase][1].test()
+        return all(bool(r.Test()) for r in self._reduce_requests)
 
-    Example: P_K = 2, a 1 x 1 x 2 x 2 block [[x0, x1], [x2, x3]] whose row 1 is untouched; b=0
-    holds [x0, x1], b=1 holds [x2, x3].  b=0 sends [x0, x1], b=1 sends nothing; afterwards both
-    buffers hold [[x0, x1], [0, 0]] at the own rows and columns.
-    """
-    spec = grid.plan.spec
-    mine = _checked_piece(piece, local.input_pieces, grid.k.rank, spec.dtype_in, "input")
-    mask = _touched_mask(local)
-    starts, stops = (np.array(v, dtype=np.int64) for v in zip(*local.input_pieces))
-    counts = count_masked(local.rows_touched_own, local.cols_touched_own, starts, stops)
-    lo, hi = local.input_pieces[grid.k.rank]
-    packed = np.ascontiguousarray(mine[mask[lo:hi]])
-    received = np.empty(int(counts.sum()), dtype=spec.dtype_in)
-    grid.k.Allgatherv(packed, received, counts, "input")
-    block = np.zeros(mask.size, dtype=spec.dtype_in)
-    block[mask] = received
-    buffer = np.zeros((*local.input_block[:2], local.rows_buf[1] - local.rows_buf[0],
-                       local.cols_buf[1] - local.cols_buf[0]), dtype=spec.dtype_in)
-    rows = slice(local.rows_own[0] - local.rows_buf[0], local.rows_own[1] - local.rows_buf[0])
-    cols = slice(local.cols_own[0] - local.cols_buf[0], local.cols_own[1] - local.cols_buf[0])
-    buffer[:, :, rows, cols] = block.reshape(local.input_block)
-    return buffer
+    def finish(self, phase: str) -> None:
+        """Wait for ``phase`` and put what arrived in place."""
+        if phase in ("filter", "bias"):
+            stage = self._filter if phase == "filter" else self._bias
+            if stage is not None:
+                stage.wait()
+        elif phase == "input":
+            self._input.wait()
+            if self._input.buffer.size:
+                self.buffer[self._own] = self._input.buffer.reshape(self._own_shape)
+        elif phase in self._halo:
+            entries, requests = self._halo[phase]
+            requests.wait()
+            for _, _, recv_index, recv in entries:
+                if recv.size:
+                    self.buffer[recv_index] = recv
+        elif phase == "reduce":
+            if self._received is None:
+                if self.output.base is not self.partial:
+                    np.copyto(self.output, self.partial.reshape(-1), casting="unsafe")
+                return
+            while self._reduce_requests:
+                self._reduce_requests.pop(0).Wait()
+            np.sum(self._received.reshape(self._c.size, -1), axis=0, dtype=self.types.acc,
+                   out=self._sum)
+            if self._sum is not self.output:
+                np.copyto(self.output, self._sum, casting="unsafe")
 
+    # ---- bookkeeping ------------------------------------------------------------------------
+    def buffers(self) -> dict[str, np.ndarray]:
+        """Every buffer this object owns, by name (for memory figures and reuse tests)."""
+        out = {"filters": self._filter.buffer, "input_received": self._input.buffer,
+               "buffer": self.buffer, "partial": self.partial, "output": self.output}
+        if self._bias is not None:
+            out["bias"] = self._bias.buffer
+        if self._pack_mask is not None:
+            out["pack_mask"] = self._pack_mask
+        if self._received is not None:
+            out["reduce_received"] = self._received
+            if self._sum is not self.output:
+                out["reduce_sum"] = self._sum
+        for phase, (entries, _) in self._halo.items():
+            for i, (_, send, _, recv) in enumerate(entries):
+                out[f"{phase}_send_{i}"], out[f"{phase}_recv_{i}"] = send, recv
+        return out
 
-def _exchange_axis(group, buffer, schedule, fixed, axis: int, origin, phase: str) -> None:
-    """Move ``buffer`` entries along one spatial axis: to peer j the positions ``schedule[j][0]``
-    of that axis, from peer j the positions ``schedule[j][1]``, over positions ``fixed`` of the
-    other axis (all global indices; ``origin`` = global (row, col) of buffer[..., 0, 0])."""
-    fixed_local = np.asarray(fixed, dtype=np.int64) - origin[1 - axis]
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all buffers (views of another buffer count once)."""
+        seen, total = set(), 0
+        for array in self.buffers().values():
+            base = array if array.base is None else array.base
+            if id(base) not in seen:
+                seen.add(id(base))
+                total += base.nbytes
+        return total
 
-    def index(moving):
-        moving_local = np.asarray(moving, dtype=np.int64) - origin[axis]
-        if axis == 0:
-            return moving_local[:, None], fixed_local[None, :]
-        return fixed_local[:, None], moving_local[None, :]
+    def free(self) -> None:
+        """Release the persistent requests.  Local."""
+        while self._halos:
+            self._halos.pop().free()
 
-    sends, recvs = {}, {}
-    for peer, (send_pos, recv_pos) in enumerate(schedule):
-        if peer == group.rank:
-            continue
-        rows, cols = index(send_pos)
-        sends[peer] = np.ascontiguousarray(buffer[:, :, rows, cols])
-        rows, cols = index(recv_pos)
-        recvs[peer] = np.empty(buffer[:, :, rows, cols].shape, dtype=buffer.dtype)
-    group.exchange(sends, recvs, phase)
-    for peer, received in recvs.items():
-        rows, cols = index(schedule[peer][1])
-        buffer[:, :, rows, cols] = received
+    def __enter__(self) -> "LayerExchange":
+        return self
 
-
-def exchange_halos(grid, local, buffer: np.ndarray) -> None:
-    """Fill in the halo of the local work buffer: rows along H, then columns along W.
-
-    Collective over ``grid.h`` then ``grid.w``.  Along H, rank d sends to each peer d' the rows of
-    its own block that d' needs (``local.halo_h[d'][0]``) over its touched own columns; along W it
-    sends the columns e' needs (``local.halo_w[e'][0]``) over ALL the rows it needs, including the
-    rows just received, so corner elements travel in two hops.  Peers with an empty schedule
-    exchange nothing (border ranks, or blocks thinner than the halo where several owners serve
-    one row).
-
-    Example: 2 H blocks of a 3x3 stride-1 layer, rank d=0 owns rows [0, 3), d=1 owns [3, 6);
-    before, d=0's buffer holds rows 0..2, d=1's rows 3..5; d=0 sends row 2 and receives row 3,
-    d=1 the opposite, so afterwards d=0 holds rows 0..3 and d=1 rows 2..5.
-    """
-    exchange_halo_rows(grid, local, buffer)
-    exchange_halo_cols(grid, local, buffer)
-
-
-def exchange_halo_rows(grid, local, buffer: np.ndarray) -> None:
-    """The H step of `exchange_halos` (phase "halo_h").  Collective over ``grid.h``."""
-    own_cols = local.cols_own[0] + np.flatnonzero(local.cols_touched_own)
-    _exchange_axis(grid.h, buffer, local.halo_h, own_cols, 0,
-                   (local.rows_buf[0], local.cols_buf[0]), "halo_h")
-
-
-def exchange_halo_cols(grid, local, buffer: np.ndarray) -> None:
-    """The W step of `exchange_halos` (phase "halo_w"), after the H step.  Collective over
-    ``grid.w``."""
-    _exchange_axis(grid.w, buffer, local.halo_w, local.rows_needed, 1,
-                   (local.rows_buf[0], local.cols_buf[0]), "halo_w")
-
-
-def reduce_scatter_output(grid, local, partial: np.ndarray) -> np.ndarray:
-    """Sum the partial output blocks of the C group; each member keeps its flat piece.
-
-    Collective over ``grid.c``.  Member c sends flat piece ``local.output_pieces[j]`` of its
-    (nN, nK, nH, nW) partial block (dtype_acc) to member j and sums the P_C contributions to its
-    own piece (integers wrap around like the accumulator hardware).  Returns the flat piece.
-
-    Example: P_C = 2, blocks of 3 elements [p0, p1, p2] on c=0 and [q0, q1, q2] on c=1, pieces
-    [0, 2) and [2, 3); afterwards c=0 holds [p0 + q0, p1 + q1], c=1 holds [p2 + q2].
-    """
-    spec = grid.plan.spec
-    flat = np.ascontiguousarray(partial, dtype=spec.dtype_acc).reshape(-1)
-    expected = int(np.prod(local.output_block))
-    if flat.size != expected:
-        raise ParconvRuntimeError(f"partial output has {flat.size} elements, the output block "
-                                  f"{local.output_block} has {expected}")
-    sendcounts = _piece_sizes(local.output_pieces)
-    mine = int(sendcounts[grid.c.rank])
-    received = np.empty(mine * grid.c.size, dtype=spec.dtype_acc)
-    grid.c.Alltoallv(flat, sendcounts, received, np.full(grid.c.size, mine), "reduce")
-    return received.reshape(grid.c.size, mine).sum(axis=0, dtype=spec.dtype_acc)
+    def __exit__(self, *exc) -> None:
+        self.free()

@@ -181,6 +181,29 @@ def read_owned_blocks(comm, path: str, plan):
     return blocks
 
 
+class FileLayer:
+    """A data source (parconv.data) over a layer file: ``read(name, boxes)`` reads hyperslabs of
+    dataset ``input``, ``weight`` or ``bias``, converted to the layer's types.  Local; the file
+    is opened for each read (the check reads a few boxes per rank)."""
+
+    _DATASETS = {"input": "input", "weight": "weight", "bias": "bias"}
+
+    def __init__(self, path: str, spec) -> None:
+        self.path, self.spec = path, spec
+
+    def read(self, name: str, boxes) -> np.ndarray:
+        dtype = {"input": self.spec.dtype_in, "weight": self.spec.dtype_weight,
+                 "bias": self.spec.dtype_acc}[name]
+        with _open_for_reading(self.path) as handle:
+            _require(name in handle, self.path, f"missing dataset {name!r}")
+            dataset = handle[self._DATASETS[name]]
+            _checked_dtype(self.path, name, dataset.dtype, dtype)
+            return read_boxes(dataset, boxes, dtype)
+
+    def describe(self) -> str:
+        return f"file {self.path}"
+
+
 # ---- writing --------------------------------------------------------------------------------
 
 def temporary_name(path: str, pid: int | None = None) -> str:

@@ -1,9 +1,9 @@
 """The processor grid: the communicators of one grid over a given communicator.
 
-`ProcGrid` duplicates the communicator it is given, builds the Cartesian communicator of the
-plan's grid (``reorder=False``, so grid rank = rank) and the five sub-communicators of the grid
-algorithm, all counted into one `ByteCounters` table.  Idle ranks (``rank >= plan.active``) hold
-only the duplicate.
+`ProcGrid` duplicates the communicator it is given, builds the Cartesian communicator of a grid
+``dims`` = (P_N, P_K, P_C, P_H, P_W) (``reorder=False``, so grid rank = rank) and the five
+sub-communicators of the grid algorithm, all counted into one `ByteCounters` table.  It knows the
+grid, not the plan.  Idle ranks (``rank >= prod(dims)``) hold only the duplicate.
 """
 
 from __future__ import annotations
@@ -38,10 +38,18 @@ def _translate(sub, parent) -> np.ndarray:
     return np.asarray(ranks, dtype=np.int64)
 
 
-class ProcGrid:
-    """The grid of a plan on an MPI communicator: Cartesian communicator and group communicators.
+def _dims_tuple(dims) -> tuple[int, int, int, int, int]:
+    values = dims.as_tuple() if hasattr(dims, "as_tuple") else tuple(dims)
+    if len(values) != 5 or any(int(v) < 1 for v in values):
+        raise ParconvRuntimeError(f"a grid has five positive dimensions, got {values}")
+    return tuple(int(v) for v in values)
 
-    Collective over ``comm`` (construction and `free`).
+
+class ProcGrid:
+    """A processor grid on an MPI communicator: Cartesian communicator and group communicators.
+
+    Collective over ``comm`` (construction and `free`).  ``dims``: a GridDims or the 5-tuple
+    (P_N, P_K, P_C, P_H, P_W); its product may be below the communicator size (idle ranks).
 
     Attributes
     ----------
@@ -58,8 +66,9 @@ class ProcGrid:
         The one table all of them count into.
     """
 
-    def __init__(self, comm, plan) -> None:
-        self.plan = plan
+    def __init__(self, comm, dims) -> None:
+        self.dims = _dims_tuple(dims)
+        self.active_ranks = int(np.prod(self.dims))
         self.counters = ByteCounters()
         self._owned = []
         dup = comm.Dup()
@@ -77,17 +86,21 @@ class ProcGrid:
     def _build(self, dup) -> None:
         """Create the grid and its groups, agreeing over ``dup`` before every collective step so
         that a failed check on one rank cannot leave the others waiting."""
-        if dup.Get_size() != self.plan.ranks:   # the same on every rank: no agreement needed
-            raise ParconvRuntimeError(f"plan is for {self.plan.ranks} ranks but the "
-                                      f"communicator has {dup.Get_size()}")
-        cart = dup.Create_cart(list(self.plan.dims.as_tuple()), periods=[False] * 5,
-                               reorder=False)
+        if dup.Get_size() < self.active_ranks:   # the same on every rank: no agreement needed
+            raise ParconvRuntimeError(f"grid {'x'.join(map(str, self.dims))} needs "
+                                      f"{self.active_ranks} ranks but the communicator has "
+                                      f"{dup.Get_size()}")
+        cart = dup.Create_cart(list(self.dims), periods=[False] * 5, reorder=False)
         if cart != MPI.COMM_NULL:
             self._owned.append(cart)
             self.cart = cart
         agree(dup, self._check_coords())
         if self.cart is not None:
             self._make_groups(dup)
+
+    def coords(self, rank: int) -> tuple[int, int, int, int, int]:
+        """Grid coordinates (a, b, c, d, e) of an active rank (row-major over N, K, C, H, W)."""
+        return tuple(int(v) for v in np.unravel_index(rank, self.dims))
 
     @property
     def active(self) -> bool:
@@ -99,18 +112,18 @@ class ProcGrid:
         if self.cart is None:
             return None
         coords = tuple(int(v) for v in self.cart.Get_coords(self.cart.Get_rank()))
-        expected = tuple(int(v) for v in self.plan.coords(self.rank))
+        expected = self.coords(self.rank)
         if self.cart.Get_rank() != self.rank or coords != expected:
             return ParconvRuntimeError(
-                f"Cartesian rank {self.cart.Get_rank()} at {coords} but the plan puts rank "
+                f"Cartesian rank {self.cart.Get_rank()} at {coords} but the grid puts rank "
                 f"{self.rank} at {expected}")
         return None
 
     def _make_groups(self, dup) -> None:
-        (a, b, c, d, e), dims = self.plan.coords(self.rank), self.plan.dims
-        expected_index = {"filter": (a * dims.H + d) * dims.W + e, "k": b, "c": c, "h": d, "w": e}
+        (a, b, c, d, e), (_, _, _, PH, PW) = self.coords(self.rank), self.dims
+        expected_index = {"filter": (a * PH + d) * PW + e, "k": b, "c": c, "h": d, "w": e}
         for name, remain in GROUP_AXES.items():
-            members = int(np.prod([n for n, keep in zip(dims.as_tuple(), remain) if keep]))
+            members = int(np.prod([n for n, keep in zip(self.dims, remain) if keep]))
             # a group of one needs no collective creation (saves a context id per axis)
             sub = MPI.COMM_SELF.Dup() if members == 1 else self.cart.Sub(list(remain))
             self._owned.append(sub)

@@ -299,7 +299,7 @@ def test_proc_grid_matches_the_plan_and_frees():
     problems = []
     for dims in factorizations(comm.size, dimension_caps(spec)):
         plan = make_plan(spec, comm.size, grid=dims)
-        with ProcGrid(comm, plan) as grid:
+        with ProcGrid(comm, plan.dims) as grid:
             PN, PK, PC, PH, PW = dims
             sizes = (grid.filter.size, grid.k.size, grid.c.size, grid.h.size, grid.w.size)
             if sizes != (PN * PH * PW, PK, PC, PH, PW) or not grid.active:
