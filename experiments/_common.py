@@ -95,7 +95,7 @@ def provenance(argv: list[str], mpirun: str) -> dict:
             "git_dirty": bool(status) if status is not None else None,
             "hostname": socket.gethostname(), "cores": os.cpu_count(),
             "platform": platform.platform(), "python": platform.python_version(),
-            "mpi_library": mpi.splitlines()[0] if mpi else None, "mpirun": mpirun,
+            "mpi_library": " ".join(mpi.splitlines()[0].split()) if mpi else None, "mpirun": mpirun,
             "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
@@ -416,3 +416,60 @@ def progress(items, desc: str):
     from tqdm import tqdm
     return tqdm(items, desc=desc, file=sys.stderr, leave=False,
                 disable=os.environ.get("PARCONV_NO_PROGRESS") == "1")
+
+
+# ---- the README's generated sections ------------------------------------------------------------
+
+README = os.path.join(HERE, "README.md")
+
+
+def _stats(values: list[float]) -> str:
+    if not values:
+        return "-"
+    values = sorted(values)
+    return f"{values[0]:.2f} / {values[len(values) // 2]:.2f} / {values[-1]:.2f}"
+
+
+def headline_summary(lines: list[dict], ranks=(64, 512, 4096)) -> str:
+    """Min / median / max over all layers of both headline factors, per P."""
+    text = ("| P | layers | best peer on all P ranks: min / median / max (layers where one "
+            "exists) | best peer, idle ranks allowed: min / median / max |\n|---|---|---|---|\n")
+    for P in ranks:
+        same = [l[f"P{P}_factor"] for l in lines if l.get(f"P{P}_factor") is not None]
+        idle = [l[f"P{P}_idle_factor"] for l in lines if l.get(f"P{P}_idle_factor") is not None]
+        text += f"| {P} | {len(lines)} | {_stats(same)} ({len(same)}) | {_stats(idle)} |\n"
+    return text
+
+
+def human_bytes(v) -> str:
+    if v is None:
+        return "-"
+    v = float(v)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if v < 1024 or unit == "TiB":
+            return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
+        v /= 1024
+    return f"{v:.1f} TiB"  # pragma: no cover
+
+
+def provenance_line(meta: dict) -> str:
+    return (f"Recorded at git revision `{(meta['git_revision'] or '?')[:12]}` on "
+            f"`{meta['hostname']}` ({meta['cores']} cores, {meta['mpi_library']}), "
+            f"{meta['started_utc']}.")
+
+
+def update_readme(args, section: str, text: str) -> bool:
+    """Replace the text between ``<!-- begin SECTION -->`` and ``<!-- end SECTION -->`` in
+    experiments/README.md, only for a full run into the default folder (so the README always
+    shows the recorded results).  Returns whether it did."""
+    if args.quick or args.out or not os.path.exists(README):
+        return False
+    with open(README, encoding="utf-8") as fh:
+        readme = fh.read()
+    begin, end = f"<!-- begin {section} -->", f"<!-- end {section} -->"
+    if begin not in readme or end not in readme:
+        return False
+    head, rest = readme.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    write_text(README, f"{head}{begin}\n{text.rstrip()}\n{end}{tail}")
+    return True

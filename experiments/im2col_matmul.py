@@ -131,6 +131,26 @@ def plot(out: str, rows: list[dict], layers: list[str]) -> list[str]:
     return files
 
 
+def readme_text(rows: list[dict], meta: dict, ranks=(64, 512, 4096)) -> str:
+    """The README's generated section: ratios over every layer and the representative rows."""
+    text = C.provenance_line(meta) + "\n\n"
+    text += ("| P | layers | im2col matmul bytes / direct: min / median / max | matmul bound / "
+             "direct bound: min / median / max |\n|---|---|---|---|\n")
+    for P in ranks:
+        at = [r for r in rows if r["P"] == P]
+        text += (f"| {P} | {len(at)} | "
+                 f"{C._stats([r['matmul_over_direct'] for r in at if r['matmul_over_direct']])} | "
+                 f"{C._stats([r['matmul_bound_over_direct_bound'] for r in at if r['matmul_bound_over_direct_bound']])} |\n")
+    text += ("\n| layer | P | direct grid | direct bytes | matmul grid (m x n x k) | matmul "
+             "bytes | matmul / direct |\n|---|---|---|---|---|---|---|\n")
+    for r in rows:
+        if r["layer"] in C.REPRESENTATIVE and r["P"] in ranks:
+            text += (f"| {r['layer']} | {r['P']} | {r['direct_grid']} | {r['direct_volume']} | "
+                     f"{r['matmul_grid']} | {r['matmul_volume']} | "
+                     f"{r['matmul_over_direct']:.2f} |\n")
+    return text
+
+
 def main(argv=None) -> int:
     p = C.parser(__doc__, STUDY)
     p.add_argument("--batch", type=int, default=32)
@@ -160,6 +180,7 @@ def main(argv=None) -> int:
         files += C.write_table(out, "sequential", sequential_rows(layers, args.batch))
         files += plot(out, rows, layers)
         C.write_manifest(out, meta, [], checks, files)
+        C.update_readme(args, "im2col-headline", readme_text(rows, meta))
     except C.StudyError as exc:
         print(f"{STUDY}: {exc}", file=sys.stderr)
         return 2

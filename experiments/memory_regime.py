@@ -191,6 +191,24 @@ def plot(out, sweep, fronts, ranks_rows, layers) -> str:
     return name
 
 
+def readme_text(cross: list[dict], measured: list[dict], meta: dict) -> str:
+    """The README's generated section: the crossover table and the measured runs."""
+    text = C.provenance_line(meta) + "\n\n"
+    text += ("| layer | P | M* (B_MD > B_MI below) | M_min (smallest footprint) | M_min / M* | "
+             "grids on the frontier | bytes: optimum -> smallest memory |\n"
+             "|---|---|---|---|---|---|---|\n")
+    for c in cross:
+        ratio = f"{c['M_min_over_M_star']:.1f}" if c["M_min_over_M_star"] else "-"
+        text += (f"| {c['layer']} | {c['P']} | {C.human_bytes(c['M_star'])} | "
+                 f"{C.human_bytes(c['M_min'])} | {ratio} | {c['grids_on_frontier']} | "
+                 f"{c['optimum_volume']} -> {c['smallest_memory_volume']} |\n")
+    if measured:
+        text += ("\nMeasured (mpirun): " + "; ".join(
+            f"P = {m['P']}, --memory {m['memory']}: grid {m['grid']}, {m['measured_volume']} B "
+            f"(= predicted)" for m in measured) + ".\n")
+    return text
+
+
 def main(argv=None) -> int:
     p = C.parser(__doc__, STUDY)
     p.add_argument("--layers", help=f"comma-separated (default {','.join(LAYERS)})")
@@ -220,7 +238,7 @@ def main(argv=None) -> int:
         files += C.write_table(out, "memory_sweep", sweep)
         files += C.write_table(out, "rank_sweep", by_rank)
         files += C.write_table(out, "crossover", cross)
-        commands = []
+        commands, measured = [], []
         if not args.no_measure:
             measured, commands, refusal = measure(args, out, q.get("measured_ranks", [8, 64]))
             checks.update(measured_equals_predicted_runs=len(measured), refused=refusal)
@@ -228,6 +246,7 @@ def main(argv=None) -> int:
             files += C.collect_reports(out, "measured")
         files.append(plot(out, sweep, fronts, by_rank, layers))
         C.write_manifest(out, meta, commands, checks, files)
+        C.update_readme(args, "memory-headline", readme_text(cross, measured, meta))
     except C.StudyError as exc:
         print(f"{STUDY}: {exc}", file=sys.stderr)
         return 2

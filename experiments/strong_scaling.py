@@ -114,6 +114,24 @@ def plot(out: str, rows: list[dict], measured: list[dict], layers: list[str],
     return files
 
 
+def readme_text(lines, measured, meta, study: str = STUDY) -> str:
+    """The README's generated section: provenance, measured runs, the headline tables."""
+    text = C.provenance_line(meta) + "\n\n"
+    if measured:
+        layers = sorted({m["layer"] for m in measured})
+        ranks = sorted({m["P"] for m in measured})
+        text += (f"Measured: {len(measured)} mpirun runs ({', '.join(layers)}; P = "
+                 f"{', '.join(map(str, ranks))}); on every one, every rank's bytes equal the "
+                 f"planner's prediction ([measured.csv](results/{study}/measured.csv)).\n\n")
+    shown = [l for l in lines if l["layer"] in C.REPRESENTATIVE] or lines[:8]
+    text += ("Best peer's busiest-rank bytes / parconv's, as `factor (peer)` with the peer on "
+             "all P ranks, then `/ factor (peer@ranks)` for the best peer on as many ranks as "
+             "it can use when that is fewer than P:\n\n" + C.headline_markdown(shown) +
+             f"\nOver every layer (full table: [headline.md](results/{study}/headline.md)):\n\n"
+             + C.headline_summary(lines))
+    return text
+
+
 def main(argv=None) -> int:
     p = C.parser(__doc__, STUDY)
     p.add_argument("--batch", type=int, default=32)
@@ -152,6 +170,7 @@ def main(argv=None) -> int:
         files += ["headline.md", *plot(out, rows, measured, layers,
                                        f"Strong scaling at batch {args.batch}")]
         C.write_manifest(out, meta, commands, checks, files)
+        C.update_readme(args, "strong-headline", readme_text(lines, measured, meta))
     except C.StudyError as exc:
         print(f"{STUDY}: {exc}", file=sys.stderr)
         return 2

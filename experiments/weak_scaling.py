@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common as C  # noqa: E402
 from parconv.layers import layer_names  # noqa: E402
-from strong_scaling import measure, plot, predicted_rows  # noqa: E402
+from strong_scaling import measure, plot, predicted_rows, readme_text  # noqa: E402
 
 STUDY = "weak_scaling"
 MEASURED_LAYERS = ["resnet50.layer1.0.conv2", "resnet50.layer4.0.conv2"]
@@ -74,6 +74,7 @@ def main(argv=None) -> int:
         files += ["headline.md", *plot(out, rows, measured, layers,
                                        f"Weak scaling, batch = {args.per_rank} P", STUDY)]
         C.write_manifest(out, meta, commands, checks, files)
+        C.update_readme(args, "weak-headline", readme_text(lines, measured, meta, STUDY))
     except C.StudyError as exc:
         print(f"{STUDY}: {exc}", file=sys.stderr)
         return 2
