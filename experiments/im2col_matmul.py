@@ -29,6 +29,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common as C  # noqa: E402
+import _peers as PE  # noqa: E402
+import _plots as PL  # noqa: E402
+import _report as R  # noqa: E402
 import _matmul as MM  # noqa: E402
 from parconv.bounds import im2col_bound, parallel_bounds, sequential_bound  # noqa: E402
 from parconv.layers import get_layer, layer_names  # noqa: E402
@@ -81,14 +84,14 @@ def sequential_rows(layers, batch) -> list[dict]:
 
 
 def plot(out: str, rows: list[dict], layers: list[str]) -> list[str]:
-    plt = C.pyplot()
+    plt = PL.pyplot()
     shown = [n for n in C.REPRESENTATIVE if n in layers] or layers[:8]
     cols = min(4, len(shown))
     nrows = (len(shown) + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, squeeze=False, figsize=(3.6 * cols, 3.1 * nrows + 0.8))
     ranks = sorted({r["P"] for r in rows})
-    lines = (("direct_volume", dict(C.STYLE["parconv"], label="direct conv, parconv grid")),
-             ("direct_bound", dict(C.STYLE["bound"], label="direct conv bound max(B_MI, B_MD)")),
+    lines = (("direct_volume", dict(PL.STYLE["parconv"], label="direct conv, parconv grid")),
+             ("direct_bound", dict(PL.STYLE["bound"], label="direct conv bound max(B_MI, B_MD)")),
              ("matmul_volume", dict(color="tab:orange", lw=1.8, marker="s", ms=3,
                                     label="im2col + matmul, best 3-D grid")),
              ("matmul_2d_volume", dict(color="tab:green", lw=1.0, ls="-.",
@@ -101,15 +104,15 @@ def plot(out: str, rows: list[dict], layers: list[str]) -> list[str]:
             pts = [(r["P"], r[key]) for r in mine if r.get(key)]
             if pts:
                 ax.plot(*zip(*pts), **style)
-        C.log2_axis(ax, ranks)
+        PL.log2_axis(ax, ranks)
         ax.set(title=name, xlabel="P (ranks)", ylabel="busiest rank's bytes")
     for ax in list(axes.flat)[len(shown):]:
         ax.set_visible(False)
-    C.figure_legend(fig, axes.flat)
+    PL.figure_legend(fig, axes.flat)
     fig.suptitle(f"Direct convolution against im2col + distributed matmul, batch "
                  f"{rows[0]['batch']}")
     fig.tight_layout(rect=(0, 0.08, 1, 0.97))
-    files = [C.save(fig, os.path.join(out, "im2col_matmul.png"))]
+    files = [PL.save(fig, os.path.join(out, "im2col_matmul.png"))]
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name in layers:
@@ -121,26 +124,27 @@ def plot(out: str, rows: list[dict], layers: list[str]) -> list[str]:
     ax.plot([], [], color="tab:blue", label="ResNet-50 layer")
     ax.plot([], [], color="tab:red", label="VGG-16 layer")
     ax.axhline(1, color="black", lw=0.8)
-    C.log2_axis(ax, ranks)
+    PL.log2_axis(ax, ranks)
     ax.set(xlabel="P (ranks)", ylabel="im2col matmul bytes / direct conv bytes",
            title="Busiest rank: best im2col matmul grid against parconv's direct grid")
     ax.legend()
     fig.tight_layout()
-    files.append(C.save(fig, os.path.join(out, "im2col_factor.png")))
+    files.append(PL.save(fig, os.path.join(out, "im2col_factor.png")))
     plt.close(fig)
     return files
 
 
 def readme_text(rows: list[dict], meta: dict, ranks=(64, 512, 4096)) -> str:
     """The README's generated section: ratios over every layer and the representative rows."""
-    text = C.provenance_line(meta) + "\n\n"
+    text = R.provenance_line(meta) + "\n\n"
     text += ("| P | layers | im2col matmul bytes / direct: min / median / max | matmul bound / "
              "direct bound: min / median / max |\n|---|---|---|---|\n")
     for P in ranks:
         at = [r for r in rows if r["P"] == P]
-        text += (f"| {P} | {len(at)} | "
-                 f"{C._stats([r['matmul_over_direct'] for r in at if r['matmul_over_direct']])} | "
-                 f"{C._stats([r['matmul_bound_over_direct_bound'] for r in at if r['matmul_bound_over_direct_bound']])} |\n")
+        volume = [r["matmul_over_direct"] for r in at if r["matmul_over_direct"]]
+        bound = [r["matmul_bound_over_direct_bound"] for r in at
+                 if r["matmul_bound_over_direct_bound"]]
+        text += f"| {P} | {len(at)} | {R.stats(volume)} | {R.stats(bound)} |\n"
     text += ("\n| layer | P | direct grid | direct bytes | matmul grid (m x n x k) | matmul "
              "bytes | matmul / direct |\n|---|---|---|---|---|---|---|\n")
     for r in rows:
@@ -174,13 +178,13 @@ def main(argv=None) -> int:
                 if not ok:
                     raise C.StudyError(f"{name} P={P}: check {key} failed ({row})")
                 checks[key] += 1
-        checks["direct_bound_le_volume_rows"] = C.check_bound(
+        checks["direct_bound_le_volume_rows"] = PE.check_bound(
             [{**r, "bound": r["direct_bound"], "max_volume": r["direct_volume"]} for r in rows])
         files = C.write_table(out, "im2col", rows)
         files += C.write_table(out, "sequential", sequential_rows(layers, args.batch))
         files += plot(out, rows, layers)
         C.write_manifest(out, meta, [], checks, files)
-        C.update_readme(args, "im2col-headline", readme_text(rows, meta))
+        R.update_readme(args, "im2col-headline", readme_text(rows, meta))
     except C.StudyError as exc:
         print(f"{STUDY}: {exc}", file=sys.stderr)
         return 2

@@ -32,6 +32,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common as C  # noqa: E402
+import _peers as PE  # noqa: E402
+import _plots as PL  # noqa: E402
+import _report as R  # noqa: E402
 from parconv.bounds import parallel_bounds  # noqa: E402
 from parconv.layers import get_layer  # noqa: E402
 from parconv.plan import make_plan  # noqa: E402
@@ -140,7 +143,7 @@ def _fmt_bytes(v: float) -> str:
 
 
 def plot(out, sweep, fronts, ranks_rows, layers) -> str:
-    plt = C.pyplot()
+    plt = PL.pyplot()
     shown = layers[:4]
     P0 = 64 if any(r["P"] == 64 for r in sweep) else sweep[0]["P"]
     label0 = "1MiB" if any(r["memory_label"] == "1MiB" for r in ranks_rows) else \
@@ -154,14 +157,14 @@ def plot(out, sweep, fronts, ranks_rows, layers) -> str:
         md = [(r["memory"], r["B_MD"]) for r in curve if r["B_MD"] > 0]
         if md:
             ax.plot(*zip(*md), color="tab:red", lw=1.2, marker=".", ms=4, label="B_MD(M)")
-        ax.plot([r["memory"] for r in curve], [r["bound"] for r in curve], **C.STYLE["bound"])
+        ax.plot([r["memory"] for r in curve], [r["bound"] for r in curve], **PL.STYLE["bound"])
         front = [f for f in fronts if f["layer"] == name and f["P"] == P0]
         xs, ys = [], []
         for f in front:
             xs += [min(f["memory_to"], MEMORY_GRID[-1]), f["memory_from"]]
             ys += [f["max_volume"]] * 2
         if xs:
-            ax.plot(xs, ys, **C.STYLE["parconv"])
+            ax.plot(xs, ys, **PL.STYLE["parconv"])
             ax.axvline(front[-1]["footprint"], color="tab:blue", lw=0.8, ls=":",
                        label="smallest footprint (M_min)")
         ax.set(xscale="log", yscale="log", title=f"{name}, P = {P0}",
@@ -177,30 +180,30 @@ def plot(out, sweep, fronts, ranks_rows, layers) -> str:
             ax.plot(*zip(*md), color="tab:red", lw=1.2, marker=".", ms=4, label="B_MD(M)")
         fit = [(r["P"], r["max_volume"]) for r in rows if r["max_volume"]]
         if fit:
-            ax.plot(*zip(*fit), **C.STYLE["parconv"])
-        C.log2_axis(ax, sorted({r["P"] for r in rows}))
+            ax.plot(*zip(*fit), **PL.STYLE["parconv"])
+        PL.log2_axis(ax, sorted({r["P"] for r in rows}))
         ax.set(title=f"{name}, M = {label0} per rank", xlabel="P (ranks)",
                ylabel="busiest rank's bytes")
-    C.figure_legend(fig, axes.flat)
+    PL.figure_legend(fig, axes.flat)
     fig.suptitle(f"Memory-dependent regime, batch 32. Top: memory sweep at P = {P0}; bottom: "
                  f"P sweep at M = {label0}.\nB_MD overtakes B_MI only where no grid's blocks "
                  f"fit in M (parconv refuses there)", fontsize=9)
     fig.tight_layout(rect=(0, 0.05, 1, 0.95))
-    name = C.save(fig, os.path.join(out, "memory_regime.png"))
+    name = PL.save(fig, os.path.join(out, "memory_regime.png"))
     plt.close(fig)
     return name
 
 
 def readme_text(cross: list[dict], measured: list[dict], meta: dict) -> str:
     """The README's generated section: the crossover table and the measured runs."""
-    text = C.provenance_line(meta) + "\n\n"
+    text = R.provenance_line(meta) + "\n\n"
     text += ("| layer | P | M* (B_MD > B_MI below) | M_min (smallest footprint) | M_min / M* | "
              "grids on the frontier | bytes: optimum -> smallest memory |\n"
              "|---|---|---|---|---|---|---|\n")
     for c in cross:
         ratio = f"{c['M_min_over_M_star']:.1f}" if c["M_min_over_M_star"] else "-"
-        text += (f"| {c['layer']} | {c['P']} | {C.human_bytes(c['M_star'])} | "
-                 f"{C.human_bytes(c['M_min'])} | {ratio} | {c['grids_on_frontier']} | "
+        text += (f"| {c['layer']} | {c['P']} | {R.human_bytes(c['M_star'])} | "
+                 f"{R.human_bytes(c['M_min'])} | {ratio} | {c['grids_on_frontier']} | "
                  f"{c['optimum_volume']} -> {c['smallest_memory_volume']} |\n")
     if measured:
         text += ("\nMeasured (mpirun): " + "; ".join(
@@ -231,8 +234,8 @@ def main(argv=None) -> int:
                 sweep += curve
                 cross.append(crossover(spec, P, curve, front))
             by_rank += rank_sweep(spec, ranks, memories)
-        checks = {"bound_le_volume_frontier": C.check_bound(fronts),
-                  "bound_le_volume_rank_sweep": C.check_bound(
+        checks = {"bound_le_volume_frontier": PE.check_bound(fronts),
+                  "bound_le_volume_rank_sweep": PE.check_bound(
                       [{**r, "bound": r["bound"]} for r in by_rank if r["max_volume"]])}
         files = C.write_table(out, "frontier", fronts)
         files += C.write_table(out, "memory_sweep", sweep)
@@ -246,7 +249,7 @@ def main(argv=None) -> int:
             files += C.collect_reports(out, "measured")
         files.append(plot(out, sweep, fronts, by_rank, layers))
         C.write_manifest(out, meta, commands, checks, files)
-        C.update_readme(args, "memory-headline", readme_text(cross, measured, meta))
+        R.update_readme(args, "memory-headline", readme_text(cross, measured, meta))
     except C.StudyError as exc:
         print(f"{STUDY}: {exc}", file=sys.stderr)
         return 2

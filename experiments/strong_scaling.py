@@ -17,8 +17,9 @@ Writes into experiments/results/strong_scaling/ (refuses to replace a recorded r
 --force): predicted.{csv,json}, measured.{csv,json}, measured/reports/*.json (the run reports,
 gathered by launch.collect into measured/reports.csv), headline.{md,json} (the factor by which
 the best peer moves more bytes than parconv at P = 64, 512, 4096), strong_scaling.png,
-strong_scaling_peer_factor.png and manifest.json (command, git revision, machine, MPI library, every mpirun
-command).  --quick: 3 layers, P up to 4096, measured at P = 1, 2, 4 on one layer (about a minute).
+strong_scaling_peer_factor.png and manifest.json (command, git revision, machine, MPI library,
+every mpirun command).  --quick: 3 layers, P up to 4096, measured at P = 1, 2, 4 on one
+layer (about a minute).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common as C  # noqa: E402
+import _peers as PE  # noqa: E402
+import _plots as PL  # noqa: E402
+import _report as R  # noqa: E402
 from parconv.layers import get_layer, layer_names  # noqa: E402
 from parconv.plan import make_plan  # noqa: E402
 
@@ -47,7 +51,7 @@ def _list(text: str, kind=str) -> list:
 def predicted_rows(layers, ranks, batch_of, memory) -> list[dict]:
     """plan_row of every (layer, P) with batch ``batch_of(P)``."""
     jobs = [(name, P) for name in layers for P in ranks]
-    return [C.plan_row(get_layer(name, batch=batch_of(P)), P, memory)
+    return [PE.plan_row(get_layer(name, batch=batch_of(P)), P, memory)
             for name, P in C.progress(jobs, "planning")]
 
 
@@ -70,26 +74,26 @@ def plot(out: str, rows: list[dict], measured: list[dict], layers: list[str],
          title: str, stem: str = STUDY) -> list[str]:
     """stem.png: busiest rank's bytes against P for up to 8 layers; peer_factor.png: the
     factor of the best peer over parconv for every layer."""
-    plt = C.pyplot()
+    plt = PL.pyplot()
     shown = [n for n in C.REPRESENTATIVE if n in layers] or layers[:8]
     cols = min(4, len(shown))
     fig, axes = plt.subplots((len(shown) + cols - 1) // cols, cols, squeeze=False,
                              figsize=(3.6 * cols, 3.1 * ((len(shown) + cols - 1) // cols) + 0.8))
     ranks = sorted({r["P"] for r in rows})
     for ax, name in zip(axes.flat, shown):
-        C.draw_volumes(ax, [r for r in rows if r["layer"] == name],
+        PL.draw_volumes(ax, [r for r in rows if r["layer"] == name],
                        [m for m in measured if m["layer"] == name])
-        C.log2_axis(ax, ranks)
+        PL.log2_axis(ax, ranks)
         ax.set_title(name)
         ax.set_xlabel("P (ranks)")
         ax.set_ylabel("busiest rank's bytes")
     for ax in list(axes.flat)[len(shown):]:
         ax.set_visible(False)
-    C.figure_legend(fig, axes.flat)
+    PL.figure_legend(fig, axes.flat)
     fig.suptitle(f"{title}: busiest rank's bytes against P (dotted: the peer cannot use all P "
                  f"ranks, the rest idle)")
     fig.tight_layout(rect=(0, 0.07, 1, 0.97))
-    files = [C.save(fig, os.path.join(out, f"{stem}.png"))]
+    files = [PL.save(fig, os.path.join(out, f"{stem}.png"))]
     plt.close(fig)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, key, title in ((axes[0], "best_peer_over_parconv", "best peer on all P ranks"),
@@ -103,20 +107,20 @@ def plot(out: str, rows: list[dict], measured: list[dict], layers: list[str],
         ax.plot([], [], color="tab:blue", label="ResNet-50 layer")
         ax.plot([], [], color="tab:red", label="VGG-16 layer")
         ax.axhline(1, color="black", lw=0.8)
-        C.log2_axis(ax, ranks)
+        PL.log2_axis(ax, ranks)
         ax.set(xlabel="P (ranks)", title=title)
         ax.legend()
     axes[0].set_ylabel("peer's busiest-rank bytes / parconv's")
     fig.suptitle("How many times more bytes the best peer decomposition moves, every layer")
     fig.tight_layout()
-    files.append(C.save(fig, os.path.join(out, f"{stem}_peer_factor.png")))
+    files.append(PL.save(fig, os.path.join(out, f"{stem}_peer_factor.png")))
     plt.close(fig)
     return files
 
 
 def readme_text(lines, measured, meta, study: str = STUDY) -> str:
     """The README's generated section: provenance, measured runs, the headline tables."""
-    text = C.provenance_line(meta) + "\n\n"
+    text = R.provenance_line(meta) + "\n\n"
     if measured:
         layers = sorted({m["layer"] for m in measured})
         ranks = sorted({m["P"] for m in measured})
@@ -126,9 +130,9 @@ def readme_text(lines, measured, meta, study: str = STUDY) -> str:
     shown = [l for l in lines if l["layer"] in C.REPRESENTATIVE] or lines[:8]
     text += ("Best peer's busiest-rank bytes / parconv's, as `factor (peer)` with the peer on "
              "all P ranks, then `/ factor (peer@ranks)` for the best peer on as many ranks as "
-             "it can use when that is fewer than P:\n\n" + C.headline_markdown(shown) +
+             "it can use when that is fewer than P:\n\n" + R.headline_markdown(shown) +
              f"\nOver every layer (full table: [headline.md](results/{study}/headline.md)):\n\n"
-             + C.headline_summary(lines))
+             + R.headline_summary(lines))
     return text
 
 
@@ -155,26 +159,27 @@ def main(argv=None) -> int:
         meta = C.provenance([os.path.relpath(__file__, C.REPO), *(argv or sys.argv[1:])],
                             args.mpirun)
         rows = predicted_rows(layers, ranks, lambda P: args.batch, args.memory)
-        checks = {"bound_le_volume_rows": C.check_bound(rows)}
+        checks = {"bound_le_volume_rows": PE.check_bound(rows)}
         files = C.write_table(out, "predicted", rows)
         measured, commands = ([], []) if args.no_measure else measure(
             args, out, m_layers, m_ranks, lambda P: args.batch)
         if measured:
             checks["measured_equals_predicted_runs"] = len(measured)
             checks["measured_phases_checked"] = sum(m["phases_checked"] for m in measured)
+            checks["measured_equals_predicted_table"] = PE.check_measured(rows, measured)
             files += C.write_table(out, "measured", measured)
             files += C.collect_reports(out, "measured")
-        lines = C.headline(rows)
+        lines = R.headline(rows)
         files += C.write_table(out, "headline", lines)
-        C.write_text(os.path.join(out, "headline.md"), C.headline_markdown(lines))
+        C.write_text(os.path.join(out, "headline.md"), R.headline_markdown(lines))
         files += ["headline.md", *plot(out, rows, measured, layers,
                                        f"Strong scaling at batch {args.batch}")]
         C.write_manifest(out, meta, commands, checks, files)
-        C.update_readme(args, "strong-headline", readme_text(lines, measured, meta))
+        R.update_readme(args, "strong-headline", readme_text(lines, measured, meta))
     except C.StudyError as exc:
         print(f"{STUDY}: {exc}", file=sys.stderr)
         return 2
-    print(C.headline_markdown(lines))
+    print(R.headline_markdown(lines))
     print(f"{STUDY}: {len(rows)} predicted rows, {len(measured)} measured runs (bytes equal to "
           f"the prediction on every rank), results in {out}")
     return 0

@@ -23,6 +23,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common as C  # noqa: E402
+import _peers as PE  # noqa: E402
+import _report as R  # noqa: E402
 from parconv.layers import layer_names  # noqa: E402
 from strong_scaling import measure, plot, predicted_rows, readme_text  # noqa: E402
 
@@ -59,26 +61,27 @@ def main(argv=None) -> int:
         meta = C.provenance([os.path.relpath(__file__, C.REPO), *(argv or sys.argv[1:])],
                             args.mpirun)
         rows = predicted_rows(layers, ranks, batch_of, args.memory)
-        checks = {"bound_le_volume_rows": C.check_bound(rows)}
+        checks = {"bound_le_volume_rows": PE.check_bound(rows)}
         files = C.write_table(out, "predicted", rows)
         measured, commands = ([], []) if args.no_measure else measure(
             args, out, m_layers, m_ranks, batch_of)
         if measured:
             checks["measured_equals_predicted_runs"] = len(measured)
             checks["measured_phases_checked"] = sum(m["phases_checked"] for m in measured)
+            checks["measured_equals_predicted_table"] = PE.check_measured(rows, measured)
             files += C.write_table(out, "measured", measured)
             files += C.collect_reports(out, "measured")
-        lines = C.headline(rows)
+        lines = R.headline(rows)
         files += C.write_table(out, "headline", lines)
-        C.write_text(os.path.join(out, "headline.md"), C.headline_markdown(lines))
+        C.write_text(os.path.join(out, "headline.md"), R.headline_markdown(lines))
         files += ["headline.md", *plot(out, rows, measured, layers,
                                        f"Weak scaling, batch = {args.per_rank} P", STUDY)]
         C.write_manifest(out, meta, commands, checks, files)
-        C.update_readme(args, "weak-headline", readme_text(lines, measured, meta, STUDY))
+        R.update_readme(args, "weak-headline", readme_text(lines, measured, meta, STUDY))
     except C.StudyError as exc:
         print(f"{STUDY}: {exc}", file=sys.stderr)
         return 2
-    print(C.headline_markdown(lines))
+    print(R.headline_markdown(lines))
     print(f"{STUDY}: {len(rows)} predicted rows, {len(measured)} measured runs (bytes equal to "
           f"the prediction on every rank), results in {out}")
     return 0

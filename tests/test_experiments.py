@@ -82,6 +82,7 @@ def test_scaling_outputs_complete_and_consistent(done, name):
         if both is not None:
             assert int(r["measured_volume"]) == int(both["max_volume"]), (r, both)
     assert meta["checks"]["measured_equals_predicted_runs"] == len(measured)
+    assert meta["checks"]["measured_equals_predicted_table"] == len(measured)
     assert len(meta["mpirun_commands"]) == len(measured)
     assert len(rows(out / "measured" / "reports.csv")) == len(measured)
     assert os.path.getsize(out / "headline.md") > 0
