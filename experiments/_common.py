@@ -65,6 +65,31 @@ def parser(doc: str, study: str) -> argparse.ArgumentParser:
     return p
 
 
+def add_replot(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--replot", action="store_true",
+                   help="redraw the plots and regenerate the headline and README section from "
+                        "the results recorded in the folder (no planning, no runs)")
+
+
+def recorded(args, study: str, names) -> tuple[str, dict, dict]:
+    """(folder, its manifest, {name: the recorded name.json or None}) for --replot."""
+    out = args.out or os.path.join(RESULTS, "quick" if args.quick else "", study)
+    path = os.path.join(out, "manifest.json")
+    if not os.path.exists(path):
+        raise StudyError(f"--replot: {out} holds no recorded result ({path} is missing)")
+    with open(path, encoding="utf-8") as fh:
+        meta = json.load(fh)
+    tables = {}
+    for name in names:
+        table = os.path.join(out, f"{name}.json")
+        if os.path.exists(table):
+            with open(table, encoding="utf-8") as fh:
+                tables[name] = json.load(fh)
+        else:
+            tables[name] = None
+    return out, meta, tables
+
+
 def result_folder(args, study: str) -> str:
     """The folder to write into; refuses one holding a recorded study unless --force."""
     out = args.out or os.path.join(RESULTS, "quick" if args.quick else "", study)
@@ -88,10 +113,12 @@ def provenance(argv: list[str], mpirun: str) -> dict:
     """Exact command, git revision (and whether the tree had edits), machine and MPI library."""
     mpi = _output([sys.executable, "-c", "from mpi4py import MPI; "
                    "print(MPI.Get_library_version().strip())"])
-    status = _output(["git", "status", "--porcelain", "--untracked-files=no"])
+    # edits to the code count; the studies' own outputs (results, README sections) do not
+    status = _output(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                      ":!experiments/README.md", ":!experiments/results"])
     return {"command": " ".join(shlex.quote(a) for a in [sys.executable, *argv]),
             "git_revision": _output(["git", "rev-parse", "HEAD"]),
-            "git_dirty": bool(status) if status is not None else None,
+            "git_dirty_code": bool(status) if status is not None else None,
             "hostname": socket.gethostname(), "cores": os.cpu_count(),
             "platform": platform.platform(), "python": platform.python_version(),
             "mpi_library": " ".join(mpi.splitlines()[0].split()) if mpi else None, "mpirun": mpirun,

@@ -35,6 +35,14 @@ def log2_axis(ax, ranks) -> None:
     ax.grid(True, which="major", alpha=0.3)
 
 
+def factor_axis(ax) -> None:
+    """Plain-number labels (0.5, 1, 2, 5, 10, ...) on a log y axis of ratios."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def draw_volumes(ax, rows: list[dict], measured: list[dict] = ()) -> None:
     """parconv, the bound and every peer against P; a peer that cannot use all P ranks is
     continued as a dotted line (it runs on fewer ranks, the rest idle).  Zero volumes (P = 1)

@@ -35,8 +35,9 @@ def headline_markdown(lines: list[dict], ranks=(64, 512, 4096)) -> str:
             f, peer = line.get(f"P{P}_factor"), line.get(f"P{P}_peer")
             fi, idle = line.get(f"P{P}_idle_factor"), line.get(f"P{P}_idle_peer")
             same = f"{f:.2f} ({peer})" if f is not None else "none on all P"
-            other = f" / {fi:.2f} ({idle})" if fi is not None and idle and \
-                not idle.endswith(f"@{P}") else ""
+            # the idle-allowed peer only when it moves visibly fewer bytes than the same-P one
+            other = f" / {fi:.2f} ({idle})" if fi is not None and idle and not idle.endswith(
+                f"@{P}") and (f is None or fi < f - 0.005) else ""
             cells.append(same + other)
         body += f"| {line['layer']} | " + " | ".join(cells) + " |\n"
     return head + body

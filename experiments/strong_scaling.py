@@ -108,6 +108,7 @@ def plot(out: str, rows: list[dict], measured: list[dict], layers: list[str],
         ax.plot([], [], color="tab:red", label="VGG-16 layer")
         ax.axhline(1, color="black", lw=0.8)
         PL.log2_axis(ax, ranks)
+        PL.factor_axis(ax)
         ax.set(xlabel="P (ranks)", title=title)
         ax.legend()
     axes[0].set_ylabel("peer's busiest-rank bytes / parconv's")
@@ -145,6 +146,7 @@ def main(argv=None) -> int:
     p.add_argument("--measured-layers", help=f"default {','.join(MEASURED_LAYERS)}")
     p.add_argument("--measured-ranks", help="default 1,2,4,8,16,32,64")
     p.add_argument("--memory", default=None, help="bytes per rank (default: the planner's 1GiB)")
+    C.add_replot(p)
     args = p.parse_args(argv)
     q = QUICK if args.quick else {}
     layers = _list(args.layers) if args.layers else q.get(
@@ -155,26 +157,32 @@ def main(argv=None) -> int:
     m_ranks = _list(args.measured_ranks, int) if args.measured_ranks else q.get(
         "measured_ranks", C.MEASURED_RANKS)
     try:
-        out = C.result_folder(args, STUDY)
-        meta = C.provenance([os.path.relpath(__file__, C.REPO), *(argv or sys.argv[1:])],
-                            args.mpirun)
-        rows = predicted_rows(layers, ranks, lambda P: args.batch, args.memory)
-        checks = {"bound_le_volume_rows": PE.check_bound(rows)}
-        files = C.write_table(out, "predicted", rows)
-        measured, commands = ([], []) if args.no_measure else measure(
-            args, out, m_layers, m_ranks, lambda P: args.batch)
-        if measured:
-            checks["measured_equals_predicted_runs"] = len(measured)
-            checks["measured_phases_checked"] = sum(m["phases_checked"] for m in measured)
-            checks["measured_equals_predicted_table"] = PE.check_measured(rows, measured)
-            files += C.write_table(out, "measured", measured)
-            files += C.collect_reports(out, "measured")
+        if args.replot:
+            out, meta, rec = C.recorded(args, STUDY, ("predicted", "measured"))
+            rows, measured = rec["predicted"], rec["measured"] or []
+            layers = list(dict.fromkeys(r["layer"] for r in rows))
+        else:
+            out = C.result_folder(args, STUDY)
+            meta = C.provenance([os.path.relpath(__file__, C.REPO), *(argv or sys.argv[1:])],
+                                args.mpirun)
+            rows = predicted_rows(layers, ranks, lambda P: args.batch, args.memory)
+            checks = {"bound_le_volume_rows": PE.check_bound(rows)}
+            files = C.write_table(out, "predicted", rows)
+            measured, commands = ([], []) if args.no_measure else measure(
+                args, out, m_layers, m_ranks, lambda P: args.batch)
+            if measured:
+                checks["measured_equals_predicted_runs"] = len(measured)
+                checks["measured_phases_checked"] = sum(m["phases_checked"] for m in measured)
+                checks["measured_equals_predicted_table"] = PE.check_measured(rows, measured)
+                files += C.write_table(out, "measured", measured)
+                files += C.collect_reports(out, "measured")
         lines = R.headline(rows)
-        files += C.write_table(out, "headline", lines)
+        files = ([] if args.replot else files) + C.write_table(out, "headline", lines)
         C.write_text(os.path.join(out, "headline.md"), R.headline_markdown(lines))
         files += ["headline.md", *plot(out, rows, measured, layers,
                                        f"Strong scaling at batch {args.batch}")]
-        C.write_manifest(out, meta, commands, checks, files)
+        if not args.replot:
+            C.write_manifest(out, meta, commands, checks, files)
         R.update_readme(args, "strong-headline", readme_text(lines, measured, meta))
     except C.StudyError as exc:
         print(f"{STUDY}: {exc}", file=sys.stderr)

@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     p.add_argument("--measured-layers", help=f"default {','.join(MEASURED_LAYERS)}")
     p.add_argument("--measured-ranks", help="default 1,2,4,8,16,32,64")
     p.add_argument("--memory", default=None, help="bytes per rank (default: the planner's 1GiB)")
+    C.add_replot(p)
     args = p.parse_args(argv)
     q = QUICK if args.quick else {}
     split = lambda text, kind=str: [kind(v) for v in text.split(",") if v]  # noqa: E731
@@ -57,26 +58,32 @@ def main(argv=None) -> int:
         "measured_ranks", C.MEASURED_RANKS)
     batch_of = lambda P: args.per_rank * P  # noqa: E731
     try:
-        out = C.result_folder(args, STUDY)
-        meta = C.provenance([os.path.relpath(__file__, C.REPO), *(argv or sys.argv[1:])],
-                            args.mpirun)
-        rows = predicted_rows(layers, ranks, batch_of, args.memory)
-        checks = {"bound_le_volume_rows": PE.check_bound(rows)}
-        files = C.write_table(out, "predicted", rows)
-        measured, commands = ([], []) if args.no_measure else measure(
-            args, out, m_layers, m_ranks, batch_of)
-        if measured:
-            checks["measured_equals_predicted_runs"] = len(measured)
-            checks["measured_phases_checked"] = sum(m["phases_checked"] for m in measured)
-            checks["measured_equals_predicted_table"] = PE.check_measured(rows, measured)
-            files += C.write_table(out, "measured", measured)
-            files += C.collect_reports(out, "measured")
+        if args.replot:
+            out, meta, rec = C.recorded(args, STUDY, ("predicted", "measured"))
+            rows, measured = rec["predicted"], rec["measured"] or []
+            layers = list(dict.fromkeys(r["layer"] for r in rows))
+        else:
+            out = C.result_folder(args, STUDY)
+            meta = C.provenance([os.path.relpath(__file__, C.REPO), *(argv or sys.argv[1:])],
+                                args.mpirun)
+            rows = predicted_rows(layers, ranks, batch_of, args.memory)
+            checks = {"bound_le_volume_rows": PE.check_bound(rows)}
+            files = C.write_table(out, "predicted", rows)
+            measured, commands = ([], []) if args.no_measure else measure(
+                args, out, m_layers, m_ranks, batch_of)
+            if measured:
+                checks["measured_equals_predicted_runs"] = len(measured)
+                checks["measured_phases_checked"] = sum(m["phases_checked"] for m in measured)
+                checks["measured_equals_predicted_table"] = PE.check_measured(rows, measured)
+                files += C.write_table(out, "measured", measured)
+                files += C.collect_reports(out, "measured")
         lines = R.headline(rows)
-        files += C.write_table(out, "headline", lines)
+        files = ([] if args.replot else files) + C.write_table(out, "headline", lines)
         C.write_text(os.path.join(out, "headline.md"), R.headline_markdown(lines))
         files += ["headline.md", *plot(out, rows, measured, layers,
                                        f"Weak scaling, batch = {args.per_rank} P", STUDY)]
-        C.write_manifest(out, meta, commands, checks, files)
+        if not args.replot:
+            C.write_manifest(out, meta, commands, checks, files)
         R.update_readme(args, "weak-headline", readme_text(lines, measured, meta, STUDY))
     except C.StudyError as exc:
         print(f"{STUDY}: {exc}", file=sys.stderr)

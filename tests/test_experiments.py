@@ -87,6 +87,12 @@ def test_scaling_outputs_complete_and_consistent(done, name):
     assert len(rows(out / "measured" / "reports.csv")) == len(measured)
     assert os.path.getsize(out / "headline.md") > 0
     assert os.path.getsize(out / f"{name}.png") > 10_000
+    headline = (out / "headline.md").read_text()
+    os.remove(out / f"{name}.png")
+    replot = run_study(name, out, "--replot")
+    assert replot.returncode == 0, replot.stderr
+    assert (out / "headline.md").read_text() == headline
+    assert os.path.getsize(out / f"{name}.png") > 10_000
 
 
 def test_recorded_result_is_not_replaced_without_force(done):
