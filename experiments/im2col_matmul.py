@@ -55,7 +55,8 @@ def row_for(spec, P: int) -> tuple[dict, dict]:
     # memory-independent: the matmul's blocks may exceed the planner's default 1 GiB per rank
     parconv_vol = make_plan(gemm, P, memory=1 << 50, grid=(*grid3, 1, 1)).max_volume
     parconv_bound = parallel_bounds(gemm, P).B_MI
-    row = {"layer": spec.name, "batch": spec.batch, "P": P, "m": m, "n": n, "k": k,
+    row = {"layer": spec.name, "batch": spec.batch, "P": P,
+           "kernel": "x".join(map(str, spec.kernel_size)), "m": m, "n": n, "k": k,
            "direct_grid": C.grid_text(plan.dims.as_tuple()), "direct_volume": plan.max_volume,
            "direct_bound": plan.bound.value,
            "matmul_grid": "x".join(map(str, grid3)), "matmul_volume": vol3,
@@ -139,14 +140,16 @@ def plot(out: str, rows: list[dict], layers: list[str]) -> list[str]:
 def readme_text(rows: list[dict], meta: dict, ranks=(64, 512, 4096)) -> str:
     """The README's generated section: ratios over every layer and the representative rows."""
     text = R.provenance_line(meta) + "\n\n"
-    text += ("| P | layers | im2col matmul bytes / direct: min / median / max | matmul bound / "
-             "direct bound: min / median / max |\n|---|---|---|---|\n")
+    text += ("| P | kernel | layers | im2col matmul bytes / direct: min / median / max | "
+             "matmul bound / direct bound: min / median / max |\n|---|---|---|---|---|\n")
     for P in ranks:
-        at = [r for r in rows if r["P"] == P]
-        volume = [r["matmul_over_direct"] for r in at if r["matmul_over_direct"]]
-        bound = [r["matmul_bound_over_direct_bound"] for r in at
-                 if r["matmul_bound_over_direct_bound"]]
-        text += f"| {P} | {len(at)} | {R.stats(volume)} | {R.stats(bound)} |\n"
+        for kind, test in (("1x1", lambda r: r["kernel"] == "1x1"),
+                           ("3x3, 7x7", lambda r: r["kernel"] != "1x1")):
+            at = [r for r in rows if r["P"] == P and test(r)]
+            volume = [r["matmul_over_direct"] for r in at if r["matmul_over_direct"]]
+            bound = [r["matmul_bound_over_direct_bound"] for r in at
+                     if r["matmul_bound_over_direct_bound"]]
+            text += f"| {P} | {kind} | {len(at)} | {R.stats(volume)} | {R.stats(bound)} |\n"
     text += ("\n| layer | P | direct grid | direct bytes | matmul grid (m x n x k) | matmul "
              "bytes | matmul / direct |\n|---|---|---|---|---|---|---|\n")
     for r in rows:
