@@ -1,0 +1,98 @@
+# python experiments/weak_scaling.py [--quick] [--no-measure] [--force] [--out DIR]
+"""Weak scaling: the batch grows with P (batch = 4 P), every ResNet-50 and VGG-16 layer.
+
+Predicted (the planner, no MPI) for every power of two P from 1 to 65536 (batch up to 262144):
+the busiest rank's bytes on parconv's grid, max(B_MI, B_MD) and each peer decomposition (batch
+only, spatial only, input-channel only, output-channel only; with batch = 4 P data parallelism
+always has a sample per rank).  Measured with mpirun (oversubscribed: bytes exact, times
+indicative) on two layers at P = 1, 2, 4, 8, 16, 32, 64 (batch 4 .. 256), every rank's bytes
+checked against the planner's prediction made here.
+
+Writes into experiments/results/weak_scaling/ (refuses to replace a recorded result unless
+--force): predicted.{csv,json}, measured.{csv,json}, measured/reports/ (+ launch.collect's
+reports.csv), headline.{md,json} (best peer over parconv at P = 64, 512, 4096),
+weak_scaling.png, weak_scaling_peer_factor.png and manifest.json.  --quick: 2 layers, P up to
+4096, measured at P = 1, 2, 4 on one layer.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common as C  # noqa: E402
+import _peers as PE  # noqa: E402
+import _report as R  # noqa: E402
+from parconv.layers import layer_names  # noqa: E402
+from strong_scaling import measure, plot, predicted_rows, readme_text  # noqa: E402
+
+STUDY = "weak_scaling"
+MEASURED_LAYERS = ["resnet50.layer1.0.conv2", "resnet50.layer4.0.conv2"]
+QUICK = {"layers": ["resnet50.layer1.0.conv2", "resnet50.layer4.0.conv2"],
+         "ranks": [1, 2, 4, 64, 512, 4096], "measured_layers": ["resnet50.layer4.0.conv2"],
+         "measured_ranks": [1, 2, 4]}
+
+
+def main(argv=None) -> int:
+    p = C.parser(__doc__, STUDY)
+    p.add_argument("--per-rank", type=int, default=4, help="samples per rank: batch = this x P "
+                                                           "(default 4)")
+    p.add_argument("--layers", help="predicted layers, comma-separated (default: every "
+                                    "ResNet-50 and VGG-16 layer)")
+    p.add_argument("--ranks", help="predicted P, comma-separated (default 1,2,4,..,65536)")
+    p.add_argument("--measured-layers", help=f"default {','.join(MEASURED_LAYERS)}")
+    p.add_argument("--measured-ranks", help="default 1,2,4,8,16,32,64")
+    p.add_argument("--memory", default=None, help="bytes per rank (default: the planner's 1GiB)")
+    C.add_replot(p)
+    args = p.parse_args(argv)
+    q = QUICK if args.quick else {}
+    split = lambda text, kind=str: [kind(v) for v in text.split(",") if v]  # noqa: E731
+    layers = split(args.layers) if args.layers else q.get(
+        "layers", layer_names("resnet50") + layer_names("vgg16"))
+    ranks = split(args.ranks, int) if args.ranks else q.get("ranks", C.PREDICTED_RANKS)
+    m_layers = split(args.measured_layers) if args.measured_layers else q.get(
+        "measured_layers", MEASURED_LAYERS)
+    m_ranks = split(args.measured_ranks, int) if args.measured_ranks else q.get(
+        "measured_ranks", C.MEASURED_RANKS)
+    batch_of = lambda P: args.per_rank * P  # noqa: E731
+    try:
+        if args.replot:
+            out, meta, rec = C.recorded(args, STUDY, ("predicted", "measured"))
+            rows, measured = rec["predicted"], rec["measured"] or []
+            layers = list(dict.fromkeys(r["layer"] for r in rows))
+        else:
+            out = C.result_folder(args, STUDY)
+            meta = C.provenance([os.path.relpath(__file__, C.REPO), *(argv or sys.argv[1:])],
+                                args.mpirun)
+            rows = predicted_rows(layers, ranks, batch_of, args.memory)
+            checks = {"bound_le_volume_rows": PE.check_bound(rows)}
+            files = C.write_table(out, "predicted", rows)
+            measured, commands = ([], []) if args.no_measure else measure(
+                args, out, m_layers, m_ranks, batch_of)
+            if measured:
+                checks["measured_equals_predicted_runs"] = len(measured)
+                checks["measured_phases_checked"] = sum(m["phases_checked"] for m in measured)
+                checks["measured_equals_predicted_table"] = PE.check_measured(rows, measured)
+                files += C.write_table(out, "measured", measured)
+                files += C.collect_reports(out, "measured")
+        lines = R.headline(rows)
+        files = ([] if args.replot else files) + C.write_table(out, "headline", lines)
+        C.write_text(os.path.join(out, "headline.md"), R.headline_markdown(lines))
+        files += ["headline.md", *plot(out, rows, measured, layers,
+                                       f"Weak scaling, batch = {args.per_rank} P", STUDY)]
+        if not args.replot:
+            C.write_manifest(out, meta, commands, checks, files)
+        R.update_readme(args, "weak-headline", readme_text(lines, measured, meta, STUDY))
+    except C.StudyError as exc:
+        print(f"{STUDY}: {exc}", file=sys.stderr)
+        return 2
+    print(R.headline_markdown(lines))
+    print(f"{STUDY}: {len(rows)} predicted rows, {len(measured)} measured runs (bytes equal to "
+          f"the prediction on every rank), results in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
