@@ -294,3 +294,23 @@ def test_column_groups_cover_the_reduction_once():
             assert limit is None or sum(c1 - c0 for p in g for _, c0, c1 in p) <= limit
             for p in g:
                 assert len(p) == 1 if piece is None else sum(c1 - c0 for _, c0, c1 in p) <= piece
+
+
+def test_bench_writes_its_table_and_json(tmp_path, capsys):
+    # a small layer, one round: the figures are measured, the verdicts follow from them
+    import json
+    from parconv.bench import main
+    path = tmp_path / "bench.json"
+    assert main(["--layers", "alexnet.conv5:1", "--threads", "1", "--rounds", "1",
+                 "--no-gemmini", "--gemm-size", "64", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(path.read_text())
+    row = result["conv"][0]
+    assert row["layer"] == "alexnet.conv5" and row["threads"] == 1
+    assert row["parconv_float32_gflops"] > 0 and row["parconv_int8_gflops"] > 0
+    assert result["machine"]["blas"] and result["gemm_gflops"]["float32"]["1"] > 0
+    for target in result["targets"]:
+        assert target["met"] == (target["value"] >= 0.6 if "int8" in target["target"]
+                                 or "SGEMM" in target["target"] else target["value"] >= 1.0)
+    assert "alexnet.conv5" in out and "targets:" in out
+    assert main(["--layers", "nope"]) == 2
