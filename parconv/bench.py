@@ -47,15 +47,21 @@ def _torch():
     return torch
 
 
-def interleaved_best(contenders: dict, rounds: int) -> dict:
+def interleaved_best(contenders: dict, rounds: int, cpu: dict | None = None) -> dict:
     """Best wall time of each callable over ``rounds`` rounds, each round calling every
-    contender once (in turn)."""
+    contender once (in turn).  ``cpu``, if given, receives the best process CPU time of each
+    (all threads of the process: on a shared machine less disturbed by other load than the
+    wall time)."""
     best = dict.fromkeys(contenders, float("inf"))
+    if cpu is not None:
+        cpu.update(dict.fromkeys(contenders, float("inf")))
     for _ in range(rounds):
         for name, run in contenders.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             run()
             best[name] = min(best[name], time.perf_counter() - start)
+            if cpu is not None:
+                cpu[name] = min(cpu[name], time.process_time() - start_cpu)
     return best
 
 
@@ -115,10 +121,11 @@ def conv_rates(name: str, batch: int, threads: int, rounds: int) -> dict:
             contenders[f"torch_{dtype}"] = conv
     if torch is not None:
         torch.set_num_threads(threads)
+    cpu = {}
     with limit_threads(threads):
-        best = interleaved_best(contenders, rounds)
+        best = interleaved_best(contenders, rounds, cpu)
     out.update({f"{key}_gflops": flops / t / 1e9 for key, t in best.items()})
-    out["seconds"] = best
+    out["seconds"], out["cpu_seconds"] = best, cpu
     return out
 
 

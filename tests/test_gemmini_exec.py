@@ -386,7 +386,12 @@ def test_executor_products_float32_when_exact(low, high):
     longest = max((c.c[1] - c.c[0]) * (c.r[1] - c.r[0]) * (c.s[1] - c.s[0]) for c in calls)
     y, _ = executor.run(calls, x, w)
     assert executor.products == (np.float32 if longest * low * low <= 2 ** 24 else np.float64)
+    assert executor.acc_type == (np.float32 if 180 * low * low <= 2 ** 24 else np.float64)
     np.testing.assert_array_equal(y, reference_conv2d(spec, x, w))
+    bias = np.full(spec.out_channels, 2 ** 30, dtype=np.int32)     # a bias: float64 sums
+    y, _ = executor.run(calls, x, w, bias)
+    assert executor.acc_type == np.float64
+    np.testing.assert_array_equal(y, reference_conv2d(spec, x, w, bias))
     # one tile of 2**24 / (low * low) + 1 products would not be exact in float32
     long_tile = dataclasses.replace(calls[0], c=(0, 2 ** 24 // (9 * low * low) + 1),
                                     r=(0, 3), s=(0, 3))

@@ -39,6 +39,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from ..blas import matmul_into
 from ..errors import ParconvError, ParconvRuntimeError
 from ..spec import ConvSpec
 from .call_rules import exec_cycles as call_exec_cycles, passes as call_passes
@@ -174,6 +175,11 @@ class TileExecutor:
         calls = list(calls)
         x, w = np.asarray(x), np.asarray(w)
         self.products = self._product_type(calls, x, w)
+        # the accumulator: the products' type when the whole reduction of an output is exact
+        # in it too and no bias is added (then BLAS accumulates in place), else self.compute
+        self.acc_type = self.products if self.products == self.compute or bias is None and \
+            self._exact_in_float32(self.spec.in_channels * self.spec.kernel_size[0]
+                                   * self.spec.kernel_size[1], x, w) else self.compute
         # one conversion each, straight into the channels-last layouts the tiles slice
         self._x = np.empty((x.shape[0], x.shape[2], x.shape[3], x.shape[1]), self.products)
         np.copyto(self._x, x.transpose(0, 2, 3, 1), casting="unsafe")
@@ -206,10 +212,14 @@ class TileExecutor:
         if self.compute != np.float64 or np.issubdtype(np.dtype(self.spec.dtype_in),
                                                        np.floating):
             return self.compute
-        bound = _magnitude(x) * _magnitude(w)
         longest = max(((c.r[1] - c.r[0]) * (c.s[1] - c.s[0]) * (c.c[1] - c.c[0])
                        for c in calls), default=0)
-        return np.dtype(np.float32) if longest * bound <= 2 ** 24 else self.compute
+        return np.dtype(np.float32) if self._exact_in_float32(longest, x, w) else self.compute
+
+    @staticmethod
+    def _exact_in_float32(products: int, x: np.ndarray, w: np.ndarray) -> bool:
+        """Whether sums of ``products`` products of the data are integers below 2**24."""
+        return products * _magnitude(x) * _magnitude(w) <= 2 ** 24
 
     # ---- one call -----------------------------------------------------------------------------
     def _call(self, call: TileCall, following: TileCall | None) -> None:
@@ -309,11 +319,11 @@ class TileExecutor:
         if state == "final":
             raise ParconvRuntimeError(f"output block {call.output_key} visited after it was final")
         if state == "spilled":
-            self._acc = self._y[n0:n1, h0:h1, w0:w1, k0:k1].astype(self.compute)
+            self._acc = self._y[n0:n1, h0:h1, w0:w1, k0:k1].astype(self.acc_type)
             st.dram_bytes["psum"] += self._acc.size * cfg.acc_bytes
             st.mvin_rows["psum"] += nN * nH * nW * _ceil(nK, cfg.dim)
         else:
-            self._acc = np.zeros((nN, nH, nW, nK), dtype=self.compute)
+            self._acc = np.zeros((nN, nH, nW, nK), dtype=self.acc_type)
             if self._bias is not None:
                 self._acc += self._bias[k0:k1]
                 # stride-0 mvins: one dim-wide row per dim output pixels of a row and channel block
@@ -372,8 +382,11 @@ class TileExecutor:
                 self._products[key] = cached
                 self._group_bytes += size
             else:
-                self._acc += (patches @ weights.reshape(nR * nS * nC, nK)).reshape(
-                    nN, nH, nW, nK)
+                acc = self._acc.reshape(nN * nH * nW, nK)
+                if acc.dtype == patches.dtype:          # in place (BLAS beta = 1)
+                    matmul_into(acc, patches, weights.reshape(nR * nS * nC, nK), True)
+                else:
+                    acc += patches @ weights.reshape(nR * nS * nC, nK)
                 return
         product, k0 = cached[0], cached[1]
         self._acc += product[:, call.k[0] - k0:call.k[1] - k0].reshape(nN, nH, nW, nK)
@@ -437,5 +450,5 @@ def _magnitude(a: np.ndarray) -> int:
 def _to_accumulator(acc: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Cast computed sums to the accumulator type; integers wrap around like int32 hardware."""
     if np.issubdtype(dtype, np.integer):
-        return np.rint(acc).astype(np.int64).astype(dtype)
+        return acc.astype(np.int64).astype(dtype)      # exact integers: no rounding needed
     return acc.astype(dtype)
