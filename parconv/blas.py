@@ -92,18 +92,23 @@ def matmul_into(out: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool,
     operands allow it.  Local.
 
     ``out`` (m, n) must be C-contiguous.  Accumulating float32/float64 products with C-contiguous
-    ``a`` (m, k) and ``b`` (k, n) is one BLAS call with beta = 1 on the transposed (column-major)
-    views, so the product never leaves the output; other operands go through ``scratch``
-    (shape of ``out``; allocated when not given) and one addition.
+    ``a`` (m, k) and C- or F-contiguous ``b`` (k, n) is one BLAS call with beta = 1 on the
+    transposed (column-major) views, so the product never leaves the output; other operands go
+    through ``scratch`` (shape of ``out``; allocated when not given) and one addition.
     """
     if not accumulate:
         np.matmul(a, b, out=out)
         return
     gemm = _gemm(out.dtype)
     if (gemm is not None and a.dtype == out.dtype and b.dtype == out.dtype
-            and a.flags.c_contiguous and b.flags.c_contiguous and out.flags.c_contiguous):
-        # column-major: out^T (n, m) += b^T (n, k) @ a^T (k, m); all three are F-contiguous
-        result = gemm(1.0, b.T, a.T, beta=1.0, c=out.T, overwrite_c=1)
+            and a.flags.c_contiguous and out.flags.c_contiguous
+            and (b.flags.c_contiguous or b.flags.f_contiguous)):
+        # column-major: out^T (n, m) += b^T (n, k) @ a^T (k, m); b^T is b.T (F-contiguous) or,
+        # for F-contiguous b, b itself transposed by BLAS
+        if b.flags.c_contiguous:
+            result = gemm(1.0, b.T, a.T, beta=1.0, c=out.T, overwrite_c=1)
+        else:
+            result = gemm(1.0, b, a.T, beta=1.0, c=out.T, trans_a=1, overwrite_c=1)
         if not np.shares_memory(result, out):   # f2py made a copy after all: keep the result
             out[...] = result.T
         return

@@ -278,6 +278,8 @@ def test_matmul_into_accumulates_in_place(dtype):
     np.testing.assert_array_equal(out, 1 + a @ b)
     matmul_into(out, a[:, 1:4], b[1:4], accumulate=True)     # strided operand: scratch path
     np.testing.assert_array_equal(out, 1 + a @ b + a[:, 1:4] @ b[1:4])
+    matmul_into(out, a, np.asfortranarray(b), accumulate=True)   # BLAS transposes b
+    np.testing.assert_array_equal(out, 1 + 2 * (a @ b) + a[:, 1:4] @ b[1:4])
     matmul_into(out, a, b, accumulate=False)
     np.testing.assert_array_equal(out, a @ b)
 
