@@ -44,7 +44,7 @@ MIN_ROWS = 256
 EXACT_BELOW = {np.dtype(np.float32): 2 ** 24, np.dtype(np.float64): 2 ** 53}
 #: the "gemm" method needs images at least this large (else one product per image is too small
 #: for the cost of packing the filters, and "taps" runs one product over all images)
-GEMM_MIN_PIXELS = 1024
+GEMM_MIN_PIXELS = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,21 +112,31 @@ def taps(spec: ConvSpec) -> tuple[list[Tap], tuple[int, int]]:
     return out, (Hq, Wq)
 
 
-def phase_images(spec: ConvSpec, x: np.ndarray, dtype, phases, grid) -> dict:
-    """Channels-last phase images (N, Hq, Wq, C) of ``dtype``, zero where the padding is."""
+def phase_images(spec: ConvSpec, x: np.ndarray, dtype, phases, grid, tail: int = 0) -> dict:
+    """Channels-last phase images of ``dtype``, zero where the padding is: per phase a flat
+    (N Hq Wq + tail, C) array whose first N Hq Wq rows are the (N, Hq, Wq, C) image and whose
+    ``tail`` rows are zeros."""
     (sh, sw), (ph, pw), (H_in, W_in) = spec.stride, spec.padding, spec.in_size
     Hq, Wq = grid
+    N, C = spec.batch, spec.in_channels
     out = {}
     for a, b in phases:
-        image = np.zeros((spec.batch, Hq, Wq, spec.in_channels), dtype=dtype)
+        flat = np.zeros((N * Hq * Wq + tail, C), dtype=dtype)
+        image = flat[:N * Hq * Wq].reshape(N, Hq, Wq, C)
         i0, i1 = _held(ph - a, sh, H_in, Hq)
         j0, j1 = _held(pw - b, sw, W_in, Wq)
         if i1 > i0 and j1 > j0:
             rows = slice(sh * i0 + a - ph, sh * (i1 - 1) + a - ph + 1, sh)
             cols = slice(sw * j0 + b - pw, sw * (j1 - 1) + b - pw + 1, sw)
             image[:, i0:i1, j0:j1, :] = x[:, :, rows, cols].transpose(0, 2, 3, 1)
-        out[(a, b)] = image
+        out[(a, b)] = flat
     return out
+
+
+def _images(flat: dict, spec: ConvSpec, grid) -> dict:
+    """The (N, Hq, Wq, C) views of `phase_images`' flat arrays."""
+    size = spec.batch * grid[0] * grid[1]
+    return {p: v[:size].reshape(spec.batch, *grid, spec.in_channels) for p, v in flat.items()}
 
 
 def _held(pad: int, stride: int, extent: int, count: int) -> tuple[int, int]:
@@ -241,14 +251,15 @@ class _Sums:
                 np.add(out, ints, out=out)                    # wraps like int32 hardware
 
 
-def conv_gemm(spec: ConvSpec, x: np.ndarray, w: np.ndarray, arith: Arithmetic) -> np.ndarray:
-    """1x1, unpadded: per image (K x C) @ (C x H W) on the NCHW data.  Returns (N, K, H, W)."""
+def conv_gemm(spec: ConvSpec, x: np.ndarray, w: np.ndarray, arith: Arithmetic,
+              y: np.ndarray) -> None:
+    """1x1, unpadded: per image (K x C) @ (C x H W) on the NCHW data, into ``y``."""
     (sh, sw), (H, W), C, K = spec.stride, spec.out_size, spec.in_channels, spec.out_channels
     wm = w.reshape(K, C).astype(arith.dtype, copy=False)
-    y = np.empty((spec.batch, K, H * W), dtype=arith.out)
     groups = column_groups(C, 1, arith.limit)
     sums = _Sums(arith, K * H * W)
     image = np.empty((C, H, W), dtype=arith.dtype)
+    direct = arith.out == y.dtype
     for n in range(spec.batch):
         src = x[n, :, ::sh, ::sw][:, :H, :W]
         if src.dtype == arith.dtype and src.flags.c_contiguous:
@@ -262,48 +273,63 @@ def conv_gemm(spec: ConvSpec, x: np.ndarray, w: np.ndarray, arith: Arithmetic) -
                 # the weight columns are K x (c1 - c0) of a K x C matrix: BLAS takes the stride
                 matmul_into(target, wm[:, c0:c1], flat[c0:c1], not (first and i == 0), scratch)
 
-        # the per-image output is K rows of H W: block by "rows" = output channels
-        sums.run(y[n], groups, products)
-    return y.reshape(spec.batch, K, H, W)
+        block = y[n].reshape(K, H * W) if direct else sums.block((K, H * W))
+        sums.run(block, groups, products)
+        if not direct:
+            np.copyto(y[n].reshape(K, H * W), block, casting="unsafe")
 
 
-def conv_taps(spec: ConvSpec, x: np.ndarray, w: np.ndarray, arith: Arithmetic) -> np.ndarray:
-    """One product per tap on the phase images (module docstring).  Returns (N, Hq, Wq, K)
-    whose [:, :H, :W] is the output."""
+def conv_taps(spec: ConvSpec, x: np.ndarray, w: np.ndarray, arith: Arithmetic,
+              y: np.ndarray) -> None:
+    """One product per tap on the phase images (module docstring), into ``y``.
+
+    Blocks of whole images (or of image rows) of the (n, i, j) grid, each written to the NCHW
+    output while still in the cache.  (The products are rows x K: computing K x rows instead,
+    to write runs of W, runs 25 % slower in OpenBLAS for K = C = 64.)
+    """
     tap_list, (Hq, Wq) = taps(spec)
     N, C, K, (H, W) = spec.batch, spec.in_channels, spec.out_channels, spec.out_size
-    images = phase_images(spec, x, arith.dtype, {t.phase for t in tap_list}, (Hq, Wq))
-    flat = {p: image.reshape(N * Hq * Wq, C) for p, image in images.items()}
+    # a block reads up to the largest tap offset past its end: zero rows there
+    tail = max(t.offset for t in tap_list)
+    flat = phase_images(spec, x, arith.dtype, {t.phase for t in tap_list}, (Hq, Wq), tail)
     wk = _tap_major(w, arith.dtype)
     groups = column_groups(C, len(tap_list), arith.limit)
-    out = np.empty((N * Hq * Wq, K), dtype=arith.out)
-    # last row any output needs: later grid rows are never read
-    used = (N - 1) * Hq * Wq + (H - 1) * Wq + W
     rows = max(MIN_ROWS, TAP_BLOCK_BYTES // (K * arith.dtype.itemsize))
-    sums = _Sums(arith, min(rows, used) * K)
-    for p0 in range(0, used, rows):
-        p1 = min(used, p0 + rows)
+    # whole images (their grid rows Hq included) or rows h0:h1 of one image
+    blocks = [(n0, n1, h0, h1, (h0, h1) == (0, H),
+               (n1 - n0) * Hq * Wq if (h0, h1) == (0, H) else (h1 - h0) * Wq)
+              for n0, n1, h0, h1 in _pixel_blocks(N, H, Wq, rows, Hq)]
+    sums = _Sums(arith, K * max(block[-1] for block in blocks))
+    for n0, n1, h0, h1, whole, length in blocks:
+        base = (n0 * Hq + h0) * Wq
 
         def products(target, group, scratch, first):
             for i, ((t, c0, c1),) in enumerate(group):
                 tap = tap_list[t]
-                a = flat[tap.phase][p0 + tap.offset:p1 + tap.offset, c0:c1]
+                a = flat[tap.phase][base + tap.offset:base + tap.offset + length, c0:c1]
                 matmul_into(target, a, wk[tap.r, tap.s, :, c0:c1].T, not (first and i == 0),
                             scratch)
 
-        sums.run(out[p0:p1], groups, products)
-    return out.reshape(N, Hq, Wq, K)
+        block = sums.block((length, K))
+        sums.run(block, groups, products)
+        if whole:
+            grid = block.reshape(n1 - n0, Hq, Wq, K)[:, :H, :W, :]
+            np.copyto(y[n0:n1], grid.transpose(0, 3, 1, 2), casting="unsafe")
+        else:
+            np.copyto(y[n0, :, h0:h1, :], block.reshape(h1 - h0, Wq, K)[:, :W, :].transpose(
+                2, 0, 1), casting="unsafe")
 
 
 def conv_im2col(spec: ConvSpec, x: np.ndarray, w: np.ndarray, arith: Arithmetic,
-                channels_first: bool = False) -> np.ndarray:
-    """Blocks of im2col rows gathered from the phase images, one product per block and piece.
-    Returns (N, H, W, K), or with ``channels_first`` (K, N, H, W): the transposed columns
-    (C R S x pixels) gathered from channel-first phase images copy runs of W values instead
-    of runs of C (few channels)."""
+                y: np.ndarray, channels_first: bool = False) -> None:
+    """Blocks of im2col rows gathered from the phase images, one product per block and piece,
+    into ``y``.  Each block's output is K x pixels (written to NCHW in runs of the block's
+    pixels).  With ``channels_first`` the transposed columns (C R S x pixels) are gathered
+    from channel-first phase images: runs of W values instead of runs of C (few channels)."""
     tap_list, grid = taps(spec)
     N, C, K, (H, W) = spec.batch, spec.in_channels, spec.out_channels, spec.out_size
-    images = phase_images(spec, x, arith.dtype, {t.phase for t in tap_list}, grid)
+    images = _images(phase_images(spec, x, arith.dtype, {t.phase for t in tap_list}, grid),
+                     spec, grid)
     if channels_first:
         images = {p: np.ascontiguousarray(v.transpose(3, 0, 1, 2)) for p, v in images.items()}
     wk = _tap_major(w, arith.dtype)
@@ -320,7 +346,6 @@ def conv_im2col(spec: ConvSpec, x: np.ndarray, w: np.ndarray, arith: Arithmetic,
     blocks = _pixel_blocks(N, H, W, max(MIN_ROWS, COLUMNS_BYTES // (widest * item)))
     block_rows = max((n1 - n0) * (h1 - h0) * W for n0, n1, h0, h1 in blocks)
     columns = np.empty(block_rows * widest, dtype=arith.dtype)
-    out = np.empty((K, N * H * W) if channels_first else (N * H * W, K), dtype=arith.out)
     sums = _Sums(arith, block_rows * K)
     for n0, n1, h0, h1 in blocks:
         count = (n1 - n0) * (h1 - h0) * W
@@ -336,28 +361,22 @@ def conv_im2col(spec: ConvSpec, x: np.ndarray, w: np.ndarray, arith: Arithmetic,
                         block[q:q + c1 - c0] = images[phase][c0:c1, n0:n1, h0 + di:h1 + di,
                                                              dj:dj + W]
                         q += c1 - c0
-                    matmul_into(target, weights[id(piece)], block.reshape(width, count),
-                                not (first and i == 0), scratch)
-                    continue
-                block = columns[:count * width].reshape(n1 - n0, h1 - h0, W, width)
-                for t, c0, c1 in piece:
-                    (di, dj), phase = tap_list[t].shift, tap_list[t].phase
-                    block[..., q:q + c1 - c0] = images[phase][n0:n1, h0 + di:h1 + di,
-                                                              dj:dj + W, c0:c1]
-                    q += c1 - c0
-                matmul_into(target, block.reshape(count, width), weights[id(piece)].T,
-                            not (first and i == 0), scratch)
+                    matrix = block.reshape(width, count)
+                else:
+                    block = columns[:count * width].reshape(n1 - n0, h1 - h0, W, width)
+                    for t, c0, c1 in piece:
+                        (di, dj), phase = tap_list[t].shift, tap_list[t].phase
+                        block[..., q:q + c1 - c0] = images[phase][n0:n1, h0 + di:h1 + di,
+                                                                  dj:dj + W, c0:c1]
+                        q += c1 - c0
+                    matrix = block.reshape(count, width).T      # BLAS reads it transposed
+                matmul_into(target, weights[id(piece)], matrix, not (first and i == 0),
+                            scratch)
 
-        start = (n0 * H + h0) * W
-        if channels_first:
-            # the block's columns of the (K, pixels) output are strided: sum in a contiguous
-            # block and copy it (BLAS accumulates in place only into contiguous outputs)
-            block_out = sums.block((K, count))
-            sums.run(block_out, groups, products)
-            out[:, start:start + count] = block_out
-        else:
-            sums.run(out[start:start + count], groups, products)
-    return out.reshape(K, N, H, W) if channels_first else out.reshape(N, H, W, K)
+        out = sums.block((K, count))
+        sums.run(out, groups, products)
+        np.copyto(y[n0:n1, :, h0:h1, :],
+                  out.reshape(K, n1 - n0, h1 - h0, W).transpose(1, 0, 2, 3), casting="unsafe")
 
 
 def _tap_major(w: np.ndarray, dtype) -> np.ndarray:
@@ -367,10 +386,13 @@ def _tap_major(w: np.ndarray, dtype) -> np.ndarray:
     return np.ascontiguousarray(w.transpose(2, 3, 0, 1), dtype=dtype)
 
 
-def _pixel_blocks(N: int, H: int, W: int, rows: int) -> list[tuple[int, int, int, int]]:
-    """(n0, n1, h0, h1): whole images when ``rows`` output pixels hold one, else rows of one."""
-    if rows >= H * W:
-        step = rows // (H * W)
+def _pixel_blocks(N: int, H: int, W: int, rows: int, Hq: int | None = None
+                  ) -> list[tuple[int, int, int, int]]:
+    """(n0, n1, h0, h1): whole images when ``rows`` grid positions hold one (an image has
+    ``Hq`` W positions, default H W), else rows of one image."""
+    size = (Hq or H) * W
+    if rows >= size:
+        step = rows // size
         return [(n, min(N, n + step), 0, H) for n in range(0, N, step)]
     step = max(1, rows // W)
     return [(n, n + 1, h, min(H, h + step)) for n in range(N) for h in range(0, H, step)]
@@ -380,24 +402,23 @@ def conv2d_blas(spec: ConvSpec, x: np.ndarray, w: np.ndarray, method: str | None
                 ) -> tuple[np.ndarray, dict]:
     """The block's convolution (N, K, H, W) in ``spec.dtype_acc`` and how it was computed
     (``method``, ``compute_dtype``, ``exact_group``: products per exact integer group or None).
-    ``x`` and ``w`` must already have the spec's shapes and types.  Local."""
+    ``x`` and ``w`` must already have the spec's shapes and types.  Local.
+
+    Sums reach ``y`` through an unsafe cast: exact integers (below 2**24 / 2**53 for one
+    group) or int32/int64 sums, and int64 -> int32 keeps the low 32 bits (two's-complement
+    wrap-around, like the hardware).
+    """
     arith = arithmetic(spec, x, w)
     method = method or choose_method(spec)
     if method == "gemm" and not _gemm_applies(spec):
         raise ParconvError(f"method 'gemm' needs a 1x1 unpadded block, got {spec.describe()}")
-    H, W = spec.out_size
     y = np.empty(spec.output_shape, dtype=spec.dtype_acc)
     if method == "gemm":
-        result = conv_gemm(spec, x, w, arith)
+        conv_gemm(spec, x, w, arith, y)
     elif method == "taps":
-        result = conv_taps(spec, x, w, arith)[:, :H, :W, :].transpose(0, 3, 1, 2)
-    elif method == "im2col" and channels_first(spec):
-        result = conv_im2col(spec, x, w, arith, channels_first=True).transpose(1, 0, 2, 3)
+        conv_taps(spec, x, w, arith, y)
     elif method == "im2col":
-        result = conv_im2col(spec, x, w, arith).transpose(0, 3, 1, 2)
+        conv_im2col(spec, x, w, arith, y, channels_first=channels_first(spec))
     else:
         raise ParconvError(f"method must be gemm, taps or im2col, got {method!r}")
-    # exact integers (below 2**24 / 2**53 for one group) or int64/int32 sums: the unsafe cast
-    # keeps them, and int64 -> int32 keeps the low 32 bits (two's-complement wrap-around)
-    np.copyto(y, result, casting="unsafe")
     return y, {"method": method, "compute_dtype": arith.dtype.name, "exact_group": arith.limit}
