@@ -3,7 +3,7 @@
 Three methods, chosen per block by `choose_method` (all keep stride, dilation, asymmetric padding
 and non-square shapes; none builds the full im2col matrix):
 
-* ``"gemm"`` (1x1 filters, no padding, large images): per image one (K x C) @ (C x H W)
+* ``"gemm"`` (1x1 filters, no padding, at least `GEMM_MIN_PIXELS` pixels): per image one (K x C) @ (C x H W)
   product straight on the NCHW data; no layout conversion at all.
 * ``"taps"``: the input is converted once to channels-last *phase images* (one per stride
   phase, zero padding included): ``xq[a, b][n, i, j, c] = x[n, c, sh i + a - ph, sw j + b - pw]``.
@@ -13,13 +13,15 @@ and non-square shapes; none builds the full im2col matrix):
   in place (BLAS beta = 1) into an output over the same (n, i, j) grid; the grid's extra columns
   and rows (``Wq - W`` and ``Hq - H`` of them) are computed and dropped.  Blocks of rows that
   stay in the cache; no copy per tap.
+
+Every method writes its output blocks to the NCHW result while they are still in the cache.
 * ``"im2col"``: blocks of output rows of the im2col matrix, sized to `COLUMNS_BYTES`, gathered
   from the phase images, one product per block: for few channels (short per-tap products) or
   grids much larger than the output (small images: ``Hq Wq >> H W``).
 
 Integers are computed exactly on floating-point BLAS: every partial sum of at most ``limit``
-products of magnitude at most ``max|x| max|w|`` is an integer below ``2**24`` (float32) or
-``2**53`` (float64), hence exact whatever order BLAS adds in.  The reduction (taps x channels)
+products of magnitude at most ``max|x| max|w|`` is an integer of magnitude at most ``2**24``
+(float32) or ``2**53`` (float64), hence exact whatever order BLAS adds in.  The reduction (taps x channels)
 is cut into groups of at most ``limit`` products; each group is summed in floating point and the
 groups are added in the integer accumulator, which wraps around like int32 hardware.
 """
@@ -40,7 +42,7 @@ COLUMNS_BYTES = 16 << 20
 TAP_BLOCK_BYTES = 1 << 20
 #: fewest rows per block (shorter products run BLAS poorly)
 MIN_ROWS = 256
-#: largest integer below which every integer is exact, per floating type
+#: every integer of magnitude at most this is exact in the floating type
 EXACT_BELOW = {np.dtype(np.float32): 2 ** 24, np.dtype(np.float64): 2 ** 53}
 #: the "gemm" method needs images at least this large (else one product per image is too small
 #: for the cost of packing the filters, and "taps" runs one product over all images)
