@@ -58,6 +58,15 @@ def prepare() -> None:
     _gemm(np.dtype(np.float32))
 
 
+def current_threads() -> int:
+    """The largest current thread count of the BLAS libraries (1 without threadpoolctl)."""
+    controller = _controller()
+    if controller is None:
+        return 1
+    return max((lib.num_threads for lib in controller.lib_controllers
+                if lib.user_api == "blas"), default=1)
+
+
 @contextlib.contextmanager
 def limit_threads(threads: int | None):
     """Run the block with ``threads`` BLAS threads in every BLAS library of the process.  Local.
