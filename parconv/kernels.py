@@ -17,11 +17,13 @@ import time
 
 import numpy as np
 
+from .blas import blas_info, limit_threads, prepare
+from .blasconv import conv2d_blas
 from .errors import ParconvError
 from .spec import ConvSpec
 
-#: float64 represents every integer of magnitude below 2**53 exactly
-_FLOAT64_EXACT = 2 ** 53
+#: the methods of `parconv.blasconv` a kernel may be forced to
+METHODS = ("gemm", "taps", "im2col")
 
 
 def _checked_operands(spec: ConvSpec, x, w) -> tuple[np.ndarray, np.ndarray]:
@@ -42,104 +44,50 @@ def _checked_operands(spec: ConvSpec, x, w) -> tuple[np.ndarray, np.ndarray]:
     return arrays[0], arrays[1]
 
 
-def _integer_sum_is_exact_in_float64(spec: ConvSpec) -> bool:
-    """Whether every partial sum of C R S products fits the 53-bit float64 mantissa."""
-    x_max = max(abs(int(np.iinfo(spec.dtype_in).min)), int(np.iinfo(spec.dtype_in).max))
-    w_max = max(abs(int(np.iinfo(spec.dtype_weight).min)), int(np.iinfo(spec.dtype_weight).max))
-    terms = spec.in_channels * spec.kernel_size[0] * spec.kernel_size[1]
-    return terms * x_max * w_max < _FLOAT64_EXACT
-
-
-def _compute_dtype(spec: ConvSpec) -> np.dtype:
-    """The type the products are summed in: the float accumulator for floats; float64 (BLAS,
-    exact, see `_integer_sum_is_exact_in_float64`) or int64 (no BLAS, slow) for integers."""
-    if np.issubdtype(np.dtype(spec.dtype_in), np.floating):
-        return np.dtype(spec.dtype_acc)
-    return np.dtype(np.float64) if _integer_sum_is_exact_in_float64(spec) else np.dtype(np.int64)
-
-
 def _to_accumulator(acc: np.ndarray, dtype_acc: str) -> np.ndarray:
-    """Cast the summed products to the accumulator type; integers wrap around like the hardware."""
+    """Cast exact int64 / float64 sums to the accumulator type; integers wrap around like the
+    hardware (int64 -> int32 keeps the low 32 bits)."""
     target = np.dtype(dtype_acc)
     if np.issubdtype(target, np.integer):
-        if np.issubdtype(acc.dtype, np.floating):
-            acc = np.rint(acc).astype(np.int64)
-        return acc.astype(target)  # int64 -> int32 keeps the low 32 bits: two's-complement wrap
+        return acc.astype(np.int64).astype(target)
     return acc.astype(target, copy=False)
 
 
-def _tap_windows(spec: ConvSpec):
-    """(r, s, row slice, column slice) of every filter tap over the padded input."""
-    (sh, sw), (dh, dw) = spec.stride, spec.dilation
-    H, W = spec.out_size
-    R, S = spec.kernel_size
-    for r in range(R):
-        rows = slice(dh * r, dh * r + sh * (H - 1) + 1, sh)
-        for s in range(S):
-            yield r, s, rows, slice(dw * s, dw * s + sw * (W - 1) + 1, sw)
-
-
-def _conv_im2col(spec: ConvSpec, xp: np.ndarray, wc: np.ndarray, images: int) -> np.ndarray:
-    """im2col, `images` images at a time: one (K x C R S) @ (C R S x n H W) product per chunk."""
-    N, C, K = spec.batch, spec.in_channels, spec.out_channels
-    (H, W), (R, S) = spec.out_size, spec.kernel_size
-    w_matrix = wc.reshape(K, C * R * S)
-    y = np.empty((N, K, H, W), dtype=xp.dtype)
-    for n0 in range(0, N, images):
-        n1 = min(N, n0 + images)
-        columns = np.empty((C, R, S, n1 - n0, H, W), dtype=xp.dtype)
-        for r, s, rows, cols in _tap_windows(spec):
-            columns[:, r, s] = xp[n0:n1, :, rows, cols].transpose(1, 0, 2, 3)
-        product = w_matrix @ columns.reshape(C * R * S, -1)
-        y[n0:n1] = product.reshape(K, n1 - n0, H, W).transpose(1, 0, 2, 3)
-    return y
-
-
-def _conv_per_tap(spec: ConvSpec, xp: np.ndarray, wc: np.ndarray) -> np.ndarray:
-    """One (K x C) @ (C x N H W) product per filter tap: memory of one input copy, for images
-    whose im2col columns would be too large."""
-    K, (H, W) = spec.out_channels, spec.out_size
-    xc = xp.transpose(1, 0, 2, 3)
-    acc = np.zeros((K, spec.batch * H * W), dtype=xp.dtype)
-    for r, s, rows, cols in _tap_windows(spec):
-        acc += wc[:, :, r, s] @ xc[:, :, rows, cols].reshape(spec.in_channels, -1)
-    return acc.reshape(K, spec.batch, H, W).transpose(1, 0, 2, 3)
-
-
-#: largest im2col buffer built at once (bytes); the batch is processed in chunks that fit
-IM2COL_CHUNK_BYTES = 64 << 20
-#: im2col only below this many input channels: with more, the per-tap products are already
-#: large BLAS calls and skip building the R S times larger column matrix (measured: per-tap is
-#: 1.6x faster on resnet50.layer1.0.conv2, im2col 3-7x faster on resnet50.conv1 with C = 3)
-IM2COL_MAX_CHANNELS = 32
-
-
-def conv2d_local(spec: ConvSpec, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+def conv2d_local(spec: ConvSpec, x: np.ndarray, w: np.ndarray, method: str | None = None
+                 ) -> np.ndarray:
     """The convolution of one local block, no bias, in ``spec.dtype_acc``.  Local.
 
-    Pads the input by ``spec.padding`` before and ``spec.padding_end`` after.  Few channels:
-    multiplies the filters with the im2col columns of a few images at a time (one BLAS product
-    with inner dimension C R S instead of R S products with inner dimension C).  Otherwise, or
-    when one image's columns exceed ``IM2COL_CHUNK_BYTES``: one product per filter tap.
+    Pads the input by ``spec.padding`` before and ``spec.padding_end`` after.  BLAS matrix
+    products without a full im2col matrix, exact for integers (`parconv.blasconv`); ``method``
+    forces "gemm" (1x1 unpadded only), "taps" or "im2col" (default: `choose_method`).
     """
     x, w = _checked_operands(spec, x, w)
-    compute = _compute_dtype(spec)
-    (ph, pw), (qh, qw) = spec.padding, spec.padding_end
-    xp = np.pad(x.astype(compute), ((0, 0), (0, 0), (ph, qh), (pw, qw)))
-    wc = w.astype(compute)
-    (H, W), (R, S) = spec.out_size, spec.kernel_size
-    per_image = spec.in_channels * R * S * H * W * compute.itemsize
-    if spec.in_channels < IM2COL_MAX_CHANNELS and per_image <= IM2COL_CHUNK_BYTES:
-        y = _conv_im2col(spec, xp, wc, max(1, IM2COL_CHUNK_BYTES // per_image))
-    else:
-        y = _conv_per_tap(spec, xp, wc)
-    return np.ascontiguousarray(_to_accumulator(y, spec.dtype_acc))
+    return conv2d_blas(spec, x, w, method)[0]
 
 
 class NumpyKernel:
-    """The fast CPU node kernel (numpy BLAS); exact for integer types.  Local."""
+    """The fast CPU node kernel (numpy/scipy BLAS); exact for integer types.  Local.
+
+    Parameters
+    ----------
+    threads : int, optional
+        BLAS threads for the kernel's products (threadpoolctl limit while it runs).  Default:
+        as the process is set up (``OMP_NUM_THREADS`` etc., or the caller's threadpoolctl
+        limits); the launchers set cores / ranks per node.
+    method : str, optional
+        Force "gemm", "taps" or "im2col" (default: chosen per block).
+    """
 
     name = "numpy"
+
+    def __init__(self, threads: int | None = None, method: str | None = None) -> None:
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or threads < 1):
+            raise ParconvError(f"threads must be a positive integer, got {threads!r}")
+        if method not in (None, *METHODS):
+            raise ParconvError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        self.threads, self.method = threads, method
+        prepare()   # load the BLAS now, not inside the first (timed) call
 
     def run(self, spec: ConvSpec, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, dict]:
         """Convolve one local block.  Local.
@@ -149,11 +97,17 @@ class NumpyKernel:
         y : ndarray (N, K, H, W) of ``spec.dtype_acc``
             Partial output without bias.
         stats : dict
-            ``kernel``, ``macs`` (= spec.G) and ``time_s`` (wall time of the call).
+            ``kernel``, ``macs`` (= spec.G), ``time_s`` (wall time of the call), ``method``,
+            ``compute_dtype``, ``exact_group`` (products per exact integer group, None when
+            unlimited), ``blas_threads`` (BLAS threads this rank's products could use) and
+            ``blas`` (the BLAS libraries, version, CPU kernel and threads).
         """
         start = time.perf_counter()
-        y = conv2d_local(spec, x, w)
-        return y, {"kernel": self.name, "macs": int(spec.G),
+        x, w = _checked_operands(spec, x, w)
+        with limit_threads(self.threads):
+            y, how = conv2d_blas(spec, x, w, self.method)
+            threads = blas_info()
+        return y, {"kernel": self.name, "macs": int(spec.G), **how, **threads,
                    "time_s": time.perf_counter() - start}
 
 

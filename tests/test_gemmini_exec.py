@@ -302,3 +302,98 @@ def test_kernel_totals_add_bytes_and_recompute_ratios():
     assert 0 < ours["utilization"] <= 1
     assert ours["ratio_to_bound"] == pytest.approx(ours["dram_bytes"]["total"]
                                                    / total["bound_bytes"])
+
+
+# ---- speed paths: the tiling cache and the float32 products of the executor ---------------------
+@pytest.fixture
+def cache_in(tmp_path, monkeypatch):
+    from parconv.gemmini import tiling_cache
+    monkeypatch.setenv(tiling_cache.CACHE_ENV, str(tmp_path))
+    tiling_cache.clear_memory()
+    yield tmp_path
+    tiling_cache.clear_memory()
+
+
+def test_tiling_is_searched_once_per_shape(cache_in):
+    from parconv.gemmini import tiling_cache
+    from parconv.gemmini.kernel import GemminiKernel
+    spec = ConvSpec(**AWKWARD["3x3 s2 pad1 ragged"], name="a")
+    config = GemminiConfig(**SMALL)
+    first, info = tiling_cache.cached_tiling(spec, config)
+    assert info["source"] == "search" and info["search_s"] > 0
+    searched = choose_tiling(spec, config)
+    assert (first.tiling, first.order, first.schedule, first.cost, first.spec) == \
+        (searched.tiling, searched.order, searched.schedule, searched.cost, spec)
+    again, info = tiling_cache.cached_tiling(spec.replace(name="b"), config)  # same shape
+    assert info["source"] == "memory" and info["search_s"] == 0
+    assert again.spec.name == "b" and again.tiling == first.tiling and again.order == first.order
+    files = list(cache_in.glob("*.pickle"))
+    assert len(files) == 1 and not list(cache_in.glob(".tmp-*"))
+    tiling_cache.clear_memory()                                               # a new run
+    from_disk, info = tiling_cache.cached_tiling(spec, config)
+    assert info["source"] == "disk" and from_disk.cost == first.cost
+    other, info = tiling_cache.cached_tiling(spec, GemminiConfig(semantics="dosa", **SMALL))
+    assert info["source"] == "search" and len(list(cache_in.glob("*.pickle"))) == 2
+    # a damaged entry is searched again and rewritten whole
+    tiling_cache.clear_memory()
+    files[0].write_bytes(b"\x80\x05 not a pickle")
+    _, info = tiling_cache.cached_tiling(spec, config)
+    assert info["source"] == "search"
+    tiling_cache.clear_memory()
+    assert tiling_cache.cached_tiling(spec, config)[1]["source"] == "disk"
+    # the kernel reports where its tiling came from
+    x, w, _ = _data(spec)
+    kernel = GemminiKernel(config)
+    for source in ("search", "memory"):
+        y, stats = kernel.run(spec, x, w)
+        np.testing.assert_array_equal(y, reference_conv2d(spec, x, w))
+        assert stats["tiling_source"] == source and stats["execute_s"] > 0
+        assert (stats["search_s"] > 0) == (source == "search")
+
+
+def test_tiling_cache_off_and_concurrent_writers(cache_in, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+    from parconv.gemmini import tiling_cache
+    spec = ConvSpec(**AWKWARD["1x1"])
+    config = GemminiConfig(**SMALL)
+    choice, _ = tiling_cache.cached_tiling(spec, config, disk=False)
+    assert not list(cache_in.iterdir())
+    key = tiling_cache._key_text(spec, config)
+    name = tiling_cache.entry_name(spec, config)
+    with ThreadPoolExecutor(8) as pool:     # many ranks writing the same entry at once
+        assert all(pool.map(lambda _: tiling_cache._write(cache_in, name, key, choice), range(32)))
+    assert [p.name for p in cache_in.iterdir()] == [name]
+    assert tiling_cache._read(cache_in / name, key).tiling == choice.tiling
+    assert tiling_cache._read(cache_in / name, key + "other code") is None
+    monkeypatch.setenv(tiling_cache.CACHE_ENV, "off")
+    assert tiling_cache.cache_dir() is None
+    assert not tiling_cache._write(cache_in / name / "below a file", name, key, choice)
+
+
+@pytest.mark.parametrize("low, high", [(-128, 128), (-8, 8)])
+def test_executor_products_float32_when_exact(low, high):
+    # float32 products exactly when every tile's partial sums stay below 2**24
+    import dataclasses
+    spec = ConvSpec(batch=1, in_channels=20, out_channels=33, in_size=(13, 10),
+                    kernel_size=(3, 3), padding=(1, 1))
+    plan = choose_tiling(spec, GemminiConfig())
+    rng = np.random.default_rng(5)
+    x = rng.integers(low, high, spec.input_shape).astype(np.int8)
+    w = rng.integers(low, high, spec.weight_shape).astype(np.int8)
+    x.flat[0], w.flat[0] = low, low
+    executor = TileExecutor(plan.model, plan.config)
+    calls = tiling_calls(plan.model, plan.tiling, plan.order, plan.config, plan.subsampled)
+    longest = max((c.c[1] - c.c[0]) * (c.r[1] - c.r[0]) * (c.s[1] - c.s[0]) for c in calls)
+    y, _ = executor.run(calls, x, w)
+    assert executor.products == (np.float32 if longest * low * low <= 2 ** 24 else np.float64)
+    assert executor.acc_type == (np.float32 if 180 * low * low <= 2 ** 24 else np.float64)
+    np.testing.assert_array_equal(y, reference_conv2d(spec, x, w))
+    bias = np.full(spec.out_channels, 2 ** 30, dtype=np.int32)     # a bias: float64 sums
+    y, _ = executor.run(calls, x, w, bias)
+    assert executor.acc_type == np.float64
+    np.testing.assert_array_equal(y, reference_conv2d(spec, x, w, bias))
+    # one tile of 2**24 / (low * low) + 1 products would not be exact in float32
+    long_tile = dataclasses.replace(calls[0], c=(0, 2 ** 24 // (9 * low * low) + 1),
+                                    r=(0, 3), s=(0, 3))
+    assert executor._product_type([long_tile], x, w) == np.float64
+    assert executor._product_type(calls, np.zeros_like(x), w) == np.float32

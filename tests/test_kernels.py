@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from parconv.errors import ParconvError
 from parconv.kernels import NumpyKernel, reference_conv2d
@@ -120,15 +120,200 @@ def test_registry():
         get_kernel("cuda")
 
 
-@pytest.mark.parametrize("max_channels, chunk_bytes", [(1, 1 << 26), (99, 1), (99, 3000),
-                                                      (99, 1 << 26)])
-def test_per_tap_and_chunked_paths(monkeypatch, max_channels, chunk_bytes):
-    # per tap (too many channels or too large an image), im2col one image or all at a time
-    import parconv.kernels as kernels
-    monkeypatch.setattr(kernels, "IM2COL_MAX_CHANNELS", max_channels)
-    monkeypatch.setattr(kernels, "IM2COL_CHUNK_BYTES", chunk_bytes)
-    for dtype in ("int8", "float64"):
-        spec = spec_for_dtype(dtype, batch=3, in_channels=3, out_channels=4, in_size=(7, 6),
-                              kernel_size=(3, 2), stride=(2, 1), dilation=(1, 2),
-                              padding=(1, 0), padding_end=(0, 2))
-        assert_kernel_matches_reference(spec)
+@pytest.fixture
+def tiny_blocks(monkeypatch):
+    """Blocks of a few rows and pieces of a few columns: every blocking loop runs many times."""
+    import parconv.blasconv as blasconv
+    monkeypatch.setattr(blasconv, "COLUMNS_BYTES", 96)
+    monkeypatch.setattr(blasconv, "TAP_BLOCK_BYTES", 40)
+    monkeypatch.setattr(blasconv, "MIN_ROWS", 1)
+
+
+def methods_for(spec):
+    return ["taps", "im2col"] + (["gemm"] if blasconv_gemm_applies(spec) else [])
+
+
+def blasconv_gemm_applies(spec):
+    from parconv.blasconv import _gemm_applies
+    return _gemm_applies(spec)
+
+
+def assert_methods_match_reference(spec, x, w):
+    from parconv.blasconv import conv2d_blas
+    ref = reference_conv2d(spec, x, w)
+    for method in methods_for(spec):
+        y, how = conv2d_blas(spec, x, w, method)
+        assert y.dtype == ref.dtype and y.shape == ref.shape and how["method"] == method
+        if spec.dtype_in.startswith("int"):
+            np.testing.assert_array_equal(y, ref, err_msg=method)
+        else:
+            tol = 1e-4 if spec.dtype_acc == "float32" else 1e-12
+            np.testing.assert_allclose(y, ref, rtol=tol, atol=tol * spec.in_channels,
+                                       err_msg=method)
+
+
+@pytest.mark.parametrize("first", [False, True])
+@pytest.mark.parametrize("dtype", ["int8", "float32", "float64"])
+@pytest.mark.parametrize("shape", AWKWARD + [dict(in_size=(6, 5), kernel_size=(1, 1)),
+                                             dict(in_size=(7, 6), kernel_size=(1, 1),
+                                                  stride=(3, 2))])
+def test_every_method_on_tiny_blocks(tiny_blocks, monkeypatch, shape, dtype, first):
+    # every method, blocks of a few rows, both im2col layouts
+    import parconv.blasconv as blasconv
+    monkeypatch.setattr(blasconv, "channels_first", lambda spec: first)
+    spec = spec_for_dtype(dtype, batch=2, in_channels=3, out_channels=5, **shape)
+    assert_methods_match_reference(spec, *random_operands(spec, seed=3))
+
+
+@pytest.mark.parametrize("channels, kernel, group", [(1024, 1, None), (1025, 1, 1024),
+                                                     (113, 3, None), (114, 3, 1024),
+                                                     (2050, 1, 1024), (300, 3, 1024)])
+def test_int8_extremes_at_the_group_boundary(channels, kernel, group):
+    # -128 * -128 = 2**14: 1024 products reach 2**24, the last integer float32 holds with all
+    # below it; one more product must start a new group, and the groups add exactly in int32
+    from parconv.blasconv import arithmetic
+    spec = spec_for_dtype("int8", batch=1, in_channels=channels, out_channels=3, in_size=(4, 5),
+                          kernel_size=(kernel, kernel), padding=(kernel // 2, kernel // 2))
+    x = np.full(spec.input_shape, -128, dtype=np.int8)
+    w = np.full(spec.weight_shape, -128, dtype=np.int8)
+    w[1] = 127
+    w[2, ::2] = -1
+    assert arithmetic(spec, x, w).limit == group
+    assert arithmetic(spec, x, w).dtype == np.float32
+    assert_methods_match_reference(spec, x, w)
+    y, stats = NumpyKernel().run(spec, x, w)
+    assert stats["exact_group"] == group
+    if kernel == 1:
+        assert int(y[0, 0, 0, 0]) == channels * 2 ** 14
+
+
+def test_small_integers_need_no_groups():
+    # the group length follows the data: |x| <= 3, |w| <= 2 allow 2**24 / 6 products
+    from parconv.blasconv import arithmetic
+    spec = spec_for_dtype("int8", batch=1, in_channels=4000, out_channels=2, in_size=(3, 3),
+                          kernel_size=(3, 3), padding=(1, 1))
+    rng = np.random.default_rng(0)
+    x = rng.integers(-3, 4, spec.input_shape).astype(np.int8)
+    w = rng.integers(-2, 3, spec.weight_shape).astype(np.int8)
+    assert arithmetic(spec, x, w).limit is None
+    assert_methods_match_reference(spec, x, w)
+    zeros = np.zeros_like(x)
+    assert arithmetic(spec, zeros, w).limit is None
+    y, _ = NumpyKernel().run(spec, zeros, w)
+    assert not y.any()
+
+
+def test_wider_integers_use_float64_or_int64():
+    from parconv.blasconv import arithmetic
+    rng = np.random.default_rng(1)
+    spec = ConvSpec(batch=1, in_channels=40, out_channels=2, in_size=(5, 6), kernel_size=(3, 3),
+                    padding=(1, 0), dtype_in="int16", dtype_acc="int32")
+    x = rng.integers(-2 ** 15, 2 ** 15, spec.input_shape).astype(np.int16)
+    w = rng.integers(-2 ** 15, 2 ** 15, spec.weight_shape).astype(np.int16)
+    assert arithmetic(spec, x, w).dtype == np.float64
+    assert_methods_match_reference(spec, x, w)       # sums pass 2**31: wrap-around in int32
+    spec = ConvSpec(batch=1, in_channels=3, out_channels=2, in_size=(5, 5), kernel_size=(3, 3),
+                    dtype_in="int32", dtype_acc="int64")
+    x = rng.integers(-2 ** 31, 2 ** 31, spec.input_shape).astype(np.int32)
+    w = rng.integers(-2 ** 31, 2 ** 31, spec.weight_shape).astype(np.int32)
+    assert arithmetic(spec, x, w).dtype == np.int64
+    assert_methods_match_reference(spec, x, w)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(h=st.integers(1, 9), w=st.integers(1, 9), r=st.integers(1, 4), s=st.integers(1, 4),
+       sh=st.integers(1, 3), sw=st.integers(1, 3), dh=st.integers(1, 3), dw=st.integers(1, 3),
+       pads=st.tuples(*[st.integers(0, 3)] * 4), c=st.integers(1, 6), dtype=st.sampled_from(
+           ["int8", "float64"]), seed=st.integers(0, 1000))
+def test_random_shapes_every_method(tiny_blocks, h, w, r, s, sh, sw, dh, dw, pads, c, dtype,
+                                    seed):
+    try:
+        spec = spec_for_dtype(dtype, batch=2, in_channels=c, out_channels=3, in_size=(h, w),
+                              kernel_size=(r, s), stride=(sh, sw), dilation=(dh, dw),
+                              padding=pads[:2], padding_end=pads[2:])
+    except ParconvError:
+        return  # kernel wider than the padded input: not a layer
+    assert_methods_match_reference(spec, *random_operands(spec, seed))
+
+
+def test_methods_are_chosen_by_shape():
+    from parconv.blasconv import choose_method
+    from parconv.layers import get_layer
+    assert choose_method(get_layer("resnet50.layer2.0.conv1", batch=2)) == "gemm"
+    assert choose_method(get_layer("resnet50.layer4.1.conv2", batch=2)) == "im2col"  # 9x9 grid
+    assert choose_method(get_layer("resnet50.conv1", batch=1)) == "im2col"           # C = 3
+    assert choose_method(get_layer("resnet50.layer1.0.conv2", batch=2)) == "taps"
+    spec = get_layer("resnet50.layer1.0.conv2", batch=1)
+    x, w = random_operands(spec.replace(in_size=(8, 8)))
+    with pytest.raises(ParconvError, match="gemm"):
+        NumpyKernel(method="gemm").run(spec.replace(in_size=(8, 8)), x, w)
+    with pytest.raises(ParconvError, match="method"):
+        NumpyKernel(method="fft")
+    with pytest.raises(ParconvError, match="threads"):
+        NumpyKernel(threads=0)
+
+
+def test_stats_say_blas_and_threads():
+    from threadpoolctl import threadpool_limits
+    spec = spec_for_dtype("float32", batch=1, in_channels=4, out_channels=3, in_size=(6, 6),
+                          kernel_size=(3, 3))
+    x, w = random_operands(spec)
+    _, stats = NumpyKernel(threads=1).run(spec, x, w)
+    assert stats["blas_threads"] == 1 and stats["blas"] and "1 threads" in stats["blas"][0]
+    with threadpool_limits(limits=1, user_api="blas"):
+        _, stats = NumpyKernel().run(spec, x, w)
+    assert stats["blas_threads"] == 1
+    assert stats["method"] in ("taps", "im2col") and stats["compute_dtype"] == "float32"
+    import json
+    json.dumps(stats)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_matmul_into_accumulates_in_place(dtype):
+    from parconv.blas import matmul_into
+    rng = np.random.default_rng(0)
+    a = rng.integers(-9, 9, (7, 5)).astype(dtype)
+    b = rng.integers(-9, 9, (5, 3)).astype(dtype)
+    out = np.ones((7, 3), dtype=dtype)
+    matmul_into(out, a, b, accumulate=True)
+    np.testing.assert_array_equal(out, 1 + a @ b)
+    matmul_into(out, a[:, 1:4], b[1:4], accumulate=True)     # strided operand: scratch path
+    np.testing.assert_array_equal(out, 1 + a @ b + a[:, 1:4] @ b[1:4])
+    matmul_into(out, a, np.asfortranarray(b), accumulate=True)   # BLAS transposes b
+    np.testing.assert_array_equal(out, 1 + 2 * (a @ b) + a[:, 1:4] @ b[1:4])
+    matmul_into(out, a, b, accumulate=False)
+    np.testing.assert_array_equal(out, a @ b)
+
+
+def test_column_groups_cover_the_reduction_once():
+    from parconv.blasconv import column_groups
+    for channels, n_taps, limit, piece in [(5, 9, None, None), (5, 9, 12, 7), (3000, 2, 1024, None),
+                                           (7, 4, 7, 3), (1, 1, None, 1)]:
+        groups = column_groups(channels, n_taps, limit, piece)
+        entries = [e for g in groups for p in g for e in p]
+        covered = sorted((t, c) for t, c0, c1 in entries for c in range(c0, c1))
+        assert covered == [(t, c) for t in range(n_taps) for c in range(channels)]
+        for g in groups:
+            assert limit is None or sum(c1 - c0 for p in g for _, c0, c1 in p) <= limit
+            for p in g:
+                assert len(p) == 1 if piece is None else sum(c1 - c0 for _, c0, c1 in p) <= piece
+
+
+def test_bench_writes_its_table_and_json(tmp_path, capsys):
+    # a small layer, one round: the figures are measured, the verdicts follow from them
+    import json
+    from parconv.bench import main
+    path = tmp_path / "bench.json"
+    assert main(["--layers", "alexnet.conv5:1", "--threads", "1", "--rounds", "1",
+                 "--no-gemmini", "--gemm-size", "64", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(path.read_text())
+    row = result["conv"][0]
+    assert row["layer"] == "alexnet.conv5" and row["threads"] == 1
+    assert row["parconv_float32_gflops"] > 0 and row["parconv_int8_gflops"] > 0
+    assert result["machine"]["blas"] and row["sgemm_gflops"] > 0 and row["dgemm_gflops"] > 0
+    for target in result["targets"]:
+        assert target["met"] == (target["value"] >= 0.6 if "int8" in target["target"]
+                                 or "SGEMM" in target["target"] else target["value"] >= 1.0)
+    assert "alexnet.conv5" in out and "targets:" in out
+    assert main(["--layers", "nope"]) == 2

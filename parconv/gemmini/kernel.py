@@ -2,8 +2,9 @@
 interface").  Pure, no MPI.
 
 ``run(spec, x, w)`` runs the rank's local block tile by tile through the executor with parconv's
-tiling (`parconv.gemmini.tiled.choose.choose_tiling`), returns the exact partial output, and evaluates the
-vendor tiling (``tiled_conv_auto``) on the same block with the analytical model of
+tiling (`parconv.gemmini.tiled.choose.choose_tiling`, searched once per block shape and kept in
+the process and on disk: `parconv.gemmini.tiling_cache`), returns the exact partial output, and
+evaluates the vendor tiling (``tiled_conv_auto``) on the same block with the analytical model of
 `parconv.gemmini.vendor.calls` (the executor is run once, for parconv's tiling).
 
 Element sizes on a rank: the local block's output is a partial sum that the engine reduces over
@@ -24,7 +25,8 @@ from ..errors import ParconvError
 from ..kernels import _checked_operands
 from ..spec import ConvSpec
 from .config import DEFAULT_CONFIG, GemminiConfig
-from .tiled.choose import choose_tiling, model_spec, run_parconv
+from .tiled.choose import model_spec, run_parconv
+from .tiling_cache import cached_tiling
 
 
 def tiling_figures(tile, order: str, schedule: str, dram_bytes: dict, cycles: float,
@@ -53,12 +55,16 @@ class GemminiKernel:
     ----------
     config : GemminiConfig, optional
         The modelled Gemmini (default: the default configuration, ``dev`` semantics).
+    disk_cache : bool
+        Keep searched tilings on disk too (`parconv.gemmini.tiling_cache`; the folder is
+        ``$PARCONV_CACHE_DIR``, default ``~/.cache/parconv/tilings``, ``off`` disables it).
     """
 
     name = "gemmini"
 
-    def __init__(self, config: GemminiConfig | None = None) -> None:
+    def __init__(self, config: GemminiConfig | None = None, disk_cache: bool = True) -> None:
         self.config = config or DEFAULT_CONFIG
+        self.disk_cache = disk_cache
 
     def node_config(self, spec: ConvSpec) -> GemminiConfig:
         """The config for a local block: its element sizes, bias only if the block has one."""
@@ -78,7 +84,10 @@ class GemminiKernel:
             ``total``, ``cycles``, ``utilization``, ``calls``; parconv's ``tile`` is
             (tN, tK, tC, tH, tW, tR, tS), the vendor's the library 7-tuple (batches, porows,
             pocols, pochs, krows, kcols, kchs)); ``bound_bytes`` (sequential bound of the block
-            with M = scratchpad + accumulator) and ``ratio_to_bound`` (parconv's bytes / bound).
+            with M = scratchpad + accumulator) and ``ratio_to_bound`` (parconv's bytes / bound);
+            ``tiling_source`` ("memory", "disk" or "search": where the tiling came from),
+            ``search_s`` (seconds searching it, 0 when cached) and ``execute_s`` (seconds in the
+            tile executor).
 
         Raises
         ------
@@ -91,8 +100,10 @@ class GemminiKernel:
                                "(the engine adds it); pass a spec with bias=False")
         x, w = _checked_operands(spec, x, w)
         config = self.node_config(spec)
-        plan = choose_tiling(spec, config)
+        plan, found = cached_tiling(spec, config, disk=self.disk_cache)
+        begin = time.perf_counter()
         y, executed, plan = run_parconv(spec, x, w, plan=plan)
+        execute = time.perf_counter() - begin
         bound = float(sequential_bound_two_memory(model_spec(spec, plan.config),
                                                   config.scratch_bytes,
                                                   config.acc_total_bytes).value)
@@ -104,7 +115,8 @@ class GemminiKernel:
                  "config": config.name, "semantics": config.semantics,
                  "parconv": ours, "vendor": vendor_figures(plan.vendor),
                  "bound_bytes": bound, "ratio_to_bound": total / bound if bound > 0 else None,
-                 "time_s": time.perf_counter() - start}
+                 "tiling_source": found["source"], "search_s": found["search_s"],
+                 "execute_s": execute, "time_s": time.perf_counter() - start}
         return y, stats
 
     def combine(self, per_rank: list[dict]) -> dict:

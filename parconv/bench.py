@@ -1,0 +1,283 @@
+"""Node-kernel benchmark: ``python -m parconv.bench`` (also experiments/bench_kernels.py).  Local.
+
+Per layer (the five of the kernel issue by default) and per BLAS thread count, side by side in
+one process: parconv's CPU kernel in float32 and float64 (GFLOP/s = 2 G / seconds), torch's
+``conv2d`` on the same data (if torch is installed; skipped with a note otherwise), the
+machine's SGEMM/DGEMM rate measured in the same run, and the exact int8 path.  Then the Gemmini
+node on the block of one rank (P = 1: the whole layer): its tiling search from scratch, its
+execution, and the numpy kernel on the same block.  Prints the machine, the BLAS (threadpoolctl)
+and the thread counts, a table and the targets met; writes everything to JSON.
+
+Timings are best-of-k with the contenders interleaved (k rounds, each contender once per
+round), so that a busy machine slows all of them alike and the ratios stay meaningful.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .blas import blas_info, limit_threads, prepare
+from .errors import ParconvError
+from .kernels import NumpyKernel
+from .layers import get_layer
+
+#: (layer, batch) of the kernel issue
+LAYERS = (("resnet50.layer1.0.conv2", 8), ("resnet50.layer3.0.conv2", 8),
+          ("resnet50.layer4.1.conv2", 8), ("resnet50.layer2.0.conv1", 8),
+          ("resnet50.conv1", 4))
+#: targets of the issue (the SGEMM share holds for 3x3 and 1x1 filters)
+SGEMM_TARGET, TORCH_TARGET, INT8_TARGET, GEMMINI_TARGET, EXECUTOR_TARGET = 0.6, 1.0, 0.6, 3.0, 2.0
+DEFAULT_JSON = "experiments/results/kernels/bench.json"
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def interleaved_best(contenders: dict, rounds: int, cpu: dict | None = None) -> dict:
+    """Best wall time of each callable over ``rounds`` rounds, each round calling every
+    contender once (in turn).  ``cpu``, if given, receives the best process CPU time of each
+    (all threads of the process: on a shared machine less disturbed by other load than the
+    wall time)."""
+    best = dict.fromkeys(contenders, float("inf"))
+    if cpu is not None:
+        cpu.update(dict.fromkeys(contenders, float("inf")))
+    for _ in range(rounds):
+        for name, run in contenders.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+            if cpu is not None:
+                cpu[name] = min(cpu[name], time.process_time() - start_cpu)
+    return best
+
+
+def _operands(spec, seed=0):
+    rng = np.random.default_rng(seed)
+    if spec.dtype_in == "int8":
+        return (rng.integers(-128, 128, spec.input_shape).astype(np.int8),
+                rng.integers(-128, 128, spec.weight_shape).astype(np.int8))
+    return (rng.standard_normal(spec.input_shape).astype(spec.dtype_in),
+            rng.standard_normal(spec.weight_shape).astype(spec.dtype_in))
+
+
+def machine() -> dict:
+    """CPU, cores, load, numpy, BLAS and the environment's thread settings."""
+    model = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    torch = _torch()
+    env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                          "MKL_NUM_THREADS", "OPENBLAS_CORETYPE",
+                                          "OPENBLAS_L2_SIZE")}
+    return {"cpu": model, "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "numpy": np.__version__,
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "torch": torch.__version__ if torch else None, "environment": env, **blas_info()}
+
+
+def conv_rates(name: str, batch: int, threads: int, rounds: int, gemm_size: int) -> dict:
+    """GFLOP/s of parconv (float32, float64, int8), torch (float32, float64) and SGEMM/DGEMM
+    (``gemm_size`` squared) on one layer, interleaved: the ratios are side by side."""
+    torch = _torch()
+    out = {"layer": name, "batch": batch, "threads": threads}
+    contenders, flops = {}, None
+    square = {dtype: np.random.default_rng(0).standard_normal((gemm_size, gemm_size)).astype(
+        dtype) for dtype in ("float32", "float64")}
+    contenders["sgemm"] = lambda: square["float32"] @ square["float32"]
+    contenders["dgemm"] = lambda: square["float64"] @ square["float64"]
+    for dtype in ("float32", "float64", "int8"):
+        spec = get_layer(name, batch=batch, dtype=dtype)
+        flops = 2 * spec.G
+        x, w = _operands(spec)
+        kernel = NumpyKernel(threads=threads)
+        contenders[f"parconv_{dtype}"] = (lambda k=kernel, s=spec, x=x, w=w: k.run(s, x, w))
+        out[f"method_{dtype}"] = kernel.run(spec, x, w)[1]["method"]
+        if torch is not None and dtype != "int8":
+            xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+
+            def conv(xt=xt, wt=wt, spec=spec):
+                with torch.no_grad():
+                    torch.nn.functional.conv2d(xt, wt, stride=spec.stride, padding=spec.padding,
+                                               dilation=spec.dilation)
+            contenders[f"torch_{dtype}"] = conv
+    if torch is not None:
+        torch.set_num_threads(threads)
+    cpu = {}
+    with limit_threads(threads):
+        best = interleaved_best(contenders, rounds, cpu)
+    work = {key: 2 * gemm_size ** 3 if key in ("sgemm", "dgemm") else flops for key in best}
+    out.update({f"{key}_gflops": work[key] / t / 1e9 for key, t in best.items()})
+    out.update({f"{key}_gflops_cpu": work[key] / t / 1e9 for key, t in cpu.items() if t > 0})
+    out["seconds"], out["cpu_seconds"] = best, cpu
+    return out
+
+
+def gemmini_block(name: str, batch: int, ranks: int, rounds: int) -> dict:
+    """The Gemmini node on rank 0's block at ``ranks`` ranks: fresh search, execution and the
+    numpy kernel on the same block (1 BLAS thread)."""
+    from .gemmini.kernel import GemminiKernel
+    from .gemmini.tiling_cache import cached_tiling, clear_memory
+    from .gemmini.tiled.choose import run_parconv
+    from .plan import make_plan
+    layer = get_layer(name, batch=batch, dtype="int8")
+    block = make_plan(layer, ranks).schedule(0).local_spec if ranks > 1 else layer
+    x, w = _operands(block, seed=1)
+    gemmini, numpy_kernel = GemminiKernel(disk_cache=False), NumpyKernel(threads=1)
+    config = gemmini.node_config(block)
+    with limit_threads(1):
+        clear_memory()
+        plan, info = cached_tiling(block, config, disk=False)
+        best = interleaved_best({"numpy": lambda: numpy_kernel.run(block, x, w),
+                                 "execute": lambda: run_parconv(block, x, w, plan=plan)},
+                                rounds)
+        _, stats = gemmini.run(block, x, w)          # the kernel itself, tiling now cached
+    return {"layer": name, "batch": batch, "ranks": ranks, "block": block.describe(),
+            "search_s": info["search_s"], "execute_s": best["execute"],
+            "numpy_s": best["numpy"], "kernel_cached_s": stats["time_s"],
+            "tiling_source_cached": stats["tiling_source"],
+            "ratio_with_search": (info["search_s"] + best["execute"]) / best["numpy"],
+            "ratio_execute": best["execute"] / best["numpy"]}
+
+
+def targets(rows: list[dict], gemmini: list[dict]) -> list[dict]:
+    """Every target of the issue with its measured figure and verdict."""
+    out = []
+    for row in rows:
+        tag = f"{row['layer']} @ {row['threads']} thr"
+        f32 = row["parconv_float32_gflops"]
+        if "torch_float32_gflops" in row:
+            ratio = f32 / row["torch_float32_gflops"]
+            cpu = row.get("parconv_float32_gflops_cpu", 0) / row.get(
+                "torch_float32_gflops_cpu", float("inf"))
+            out.append({"target": f"float32 >= torch: {tag}", "value": ratio,
+                        "value_cpu_time": cpu, "met": ratio >= TORCH_TARGET})
+        if get_layer(row["layer"]).kernel_size in ((3, 3), (1, 1)):
+            share = f32 / row["sgemm_gflops"]
+            out.append({"target": f"float32 >= {SGEMM_TARGET:.0%} SGEMM: {tag}", "value": share,
+                        "met": share >= SGEMM_TARGET})
+        ratio = row["parconv_int8_gflops"] / f32
+        cpu = row.get("parconv_int8_gflops_cpu", 0) / row.get("parconv_float32_gflops_cpu",
+                                                               float("inf"))
+        out.append({"target": f"int8 >= {INT8_TARGET} x float32: {tag}", "value": ratio,
+                    "value_cpu_time": cpu, "met": ratio >= INT8_TARGET})
+    for g in gemmini:
+        tag = f"{g['layer']} P={g['ranks']}"
+        out.append({"target": f"Gemmini incl. search <= {GEMMINI_TARGET}x numpy: {tag}",
+                    "value": g["ratio_with_search"], "met": g["ratio_with_search"] <= GEMMINI_TARGET})
+        out.append({"target": f"executor <= {EXECUTOR_TARGET}x numpy: {tag}",
+                    "value": g["ratio_execute"], "met": g["ratio_execute"] <= EXECUTOR_TARGET})
+    return out
+
+
+def table(result: dict) -> str:
+    """The printed report."""
+    m = result["machine"]
+    lines = [f"machine: {m['cpu']}, {m['cores']} cores, load {m['load_average']}, numpy "
+             f"{m['numpy']}, torch {m['torch'] or 'not installed (torch columns skipped)'}",
+             f"BLAS: {'; '.join(m['blas'])}", f"environment: {m['environment']}",
+             f"measured in {result['seconds']:.0f} s", ""]
+    head = (f"{'layer':<26}{'thr':>4}{'method':>8}{'f32':>7}{'torch':>7}{'/torch':>7}"
+            f"{'sgemm':>7}{'/sgemm':>7}{'f64':>7}{'torch64':>8}{'dgemm':>7}{'int8':>7}"
+            f"{'i8/f32':>7}")
+    lines += [f"GFLOP/s (2 G / best time; SGEMM/DGEMM of {result['gemm_size']}^2 interleaved "
+              f"with each layer's runs)", head, "-" * len(head)]
+    nan = float("nan")
+    for r in result["conv"]:
+        sg, t32, t64 = r["sgemm_gflops"], r.get("torch_float32_gflops"), \
+            r.get("torch_float64_gflops")
+        f32 = r["parconv_float32_gflops"]
+        lines.append(
+            f"{r['layer']:<26}{r['threads']:>4}{r['method_float32']:>8}{f32:>7.1f}"
+            f"{(t32 or nan):>7.1f}{(f32 / t32 if t32 else nan):>7.2f}{sg:>7.1f}"
+            f"{f32 / sg:>7.2f}{r['parconv_float64_gflops']:>7.1f}{(t64 or nan):>8.1f}"
+            f"{r['dgemm_gflops']:>7.1f}{r['parconv_int8_gflops']:>7.1f}"
+            f"{r['parconv_int8_gflops'] / f32:>7.2f}")
+    if result["gemmini"]:
+        head = (f"{'Gemmini node, int8, 1 thread':<30}{'P':>4}{'search s':>10}{'exec s':>9}"
+                f"{'numpy s':>9}{'(s+e)/np':>10}{'e/np':>7}")
+        lines += ["", head, "-" * len(head)]
+        for g in result["gemmini"]:
+            lines.append(f"{g['layer']:<30}{g['ranks']:>4}{g['search_s']:>10.3f}"
+                         f"{g['execute_s']:>9.3f}{g['numpy_s']:>9.3f}"
+                         f"{g['ratio_with_search']:>10.2f}{g['ratio_execute']:>7.2f}")
+    lines += ["", "targets:"]
+    lines += [f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']:.2f}"
+              + (f" (by CPU time {t['value_cpu_time']:.2f})" if "value_cpu_time" in t else "")
+              for t in result["targets"]]
+    return "\n".join(lines)
+
+
+def run(layers=LAYERS, threads=(1, 2), rounds: int = 5, ranks=(1,), gemm_size: int = 1024,
+        gemmini: bool = True) -> dict:
+    """Everything the benchmark measures, as a JSON-ready dict.  Local."""
+    prepare()
+    start = time.perf_counter()
+    conv = [conv_rates(name, batch, t, rounds, gemm_size) for t in threads
+            for name, batch in layers]
+    blocks = [gemmini_block(name, batch, p, rounds) for p in ranks for name, batch in layers] \
+        if gemmini else []
+    result = {"command": " ".join([Path(sys.executable).name, "-m", "parconv.bench",
+                                   *sys.argv[1:]]),
+              "machine": machine(), "threads": list(threads), "rounds": rounds,
+              "gemm_size": gemm_size, "conv": conv, "gemmini": blocks}
+    result["targets"] = targets(conv, blocks)
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def main(argv=None) -> int:
+    """``python -m parconv.bench [--layers ...] [--threads 1 2] [--rounds 5] [--json PATH]``."""
+    parser = argparse.ArgumentParser(prog="python -m parconv.bench", description=__doc__.split(
+        "\n\n")[0])
+    parser.add_argument("--layers", nargs="+", metavar="NAME[:BATCH]",
+                        help="catalogue layers (default: the five of the kernel issue)")
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=5, help="best of this many (default 5)")
+    parser.add_argument("--ranks", nargs="+", type=int, default=[1],
+                        help="Gemmini node on rank 0's block at these P (default 1)")
+    parser.add_argument("--no-gemmini", action="store_true")
+    parser.add_argument("--gemm-size", type=int, default=1024,
+                        help="side of the SGEMM/DGEMM squares (default 1024)")
+    parser.add_argument("--json", default=DEFAULT_JSON, help=f"(default {DEFAULT_JSON})")
+    args = parser.parse_args(argv)
+    try:
+        layers = LAYERS if not args.layers else [
+            (item.split(":")[0], int(item.split(":")[1]) if ":" in item else 8)
+            for item in args.layers]
+        for name, _ in layers:
+            get_layer(name)
+        if min(args.threads) < 1 or args.rounds < 1 or min(args.ranks) < 1:
+            raise ParconvError("threads, rounds and ranks must be positive")
+    except (ParconvError, ValueError) as exc:
+        print(f"parconv.bench: {exc}", file=sys.stderr)
+        return 2
+    result = run(layers, tuple(args.threads), args.rounds, tuple(args.ranks), args.gemm_size,
+                 not args.no_gemmini)
+    print(table(result))
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"\nwrote {path} ({result['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The BLAS under the CPU kernel: which library runs, with how many threads, and the in-place
+accumulating matrix product.  Pure, no MPI.
+
+numpy and scipy each ship their own OpenBLAS (or link the same MKL/OpenBLAS); both honour the
+environment (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``) and `threadpoolctl` limits.  The kernel
+never sets a thread count itself unless asked (`limit_threads`): with P ranks on a node the
+launcher sets ``OMP_NUM_THREADS`` = cores / ranks (run.sh, launch/mpirun.sh).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import numpy as np
+
+
+@functools.lru_cache(maxsize=1)
+def _controller():
+    """threadpoolctl's view of the loaded thread pools (built once: it scans the loaded
+    libraries; the thread counts it reports are read live)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:       # threadpoolctl is pinned, but the kernel works without it
+        return None
+    import scipy.linalg.blas  # noqa: F401  (load scipy's BLAS so that it is listed too)
+    return ThreadpoolController()
+
+
+def blas_info() -> dict:
+    """The BLAS libraries in this process and their current thread counts.  Local.
+
+    Returns
+    -------
+    dict
+        ``blas_threads``: the largest thread count of the loaded BLAS libraries (what one
+        matrix product may use; None when threadpoolctl is missing); ``blas``: one string per
+        library, e.g. ``"openblas 0.3.31 Haswell pthreads, 2 threads"``.
+    """
+    controller = _controller()
+    if controller is None:
+        return {"blas_threads": None, "blas": ["unknown (threadpoolctl not installed)"]}
+    libraries = [lib for lib in controller.lib_controllers if lib.user_api == "blas"]
+    names = []
+    for lib in libraries:
+        info = lib.info()
+        parts = [info.get("internal_api"), info.get("version"), info.get("architecture"),
+                 info.get("threading_layer")]
+        names.append(" ".join(str(p) for p in parts if p) + f", {lib.num_threads} threads")
+    threads = max((lib.num_threads for lib in libraries), default=None)
+    return {"blas_threads": threads, "blas": names}
+
+
+def prepare() -> None:
+    """Load scipy's BLAS and threadpoolctl's view now (about a second, once per process), so
+    that the first kernel call is not the one that pays for it.  Local."""
+    _controller()
+    _gemm(np.dtype(np.float32))
+
+
+def current_threads() -> int:
+    """The largest current thread count of the BLAS libraries (1 without threadpoolctl)."""
+    controller = _controller()
+    if controller is None:
+        return 1
+    return max((lib.num_threads for lib in controller.lib_controllers
+                if lib.user_api == "blas"), default=1)
+
+
+@contextlib.contextmanager
+def limit_threads(threads: int | None):
+    """Run the block with ``threads`` BLAS threads in every BLAS library of the process.  Local.
+
+    None keeps the thread count the process was given: the smallest of the libraries' current
+    counts (numpy's and scipy's BLAS are separate libraries; one loaded after a threadpoolctl
+    limit was set does not have it, and oversubscribed BLAS threads spin).
+    """
+    controller = _controller()
+    if controller is None:
+        yield
+        return
+    libraries = [lib for lib in controller.lib_controllers if lib.user_api == "blas"]
+    current = [lib.num_threads for lib in libraries]
+    wanted = int(threads) if threads is not None else min(current, default=1)
+    if all(n == wanted for n in current):
+        yield
+        return
+    with controller.limit(limits=wanted, user_api="blas"):
+        yield
+
+
+@functools.lru_cache(maxsize=4)
+def _gemm(dtype: np.dtype):
+    from scipy.linalg import blas
+    return {np.dtype(np.float32): blas.sgemm, np.dtype(np.float64): blas.dgemm}.get(dtype)
+
+
+def matmul_into(out: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool,
+                scratch: np.ndarray | None = None) -> None:
+    """``out = a @ b`` or, with ``accumulate``, ``out += a @ b``, without a temporary when the
+    operands allow it.  Local.
+
+    ``out`` (m, n) must be C-contiguous.  Accumulating float32/float64 products with C-contiguous
+    ``a`` (m, k) and C- or F-contiguous ``b`` (k, n) is one BLAS call with beta = 1 on the
+    transposed (column-major) views, so the product never leaves the output; other operands go
+    through ``scratch`` (shape of ``out``; allocated when not given) and one addition.
+    """
+    if not accumulate:
+        np.matmul(a, b, out=out)
+        return
+    gemm = _gemm(out.dtype)
+    if (gemm is not None and a.dtype == out.dtype and b.dtype == out.dtype
+            and a.flags.c_contiguous and out.flags.c_contiguous
+            and (b.flags.c_contiguous or b.flags.f_contiguous)):
+        # column-major: out^T (n, m) += b^T (n, k) @ a^T (k, m); b^T is b.T (F-contiguous) or,
+        # for F-contiguous b, b itself transposed by BLAS
+        if b.flags.c_contiguous:
+            result = gemm(1.0, b.T, a.T, beta=1.0, c=out.T, overwrite_c=1)
+        else:
+            result = gemm(1.0, b, a.T, beta=1.0, c=out.T, trans_a=1, overwrite_c=1)
+        if not np.shares_memory(result, out):   # f2py made a copy after all: keep the result
+            out[...] = result.T
+        return
+    if scratch is None:
+        scratch = np.empty_like(out)
+    np.matmul(a, b, out=scratch)
+    out += scratch
