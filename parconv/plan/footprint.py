@@ -32,10 +32,9 @@ reduce_buffers      reduce-scatter receive buffer (P_C pieces), the summed piece
                     cast to dtype_out (reduce)
 ==================  ====================================================================  ====
 
-``kernel_workspace`` for the numpy node follows parconv.kernels.conv2d_local: the operand cast to
-the compute type and its padded copy, the compute-type filter, then the larger of the im2col
-chunk (columns, product, output) or the per-tap loop (accumulator, tap slice, product), then
-the conversion to the accumulator type (rint and int64 copies for integers).  For the Gemmini
+``kernel_workspace`` for the numpy node is parconv.blasconv.workspace_bytes: the phase images,
+the tap-major filters, the chosen method's block buffers (exact-group sums, im2col columns) and
+the returned output, with one BLAS thread per rank.  For the Gemmini
 node: the transposed and compute-type input copies, the compute-type filter, the executor's
 output and its transposed copy (its tiles are bounded by the scratchpad and not counted).  A
 kernel object of another kind is budgeted as the numpy node.
@@ -51,7 +50,7 @@ from functools import cached_property
 
 import numpy as np
 
-from ..kernels import IM2COL_CHUNK_BYTES, IM2COL_MAX_CHANNELS, _compute_dtype
+from ..blasconv import workspace_bytes
 
 #: bytes the runtime touches in a run besides the arrays: MPI shared-memory queues and the BLAS
 #: packing buffers.  Measured with experiments/footprint_check.py (peak RSS minus the baseline
@@ -129,33 +128,11 @@ def node_name(node) -> str:
     return name if name in NODES else "numpy"
 
 
-def _numpy_workspace(spec, n, c, k, span_r, span_c, pad_r, pad_c, out_h, out_w):
-    """Peak bytes of parconv.kernels.conv2d_local on blocks of these sizes (broadcast arrays)."""
-    R, S = spec.kernel_size
-    cb = _compute_dtype(spec).itemsize
-    x_cast = cb * n * c * span_r * span_c
-    padded = cb * n * c * pad_r * pad_c
-    filt = cb * k * c * R * S
-    out_c = cb * n * k * out_h * out_w
-    per_image = cb * c * R * S * out_h * out_w
-    im2col = (c < IM2COL_MAX_CHANNELS) & (per_image <= IM2COL_CHUNK_BYTES)
-    images = np.minimum(n, np.maximum(1, IM2COL_CHUNK_BYTES // np.maximum(per_image, 1)))
-    chunk = per_image * images + cb * k * images * out_h * out_w + out_c
-    per_tap = out_c + cb * c * n * out_h * out_w + out_c
-    conv = np.where(im2col, chunk, per_tap)
-    elems_out = n * k * out_h * out_w
-    acc = spec.p_acc * elems_out
-    copy_out = np.where(im2col, 0, acc)     # the per-tap result is transposed: one more copy
-    if np.issubdtype(np.dtype(spec.dtype_acc), np.integer):
-        if _compute_dtype(spec).kind == "f":
-            convert = out_c + np.maximum(16 * elems_out, 8 * elems_out + acc)
-        else:
-            convert = out_c + acc
-        convert = np.maximum(convert, out_c + acc + copy_out)
-    else:
-        same = np.dtype(spec.dtype_acc) == _compute_dtype(spec)
-        convert = out_c + (copy_out if same else acc + copy_out)
-    return np.maximum(x_cast + padded, padded + filt + np.maximum(conv, convert))
+def _numpy_workspace(spec, n, c, k, out_h, out_w):
+    """Peak bytes of the numpy node on blocks of these sizes (broadcast arrays): see
+    parconv.blasconv.workspace_bytes."""
+    padded = any(spec.padding) or any(spec.padding_end)
+    return workspace_bytes(spec, n, c, k, out_h, out_w, padded=padded)
 
 
 def _gemmini_workspace(spec, n, c, k, span_r, span_c, out_h, out_w):
@@ -194,9 +171,7 @@ def footprint_terms(spec, g, sizes: dict, phases: dict, node="numpy") -> Footpri
     if name == "gemmini":
         work = _gemmini_workspace(spec, nN, nC, nK, span_r, span_c, nH, nW)
     else:
-        work = _numpy_workspace(spec, nN, nC, nK, span_r, span_c,
-                                sh * (nH - 1) + dh * (R - 1) + 1,
-                                sw * (nW - 1) + dw * (S - 1) + 1, nH, nW)
+        work = _numpy_workspace(spec, nN, nC, nK, nH, nW)
     piece_out = sizes["output_piece"]
     PC = full.shape[2]
     terms = {
