@@ -307,8 +307,9 @@ def test_footprint_is_the_largest_stage_of_named_terms_and_refuses_what_cannot_f
     # issue 7: P = 4 int8 passed the 1 GiB check up to batch 266 but ran out of 20 GB near 187
     with pytest.raises(ParconvError, match="memory too small"):
         make_plan(get_layer("vgg16.conv1_2", batch=187), 4)
+    # the refusal is the footprint's own verdict: the same layer fits once memory allows it
     big = make_plan(get_layer("vgg16.conv1_2", batch=187), 4, memory="1TiB")
-    assert big.prediction.footprint.max() * 4 > 20 * 10**9 * 0.9
+    assert big.prediction.footprint.max() > 1 << 30
 
 
 def test_pickled_plan_leaves_out_derived_caches_and_rebuilds_them():
