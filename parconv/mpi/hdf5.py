@@ -17,15 +17,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import os
 import sys
+import time
 
 import numpy as np
 
+from .. import paths
 from ..cli import add_layer_arguments, spec_from_args
 from ..data import random_layer_data
-from ..errors import ParconvError
+from ..errors import ParconvError, ParconvRuntimeError
 from ..plan.blocks import read_boxes, write_boxes
+from ..spec import MAX_FIELD
 from .agree import agree, collectively
 from .distribute import OwnedBlocks
 
@@ -64,11 +68,28 @@ def _require(condition: bool, path: str, problem: str) -> None:
 
 
 def _pair_attribute(path: str, name: str, value) -> tuple[int, int]:
+    """An attribute holding one integer or a pair, as Python ints within a C int (MAX_FIELD).
+
+    Values are converted exactly (``tolist``), so 2^63 stored as uint64 is refused by its value,
+    not wrapped around."""
     values = np.atleast_1d(np.asarray(value)).ravel()
-    _require(values.size in (1, 2) and np.issubdtype(values.dtype, np.integer), path,
+    _require(values.size in (1, 2) and np.issubdtype(values.dtype, np.integer)
+             and values.dtype != np.bool_, path,
              f"attribute {name!r} must be one integer or a pair of integers, got {value!r}")
-    pair = (int(values[0]), int(values[-1]))
-    return pair
+    pair = [int(v) for v in values.tolist()]
+    for v in pair:
+        _require(0 <= v <= MAX_FIELD, path,
+                 f"attribute {name!r} must be integers from 0 to {MAX_FIELD}, got {v}")
+    return pair[0], pair[-1]
+
+
+def native_dtype(dtype) -> str:
+    """The name of `dtype` in native byte order: ``>f8`` -> ``'float64'``, ``>i1`` -> ``'int8'``.
+
+    Data of any byte order are converted on reading (``read_boxes`` casts to the spec's native
+    types), so the byte order is no reason to refuse a file."""
+    dtype = np.dtype(dtype)
+    return dtype.newbyteorder("=").name if dtype.byteorder not in ("=", "|") else dtype.name
 
 
 def _open_for_reading(path: str):
@@ -119,8 +140,9 @@ def inspect_layer_file(path: str) -> LayerMeta:
         return LayerMeta(path=path, input_shape=tuple(int(v) for v in x.shape),
                          weight_shape=tuple(int(v) for v in w.shape),
                          bias_shape=None if b is None else (int(b.shape[0]),),
-                         input_dtype=str(x.dtype), weight_dtype=str(w.dtype),
-                         bias_dtype=None if b is None else str(b.dtype), attributes=attributes,
+                         input_dtype=native_dtype(x.dtype), weight_dtype=native_dtype(w.dtype),
+                         bias_dtype=None if b is None else native_dtype(b.dtype),
+                         attributes=attributes,
                          name=name)
 
 
@@ -166,27 +188,41 @@ def read_owned_blocks(comm, path: str, plan):
     with collectively(comm):
         if local is not None:
             with _open_for_reading(path) as handle:
-                x, w = handle["input"], handle["weight"]
-                _checked_dtype(path, "input", x.dtype, spec.dtype_in)
-                _checked_dtype(path, "weight", w.dtype, spec.dtype_weight)
-                bias = None
-                bias_range = local.bias_piece_range() if spec.bias else None
-                if bias_range is not None:
-                    _require("bias" in handle, path, "missing dataset 'bias' (--bias given)")
-                    _checked_dtype(path, "bias", handle["bias"].dtype, spec.dtype_acc)
-                    bias = read_boxes(handle["bias"], [(bias_range,)], spec.dtype_acc)
-                blocks = OwnedBlocks(read_boxes(x, local.input_piece_boxes(), spec.dtype_in),
-                                     read_boxes(w, local.filter_piece_boxes(), spec.dtype_weight),
-                                     bias)
+                try:
+                    blocks = _read_pieces(handle, path, spec, local)
+                except (ParconvError, ParconvRuntimeError):
+                    raise
+                except (OSError, RuntimeError, ValueError, KeyError) as exc:
+                    # corrupt chunks, a truncated file: bad input, like an unreadable header
+                    raise ParconvError(f"input file {path}: cannot be read "
+                                       f"({' '.join(str(exc).split())})") from exc
     return blocks
+
+
+def _read_pieces(handle, path: str, spec, local):
+    x, w = handle["input"], handle["weight"]
+    _checked_dtype(path, "input", x.dtype, spec.dtype_in)
+    _checked_dtype(path, "weight", w.dtype, spec.dtype_weight)
+    bias = None
+    bias_range = local.bias_piece_range() if spec.bias else None
+    if bias_range is not None:
+        _require("bias" in handle, path, "missing dataset 'bias' (--bias given)")
+        _checked_dtype(path, "bias", handle["bias"].dtype, spec.dtype_acc)
+        bias = read_boxes(handle["bias"], [(bias_range,)], spec.dtype_acc)
+    return OwnedBlocks(read_boxes(x, local.input_piece_boxes(), spec.dtype_in),
+                       read_boxes(w, local.filter_piece_boxes(), spec.dtype_weight), bias)
 
 
 # ---- writing --------------------------------------------------------------------------------
 
+#: set when an HDF5 write failed in this process: the HDF5 library may then crash while closing
+#: its files at interpreter exit, so the command line leaves through os._exit (run.py)
+WRITE_FAILED = {"hdf5": False}
+
+
 def temporary_name(path: str, pid: int | None = None) -> str:
-    """``folder/.name.tmp-<pid>``: same folder (so the rename is atomic), hidden, unique per job."""
-    folder, name = os.path.split(os.path.abspath(path))
-    return os.path.join(folder, f".{name}.tmp-{os.getpid() if pid is None else pid}")
+    """The temporary name `path` is written through (parconv.paths.temporary_name)."""
+    return paths.temporary_name(paths.resolve(path), "output", pid)
 
 
 def _layer_attributes(spec) -> dict:
@@ -194,11 +230,6 @@ def _layer_attributes(spec) -> dict:
             "padding": np.array(spec.padding, dtype=np.int64),
             "dilation": np.array(spec.dilation, dtype=np.int64),
             "layer": spec.name}
-
-
-def _remove_quietly(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(path)
 
 
 def _write_in_turn(comm, tmp: str, boxes, piece) -> None:
@@ -219,24 +250,45 @@ def _write_in_turn(comm, tmp: str, boxes, piece) -> None:
                 with h5py.File(tmp, "r+") as handle:
                     write_boxes(handle["output"], boxes, piece)
         except Exception as exc:  # noqa: BLE001 - reported to every rank by agree() below
-            error, token[0] = exc, 1
+            error, token[0] = _write_error(tmp, exc), 1
     if rank + 1 < size:
         comm.Send(token, dest=rank + 1, tag=_TOKEN_TAG)
+    responsive_barrier(comm)
     agree(comm, error)
 
 
-def _write_parallel(comm, tmp: str, spec, boxes, piece) -> None:
+def responsive_barrier(comm, poll_s: float = 0.002) -> None:
+    """A barrier during which this process still handles signals.  Collective over `comm`.
+
+    A blocking MPI call holds off Python's signal handlers until it returns; rank 0 waits here
+    while the others write, and must be able to remove its temporary file when interrupted."""
+    request = comm.Ibarrier()
+    while not request.Test():
+        time.sleep(poll_s)
+
+
+def _write_parallel(comm, tmp: str, boxes, piece) -> None:
     """All ranks write their boxes at once through the 'mpio' driver.  Collective over `comm`."""
     import h5py
     error = None
-    with h5py.File(tmp, "w", driver="mpio", comm=comm) as handle:
-        dataset = handle.create_dataset("output", shape=spec.output_shape, dtype=spec.dtype_out)
-        handle.attrs.update(_layer_attributes(spec))
+    with h5py.File(tmp, "r+", driver="mpio", comm=comm) as handle:
         try:
-            write_boxes(dataset, boxes, piece)
+            write_boxes(handle["output"], boxes, piece)
         except Exception as exc:  # noqa: BLE001 - agreed below, after the collective close
-            error = exc
+            error = _write_error(tmp, exc)
     agree(comm, error)
+
+
+def _write_error(tmp: str, exc: BaseException) -> BaseException:
+    """A failed HDF5 write as a one-line ParconvRuntimeError (errno and file named)."""
+    if isinstance(exc, (ParconvError, ParconvRuntimeError)):
+        return exc
+    WRITE_FAILED["hdf5"] = True
+    text = " ".join(str(exc).split())
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if f"errno = {code}," in text or getattr(exc, "errno", None) == code:
+            return ParconvRuntimeError(f"writing {tmp} failed: {os.strerror(code)}")
+    return ParconvRuntimeError(f"writing {tmp} failed: {type(exc).__name__}: {text}")
 
 
 def write_output(comm, path: str, plan, result) -> None:
@@ -244,46 +296,104 @@ def write_output(comm, path: str, plan, result) -> None:
 
     Each rank writes ``result.output_piece`` (flat, C order over its boxes) into
     ``result.output_boxes``.  After all ranks agreed on success rank 0 renames the temporary
-    file to `path`; otherwise it removes it and every rank raises the agreed error.
+    file onto `path` (onto the file a symlink `path` points to); otherwise it removes it and
+    every rank raises the agreed error.
 
     Example with 2 ranks, output (1, 1, 2, 2): rank 0 holds piece [a, b] with boxes
     [((0,1),(0,1),(0,1),(0,2))], rank 1 [c, d] with [((0,1),(0,1),(1,2),(0,2))]; afterwards
     `path` holds output [[[[a, b], [c, d]]]] and no temporary file remains.
     """
+    target = paths.resolve(path)
     with _duplicated(comm) as comm:
-        _write_output(comm, path, plan.spec, result)
+        tmp = comm.bcast(paths.temporary_name(target, "output") if comm.Get_rank() == 0
+                         else None, root=0)  # meta
+        write_output_temporary(comm, tmp, plan, result)
+        try:
+            with collectively(comm):
+                if comm.Get_rank() == 0:
+                    os.replace(tmp, target)
+                    paths.unregister(tmp)
+        except BaseException:
+            if comm.Get_rank() == 0:
+                paths.remove_quietly(tmp)
+            raise
 
 
-def _write_output(comm, path: str, spec, result) -> None:
+def write_output_temporary(comm, tmp: str, plan, result) -> None:
+    """Write the distributed output into the new file `tmp` (not renamed).  Collective.
+
+    Rank 0 creates `tmp` with the whole dataset allocated and its disk space reserved
+    (``posix_fallocate``), so a full disk, a quota or ``ulimit -f`` fails here with a clean
+    error before the HDF5 library writes a byte of data (HDF5 left with a failed write may crash
+    the process).  Then every rank writes its boxes.  On any failure rank 0 removes `tmp` and
+    every rank raises the agreed error; on success `tmp` is complete and synced to disk, and the
+    caller renames it.
+    """
     import h5py
-    tmp = comm.bcast(temporary_name(path) if comm.Get_rank() == 0 else None, root=0)  # meta
+    spec = plan.spec
     boxes = list(result.output_boxes or [])
     piece = np.asarray(result.output_piece if boxes else np.empty(0), dtype=spec.dtype_out)
-    try:
-        if h5py.get_config().mpi:
-            _write_parallel(comm, tmp, spec, boxes, piece)
-        else:
+    with _duplicated(comm) as comm:
+        try:
             with collectively(comm):
                 if comm.Get_rank() == 0:
                     _create_output_file(tmp, spec)
-            _write_in_turn(comm, tmp, boxes, piece)
-        with collectively(comm):
+            if h5py.get_config().mpi:
+                _write_parallel(comm, tmp, boxes, piece)
+            else:
+                _write_in_turn(comm, tmp, boxes, piece)
+            with collectively(comm):
+                if comm.Get_rank() == 0:
+                    sync_file(tmp)
+        except BaseException:
             if comm.Get_rank() == 0:
-                os.replace(tmp, path)
-    except BaseException:
-        if comm.Get_rank() == 0:
-            _remove_quietly(tmp)
-        raise
+                paths.remove_quietly(tmp)
+            raise
+
+
+def sync_file(path: str) -> None:
+    """Flush `path` to disk (a delayed-allocation file system reports a full disk here)."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def reserve_space(path: str) -> None:
+    """Allocate the blocks of `path` up to its size now, so later writes cannot run out."""
+    size = os.path.getsize(path)
+    handle = os.open(path, os.O_RDWR)
+    try:
+        if size:
+            os.posix_fallocate(handle, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+            return  # no fallocate on this file system: the writes report a full disk instead
+        raise ParconvRuntimeError(f"cannot reserve {size} bytes for {path}: "
+                                  f"{exc.strerror}") from exc
+    finally:
+        os.close(handle)
 
 
 def _create_output_file(tmp: str, spec) -> None:
+    """Create `tmp` with dataset 'output' allocated at once, no fill written, space reserved."""
     import h5py
     folder = os.path.dirname(tmp)
     if not os.path.isdir(folder):
         raise ParconvError(f"output file: folder {folder} does not exist")
-    with h5py.File(tmp, "w") as handle:
-        handle.create_dataset("output", shape=spec.output_shape, dtype=spec.dtype_out)
-        handle.attrs.update(_layer_attributes(spec))
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)  # every element is written by some rank
+    paths.register(tmp)
+    try:
+        with h5py.File(tmp, "w") as handle:
+            handle.create_dataset("output", shape=spec.output_shape, dtype=spec.dtype_out,
+                                  dcpl=dcpl)
+            handle.attrs.update(_layer_attributes(spec))
+    except Exception as exc:  # noqa: BLE001 - as one clean error
+        raise _write_error(tmp, exc) from exc
+    reserve_space(tmp)
 
 
 def write_layer_file(path: str, spec, x: np.ndarray, w: np.ndarray, bias=None) -> None:
@@ -292,7 +402,9 @@ def write_layer_file(path: str, spec, x: np.ndarray, w: np.ndarray, bias=None) -
     A serial helper for tests and tools.
     """
     import h5py
-    tmp = temporary_name(path)
+    target = paths.resolve(path)
+    tmp = paths.temporary_name(target, "layer")
+    paths.register(tmp)
     try:
         with h5py.File(tmp, "w") as handle:
             handle.create_dataset("input", data=np.asarray(x, dtype=spec.dtype_in))
@@ -300,9 +412,10 @@ def write_layer_file(path: str, spec, x: np.ndarray, w: np.ndarray, bias=None) -
             if bias is not None:
                 handle.create_dataset("bias", data=np.asarray(bias, dtype=spec.dtype_acc))
             handle.attrs.update(_layer_attributes(spec))
-        os.replace(tmp, path)
+        os.replace(tmp, target)
+        paths.unregister(tmp)
     except BaseException:
-        _remove_quietly(tmp)
+        paths.remove_quietly(tmp)
         raise
 
 
