@@ -68,3 +68,24 @@ def max_abs_error(reference, output) -> float:
         return float("inf")
     with np.errstate(over="ignore"):  # huge finite values of opposite sign may overflow: inf
         return float(np.max(np.abs(ref - out)))
+
+
+def finite_max_abs(values) -> float:
+    """Largest ``|value|`` over the finite entries of `values` (0.0 if there are none).  Local.
+
+    The scale of a relative tolerance: ``max(|reference|)`` is NaN or inf as soon as the
+    reference holds one, which makes every comparison fail.
+
+    Examples
+    --------
+    >>> finite_max_abs([1.0, -3.0, np.nan, np.inf])
+    3.0
+    """
+    values = np.asarray(values)
+    if values.size == 0:
+        return 0.0
+    if np.issubdtype(values.dtype, np.inexact):
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            return 0.0
+    return float(np.max(np.abs(values.astype(np.float64))))

@@ -43,3 +43,10 @@ def test_matches_numpy_where_there_is_no_nan_or_inf():
     assert max_abs_error(ref, out) == np.max(np.abs(ref - out))
     out[1, 2] = NAN
     assert max_abs_error(ref, out) == INF
+
+
+def test_finite_max_abs_ignores_nan_and_inf():
+    from parconv.compare import finite_max_abs
+    assert finite_max_abs(np.array([1.0, -3.0, NAN, -INF])) == 3.0
+    assert finite_max_abs(np.array([NAN, INF])) == 0.0 and finite_max_abs(np.array([])) == 0.0
+    assert finite_max_abs(np.array([-7, 2], dtype=np.int8)) == 7.0
