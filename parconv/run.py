@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import signal
 import sys
 import time
 import traceback
@@ -41,8 +40,9 @@ from .conv import distributed_conv2d
 from .data import random_layer_data
 from .errors import ParconvError, ParconvRuntimeError
 from .mpi.agree import collectively
-from . import paths
-from .mpi.hdf5 import WRITE_FAILED, read_layer_meta, read_owned_blocks
+from .mpi.h5write import WRITE_FAILED
+from .mpi.hdf5 import read_layer_meta, read_owned_blocks
+from .mpi.interrupts import ABORT_STATUS, install_signal_handlers
 from .mpi.outputs import prepare_outputs, write_outputs
 from .nodes import get_kernel
 from .plan import make_plan
@@ -55,10 +55,6 @@ DEFAULT_NODE = "gemmini"
 FAIL_KERNEL_ENV = "PARCONV_FAIL_KERNEL_RANK"
 ERROR_GRACE_ENV = "PARCONV_ERROR_GRACE_S"
 DEBUG_ENV = "PARCONV_DEBUG"
-#: the exit status of a job that ends through MPI_Abort (see the module docstring)
-ABORT_STATUS = 9
-#: how long ranks other than 0 wait, when interrupted, for rank 0 to clean up and abort
-INTERRUPT_WAIT_S = 2.0
 SHAPE_FLAGS = ("in_channels", "out_channels", "size")
 PROG = "python -m parconv.run"
 
@@ -329,29 +325,6 @@ def _finish(errcomm, status: int, message: str | None) -> int:
     return int(statuses[failing[0]])
 
 
-def _install_signal_handlers(world) -> None:
-    """SIGINT/SIGTERM: rank 0 removes the temporary files it holds and aborts the job; the
-    other ranks give it a moment first.  SIGXFSZ is ignored, so that ``ulimit -f`` makes a write
-    fail with EFBIG (an error parconv reports) instead of killing the process."""
-    rank = world.Get_rank()
-
-    def interrupted(signum, frame):  # noqa: ARG001 - signal handler signature
-        removed = paths.remove_registered()
-        if rank == 0:
-            note = f"; removed {', '.join(removed)}" if removed else ""
-            _print_error(f"interrupted by {signal.Signals(signum).name}{note}; ending the job "
-                         f"(exit status {ABORT_STATUS})")
-        else:
-            time.sleep(INTERRUPT_WAIT_S)
-        sys.stdout.flush()
-        world.Abort(ABORT_STATUS)
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, interrupted)
-    if hasattr(signal, "SIGXFSZ"):
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-
-
 def main(argv=None) -> int:
     """Entry point of ``python -m parconv.run``; returns the exit status (same on every rank)."""
     from mpi4py import MPI
@@ -390,10 +363,11 @@ def main(argv=None) -> int:
 
 
 def main_or_abort() -> int:
-    """`main`, and if anything escapes it (an interrupt, a failure while agreeing), abort the
-    job like ``python -m mpi4py`` instead of leaving other ranks waiting."""
+    """`main` with the signal handlers of parconv.mpi.interrupts installed, and if anything
+    escapes it (a failure while agreeing), abort the job like ``python -m mpi4py`` instead of
+    leaving other ranks waiting."""
     from mpi4py import MPI
-    _install_signal_handlers(MPI.COMM_WORLD)
+    install_signal_handlers(MPI.COMM_WORLD, _print_error)
     try:
         code = main()
     except BaseException:  # noqa: BLE001 - the last line of defence against a hung job

@@ -259,7 +259,7 @@ FILL_DISK_BEFORE_WRITING = """
 import errno, os, sys
 from mpi4py import MPI
 import parconv.mpi.outputs as outputs
-import parconv.mpi.hdf5 as hdf5
+import parconv.mpi.h5write as hdf5
 original = outputs.write_output_temporary
 def fill_then_write(comm, tmp, plan, result):
     if comm.Get_rank() == 0:  # another program fills the disk while parconv computes
@@ -452,7 +452,7 @@ def test_rank_failing_alone_ends_the_job_with_status_9(tmp_path, failing_rank):
 PAUSE_IN_WRITE = """
 import os, sys, time
 from mpi4py import MPI
-import parconv.mpi.hdf5 as hdf5
+import parconv.mpi.h5write as hdf5
 original = hdf5._write_in_turn
 def paused(comm, tmp, boxes, piece):
     if comm.Get_rank() == 1:  # rank 0 has created the temporary file and waits for rank 1
@@ -468,7 +468,8 @@ sys.exit(main_or_abort())
 def start_paused_write(tmp_path, output):
     marker = tmp_path / "marker"
     environment = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1", MARKER=str(marker))
-    job = subprocess.Popen([MPIRUN, "-n", "2", sys.executable, "-c", PAUSE_IN_WRITE, *SMALL,
+    mpirun = MPIRUN if os.path.exists(MPIRUN) else "mpirun"
+    job = subprocess.Popen([mpirun, "-n", "2", sys.executable, "-c", PAUSE_IN_WRITE, *SMALL,
                             "--output", str(output), "--quiet"], env=environment, cwd=REPO,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + TIMEOUT

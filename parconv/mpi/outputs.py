@@ -29,7 +29,7 @@ from .. import paths
 from ..errors import ParconvError, ParconvRuntimeError
 from ..report import to_jsonable
 from .agree import collectively
-from .hdf5 import write_output_temporary
+from .h5write import write_output_temporary
 
 
 def _say_removed(removed: list[str]) -> None:
