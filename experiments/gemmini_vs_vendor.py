@@ -1,12 +1,16 @@
 # python experiments/gemmini_vs_vendor.py [--execute N] [--out experiments/results/gemmini]
-"""parconv's tiling against the Gemmini library's tiled_conv_auto, on the Gemmini model.
+"""parconv's tiling against the Gemmini library's tiled_conv_auto, on the calibrated Gemmini model.
 
-Every ResNet-50 convolution (batch 1 and 4) and every VGG-16 convolution (batch 1 and 4) is
-modelled with both tilings (analytical models: `parconv.gemmini.vendor.calls.vendor_layer_cost` for the
-library's loop, `parconv.gemmini.tiled.cost.tiling_cost` for parconv's; the executor counts the
-same bytes, see tests/test_gemmini_exec.py, and ``--execute N`` re-checks N layers on data).
-Default Gemmini, ``dev`` semantics (operand reuse, downsample, bias, first-layer optimization),
-BW_eff = 8 B/cycle.
+Every ResNet-50 convolution (batch 1 and 4), every VGG-16 convolution (batch 1 and 4) and every
+AlexNet convolution (batch 1 and 4) is modelled with both tilings (analytical models:
+`parconv.gemmini.vendor.calls.vendor_layer_cost` for the library's loop,
+`parconv.gemmini.tiled.cost.tiling_cost` for parconv's; the executor counts the same bytes, see
+tests/test_gemmini_exec.py, and ``--execute N`` re-checks N layers on data).  Default Gemmini
+(256 KiB scratchpad, 64 KiB accumulator), ``dev`` semantics.  Speed is the calibrated cycle model
+(`parconv.gemmini.cycles`, fitted by experiments/calibrate_cycles.py; its error on held-out
+FireSim layers is printed next to every speed-up); the roofline max(exec, bytes / 8 B/cycle) is
+kept beside it.  The outside anchor is DOSA's FireSim-measured speed-up over the library per
+ResNet-50 layer at batch 1 (experiments/data/dosa_resnet50_speedups.json).
 
 Writes into the output folder: ``layers.csv`` and ``layers.md`` (per layer: DRAM bytes and
 modelled cycles of both, speed-up, utilization, ratio to the sequential bound), ``summary.md``
@@ -65,6 +69,9 @@ MEASURED = [
     (512, 512, 7, 3, 1, (1, 7, 7, 112, 3, 3, 119), 777089, 805890),
 ]
 PAPER_RANGE = "13%-150%"
+DOSA = os.path.join(ROOT, "experiments", "data", "dosa_resnet50_speedups.json")
+FIT = os.path.join(ROOT, "experiments", "results", "gemmini", "calibration_fit.json")
+NETWORKS = ("resnet50", "vgg16", "alexnet")
 MEMORY_BOUND = 1.05     # a layer is memory-bound when its modelled cycles exceed exec by 5 %
 
 
@@ -92,20 +99,40 @@ def compare_layer(spec: ConvSpec, config: GemminiConfig) -> dict:
            "vendor_bytes": int(vendor.dram_bytes["total"]),
            "parconv_bytes": int(ours.dram_bytes["total"]),
            "parconv_psum_bytes": int(ours.dram_bytes["psum"]),
-           "vendor_cycles": float(vendor.cycles), "parconv_cycles": float(ours.cycles),
+           "vendor_cycles": float(vendor.calibrated_cycles),
+           "parconv_cycles": float(ours.calibrated_cycles),
+           "speedup": vendor.calibrated_cycles / ours.calibrated_cycles,
+           "vendor_roofline": float(vendor.cycles), "parconv_roofline": float(ours.cycles),
+           "speedup_roofline": vendor.cycles / ours.cycles,
            "vendor_exec_cycles": int(vendor.exec_cycles),
-           "speedup": vendor.cycles / ours.cycles,
+           "bytes_objective_tile": "(" + ",".join(map(str, plan.fewest_bytes["tile"])) + ")",
+           "bytes_objective_order": plan.fewest_bytes["order"],
+           "bytes_objective_speedup": vendor.calibrated_cycles
+           / plan.fewest_bytes["calibrated_cycles"],
+           "objectives_differ": (tuple(plan.fewest_bytes["tile"]), plan.fewest_bytes["order"])
+           != (plan.tiling.as_tuple(), plan.order),
            "vendor_util": vendor.utilization, "parconv_util": ours.utilization,
            "bound_bytes": bound, "ratio_parconv": ours.dram_bytes["total"] / bound,
            "ratio_vendor": vendor.dram_bytes["total"] / bound,
            "memory_bound": vendor.cycles > MEMORY_BOUND * vendor.exec_cycles,
+           "dosa_min": None, "dosa_max": None,
            "macs": int(spec.G), "plan_s": time.perf_counter() - start}
     return row, plan
 
 
+def dosa_anchor() -> dict:
+    """DOSA's measured speed-ups over the library per ResNet-50 layer shape (batch 1)."""
+    with open(DOSA) as f:
+        layers = json.load(f)["layers"]
+    return {(d["in_channels"], d["out_channels"], d["kernel_size"], d["stride"], d["out_size"]):
+            (d["dosa_speedup_over_library_min"], d["dosa_speedup_over_library_max"])
+            for d in layers}
+
+
 def layer_rows(config: GemminiConfig) -> tuple[list[dict], dict]:
     rows, plans, cache = [], {}, {}
-    for network in ("resnet50", "vgg16"):
+    anchor = dosa_anchor()
+    for network in NETWORKS:
         for batch in (1, 4):
             for name in layer_names(network + "."):
                 spec = get_layer(name, batch)
@@ -115,6 +142,10 @@ def layer_rows(config: GemminiConfig) -> tuple[list[dict], dict]:
                     cache[key] = compare_layer(spec, config)
                 row, plan = cache[key]
                 (h, _), (k, _), (s, _) = spec.in_size, spec.kernel_size, spec.stride
+                row = dict(row)
+                dosa = anchor.get((spec.in_channels, spec.out_channels, k, s, spec.out_size[0]))
+                if network == "resnet50" and batch == 1 and dosa is not None:
+                    row["dosa_min"], row["dosa_max"] = dosa
                 rows.append({"network": network, "batch": batch, "layer": name,
                              "shape": f"{spec.in_channels}->{spec.out_channels} {k}x{k} s{s} "
                                       f"in {h}", **row})
@@ -171,7 +202,7 @@ def summarise(rows: list[dict]) -> dict:
            "slower_layers": [r["layer"] + f" b{r['batch']}" for r in rows
                              if r["speedup"] < 1 - 1e-9]}
     groups = {"all": rows}
-    for network in ("resnet50", "vgg16"):
+    for network in NETWORKS:
         for batch in (1, 4):
             groups[f"{network} b{batch}"] = [r for r in rows if r["network"] == network
                                              and r["batch"] == batch]
@@ -190,9 +221,20 @@ def summarise(rows: list[dict]) -> dict:
             "memory_bound_range": [min((r["speedup"] for r in memory_bound), default=None),
                                    max((r["speedup"] for r in memory_bound), default=None)],
             "not_faster": sum(1 for r in group if r["speedup"] <= 1 + 1e-9),
+            "geomean_speedup_roofline": geomean(r["speedup_roofline"] for r in group),
+            "objectives_differ": sum(1 for r in group if r["objectives_differ"]),
+            "geomean_speedup_bytes_objective": geomean(r["bytes_objective_speedup"]
+                                                       for r in group),
             "ratio_to_bound_median": float(np.median([r["ratio_parconv"] for r in group])),
             "ratio_to_bound_max": max(r["ratio_parconv"] for r in group),
             "vendor_ratio_to_bound_median": float(np.median([r["ratio_vendor"] for r in group]))}
+    anchored = [r for r in rows if r["dosa_min"] is not None]
+    out["dosa_anchor"] = {
+        "layers": len(anchored),
+        "parconv_geomean": geomean(r["speedup"] for r in anchored),
+        "dosa_geomean_min": geomean(r["dosa_min"] for r in anchored),
+        "dosa_geomean_max": geomean(r["dosa_max"] for r in anchored),
+        "parconv_at_least_dosa_min": sum(r["speedup"] >= r["dosa_min"] for r in anchored)}
     macs = sorted(r["macs"] for r in rows)
     cut = macs[int(0.75 * len(macs))]
     large = [r for r in rows if r["macs"] >= cut]
@@ -247,7 +289,7 @@ def plot(rows: list[dict], path: str) -> None:
     axes[1].axhline(1.0, color="k", linewidth=0.8)
     axes[1].set_ylabel("speed-up (vendor cycles / parconv cycles)")
     axes[1].set_xlabel("layer (network order)")
-    axes[1].set_title("Modelled speed-up of parconv's tiling (BW_eff = 8 B/cycle, dev semantics)")
+    axes[1].set_title("Modelled speed-up of parconv's tiling (calibrated cycle model, dev semantics)")
     axes[1].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -285,8 +327,10 @@ def main(argv=None) -> int:
     columns = ["network", "batch", "layer", "shape", "vendor_tile", "parconv_tile",
                "parconv_order", "parconv_source", "vendor_bytes", "parconv_bytes",
                "parconv_psum_bytes", "bound_bytes", "vendor_cycles", "parconv_cycles",
-               "speedup", "vendor_util", "parconv_util", "ratio_vendor", "ratio_parconv",
-               "memory_bound"]
+               "speedup", "dosa_min", "dosa_max", "vendor_roofline", "parconv_roofline",
+               "speedup_roofline", "bytes_objective_tile", "bytes_objective_order",
+               "bytes_objective_speedup", "objectives_differ", "vendor_util", "parconv_util",
+               "ratio_vendor", "ratio_parconv", "memory_bound"]
     write_table(os.path.join(args.out, "layers.csv"), os.path.join(args.out, "layers.md"),
                 rows, columns)
     cal_rows, cal = calibration()
@@ -295,6 +339,11 @@ def main(argv=None) -> int:
     summary = summarise(rows)
     summary["calibration"] = cal
     summary["paper_range"] = PAPER_RANGE
+    summary["model_error"] = model_error()
+    summary["resnet50_b1_rows"] = [
+        {k: r[k] for k in ("layer", "shape", "vendor_bytes", "parconv_bytes", "vendor_cycles",
+                           "parconv_cycles", "speedup", "dosa_min", "dosa_max")}
+        for r in rows if r["network"] == "resnet50" and r["batch"] == 1]
     executed = execute_some(plans, args.execute) if args.execute else []
     plot(rows, os.path.join(args.out, "gemmini_vs_vendor.png"))
     summary["runtime_s"] = time.perf_counter() - start
@@ -307,29 +356,61 @@ def main(argv=None) -> int:
     return 1 if summary["violations_more_bytes"] else 0
 
 
+def model_error() -> dict:
+    """The calibrated model's error from experiments/calibrate_cycles.py (calibration_fit.json)."""
+    if not os.path.exists(FIT):
+        raise SystemExit(f"{FIT} missing: run experiments/calibrate_cycles.py first")
+    with open(FIT) as f:
+        sets = json.load(f)["sets"]
+    val = sets["validation 16x16 (held-out layers)"]
+    res = sets["ResNet-50 calibration rows (library tiling)"]
+    return {"val16_mape": val["mape_new"], "val16_pairs": val["pairs_new"][0],
+            "resnet_mape": res["mape_new"], "resnet_mean_error": res["mean_error_new"],
+            "text": f"model error: MAPE {val['mape_new']:.0f}% on held-out FireSim layers "
+                    f"(16x16), {res['mape_new']:.0f}% on the ResNet-50 FireSim rows; picks the "
+                    f"faster of two tilings {100 * val['pairs_new'][0]:.0f}% of the time"}
+
+
 def report(summary: dict, cal_rows: list[dict], executed: list[str]) -> str:
+    err = summary["model_error"]["text"]
     lines = ["# parconv tiling vs the Gemmini library (tiled_conv_auto) on the Gemmini model", "",
-             "Default Gemmini, dev semantics, BW_eff = 8 B/cycle; cycles = sum over calls of "
-             "max(execute model, bytes / BW_eff).", ""]
+             "Default Gemmini (256 KiB scratchpad, 64 KiB accumulator), dev semantics; cycles = "
+             "the calibrated model (parconv/gemmini/cycles.py, fitted to FireSim by "
+             f"experiments/calibrate_cycles.py; {err}). Roofline = max(execute model, "
+             "bytes / 8 B/cycle) per call, the previous model.", ""]
     violations = summary["violations_more_bytes"]
     lines.append(f"* ours never moves more DRAM bytes than the vendor tiling: "
                  f"{'YES' if not violations else 'NO: ' + ', '.join(violations)} "
                  f"({summary['all']['layers']} layer rows checked)")
     lines.append(f"* layers where ours is slower: {summary['slower_layers'] or 'none'}")
-    for label in ("resnet50 b1", "resnet50 b4", "vgg16 b1", "vgg16 b4", "all"):
+    for label in ("resnet50 b1", "resnet50 b4", "vgg16 b1", "vgg16 b4", "alexnet b1",
+                  "alexnet b4", "all"):
         s = summary[label]
         lo, hi = s["memory_bound_range"]
         mb = (f"{s['memory_bound_layers']} memory-bound layers, geomean speed-up "
               f"{s['memory_bound_geomean_speedup']:.2f}x (range {lo:.2f}-{hi:.2f})"
               if s["memory_bound_layers"] else "no memory-bound layer")
         lines.append(
-            f"* {label}: geomean speed-up {s['geomean_speedup']:.2f}x, range "
+            f"* {label}: geomean speed-up {s['geomean_speedup']:.2f}x ({err}; roofline "
+            f"{s['geomean_speedup_roofline']:.2f}x), range "
             f"{100 * (s['min_speedup'] - 1):.0f}% to {100 * (s['max_speedup'] - 1):.0f}% "
             f"(paper: {summary['paper_range']}); whole network {s['network_speedup']:.2f}x; "
             f"DRAM bytes vendor/ours {s['bytes_ratio_vendor_over_parconv']:.2f}x; {mb}; "
             f"{s['not_faster']} of {s['layers']} layers not faster; ratio to bound median "
             f"{s['ratio_to_bound_median']:.2f} (vendor {s['vendor_ratio_to_bound_median']:.2f}),"
             f" max {s['ratio_to_bound_max']:.2f}")
+    d = summary["dosa_anchor"]
+    lines.append(f"* outside anchor, ResNet-50 b1 ({d['layers']} layers with a DOSA FireSim "
+                 f"measurement): parconv's modelled speed-up geomean {d['parconv_geomean']:.2f}x "
+                 f"({err}) vs DOSA's measured {d['dosa_geomean_min']:.2f}x-"
+                 f"{d['dosa_geomean_max']:.2f}x (min/max over its predictors); parconv >= DOSA's "
+                 f"min on {d['parconv_at_least_dosa_min']} of {d['layers']} layers")
+    a = summary["all"]
+    lines.append(f"* objectives: the bytes-alone objective (fewest bytes among the candidates) "
+                 f"picks another tiling than the calibrated-cycles objective on "
+                 f"{a['objectives_differ']} of {a['layers']} layer rows; its geomean speed-up "
+                 f"would be {a['geomean_speedup_bytes_objective']:.2f}x instead of "
+                 f"{a['geomean_speedup']:.2f}x")
     large = summary["large_layers"]
     lines.append(f"* large layers ({large['definition']}, {large['count']} rows): ratio of ours "
                  f"to the bound median {large['ratio_median']:.2f}, max {large['ratio_max']:.2f}"
@@ -350,6 +431,16 @@ def report(summary: dict, cal_rows: list[dict], executed: list[str]) -> str:
                      f"{r['measured_min']:,}-{r['measured_max']:,} | {r['error_bw8_pct']:+.1f}% |"
                      f" {'yes' if r['within_range_bw8'] else 'no'} | "
                      f"{r['error_fit_pct']:+.1f}% |")
+    lines += ["", "## ResNet-50 batch 1 per layer, with DOSA's FireSim-measured speed-up", "",
+              f"Speed-ups are modelled ({err}).", "",
+              "| layer | shape | DRAM MB library | DRAM MB parconv | Mcycles library | "
+              "Mcycles parconv | speed-up | DOSA measured |", "|---|---|---|---|---|---|---|---|"]
+    for r in summary["resnet50_b1_rows"]:
+        dosa = (f"{r['dosa_min']:.2f}-{r['dosa_max']:.2f}" if r["dosa_min"] is not None
+                else "-")
+        lines.append(f"| {r['layer']} | {r['shape']} | {r['vendor_bytes'] / 1e6:.2f} | "
+                     f"{r['parconv_bytes'] / 1e6:.2f} | {r['vendor_cycles'] / 1e6:.3f} | "
+                     f"{r['parconv_cycles'] / 1e6:.3f} | {r['speedup']:.2f} | {dosa} |")
     if executed:
         lines += ["", *("* " + line for line in executed)]
     lines.append(f"\n(runtime {summary['runtime_s']:.0f} s)")

@@ -46,6 +46,7 @@ from .mpi.interrupts import ABORT_STATUS, install_signal_handlers
 from .mpi.outputs import prepare_outputs, write_outputs
 from .nodes import get_kernel
 from .plan import make_plan
+from .provenance import git_revision
 from .report import human_bytes, summary_table
 from .spec import INPUT_DTYPES
 
@@ -283,6 +284,9 @@ def _execute(comm, args, argv, say) -> int:
     report["run"] = {"argv": list(argv), "node": args.node, "seed": args.seed,
                      "input": args.input, "output": args.output,
                      "wall_time_s": time.perf_counter() - started}
+    with collectively(comm):
+        if args.report and rank == 0:
+            report["git_revision"] = git_revision()
     if targets:
         say(f"writing {' and '.join(t.path for t in targets.values())}")
         write_outputs(comm, targets, plan, result, report)

@@ -36,6 +36,39 @@ DEFAULT_ACC = {"int8": "int32", "int16": "int32", "int32": "int64",
 INPUT_DTYPES = tuple(DEFAULT_ACC)
 
 
+def check_accumulator_range(spec) -> None:
+    """Refuse an integer layer whose sum of products can leave the accumulator's range.
+
+    Each output sums ``C R S`` products of at most ``2^(b_in - 1) 2^(b_w - 1)`` in magnitude
+    (``128^2 = 2^14`` for int8), so the int32 accumulator of an int8 layer is safe exactly when
+    ``C R S <= floor((2^31 - 1) / 2^14) = 131071``; beyond that the nodes and the reference would
+    wrap around silently and ``--check`` would still pass.  A bias adds to the same accumulator:
+    its values must stay within the headroom ``2^31 - 1 - C R S 2^14`` (data, not checked here).
+    Only 8-bit integer operands are checked (Gemmini's case); float layers cannot wrap.  Called by
+    `ConvSpec` validation, so the planner and every node see only layers that are safe.
+
+    Raises
+    ------
+    ParconvError
+        Naming the bound on ``C R S`` when it is exceeded.
+    """
+    kinds = [np.dtype(getattr(spec, f)).kind for f in ("dtype_in", "dtype_weight", "dtype_acc")]
+    if any(kind not in "iu" for kind in kinds) or max(
+            DTYPE_BYTES[spec.dtype_in], DTYPE_BYTES[spec.dtype_weight]) > 1:
+        return
+    bits_in, bits_w = (8 * DTYPE_BYTES[getattr(spec, f)] for f in ("dtype_in", "dtype_weight"))
+    acc_max = np.iinfo(np.dtype(spec.dtype_acc)).max
+    largest_product = 2 ** (bits_in - 1) * 2 ** (bits_w - 1)
+    limit = acc_max // largest_product
+    terms = spec.in_channels * spec.kernel_size[0] * spec.kernel_size[1]
+    if terms > limit:
+        raise ParconvError(
+            f"{spec.dtype_in} x {spec.dtype_weight} accumulation can overflow {spec.dtype_acc}: "
+            f"C*R*S = {spec.in_channels}*{spec.kernel_size[0]}*{spec.kernel_size[1]} = {terms} "
+            f"> {limit} = floor(({acc_max}) / {largest_product}); split the input channels or "
+            f"use a wider accumulator (dtype_acc)")
+
+
 def _pair(value, name: str) -> tuple[int, int]:
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
@@ -154,6 +187,7 @@ class ConvSpec:
                     f"input size")
         self._check_sizes()
         object.__setattr__(self, "bias", bool(self.bias))
+        check_accumulator_range(self)
 
     def _check_sizes(self) -> None:
         """Refuse, from arithmetic alone, layers whose bookkeeping or arrays could not be held."""

@@ -291,7 +291,7 @@ def test_sequential_bound_terms_and_binding():
     assert small_M.value > small_M.compulsory
     assert sequential_bound(spec, 2.0**34).binding == "compulsory"
     assert set(small_M.to_dict()) == {"value", "compulsory", "segment", "small_filter",
-                                      "large_filter", "binding", "M"}
+                                      "large_filter", "binding", "M", "segment_polyphase"}
     two = sequential_bound_two_memory(spec, 2.0**11, 2.0**11)
     assert two == small_M
     tiny = sequential_bound(ConvSpec(batch=1, in_channels=64, out_channels=64, in_size=64,
@@ -370,7 +370,9 @@ def test_binding_switches_from_memory_dependent_to_independent():
     assert one.to_dict() == {"B_MI": 0.0, "B_MD": one.B_MD, "binding": "memory-dependent",
                              "value": one.B_MD, "P": 1, "M": M,
                              "owned": [spec.size_input_touched, spec.size_filter,
-                                       spec.size_output]}
+                                       spec.size_output],
+                             "B_MI_plain": 0.0, "B_MD_plain": one.B_MD, "B_MI_polyphase": 0.0,
+                             "B_MD_polyphase": 0.0}
 
 
 def test_bad_arguments_name_the_field():

@@ -64,17 +64,18 @@ def test_int8_extremes_are_exact():
     np.testing.assert_array_equal(y, reference_conv2d(spec, x, w))
 
 
-def test_int8_wraps_around_like_int32():
-    # 16384 * 9 * 2**14 > 2**31: the exact sum leaves int32 and must wrap (two's complement)
-    spec = spec_for_dtype("int8", batch=1, in_channels=16384, out_channels=1, in_size=(3, 3),
-                          kernel_size=(3, 3))
+def test_int8_accumulation_never_wraps():
+    # 16384 * 9 * 2**14 > 2**31: the int32 sum could wrap, so the layer is refused up front
+    with pytest.raises(ParconvError, match=r"C\*R\*S = 16384\*3\*3 = 147456 > 131071"):
+        spec_for_dtype("int8", batch=1, in_channels=16384, out_channels=1, in_size=(3, 3),
+                       kernel_size=(3, 3))
+    # at the bound the extreme sum is exact: 131071 * 2**14 = 2**31 - 2**14 fits int32
+    spec = spec_for_dtype("int8", batch=1, in_channels=131071, out_channels=1, in_size=(1, 1),
+                          kernel_size=(1, 1))
     x = np.full(spec.input_shape, -128, dtype=np.int8)
     w = np.full(spec.weight_shape, -128, dtype=np.int8)
     y, _ = NumpyKernel().run(spec, x, w)
-    exact = 16384 * 9 * 128 * 128
-    wrapped = (exact + 2 ** 31) % 2 ** 32 - 2 ** 31
-    assert exact > 2 ** 31 - 1 and y.dtype == np.int32
-    assert int(y[0, 0, 0, 0]) == wrapped
+    assert y.dtype == np.int32 and int(y[0, 0, 0, 0]) == 131071 * 128 * 128
     np.testing.assert_array_equal(y, reference_conv2d(spec, x, w))
 
 

@@ -237,3 +237,85 @@ def test_every_P_up_to_64_every_rank(spec):
                              ("output", spec.output_shape)):
             assert (_coverage(plan, array, shape) == 1).all(), (P, array)
         assert plan.max_volume >= plan.bound.value
+
+
+def test_scatter_and_gather_predictions_are_made_with_the_plan():
+    """make_plan computes them (the audit compares, it does not plan again); another root moves
+    the same bytes with the root's own piece left out."""
+    spec = AWKWARD[1]
+    plan = make_plan(spec, 6, grid=(1, 1, 2, 3, 1))
+    assert {"predicted_scatter", "predicted_gather"} <= set(plan.__dict__)
+    assert plan.predict_scatter() is plan.predicted_scatter
+    for root in range(6):
+        for name, own in (("scatter", ("input", "filter", "bias")), ("gather", ("output",))):
+            pred = getattr(plan, f"predict_{name}")(root)
+            assert pred["sent"].sum() == pred["received"].sum()
+            weights = dict(input=spec.p_in, filter=spec.p_weight, bias=spec.p_bias,
+                           output=spec.p_out)
+            total = sum(plan.owned_elements[k].sum() * weights[k] for k in own)
+            root_own = sum(plan.owned_elements[k][root] * weights[k] for k in own)
+            assert pred["sent"].sum() == total - root_own
+    with pytest.raises(ParconvError, match="root"):
+        plan.predict_gather(6)
+
+
+def _kernel_peak(kernel, spec, x, w) -> int:
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        kernel.run(spec, x, w)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("spec, dims", [
+    (get_layer("resnet50.conv1", batch=2), (1, 2, 1, 2, 1)),                 # im2col, int8
+    (get_layer("resnet50.layer3.0.conv2", batch=2), (1, 1, 2, 2, 2)),        # per tap, int8
+    (get_layer("resnet50.layer2.0.downsample.0", batch=2, dtype="float32"), (2, 1, 1, 1, 3)),
+    (AWKWARD[3], (1, 1, 1, 3, 2)),                                             # dilated float32
+    (get_layer("resnet50.layer1.0.conv2", batch=1, dtype="float64"), (1, 1, 1, 3, 1)),
+])
+def test_numpy_kernel_workspace_is_its_measured_peak(spec, dims):
+    """The footprint's kernel term equals the peak that tracemalloc sees in the numpy kernel on
+    each rank's local block (and its window)."""
+    from parconv.nodes import get_kernel
+    plan = make_plan(spec, int(np.prod(dims)), grid=dims, memory="1TiB")
+    rng = np.random.default_rng(0)
+    for rank in range(plan.active):
+        local, terms = plan.schedule(rank), plan.footprint(rank)["terms"]
+        if local.local_spec is None:
+            assert terms["kernel_workspace"] == 0
+            continue
+        x = rng.integers(-8, 8, local.local_spec.input_shape).astype(spec.dtype_in)
+        w = rng.integers(-8, 8, local.local_spec.weight_shape).astype(spec.dtype_weight)
+        peak = _kernel_peak(get_kernel("numpy"), local.local_spec, x, w)
+        assert abs(terms["kernel_workspace"] - peak) <= 0.01 * peak + 16384, (rank, peak, terms)
+
+
+def test_footprint_is_the_largest_stage_of_named_terms_and_refuses_what_cannot_fit():
+    from parconv.plan.footprint import STAGES
+    spec = get_layer("vgg16.conv1_2", batch=8)
+    plan = make_plan(spec, 4)
+    for rank in range(4):
+        fp = plan.footprint(rank)
+        sums = {s: sum(fp["terms"][t] for t in terms) for s, terms in STAGES.items()}
+        assert fp["total"] == max(sums.values()) == sums[fp["stage"]]
+        assert fp["total"] == plan.prediction.footprint[rank] == plan.to_dict()["footprint"]["total"][rank]
+    # issue 7: P = 4 int8 passed the 1 GiB check up to batch 266 but ran out of 20 GB near 187
+    with pytest.raises(ParconvError, match="memory too small"):
+        make_plan(get_layer("vgg16.conv1_2", batch=187), 4)
+    big = make_plan(get_layer("vgg16.conv1_2", batch=187), 4, memory="1TiB")
+    assert big.prediction.footprint.max() * 4 > 20 * 10**9 * 0.9
+
+
+def test_pickled_plan_leaves_out_derived_caches_and_rebuilds_them():
+    import pickle
+    plan = make_plan(AWKWARD[1], 6, grid=(1, 1, 2, 3, 1))
+    before = plan.to_dict()
+    plan.schedule(2), plan.footprints, plan.predicted_balance
+    copy = pickle.loads(pickle.dumps(plan))
+    assert not {"_schedules", "footprints", "balance", "predicted"} & set(copy.__dict__)
+    assert copy.to_dict() == before
+    assert copy.schedule(2).halo_h[0][1].tolist() == plan.schedule(2).halo_h[0][1].tolist()
+    assert np.array_equal(copy.predicted_balance["sent"], plan.predicted_balance["sent"])

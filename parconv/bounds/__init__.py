@@ -3,7 +3,11 @@
 * `workfn`: the work function F(X) and the busy processor's traffic program, as geometric programs
   with dual certificates;
 * `sequential`: F(X), its closed forms, the sequential (one- and two-memory) and im2col bounds;
-* `parallel`: B_MI and B_MD for P processors.
+* `parallel`: B_MI and B_MD for P processors;
+* `polyphase`: the polyphase bound of strided and dilated layers (weighted work over the phases,
+  Hoelder rows; docs/_notes_bounds.md section B), used by `sequential` and `parallel` wherever it
+  is larger;
+* `alternatives`: the grid algorithm with real factors, for explaining gaps (analysis only).
 """
 
 from .parallel import ParallelBound, busy_processor_footprint, parallel_bounds

@@ -11,6 +11,7 @@ import dataclasses
 
 from ..spec import ConvSpec
 from .checks import check_bytes, check_owned, check_ranks, check_spec
+from .polyphase import WEIGHT_EXPONENTS, is_strided, polyphase_traffic, polyphase_work
 from .sequential import segments
 from .workfn import output_bytes, solve_traffic, solve_work, used_filter_size
 
@@ -20,7 +21,10 @@ __all__ = ["parallel_bounds", "busy_processor_footprint", "ParallelBound"]
 @dataclasses.dataclass(frozen=True)
 class ParallelBound:
     """Lower bound on the busiest processor's volume (received input and filter bytes plus sent
-    partial-sum bytes), theory.md section 4."""
+    partial-sum bytes), theory.md section 4.
+
+    B_MI and B_MD are the larger of the section-4 value (``*_plain``) and the polyphase value
+    (``*_polyphase``, docs/_notes_bounds.md; 0 for a layer with one phase)."""
 
     B_MI: float
     B_MD: float
@@ -29,14 +33,21 @@ class ParallelBound:
     P: int
     M: float | None
     owned: tuple[int, int, int]
+    B_MI_plain: float = 0.0
+    B_MD_plain: float = 0.0
+    B_MI_polyphase: float = 0.0
+    B_MD_polyphase: float = 0.0
 
     def to_dict(self) -> dict:
         return {"B_MI": self.B_MI, "B_MD": self.B_MD, "binding": self.binding,
-                "value": self.value, "P": self.P, "M": self.M, "owned": list(self.owned)}
+                "value": self.value, "P": self.P, "M": self.M, "owned": list(self.owned),
+                "B_MI_plain": self.B_MI_plain, "B_MD_plain": self.B_MD_plain,
+                "B_MI_polyphase": self.B_MI_polyphase, "B_MD_polyphase": self.B_MD_polyphase}
 
 
 def parallel_bounds(spec: ConvSpec, P: int, M: float | None = None, owned=None) -> ParallelBound:
-    """max(B_MI, B_MD) for P processors (theory.md section 4).  Local.
+    """max(B_MI, B_MD) for P processors (theory.md section 4), each the larger of its section-4
+    value and its polyphase value on a strided or dilated layer (docs/_notes_bounds.md).  Local.
 
     B_MI = min over x of sum_j p_j (x_j - o_j) subject to the section-2 inequalities at
     |V| = ceil(G_eff / P) and o_j <= x_j <= |A_j|: a convex program in log variables, solved with a
@@ -70,11 +81,20 @@ def parallel_bounds(spec: ConvSpec, P: int, M: float | None = None, owned=None) 
     # filter elements that only ever meet padding are never needed: owning them saves nothing
     usable = (owned[0], min(owned[1], used_filter_size(spec)), owned[2])
     owned_bytes = sum(pj * oj for pj, oj in zip(p, usable))
-    B_MI = max(0.0, solve_traffic(spec, work, usable).value - owned_bytes)
-    B_MD = 0.0 if M is None else segments(work, M, solve_work(spec, 3.0 * M).value)
+    B_MI_plain = max(0.0, solve_traffic(spec, work, usable).value - owned_bytes)
+    B_MD_plain = 0.0 if M is None else segments(work, M, solve_work(spec, 3.0 * M).value)
+    B_MI_poly = B_MD_poly = 0.0
+    if spec.G_eff > 0 and is_strided(spec):
+        for e in WEIGHT_EXPONENTS:
+            B_MI_poly = max(B_MI_poly, polyphase_traffic(spec, e, P, usable) - owned_bytes)
+            if M is not None:
+                per_segment, total = polyphase_work(spec, e, 3.0 * M)
+                B_MD_poly = max(B_MD_poly, segments(total / P, M, per_segment))
+    B_MI, B_MD = max(B_MI_plain, B_MI_poly), max(B_MD_plain, B_MD_poly)
     binding = "memory-dependent" if B_MD > B_MI else "memory-independent"
     return ParallelBound(B_MI=B_MI, B_MD=B_MD, binding=binding, value=max(B_MI, B_MD), P=P, M=M,
-                         owned=owned)
+                         owned=owned, B_MI_plain=B_MI_plain, B_MD_plain=B_MD_plain,
+                         B_MI_polyphase=B_MI_poly, B_MD_polyphase=B_MD_poly)
 
 
 def busy_processor_footprint(spec: ConvSpec, P: int, owned=None) -> tuple[float, float, float]:

@@ -20,6 +20,7 @@ import math
 
 from ..spec import ConvSpec
 from .checks import check_bytes, check_spec
+from .polyphase import WEIGHT_EXPONENTS, is_strided, polyphase_work
 from .workfn import output_bytes, solve_work, used_filter_size
 
 __all__ = ["work_function", "closed_form_work", "sequential_bound", "sequential_bound_two_memory",
@@ -81,6 +82,7 @@ class SequentialBound:
     large_filter: float
     binding: str
     M: float
+    segment_polyphase: float = 0.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -94,6 +96,8 @@ def sequential_bound(spec: ConvSpec, M: float) -> SequentialBound:
     small_filter = G_eff (p_I p_F p_O)^(1/2) / (rho^(1/2) M^(1/2)) - M;
     large_filter = G_eff (p_I p_F p_O)^(2/3) / M - M (both clipped at 0).  The closed forms never
     exceed the segment term (F(3M) is at most either closed form of F); they are kept as checks.
+    On a layer with more than one phase the polyphase segment term M (ceil(T_y / F_y(3M)) - 1)
+    is added (docs/_notes_bounds.md); ``binding`` is then 'polyphase' when it is the largest.
 
     Raises
     ------
@@ -115,10 +119,17 @@ def sequential_bound(spec: ConvSpec, M: float) -> SequentialBound:
         terms["segment:small-filter"] = segment
     else:
         terms["segment:large-filter"] = segment
+    poly = 0.0
+    if spec.G_eff > 0 and is_strided(spec):
+        for e in WEIGHT_EXPONENTS:
+            per_segment, total = polyphase_work(spec, e, 3.0 * M)
+            poly = max(poly, segments(total, M, per_segment))
+        terms["segment:polyphase"] = poly
     binding = max(terms, key=lambda key: (terms[key], key == "compulsory"))
     return SequentialBound(value=max(terms.values()), compulsory=compulsory, segment=segment,
                            small_filter=small, large_filter=large,
-                           binding=binding.removeprefix("segment:"), M=M)
+                           binding=binding.removeprefix("segment:"), M=M,
+                           segment_polyphase=poly)
 
 
 def sequential_bound_two_memory(spec: ConvSpec, M_scratch: float, M_acc: float) -> SequentialBound:

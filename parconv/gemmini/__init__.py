@@ -9,13 +9,18 @@ Pure modules, no MPI:
 * `call_rules`: the per-call rules of the library's tile loop (windows, pointer rules, bytes per
   stream, execute cycles; 4.4-4.7) as elementwise functions;
 * `calls`: `vendor_loop`, `iter_calls` (every call with its windows, flags, bytes and cycles)
-  and `vendor_layer_cost` (a whole layer, grouped evaluation) returning a `LayerCost`.
+  and `vendor_layer_cost` (a whole layer, grouped evaluation) returning a `LayerCost`;
+* `cycles`: the calibrated cycle model of one call (`CycleConstants`, `load_constants`,
+  `call_cycles`), fitted to FireSim by experiments/calibrate_cycles.py; `vendor.firesim`:
+  `firesim_cost`, ``tiled_conv`` with an explicit tile and loop order as FireSim ran it.
 """
 
 from .config import (DEFAULT_CONFIG, NAMED_CONFIGS, NO_POOL, GemminiConfig, Pool,
                      downsample_eligible, footprint_rows, uses_downsample)
+from .cycles import CycleConstants, call_cycles, load_constants
 from .vendor.calls import (LayerCost, VendorCall, VendorLoop, cost_by_walking, iter_calls,
                            vendor_layer_cost, vendor_loop)
+from .vendor.firesim import firesim_cost
 from .vendor.heuristics import (VendorConvTile, VendorMatmulTile, conv_auto, conv_extents,
                                 matmul_auto)
 
@@ -23,4 +28,4 @@ __all__ = ["DEFAULT_CONFIG", "NAMED_CONFIGS", "NO_POOL", "GemminiConfig", "Pool"
            "downsample_eligible", "footprint_rows", "uses_downsample", "VendorConvTile",
            "VendorMatmulTile", "conv_auto", "conv_extents", "matmul_auto", "LayerCost",
            "VendorCall", "VendorLoop", "cost_by_walking", "iter_calls", "vendor_layer_cost",
-           "vendor_loop"]
+           "vendor_loop", "CycleConstants", "call_cycles", "load_constants", "firesim_cost"]

@@ -110,9 +110,10 @@ class GemminiKernel:
     def combine(self, per_rank: list[dict]) -> dict:
         """Totals over the ranks' stats: bytes, MACs and bounds add up; cycles are given both
         summed (work) and as the slowest rank (time); utilization and the ratio to the bound are
-        recomputed from the sums, never summed.  Local."""
-        macs = sum(s["macs"] for s in per_rank)
-        bound = sum(s["bound_bytes"] for s in per_rank)
+        recomputed from the sums, never summed.  Ranks whose block reads only padding report stub
+        stats (``kernel`` and ``macs`` = 0, no tiling and no bound): they add nothing.  Local."""
+        macs = sum(s.get("macs", 0) for s in per_rank)
+        bound = sum(s.get("bound_bytes", 0.0) for s in per_rank)
         out = {"kernel": "gemmini", "macs": macs, "bound_bytes": bound,
                "time_s": sum(s.get("time_s", 0.0) for s in per_rank)}
         for which in ("parconv", "vendor"):

@@ -22,6 +22,8 @@ Example: 10 output rows on 3 ranks, 3x3 kernel, stride 1, padding 1 (H_in = 10):
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ..errors import ParconvError, ParconvRuntimeError
@@ -50,6 +52,44 @@ def block_sizes(n: int, p: int) -> np.ndarray:
 
 flat_piece = block_range
 """Half-open flat range of piece ``i`` when a block of ``n`` elements is shared by ``p`` ranks."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FlatSplit:
+    """The balanced flat pieces of a block of ``total`` elements shared by ``parts`` ranks: the
+    compact form of ``[flat_piece(total, parts, i) for i in range(parts)]``.
+
+    ``piece(i)`` is O(1); ``starts``, ``sizes`` and ``bounds`` are O(parts) arrays.
+    """
+
+    total: int
+    parts: int
+
+    def piece(self, i: int) -> tuple[int, int]:
+        return flat_piece(self.total, self.parts, int(i))
+
+    @property
+    def starts(self) -> np.ndarray:
+        """The ``parts + 1`` piece boundaries."""
+        return block_starts(self.total, self.parts)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.starts)
+
+    @property
+    def bounds(self) -> np.ndarray:
+        """(parts, 2) array of [start, stop) per piece."""
+        starts = self.starts
+        return np.stack([starts[:-1], starts[1:]], axis=1)
+
+    def as_list(self) -> list[tuple[int, int]]:
+        """The pieces as a list of (start, stop) tuples of Python ints.  O(parts)."""
+        starts = self.starts.tolist()
+        return list(zip(starts[:-1], starts[1:]))
+
+    def __len__(self) -> int:
+        return self.parts
 
 
 def owned_input_starts(n_in: int, n_out: int, stride: int, pad: int, p: int) -> np.ndarray:

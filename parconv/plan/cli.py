@@ -16,6 +16,7 @@ import sys
 
 from ..cli import add_layer_arguments, list_layers, spec_from_args
 from ..errors import ParconvError
+from .footprint import NODES
 from .planner import make_plan
 
 
@@ -34,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "check and the memory-dependent bound, e.g. 512MiB (default 1GiB)")
     g.add_argument("--grid", default="auto", metavar="auto|NxKxCxHxW",
                    help="force a grid instead of choosing one (default auto)")
+    g.add_argument("--node", default="numpy", choices=NODES,
+                   help="node kernel whose workspace the memory footprint counts (default numpy)")
     parser.add_argument("--json", action="store_true",
                         help="print the plan as JSON (the run report's keys where they apply)")
     return parser
@@ -47,7 +50,8 @@ def main(argv=None) -> int:
         return 0
     try:
         spec = spec_from_args(args, default_batch=1)
-        plan = make_plan(spec, args.processes, memory=args.memory, grid=args.grid)
+        plan = make_plan(spec, args.processes, memory=args.memory, grid=args.grid,
+                         node=args.node)
     except ParconvError as exc:
         print(f"parconv.plan: error: {exc}", file=sys.stderr)
         return 2

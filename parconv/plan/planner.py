@@ -21,7 +21,9 @@ import numpy as np
 from ..bounds import parallel_bounds
 from ..errors import ParconvError
 from ..spec import ConvSpec
+from .balance import make_balance, predict_balance, rank_layout
 from .dims import AXES, GridDims, dimension_caps, factorizations, validate_grid
+from .footprint import STAGES, node_name
 from .predict import (PHASES, RECEIVED_BOUND_PHASES, GridPrediction, mean_volume_lower_bound,
                       owned_piece_sizes, predict_grid)
 from .schedule import RankSchedule, rank_schedule
@@ -35,6 +37,8 @@ DEFAULT_MEMORY = 1 << 30
 #: the largest per-rank memory accepted (bytes): footprints stay exact in int64
 MAX_MEMORY = 1 << 60
 BOUND_PHASES = RECEIVED_BOUND_PHASES + ("reduce",)
+#: schedules a plan keeps (most recent ranks)
+SCHEDULE_CACHE = 8
 #: the grids peers use, each a function of P
 BASELINES = {"batch": lambda P: [(P, 1, 1, 1, 1)],
              "output-channel": lambda P: [(1, P, 1, 1, 1)],
@@ -44,7 +48,13 @@ BASELINES = {"batch": lambda P: [(P, 1, 1, 1, 1)],
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """A chosen grid with every rank's predicted bytes and the parallel lower bound."""
+    """A chosen grid with every rank's predicted bytes and the parallel lower bound.
+
+    ``bound`` is the problem's bound: balanced shares ceil(|A_j| / P) for the total P, idle ranks
+    included (theory.md 4.2), so it depends on the layer, P and the memory only.  ``layout_bound``
+    is the same bound with the chosen layout's largest owned shares (valid for this layout, and
+    lower where its blocks are uneven).
+    """
 
     spec: ConvSpec
     ranks: int
@@ -56,6 +66,25 @@ class Plan:
     forced: bool
     grids_evaluated: int
     planning_time_s: float
+    #: elements each active rank owns at the start (``input``, ``filter``, ``bias``) and the
+    #: end (``output``) of a run (predict.owned_piece_sizes), for the scatter / gather phases
+    owned_elements: dict = dataclasses.field(default=None, repr=False)
+    #: the node kernel the footprint was budgeted for (parconv.plan.footprint.node_name)
+    node: str = "numpy"
+    #: B_MI / B_MD with the chosen layout's own largest owned shares (``bound`` is the problem's)
+    layout_bound: object = None
+
+    #: caches derived from the fields, left out when a plan is pickled (broadcast)
+    _DERIVED = ("_schedules", "predicted", "predicted_bound_volume", "footprints", "balance",
+                "predicted_balance")
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in self._DERIVED}
+
+    def __post_init__(self):
+        if self.owned_elements is None:
+            object.__setattr__(self, "owned_elements",
+                               owned_piece_sizes(self.spec, self.dims.as_tuple()))
 
     # ---- ranks ------------------------------------------------------------------------------
     @property
@@ -75,10 +104,20 @@ class Plan:
         return int(np.ravel_multi_index(tuple(coords), self.dims.as_tuple()))
 
     def schedule(self, rank: int) -> RankSchedule | None:
-        """The blocks, pieces and exchange schedules of ``rank`` (None when idle)."""
+        """The blocks, pieces and exchange schedules of ``rank`` (None when idle).
+
+        Built for that rank alone (parconv.plan.schedule) and kept: the engine asks for its own
+        rank's schedule several times.  The few most recent ranks are kept, so a serial loop
+        over all ranks holds O(1) schedules."""
         if not self.is_active(rank):
             return None
-        return rank_schedule(self.spec, self.dims, rank, self.coords(rank))
+        cache = self.__dict__.setdefault("_schedules", {})
+        rank = int(rank)
+        if rank not in cache:
+            if len(cache) >= SCHEDULE_CACHE:
+                cache.pop(next(iter(cache)))
+            cache[rank] = rank_schedule(self.spec, self.dims, rank, self.coords(rank))
+        return cache[rank]
 
     # ---- predictions ------------------------------------------------------------------------
     def _pad(self, values: np.ndarray) -> np.ndarray:
@@ -105,22 +144,39 @@ class Plan:
         """Largest bound-comparable volume over max(B_MI, B_MD); None when the bound is 0."""
         return self.max_volume / self.bound.value if self.bound.value > 0 else None
 
+    @cached_property
+    def predicted_scatter(self) -> dict:
+        """`predict_scatter` from rank 0, the default root."""
+        return self.predict_scatter(0)
+
+    @cached_property
+    def predicted_gather(self) -> dict:
+        """`predict_gather` to rank 0, the default root."""
+        return self.predict_gather(0)
+
     def predict_scatter(self, root: int = 0) -> dict:
-        """Bytes of handing every rank its owned input, filter and bias pieces from ``root``."""
-        sizes = owned_piece_sizes(self.spec, self.dims.as_tuple())
+        """Bytes of handing every rank its owned input, filter and bias pieces from ``root``
+        (``{"sent", "received", "messages"}``, arrays of length P).  Arithmetic on the owned
+        piece sizes that make_plan stored (``owned_elements``): nothing is planned again."""
+        if root == 0 and "predicted_scatter" in self.__dict__:
+            return self.predicted_scatter
         weights = {"input": self.spec.p_in, "filter": self.spec.p_weight,
                    "bias": self.spec.p_bias}
-        return self._root_phase(root, {k: sizes[k] for k in weights}, weights, outward=True)
+        return self._root_phase(root, weights, outward=True)
 
     def predict_gather(self, root: int = 0) -> dict:
-        """Bytes of collecting every rank's owned output piece (stored type) on ``root``."""
-        sizes = owned_piece_sizes(self.spec, self.dims.as_tuple())
-        return self._root_phase(root, {"output": sizes["output"]},
-                                {"output": self.spec.p_out}, outward=False)
+        """Bytes of collecting every rank's owned output piece (stored type) on ``root``; from
+        the stored ``owned_elements`` like `predict_scatter`."""
+        if root == 0 and "predicted_gather" in self.__dict__:
+            return self.predicted_gather
+        return self._root_phase(root, {"output": self.spec.p_out}, outward=False)
 
-    def _root_phase(self, root, sizes, weights, outward):
+    def _root_phase(self, root, weights, outward):
         """Root-to-all (``outward``) or all-to-root traffic: one message per peer and phase."""
-        per_peer = sum(self._pad(elems) * weights[name] for name, elems in sizes.items())
+        if not 0 <= root < self.ranks:
+            raise ParconvError(f"root {root} outside [0, {self.ranks})")
+        per_peer = sum(self._pad(self.owned_elements[name]) * weight
+                       for name, weight in weights.items())
         per_peer[root] = 0
         sent, received, messages = (np.zeros(self.ranks, dtype=np.int64) for _ in range(3))
         if outward:
@@ -131,6 +187,40 @@ class Plan:
             messages[:] = per_peer > 0
         return {"sent": sent, "received": received, "messages": messages}
 
+    # ---- balanced start (parconv.plan.balance) ---------------------------------------------
+    @cached_property
+    def balance(self) -> dict:
+        """The `Balance` of input, filter and bias over all P ranks (idle ones included): each
+        owns at most ceil(T / P) touched elements of each array initially."""
+        return make_balance(self.spec, self.prediction.work_touched, self.ranks)
+
+    @cached_property
+    def predicted_balance(self) -> dict:
+        """Bytes and messages of the "balance" phase that moves surpluses to their workers."""
+        return predict_balance(self.balance)
+
+    def initial_layout(self, rank: int) -> dict:
+        """What ``rank`` owns in the balanced layout and moves in the balance phase
+        (`parconv.plan.balance.rank_layout`)."""
+        return rank_layout(self.balance, self.schedule, rank)
+
+    # ---- memory -------------------------------------------------------------------------------
+    def footprint(self, rank: int) -> dict | None:
+        """What ``rank`` allocates, as named terms: ``{"node", "total", "stage", "terms"}``
+        (bytes; parconv.plan.footprint); None when idle."""
+        if not self.is_active(rank):
+            return None
+        return self.prediction.memory.for_rank(rank)
+
+    @cached_property
+    def footprints(self) -> dict:
+        """Every rank's footprint (lists of length P, zero on idle ranks): ``total``,
+        ``stage`` (None on idle ranks) and ``terms``."""
+        memory = self.prediction.memory
+        stages = [tuple(STAGES)[int(i)] for i in memory.stage] + [None] * (self.ranks - self.active)
+        return {"node": memory.node, "total": self._pad(memory.total).tolist(), "stage": stages,
+                "terms": {name: self._pad(v).tolist() for name, v in memory.terms.items()}}
+
     # ---- presentation -----------------------------------------------------------------------
     def to_dict(self) -> dict:
         """JSON-ready, with the run report's keys where they apply."""
@@ -139,12 +229,17 @@ class Plan:
             "spec": self.spec.to_dict(), "ranks": self.ranks, "active_ranks": self.active,
             "grid": self.dims.as_dict(), "grid_forced": self.forced, "memory": self.memory,
             "bound": self.bound.to_dict(),
+            "layout_bound": (None if self.layout_bound is None
+                             else self.layout_bound.to_dict()),
+            # the run report's place; the top-level key below is an alias kept for one release
+            "bytes": {"predicted_bound_volume": self.predicted_bound_volume.tolist()},
             "predicted_bound_volume": self.predicted_bound_volume.tolist(),
             "max_volume": self.max_volume, "busiest_rank": busiest,
             "ratio_to_bound": self.ratio_to_bound,
             "predicted_bytes": {phase: {k: v.tolist() for k, v in d.items()}
                                 for phase, d in self.predicted.items()},
             "footprint_max": int(self.prediction.footprint.max()),
+            "footprint": self.footprints,
             "owned_max": dict(zip(("input", "filter", "output"), self.prediction.owned)),
             "baselines": self.baselines,
             "grids_evaluated": self.grids_evaluated,
@@ -198,19 +293,21 @@ def _candidates(spec: ConvSpec, P: int, max_idle: int) -> np.ndarray:
     full = np.array(factorizations(P, caps), dtype=np.int64).reshape(-1, 5)
     idle = np.array([g for used in range(P - 1, max(P - max_idle, 1) - 1, -1)
                      for g in factorizations(used, caps)], dtype=np.int64).reshape(-1, 5)
-    if len(idle):
-        # without a full grid the reference is the least-loaded busiest rank of any candidate,
-        # so the planner keeps as many ranks busy as the layer's dimensions allow
-        reference = _max_work(spec, full if len(full) else idle).min()
-        idle = idle[_max_work(spec, idle) <= reference]
+    if len(full) and len(idle):
+        idle = idle[_max_work(spec, idle) <= _max_work(spec, full).min()]
     used = min(P, int(np.prod(caps)))
     while not len(full) and not len(idle):
         idle = np.array(factorizations(used, caps), dtype=np.int64).reshape(-1, 5)
         used -= 1
+    if not len(full):
+        # no grid uses all P ranks: keep as many busy as the least-loaded busiest rank allows,
+        # so the plan does not move fewer bytes than the problem's bound only by owning
+        # everything on fewer ranks
+        idle = idle[_max_work(spec, idle) <= _max_work(spec, idle).min()]
     return np.concatenate([full, idle])
 
 
-def _best_grid(spec, grids: np.ndarray, memory: int):
+def _best_grid(spec, grids: np.ndarray, memory: int, node="numpy"):
     """Exact evaluation in increasing order of the mean-volume lower bound, with early stop.
 
     Returns (best prediction or None, grids evaluated, smallest footprint seen)."""
@@ -220,7 +317,7 @@ def _best_grid(spec, grids: np.ndarray, memory: int):
     for i in order:
         if best is not None and lower[i] > best_key[0]:
             break
-        pred = predict_grid(spec, tuple(int(v) for v in grids[i]))
+        pred = predict_grid(spec, tuple(int(v) for v in grids[i]), node)
         evaluated += 1
         need = int(pred.footprint.max())
         smallest = need if smallest is None else min(smallest, need)
@@ -233,19 +330,20 @@ def _best_grid(spec, grids: np.ndarray, memory: int):
     return best, evaluated, smallest
 
 
-def _baselines(spec: ConvSpec, P: int, memory: int) -> dict:
+def _baselines(spec: ConvSpec, P: int, memory: int, node="numpy") -> dict:
     caps = dimension_caps(spec)
     out = {}
     for name, make in BASELINES.items():
         grids = np.array([g for g in make(P) if all(f <= cap for f, cap in zip(g, caps))],
                          dtype=np.int64).reshape(-1, 5)
-        best = _best_grid(spec, grids, memory)[0] if len(grids) else None
+        best = _best_grid(spec, grids, memory, node)[0] if len(grids) else None
         out[name] = None if best is None else {
             "grid": dict(zip(AXES, (int(v) for v in best.dims))), "max_volume": best.max_volume}
     return out
 
 
-def make_plan(spec: ConvSpec, P: int, memory=None, grid=None, max_idle: int = 3) -> Plan:
+def make_plan(spec: ConvSpec, P: int, memory=None, grid=None, max_idle: int = 3,
+              node="numpy") -> Plan:
     """Choose the grid for ``spec`` on ``P`` ranks and predict every rank's bytes.  Pure.
 
     Parameters
@@ -254,11 +352,16 @@ def make_plan(spec: ConvSpec, P: int, memory=None, grid=None, max_idle: int = 3)
     P : int
         Number of ranks (processes).
     memory : int or str, optional
-        Bytes per rank for the footprint check and the memory-dependent bound (default 1 GiB).
+        Bytes per rank for the footprint check (every rank's `Footprint` total must fit: what
+        it really allocates, parconv.plan.footprint) and the memory-dependent bound (default
+        1 GiB).
     grid : None, 'auto', GridDims, 5-tuple or "NxKxCxHxW", optional
         Force a grid instead of choosing one; it must multiply to ``P`` and fit every dimension.
     max_idle : int
         The automatic choice also considers leaving up to this many ranks idle.
+    node : str or kernel object
+        The node kernel whose workspace the footprint counts (parconv.plan.footprint;
+        "numpy" or "gemmini", other objects are budgeted as "numpy").
 
     Raises
     ------
@@ -276,12 +379,19 @@ def make_plan(spec: ConvSpec, P: int, memory=None, grid=None, max_idle: int = 3)
         grids = np.array([dims.as_tuple()], dtype=np.int64)
     else:
         grids = _candidates(spec, P, max_idle)
-    best, evaluated, smallest = _best_grid(spec, grids, memory)
+    best, evaluated, smallest = _best_grid(spec, grids, memory, node)
     if best is None:
         what = f"grid {dims}" if forced else "any grid"
         raise ParconvError(f"memory too small: {what} needs at least {smallest} bytes per rank "
-                           f"for its blocks, but --memory is {memory} bytes")
-    bound = parallel_bounds(spec, P, memory, owned=best.owned)
-    return Plan(spec=spec, ranks=P, dims=GridDims(*best.dims), memory=memory, prediction=best,
-                bound=bound, baselines=_baselines(spec, P, memory), forced=forced,
-                grids_evaluated=evaluated, planning_time_s=time.perf_counter() - started)
+                           f"(its blocks, exchange buffers and kernel workspace), but --memory "
+                           f"is {memory} bytes")
+    bound = parallel_bounds(spec, P, memory)  # the problem's bound: balanced shares
+    layout_bound = parallel_bounds(spec, P, memory, owned=best.owned)
+    dims = GridDims(*best.dims)
+    baselines, owned = _baselines(spec, P, memory, node), owned_piece_sizes(spec, dims.as_tuple())
+    plan = Plan(spec=spec, ranks=P, dims=dims, memory=memory, prediction=best, bound=bound,
+                baselines=baselines, forced=forced, grids_evaluated=evaluated,
+                planning_time_s=time.perf_counter() - started, owned_elements=owned,
+                node=node_name(node), layout_bound=layout_bound)
+    plan.predicted_scatter, plan.predicted_gather   # made with the plan: the audit only compares
+    return plan

@@ -19,6 +19,7 @@ import numpy as np
 
 from .axis import axis_layout
 from .blocks import block_sizes
+from .footprint import Footprint, footprint_terms
 
 PHASES = ("filter", "bias", "input", "halo_h", "halo_w", "reduce")
 #: received bytes of these phases plus the sent bytes of ``reduce`` are the bound-comparable volume
@@ -51,13 +52,17 @@ def _nonzero_others(total: np.ndarray, parts: int, mine: np.ndarray) -> np.ndarr
 @dataclasses.dataclass(frozen=True)
 class GridPrediction:
     """Predicted traffic of one grid: ``phases[name] = {"sent", "received", "messages"}`` (bytes,
-    bytes, count; arrays over the active ranks), the memory footprint per rank (bytes) and the
-    largest owned share of each array (elements: touched input, filter, output)."""
+    bytes, count; arrays over the active ranks), the memory footprint per rank (bytes; its named
+    terms in ``memory``, a `Footprint`) and the largest owned share of each array (elements:
+    touched input, filter, output)."""
 
     dims: tuple
     phases: dict
     footprint: np.ndarray
     owned: tuple
+    memory: Footprint = None
+    #: touched elements of every active rank's work piece of input, filter, bias
+    work_touched: dict = None
 
     @property
     def bound_volume(self) -> np.ndarray:
@@ -99,8 +104,9 @@ class _Grid:
         self.q = (self.a * PH + self.d) * PW + self.e   # index in the N-H-W group
 
 
-def predict_grid(spec, dims: tuple[int, int, int, int, int]) -> GridPrediction:
-    """Predict every active rank's bytes per phase for grid ``dims`` (exact).  Local, pure."""
+def predict_grid(spec, dims: tuple[int, int, int, int, int], node="numpy") -> GridPrediction:
+    """Predict every active rank's bytes per phase for grid ``dims`` (exact) and its memory
+    footprint with node kernel ``node`` (parconv.plan.footprint).  Local, pure."""
     PN, PK, PC, PH, PW = dims
     R, S = spec.kernel_size
     g = _Grid(spec, dims)
@@ -152,12 +158,18 @@ def predict_grid(spec, dims: tuple[int, int, int, int, int]) -> GridPrediction:
                             received=mine_o * (PC - 1) * spec.p_acc,
                             messages=_nonzero_others(n_o, PC, mine_o))
 
-    footprint = (spec.p_in * nc_ * _shape(3, hl.buf_sizes) * _shape(4, wl.buf_sizes)
-                 + spec.p_weight * nK * nC * R * S + spec.p_acc * n_o + full)
+    sizes = dict(input_piece=_piece(block, PK, b), filter_piece=mine, bias_piece=mine_b,
+                 input_block=block, touched_piece=touched_mine, touched_block=touched_block,
+                 output_piece=mine_o, span_rows=_shape(3, hl.span_sizes),
+                 span_cols=_shape(4, wl.span_sizes), buf_rows=_shape(3, hl.buf_sizes),
+                 buf_cols=_shape(4, wl.buf_sizes))
+    memory = footprint_terms(spec, g, sizes, phases, node)
     flat = {name: {key: np.ascontiguousarray(v).reshape(-1).astype(np.int64)
                    for key, v in ph.items()} for name, ph in phases.items()}
     owned = (int(touched_mine.max()), int(mine.max()), int(mine_o.max()))
-    return GridPrediction(tuple(dims), flat, footprint.reshape(-1), owned)
+    work = {name: np.ascontiguousarray(v + full).reshape(-1).astype(np.int64)
+            for name, v in (("input", touched_mine), ("filter", mine), ("bias", mine_b))}
+    return GridPrediction(tuple(dims), flat, memory.total, owned, memory, work)
 
 
 def mean_volume_lower_bound(spec, grids: np.ndarray) -> np.ndarray:

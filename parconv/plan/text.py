@@ -17,6 +17,16 @@ def human_bytes(n: float) -> str:
     return f"{value:.2f} TiB"
 
 
+def _footprint_line(plan) -> str:
+    """The largest footprint (parconv.plan.footprint), its stage and its three largest terms."""
+    worst = int(np.argmax(plan.prediction.footprint))
+    fp = plan.footprint(worst)
+    top = sorted(fp["terms"].items(), key=lambda kv: -kv[1])[:3]
+    parts = ", ".join(f"{name} {human_bytes(v)}" for name, v in top if v)
+    return (f"  memory footprint (largest, rank {worst}, {fp['node']} node): "
+            f"{human_bytes(fp['total'])} in stage {fp['stage']} ({parts})")
+
+
 def plan_table(plan) -> str:
     """The plan as a readable table: grid, busiest rank's bytes per phase, bound, baselines."""
     spec, bound = plan.spec, plan.bound
@@ -34,7 +44,7 @@ def plan_table(plan) -> str:
     lines += [
         f"  bound-comparable volume (received input+filter, sent partial sums): "
         f"{human_bytes(plan.max_volume)} ({plan.max_volume} B)",
-        f"  memory footprint of the largest block: {human_bytes(plan.prediction.footprint.max())}",
+        _footprint_line(plan),
         "",
         f"lower bound: B_MI = {human_bytes(bound.B_MI)}, B_MD = {human_bytes(bound.B_MD)} "
         f"({bound.binding} binds)",

@@ -13,7 +13,8 @@ How parconv runs a layer on the modelled Gemmini (theory.md section 6):
   byte-optimal tiling; `parconv.gemmini.tiled.search.refine` then looks around it (and around the
   vendor tile) for tilings the systolic array runs efficiently, since a byte-optimal tile with
   5-pixel rows wastes most of each array pass.  The winner moves no more bytes than the library
-  and is, among the candidates at most 2 % slower than the fastest and never slower than the
+  and is, among the candidates at most 2 % slower than the fastest (calibrated cycle model,
+  `parconv.gemmini.cycles`) and never slower than the
   library, the one moving the fewest bytes (`choose_tiling`).  ``TilingChoice.source`` says which candidate won; when the library's own
   schedule wins (its two-half operand reuse is outside the one-buffer model), ``schedule`` is
   ``"vendor"``.
@@ -163,7 +164,8 @@ class TilingChoice:
     `choose_tiling`).  ``source`` names the winning candidate (``"optimise"``, ``"refined"``,
     ``"vendor tile"`` or ``"vendor schedule"``), ``result`` is the optimiser's `TilingResult`,
     ``cost`` the winner's `ModelCost` and ``vendor`` the library's `LayerCost` (or None when
-    ``conv_auto`` finds no tile).
+    ``conv_auto`` finds no tile); ``fewest_bytes`` is the candidate a bytes-alone objective
+    would pick (tile, order, source, bytes, calibrated cycles), for comparison.
     """
 
     spec: ConvSpec
@@ -178,6 +180,7 @@ class TilingChoice:
     cost: ModelCost
     vendor: object = None
     candidates: int = 0
+    fewest_bytes: dict | None = None
 
     def input_for_model(self, x: np.ndarray) -> np.ndarray:
         """The DRAM input the model's tiles read (strided view when subsampled)."""
@@ -195,7 +198,8 @@ def cost_of_vendor(layer_cost) -> ModelCost:
                      exec_cycles=layer_cost.exec_cycles, cycles=layer_cost.cycles,
                      dma_cycles=layer_cost.dma_cycles,
                      memory_bound_calls=layer_cost.memory_bound_calls, macs=layer_cost.macs,
-                     peak_macs_per_cycle=layer_cost.peak_macs_per_cycle)
+                     peak_macs_per_cycle=layer_cost.peak_macs_per_cycle,
+                     calibrated_cycles=layer_cost.calibrated_cycles)
 
 
 def _single_tile_result(spec: ConvSpec, memory: GemminiMemory, tiling: Tiling, order: str):
@@ -216,9 +220,10 @@ def choose_tiling(spec: ConvSpec, config: GemminiConfig | None = None, orders=No
        canonical orders) are costed exactly (`tiling_cost`); those moving more DRAM bytes
        than the library are dropped, and the library's own schedule joins as a candidate (its
        two-half operand reuse, ``a_reuse`` / ``b_reuse``, can beat every schedule of the
-       one-buffer model).  Among the candidates at most `CYCLE_SLACK` (2 %) slower than the
-       fastest and no slower than the library, the one moving the fewest bytes wins (then the faster; a tie keeps parconv's
-       tiles).
+       one-buffer model).  Speed is the calibrated cycle model (`parconv.gemmini.cycles`,
+       ``calibrated_cycles``).  Among the candidates at most `CYCLE_SLACK` (2 %) slower than
+       the fastest and no slower than the library, the one moving the fewest bytes wins (then
+       the faster; a tie keeps parconv's tiles).
 
     ``config`` defaults to the default Gemmini; floats use ``config.for_spec(spec)``.  The bias
     stream follows ``config.has_bias``.
@@ -264,13 +269,18 @@ def choose_tiling(spec: ConvSpec, config: GemminiConfig | None = None, orders=No
     if vendor is not None:
         costed.append((cost_of_vendor(vendor), tiling_of_vendor(vendor.tile), VENDOR_ORDER,
                        "vendor schedule"))
-        ceiling = costed[-1][0].cycles      # never slower than the library itself
-    fastest = min(cost.cycles for cost, *_ in costed)
+        ceiling = costed[-1][0].calibrated_cycles      # never slower than the library itself
+    fastest = min(cost.calibrated_cycles for cost, *_ in costed)
     ceiling = min(ceiling, fastest * (1 + CYCLE_SLACK))
-    best = min((c for c in costed if c[0].cycles <= ceiling),
-               key=lambda c: (c[0].dram_bytes["total"], c[0].cycles, c[3] == "vendor schedule"))
+    best = min((c for c in costed if c[0].calibrated_cycles <= ceiling),
+               key=lambda c: (c[0].dram_bytes["total"], c[0].calibrated_cycles,
+                              c[3] == "vendor schedule"))
+    frugal = min(costed, key=lambda c: (c[0].dram_bytes["total"], c[0].calibrated_cycles))
     common = dict(spec=spec, config=config, result=result, vendor=vendor,
-                  candidates=len(pairs))
+                  candidates=len(pairs),
+                  fewest_bytes={"tile": frugal[1].as_tuple(), "order": frugal[2],
+                                "source": frugal[3], "bytes": frugal[0].dram_bytes["total"],
+                                "calibrated_cycles": frugal[0].calibrated_cycles})
     if best[3] == "vendor schedule":
         return TilingChoice(model=spec, subsampled=False, tiling=best[1], order=VENDOR_ORDER,
                         schedule="vendor", source=best[3], cost=best[0], **common)

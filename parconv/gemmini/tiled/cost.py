@@ -22,6 +22,8 @@ import numpy as np
 from ...spec import ConvSpec
 from ...tiling import LOOPS, Tiling, axis_window_table, check_order, extents
 from .. import call_rules as rules
+from ..cycles import (PARCONV_TO_LIBRARY, CycleConstants, call_cycles, load_constants,
+                      load_misses, mean_lines)
 
 STREAMS = ("input", "weight", "bias", "output", "psum")
 _I = {loop: i for i, loop in enumerate(LOOPS)}
@@ -35,7 +37,8 @@ class ModelCost(rules.Utilization):
 
     ``tile`` is (tN, tK, tC, tH, tW, tR, tS); ``dram_bytes`` has the five streams and ``total``;
     ``cycles`` sums ``max(exec, bytes / bw_eff)`` over the tiles (``calls``), ``dma_cycles``
-    sums ``bytes / bw_eff``; ``utilization = macs / (dim^2 cycles)``.
+    sums ``bytes / bw_eff``; ``utilization = macs / (dim^2 cycles)``.  ``calibrated_cycles`` is
+    the calibrated model of `parconv.gemmini.cycles` (the objective of parconv's tiling search).
     """
 
     tile: tuple
@@ -51,6 +54,7 @@ class ModelCost(rules.Utilization):
     memory_bound_calls: int
     macs: int
     peak_macs_per_cycle: int
+    calibrated_cycles: float = float("nan")
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -72,12 +76,17 @@ def _differs(a: list, b: list, loops: str) -> np.ndarray:
 
 
 def tiling_cost(spec: ConvSpec, tiling: Tiling, order: str, config, *, strided: bool = False,
-                bias: bool | None = None) -> ModelCost:
+                bias: bool | None = None, constants: CycleConstants | None = None) -> ModelCost:
     """The Gemmini-model cost of ``spec`` tiled by ``tiling`` in loop order ``order``.  Local.
 
     ``config`` gives the element sizes, ``dim``, ``bw_eff`` and the first-layer rule;
     ``strided`` marks a subsampled 1x1 layer (no first-layer packing then, like downsample);
-    ``bias`` defaults to ``config.has_bias``.
+    ``bias`` defaults to ``config.has_bias``.  ``calibrated_cycles`` applies
+    `parconv.gemmini.cycles.call_cycles` to every tile (a tile is one call): its DMA lines are
+    the input rows (one per in-image pixel, ``nC`` bytes at a stride of C), weight rows (one per
+    (c, r, s), ``nK`` bytes at a stride of K), bias and partial-sum rows (one line each), split
+    into L2 hits and misses by `parconv.gemmini.cycles.load_misses` for ``order`` (cold start).
+    ``constants`` defaults to the fitted ones.
     """
     check_order(order)
     bias = config.has_bias if bias is None else bias
@@ -86,10 +95,16 @@ def tiling_cost(spec: ConvSpec, tiling: Tiling, order: str, config, *, strided: 
     trips = -(-ext // t)
     dims = [int(trips[_I[loop]]) for loop in order]
     total_tiles = math.prod(dims)
+    # DMA rows start at pixel * C + c0 and (c, r, s) * K + k0: offsets in a line are multiples
+    # of gcd(C, tC) and gcd(K, tK) (`mean_lines`)
+    steps = (math.gcd(spec.in_channels, int(t[2])) * config.input_bytes,
+             math.gcd(spec.out_channels, int(t[1])) * config.weight_bytes)
     rows_table = axis_window_table(*spec.axis(0), int(t[3]), int(t[5]))
     cols_table = axis_window_table(*spec.axis(1), int(t[4]), int(t[6]))
     dilated = max(spec.dilation) > 1
+    constants = constants or load_constants()
     sums = dict.fromkeys(("exec", "passes", "mem_bound"), 0)
+    chunks = []
     cycles = dma = 0.0
     dram = dict.fromkeys(STREAMS, 0)
     mvin = dict.fromkeys(("input", "weight", "bias", "psum"), 0)
@@ -134,6 +149,14 @@ def tiling_cost(spec: ConvSpec, tiling: Tiling, order: str, config, *, strided: 
         mpp = rules.max_pixels_per_row(config, nC, nS, strided, dilated)
         work = (nN, nH, nW, nK, nR, nS, nC, mpp, config.dim)
         exec_cycles = rules.exec_cycles(*work)
+        line_rows = ((first_visit * bias) * acc_rows + readback * acc_rows).astype(float)
+        chunks.append({
+            "exec": exec_cycles, "passes": rules.passes(*work), "load_in": load_in,
+            "load_w": load_w, "moved": sum(per_tile.values()),
+            "in_lines": load_in * nN * window * mean_lines(nC * config.input_bytes, steps[0]),
+            "w_lines": load_w * nC * nR * nS * mean_lines(nK * config.weight_bytes, steps[1]),
+            "in_bytes": per_tile["input"], "w_bytes": per_tile["weight"],
+            "other_lines": line_rows})
         tile_dma = sum(per_tile.values()) / config.bw_eff
         sums["exec"] += int(exec_cycles.sum())
         sums["passes"] += int(rules.passes(*work).sum())
@@ -141,8 +164,27 @@ def tiling_cost(spec: ConvSpec, tiling: Tiling, order: str, config, *, strided: 
         cycles += float(np.maximum(exec_cycles, tile_dma).sum())
         dma += float(tile_dma.sum())
     dram["total"] = sum(dram.values())
+    calibrated = _calibrated(chunks, order, trips, constants)
     return ModelCost(tile=tuple(int(v) for v in t), order=order, calls=total_tiles,
                      dram_bytes=dram, mvin_rows=mvin, mvout_rows=mvout, passes=sums["passes"],
                      exec_cycles=sums["exec"], cycles=cycles, dma_cycles=dma,
                      memory_bound_calls=sums["mem_bound"], macs=spec.G,
-                     peak_macs_per_cycle=config.dim ** 2)
+                     peak_macs_per_cycle=config.dim ** 2, calibrated_cycles=calibrated)
+
+
+def _calibrated(chunks: list, order: str, trips, constants: CycleConstants) -> float:
+    """`call_cycles` over all tiles; the L2 misses of each operand (`load_misses` for
+    ``order``, whose loads are already the non-consecutive ones) are spread over its loads."""
+    cat = {k: np.concatenate([np.ravel(c[k]) for c in chunks]).astype(float) for k in chunks[0]}
+    loads = {"input": cat["load_in"].sum(), "weight": cat["load_w"].sum()}
+    per_load = {"input": cat["in_bytes"].sum() / max(loads["input"], 1.0),
+                "weight": cat["w_bytes"].sum() / max(loads["weight"], 1.0)}
+    library = order[::-1].translate(PARCONV_TO_LIBRARY)
+    letters = dict(zip(LOOPS.translate(PARCONV_TO_LIBRARY), (int(v) for v in trips)))
+    misses = load_misses(library, letters, per_load, constants.l2_bytes)
+    frac = {k: min(misses[k] / loads[k], 1.0) if loads[k] else 0.0 for k in loads}
+    miss = cat["in_lines"] * frac["input"] + cat["w_lines"] * frac["weight"]
+    hit = (cat["in_lines"] * (1 - frac["input"]) + cat["w_lines"] * (1 - frac["weight"])
+           + cat["other_lines"])
+    return float(call_cycles(constants, cat["exec"], cat["passes"], hit, miss,
+                             cat["moved"]).sum())

@@ -9,9 +9,11 @@ that are fast *and* frugal:
 
 * candidate sizes per loop are the "ladder" values (every size that is the smallest with its
   number of blocks) plus multiples of ``dim`` for K, C and W (the array's granularity);
-* each candidate is screened with ``max(exec_total, bytes / bw_eff)``: ``exec_total`` summed over
-  the tiles in closed form (the pass model is a product of per-loop factors, `exec_totals`) and
-  ``bytes`` = exact traffic of `parconv.tiling.traffic_totals` plus the bias stream;
+* each candidate is screened with a closed-form approximation of the calibrated cycle model
+  (`parconv.gemmini.cycles`): ``max(c_call tiles, max(L, X) + alpha min(L, X))`` summed as if
+  every tile were alike, with ``X = exec_total + p_pass passes`` (`exec_totals`, in closed form:
+  the pass model is a product of per-loop factors) and ``L = bytes (inv_bw + t_hit / 64)``
+  (``bytes`` = exact traffic of `parconv.tiling.traffic_totals` plus the bias stream);
 * pairwise coordinate search (every pair of free loops over their candidate values) from the
   best seed until nothing improves; ranking key = (screened cycles in steps of `CYCLE_SLACK` of
   the ideal ``G / dim^2``, then bytes), so among equally fast tilings the one moving fewer bytes
@@ -30,6 +32,7 @@ import numpy as np
 from ...spec import ConvSpec
 from ...tiling import LOOPS, clip_array, extents, traffic_totals
 from .. import call_rules as rules
+from ..cycles import LINE_BYTES, load_constants
 
 _I = {loop: i for i, loop in enumerate(LOOPS)}
 #: cycle slack: tilings within this fraction of the fastest count as equally fast, and the one
@@ -59,9 +62,10 @@ def _loop_sum(t: np.ndarray, ext: int, f) -> np.ndarray:
     return n_full * f(full) + f(ragged)
 
 
-def exec_totals(spec: ConvSpec, tiles: np.ndarray, config, strided: bool = False) -> np.ndarray:
+def exec_totals(spec: ConvSpec, tiles: np.ndarray, config, strided: bool = False,
+                passes_only: bool = False) -> np.ndarray:
     """Execute-model cycles (gemmini.md 4.7) summed over all tiles, for each row of an (m, 7)
-    array of block sizes, in closed form.
+    array of block sizes, in closed form (with ``passes_only``: the number of array passes).
 
     A tile's cycles are ``blocks(K, R, S, C) * passes(N, H, W)`` with ``passes = n h F(w) +
     G(w)``, so the sum over tiles factorises into sums over each loop's blocks (the (S, C) pair
@@ -77,8 +81,12 @@ def exec_totals(spec: ConvSpec, tiles: np.ndarray, config, strided: bool = False
 
     sum_n = _loop_sum(t[0], ext[0], lambda v: v)
     sum_h = _loop_sum(t[3], ext[3], lambda v: v)
-    sum_f = _loop_sum(t[4], ext[4], lambda w: d * (rules.ceil_div(w, d) - 1) + last_pass(w))
-    sum_g = _loop_sum(t[4], ext[4], lambda w: d - last_pass(w))
+    if passes_only:
+        sum_f = _loop_sum(t[4], ext[4], lambda w: rules.ceil_div(w, d))
+        sum_g = 0
+    else:
+        sum_f = _loop_sum(t[4], ext[4], lambda w: d * (rules.ceil_div(w, d) - 1) + last_pass(w))
+        sum_g = _loop_sum(t[4], ext[4], lambda w: d - last_pass(w))
     trips_n, trips_h = -(-ext[0] // t[0]), -(-ext[3] // t[3])
     per_block = sum_n * sum_h * sum_f + trips_n * trips_h * sum_g
     sum_k = _loop_sum(t[1], ext[1], lambda k: rules.ceil_div(k, d))
@@ -112,6 +120,7 @@ class Screen:
                  keep: int = 16):
         self.spec, self.memory, self.config = spec, memory, config
         self.orders, self.strided, self.keep = list(orders), strided, keep
+        self.constants = load_constants()
         self.bin = max(CYCLE_SLACK * spec.G / config.dim ** 2, 1.0)
         self.seen: dict[tuple, tuple] = {}      # (tile, order) -> key
         self.best: tuple | None = None          # (key, tile, order)
@@ -123,11 +132,18 @@ class Screen:
         if not len(tiles):
             return False
         exec_total = exec_totals(self.spec, tiles, self.config, self.strided)
+        passes = exec_totals(self.spec, tiles, self.config, self.strided, passes_only=True)
         bias = bias_totals(self.spec, tiles, self.config)
+        ext = np.asarray(extents(self.spec))
+        n_tiles = np.prod(-(-ext // clip_array(self.spec, tiles)), axis=1)
+        c = self.constants
+        x = exec_total + c.p_pass * passes
         improved = False
         for order in self.orders:
             moved = traffic_totals(self.spec, tiles, order) + bias
-            score = np.maximum(exec_total, moved / self.config.bw_eff)
+            load = moved * (c.inv_bw + c.t_hit / LINE_BYTES)
+            score = np.maximum(c.c_call * n_tiles,
+                               np.maximum(load, x) + c.alpha * np.minimum(load, x))
             bins = np.floor(score / self.bin).astype(np.int64)
             fastest = np.lexsort((moved, bins))[:self.keep]
             frugal = np.argsort(moved, kind="stable")[:self.keep]

@@ -24,9 +24,13 @@ from .. import call_rules as rules
 from ..call_rules import AxisGeometry, AxisWindow, axis_window, exec_cycles  # noqa: F401
 from ..config import (DEFAULT_CONFIG, TILE_FIELDS, GemminiConfig, as_pool, downsample_eligible,
                       tile_tuple, uses_downsample)
+from ..cycles import CycleConstants, load_constants
+from .calibrated import calibrated_total, calibration_terms
 from .heuristics import VendorConvTile, conv_auto, conv_extents
 
 STREAMS = ("input", "weight", "bias", "output")
+#: the stock loop b -> porow -> pocol -> poch -> krow -> kcol -> kch, innermost first
+LIBRARY_ORDER = "CRSKPQN"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +227,9 @@ class LayerCost(rules.Utilization):
     ``cycles`` sums ``max(exec, bytes / bw_eff)`` over the calls, ``dma_cycles`` sums
     ``bytes / bw_eff``; ``memory_bound_calls`` counts calls where the DMA term wins.
     ``utilization = macs / (dim^2 cycles)`` with ``macs = N H W K R S C`` (before pooling).
+    ``calibrated_cycles`` is the calibrated model of `parconv.gemmini.cycles` (NaN from
+    `cost_by_walking`, which checks the roofline terms only); ``calibration_terms`` are its
+    per-call-group inputs (`parconv.gemmini.vendor.calibrated.calibration_terms`).
     """
 
     tile: VendorConvTile
@@ -242,6 +249,8 @@ class LayerCost(rules.Utilization):
     config_name: str
     semantics: str
     pool: tuple
+    calibrated_cycles: float = float("nan")
+    calibration_terms: dict | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def exec_utilization(self) -> float:
@@ -260,11 +269,12 @@ class LayerCost(rules.Utilization):
                 "dma_cycles": self.dma_cycles, "memory_bound_calls": self.memory_bound_calls,
                 "macs": self.macs, "utilization": self.utilization,
                 "exec_utilization": self.exec_utilization, "config": self.config_name,
-                "semantics": self.semantics, "pool": list(self.pool)}
+                "semantics": self.semantics, "pool": list(self.pool),
+                "calibrated_cycles": self.calibrated_cycles}
 
 
 def _layer_cost(loop: VendorLoop, *, calls, bytes_, requests, passes, exec_total, cycles,
-                dma_cycles, memory_bound) -> LayerCost:
+                dma_cycles, memory_bound, calibrated=float("nan"), terms=None) -> LayerCost:
     dram = {s: int(bytes_[s]) for s in STREAMS}
     dram["total"] = sum(dram.values())
     return LayerCost(tile=loop.tile, counts=loop.counts, a_reuse=loop.a_reuse,
@@ -274,7 +284,8 @@ def _layer_cost(loop: VendorLoop, *, calls, bytes_, requests, passes, exec_total
                      dma_cycles=float(dma_cycles), memory_bound_calls=int(memory_bound),
                      macs=loop.spec.G, peak_macs_per_cycle=loop.config.peak_macs_per_cycle,
                      config_name=loop.config.name, semantics=loop.config.semantics,
-                     pool=(loop.pool.size, loop.pool.stride, loop.pool.padding))
+                     pool=(loop.pool.size, loop.pool.stride, loop.pool.padding),
+                     calibrated_cycles=float(calibrated), calibration_terms=terms)
 
 
 def cost_by_walking(loop: VendorLoop) -> LayerCost:
@@ -319,7 +330,8 @@ def _spatial_groups(loop: VendorLoop, axis: int, geom: AxisGeometry, grid_axis: 
 
 
 def vendor_layer_cost(spec, tile=None, config: GemminiConfig | None = None, pool=None,
-                      downsample: bool | None = None) -> LayerCost:
+                      downsample: bool | None = None, order: str = LIBRARY_ORDER,
+                      constants: CycleConstants | None = None, warm: bool = False) -> LayerCost:
     """DRAM bytes per stream, calls and cycles of ``spec`` run by ``tiled_conv`` with ``tile``
     (default: the vendor's `conv_auto` choice). Local.
 
@@ -327,6 +339,12 @@ def vendor_layer_cost(spec, tile=None, config: GemminiConfig | None = None, pool
     each of five independent factors (batch tiles, row x kernel-row tiles, column x kernel-column
     tiles, output-channel tiles, input-channel tiles) calls differ only by truncation and
     border windows, so a ResNet-50 layer needs a few hundred evaluations at most.
+
+    ``order`` (library letters, innermost first, as DOSA's ``PERM_STR``; default the stock
+    ``CRSKPQN``) only decides which reloads hit the L2 in ``calibrated_cycles``: the per-call
+    loads, pointer rules and windows are those of the stock loop.  ``constants`` defaults to
+    the fitted ones (`parconv.gemmini.cycles.load_constants`); ``warm`` says the layer's data
+    were just touched (first loads hit the L2 when they fit it).
 
     Raises
     ------
@@ -359,10 +377,15 @@ def vendor_layer_cost(spec, tile=None, config: GemminiConfig | None = None, pool
     bytes_, reqs, passes, cycles = _call_cost(loop, sizes, rows, cols, flags)
     call_bytes = sum(np.broadcast_to(b, weight.shape) for b in bytes_.values())
     dma = call_bytes / cfg.bw_eff
+    constants = constants or load_constants()
+    terms = calibration_terms(loop, order, constants.l2_bytes, weight, sizes, rows, cols, flags,
+                              bytes_, passes, cycles, warm)
     return _layer_cost(
         loop, calls=weight.sum(),
         bytes_={s: (np.broadcast_to(v, weight.shape) * weight).sum() for s, v in bytes_.items()},
         requests={s: (np.broadcast_to(v, weight.shape) * weight).sum() for s, v in reqs.items()},
         passes=(passes * weight).sum(), exec_total=(cycles * weight).sum(),
         cycles=(np.maximum(cycles, dma) * weight).sum(), dma_cycles=(dma * weight).sum(),
-        memory_bound=((dma > cycles) * weight).sum())
+        memory_bound=((dma > cycles) * weight).sum(), terms=terms,
+        calibrated=calibrated_total(terms, constants))
+

@@ -1,0 +1,169 @@
+"""The calibrated cycle model of one ``loop_conv_ws`` call (docs/_notes_gemmini.md).  Pure numpy.
+
+The roofline ``max(exec, bytes / bw_eff)`` of `parconv.gemmini.call_rules` is too optimistic on
+real Gemmini (FireSim).  This model keeps the same per-call quantities and adds what the hardware
+and the library do around them (Gemmini's ``LoopConv.scala``: two loops in flight, loads of the
+next call overlap the execution of the current one; the core computes and issues every call):
+
+* **call floor** ``c_call``: the Rocket core runs the tile loop of ``tiled_conv`` in software and
+  issues six config instructions per call; no call finishes faster than that;
+* **DMA lines** ``t_hit`` / ``t_miss`` cycles per 64-byte line a load touches: a row of ``b``
+  bytes starting at offset ``o`` touches ``ceil((o mod 64 + b) / 64)`` lines (`mean_lines`), so
+  small-channel rows cost a whole line each; a line costs ``t_miss`` when its block was last
+  used so long ago (reuse distance > ``l2_bytes`` of other data, `load_misses`) that it left
+  the L2, or it is touched for the first time, and ``t_hit`` otherwise;
+* **bandwidth** ``inv_bw`` cycles per byte moved (loads and stores);
+* **overlap** ``alpha``: loads + stores ``L`` and execution ``X`` of a call overlap but not
+  perfectly: ``max(L, X) + alpha min(L, X)``;
+* **per pass** ``p_pass`` cycles added to each array pass (one compute command of <= dim rows)
+  of the execute model: command issue and pipeline fill/drain that a pass of few rows (7x7
+  layers) cannot hide.
+
+``cycles(call) = max(c_call, max(L, X) + alpha min(L, X))`` with ``X = exec + p_pass passes``
+and ``L = t_hit lines_hit + t_miss lines_miss + inv_bw (load + store bytes)``.
+
+The constants are fitted by ``experiments/calibrate_cycles.py`` and stored in
+``cycle_constants.json`` next to this module (with bootstrap standard errors).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+
+import numpy as np
+
+from ..errors import ParconvError
+
+#: where experiments/calibrate_cycles.py writes the fitted constants
+CONSTANTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cycle_constants.json")
+#: bytes of one TileLink request / cache line (the DMA's 64-byte requests)
+LINE_BYTES = 64
+#: library loop letters (innermost first in a DOSA ``PERM_STR``): which operand each one indexes
+INPUT_LOOPS, WEIGHT_LOOPS = frozenset("NQPSRC"), frozenset("KSRC")
+#: parconv's loop names -> the library's letters (H = pooled rows Q, W = cols P, R = krows S, ...)
+PARCONV_TO_LIBRARY = str.maketrans("NKCHWRS", "NKCQPSR")
+FIELDS = ("c_call", "t_hit", "t_miss", "inv_bw", "alpha", "p_pass")
+
+
+@dataclasses.dataclass(frozen=True)
+class CycleConstants:
+    """The constants of the calibrated model (module docstring), in cycles.  The defaults are
+    only starting values of the fit; the fitted ones come from `load_constants`.
+
+    ``l2_bytes`` is the residency capacity of the reuse-distance test (the FireSim builds' 512 KiB
+    L2, not fitted); ``stderr`` holds bootstrap standard errors of the fitted fields.
+    """
+
+    c_call: float = 270.0
+    t_hit: float = 1.0
+    t_miss: float = 3.0
+    inv_bw: float = 0.115
+    alpha: float = 0.1
+    p_pass: float = 2.0
+    l2_bytes: int = 512 * 1024
+    stderr: dict = dataclasses.field(default_factory=dict, compare=False)
+    fit: dict = dataclasses.field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        for field in FIELDS:
+            value = getattr(self, field)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 \
+                    or not math.isfinite(value):
+                raise ParconvError(f"CycleConstants.{field} must be a finite number >= 0, "
+                                   f"got {value!r}")
+
+    def vector(self) -> np.ndarray:
+        return np.array([getattr(self, f) for f in FIELDS], dtype=float)
+
+    @classmethod
+    def from_vector(cls, values, **extra) -> "CycleConstants":
+        return cls(**{f: float(v) for f, v in zip(FIELDS, values)}, **extra)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@functools.lru_cache(maxsize=4)
+def load_constants(path: str = CONSTANTS_PATH) -> CycleConstants:
+    """The fitted constants of ``cycle_constants.json``.
+
+    Raises
+    ------
+    ParconvError
+        If the file is missing (run ``experiments/calibrate_cycles.py``).
+    """
+    if not os.path.exists(path):
+        raise ParconvError(f"no fitted cycle constants at {path}; run "
+                           f"experiments/calibrate_cycles.py")
+    with open(path) as f:
+        data = json.load(f)
+    return CycleConstants(**{k: data[k] for k in (*FIELDS, "l2_bytes", "stderr", "fit")
+                             if k in data})
+
+
+def mean_lines(row_bytes, step: int, line: int = LINE_BYTES):
+    """Mean number of ``line``-byte lines a row of ``row_bytes`` touches when its start offset is
+    a multiple of ``step`` (the gcd of the DRAM stride and the tile start), uniform in a line.
+    Elementwise over ``row_bytes``; 0 for an empty row."""
+    step = max(1, math.gcd(int(step), line))
+    offsets = np.arange(0, line, step)
+    b = np.asarray(row_bytes)[..., None]
+    lines = np.where(b > 0, -(-(offsets + b) // line), 0).mean(axis=-1)
+    return lines if np.ndim(lines) else float(lines)
+
+
+def load_misses(order: str, trips: dict, per_call_bytes: dict, l2_bytes: int,
+                warm_bytes: float = 0.0) -> dict:
+    """Loads of each operand that miss the L2, as a count of calls' worth of loads.
+
+    ``order`` is the loop nest innermost first in library letters (N Q P K S R C), ``trips`` the
+    trip count of each letter, ``per_call_bytes`` the mean bytes one call loads of ``"input"``
+    and ``"weight"``.  A block's first load misses (there are ``prod(trips of its loops)``
+    blocks); a later load misses when the loops inside the loop that brings the block back touch
+    more than ``l2_bytes`` (both operands' blocks over those loops: the reuse distance).  Reloads
+    by loops inside the operand's innermost loop are consecutive and always hit.  ``warm_bytes``
+    > 0 says the layer's data were touched just before (DOSA's harness runs ``tiled_conv_auto``
+    on the same buffers first): when those bytes fit the L2, first loads hit too.
+    """
+    n = [int(trips[letter]) for letter in order]
+    out = {}
+    for name, loops in (("input", INPUT_LOOPS), ("weight", WEIGHT_LOOPS)):
+        dep = [letter in loops for letter in order]
+        first = dep.index(True)
+        misses = math.prod(v for v, d in zip(n, dep) if d)
+        if 0 < warm_bytes <= l2_bytes:
+            misses = 0
+        for j in range(first + 1, len(order)):
+            if dep[j] or n[j] == 1:
+                continue
+            reloads = (n[j] - 1) * math.prod(n[j + 1:]) * math.prod(
+                v for v, d in zip(n[:j], dep[:j]) if d)
+            distance = sum(per_call_bytes[other] * math.prod(
+                v for v, letter in zip(n[:j], order[:j]) if letter in other_loops)
+                for other, other_loops in (("input", INPUT_LOOPS), ("weight", WEIGHT_LOOPS)))
+            if distance > l2_bytes:
+                misses += reloads
+        out[name] = float(misses)
+    return out
+
+
+def call_cycles(constants: CycleConstants, exec_cycles, passes, lines_hit, lines_miss,
+                moved_bytes, busy=None):
+    """Calibrated cycles of calls (elementwise; module docstring for the formula).
+
+    ``moved_bytes`` counts loads and stores of the call; ``busy`` (bool, default all True) marks
+    the calls that exist (a call of an empty block costs 0, not the floor).
+    """
+    c = constants
+    x = np.asarray(exec_cycles, dtype=float) + c.p_pass * np.asarray(passes, dtype=float)
+    load = (c.t_hit * np.asarray(lines_hit, dtype=float)
+            + c.t_miss * np.asarray(lines_miss, dtype=float)
+            + c.inv_bw * np.asarray(moved_bytes, dtype=float))
+    cycles = np.maximum(c.c_call, np.maximum(load, x) + c.alpha * np.minimum(load, x))
+    if busy is not None:
+        cycles = np.where(busy, cycles, 0.0)
+    return cycles

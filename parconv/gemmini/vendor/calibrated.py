@@ -1,0 +1,68 @@
+"""Inputs of the calibrated cycle model for the library's loop, per group of identical calls.
+
+Pure numpy.  `calibration_terms` turns the call groups of
+`parconv.gemmini.vendor.calls.vendor_layer_cost` into the quantities of
+`parconv.gemmini.cycles.call_cycles` (execute cycles, passes, DMA lines that hit or miss the L2,
+bytes moved); `calibrated_total` sums the model over the groups.  The fit
+(``experiments/calibrate_cycles.py``) evaluates the terms once per measured layer and the model
+many times.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..cycles import call_cycles, load_misses, mean_lines
+
+
+def calibration_terms(loop, order: str, l2_bytes: int, weight, sizes, rows, cols, flags, bytes_,
+                      passes, exec_cycles, warm: bool = False) -> dict:
+    """Flat arrays over the call groups: ``weight`` (calls per group), ``exec``, ``passes``,
+    ``hit`` and ``miss`` (DMA lines), ``moved`` (bytes of every stream).  Local.
+
+    Lines per call: input rows (one per loaded pixel) of ``kchs_`` bytes at a DRAM stride of C,
+    weight rows (one per kernel position and input channel) of ``pochs_`` bytes at a stride of
+    K (`mean_lines`); the bias stream's stride-0 rows are one line each.  The L2 misses of
+    `load_misses` (loop ``order``, library letters innermost first) are spread evenly over the
+    calls that load the operand.  ``warm``: the layer's input, weights and output were touched
+    just before (`load_misses`).
+    """
+    cfg, spec = loop.config, loop.spec
+    shape = weight.shape
+    nb, _, _, pochs_, krows_, kcols_, kchs_ = sizes
+    load_in, load_w = (np.broadcast_to(f, shape) for f in flags[:2])
+    # a row starts at pixel * C + kch (kch a multiple of the tile's kchs), so its offset in a
+    # line is a multiple of gcd(C, kchs); weight rows likewise with K and pochs
+    in_lines = nb * rows.i_loaded * cols.i_loaded * mean_lines(
+        kchs_ * cfg.input_bytes, math.gcd(spec.in_channels, loop.tile.kchs) * cfg.input_bytes)
+    w_lines = krows_ * kcols_ * kchs_ * mean_lines(
+        pochs_ * cfg.weight_bytes, math.gcd(spec.out_channels, loop.tile.pochs) * cfg.weight_bytes)
+    in_lines = np.broadcast_to(in_lines, shape) * load_in
+    w_lines = np.broadcast_to(w_lines, shape) * load_w
+    calls_in, calls_w = (float((f * weight).sum()) for f in (load_in, load_w))
+    per_call = {name: float((np.broadcast_to(bytes_[name], shape) * weight).sum()) / max(n, 1.0)
+                for name, n in (("input", calls_in), ("weight", calls_w))}
+    footprint = (spec.batch * spec.in_channels * spec.in_size[0] * spec.in_size[1]
+                 * cfg.input_bytes + spec.out_channels * spec.in_channels
+                 * spec.kernel_size[0] * spec.kernel_size[1] * cfg.weight_bytes
+                 + spec.batch * spec.out_channels * spec.out_size[0] * spec.out_size[1]
+                 * cfg.output_bytes)
+    misses = load_misses(order, dict(zip("NQPKSRC", loop.counts)), per_call, l2_bytes,
+                         footprint if warm else 0.0)
+    miss_in = min(misses["input"] / calls_in, 1.0) if calls_in else 0.0
+    miss_w = min(misses["weight"] / calls_w, 1.0) if calls_w else 0.0
+    bias_rows = np.broadcast_to(bytes_["bias"], shape) / max(cfg.dim * cfg.bias_bytes, 1)
+    moved = sum(np.broadcast_to(b, shape) for b in bytes_.values())
+    flat = {"weight": weight, "exec": exec_cycles, "passes": passes,
+            "hit": in_lines * (1 - miss_in) + w_lines * (1 - miss_w) + bias_rows,
+            "miss": in_lines * miss_in + w_lines * miss_w, "moved": moved}
+    return {k: np.broadcast_to(v, shape).astype(float).ravel() for k, v in flat.items()}
+
+
+def calibrated_total(terms: dict, constants) -> float:
+    """The calibrated cycles of the whole layer: `call_cycles` times the calls per group."""
+    cycles = call_cycles(constants, terms["exec"], terms["passes"], terms["hit"], terms["miss"],
+                         terms["moved"])
+    return float((cycles * terms["weight"]).sum())

@@ -1,0 +1,86 @@
+"""The balanced initial layout: every rank owns at most ceil(T / P) touched elements of each
+array, the owned boxes partition every array, and the "balance" phase prediction equals a
+recount from the per-rank segments."""
+
+import numpy as np
+import pytest
+
+from parconv.layers import get_layer
+from parconv.plan import make_plan
+from parconv.plan.balance import ARRAYS, Balance
+from test_plan import AWKWARD
+
+def _touched_mask(spec):
+    rows = np.zeros(spec.in_size[0], dtype=bool)
+    cols = np.zeros(spec.in_size[1], dtype=bool)
+    for mask, (n_in, n_out, kernel, stride, pad, dil) in ((rows, spec.axis(0)),
+                                                          (cols, spec.axis(1))):
+        pos = stride * np.arange(n_out)[:, None] + dil * np.arange(kernel) - pad
+        mask[pos[(pos >= 0) & (pos < n_in)]] = True
+    return np.broadcast_to(np.outer(rows, cols), spec.input_shape)
+
+
+def _check(plan):
+    spec, P = plan.spec, plan.ranks
+    shapes = {"input": spec.input_shape, "filter": spec.weight_shape,
+              "bias": (spec.out_channels,)}
+    touched = {"input": _touched_mask(spec), "filter": np.ones(spec.weight_shape, bool),
+               "bias": np.ones(spec.out_channels, bool)}
+    cover = {name: np.zeros(shapes[name], dtype=np.int64) for name in ARRAYS}
+    sent = {name: np.zeros(P, dtype=np.int64) for name in ARRAYS}
+    received = {name: np.zeros(P, dtype=np.int64) for name in ARRAYS}
+    pairs = set()
+    layouts = [plan.initial_layout(r) for r in range(P)]
+    for rank, layout in enumerate(layouts):
+        for name in ARRAYS:
+            entry, balance = layout[name], plan.balance[name]
+            owned = 0
+            for box in entry["kept_boxes"] + entry["held_boxes"]:
+                region = tuple(slice(lo, hi) for lo, hi in box)
+                cover[name][region] += 1
+                owned += int(touched[name][region].sum())
+            assert owned == entry["touched"] <= balance.cap, (rank, name)
+            for worker, lo, hi in entry["held"]:
+                boxes = plan.schedule(worker).block_boxes(name, lo, hi)
+                count = sum(int(touched[name][tuple(slice(a, b) for a, b in box)].sum())
+                            for box in boxes)
+                assert count > 0
+                sent[name][rank] += count * balance.itemsize
+                received[name][worker] += count * balance.itemsize
+                assert (rank, lo, hi) in layouts[worker][name]["received"]
+                pairs.add((rank, worker))
+    for name in ARRAYS:
+        if name != "bias" or spec.bias:
+            assert (cover[name] == 1).all(), name
+            assert plan.balance[name].total == int(touched[name].sum())
+            assert plan.balance[name].cap == -(-int(touched[name].sum()) // P)
+        assert np.array_equal(plan.balance[name].predicted["sent"], sent[name]), name
+        assert np.array_equal(plan.balance[name].predicted["received"], received[name]), name
+    total = plan.predicted_balance
+    assert np.array_equal(total["sent"], sum(sent.values()))
+    assert np.array_equal(total["received"], sum(received.values()))
+    messages = np.bincount([h for h, _ in pairs], minlength=P) if pairs else np.zeros(P)
+    assert np.array_equal(total["messages"], messages)
+
+
+@pytest.mark.parametrize("spec", AWKWARD, ids=lambda s: s.describe()[:50])
+@pytest.mark.parametrize("P", [1, 2, 3, 5, 7, 8])
+def test_balanced_layout_partitions_and_predicts_exactly(spec, P):
+    _check(make_plan(spec, P))
+
+
+@pytest.mark.parametrize("P", [13, 16])
+def test_balanced_layout_on_a_strided_catalogue_layer(P):
+    """1x1 stride 2: three quarters of the input is never read and never counted."""
+    _check(make_plan(get_layer("resnet50.layer2.0.downsample.0", batch=2, bias=True), P))
+
+
+def test_matching_example_of_the_module_doc():
+    balance = Balance("x", np.array([5, 1, 0]), 1)
+    assert balance.cap == 2
+    holders, ranges = balance.receives(0)
+    assert holders.tolist() == [1, 2] and ranges.tolist() == [[2, 3], [3, 5]]
+    assert balance.holds(2)[0].tolist() == [0] and balance.holds(2)[1].tolist() == [[3, 5]]
+    assert [balance.owned(r) for r in range(3)] == [2, 2, 2]
+    assert balance.predicted["sent"].tolist() == [0, 1, 2]
+    assert balance.predicted["received"].tolist() == [3, 0, 0]

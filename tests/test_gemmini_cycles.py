@@ -1,0 +1,95 @@
+"""The calibrated cycle model: its terms by hand, residency by loop order, FireSim runs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from parconv.errors import ParconvError
+from parconv.gemmini.cycles import (FIELDS, CycleConstants, call_cycles, load_constants,
+                                    load_misses, mean_lines)
+from parconv.gemmini.tiled.cost import tiling_cost
+from parconv.gemmini.vendor.calls import vendor_layer_cost
+from parconv.gemmini.vendor.firesim import firesim_cost
+from parconv.gemmini.config import GemminiConfig
+from parconv.spec import ConvSpec
+from parconv.tiling import Tiling
+
+SPEC = ConvSpec(batch=1, in_channels=64, out_channels=32, in_size=(14, 14), kernel_size=3,
+                padding=1)
+
+
+def test_mean_lines_by_hand():
+    assert mean_lines(64, 64) == 1.0 and mean_lines(65, 64) == 2.0
+    assert mean_lines(2, 2) == 1.0                       # a 2-byte row still costs a line
+    # 48 bytes at offsets 0, 16, 32, 48: 1, 1, 2, 2 lines
+    assert mean_lines(48, 16) == 1.5
+    np.testing.assert_array_equal(mean_lines(np.array([0, 64, 128]), 64), [0, 1, 2])
+
+
+def test_call_cycles_by_hand():
+    c = CycleConstants(c_call=100.0, t_hit=1.0, t_miss=4.0, inv_bw=0.5, alpha=0.25, p_pass=2.0)
+    # X = 300 + 2 * 10 = 320; L = 1 * 20 + 4 * 10 + 0.5 * 200 = 160 -> 320 + 0.25 * 160 = 360
+    assert call_cycles(c, 300, 10, 20, 10, 200) == pytest.approx(360.0)
+    assert call_cycles(c, 1, 0, 0, 0, 0) == pytest.approx(100.0)       # the call floor
+    assert call_cycles(c, 1, 0, 0, 0, 0, busy=False) == 0.0
+
+
+def test_constants_validation_and_file():
+    with pytest.raises(ParconvError, match="t_miss"):
+        CycleConstants(t_miss=-1.0)
+    fitted = load_constants()
+    assert all(getattr(fitted, f) >= 0 for f in FIELDS)
+    assert set(fitted.stderr) == set(FIELDS) and fitted.fit["records"] > 0
+
+
+def test_load_misses_follow_the_loop_order():
+    trips = {"N": 1, "Q": 4, "P": 1, "K": 8, "S": 1, "R": 1, "C": 2}
+    per_call = {"input": 1000.0, "weight": 1000.0}
+    # K innermost: the input block is reloaded by K consecutively (hits); weights come back
+    # after a Q step whose inner loops touch 8 * 2 weight blocks + 2 input blocks = 18 kB
+    small = load_misses("KCQPSRN", trips, per_call, l2_bytes=1 << 20)
+    assert small == {"input": 4 * 2, "weight": 8 * 2}        # only the first loads miss
+    tiny = load_misses("KCQPSRN", trips, per_call, l2_bytes=10_000)
+    assert tiny["weight"] == 8 * 2 * 4                       # every weight load misses
+    assert tiny["input"] == 4 * 2
+    warm = load_misses("KCQPSRN", trips, per_call, l2_bytes=1 << 20, warm_bytes=1e5)
+    assert warm == {"input": 0.0, "weight": 0.0}
+
+
+def test_firesim_order_changes_only_residency():
+    tile = (1, 2, 14, 16, 3, 3, 16)
+    a = firesim_cost(SPEC, tile, "CKPQRSN")
+    b = firesim_cost(SPEC, tile, "QPKCRSN")
+    assert a.dram_bytes == b.dram_bytes and a.cycles == b.cycles
+    constants = load_constants()
+    for cost in (a, b):
+        assert cost.calibrated_cycles >= constants.c_call * cost.calls
+        assert math.isfinite(cost.calibrated_cycles)
+    with pytest.raises(ParconvError, match="permutation"):
+        firesim_cost(SPEC, tile, "CKPQRS")
+
+
+def test_library_and_tiling_costs_carry_the_calibrated_model():
+    constants = load_constants()
+    vendor = vendor_layer_cost(SPEC)
+    assert vendor.calibrated_cycles >= max(constants.c_call * vendor.calls,
+                                           vendor.exec_cycles)
+    cost = tiling_cost(SPEC, Tiling(1, 16, 64, 7, 14, 3, 3), "NKHWCRS", GemminiConfig())
+    assert cost.calibrated_cycles >= max(constants.c_call * cost.calls, cost.exec_cycles)
+    # a slower bus (every byte costs more) can only make the model slower
+    slow = CycleConstants(**{f: getattr(constants, f) for f in FIELDS}, l2_bytes=1)
+    assert vendor_layer_cost(SPEC, constants=slow).calibrated_cycles >= vendor.calibrated_cycles
+
+
+def test_search_objective_is_the_calibrated_model():
+    from parconv.gemmini.tiled.choose import choose_tiling
+    from parconv.gemmini.tiled.search import CYCLE_SLACK
+    plan = choose_tiling(SPEC)
+    assert plan.cost.dram_bytes["total"] <= plan.vendor.dram_bytes["total"]
+    assert plan.cost.calibrated_cycles <= plan.vendor.calibrated_cycles
+    assert plan.cost.calibrated_cycles <= plan.fewest_bytes["calibrated_cycles"] * (
+        1 + CYCLE_SLACK)
+    assert plan.fewest_bytes["bytes"] <= plan.cost.dram_bytes["total"]
