@@ -7,8 +7,8 @@ sees the old file or the complete new one, never half of one.  The temporary nam
 recognisable, ``.parconv-<host>-<pid>-<hash>.tmp`` (host: 6 hex digits of the host name's hash;
 pid: the writing process; hash: 8 hex digits of the final name and the file's role), so that
 
-* it fits NAME_MAX whenever the final name does (a 250-character name gets a ~38-character
-  temporary name, not a longer one);
+* it fits NAME_MAX whenever the final name does (a 250-character name gets a temporary name of
+  at most 36 characters, not a longer one);
 * a later run can tell the leftovers of a dead process (killed by SIGKILL, or a node that went
   down) from those of a live one on the same host, and removes the former (`remove_stale`).
 
