@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from .compare import finite_max_abs, max_abs_error
 from .errors import ParconvRuntimeError
 from .mpi import distribute
 from .mpi.agree import collectively
@@ -181,8 +182,7 @@ def tolerance(spec, reference: np.ndarray) -> float:
     """Largest accepted |distributed - reference|: 0 for integers; for floats
     ``FLOAT_RTOL[type] * sqrt(C R S) * max(|reference|)`` (the summation order differs: the
     channel sum is split over P_C ranks; rounding grows like sqrt of the number of terms)."""
-    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
-    return tolerance_for_scale(spec, scale)
+    return tolerance_for_scale(spec, finite_max_abs(reference))
 
 
 def tolerance_for_scale(spec, scale: float) -> float:
@@ -216,9 +216,8 @@ def compare_with_reference(grid, plan, globals_, pieces, output, root: int,
     if grid.world.rank == root:
         x, w, bias = globals_
         ref = reference_output(spec, x, w, bias)
-        wide = np.int64 if np.issubdtype(ref.dtype, np.integer) else np.float64
-        diff = np.abs(output.astype(wide) - ref.astype(wide))
-        err = diff.max().item() if diff.size else 0
+        err = max_abs_error(ref, output)      # NaN for NaN and equal infinities agree
+        err = int(err) if np.issubdtype(ref.dtype, np.integer) else err
         tol = tolerance(spec, ref)
         verdict = {"max_abs_err": err, "tolerance": tol, "ok": bool(err <= tol)}
     return grid.world.comm.bcast(verdict, root=root)  # meta: the verdict
@@ -262,10 +261,9 @@ def local_check(comm, spec, local, source, piece) -> dict:
                 ref = _reference_box(spec, source, box, max(1, local.c[1] - local.c[0]))
                 got = np.asarray(piece[offset:offset + ref.size]).reshape(ref.shape)
                 offset += ref.size
-                wide = np.int64 if np.issubdtype(ref.dtype, np.integer) else np.float64
-                if ref.size:
-                    err = max(err, float(np.abs(got.astype(wide) - ref.astype(wide)).max()))
-                    scale = max(scale, float(np.abs(ref.astype(wide)).max()))
+                if ref.size:   # NaN for NaN and equal infinities agree (parconv.compare)
+                    err = max(err, max_abs_error(ref, got))
+                    scale = max(scale, finite_max_abs(ref))
     err, scale = (float(v) for v in slowest(comm, np.array([err, scale])))
     if np.issubdtype(np.dtype(spec.dtype_out), np.integer):
         err = int(err)

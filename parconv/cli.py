@@ -9,7 +9,7 @@ import argparse
 
 from .errors import ParconvError
 from .layers import CATALOGUE, get_layer, layer_names
-from .spec import spec_for_dtype
+from .spec import INPUT_DTYPES, spec_for_dtype
 
 
 def parse_pair(text: str, name: str) -> tuple[int, int]:
@@ -41,8 +41,9 @@ def add_layer_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--stride", metavar="S[xS]", help="stride (default 1)")
     g.add_argument("--padding", metavar="P[xP]", help="zero padding (default 0)")
     g.add_argument("--dilation", metavar="D[xD]", help="dilation (default 1)")
-    g.add_argument("--dtype", default="int8", choices=("int8", "float32", "float64"),
-                   help="int8 = int8 inputs and weights with int32 accumulation (default int8)")
+    g.add_argument("--dtype", default="int8", choices=INPUT_DTYPES,
+                   help="element type of inputs and weights; int8 and int16 accumulate and "
+                        "output int32, int32 int64, float16 float32 (default int8)")
     g.add_argument("--bias", action="store_true", help="the layer adds a bias per output channel")
     g.add_argument("--list-layers", action="store_true", help="list the catalogue and exit")
 

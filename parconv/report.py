@@ -15,6 +15,8 @@ import os
 
 import numpy as np
 
+from . import paths
+
 #: peak MACs per cycle of the modelled Gemmini (16 x 16 systolic array)
 GEMMINI_PEAK_MACS_PER_CYCLE = 256
 
@@ -39,17 +41,19 @@ def to_jsonable(value):
 
 
 def write_json(report: dict, path: str) -> None:
-    """Write `report` as indented JSON, atomically (temporary file in the same folder + rename)."""
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}")
+    """Write `report` as indented JSON, atomically (temporary file in the same folder + rename;
+    a symlink `path` is written through)."""
+    target = paths.resolve(path)
+    tmp = paths.temporary_name(target, "report")
+    paths.register(tmp)
     try:
         with open(tmp, "w", encoding="utf-8") as handle:
             json.dump(to_jsonable(report), handle, indent=1)
             handle.write("\n")
-        os.replace(tmp, path)
+        os.replace(tmp, target)
+        paths.unregister(tmp)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        paths.remove_quietly(tmp)
         raise
 
 

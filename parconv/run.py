@@ -4,13 +4,19 @@ With no options it runs the default layer (``resnet50.layer3.0.conv2``, batch 8,
 node model) on random seeded data, on the grid the bound analysis picks for P ranks, and prints
 a summary on rank 0.  ``--help`` lists every option with its default and units.
 
-Exit status: 0 on success, 2 for bad input (a ParconvError, including bad options), 1 for a
-failure while running.  Every rank exits with the same status and the error is printed once, as
-one line on stderr.  Errors that the engine agrees on (errors.agree) end all ranks together; an
-error seen by one rank alone while the others wait elsewhere ends the job through ``MPI_Abort``
-after a grace period (``PARCONV_ERROR_GRACE_S``, default 10 s), like ``python -m mpi4py`` does
-for an unhandled exception.  A rank killed by a signal is noticed by the process manager
-(mpirun/hydra, srun), which then ends the other ranks.
+Exit status: 0 on success, 2 for bad input (a ParconvError, including bad options and input
+files that cannot be read: missing, truncated, corrupt chunks), 1 for a failure while running
+(a rank's kernel, a full disk, a quota, ``ulimit -f``).  Every rank exits with the same status
+and the error is printed once, as one line on stderr.  Errors that the engine agrees on
+(errors.agree) end all ranks together.  An error seen by one rank alone while the others wait
+elsewhere ends the job through ``MPI_Abort(9)`` after a grace period (``PARCONV_ERROR_GRACE_S``,
+default 10 s); so do SIGINT and SIGTERM (which mpirun forwards to every rank), after rank 0
+removed the temporary files it was writing.  9 is the status hydra's mpirun reports for the
+ranks it kills with SIGKILL after an abort, so the job's status is 9 whichever rank aborted and
+whether or not the others were still running (with any other code hydra returns that code or 9
+at random); Open MPI's mpirun returns the abort code, 9 as well.  A rank killed by a signal is
+noticed by the process manager (mpirun/hydra, srun), which ends the other ranks; the temporary
+files it leaves are removed by the next run that writes to the same folder, which says so.
 
 Test hook: ``PARCONV_FAIL_KERNEL_RANK=r`` makes the node kernel of world rank ``r`` raise, to test
 that a failure inside one rank's kernel ends all ranks promptly (exit status 1).
@@ -21,6 +27,7 @@ This is the only module of parconv that touches ``MPI.COMM_WORLD``.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -32,10 +39,14 @@ from .cli import add_layer_arguments, list_layers, parse_pair, spec_from_args
 from .conv import distributed_conv2d, shared_plan
 from .errors import ParconvError, ParconvRuntimeError
 from .mpi.agree import collectively
-from .mpi.hdf5 import FileLayer, read_layer_meta, read_owned_blocks, write_output
+from .mpi.h5write import WRITE_FAILED
+from .mpi.hdf5 import FileLayer, read_layer_meta, read_owned_blocks
+from .mpi.interrupts import ABORT_STATUS, install_signal_handlers
+from .mpi.outputs import prepare_outputs, write_outputs
 from .nodes import get_kernel
 from .provenance import git_revision
-from .report import human_bytes, summary_table, write_json
+from .report import human_bytes, summary_table
+from .spec import INPUT_DTYPES
 
 DEFAULT_LAYER = "resnet50.layer3.0.conv2"
 DEFAULT_BATCH = 8
@@ -106,8 +117,9 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
                                                            ", else 0"),
             ("dilation", "dilation, D or DxD", ", else 1")):
         _set_help(parser, dest, f"{what} (default: the layer's{fallback})")
-    _set_help(parser, "dtype", "element type: int8 = int8 inputs and weights, int32 "
-              "accumulation and output (default int8, or the input file's type)")
+    _set_help(parser, "dtype", "element type of inputs and weights; int8 and int16 accumulate "
+              "and output int32, int32 int64, float16 float32 (default int8, or the input "
+              "file's type)")
     _set_help(parser, "bias", "add a random bias per output channel (int32 for int8); with "
               "--input the bias is used whenever the file has one")
     node = parser.add_argument_group("node and distribution")
@@ -173,9 +185,9 @@ def _file_fields(meta, args) -> dict:
 
 
 def _file_dtype(meta, args) -> str:
-    if meta.input_dtype not in ("int8", "float32", "float64"):
+    if meta.input_dtype not in INPUT_DTYPES:
         raise ParconvError(f"input file {meta.path}: dataset 'input' has type "
-                           f"{meta.input_dtype}; it must be int8, float32 or float64")
+                           f"{meta.input_dtype}; it must be one of {', '.join(INPUT_DTYPES)}")
     if args.dtype is not None and args.dtype != meta.input_dtype:
         raise ParconvError(f"--dtype {args.dtype} disagrees with input file {meta.path} "
                            f"('input' is {meta.input_dtype})")
@@ -205,28 +217,11 @@ def build_spec(args, meta=None):
 
 # ---- helpers of the run ------------------------------------------------------------------------
 
-def _check_writable(comm, paths: dict) -> None:
-    """Rank 0 checks that each output path can be created; the verdict is broadcast.  Collective
-    (nothing to do, and no communication, when no path is given: the same on every rank)."""
-    if all(path is None for path in paths.values()):
-        return
-    problem = None
-    if comm.Get_rank() == 0:
-        for flag, path in paths.items():
-            if path is None:
-                continue
-            folder = os.path.dirname(os.path.abspath(path))
-            if os.path.isdir(path):
-                problem = f"{flag} {path} is a directory; give a file name"
-            elif not os.path.isdir(folder):
-                problem = f"{flag} {path}: folder {folder} does not exist"
-            elif not os.access(folder, os.W_OK):
-                problem = f"{flag} {path}: folder {folder} is not writable"
-            if problem:
-                break
-    problem = comm.bcast(problem, root=0)  # meta
-    if problem:
-        raise ParconvError(problem)
+def _output_targets(comm, args, spec) -> dict:
+    """Check --output/--report (paths, sizes, not the input) before any work.  Collective."""
+    need = math.prod(spec.output_shape) * np.dtype(spec.dtype_out).itemsize
+    return prepare_outputs(comm, {"--output": args.output, "--report": args.report},
+                           {"--input": args.input}, {"--output": need})
 
 
 class _FailingKernel:
@@ -270,7 +265,7 @@ def _execute(comm, args, argv, say) -> int:
         raise ParconvError(f"--repeat must be >= 1, got {args.repeat}")
     meta = read_layer_meta(comm, args.input) if args.input else None
     spec = build_spec(args, meta)
-    _check_writable(comm, {"--output": args.output, "--report": args.report})
+    targets = _output_targets(comm, args, spec)
     say(f"layer: {spec.describe()}")
     plan = shared_plan(comm, spec, memory=args.memory, grid=args.grid, node=args.node)
     say(_plan_line(plan))
@@ -292,17 +287,15 @@ def _execute(comm, args, argv, say) -> int:
     if args.check and not check.get("ok"):  # the engine raises first; this guards its contract
         raise ParconvRuntimeError(f"check failed: the output differs from the serial reference "
                                   f"(max abs error {check.get('max_abs_err')})")
-    if args.output:
-        say(f"writing {args.output}")
-        write_output(comm, args.output, plan, result)
     report["run"] = {"argv": list(argv), "node": args.node, "seed": args.seed,
                      "input": args.input, "output": args.output,
                      "wall_time_s": time.perf_counter() - started}
-    if args.report:
-        with collectively(comm):
-            if rank == 0:
-                report["git_revision"] = git_revision()
-                write_json(report, args.report)
+    with collectively(comm):
+        if args.report and rank == 0:
+            report["git_revision"] = git_revision()
+    if targets:
+        say(f"writing {' and '.join(t.path for t in targets.values())}")
+        write_outputs(comm, targets, plan, result, report)
     if rank == 0 and not args.quiet:
         print(summary_table(report), flush=True)
     return 0
@@ -330,9 +323,9 @@ def _finish(errcomm, status: int, message: str | None) -> int:
         while not request.Test():
             if time.monotonic() > deadline:
                 _print_error(f"rank {errcomm.Get_rank()}: {message} (other ranks did not "
-                             f"respond; aborting the job)")
+                             f"respond; aborting the job, exit status {ABORT_STATUS})")
                 sys.stdout.flush()
-                errcomm.Abort(status)
+                errcomm.Abort(ABORT_STATUS)
             time.sleep(0.005)
     failing = np.flatnonzero(statuses)
     if failing.size == 0:
@@ -380,16 +373,26 @@ def main(argv=None) -> int:
 
 
 def main_or_abort() -> int:
-    """`main`, and if anything escapes it (an interrupt, a failure while agreeing), abort the
-    job like ``python -m mpi4py`` instead of leaving other ranks waiting."""
+    """`main` with the signal handlers of parconv.mpi.interrupts installed, and if anything
+    escapes it (a failure while agreeing), abort the job like ``python -m mpi4py`` instead of
+    leaving other ranks waiting."""
+    from mpi4py import MPI
+    install_signal_handlers(MPI.COMM_WORLD, _print_error)
     try:
-        return main()
+        code = main()
     except BaseException:  # noqa: BLE001 - the last line of defence against a hung job
         traceback.print_exc()
         sys.stderr.flush()
-        from mpi4py import MPI
-        MPI.COMM_WORLD.Abort(1)
-        return 1
+        MPI.COMM_WORLD.Abort(ABORT_STATUS)
+        return ABORT_STATUS
+    if WRITE_FAILED["hdf5"]:
+        # the HDF5 library may crash closing a file whose write failed (a segmentation fault at
+        # interpreter exit, seen with a full disk): finish MPI and leave without its atexit
+        sys.stdout.flush()
+        sys.stderr.flush()
+        MPI.Finalize()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

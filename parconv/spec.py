@@ -32,6 +32,8 @@ MAX_ARRAY_BYTES = 2**60
 #: the accumulator type that goes with an input type when none is given
 DEFAULT_ACC = {"int8": "int32", "int16": "int32", "int32": "int64",
                "float16": "float32", "float32": "float32", "float64": "float64"}
+#: input element types of the command line and of HDF5 layer files: the ones the engine runs
+INPUT_DTYPES = tuple(DEFAULT_ACC)
 
 
 def check_accumulator_range(spec) -> None:
@@ -339,9 +341,10 @@ class ConvSpec:
 
 
 def spec_for_dtype(dtype: str, **fields) -> ConvSpec:
-    """A ConvSpec whose types follow the command line's ``--dtype`` (int8 means int8 x int8 ->
-    int32, floats keep their type everywhere)."""
-    if dtype not in ("int8", "float32", "float64"):
-        raise ParconvError(f"--dtype must be int8, float32 or float64, got {dtype!r}")
+    """A ConvSpec whose types follow the command line's ``--dtype``: inputs and weights of that
+    type, accumulation and output in `DEFAULT_ACC` (int8 and int16 -> int32, int32 -> int64,
+    float16 -> float32, float32 and float64 keep their type)."""
+    if dtype not in INPUT_DTYPES:
+        raise ParconvError(f"--dtype must be one of {', '.join(INPUT_DTYPES)}, got {dtype!r}")
     acc = DEFAULT_ACC[dtype]
     return ConvSpec(dtype_in=dtype, dtype_weight=dtype, dtype_acc=acc, dtype_out=acc, **fields)

@@ -9,6 +9,7 @@ import pytest
 from mpi4py import MPI
 
 from parconv.errors import ParconvError, ParconvRuntimeError
+from parconv.paths import is_temporary
 from parconv.mpi import hdf5 as io
 from parconv.plan import make_plan
 from parconv.spec import spec_for_dtype
@@ -31,7 +32,7 @@ def random_layer(spec, seed=0):
 
 
 def leftovers(folder):
-    return [name for name in os.listdir(folder) if ".tmp-" in name]
+    return [name for name in os.listdir(folder) if is_temporary(name) or ".tmp" in name]
 
 
 def test_layer_file_round_trip(tmp_path):

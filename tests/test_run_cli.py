@@ -20,6 +20,7 @@ import pytest
 
 from parconv.kernels import reference_conv2d
 from parconv.mpi.hdf5 import write_layer_file
+from parconv.paths import is_temporary
 from parconv.spec import spec_for_dtype
 
 pytestmark = pytest.mark.mpi_skip
@@ -43,6 +44,11 @@ def run_cli(args, n=2, env=None, python_args=("-m", "parconv.run")):
     return done.returncode, done.stdout, done.stderr
 
 
+def leftovers(folder) -> list[str]:
+    """Temporary files (parconv's, or any other *.tmp*) left in `folder`."""
+    return [name for name in os.listdir(folder) if is_temporary(name) or ".tmp" in name]
+
+
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.strip()]
 
@@ -57,7 +63,7 @@ def assert_fails(args, status, words, tmp_path, n=2, env=None):
     for word in words:
         assert word in lines[0], (word, lines[0])
     assert not output.exists()
-    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+    assert not leftovers(tmp_path)
 
 
 # ---- runs that work ------------------------------------------------------------------------
@@ -95,7 +101,7 @@ def test_hdf5_round_trip(tmp_path):
         out = handle["output"][...]
         assert tuple(handle.attrs["stride"]) == (2, 1)
     np.testing.assert_array_equal(out, reference_conv2d(spec, x, w, bias))
-    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+    assert not leftovers(tmp_path)
 
 
 def test_default_run_without_arguments():
@@ -151,7 +157,7 @@ def main_fails(args, status, words, tmp_path, capsys):
     assert captured.out == "" and len(lines) == 1 and lines[0].startswith("parconv: error:")
     for word in words:
         assert word in lines[0], (word, lines[0])
-    assert not output.exists() and not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+    assert not output.exists() and not leftovers(tmp_path)
 
 
 @pytest.mark.parametrize("args, words", [
@@ -279,12 +285,12 @@ RANK_1_FAILS_ALONE = """
 import sys
 from mpi4py import MPI
 import parconv.run as run
-original = run._check_writable
-def check(comm, paths):
+original = run._output_targets
+def check(comm, args, spec):
     if MPI.COMM_WORLD.Get_rank() == 1:
         raise RuntimeError("rank 1 alone fails before a collective")
-    return original(comm, paths)
-run._check_writable = check
+    return original(comm, args, spec)
+run._output_targets = check
 sys.exit(run.main(sys.argv[1:]))
 """
 
@@ -295,6 +301,6 @@ def test_error_on_one_rank_alone_aborts_the_job(tmp_path):
     code, _, stderr = run_cli([*SMALL, "--output", str(output)], n=2,
                               env={"PARCONV_ERROR_GRACE_S": "1"},
                               python_args=("-c", RANK_1_FAILS_ALONE))
-    assert code == 1, stderr
+    assert code == 9, stderr
     assert stderr.count("parconv: error: rank 1: RuntimeError: rank 1 alone fails") == 1
     assert not output.exists()

@@ -223,7 +223,7 @@ def check_sweep(slurm, out, submit, launcher_line) -> None:
         assert head[0] == f"parconv: python {sys.executable} (--python when the sweep was written)"
         assert head[1] == f"parconv: MPI {mpi_library()}"
         assert head[2] == f"parconv: launcher {launcher_line(job['P'])}"
-        assert head[3].startswith(f"parconv: job ") and f"{job['P']} ranks on 1 node" in head[3]
+        assert head[3].startswith("parconv: job ") and f"{job['P']} ranks on 1 node" in head[3]
         with open(os.path.join(out, job["report"]), encoding="utf-8") as handle:
             report = json.load(handle)
         assert report["ranks"] == job["P"] == len(report["bytes"]["bound_volume"])

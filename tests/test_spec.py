@@ -115,8 +115,11 @@ def test_spec_for_dtype_and_precisions():
     spec = spec_for_dtype("float64", batch=1, in_channels=1, out_channels=1, in_size=4,
                           kernel_size=1)
     assert (spec.p_in, spec.p_acc, spec.p_out) == (8, 8, 8)
+    spec = spec_for_dtype("float16", batch=1, in_channels=1, out_channels=1, in_size=4,
+                          kernel_size=1)  # every input type the engine runs (INPUT_DTYPES)
+    assert (spec.p_in, spec.p_acc, spec.p_out) == (2, 4, 4)
     with pytest.raises(ParconvError, match="--dtype"):
-        spec_for_dtype("int16", batch=1, in_channels=1, out_channels=1, in_size=4, kernel_size=1)
+        spec_for_dtype("int64", batch=1, in_channels=1, out_channels=1, in_size=4, kernel_size=1)
 
 
 def test_catalogue():

@@ -12,7 +12,6 @@ import sys
 
 import pytest
 
-from launch import sweep
 
 pytestmark = pytest.mark.mpi_skip
 

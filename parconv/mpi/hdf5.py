@@ -1,36 +1,35 @@
-"""HDF5 input and output of a layer, distributed: every rank reads and writes only its own blocks.
+"""HDF5 layer files: every rank reads only its own blocks; a serial writer of whole layer files.
 
 File layout (design.md): datasets ``input`` (N, C, H_in, W_in), ``weight`` (K, C, R, S), optional
 ``bias`` (K,); root-group attributes ``stride``, ``padding``, ``dilation`` (pairs) when the file
 carries them.  An output file holds ``output`` (N, K, H, W) and the same attributes.
 
-Writing is atomic: the data go to a temporary file in the destination folder, which rank 0
-renames to the final name only after every rank reported success; on any failure the temporary
-file is removed, so nothing half written ever appears under the final name.
-
-h5py here is usually built without MPI; then writes are handed from rank to rank in order (one
-writer at a time, a token passed with Send/Recv).  With a parallel h5py the 'mpio' driver is used.
+Reading refuses, as bad input (ParconvError), anything that is not a layer file of supported
+types: missing or truncated files, corrupt chunks, attribute values outside 0..2^31-1; data in
+any byte order are converted.  The distributed output writer is parconv.mpi.h5write
+(``write_output`` is re-exported here).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import os
 import sys
 
 import numpy as np
 
+from .. import paths
 from ..cli import add_layer_arguments, spec_from_args
 from ..data import random_layer_data
-from ..errors import ParconvError
-from ..plan.blocks import read_boxes, write_boxes
-from .agree import agree, collectively
+from ..errors import ParconvError, ParconvRuntimeError
+from ..plan.blocks import read_boxes
+from ..spec import MAX_FIELD
+from .agree import collectively
 from .distribute import OwnedBlocks
+from .h5write import layer_attributes, write_output  # noqa: F401 - write_output re-exported
 
 LAYER_ATTRIBUTES = ("stride", "padding", "dilation")
-_TOKEN_TAG = 7301
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,27 +47,34 @@ class LayerMeta:
     name: str | None = None  # the ``layer`` attribute, when the file has one
 
 
-@contextlib.contextmanager
-def _duplicated(comm):
-    """A private duplicate of `comm` for the duration of a block (freed afterwards)."""
-    dup = comm.Dup()
-    try:
-        yield dup
-    finally:
-        dup.Free()
-
-
 def _require(condition: bool, path: str, problem: str) -> None:
     if not condition:
         raise ParconvError(f"input file {path}: {problem}")
 
 
 def _pair_attribute(path: str, name: str, value) -> tuple[int, int]:
+    """An attribute holding one integer or a pair, as Python ints within a C int (MAX_FIELD).
+
+    Values are converted exactly (``tolist``), so 2^63 stored as uint64 is refused by its value,
+    not wrapped around."""
     values = np.atleast_1d(np.asarray(value)).ravel()
-    _require(values.size in (1, 2) and np.issubdtype(values.dtype, np.integer), path,
+    _require(values.size in (1, 2) and np.issubdtype(values.dtype, np.integer)
+             and values.dtype != np.bool_, path,
              f"attribute {name!r} must be one integer or a pair of integers, got {value!r}")
-    pair = (int(values[0]), int(values[-1]))
-    return pair
+    pair = [int(v) for v in values.tolist()]
+    for v in pair:
+        _require(0 <= v <= MAX_FIELD, path,
+                 f"attribute {name!r} must be integers from 0 to {MAX_FIELD}, got {v}")
+    return pair[0], pair[-1]
+
+
+def native_dtype(dtype) -> str:
+    """The name of `dtype` in native byte order: ``>f8`` -> ``'float64'``, ``>i1`` -> ``'int8'``.
+
+    Data of any byte order are converted on reading (``read_boxes`` casts to the spec's native
+    types), so the byte order is no reason to refuse a file."""
+    dtype = np.dtype(dtype)
+    return dtype.newbyteorder("=").name if dtype.byteorder not in ("=", "|") else dtype.name
 
 
 def _open_for_reading(path: str):
@@ -119,8 +125,9 @@ def inspect_layer_file(path: str) -> LayerMeta:
         return LayerMeta(path=path, input_shape=tuple(int(v) for v in x.shape),
                          weight_shape=tuple(int(v) for v in w.shape),
                          bias_shape=None if b is None else (int(b.shape[0]),),
-                         input_dtype=str(x.dtype), weight_dtype=str(w.dtype),
-                         bias_dtype=None if b is None else str(b.dtype), attributes=attributes,
+                         input_dtype=native_dtype(x.dtype), weight_dtype=native_dtype(w.dtype),
+                         bias_dtype=None if b is None else native_dtype(b.dtype),
+                         attributes=attributes,
                          name=name)
 
 
@@ -166,18 +173,14 @@ def read_owned_blocks(comm, path: str, plan):
     with collectively(comm):
         if local is not None:
             with _open_for_reading(path) as handle:
-                x, w = handle["input"], handle["weight"]
-                _checked_dtype(path, "input", x.dtype, spec.dtype_in)
-                _checked_dtype(path, "weight", w.dtype, spec.dtype_weight)
-                bias = None
-                bias_range = local.bias_piece_range() if spec.bias else None
-                if bias_range is not None:
-                    _require("bias" in handle, path, "missing dataset 'bias' (--bias given)")
-                    _checked_dtype(path, "bias", handle["bias"].dtype, spec.dtype_acc)
-                    bias = read_boxes(handle["bias"], [(bias_range,)], spec.dtype_acc)
-                blocks = OwnedBlocks(read_boxes(x, local.input_piece_boxes(), spec.dtype_in),
-                                     read_boxes(w, local.filter_piece_boxes(), spec.dtype_weight),
-                                     bias)
+                try:
+                    blocks = _read_pieces(handle, path, spec, local)
+                except (ParconvError, ParconvRuntimeError):
+                    raise
+                except (OSError, RuntimeError, ValueError, KeyError) as exc:
+                    # corrupt chunks, a truncated file: bad input, like an unreadable header
+                    raise ParconvError(f"input file {path}: cannot be read "
+                                       f"({' '.join(str(exc).split())})") from exc
     return blocks
 
 
@@ -204,109 +207,18 @@ class FileLayer:
         return f"file {self.path}"
 
 
-# ---- writing --------------------------------------------------------------------------------
-
-def temporary_name(path: str, pid: int | None = None) -> str:
-    """``folder/.name.tmp-<pid>``: same folder (so the rename is atomic), hidden, unique per job."""
-    folder, name = os.path.split(os.path.abspath(path))
-    return os.path.join(folder, f".{name}.tmp-{os.getpid() if pid is None else pid}")
-
-
-def _layer_attributes(spec) -> dict:
-    return {"stride": np.array(spec.stride, dtype=np.int64),
-            "padding": np.array(spec.padding, dtype=np.int64),
-            "dilation": np.array(spec.dilation, dtype=np.int64),
-            "layer": spec.name}
-
-
-def _remove_quietly(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(path)
-
-
-def _write_in_turn(comm, tmp: str, boxes, piece) -> None:
-    """Ranks open `tmp` one after another and write their boxes.  Collective over `comm`.
-
-    A token travels 0 -> 1 -> ... -> P-1; it carries "an earlier rank failed", after which the
-    others skip writing but still pass it on, so nobody waits forever.
-    """
-    import h5py
-    rank, size = comm.Get_rank(), comm.Get_size()
-    token = np.zeros(1, dtype=np.int32)
-    if rank > 0:
-        comm.Recv(token, source=rank - 1, tag=_TOKEN_TAG)
-    error = None
-    if token[0] == 0:
-        try:
-            if boxes:
-                with h5py.File(tmp, "r+") as handle:
-                    write_boxes(handle["output"], boxes, piece)
-        except Exception as exc:  # noqa: BLE001 - reported to every rank by agree() below
-            error, token[0] = exc, 1
-    if rank + 1 < size:
-        comm.Send(token, dest=rank + 1, tag=_TOKEN_TAG)
-    agree(comm, error)
-
-
-def _write_parallel(comm, tmp: str, spec, boxes, piece) -> None:
-    """All ranks write their boxes at once through the 'mpio' driver.  Collective over `comm`."""
-    import h5py
-    error = None
-    with h5py.File(tmp, "w", driver="mpio", comm=comm) as handle:
-        dataset = handle.create_dataset("output", shape=spec.output_shape, dtype=spec.dtype_out)
-        handle.attrs.update(_layer_attributes(spec))
-        try:
-            write_boxes(dataset, boxes, piece)
-        except Exception as exc:  # noqa: BLE001 - agreed below, after the collective close
-            error = exc
-    agree(comm, error)
-
-
-def write_output(comm, path: str, plan, result) -> None:
-    """Write the distributed output to `path` atomically.  Collective over `comm`.
-
-    Each rank writes ``result.output_piece`` (flat, C order over its boxes) into
-    ``result.output_boxes``.  After all ranks agreed on success rank 0 renames the temporary
-    file to `path`; otherwise it removes it and every rank raises the agreed error.
-
-    Example with 2 ranks, output (1, 1, 2, 2): rank 0 holds piece [a, b] with boxes
-    [((0,1),(0,1),(0,1),(0,2))], rank 1 [c, d] with [((0,1),(0,1),(1,2),(0,2))]; afterwards
-    `path` holds output [[[[a, b], [c, d]]]] and no temporary file remains.
-    """
-    with _duplicated(comm) as comm:
-        _write_output(comm, path, plan.spec, result)
-
-
-def _write_output(comm, path: str, spec, result) -> None:
-    import h5py
-    tmp = comm.bcast(temporary_name(path) if comm.Get_rank() == 0 else None, root=0)  # meta
-    boxes = list(result.output_boxes or [])
-    piece = np.asarray(result.output_piece if boxes else np.empty(0), dtype=spec.dtype_out)
-    try:
-        if h5py.get_config().mpi:
-            _write_parallel(comm, tmp, spec, boxes, piece)
-        else:
-            with collectively(comm):
-                if comm.Get_rank() == 0:
-                    _create_output_file(tmp, spec)
-            _write_in_turn(comm, tmp, boxes, piece)
-        with collectively(comm):
-            if comm.Get_rank() == 0:
-                os.replace(tmp, path)
-    except BaseException:
-        if comm.Get_rank() == 0:
-            _remove_quietly(tmp)
-        raise
-
-
-def _create_output_file(tmp: str, spec) -> None:
-    import h5py
-    folder = os.path.dirname(tmp)
-    if not os.path.isdir(folder):
-        raise ParconvError(f"output file: folder {folder} does not exist")
-    with h5py.File(tmp, "w") as handle:
-        handle.create_dataset("output", shape=spec.output_shape, dtype=spec.dtype_out)
-        handle.attrs.update(_layer_attributes(spec))
+def _read_pieces(handle, path: str, spec, local):
+    x, w = handle["input"], handle["weight"]
+    _checked_dtype(path, "input", x.dtype, spec.dtype_in)
+    _checked_dtype(path, "weight", w.dtype, spec.dtype_weight)
+    bias = None
+    bias_range = local.bias_piece_range() if spec.bias else None
+    if bias_range is not None:
+        _require("bias" in handle, path, "missing dataset 'bias' (--bias given)")
+        _checked_dtype(path, "bias", handle["bias"].dtype, spec.dtype_acc)
+        bias = read_boxes(handle["bias"], [(bias_range,)], spec.dtype_acc)
+    return OwnedBlocks(read_boxes(x, local.input_piece_boxes(), spec.dtype_in),
+                       read_boxes(w, local.filter_piece_boxes(), spec.dtype_weight), bias)
 
 
 def write_layer_file(path: str, spec, x: np.ndarray, w: np.ndarray, bias=None) -> None:
@@ -315,17 +227,20 @@ def write_layer_file(path: str, spec, x: np.ndarray, w: np.ndarray, bias=None) -
     A serial helper for tests and tools.
     """
     import h5py
-    tmp = temporary_name(path)
+    target = paths.resolve(path)
+    tmp = paths.temporary_name(target, "layer")
+    paths.register(tmp)
     try:
         with h5py.File(tmp, "w") as handle:
             handle.create_dataset("input", data=np.asarray(x, dtype=spec.dtype_in))
             handle.create_dataset("weight", data=np.asarray(w, dtype=spec.dtype_weight))
             if bias is not None:
                 handle.create_dataset("bias", data=np.asarray(bias, dtype=spec.dtype_acc))
-            handle.attrs.update(_layer_attributes(spec))
-        os.replace(tmp, path)
+            handle.attrs.update(layer_attributes(spec))
+        os.replace(tmp, target)
+        paths.unregister(tmp)
     except BaseException:
-        _remove_quietly(tmp)
+        paths.remove_quietly(tmp)
         raise
 
 
