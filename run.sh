@@ -3,11 +3,14 @@
 # Installs the pinned requirements into .venv (first time only; see scripts/setup_env.sh), then
 # runs the distributed convolution on P MPI processes (default 64):
 #     mpirun -n P python -m parconv.run [options]
+# With no options it runs the default layer with --check.
 # BLAS threads per rank: $OMP_NUM_THREADS if set, else cores / P (at least 1).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/setup_env.sh"
 ranks=64
 if [ "${1:-}" = "-n" ]; then ranks="$2"; shift 2; fi
+# the default run checks its result: every rank against its own serial recomputation (no gather)
+if [ $# -eq 0 ]; then set -- --check; fi
 case "$ranks" in ''|*[!0-9]*|0) echo "parconv: error: -n needs a positive number of processes, got '$ranks'" >&2; exit 2 ;; esac
 cores="$(nproc 2>/dev/null || echo 1)"
 threads="${OMP_NUM_THREADS:-$(( cores / ranks > 0 ? cores / ranks : 1 ))}"

@@ -333,10 +333,12 @@ class _Run:
             began = time.perf_counter()
             if data.source is not None:
                 verdict = local_check(world, plan.spec, self.local, data.source, piece)
+                verdict["how"] = "every rank against its own serial recomputation (no gather)"
             else:   # no source to read from: the legacy check on the root
                 performed += ["check"] if data.mode == "blocks" else []
                 verdict = compare_with_reference(grid, plan, data.globals_, data.pieces, output,
                                                  root, data.mode == "blocks")
+                verdict["how"] = f"the gathered output against a serial reference on rank {root}"
             self.once["check"] = time.perf_counter() - began
         table = {**distribution, **tables[-1], **grid.counters.take()}
         counts = gather_counts(grid, table)

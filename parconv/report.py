@@ -16,6 +16,7 @@ import os
 import numpy as np
 
 from . import paths
+from .plan import BOUND_PHASES
 
 #: peak MACs per cycle of the modelled Gemmini (16 x 16 systolic array)
 GEMMINI_PEAK_MACS_PER_CYCLE = 256
@@ -78,20 +79,28 @@ def _busiest_rank(byte_report: dict) -> int | None:
 
 def _phase_lines(byte_report: dict, busiest: int) -> list[str]:
     """One line per phase that moved bytes: the busiest rank's figures and the maxima."""
-    lines = []
+    lines, unbounded = [], False
     for phase, counts in (byte_report.get("per_phase") or {}).items():
         sent = np.asarray(counts.get("sent", [0]))
         received = np.asarray(counts.get("received", [0]))
         messages = np.asarray(counts.get("messages", [0]))
         if not sent.any() and not received.any():
             continue
-        lines.append(f"  {phase:<10}{human_bytes(sent[busiest]):>12}"
+        mark = "" if phase in BOUND_PHASES else " *"
+        unbounded |= bool(mark)
+        lines.append(f"  {phase + mark:<10}{human_bytes(sent[busiest]):>12}"
                      f"{human_bytes(received[busiest]):>12}{int(messages[busiest]):>6}"
                      f"{human_bytes(sent.max()):>12}{human_bytes(received.max()):>12}")
     if not lines:
         return ["  no bytes moved between ranks"]
-    return [f"  {'phase':<10}{'sent':>12}{'received':>12}{'msgs':>6}{'max sent':>12}"
-            f"{'max recv':>12}   (rank {busiest} = busiest; max over ranks)"] + lines
+    head = (f"  {'':<10}{'busiest rank ' + str(busiest):^30}{'maximum over ranks':^24}")
+    columns = (f"  {'phase':<10}{'sent':>12}{'received':>12}{'msgs':>6}{'sent':>12}"
+               f"{'received':>12}")
+    lines = [head, columns] + lines
+    if unbounded:
+        lines.append("  * not in the bound volume (received input and filter bytes plus sent "
+                     "partial sums): bias and data distribution")
+    return lines
 
 
 def _bytes_lines(report: dict) -> list[str]:
@@ -121,7 +130,12 @@ def _bound_lines(report: dict) -> list[str]:
     ratio = report.get("ratio_to_bound")
     if ratio is not None:
         line += f"; busiest rank / bound = {float(ratio):.3f}"
-    return [line]
+    lines = [line]
+    if not bound.get("B_MD"):
+        lines.append("    (B_MD is 0: the busy rank's share of the work fits in --memory "
+                     f"{human_bytes(bound.get('M') or 0)} in one "
+                     "segment, so only the memory-independent bound applies)")
+    return lines
 
 
 def _stats_per_rank(node: dict) -> list[dict]:
@@ -197,8 +211,9 @@ def _check_lines(report: dict) -> list[str]:
     if not check:
         return []
     verdict = "OK" if check.get("ok") else "MISMATCH"
+    how = f", {check['how']}" if check.get("how") else ""
     return [f"  check against the serial reference: {verdict} "
-            f"(max abs error {check.get('max_abs_err')})"]
+            f"(max abs error {check.get('max_abs_err')}, tolerance {check.get('tolerance')}{how})"]
 
 
 def summary_table(report: dict) -> str:
