@@ -212,8 +212,9 @@ def _check_lines(report: dict) -> list[str]:
         return []
     verdict = "OK" if check.get("ok") else "MISMATCH"
     how = f", {check['how']}" if check.get("how") else ""
+    tol = f", tolerance {check['tolerance']}" if check.get("tolerance") is not None else ""
     return [f"  check against the serial reference: {verdict} "
-            f"(max abs error {check.get('max_abs_err')}, tolerance {check.get('tolerance')}{how})"]
+            f"(max abs error {check.get('max_abs_err')}{tol}{how})"]
 
 
 def summary_table(report: dict) -> str:
