@@ -150,7 +150,9 @@ def _tiling_figures(per_rank: list[dict], which: str) -> dict | None:
         return None
     dram = sum(int((e.get("dram_bytes") or {}).get("total", 0)) for e in entries)
     cycles = [float(e.get("cycles", 0)) for e in entries]
-    return {"dram": dram, "cycles_max": max(cycles), "cycles_sum": sum(cycles)}
+    calibrated = [float(e.get("calibrated_cycles", math.nan)) for e in entries]
+    return {"dram": dram, "cycles_max": max(cycles), "cycles_sum": sum(cycles),
+            "calibrated_max": max(calibrated)}
 
 
 def _node_lines(report: dict) -> list[str]:
@@ -172,8 +174,9 @@ def _node_lines(report: dict) -> list[str]:
             if figures["cycles_sum"] else 0.0
         versus = f" = {figures['dram'] / bound:.2f}x seq. bound" if bound > 0 else ""
         lines.append(f"    {which + ' tiling':<15} DRAM {human_bytes(figures['dram']):>11}{versus}"
-                     f", {figures['cycles_max']:,.0f} cycles (slowest rank), utilization "
-                     f"{100 * utilization:.1f}%")
+                     f", {figures['cycles_max']:,.0f} roofline / "
+                     f"{figures['calibrated_max']:,.0f} calibrated cycles (slowest rank), "
+                     f"utilization {100 * utilization:.1f}%")
     return lines
 
 

@@ -30,10 +30,13 @@ from .tiling_cache import cached_tiling
 
 
 def tiling_figures(tile, order: str, schedule: str, dram_bytes: dict, cycles: float,
-                   utilization: float, calls: int) -> dict:
-    """The per-tiling block of the stats (JSON-ready)."""
+                   utilization: float, calls: int, calibrated_cycles: float) -> dict:
+    """The per-tiling block of the stats (JSON-ready): ``cycles`` is the roofline the executor
+    counts (max(execute, bytes / bandwidth) per call), ``calibrated_cycles`` the cycle model
+    fitted to FireSim (parconv.gemmini.cycles, docs/gemmini.md section 11)."""
     return {"tile": [int(v) for v in tile], "order": order, "schedule": schedule,
             "dram_bytes": {k: int(v) for k, v in dram_bytes.items()}, "cycles": float(cycles),
+            "calibrated_cycles": float(calibrated_cycles),
             "utilization": float(utilization), "calls": int(calls)}
 
 
@@ -45,7 +48,8 @@ def vendor_figures(layer_cost) -> dict:
     dram["psum"] = 0
     dram["total"] = sum(dram.values())
     return tiling_figures(layer_cost.tile.as_tuple(), "NHWKRSC", "vendor", dram,
-                          layer_cost.cycles, layer_cost.utilization, layer_cost.calls)
+                          layer_cost.cycles, layer_cost.utilization, layer_cost.calls,
+                          layer_cost.calibrated_cycles)
 
 
 class GemminiKernel:
@@ -81,7 +85,8 @@ class GemminiKernel:
         stats : dict
             ``kernel``, ``macs``, ``time_s``, ``config``, ``semantics``; ``parconv`` and
             ``vendor`` (each ``tile``, ``order``, ``schedule``, ``dram_bytes`` per stream and
-            ``total``, ``cycles``, ``utilization``, ``calls``; parconv's ``tile`` is
+            ``total``, ``cycles`` (roofline), ``calibrated_cycles`` (the FireSim-fitted model),
+            ``utilization``, ``calls``; parconv's ``tile`` is
             (tN, tK, tC, tH, tW, tR, tS), the vendor's the library 7-tuple (batches, porows,
             pocols, pochs, krows, kcols, kchs)); ``bound_bytes`` (sequential bound of the block
             with M = scratchpad + accumulator) and ``ratio_to_bound`` (parconv's bytes / bound);
@@ -109,7 +114,7 @@ class GemminiKernel:
                                                   config.acc_total_bytes).value)
         ours = tiling_figures(plan.tiling.as_tuple(), plan.order, plan.schedule,
                               executed.to_dict()["dram_bytes"], executed.cycles,
-                              executed.utilization, executed.calls)
+                              executed.utilization, executed.calls, plan.cost.calibrated_cycles)
         total = ours["dram_bytes"]["total"]
         stats = {"kernel": self.name, "macs": int(spec.G),
                  "config": config.name, "semantics": config.semantics,
@@ -134,8 +139,11 @@ class GemminiKernel:
                 continue
             dram = {k: sum(b["dram_bytes"][k] for b in blocks) for k in blocks[0]["dram_bytes"]}
             cycles = sum(b["cycles"] for b in blocks)
+            calibrated = [b.get("calibrated_cycles", float("nan")) for b in blocks]
             out[which] = {"dram_bytes": dram, "cycles": cycles,
                           "cycles_slowest_rank": max(b["cycles"] for b in blocks),
+                          "calibrated_cycles": sum(calibrated),
+                          "calibrated_cycles_slowest_rank": max(calibrated),
                           "calls": sum(b["calls"] for b in blocks),
                           "utilization": (macs / (self.config.peak_macs_per_cycle * cycles)
                                           if cycles else 0.0),
