@@ -1,5 +1,5 @@
 # python experiments/calibrate_cycles.py [--bootstrap 40] [--out experiments/results/gemmini]
-"""Fit the calibrated Gemmini cycle model to FireSim and validate it (docs/_notes_gemmini.md).
+"""Fit the calibrated Gemmini cycle model to FireSim and validate it (docs/gemmini.md section 11).
 
 Data: experiments/data/gemmini_firesim_train.json (1236 FireSim runs of ``tiled_conv`` with an
 explicit tile, loop order and mesh side, the DOSA artifact's training set) and the 23 ResNet-50

@@ -1,4 +1,4 @@
-"""The polyphase bound by brute force (docs/_notes_bounds.md): its phases partition the layer, every
+"""The polyphase bound by brute force (docs/theory.md 3.9): its phases partition the layer, every
 Hoelder row and the weighted work function hold on real iteration sets, no assignment of the
 iterations of a small layer to P processors (random, by phase, by block, or improved by local
 search, with the most favourable balanced ownership) moves less than B_MI, and no tiled schedule

@@ -1,4 +1,4 @@
-"""Bad input and faults: nothing lost, nothing half-done (docs/_notes_faults.md).
+"""Bad input and faults: nothing lost, nothing half-done (docs/design.md 4.6-4.9).
 
 Each case ends with one clear error line and exit status 2 (bad input), 1 (a failure while
 running) or 9 (the job ended through MPI_Abort: one rank failed alone, or an interrupt), and

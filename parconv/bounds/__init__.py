@@ -5,7 +5,7 @@
 * `sequential`: F(X), its closed forms, the sequential (one- and two-memory) and im2col bounds;
 * `parallel`: B_MI and B_MD for P processors;
 * `polyphase`: the polyphase bound of strided and dilated layers (weighted work over the phases,
-  Hoelder rows; docs/_notes_bounds.md section B), used by `sequential` and `parallel` wherever it
+  Hoelder rows; docs/theory.md 3.9), used by `sequential` and `parallel` wherever it
   is larger;
 * `alternatives`: the grid algorithm with real factors, for explaining gaps (analysis only).
 """

@@ -1,5 +1,5 @@
 """Decompositions outside the planner's grid family, for explaining gaps to the bound (analysis
-only; docs/_notes_bounds.md, items 4-5 of issue 8).  Pure, no MPI.
+only; docs/theory.md 5.7).  Pure, no MPI.
 
 * `ideal_grid`: the grid algorithm's busiest volume with REAL grid factors, each rank owning the
   balanced shares, with or without halos: what the grid family would move without integrality

@@ -24,7 +24,7 @@ class ParallelBound:
     partial-sum bytes), theory.md section 4.
 
     B_MI and B_MD are the larger of the section-4 value (``*_plain``) and the polyphase value
-    (``*_polyphase``, docs/_notes_bounds.md; 0 for a layer with one phase)."""
+    (``*_polyphase``, docs/theory.md 4.7; 0 for a layer with one phase)."""
 
     B_MI: float
     B_MD: float
@@ -47,7 +47,7 @@ class ParallelBound:
 
 def parallel_bounds(spec: ConvSpec, P: int, M: float | None = None, owned=None) -> ParallelBound:
     """max(B_MI, B_MD) for P processors (theory.md section 4), each the larger of its section-4
-    value and its polyphase value on a strided or dilated layer (docs/_notes_bounds.md).  Local.
+    value and its polyphase value on a strided or dilated layer (docs/theory.md 4.7).  Local.
 
     B_MI = min over x of sum_j p_j (x_j - o_j) subject to the section-2 inequalities at
     |V| = ceil(G_eff / P) and o_j <= x_j <= |A_j|: a convex program in log variables, solved with a

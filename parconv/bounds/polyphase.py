@@ -1,4 +1,4 @@
-"""The polyphase bound of strided layers (docs/_notes_bounds.md, theory.md 3.9).  Pure, no MPI.
+"""The polyphase bound of strided layers (docs/theory.md 3.9 and 4.7).  Pure, no MPI.
 
 Split the taps r of an axis by the residue (d r - p) mod s.  Taps of one class read input rows of
 one residue only, classes read disjoint rows, and inside a class one input row is read by at most

@@ -97,7 +97,7 @@ def sequential_bound(spec: ConvSpec, M: float) -> SequentialBound:
     large_filter = G_eff (p_I p_F p_O)^(2/3) / M - M (both clipped at 0).  The closed forms never
     exceed the segment term (F(3M) is at most either closed form of F); they are kept as checks.
     On a layer with more than one phase the polyphase segment term M (ceil(T_y / F_y(3M)) - 1)
-    is added (docs/_notes_bounds.md); ``binding`` is then 'polyphase' when it is the largest.
+    is added (docs/theory.md 3.9); ``binding`` is then 'polyphase' when it is the largest.
 
     Raises
     ------

@@ -1,4 +1,4 @@
-"""The calibrated cycle model of one ``loop_conv_ws`` call (docs/_notes_gemmini.md).  Pure numpy.
+"""The calibrated cycle model of one ``loop_conv_ws`` call (docs/gemmini.md section 11).  Pure numpy.
 
 The roofline ``max(exec, bytes / bw_eff)`` of `parconv.gemmini.call_rules` is too optimistic on
 real Gemmini (FireSim).  This model keeps the same per-call quantities and adds what the hardware

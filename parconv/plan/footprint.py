@@ -54,7 +54,7 @@ from ..blasconv import workspace_bytes
 
 #: bytes the runtime touches in a run besides the arrays: MPI shared-memory queues and the BLAS
 #: packing buffers.  Measured with experiments/footprint_check.py (peak RSS minus the baseline
-#: minus the array terms): 1 to 10 MiB on 1 to 4 ranks here; see docs/_notes_engine-plan.md
+#: minus the array terms): 1 to 10 MiB on 1 to 4 ranks here; see docs/design.md section 3, "memory footprint"
 RUNTIME_BYTES = 6 << 20
 _HELD = ("runtime", "owned_pieces", "filter_block", "bias_block", "work_buffer")
 #: the terms alive in each stage of a run, in run order
