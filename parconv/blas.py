@@ -15,6 +15,10 @@ import functools
 import numpy as np
 
 
+#: matrix side of the warm-up products (large enough to fill the packing buffers of one thread)
+WARM_UP_SIZE = 384
+
+
 @functools.lru_cache(maxsize=1)
 def _controller():
     """threadpoolctl's view of the loaded thread pools (built once: it scans the loaded
@@ -56,6 +60,18 @@ def prepare() -> None:
     that the first kernel call is not the one that pays for it.  Local."""
     _controller()
     _gemm(np.dtype(np.float32))
+
+
+def warm_up() -> None:
+    """Run one small product per BLAS and type, so that the libraries allocate their packing
+    buffers now: a fixed cost of the runtime (a few MiB per process) that a memory baseline
+    taken afterwards holds, rather than the first layer's peak.  Local."""
+    prepare()
+    for dtype in (np.float32, np.float64):
+        a = np.ones((WARM_UP_SIZE, WARM_UP_SIZE), dtype=dtype)
+        np.matmul(a, a)
+        out = np.zeros_like(a)
+        matmul_into(out, a, a, accumulate=True)
 
 
 def current_threads() -> int:
