@@ -75,10 +75,11 @@ def _peak_memory(report: dict):
 
 
 def _memory_limit(report: dict):
-    """The per-rank --memory of the run: ``memory`` when a number, else ``bound.M``."""
-    memory = report.get("memory")
-    if isinstance(memory, (int, float)):
-        return memory
+    """The per-rank --memory of the run: ``memory_limit``, else ``memory`` when a number (older
+    reports), else ``bound.M``."""
+    for memory in (report.get("memory_limit"), report.get("memory")):
+        if isinstance(memory, (int, float)):
+            return memory
     return (report.get("bound") or {}).get("M")
 
 

@@ -155,7 +155,7 @@ def build_report(grid, plan, counts, performed, stats, times, check=None,
     value = float(plan.bound.value)
     report = {
         "spec": plan.spec.to_dict(), "ranks": plan.ranks, "active_ranks": plan.active,
-        "grid": plan.dims.as_dict(), "grid_forced": plan.forced, "memory": plan.memory,
+        "grid": plan.dims.as_dict(), "grid_forced": plan.forced, "memory_limit": plan.memory,
         "bytes": {
             "sent": sum(counts[p][:, 0] for p in PHASES).tolist(),
             "received": sum(counts[p][:, 1] for p in PHASES).tolist(),
