@@ -16,7 +16,12 @@ Fit: least squares on log(model / measured) with a soft-L1 loss (scale 0.2, so t
 pathological runs cannot drag the constants), then a cluster bootstrap over the fit layers for
 the standard errors.  Writes parconv/gemmini/cycle_constants.json (read by the library) and
 ``calibration_fit.json`` / ``calibration_fit.md`` in the output folder, and prints the figures
-of the current roofline model (BW_eff = 8 B/cycle) beside the new one.
+of the roofline model (BW_eff = 8 B/cycle) and of the first round's model beside the new one.
+
+Variants (`VARIANTS`): the first round's structure and each term of the second round added in
+turn, every one fitted on the same split, so that each term's effect on held-out error is
+measured in the same run (the first round's structure refitted here reproduces its published
+figures).
 """
 
 from __future__ import annotations

@@ -231,7 +231,7 @@ def layer_cycles(constants: CycleConstants, calls, exec_cycles, passes, lines_hi
     x, load = (np.broadcast_to(v, calls.shape) for v in _phases(constants, *args))
     cycles = call_cycles(constants, *args[:5], stores=stores, miss_bytes=miss_bytes)
     total = float((np.broadcast_to(cycles, calls.shape) * calls).sum())
-    n = calls.sum()
+    n = float(calls.sum())
     if n > 0:
         total += min(float((x * calls).sum()), float((load * calls).sum())) / n
     return total
