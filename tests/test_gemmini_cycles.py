@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from parconv.errors import ParconvError
-from parconv.gemmini.cycles import (FIELDS, CycleConstants, call_cycles, load_constants,
-                                    load_misses, mean_lines, mean_piece_lines)
+from parconv.gemmini.cycles import (FIELDS, CycleConstants, call_cycles, layer_cycles,
+                                    load_constants, load_misses, mean_lines, mean_piece_lines)
 from parconv.gemmini.tiled.cost import tiling_cost
 from parconv.gemmini.vendor.calls import vendor_layer_cost
 from parconv.gemmini.vendor.firesim import firesim_cost
@@ -54,6 +54,17 @@ def test_call_cycles_by_hand():
     assert call_cycles(c2, 300, 10, 20, 10, 200, stores=40, miss_bytes=200) == \
         pytest.approx(460.0)
     assert call_cycles(c2, 300, 10, 20, 10, 200) == pytest.approx(360.0)
+
+
+def test_layer_cycles_add_one_pipeline_fill():
+    c = CycleConstants(c_call=100.0, t_hit=1.0, t_miss=4.0, inv_bw=0.5, alpha=0.25, p_pass=2.0,
+                       t_store=0.0, inv_bw_miss=0.0)
+    # group A: X = 320, L = 160 -> 360 per call, 2 calls; group B: X = 100, L = 200 -> 225
+    # fill = min(mean X, mean L) = min(740 / 3, 520 / 3)
+    total = layer_cycles(c, [2, 1], [300, 100], [10, 0], [20, 0], [10, 0], [200, 400])
+    assert total == pytest.approx(2 * 360 + 225 + 520 / 3)
+    assert isinstance(total, float)
+    assert layer_cycles(c, [0, 0], [300, 100], [10, 0], [20, 0], [10, 0], [200, 400]) == 0.0
 
 
 def test_constants_validation_and_file():
