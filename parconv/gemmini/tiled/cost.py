@@ -82,7 +82,7 @@ def tiling_cost(spec: ConvSpec, tiling: Tiling, order: str, config, *, strided: 
     ``config`` gives the element sizes, ``dim``, ``bw_eff`` and the first-layer rule;
     ``strided`` marks a subsampled 1x1 layer (no first-layer packing then, like downsample);
     ``bias`` defaults to ``config.has_bias``.  ``calibrated_cycles`` applies
-    `parconv.gemmini.cycles.call_cycles` to every tile (a tile is one call): its DMA lines are
+    `parconv.gemmini.cycles.layer_cycles` to the tiles (a tile is one call): its DMA lines are
     the input rows (one per in-image pixel, ``nC`` bytes at a stride of C), weight rows (one per
     (c, r, s), ``nK`` bytes at a stride of K), both cut into mvins of ``max_block_len * dim``
     columns (`mean_piece_lines`), bias and partial-sum rows (one line each), split into L2 hits
@@ -179,8 +179,9 @@ def tiling_cost(spec: ConvSpec, tiling: Tiling, order: str, config, *, strided: 
 
 
 def _calibrated(chunks: list, order: str, trips, constants: CycleConstants) -> float:
-    """`layer_cycles` over all tiles (one call each); the L2 misses of each operand (`load_misses` for
-    ``order``, whose loads are already the non-consecutive ones) are spread over its loads."""
+    """`layer_cycles` over all tiles (one call each); the L2 misses of each operand
+    (`load_misses` for ``order``, whose loads are already the non-consecutive ones) are spread
+    over its loads."""
     cat = {k: np.concatenate([np.ravel(c[k]) for c in chunks]).astype(float) for k in chunks[0]}
     loads = {"input": cat["load_in"].sum(), "weight": cat["load_w"].sum()}
     per_load = {"input": cat["in_bytes"].sum() / max(loads["input"], 1.0),
