@@ -16,7 +16,12 @@ Fit: least squares on log(model / measured) with a soft-L1 loss (scale 0.2, so t
 pathological runs cannot drag the constants), then a cluster bootstrap over the fit layers for
 the standard errors.  Writes parconv/gemmini/cycle_constants.json (read by the library) and
 ``calibration_fit.json`` / ``calibration_fit.md`` in the output folder, and prints the figures
-of the current roofline model (BW_eff = 8 B/cycle) beside the new one.
+of the roofline model (BW_eff = 8 B/cycle) and of the first round's model beside the new one.
+
+Variants (`VARIANTS`): the first round's structure and each term of the second round added in
+turn, every one fitted on the same split, so that each term's effect on held-out error is
+measured in the same run (the first round's structure refitted here reproduces its published
+figures).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ sys.path.insert(0, os.path.join(ROOT, "experiments"))
 from gemmini_vs_vendor import MEASURED  # noqa: E402
 from parconv.gemmini.config import GemminiConfig  # noqa: E402
 from parconv.gemmini.cycles import (CONSTANTS_PATH, FIELDS, CycleConstants,  # noqa: E402
-                                    call_cycles)
+                                    call_cycles, layer_cycles)
 from parconv.gemmini.vendor.calls import vendor_layer_cost  # noqa: E402
 from parconv.gemmini.vendor.firesim import firesim_cost  # noqa: E402
 from parconv.spec import ConvSpec  # noqa: E402
@@ -48,7 +53,14 @@ DATA = os.path.join(ROOT, "experiments", "data", "gemmini_firesim_train.json")
 TILE_KEYS = ("batches", "porows", "pocols", "pochs", "krows", "kcols", "kchs")
 START = CycleConstants()
 UPPER = {"c_call": 1e5, "t_hit": 100.0, "t_miss": 200.0, "inv_bw": 10.0, "alpha": 1.0,
-         "p_pass": 100.0}
+         "p_pass": 100.0, "t_store": 100.0, "inv_bw_miss": 10.0}
+#: the model's structures compared (cumulative): first-round terms, then each term of round 2
+VARIANTS = {"round 1": {"lines": "rows", "fields": FIELDS[:6], "fill": False},
+            "+ mvin pieces": {"lines": "pieces", "fields": FIELDS[:6], "fill": False},
+            "+ store rows": {"lines": "pieces", "fields": FIELDS[:7], "fill": False},
+            "+ miss bandwidth": {"lines": "pieces", "fields": FIELDS, "fill": False},
+            "+ pipeline fill (final)": {"lines": "pieces", "fields": FIELDS, "fill": True}}
+FINAL = "+ pipeline fill (final)"
 
 
 def layer_key(spec: ConvSpec) -> tuple:
@@ -100,22 +112,33 @@ def resnet_rows() -> list[dict]:
     return rows
 
 
-def model_cycles(theta, record) -> float:
-    t = record["terms"]
-    constants = CycleConstants.from_vector(theta)
-    return float((call_cycles(constants, t["exec"], t["passes"], t["hit"], t["miss"],
-                              t["moved"]) * t["weight"]).sum())
+def model_cycles(theta, record, variant: str = FINAL) -> float:
+    """The modelled cycles of a record under ``variant`` (`VARIANTS`), with the variant's
+    fitted constants ``theta`` (the other constants are 0)."""
+    t, v = record["terms"], VARIANTS[variant]
+    values = dict(zip(v["fields"], theta))
+    constants = CycleConstants.from_vector([values.get(f, 0.0) for f in FIELDS])
+    hit, miss = (t["hit"], t["miss"]) if v["lines"] == "pieces" else (t["hit_rows"],
+                                                                       t["miss_rows"])
+    if v["fill"]:
+        return layer_cycles(constants, t["weight"], t["exec"], t["passes"], hit, miss,
+                            t["moved"], stores=t["stores"], miss_bytes=t["miss_bytes"])
+    return float((call_cycles(constants, t["exec"], t["passes"], hit, miss, t["moved"],
+                              stores=t["stores"], miss_bytes=t["miss_bytes"])
+                  * t["weight"]).sum())
 
 
-def fit(records, start=START.vector()):
+def fit(records, start=None, variant: str = FINAL):
     from scipy.optimize import least_squares
+    fields = VARIANTS[variant]["fields"]
+    start = START.vector()[:len(fields)] if start is None else start
     measured = np.log([r["measured"] for r in records])
 
     def residuals(theta):
-        return np.log([model_cycles(theta, r) for r in records]) - measured
+        return np.log([model_cycles(theta, r, variant) for r in records]) - measured
 
-    upper = [UPPER[f] for f in FIELDS]
-    sol = least_squares(residuals, start, bounds=(np.zeros(len(FIELDS)), upper),
+    upper = [UPPER[f] for f in fields]
+    sol = least_squares(residuals, start, bounds=(np.zeros(len(fields)), upper),
                         loss="soft_l1", f_scale=0.2)
     return sol.x
 
@@ -156,18 +179,20 @@ def bootstrap(records, theta, rounds: int, seed: int = 0) -> np.ndarray:
     return np.std(draws, axis=0, ddof=1) if rounds > 1 else np.full(len(FIELDS), np.nan)
 
 
-def summarise(theta, records, resnet) -> dict:
-    sets = {"fit (16x16, fit layers)": [r for r in records if r["dim"] == 16
-                                        and not r["validation"]],
-            "validation 16x16 (held-out layers)": [r for r in records if r["dim"] == 16
-                                                   and r["validation"]]}
+FIT_SET, VAL_SET = "fit (16x16, fit layers)", "validation 16x16 (held-out layers)"
+RESNET_SET = "ResNet-50 calibration rows (library tiling)"
+
+
+def summarise(theta, records, resnet, variant: str = FINAL) -> dict:
+    sets = {FIT_SET: [r for r in records if r["dim"] == 16 and not r["validation"]],
+            VAL_SET: [r for r in records if r["dim"] == 16 and r["validation"]]}
     for dim in sorted({r["dim"] for r in records} - {16}):
         sets[f"validation {dim}x{dim} (held-out layers)"] = [
             r for r in records if r["dim"] == dim and r["validation"]]
-    sets["ResNet-50 calibration rows (library tiling)"] = resnet
+    sets[RESNET_SET] = resnet
     out = {}
     for label, group in sets.items():
-        new = [model_cycles(theta, r) for r in group]
+        new = [model_cycles(theta, r, variant) for r in group]
         old = [r["roofline"] for r in group]
         e_new = errors(new, group)
         out[label] = {"records": len(group), "layers": len({r["key"] for r in group}),
@@ -190,26 +215,41 @@ def report(result: dict) -> str:
                "t_miss": "cycles per 64-B DMA line that misses the L2",
                "inv_bw": "cycles per byte moved (1 / bandwidth)",
                "alpha": "non-overlapped fraction of min(load, exec)",
-               "p_pass": "cycles added per array pass"}
+               "p_pass": "cycles added per array pass",
+               "t_store": "cycles per mvout row (one DMA write request)",
+               "inv_bw_miss": "cycles per loaded byte that misses the L2 (refill bandwidth)"}
     for f in FIELDS:
         lines.append(f"| {f} | {c[f]:.4g} | {c['stderr'][f]:.2g} | {meaning[f]} |")
     lines += ["", f"l2_bytes = {c['l2_bytes']} (fixed: the builds' L2)", "",
-              "| set | records | layers | MAPE new | MAPE roofline (BW 8) | median APE new | "
-              "max APE new | mean error new | pairs right new | pairs right roofline |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| set | records | layers | MAPE new | MAPE round 1 | MAPE roofline (BW 8) | "
+              "median APE new | max APE new | mean error new | pairs right new | "
+              "pairs right round 1 | pairs right roofline |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    old = result["variants"]["round 1"]["sets"]
     for label, s in result["sets"].items():
-        pn, pr = s["pairs_new"], s["pairs_roofline"]
+        pn, p1, pr = s["pairs_new"], old[label]["pairs_new"], s["pairs_roofline"]
         lines.append(f"| {label} | {s['records']} | {s['layers']} | {s['mape_new']:.1f}% | "
+                     f"{old[label]['mape_new']:.1f}% | "
                      f"{s['mape_roofline']:.1f}% | {s['median_ape_new']:.1f}% | "
                      f"{s['max_ape_new']:.0f}% | {s['mean_error_new']:+.1f}% | "
-                     f"{100 * pn[0]:.1f}% of {pn[1]} | {100 * pr[0]:.1f}% of {pr[1]} |")
+                     f"{100 * pn[0]:.1f}% of {pn[1]} | {100 * p1[0]:.1f}% | "
+                     f"{100 * pr[0]:.1f}% of {pr[1]} |")
+    lines += ["", "Each term added in turn (same split, same fit; round 1 = the first round's "
+              "structure refitted here):", "",
+              "| model | constants | MAPE fit | MAPE held-out 16x16 | pairs held-out 16x16 | "
+              "MAPE ResNet-50 rows | mean error ResNet-50 |", "|---|---|---|---|---|---|---|"]
+    for name, v in result["variants"].items():
+        fs, vs, rs = (v["sets"][k] for k in (FIT_SET, VAL_SET, RESNET_SET))
+        lines.append(f"| {name} | {len(v['theta'])} | {fs['mape_new']:.1f}% | "
+                     f"{vs['mape_new']:.1f}% | {100 * vs['pairs_new'][0]:.1f}% | "
+                     f"{rs['mape_new']:.1f}% | {rs['mean_error_new']:+.1f}% |")
     lines += ["", "ResNet-50 rows (error = model / geometric mean of FireSim min and max - 1):",
-              "", "| layer | FireSim | new model | error | roofline | error |",
-              "|---|---|---|---|---|---|"]
+              "", "| layer | FireSim | new model | error | round 1 error | roofline | error |",
+              "|---|---|---|---|---|---|---|"]
     for r in result["resnet"]:
         lines.append(f"| {r['layer']} | {r['lo']:,}-{r['hi']:,} | {r['new']:,.0f} | "
-                     f"{r['error_new']:+.1f}% | {r['roofline']:,.0f} | "
-                     f"{r['error_roofline']:+.1f}% |")
+                     f"{r['error_new']:+.1f}% | {r['error_round1']:+.1f}% | "
+                     f"{r['roofline']:,.0f} | {r['error_roofline']:+.1f}% |")
     lines.append(f"\n(runtime {result['runtime_s']:.0f} s)")
     return "\n".join(lines)
 
@@ -238,12 +278,20 @@ def main(argv=None) -> int:
         fit={"records": len(fit_set), "split": split, "bootstrap_rounds": args.bootstrap,
              "data": "experiments/data/gemmini_firesim_train.json",
              "script": "experiments/calibrate_cycles.py"})
+    variants = {}
+    for name in VARIANTS:
+        v_theta = theta if name == FINAL else fit(fit_set, variant=name)
+        variants[name] = {"theta": [float(x) for x in v_theta],
+                          "sets": summarise(v_theta, records, resnet, name)}
     result = {"split": split, "constants": constants.to_dict(),
-              "sets": summarise(theta, records, resnet), "resnet": []}
+              "sets": variants[FINAL]["sets"], "variants": variants, "resnet": []}
+    round1 = variants["round 1"]["theta"]
     for r in resnet:
         new = model_cycles(theta, r)
+        old = model_cycles(round1, r, "round 1")
         result["resnet"].append({"layer": r["layer"], "lo": r["lo"], "hi": r["hi"], "new": new,
                                  "error_new": 100 * (new / r["measured"] - 1),
+                                 "error_round1": 100 * (old / r["measured"] - 1),
                                  "roofline": r["roofline"],
                                  "error_roofline": 100 * (r["roofline"] / r["measured"] - 1)})
     result["runtime_s"] = time.perf_counter() - start

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from parconv.errors import ParconvError
-from parconv.gemmini.cycles import (FIELDS, CycleConstants, call_cycles, load_constants,
-                                    load_misses, mean_lines)
+from parconv.gemmini.cycles import (FIELDS, CycleConstants, call_cycles, layer_cycles,
+                                    load_constants, load_misses, mean_lines, mean_piece_lines)
 from parconv.gemmini.tiled.cost import tiling_cost
 from parconv.gemmini.vendor.calls import vendor_layer_cost
 from parconv.gemmini.vendor.firesim import firesim_cost
@@ -29,12 +29,42 @@ def test_mean_lines_by_hand():
     np.testing.assert_array_equal(mean_lines(np.array([0, 64, 128]), 64), [0, 1, 2])
 
 
+def test_mean_piece_lines_by_hand():
+    # one piece: the same as a whole row
+    assert mean_piece_lines(48, 64, 16) == mean_lines(48, 16) == 1.5
+    assert mean_piece_lines(128, 64, 64) == 2.0
+    # 128 bytes at offset 32, cut into 64-byte mvins: [32, 96) and [96, 160) touch 2 lines
+    # each (4), where the whole row [32, 160) touches 3; offsets 0 and 32 -> (2 + 4) / 2
+    assert mean_piece_lines(128, 64, 32) == 3.0 and mean_lines(128, 32) == 2.5
+    np.testing.assert_array_equal(mean_piece_lines(np.array([0, 16, 160]), 64, 64),
+                                  [0, 1, 3])
+    assert mean_piece_lines(np.int64(0), 64, 16) == 0.0
+
+
 def test_call_cycles_by_hand():
     c = CycleConstants(c_call=100.0, t_hit=1.0, t_miss=4.0, inv_bw=0.5, alpha=0.25, p_pass=2.0)
     # X = 300 + 2 * 10 = 320; L = 1 * 20 + 4 * 10 + 0.5 * 200 = 160 -> 320 + 0.25 * 160 = 360
     assert call_cycles(c, 300, 10, 20, 10, 200) == pytest.approx(360.0)
     assert call_cycles(c, 1, 0, 0, 0, 0) == pytest.approx(100.0)       # the call floor
     assert call_cycles(c, 1, 0, 0, 0, 0, busy=False) == 0.0
+    # stores and missed bytes add to the load side: L = 160 + 3 * 40 + 0.5 * 200 = 380,
+    # X = 320 -> 380 + 0.25 * 320 = 460
+    c2 = CycleConstants(c_call=100.0, t_hit=1.0, t_miss=4.0, inv_bw=0.5, alpha=0.25,
+                        p_pass=2.0, t_store=3.0, inv_bw_miss=0.5)
+    assert call_cycles(c2, 300, 10, 20, 10, 200, stores=40, miss_bytes=200) == \
+        pytest.approx(460.0)
+    assert call_cycles(c2, 300, 10, 20, 10, 200) == pytest.approx(360.0)
+
+
+def test_layer_cycles_add_one_pipeline_fill():
+    c = CycleConstants(c_call=100.0, t_hit=1.0, t_miss=4.0, inv_bw=0.5, alpha=0.25, p_pass=2.0,
+                       t_store=0.0, inv_bw_miss=0.0)
+    # group A: X = 320, L = 160 -> 360 per call, 2 calls; group B: X = 100, L = 200 -> 225
+    # fill = min(mean X, mean L) = min(740 / 3, 520 / 3)
+    total = layer_cycles(c, [2, 1], [300, 100], [10, 0], [20, 0], [10, 0], [200, 400])
+    assert total == pytest.approx(2 * 360 + 225 + 520 / 3)
+    assert isinstance(total, float)
+    assert layer_cycles(c, [0, 0], [300, 100], [10, 0], [20, 0], [10, 0], [200, 400]) == 0.0
 
 
 def test_constants_validation_and_file():

@@ -12,7 +12,12 @@ next call overlap the execution of the current one; the core computes and issues
   small-channel rows cost a whole line each; a line costs ``t_miss`` when its block was last
   used so long ago (reuse distance > ``l2_bytes`` of other data, `load_misses`) that it left
   the L2, or it is touched for the first time, and ``t_hit`` otherwise;
-* **bandwidth** ``inv_bw`` cycles per byte moved (loads and stores);
+  a row is moved by mvin commands of at most ``max_block_len * dim`` columns, each requested
+  on its own (`mean_piece_lines`: a piece that straddles a line costs two lines);
+* **bandwidth** ``inv_bw`` cycles per byte moved (loads and stores), plus ``inv_bw_miss`` per
+  loaded byte that misses the L2 (the refill's own bandwidth, beyond the per-line latency);
+* **stores** ``t_store`` cycles per mvout row (one DMA write request per <= dim channels of
+  a pixel, or per accumulator row of a partial sum);
 * **overlap** ``alpha``: loads + stores ``L`` and execution ``X`` of a call overlap but not
   perfectly: ``max(L, X) + alpha min(L, X)``;
 * **per pass** ``p_pass`` cycles added to each array pass (one compute command of <= dim rows)
@@ -20,7 +25,10 @@ next call overlap the execution of the current one; the core computes and issues
   layers) cannot hide.
 
 ``cycles(call) = max(c_call, max(L, X) + alpha min(L, X))`` with ``X = exec + p_pass passes``
-and ``L = t_hit lines_hit + t_miss lines_miss + inv_bw (load + store bytes)``.
+and ``L = t_hit lines_hit + t_miss lines_miss + inv_bw (load + store bytes) + t_store
+stores + inv_bw_miss missed bytes``; a layer adds the pipeline fill ``min(L, X)`` of its mean
+call once (`layer_cycles`: the first call's loads and the last call's execution overlap
+nothing).
 
 The constants are fitted by ``experiments/calibrate_cycles.py`` and stored in
 ``cycle_constants.json`` next to this module (with bootstrap standard errors).
@@ -46,7 +54,7 @@ LINE_BYTES = 64
 INPUT_LOOPS, WEIGHT_LOOPS = frozenset("NQPSRC"), frozenset("KSRC")
 #: parconv's loop names -> the library's letters (H = pooled rows Q, W = cols P, R = krows S, ...)
 PARCONV_TO_LIBRARY = str.maketrans("NKCHWRS", "NKCQPSR")
-FIELDS = ("c_call", "t_hit", "t_miss", "inv_bw", "alpha", "p_pass")
+FIELDS = ("c_call", "t_hit", "t_miss", "inv_bw", "alpha", "p_pass", "t_store", "inv_bw_miss")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +72,8 @@ class CycleConstants:
     inv_bw: float = 0.115
     alpha: float = 0.1
     p_pass: float = 2.0
+    t_store: float = 1.5
+    inv_bw_miss: float = 0.05
     l2_bytes: int = 512 * 1024
     stderr: dict = dataclasses.field(default_factory=dict, compare=False)
     fit: dict = dataclasses.field(default_factory=dict, compare=False)
@@ -116,6 +126,31 @@ def mean_lines(row_bytes, step: int, line: int = LINE_BYTES):
     return lines if np.ndim(lines) else float(lines)
 
 
+@functools.lru_cache(maxsize=4096)
+def _piece_lines(row_bytes: int, piece: int, step: int, line: int) -> float:
+    """Mean lines of one DRAM row cut into mvin pieces (see `mean_piece_lines`)."""
+    offsets = range(0, line, step)
+    total = sum(-(-(p0 % line + min(piece, start + row_bytes - p0)) // line)
+                for start in offsets for p0 in range(start, start + row_bytes, piece))
+    return total / len(offsets)
+
+
+def mean_piece_lines(row_bytes, piece: int, step: int, line: int = LINE_BYTES):
+    """Mean number of ``line``-byte lines the DMA requests for a DRAM row of ``row_bytes``
+    loaded by mvin commands of ``piece`` bytes each (``max_block_len * dim`` elements, the
+    widest mvin): every piece is requested on its own, so a piece that straddles a line costs
+    two, even when the row's other pieces share that line.  The row's start offset is a
+    multiple of ``step``, uniform in a line.  Elementwise over ``row_bytes``; 0 for an empty
+    row; equals `mean_lines` for rows of at most one piece."""
+    step = max(1, math.gcd(int(step), line))
+    b = np.asarray(row_bytes, dtype=np.int64)
+    values = {int(v): _piece_lines(int(v), int(piece), step, line) for v in np.unique(b)
+              if v > 0}
+    if b.ndim == 0:
+        return values.get(int(b), 0.0)
+    return np.vectorize(lambda v: values.get(int(v), 0.0), otypes=[float])(b)
+
+
 def load_misses(order: str, trips: dict, per_call_bytes: dict, l2_bytes: int,
                 warm_bytes: float = 0.0) -> dict:
     """Loads of each operand that miss the L2, as a count of calls' worth of loads.
@@ -151,19 +186,52 @@ def load_misses(order: str, trips: dict, per_call_bytes: dict, l2_bytes: int,
     return out
 
 
-def call_cycles(constants: CycleConstants, exec_cycles, passes, lines_hit, lines_miss,
-                moved_bytes, busy=None):
-    """Calibrated cycles of calls (elementwise; module docstring for the formula).
-
-    ``moved_bytes`` counts loads and stores of the call; ``busy`` (bool, default all True) marks
-    the calls that exist (a call of an empty block costs 0, not the floor).
-    """
+def _phases(constants: CycleConstants, exec_cycles, passes, lines_hit, lines_miss, moved_bytes,
+            stores, miss_bytes):
+    """(X, L) of calls: the execute side and the load/store side of the module docstring."""
     c = constants
     x = np.asarray(exec_cycles, dtype=float) + c.p_pass * np.asarray(passes, dtype=float)
     load = (c.t_hit * np.asarray(lines_hit, dtype=float)
             + c.t_miss * np.asarray(lines_miss, dtype=float)
-            + c.inv_bw * np.asarray(moved_bytes, dtype=float))
-    cycles = np.maximum(c.c_call, np.maximum(load, x) + c.alpha * np.minimum(load, x))
+            + c.inv_bw * np.asarray(moved_bytes, dtype=float)
+            + c.t_store * np.asarray(stores, dtype=float)
+            + c.inv_bw_miss * np.asarray(miss_bytes, dtype=float))
+    return x, load
+
+
+def call_cycles(constants: CycleConstants, exec_cycles, passes, lines_hit, lines_miss,
+                moved_bytes, busy=None, stores=0.0, miss_bytes=0.0):
+    """Calibrated cycles of calls (elementwise; module docstring for the formula).
+
+    ``moved_bytes`` counts loads and stores of the call, ``stores`` its mvout rows (output and
+    partial sums) and ``miss_bytes`` the loaded bytes of its lines that miss the L2; ``busy``
+    (bool, default all True) marks the calls that exist (a call of an empty block costs 0, not
+    the floor).
+    """
+    x, load = _phases(constants, exec_cycles, passes, lines_hit, lines_miss, moved_bytes,
+                      stores, miss_bytes)
+    cycles = np.maximum(constants.c_call, np.maximum(load, x)
+                        + constants.alpha * np.minimum(load, x))
     if busy is not None:
         cycles = np.where(busy, cycles, 0.0)
     return cycles
+
+
+def layer_cycles(constants: CycleConstants, calls, exec_cycles, passes, lines_hit, lines_miss,
+                 moved_bytes, stores=0.0, miss_bytes=0.0) -> float:
+    """Calibrated cycles of a whole layer: `call_cycles` of each group of identical calls times
+    ``calls`` (calls per group; 0 for a call that does not exist), plus the pipeline fill.
+
+    Fill: with two loops in flight a call's loads overlap the previous call's execution, so
+    only the first call's loads and the last call's execution are exposed; the model adds
+    ``min(L, X)`` of the mean call once per layer (no constant of its own).
+    """
+    calls = np.asarray(calls, dtype=float)
+    args = (exec_cycles, passes, lines_hit, lines_miss, moved_bytes, stores, miss_bytes)
+    x, load = (np.broadcast_to(v, calls.shape) for v in _phases(constants, *args))
+    cycles = call_cycles(constants, *args[:5], stores=stores, miss_bytes=miss_bytes)
+    total = float((np.broadcast_to(cycles, calls.shape) * calls).sum())
+    n = float(calls.sum())
+    if n > 0:
+        total += min(float((x * calls).sum()), float((load * calls).sum())) / n
+    return total

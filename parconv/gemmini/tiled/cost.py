@@ -22,8 +22,8 @@ import numpy as np
 from ...spec import ConvSpec
 from ...tiling import LOOPS, Tiling, axis_window_table, check_order, extents
 from .. import call_rules as rules
-from ..cycles import (PARCONV_TO_LIBRARY, CycleConstants, call_cycles, load_constants,
-                      load_misses, mean_lines)
+from ..cycles import (PARCONV_TO_LIBRARY, CycleConstants, layer_cycles, load_constants,
+                      load_misses, mean_piece_lines)
 
 STREAMS = ("input", "weight", "bias", "output", "psum")
 _I = {loop: i for i, loop in enumerate(LOOPS)}
@@ -82,10 +82,12 @@ def tiling_cost(spec: ConvSpec, tiling: Tiling, order: str, config, *, strided: 
     ``config`` gives the element sizes, ``dim``, ``bw_eff`` and the first-layer rule;
     ``strided`` marks a subsampled 1x1 layer (no first-layer packing then, like downsample);
     ``bias`` defaults to ``config.has_bias``.  ``calibrated_cycles`` applies
-    `parconv.gemmini.cycles.call_cycles` to every tile (a tile is one call): its DMA lines are
+    `parconv.gemmini.cycles.layer_cycles` to the tiles (a tile is one call): its DMA lines are
     the input rows (one per in-image pixel, ``nC`` bytes at a stride of C), weight rows (one per
-    (c, r, s), ``nK`` bytes at a stride of K), bias and partial-sum rows (one line each), split
-    into L2 hits and misses by `parconv.gemmini.cycles.load_misses` for ``order`` (cold start).
+    (c, r, s), ``nK`` bytes at a stride of K), both cut into mvins of ``max_block_len * dim``
+    columns (`mean_piece_lines`), bias and partial-sum rows (one line each), split into L2 hits
+    and misses by `parconv.gemmini.cycles.load_misses` for ``order`` (cold start); its stores
+    are the mvout rows of the output and of spilled partial sums.
     ``constants`` defaults to the fitted ones.
     """
     check_order(order)
@@ -99,6 +101,7 @@ def tiling_cost(spec: ConvSpec, tiling: Tiling, order: str, config, *, strided: 
     # of gcd(C, tC) and gcd(K, tK) (`mean_lines`)
     steps = (math.gcd(spec.in_channels, int(t[2])) * config.input_bytes,
              math.gcd(spec.out_channels, int(t[1])) * config.weight_bytes)
+    piece = config.max_block_len * config.dim     # columns of the widest mvin
     rows_table = axis_window_table(*spec.axis(0), int(t[3]), int(t[5]))
     cols_table = axis_window_table(*spec.axis(1), int(t[4]), int(t[6]))
     dilated = max(spec.dilation) > 1
@@ -153,8 +156,11 @@ def tiling_cost(spec: ConvSpec, tiling: Tiling, order: str, config, *, strided: 
         chunks.append({
             "exec": exec_cycles, "passes": rules.passes(*work), "load_in": load_in,
             "load_w": load_w, "moved": sum(per_tile.values()),
-            "in_lines": load_in * nN * window * mean_lines(nC * config.input_bytes, steps[0]),
-            "w_lines": load_w * nC * nR * nS * mean_lines(nK * config.weight_bytes, steps[1]),
+            "in_lines": load_in * nN * window * mean_piece_lines(
+                nC * config.input_bytes, piece * config.input_bytes, steps[0]),
+            "w_lines": load_w * nC * nR * nS * mean_piece_lines(
+                nK * config.weight_bytes, piece * config.weight_bytes, steps[1]),
+            "stores": (visit_end * acc_rows).astype(float),
             "in_bytes": per_tile["input"], "w_bytes": per_tile["weight"],
             "other_lines": line_rows})
         tile_dma = sum(per_tile.values()) / config.bw_eff
@@ -173,8 +179,9 @@ def tiling_cost(spec: ConvSpec, tiling: Tiling, order: str, config, *, strided: 
 
 
 def _calibrated(chunks: list, order: str, trips, constants: CycleConstants) -> float:
-    """`call_cycles` over all tiles; the L2 misses of each operand (`load_misses` for
-    ``order``, whose loads are already the non-consecutive ones) are spread over its loads."""
+    """`layer_cycles` over all tiles (one call each); the L2 misses of each operand
+    (`load_misses` for ``order``, whose loads are already the non-consecutive ones) are spread
+    over its loads."""
     cat = {k: np.concatenate([np.ravel(c[k]) for c in chunks]).astype(float) for k in chunks[0]}
     loads = {"input": cat["load_in"].sum(), "weight": cat["load_w"].sum()}
     per_load = {"input": cat["in_bytes"].sum() / max(loads["input"], 1.0),
@@ -186,5 +193,6 @@ def _calibrated(chunks: list, order: str, trips, constants: CycleConstants) -> f
     miss = cat["in_lines"] * frac["input"] + cat["w_lines"] * frac["weight"]
     hit = (cat["in_lines"] * (1 - frac["input"]) + cat["w_lines"] * (1 - frac["weight"])
            + cat["other_lines"])
-    return float(call_cycles(constants, cat["exec"], cat["passes"], hit, miss,
-                             cat["moved"]).sum())
+    miss_bytes = cat["in_bytes"] * frac["input"] + cat["w_bytes"] * frac["weight"]
+    return layer_cycles(constants, np.ones_like(cat["exec"]), cat["exec"], cat["passes"], hit,
+                        miss, cat["moved"], stores=cat["stores"], miss_bytes=miss_bytes)

@@ -2,8 +2,8 @@
 
 Pure numpy.  `calibration_terms` turns the call groups of
 `parconv.gemmini.vendor.calls.vendor_layer_cost` into the quantities of
-`parconv.gemmini.cycles.call_cycles` (execute cycles, passes, DMA lines that hit or miss the L2,
-bytes moved); `calibrated_total` sums the model over the groups.  The fit
+`parconv.gemmini.cycles.layer_cycles` (execute cycles, passes, DMA lines that hit or miss the L2,
+bytes moved, store rows, missed bytes); `calibrated_total` sums the model over the groups.  The fit
 (``experiments/calibrate_cycles.py``) evaluates the terms once per measured layer and the model
 many times.
 """
@@ -14,17 +14,22 @@ import math
 
 import numpy as np
 
-from ..cycles import call_cycles, load_misses, mean_lines
+from ..cycles import layer_cycles, load_misses, mean_lines, mean_piece_lines
 
 
 def calibration_terms(loop, order: str, l2_bytes: int, weight, sizes, rows, cols, flags, bytes_,
                       passes, exec_cycles, warm: bool = False) -> dict:
     """Flat arrays over the call groups: ``weight`` (calls per group), ``exec``, ``passes``,
-    ``hit`` and ``miss`` (DMA lines), ``moved`` (bytes of every stream).  Local.
+    ``hit`` and ``miss`` (DMA lines), ``moved`` (bytes of every stream), ``stores`` (mvout
+    rows) and ``miss_bytes`` (loaded bytes that miss the L2); ``hit_rows`` / ``miss_rows`` are
+    the lines by the first round's rule (`mean_lines` of whole rows, for the comparison in
+    ``experiments/calibrate_cycles.py``).  Local.
 
     Lines per call: input rows (one per loaded pixel) of ``kchs_`` bytes at a DRAM stride of C,
     weight rows (one per kernel position and input channel) of ``pochs_`` bytes at a stride of
-    K (`mean_lines`); the bias stream's stride-0 rows are one line each.  The L2 misses of
+    K, each cut into mvins of ``max_block_len * dim`` columns (`mean_piece_lines`); the bias
+    stream's stride-0 rows are one line each; the output is written one row of <= dim channels
+    of a pixel per mvout row.  The L2 misses of
     `load_misses` (loop ``order``, library letters innermost first) are spread evenly over the
     calls that load the operand.  ``warm``: the layer's input, weights and output were touched
     just before (`load_misses`).
@@ -34,13 +39,24 @@ def calibration_terms(loop, order: str, l2_bytes: int, weight, sizes, rows, cols
     nb, _, _, pochs_, krows_, kcols_, kchs_ = sizes
     load_in, load_w = (np.broadcast_to(f, shape) for f in flags[:2])
     # a row starts at pixel * C + kch (kch a multiple of the tile's kchs), so its offset in a
-    # line is a multiple of gcd(C, kchs); weight rows likewise with K and pochs
-    in_lines = nb * rows.i_loaded * cols.i_loaded * mean_lines(
-        kchs_ * cfg.input_bytes, math.gcd(spec.in_channels, loop.tile.kchs) * cfg.input_bytes)
-    w_lines = krows_ * kcols_ * kchs_ * mean_lines(
-        pochs_ * cfg.weight_bytes, math.gcd(spec.out_channels, loop.tile.pochs) * cfg.weight_bytes)
+    # line is a multiple of gcd(C, kchs); weight rows likewise with K and pochs.  The loop
+    # moves a row by mvins of at most max_block_len * dim columns, each requested on its own
+    piece = cfg.max_block_len * cfg.dim
+    in_lines = nb * rows.i_loaded * cols.i_loaded * mean_piece_lines(
+        kchs_ * cfg.input_bytes, piece * cfg.input_bytes,
+        math.gcd(spec.in_channels, loop.tile.kchs) * cfg.input_bytes)
+    w_lines = krows_ * kcols_ * kchs_ * mean_piece_lines(
+        pochs_ * cfg.weight_bytes, piece * cfg.weight_bytes,
+        math.gcd(spec.out_channels, loop.tile.pochs) * cfg.weight_bytes)
     in_lines = np.broadcast_to(in_lines, shape) * load_in
     w_lines = np.broadcast_to(w_lines, shape) * load_w
+    # the first round's rule (a row's lines as one segment), kept for the comparison
+    in_rows = np.broadcast_to(nb * rows.i_loaded * cols.i_loaded * mean_lines(
+        kchs_ * cfg.input_bytes, math.gcd(spec.in_channels, loop.tile.kchs) * cfg.input_bytes),
+        shape) * load_in
+    w_rows = np.broadcast_to(krows_ * kcols_ * kchs_ * mean_lines(
+        pochs_ * cfg.weight_bytes, math.gcd(spec.out_channels, loop.tile.pochs)
+        * cfg.weight_bytes), shape) * load_w
     calls_in, calls_w = (float((f * weight).sum()) for f in (load_in, load_w))
     per_call = {name: float((np.broadcast_to(bytes_[name], shape) * weight).sum()) / max(n, 1.0)
                 for name, n in (("input", calls_in), ("weight", calls_w))}
@@ -55,14 +71,23 @@ def calibration_terms(loop, order: str, l2_bytes: int, weight, sizes, rows, cols
     miss_w = min(misses["weight"] / calls_w, 1.0) if calls_w else 0.0
     bias_rows = np.broadcast_to(bytes_["bias"], shape) / max(cfg.dim * cfg.bias_bytes, 1)
     moved = sum(np.broadcast_to(b, shape) for b in bytes_.values())
+    in_b = np.broadcast_to(bytes_["input"], shape) * load_in
+    w_b = np.broadcast_to(bytes_["weight"], shape) * load_w
+    # mvout writes one row (<= dim channels of one pixel) per DMA request
+    pixels_out = np.broadcast_to(bytes_["output"], shape) / np.maximum(
+        pochs_ * cfg.output_bytes, 1)
     flat = {"weight": weight, "exec": exec_cycles, "passes": passes,
             "hit": in_lines * (1 - miss_in) + w_lines * (1 - miss_w) + bias_rows,
-            "miss": in_lines * miss_in + w_lines * miss_w, "moved": moved}
+            "miss": in_lines * miss_in + w_lines * miss_w, "moved": moved,
+            "stores": pixels_out * (-(-pochs_ // cfg.dim)),
+            "miss_bytes": in_b * miss_in + w_b * miss_w,
+            "hit_rows": in_rows * (1 - miss_in) + w_rows * (1 - miss_w) + bias_rows,
+            "miss_rows": in_rows * miss_in + w_rows * miss_w}
     return {k: np.broadcast_to(v, shape).astype(float).ravel() for k, v in flat.items()}
 
 
 def calibrated_total(terms: dict, constants) -> float:
-    """The calibrated cycles of the whole layer: `call_cycles` times the calls per group."""
-    cycles = call_cycles(constants, terms["exec"], terms["passes"], terms["hit"], terms["miss"],
-                         terms["moved"])
-    return float((cycles * terms["weight"]).sum())
+    """The calibrated cycles of the whole layer (`parconv.gemmini.cycles.layer_cycles`)."""
+    return layer_cycles(constants, terms["weight"], terms["exec"], terms["passes"], terms["hit"],
+                        terms["miss"], terms["moved"], stores=terms["stores"],
+                        miss_bytes=terms["miss_bytes"])
