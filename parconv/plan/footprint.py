@@ -32,7 +32,7 @@ reduce_buffers      reduce-scatter receive buffer (P_C pieces), the summed piece
                     cast to dtype_out (reduce)
 ==================  ====================================================================  ====
 
-``kernel_workspace`` for the numpy node is parconv.blasconv.workspace_bytes: the phase images,
+``kernel_workspace`` for the numpy node is parconv.blas_workspace.workspace_bytes: the phase images,
 the tap-major filters, the chosen method's block buffers (exact-group sums, im2col columns) and
 the returned output, with one BLAS thread per rank.  For the Gemmini
 node: the transposed and compute-type input copies, the compute-type filter, the executor's
@@ -50,7 +50,7 @@ from functools import cached_property
 
 import numpy as np
 
-from ..blasconv import workspace_bytes
+from ..blas_workspace import workspace_bytes
 
 #: bytes the runtime touches in a run besides the arrays: MPI shared-memory queues and the BLAS
 #: packing buffers.  Measured with experiments/footprint_check.py (peak RSS minus the baseline
@@ -130,7 +130,7 @@ def node_name(node) -> str:
 
 def _numpy_workspace(spec, n, c, k, out_h, out_w):
     """Peak bytes of the numpy node on blocks of these sizes (broadcast arrays): see
-    parconv.blasconv.workspace_bytes."""
+    parconv.blas_workspace.workspace_bytes."""
     padded = any(spec.padding) or any(spec.padding_end)
     return workspace_bytes(spec, n, c, k, out_h, out_w, padded=padded)
 

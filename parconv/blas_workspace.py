@@ -1,0 +1,74 @@
+"""The memory `parconv.blasconv.conv2d_blas` allocates, from the block's sizes alone.  Pure.
+
+The planner's footprint (parconv.plan.footprint) budgets the numpy node with it, vectorised over
+every rank of a grid.  It mirrors the allocations of the three methods of parconv.blasconv (phase
+images, tap-major filters, exact-group sums, im2col columns, the returned output), so a change
+there must change this too; tests/test_plan.py holds it to tracemalloc's peak.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .blasconv import (_GATHER_COST, _SHORT_COST, COLUMNS_BYTES, EXACT_BELOW, GEMM_MIN_PIXELS,
+                       MIN_ROWS, TAP_BLOCK_BYTES)
+from .spec import ConvSpec
+
+
+def workspace_bytes(spec: ConvSpec, n, c, k, out_h, out_w, padded: bool = True,
+                    threads: int = 1):
+    """Peak bytes `conv2d_blas` allocates on blocks of ``spec``'s kernel, strides, dilation and
+    types with ``n`` images, ``c`` input and ``k`` output channels and an ``out_h`` x ``out_w``
+    output (numpy arrays broadcast together): the phase images, the tap-major filters, the
+    method's buffers (`_Sums`, im2col columns) and the returned output.  Pure; mirrors the
+    allocations of the three methods of parconv.blasconv.
+    ``padded``: whether the layer pads (1x1 unpadded blocks may take the "gemm" method).
+    """
+    n, c, k, H, W = (np.asarray(v, dtype=np.int64) for v in (n, c, k, out_h, out_w))
+    (sh, sw), (dh, dw), (R, S) = spec.stride, spec.dilation, spec.kernel_size
+    acc = np.dtype(spec.dtype_acc)
+    if np.dtype(spec.dtype_in).kind == "f":
+        cb, limit = acc.itemsize, None
+    else:
+        cb = 4 if np.dtype(spec.dtype_in).itemsize == 1 else 8
+        limit = EXACT_BELOW[np.dtype(np.float32 if cb == 4 else np.float64)] // (
+            (1 << (8 * np.dtype(spec.dtype_in).itemsize - 1)) ** 2)
+    reduction = c * R * S
+    groups = np.ones_like(c) if limit is None else -(-reduction // limit)
+    # _Sums: scratch, plus buffer and integers when the groups are added in the accumulator
+    multi = groups > 1
+    out_item = np.where(multi, acc.itemsize, cb) if limit is not None else acc.itemsize
+    sums_per = cb + np.where(out_item != cb, cb + acc.itemsize, 0)
+    y = acc.itemsize * n * k * H * W
+    Hq, Wq = H + (dh * (R - 1)) // sh, W + (dw * (S - 1)) // sw
+    phases = len({(dh * r) % sh for r in range(R)}) * len({(dw * s) % sw for s in range(S)})
+    tail = ((dh * (R - 1)) // sh) * Wq + (dw * (S - 1)) // sw
+    filters = cb * k * c * R * S
+    # "taps": rows of the (n, i, j) grid per block
+    rows = np.maximum(MIN_ROWS, TAP_BLOCK_BYTES * threads // np.maximum(k * cb, 1))
+    image = Hq * Wq
+    length = np.where(rows >= image, np.minimum(n, rows // np.maximum(image, 1)) * image,
+                      np.minimum(H, np.maximum(1, rows // np.maximum(Wq, 1))) * Wq)
+    # the accumulating product: f2py may return the block as a copy (blas.matmul_into)
+    taps_bytes = (phases * cb * (n * Hq * Wq + tail) * c + filters
+                  + k * length * (sums_per + out_item + cb) + y)
+    # "im2col": blocks of columns, at most `widest` wide
+    widest = np.minimum(reduction, np.minimum(limit or reduction.max(initial=1),
+                                              max(1, COLUMNS_BYTES // (MIN_ROWS * cb))))
+    crows = np.maximum(MIN_ROWS, COLUMNS_BYTES // np.maximum(widest * cb, 1))
+    block_rows = np.where(crows >= H * W, np.minimum(n, crows // np.maximum(H * W, 1)) * H * W,
+                          np.minimum(H, np.maximum(1, crows // np.maximum(W, 1))) * W)
+    first = (c * 4 <= W)
+    im2col_bytes = (phases * cb * n * Hq * Wq * c * np.where(first, 2, 1) + 2 * filters
+                    + cb * block_rows * widest + k * block_rows * (sums_per + out_item) + y)
+    # "gemm": one image at a time, straight into the output when the types allow
+    cast_w = 0 if np.dtype(spec.dtype_weight) == np.dtype(cb == 4 and "float32" or "float64") \
+        else cb * k * c
+    direct = multi if limit is not None else np.ones_like(multi)   # groups summed in y's type
+    gemm_bytes = (cb * c * H * W + cast_w + k * H * W * (sums_per + np.where(direct, 0, out_item))
+                  + y)
+    taps_cost = image / np.maximum(H * W, 1) * (1 + _SHORT_COST / c)
+    im2col_cost = 1 + _SHORT_COST / reduction + _GATHER_COST / k
+    gemm = (R, S) == (1, 1) and not padded
+    method = np.where(gemm & (H * W >= GEMM_MIN_PIXELS), 0, np.where(taps_cost <= im2col_cost, 1, 2))
+    return np.choose(method, [gemm_bytes, taps_bytes, im2col_bytes])
