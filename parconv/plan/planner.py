@@ -21,7 +21,7 @@ import numpy as np
 from ..bounds import parallel_bounds
 from ..errors import ParconvError
 from ..spec import ConvSpec
-from .balance import make_balance, predict_balance, rank_layout
+from .balance import layout_elements, make_balance, predict_balance, rank_layout
 from .dims import AXES, GridDims, dimension_caps, factorizations, validate_grid
 from .footprint import STAGES, node_name
 from .predict import (BALANCE_PHASES, PHASES, RECEIVED_BOUND_PHASES, GridPrediction,
@@ -220,14 +220,9 @@ class Plan:
     @cached_property
     def initial_elements(self) -> dict:
         """Elements (touched or not) of input, filter and bias each of the P ranks owns in the
-        balanced layout: the boxes `initial_layout` gives it.  O(P) schedules (the root
+        balanced layout (`parconv.plan.balance.layout_elements`; O(P) schedules, for the root
         scatter's prediction only)."""
-        out = {name: np.zeros(self.ranks, dtype=np.int64) for name in ("input", "filter", "bias")}
-        for rank in range(self.ranks):
-            for name, entry in self.initial_layout(rank).items():
-                out[name][rank] = sum(int(np.prod([hi - lo for lo, hi in box]))
-                                      for box in entry["kept_boxes"] + entry["held_boxes"])
-        return out
+        return layout_elements(self.balance, self.schedule, self.ranks)
 
     # ---- memory -------------------------------------------------------------------------------
     def footprint(self, rank: int) -> dict | None:
