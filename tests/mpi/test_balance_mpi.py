@@ -155,3 +155,30 @@ def test_plan_of_the_issue_layer_moves_bytes_and_keeps_the_bound():
           and plan.max_volume >= plan.bound.value)
     agree_all(MPI.COMM_WORLD, ok, f"balance {plan.predicted_balance}, max volume "
                                   f"{plan.max_volume}, bound {plan.bound.value}")
+
+
+def test_command_line_input_file_starts_balanced(tmp_path_factory):
+    """python -m parconv.run --input FILE (in this job): every rank reads its initial layout's
+    hyperslabs, the report's balance phases equal the plan's, the check passes and the run is
+    held to the problem's bound; the seeded run of the same data gives the same output file."""
+    from parconv import run
+    comm, spec = MPI.COMM_WORLD, UNEVEN["7x7-stride-2"]
+    folder = None
+    if comm.rank == 0:
+        folder = str(tmp_path_factory.mktemp("balance_cli"))
+        write_layer_file(f"{folder}/layer.h5", spec, *random_layer_data(spec, SEED))
+    folder = comm.bcast(folder, root=0)
+    code = run.main(["--input", f"{folder}/layer.h5", "--node", "numpy", "--check", "--quiet",
+                     "--report", f"{folder}/report.json"])
+    ok, detail = code == 0, f"exit {code}"
+    if comm.rank == 0 and ok:
+        import json
+        report = json.load(open(f"{folder}/report.json"))
+        plan = make_plan(spec, comm.size)
+        per_phase = report["bytes"]["per_phase"]
+        wrong = [f"{p} {k}" for p in BALANCE_PHASES for k in KEYS
+                 if per_phase[p][k] != plan.predicted[p][k].tolist()]
+        ok = (not wrong and report["check"]["ok"] and report["bound_checked"] == "problem"
+              and max(report["bytes"]["bound_volume"]) >= plan.bound.value * (1 - 1e-9))
+        detail = f"wrong {wrong}, check {report['check']}, bound {report['bound_checked']}"
+    agree_all(comm, ok, detail)
