@@ -20,11 +20,13 @@ from .mpi import distribute
 from .mpi.agree import collectively
 from .nodes import get_kernel
 from .plan import PHASES
+from .plan.predict import BALANCE_PHASES, RECEIVED_BOUND_PHASES
 from .plan.blocks import block_starts
 from .regions import sub_spec
 
-#: phases the engine counts, in report order: the algorithm, then the data distribution
-COUNTED = PHASES + ("scatter", "gather", "check")
+#: phases the engine counts, in report order: the balanced start, the algorithm, then the data
+#: distribution
+COUNTED = BALANCE_PHASES + PHASES + ("scatter", "gather", "check")
 COUNT_KEYS = ("sent", "received", "messages")
 #: relative tolerance per float type, scaled by sqrt(C R S) and the largest |reference| value
 FLOAT_RTOL = {"float16": 1e-2, "float32": 1e-5, "float64": 1e-12}
@@ -47,16 +49,22 @@ def gather_counts(grid, table: dict | None = None) -> dict[str, np.ndarray]:
 
 
 def measured_bound_volume(counts: dict) -> np.ndarray:
-    """Per rank: received bytes of filter, input and halos plus sent partial-sum bytes."""
-    received = sum(counts[p][:, 1] for p in ("filter", "input", "halo_h", "halo_w"))
+    """Per rank: received bytes of balance (input and filter), filter, input and halos plus
+    sent partial-sum bytes."""
+    received = sum(counts[p][:, 1] for p in RECEIVED_BOUND_PHASES)
     return received + counts["reduce"][:, 0]
 
 
 def predictions(plan, performed, root: int) -> dict:
     """``{phase: {key: array (P,)}}`` the counters must equal, for the phases that ran.
 
-    The one place the audit asks the plan for the distribution phases' bytes."""
+    The one place the audit asks the plan for the distribution phases' bytes.  A run that did
+    not start balanced ("balance" not in ``performed``) must have moved nothing in BALANCE_PHASES.
+    """
     out = {phase: plan.predicted[phase] for phase in PHASES}
+    for phase in BALANCE_PHASES:
+        out[phase] = plan.predicted[phase] if "balance" in performed else \
+            dict.fromkeys(COUNT_KEYS, np.zeros(plan.ranks, dtype=np.int64))
     if "scatter" in performed:
         out["scatter"] = plan.predicted_scatter if root == 0 else plan.predict_scatter(root)
     if "gather" in performed:
@@ -81,15 +89,27 @@ def verify_counts(plan, counts: dict, performed, root: int) -> None:
                                   + "; ".join(wrong[:5]) + more)
 
 
-def verify_bound(plan, counts: dict) -> None:
+def checked_bound(plan, balanced: bool = True):
+    """The bound a run is held against: the problem's (``plan.bound``, every rank owning at most
+    ceil(|A_j| / P) initially) when it started from the balanced layout, else the bound of the
+    layout it started from (``plan.layout_bound``: user-given work pieces).  Local."""
+    if balanced or plan.layout_bound is None:
+        return plan.bound
+    return plan.layout_bound
+
+
+def verify_bound(plan, counts: dict, balanced: bool = True) -> None:
     """Raise ParconvRuntimeError when the busiest rank's measured volume is below the lower bound
-    (a bug in the bound, the plan or the counters).  Local."""
+    (`checked_bound`; a bug in the bound, the plan or the counters).  Local."""
     volume = int(measured_bound_volume(counts).max())
-    value = float(plan.bound.value)
+    bound = checked_bound(plan, balanced)
+    value = float(bound.value)
     if volume < value * (1 - BOUND_SLACK) - BOUND_SLACK:
+        which = "the problem's" if bound is plan.bound else "the layout's"
         raise ParconvRuntimeError(
             f"measured volume {volume} B of the busiest rank is BELOW the lower bound "
-            f"{value:.6g} B ({plan.bound.binding}): the bound, the plan or the counters are wrong")
+            f"{value:.6g} B ({which}, {bound.binding} binds): the bound, the plan or the "
+            f"counters are wrong")
 
 
 #: ratios that do not add up over ranks: dropped from generic totals (a kernel's ``combine``
@@ -144,29 +164,39 @@ def memory_section(grid, baseline: int, peak: int, working_set: int) -> dict:
 def build_report(grid, plan, counts, performed, stats, times, check=None,
                  combine=None, memory=None) -> dict:
     """The run report (design.md "Report (JSON)"), the same dict on every rank.  Collective over
-    ``grid.world``.  ``bytes.sent`` / ``received`` sum the algorithm's phases (parconv.plan.PHASES);
+    ``grid.world``.  ``bytes.sent`` / ``received`` sum the algorithm's phases (parconv.plan.PHASES,
+    after BALANCE_PHASES when the run started balanced);
     the distribution phases that ran (scatter, gather, check) are listed in ``per_phase`` only.
     ``times``: ``{"time_s": ..., ...}`` already agreed over the ranks (parconv.conv), merged into
     the report; ``memory``: the `memory_section`."""
     volume = measured_bound_volume(counts)
-    shown = [p for p in COUNTED if p in PHASES or p in performed]
+    balanced = "balance" in performed
+    shown = [p for p in COUNTED if p in PHASES or p in performed
+             or (balanced and p in BALANCE_PHASES)]
     per_phase = {p: {key: counts[p][:, i].tolist() for i, key in enumerate(COUNT_KEYS)}
                  for p in shown}
-    value = float(plan.bound.value)
+    bound = checked_bound(plan, balanced)
+    value = float(bound.value)
+    totals = (BALANCE_PHASES if balanced else ()) + PHASES
+    predicted = plan.predicted_bound_volume if balanced else \
+        plan.predicted_unbalanced_bound_volume
     report = {
         "spec": plan.spec.to_dict(), "ranks": plan.ranks, "active_ranks": plan.active,
         "grid": plan.dims.as_dict(), "grid_forced": plan.forced, "memory_limit": plan.memory,
         "bytes": {
-            "sent": sum(counts[p][:, 0] for p in PHASES).tolist(),
-            "received": sum(counts[p][:, 1] for p in PHASES).tolist(),
+            "sent": sum(counts[p][:, 0] for p in totals).tolist(),
+            "received": sum(counts[p][:, 1] for p in totals).tolist(),
             "bound_volume": volume.tolist(),
-            "predicted_bound_volume": np.asarray(plan.predicted_bound_volume).tolist(),
+            "predicted_bound_volume": np.asarray(predicted).tolist(),
             "per_phase": per_phase,
-            "totals_over": list(PHASES),
+            "totals_over": list(totals),
         },
-        "bound": plan.bound.to_dict(),
+        "bound": bound.to_dict(),
+        # "problem": the problem's bound (balanced start); "layout": that of user-given blocks
+        "bound_checked": "problem" if bound is plan.bound else "layout",
+        "balanced_start": balanced,
         "ratio_to_bound": float(volume.max()) / value if value > 0 else None,
-        "predicted_ratio_to_bound": (float(plan.max_volume) / value if value > 0 else None),
+        "predicted_ratio_to_bound": (float(np.max(predicted)) / value if value > 0 else None),
         "baselines": plan.baselines,
         "node": node_section(grid, stats, combine),
     }

@@ -7,9 +7,13 @@ theory.md section 5, then holds the counted bytes against the plan's prediction 
 equal on every rank and phase, and on every repeat) and the measured volume against the lower
 bound (it may never be below).
 
-Data: by default every rank reads or makes its own pieces through a data source (``seed=`` or
-``source=``, parconv.data); the global arrays on a root (``x, w, bias``, scattered) and per-rank
-``blocks`` remain accepted.  Nothing is gathered unless ``gather=True``.
+Data: by default every rank reads or makes its part of the balanced initial layout through a data
+source (``seed=`` or ``source=``, parconv.data) and the counted phases "balance" / "balance_bias"
+(parconv.mpi.balance) hand every worker its work piece, so the run is held against the problem's
+bound (every rank, idle ones included, owning at most ceil(|A_j| / P) initially).  Global arrays
+on a root (``x, w, bias``) are scattered as that initial layout and balanced the same way.
+Per-rank ``blocks`` are work pieces already: no balance phase runs, and the run is held against
+the bound of that layout (``plan.layout_bound``).  Nothing is gathered unless ``gather=True``.
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ import numpy as np
 
 from .audit import (build_report, compare_with_reference, gather_counts, local_check,
                     memory_section, slowest, verify_bound, verify_counts)
-from .data import SeededLayer, owned_pieces
 from .blas import warm_up
+from .data import SeededLayer
 from .errors import ParconvError, ParconvRuntimeError
 from .mpi import distribute
 from .mpi.agree import collectively, patient_allgather_flags, patient_bcast
+from .mpi.balance import BalanceExchange
 from .mpi.exchange import LayerExchange, LayerTypes
 from .mpi.pipeline import KernelChunks, run_layer
 from .mpi.procgrid import ProcGrid
@@ -36,9 +41,11 @@ from .plan import Plan, make_plan
 from .spec import ConvSpec
 
 #: phases timed once per call, and per repeat of the layer ("layer": one whole repeat)
-ONCE = ("plan", "setup", "scatter", "gather", "check")
+ONCE = ("plan", "setup", "scatter", "balance", "gather", "check")
 REPEATED = ("filter", "bias", "input", "halo_h", "halo_w", "kernel", "reduce", "layer")
-TIMED = ONCE[:3] + REPEATED + ONCE[3:]
+#: the once-phases timed before the repeats
+_BEFORE = 4
+TIMED = ONCE[:_BEFORE] + REPEATED + ONCE[_BEFORE:]
 #: kernels run on chunks of the block (interior first); others get the whole block in one call
 SPLITTABLE_KERNELS = ("numpy",)
 #: smallest kernel workspace budget per chunk (bytes); the budget is half the working set
@@ -194,8 +201,7 @@ def _data(comm, plan, local, flags, x, w, bias, blocks, source, seed, root) -> _
     elif source is not None:
         if not callable(getattr(source, "read", None)):
             raise ParconvError(f"source must have read(name, boxes), got {source!r}")
-        data = _Data("source", source,
-                     owned_pieces(source, spec, local) if local is not None else None)
+        data = _Data("source", source, None)   # the balance phase makes the pieces
     else:
         globals_ = (None, None, None)
         if rank == root:
@@ -282,17 +288,26 @@ def distributed_conv2d(comm, spec: ConvSpec, *, x=None, w=None, bias=None, block
             split = getattr(kernel, "name", None) in SPLITTABLE_KERNELS
             return made, KernelChunks(spec, local, split, max(MIN_CHUNK_BUDGET, made.nbytes // 2))
 
+        balancer = None
         with collectively(comm):   # one agreement for the data and the exchanges (no root)
             data = _data(comm, plan, local, flags, x, w, bias, blocks, source, seed, root)
-            if data.mode != "root":
-                exchange, chunks = planned_exchange()
+            if data.mode != "blocks":
+                balancer = BalanceExchange(proc_grid.world, plan, comm.Get_rank())
+            if data.mode == "source":
+                balancer.load_source(data.source)   # exactly this rank's initial layout
+            exchange, chunks = planned_exchange()
         if data.mode == "root":
             scatter_start = time.perf_counter()
-            data.pieces = distribute.scatter_owned(proc_grid, plan, *data.globals_, root)
+            values = distribute.scatter_initial(proc_grid, plan, balancer.parts,
+                                                *data.globals_, root)
             once["scatter"] = time.perf_counter() - scatter_start
             with collectively(comm):
-                exchange, chunks = planned_exchange()
-        once["setup"] = time.perf_counter() - started - once["scatter"]
+                balancer.load(values)
+        if balancer is not None:
+            balance_start = time.perf_counter()
+            data.pieces = balancer.run()
+            once["balance"] = time.perf_counter() - balance_start
+        once["setup"] = (time.perf_counter() - started - once["scatter"] - once["balance"])
         run = _Run(proc_grid, plan, local, kernel, data, root, baseline, once)
         return run.execute(exchange, chunks, repeat, overlap, gather, check)
 
@@ -307,7 +322,8 @@ class _Run:
     def execute(self, exchange, chunks, repeat, overlap, gather, check) -> ConvResult:
         grid, plan, data, root = self.grid, self.plan, self.data, self.root
         world = grid.world.comm
-        performed = ["scatter"] if data.mode == "root" else []
+        performed = (["scatter"] if data.mode == "root" else []) + \
+            (["balance"] if data.mode != "blocks" else [])
         distribution = grid.counters.take()
         tables, seconds, overlaps, stats = [], [], [], None
         pieces = data.pieces or [None, None, None]
@@ -354,7 +370,7 @@ class _Run:
         report["overlap"] = bool(overlap)
         try:
             verify_counts(plan, counts, performed, root)
-            verify_bound(plan, counts)
+            verify_bound(plan, counts, balanced="balance" in performed)
             if verdict is not None and not verdict["ok"]:
                 raise ParconvRuntimeError(
                     f"output differs from the serial reference: max abs error "
@@ -383,9 +399,9 @@ def _times(world, once: dict, seconds: list, overlaps: list) -> dict:
     k = len(seconds)
     per_repeat, hidden, firsts = table[:k], table[k:2 * k], table[2 * k]
     medians, hidden = np.median(per_repeat, axis=0), np.median(hidden, axis=0)
-    time_s = {n: float(firsts[i]) for i, n in enumerate(ONCE[:3])}
+    time_s = {n: float(firsts[i]) for i, n in enumerate(ONCE[:_BEFORE])}
     time_s.update({n: float(medians[i]) for i, n in enumerate(names)})
-    time_s.update({n: float(firsts[i + 3]) for i, n in enumerate(ONCE[3:])})
+    time_s.update({n: float(firsts[i + _BEFORE]) for i, n in enumerate(ONCE[_BEFORE:])})
     return {"time_s": time_s,
             "time_s_all": {n: per_repeat[:, i].tolist() for i, n in enumerate(names)},
             "overlap_s": {n: float(hidden[i]) for i, n in enumerate(names)

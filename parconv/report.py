@@ -125,7 +125,10 @@ def _bound_lines(report: dict) -> list[str]:
     bound = report.get("bound")
     if not bound:
         return []
-    line = (f"  bound: B_MI {human_bytes(bound.get('B_MI', 0))}, B_MD "
+    which = {"problem": "problem's bound (balanced start)",
+             "layout": "bound of the given blocks' layout"}.get(report.get("bound_checked"),
+                                                               "bound")
+    line = (f"  {which}: B_MI {human_bytes(bound.get('B_MI', 0))}, B_MD "
             f"{human_bytes(bound.get('B_MD', 0))}, binding {bound.get('binding', '?')}")
     ratio = report.get("ratio_to_bound")
     if ratio is not None:

@@ -40,7 +40,7 @@ from .conv import distributed_conv2d, shared_plan
 from .errors import ParconvError, ParconvRuntimeError
 from .mpi.agree import collectively
 from .mpi.h5write import WRITE_FAILED
-from .mpi.hdf5 import FileLayer, read_layer_meta, read_owned_blocks
+from .mpi.hdf5 import FileLayer, read_layer_meta
 from .mpi.interrupts import ABORT_STATUS, install_signal_handlers
 from .mpi.outputs import prepare_outputs, write_outputs
 from .nodes import get_kernel
@@ -271,9 +271,9 @@ def _execute(comm, args, argv, say) -> int:
     say(_plan_line(plan))
     kernel = _node_kernel(args.node, rank)
     if args.input:
-        say(f"reading {args.input} (every rank its own blocks)")
-        data = {"blocks": read_owned_blocks(comm, args.input, plan),
-                "source": FileLayer(args.input, spec) if args.check else None}
+        # every rank reads the hyperslabs of its balanced initial layout (parconv.mpi.balance)
+        say(f"reading {args.input} (every rank its part of the balanced initial layout)")
+        data = {"source": FileLayer(args.input, spec)}
     else:
         data = {"seed": args.seed}   # every rank makes its own pieces: nothing is scattered
     say(f"running on {size} rank{'s' if size > 1 else ''}, node kernel {args.node}"

@@ -8,6 +8,7 @@ import pytest
 from parconv.layers import get_layer
 from parconv.plan import make_plan
 from parconv.plan.balance import ARRAYS, Balance
+from parconv.spec import ConvSpec
 from test_plan import AWKWARD
 
 def _touched_mask(spec):
@@ -84,3 +85,31 @@ def test_matching_example_of_the_module_doc():
     assert [balance.owned(r) for r in range(3)] == [2, 2, 2]
     assert balance.predicted["sent"].tolist() == [0, 1, 2]
     assert balance.predicted["received"].tolist() == [3, 0, 0]
+
+
+@pytest.mark.parametrize("spec", AWKWARD, ids=lambda s: s.describe()[:50])
+@pytest.mark.parametrize("P", [3, 5, 7])
+def test_bound_volume_counts_the_balance_phase_input_and_filter_not_bias(spec, P):
+    """The predicted bound-comparable volume of a balanced run is the unbalanced one plus the
+    input and filter bytes each worker receives in "balance" ("balance_bias" stays out), it is
+    never below the problem's bound, and the two balance phases add up to the whole phase."""
+    plan = make_plan(spec, P)
+    balance, bias = plan.predicted["balance"], plan.predicted["balance_bias"]
+    assert np.array_equal(plan.predicted_bound_volume,
+                          plan.predicted_unbalanced_bound_volume + balance["received"])
+    for key in ("sent", "received"):
+        assert np.array_equal(balance[key] + bias[key], plan.predicted_balance[key])
+    expected_bias = plan.balance["bias"].predicted["received"]
+    assert np.array_equal(bias["received"], expected_bias)
+    assert plan.max_volume >= plan.bound.value * (1 - 1e-9)
+
+
+def test_the_issue_layer_is_uneven_and_the_balance_phase_moves_it():
+    """Issue 8's 7x7 stride-2 layer at P = 24: some work piece exceeds ceil(T / P), so the
+    balance phase moves bytes; balanced, the busiest rank is held to the problem's bound."""
+    spec = ConvSpec(batch=16, in_channels=3, out_channels=32, in_size=(100, 80), kernel_size=7,
+                    stride=2, padding=3)
+    plan = make_plan(spec, 24)
+    assert (plan.balance["input"].counts > plan.balance["input"].cap).any()
+    assert plan.predicted["balance"]["received"].sum() > 0
+    assert plan.max_volume >= plan.bound.value >= plan.layout_bound.value

@@ -64,10 +64,10 @@ def _counts_from_plan(plan):
 def test_verify_counts_names_rank_phase_and_values():
     plan = make_plan(SPEC, 4, grid=(1, 2, 1, 2, 1))
     counts = _counts_from_plan(plan)
-    audit.verify_counts(plan, counts, [], 0)
+    audit.verify_counts(plan, counts, ["balance"], 0)
     counts["input"][3, 1] += 7
     with pytest.raises(ParconvRuntimeError, match=r"rank 3 phase input received: predicted"):
-        audit.verify_counts(plan, counts, [], 0)
+        audit.verify_counts(plan, counts, ["balance"], 0)
 
 
 def test_verify_bound_and_bound_volume():

@@ -130,7 +130,9 @@ def test_memory_regime_outputs(done):
             len(footprints)
         assert all(int(r["footprint"]) <= int(r["memory_to"]) for r in mine)
     measured = rows(out / "measured.csv")
-    assert len(measured) == 2 and len({r["grid"] for r in measured}) == 2
+    # one run per frontier grid at P = 8 (one grid since the planner counts the balance phase:
+    # 1x1x1x2x4 now wins at the default memory too); every run a different grid
+    assert len(measured) >= 1 and len({r["grid"] for r in measured}) == len(measured)
     assert all(r["measured_volume"] == r["predicted_volume"] for r in measured)
     assert all(v["status"] == 2 for v in meta["checks"]["refused"].values())
 

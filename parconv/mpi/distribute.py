@@ -14,6 +14,7 @@ import dataclasses
 import numpy as np
 
 from ..plan.blocks import read_boxes, write_boxes
+from .balance import initial_parts
 
 
 @dataclasses.dataclass
@@ -88,6 +89,30 @@ def scatter_owned(grid, plan, x, w, bias, root: int) -> list[np.ndarray] | None:
     received = np.empty(_parts_bytes(parts), dtype=np.uint8)
     grid.world.Scatterv(sendbuf, counts, received, root, "scatter")
     return _unpack(received, parts) if parts else None
+
+
+def scatter_initial(grid, plan, parts, x, w, bias, root: int) -> list[np.ndarray]:
+    """Hand every rank (idle ones included) the values of its balanced initial layout from the
+    root's arrays, for the "balance" phases (parconv.mpi.balance).
+
+    Collective over ``grid.world`` (phase "scatter").  ``parts``: this rank's ``(array, dtype,
+    boxes)`` (`BalanceExchange.parts`); the root also builds every other rank's.  Returns one
+    flat typed array per part.  The root's loop over all ranks is O(P) by nature.
+    """
+    arrays = {"input": x, "filter": w, "bias": bias}
+    sendbuf, counts = None, None
+    if grid.world.rank == root:
+        raw = []
+        for r in range(plan.ranks):
+            theirs = parts if r == root else initial_parts(plan, r)
+            raw.append(_as_bytes([read_boxes(arrays[name], boxes) for name, _, boxes in theirs
+                                  if boxes]))
+        counts = np.array([part.size for part in raw], dtype=np.int64)
+        sendbuf = np.concatenate(raw)
+    typed = [(dtype, boxes) for _, dtype, boxes in parts]
+    received = np.empty(_parts_bytes(typed), dtype=np.uint8)
+    grid.world.Scatterv(sendbuf, counts, received, root, "scatter")
+    return _unpack(received, typed)
 
 
 def gather_owned(grid, plan, pieces, root: int, phase: str = "check"):

@@ -191,6 +191,18 @@ def rank_layout(balances: dict, schedule_of, rank: int) -> dict:
     return out
 
 
+def layout_elements(balances: dict, schedule_of, ranks: int) -> dict:
+    """Elements (touched or not) of each array that each of the ``ranks`` ranks owns in the
+    balanced layout: the sizes of its kept and held boxes (arrays of length ``ranks``).  Local;
+    builds every rank's layout (O(P) schedules)."""
+    out = {name: np.zeros(ranks, dtype=np.int64) for name in balances}
+    for rank in range(ranks):
+        for name, entry in rank_layout(balances, schedule_of, rank).items():
+            out[name][rank] = sum(int(np.prod([hi - lo for lo, hi in box]))
+                                  for box in entry["kept_boxes"] + entry["held_boxes"])
+    return out
+
+
 def make_balance(spec, owned_touched: dict, ranks: int) -> dict:
     """The `Balance` of each array of ``ARRAYS`` over ``ranks`` ranks (idle ranks included),
     from the touched elements of every active rank's work piece (``owned_touched``: arrays over

@@ -21,10 +21,11 @@ import numpy as np
 from ..bounds import parallel_bounds
 from ..errors import ParconvError
 from ..spec import ConvSpec
-from .balance import make_balance, predict_balance, rank_layout
+from .balance import layout_elements, make_balance, predict_balance, rank_layout
 from .dims import AXES, GridDims, dimension_caps, factorizations, validate_grid
 from .footprint import STAGES, node_name
-from .predict import (PHASES, RECEIVED_BOUND_PHASES, GridPrediction, mean_volume_lower_bound,
+from .predict import (BALANCE_PHASES, PHASES, RECEIVED_BOUND_PHASES, GridPrediction,
+                      mean_volume_lower_bound,
                       owned_piece_sizes, predict_grid)
 from .schedule import RankSchedule, rank_schedule
 from .text import plan_table
@@ -76,7 +77,7 @@ class Plan:
 
     #: caches derived from the fields, left out when a plan is pickled (broadcast)
     _DERIVED = ("_schedules", "predicted", "predicted_bound_volume", "footprints", "balance",
-                "predicted_balance")
+                "predicted_balance", "predicted_unbalanced_bound_volume", "initial_elements")
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k not in self._DERIVED}
@@ -127,13 +128,23 @@ class Plan:
 
     @cached_property
     def predicted(self) -> dict:
-        """``predicted[phase][key]``: bytes sent / received and messages per rank (length P)."""
-        return {phase: {key: self._pad(v) for key, v in self.prediction.phases[phase].items()}
-                for phase in PHASES}
+        """``predicted[phase][key]``: bytes sent / received and messages per rank (length P),
+        for BALANCE_PHASES (run when the run starts balanced) and PHASES."""
+        out = {phase: {key: np.asarray(v, dtype=np.int64) for key, v in
+                       self.prediction.balance[phase].items()} for phase in BALANCE_PHASES}
+        out.update({phase: {key: self._pad(v) for key, v in self.prediction.phases[phase].items()}
+                    for phase in PHASES})
+        return out
 
     @cached_property
     def predicted_bound_volume(self) -> np.ndarray:
+        """Per rank (length P): the bound-comparable volume of a run from the balanced layout."""
         return self._pad(self.prediction.bound_volume)
+
+    @cached_property
+    def predicted_unbalanced_bound_volume(self) -> np.ndarray:
+        """The same for a run that starts from the work pieces (user-given ``blocks``)."""
+        return self._pad(self.prediction.unbalanced_bound_volume)
 
     @property
     def max_volume(self) -> int:
@@ -155,14 +166,15 @@ class Plan:
         return self.predict_gather(0)
 
     def predict_scatter(self, root: int = 0) -> dict:
-        """Bytes of handing every rank its owned input, filter and bias pieces from ``root``
-        (``{"sent", "received", "messages"}``, arrays of length P).  Arithmetic on the owned
-        piece sizes that make_plan stored (``owned_elements``): nothing is planned again."""
+        """Bytes of handing every rank its initial layout (the balanced one,
+        `initial_layout`) of input, filter and bias from ``root`` (``{"sent", "received",
+        "messages"}``, arrays of length P).  Needs every rank's layout (`initial_elements`,
+        O(P) schedules, made on first use): the scatter from a root is O(P) by nature."""
         if root == 0 and "predicted_scatter" in self.__dict__:
             return self.predicted_scatter
         weights = {"input": self.spec.p_in, "filter": self.spec.p_weight,
                    "bias": self.spec.p_bias}
-        return self._root_phase(root, weights, outward=True)
+        return self._root_phase(root, weights, outward=True, elements=self.initial_elements)
 
     def predict_gather(self, root: int = 0) -> dict:
         """Bytes of collecting every rank's owned output piece (stored type) on ``root``; from
@@ -171,12 +183,13 @@ class Plan:
             return self.predicted_gather
         return self._root_phase(root, {"output": self.spec.p_out}, outward=False)
 
-    def _root_phase(self, root, weights, outward):
+    def _root_phase(self, root, weights, outward, elements=None):
         """Root-to-all (``outward``) or all-to-root traffic: one message per peer and phase."""
         if not 0 <= root < self.ranks:
             raise ParconvError(f"root {root} outside [0, {self.ranks})")
-        per_peer = sum(self._pad(self.owned_elements[name]) * weight
-                       for name, weight in weights.items())
+        elements = ({k: self._pad(v) for k, v in self.owned_elements.items()}
+                    if elements is None else elements)    # initial_elements: all P ranks
+        per_peer = sum(elements[name] * weight for name, weight in weights.items())
         per_peer[root] = 0
         sent, received, messages = (np.zeros(self.ranks, dtype=np.int64) for _ in range(3))
         if outward:
@@ -203,6 +216,13 @@ class Plan:
         """What ``rank`` owns in the balanced layout and moves in the balance phase
         (`parconv.plan.balance.rank_layout`)."""
         return rank_layout(self.balance, self.schedule, rank)
+
+    @cached_property
+    def initial_elements(self) -> dict:
+        """Elements (touched or not) of input, filter and bias each of the P ranks owns in the
+        balanced layout (`parconv.plan.balance.layout_elements`; O(P) schedules, for the root
+        scatter's prediction only)."""
+        return layout_elements(self.balance, self.schedule, self.ranks)
 
     # ---- memory -------------------------------------------------------------------------------
     def footprint(self, rank: int) -> dict | None:
@@ -307,7 +327,7 @@ def _candidates(spec: ConvSpec, P: int, max_idle: int) -> np.ndarray:
     return np.concatenate([full, idle])
 
 
-def _best_grid(spec, grids: np.ndarray, memory: int, node="numpy"):
+def _best_grid(spec, grids: np.ndarray, memory: int, node="numpy", ranks: int | None = None):
     """Exact evaluation in increasing order of the mean-volume lower bound, with early stop.
 
     Returns (best prediction or None, grids evaluated, smallest footprint seen)."""
@@ -317,7 +337,7 @@ def _best_grid(spec, grids: np.ndarray, memory: int, node="numpy"):
     for i in order:
         if best is not None and lower[i] > best_key[0]:
             break
-        pred = predict_grid(spec, tuple(int(v) for v in grids[i]), node)
+        pred = predict_grid(spec, tuple(int(v) for v in grids[i]), node, ranks)
         evaluated += 1
         need = int(pred.footprint.max())
         smallest = need if smallest is None else min(smallest, need)
@@ -336,7 +356,7 @@ def _baselines(spec: ConvSpec, P: int, memory: int, node="numpy") -> dict:
     for name, make in BASELINES.items():
         grids = np.array([g for g in make(P) if all(f <= cap for f, cap in zip(g, caps))],
                          dtype=np.int64).reshape(-1, 5)
-        best = _best_grid(spec, grids, memory, node)[0] if len(grids) else None
+        best = _best_grid(spec, grids, memory, node, P)[0] if len(grids) else None
         out[name] = None if best is None else {
             "grid": dict(zip(AXES, (int(v) for v in best.dims))), "max_volume": best.max_volume}
     return out
@@ -379,7 +399,7 @@ def make_plan(spec: ConvSpec, P: int, memory=None, grid=None, max_idle: int = 3,
         grids = np.array([dims.as_tuple()], dtype=np.int64)
     else:
         grids = _candidates(spec, P, max_idle)
-    best, evaluated, smallest = _best_grid(spec, grids, memory, node)
+    best, evaluated, smallest = _best_grid(spec, grids, memory, node, P)
     if best is None:
         what = f"grid {dims}" if forced else "any grid"
         raise ParconvError(f"memory too small: {what} needs at least {smallest} bytes per rank "
@@ -393,5 +413,5 @@ def make_plan(spec: ConvSpec, P: int, memory=None, grid=None, max_idle: int = 3,
                 baselines=baselines, forced=forced, grids_evaluated=evaluated,
                 planning_time_s=time.perf_counter() - started, owned_elements=owned,
                 node=node_name(node), layout_bound=layout_bound)
-    plan.predicted_scatter, plan.predicted_gather   # made with the plan: the audit only compares
+    plan.predicted_gather   # made with the plan: the audit only compares (scatter: on first use)
     return plan

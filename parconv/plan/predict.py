@@ -8,7 +8,10 @@ predicts every rank of a grid with thousands of ranks.
 
 Phases: ``filter`` and ``bias`` (all-gather over the N-H-W group), ``input`` (all-gather of the
 touched input elements over the K group), ``halo_h`` and ``halo_w`` (halo exchange, height first so
-that corners come along), ``reduce`` (reduce-scatter of partial sums over the C group).
+that corners come along), ``reduce`` (reduce-scatter of partial sums over the C group).  A run that
+starts from the balanced layout (parconv.plan.balance) first runs ``balance`` (surplus input and
+filter elements to their workers) and ``balance_bias``; their prediction is `GridPrediction.balance`
+(arrays over all P ranks: idle ranks hold and send surpluses too).
 """
 
 from __future__ import annotations
@@ -18,12 +21,16 @@ import dataclasses
 import numpy as np
 
 from .axis import axis_layout
+from .balance import make_balance, predict_balance
 from .blocks import block_sizes
 from .footprint import Footprint, footprint_terms
 
 PHASES = ("filter", "bias", "input", "halo_h", "halo_w", "reduce")
+#: run first when the run starts from the balanced layout: input + filter surpluses, then bias
+BALANCE_PHASES = ("balance", "balance_bias")
 #: received bytes of these phases plus the sent bytes of ``reduce`` are the bound-comparable volume
-RECEIVED_BOUND_PHASES = ("filter", "input", "halo_h", "halo_w")
+#: (bias bytes, in "bias" and "balance_bias", stay out of it)
+RECEIVED_BOUND_PHASES = ("balance", "filter", "input", "halo_h", "halo_w")
 
 
 def _shape(axis: int, values) -> np.ndarray:
@@ -63,11 +70,21 @@ class GridPrediction:
     memory: Footprint = None
     #: touched elements of every active rank's work piece of input, filter, bias
     work_touched: dict = None
+    #: ``{phase: {"sent", "received", "messages"}}`` of BALANCE_PHASES, arrays over all P ranks
+    balance: dict = None
+
+    @property
+    def unbalanced_bound_volume(self) -> np.ndarray:
+        """Bound-comparable volume of a run that starts from the work pieces (no balance)."""
+        vol = sum(self.phases[p]["received"] for p in RECEIVED_BOUND_PHASES if p in self.phases)
+        return vol + self.phases["reduce"]["sent"]
 
     @property
     def bound_volume(self) -> np.ndarray:
-        vol = sum(self.phases[p]["received"] for p in RECEIVED_BOUND_PHASES)
-        return vol + self.phases["reduce"]["sent"]
+        """Per active rank: received input and filter bytes (balance phase included) plus sent
+        partial sums."""
+        vol = self.unbalanced_bound_volume
+        return vol + self.balance["balance"]["received"][:vol.size]
 
     @property
     def max_volume(self) -> int:
@@ -104,9 +121,18 @@ class _Grid:
         self.q = (self.a * PH + self.d) * PW + self.e   # index in the N-H-W group
 
 
-def predict_grid(spec, dims: tuple[int, int, int, int, int], node="numpy") -> GridPrediction:
+def balance_phases(balances: dict) -> dict:
+    """BALANCE_PHASES predicted from the `Balance` of each array: input and filter travel
+    together in "balance", the bias in "balance_bias" (like "filter" and "bias")."""
+    return {"balance": predict_balance({k: balances[k] for k in ("input", "filter")}),
+            "balance_bias": predict_balance({"bias": balances["bias"]})}
+
+
+def predict_grid(spec, dims: tuple[int, int, int, int, int], node="numpy",
+                 ranks: int | None = None) -> GridPrediction:
     """Predict every active rank's bytes per phase for grid ``dims`` (exact) and its memory
-    footprint with node kernel ``node`` (parconv.plan.footprint).  Local, pure."""
+    footprint with node kernel ``node`` (parconv.plan.footprint); the balance phases over
+    ``ranks`` ranks (default: the grid's, no idle rank).  Local, pure; O(P) for the balance."""
     PN, PK, PC, PH, PW = dims
     R, S = spec.kernel_size
     g = _Grid(spec, dims)
@@ -169,7 +195,9 @@ def predict_grid(spec, dims: tuple[int, int, int, int, int], node="numpy") -> Gr
     owned = (int(touched_mine.max()), int(mine.max()), int(mine_o.max()))
     work = {name: np.ascontiguousarray(v + full).reshape(-1).astype(np.int64)
             for name, v in (("input", touched_mine), ("filter", mine), ("bias", mine_b))}
-    return GridPrediction(tuple(dims), flat, memory.total, owned, memory, work)
+    ranks = int(np.prod(dims)) if ranks is None else int(ranks)
+    balance = balance_phases(make_balance(spec, work, ranks))
+    return GridPrediction(tuple(dims), flat, memory.total, owned, memory, work, balance)
 
 
 def mean_volume_lower_bound(spec, grids: np.ndarray) -> np.ndarray:

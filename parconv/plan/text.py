@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .predict import PHASES
+from .predict import BALANCE_PHASES, PHASES
 
 
 def human_bytes(n: float) -> str:
@@ -36,13 +36,14 @@ def plan_table(plan) -> str:
              f"rank, grid NxKxCxHxW = {plan.dims}" + (" (forced)" if plan.forced else " (chosen)"),
              "",
              f"busiest rank {busiest} at {plan.coords(busiest)}:",
-             f"  {'phase':<8} {'sent':>12} {'received':>12} {'messages':>9}"]
-    for phase in PHASES:
+             f"  {'phase':<12} {'sent':>12} {'received':>12} {'messages':>9}"]
+    for phase in BALANCE_PHASES + PHASES:
         d = plan.predicted[phase]
-        lines.append(f"  {phase:<8} {human_bytes(d['sent'][busiest]):>12} "
+        lines.append(f"  {phase:<12} {human_bytes(d['sent'][busiest]):>12} "
                      f"{human_bytes(d['received'][busiest]):>12} {d['messages'][busiest]:>9}")
     lines += [
-        f"  bound-comparable volume (received input+filter, sent partial sums): "
+        f"  bound-comparable volume (received input+filter, balance included, sent partial "
+        f"sums): "
         f"{human_bytes(plan.max_volume)} ({plan.max_volume} B)",
         _footprint_line(plan),
         "",
