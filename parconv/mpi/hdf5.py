@@ -13,6 +13,7 @@ any byte order are converted.  The distributed output writer is parconv.mpi.h5wr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -172,16 +173,22 @@ def read_owned_blocks(comm, path: str, plan):
     blocks = OwnedBlocks(np.empty(0, spec.dtype_in), np.empty(0, spec.dtype_weight), None)
     with collectively(comm):
         if local is not None:
-            with _open_for_reading(path) as handle:
-                try:
-                    blocks = _read_pieces(handle, path, spec, local)
-                except (ParconvError, ParconvRuntimeError):
-                    raise
-                except (OSError, RuntimeError, ValueError, KeyError) as exc:
-                    # corrupt chunks, a truncated file: bad input, like an unreadable header
-                    raise ParconvError(f"input file {path}: cannot be read "
-                                       f"({' '.join(str(exc).split())})") from exc
+            with _open_for_reading(path) as handle, _unreadable_is_bad_input(path):
+                blocks = _read_pieces(handle, path, spec, local)
     return blocks
+
+
+@contextlib.contextmanager
+def _unreadable_is_bad_input(path: str):
+    """Corrupt chunks or a truncated file met while reading data are bad input (exit status 2),
+    like an unreadable header."""
+    try:
+        yield
+    except (ParconvError, ParconvRuntimeError):
+        raise
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        raise ParconvError(f"input file {path}: cannot be read "
+                           f"({' '.join(str(exc).split())})") from exc
 
 
 class FileLayer:
@@ -197,7 +204,7 @@ class FileLayer:
     def read(self, name: str, boxes) -> np.ndarray:
         dtype = {"input": self.spec.dtype_in, "weight": self.spec.dtype_weight,
                  "bias": self.spec.dtype_acc}[name]
-        with _open_for_reading(self.path) as handle:
+        with _open_for_reading(self.path) as handle, _unreadable_is_bad_input(self.path):
             _require(name in handle, self.path, f"missing dataset {name!r}")
             dataset = handle[self._DATASETS[name]]
             _checked_dtype(self.path, name, dataset.dtype, dtype)
