@@ -12,7 +12,10 @@ import os
 
 import numpy as np
 import pytest
+from _grids import sampled_grids
 from mpi4py import MPI
+from test_conv_mpi import LAYERS, agree_all  # same folder (rootdir-relative import)
+from test_engine_mpi import piece_problem
 
 from parconv.conv import distributed_conv2d
 from parconv.data import SeededLayer, owned_pieces, random_layer_data
@@ -20,12 +23,8 @@ from parconv.kernels import reference_conv2d
 from parconv.mpi.distribute import OwnedBlocks
 from parconv.mpi.hdf5 import FileLayer, write_layer_file
 from parconv.plan import make_plan
-from parconv.plan.dims import dimension_caps, factorizations
 from parconv.plan.predict import BALANCE_PHASES
 from parconv.spec import ConvSpec
-
-from test_conv_mpi import LAYERS, agree_all   # same folder (rootdir-relative import)
-from test_engine_mpi import piece_problem
 
 pytestmark = pytest.mark.mpi(min_size=1)
 
@@ -77,7 +76,7 @@ def test_seeded_runs_balance_exactly_and_equal_unbalanced_blocks(name):
     comm, spec = MPI.COMM_WORLD, UNEVEN[name]
     reference = reference_conv2d(spec, *random_layer_data(spec, SEED)).astype(spec.dtype_out)
     problems, moving = [], 0
-    for dims in [None, *factorizations(comm.size, dimension_caps(spec))]:
+    for dims in [None, *sampled_grids(comm.size, spec)]:
         result = distributed_conv2d(comm, spec, seed=SEED, grid=dims)
         problems += [f"{dims}: {p}" for p in balance_problems(result)]
         problem = piece_problem(spec, result, reference)
