@@ -266,6 +266,7 @@ def _execute(comm, args, argv, say) -> int:
     meta = read_layer_meta(comm, args.input) if args.input else None
     spec = build_spec(args, meta)
     targets = _output_targets(comm, args, spec)
+    say(f"MPI: {size} ranks, {_mpi_library()}")
     say(f"layer: {spec.describe()}")
     plan = shared_plan(comm, spec, memory=args.memory, grid=args.grid, node=args.node)
     say(_plan_line(plan))
@@ -333,6 +334,12 @@ def _finish(errcomm, status: int, message: str | None) -> int:
     if errcomm.Get_rank() == failing[0]:
         _print_error(message)
     return int(statuses[failing[0]])
+
+
+def _mpi_library() -> str:
+    """The first line of the MPI library's version string (which MPI this run uses)."""
+    from mpi4py import MPI
+    return " ".join(MPI.Get_library_version().splitlines()[0].split())
 
 
 def main(argv=None) -> int:
