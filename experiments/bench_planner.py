@@ -34,7 +34,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from parconv.bounds import parallel_bounds  # noqa: E402
 from parconv.bounds.alternatives import ideal_grid  # noqa: E402
 from parconv.bounds.workfn import output_bytes  # noqa: E402
 from parconv.layers import get_layer, layer_names  # noqa: E402

@@ -134,7 +134,7 @@ def run_section(args):
 
 
 def markdown(rows: list[dict], command: str) -> str:
-    lines = [f"# One rank's schedule at scale\n", f"Command: `{command}`\n",
+    lines = ["# One rank's schedule at scale\n", f"Command: `{command}`\n",
              "Cold caches (each build starts from nothing but the spec and the grid); best of "
              "the repeats; peak = tracemalloc peak of one build.\n",
              "| layer | P | grid | rank (which) | H/W peers | filter group | schedule ms | "

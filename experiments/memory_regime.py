@@ -24,7 +24,6 @@ manifest.json.  --quick: 2 layers, P = 64 only, one fixed memory, measured at P 
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys

@@ -137,6 +137,46 @@ def readme_text(lines, measured, meta, study: str = STUDY) -> str:
     return text
 
 
+def run_study(args, argv, study, script, layers, ranks, m_layers, m_ranks, batch_of, title,
+              readme_key) -> int:
+    """Predict (or, with --replot, read back) and measure one scaling study, write its tables,
+    headline, plots, manifest and README section; the exit status of the script."""
+    try:
+        if args.replot:
+            out, meta, rec = C.recorded(args, study, ("predicted", "measured"))
+            rows, measured = rec["predicted"], rec["measured"] or []
+            layers = list(dict.fromkeys(r["layer"] for r in rows))
+        else:
+            out = C.result_folder(args, study)
+            meta = C.provenance([os.path.relpath(script, C.REPO), *(argv or sys.argv[1:])],
+                                args.mpirun)
+            rows = predicted_rows(layers, ranks, batch_of, args.memory)
+            checks = {"bound_le_volume_rows": PE.check_bound(rows)}
+            files = C.write_table(out, "predicted", rows)
+            measured, commands = ([], []) if args.no_measure else measure(
+                args, out, m_layers, m_ranks, batch_of)
+            if measured:
+                checks["measured_equals_predicted_runs"] = len(measured)
+                checks["measured_phases_checked"] = sum(m["phases_checked"] for m in measured)
+                checks["measured_equals_predicted_table"] = PE.check_measured(rows, measured)
+                files += C.write_table(out, "measured", measured)
+                files += C.collect_reports(out, "measured")
+        lines = R.headline(rows)
+        files = ([] if args.replot else files) + C.write_table(out, "headline", lines)
+        C.write_text(os.path.join(out, "headline.md"), R.headline_markdown(lines))
+        files += ["headline.md", *plot(out, rows, measured, layers, title, study)]
+        if not args.replot:
+            C.write_manifest(out, meta, commands, checks, files)
+        R.update_readme(args, readme_key, readme_text(lines, measured, meta, study))
+    except C.StudyError as exc:
+        print(f"{study}: {exc}", file=sys.stderr)
+        return 2
+    print(R.headline_markdown(lines))
+    print(f"{study}: {len(rows)} predicted rows, {len(measured)} measured runs (bytes equal to "
+          f"the prediction on every rank), results in {out}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = C.parser(__doc__, STUDY)
     p.add_argument("--batch", type=int, default=32)
@@ -156,41 +196,9 @@ def main(argv=None) -> int:
         "measured_layers", MEASURED_LAYERS)
     m_ranks = _list(args.measured_ranks, int) if args.measured_ranks else q.get(
         "measured_ranks", C.MEASURED_RANKS)
-    try:
-        if args.replot:
-            out, meta, rec = C.recorded(args, STUDY, ("predicted", "measured"))
-            rows, measured = rec["predicted"], rec["measured"] or []
-            layers = list(dict.fromkeys(r["layer"] for r in rows))
-        else:
-            out = C.result_folder(args, STUDY)
-            meta = C.provenance([os.path.relpath(__file__, C.REPO), *(argv or sys.argv[1:])],
-                                args.mpirun)
-            rows = predicted_rows(layers, ranks, lambda P: args.batch, args.memory)
-            checks = {"bound_le_volume_rows": PE.check_bound(rows)}
-            files = C.write_table(out, "predicted", rows)
-            measured, commands = ([], []) if args.no_measure else measure(
-                args, out, m_layers, m_ranks, lambda P: args.batch)
-            if measured:
-                checks["measured_equals_predicted_runs"] = len(measured)
-                checks["measured_phases_checked"] = sum(m["phases_checked"] for m in measured)
-                checks["measured_equals_predicted_table"] = PE.check_measured(rows, measured)
-                files += C.write_table(out, "measured", measured)
-                files += C.collect_reports(out, "measured")
-        lines = R.headline(rows)
-        files = ([] if args.replot else files) + C.write_table(out, "headline", lines)
-        C.write_text(os.path.join(out, "headline.md"), R.headline_markdown(lines))
-        files += ["headline.md", *plot(out, rows, measured, layers,
-                                       f"Strong scaling at batch {args.batch}")]
-        if not args.replot:
-            C.write_manifest(out, meta, commands, checks, files)
-        R.update_readme(args, "strong-headline", readme_text(lines, measured, meta))
-    except C.StudyError as exc:
-        print(f"{STUDY}: {exc}", file=sys.stderr)
-        return 2
-    print(R.headline_markdown(lines))
-    print(f"{STUDY}: {len(rows)} predicted rows, {len(measured)} measured runs (bytes equal to "
-          f"the prediction on every rank), results in {out}")
-    return 0
+    return run_study(args, argv, STUDY, __file__, layers, ranks, m_layers, m_ranks,
+                     lambda P: args.batch, f"Strong scaling at batch {args.batch}",
+                     "strong-headline")
 
 
 if __name__ == "__main__":

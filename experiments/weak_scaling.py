@@ -23,10 +23,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common as C  # noqa: E402
-import _peers as PE  # noqa: E402
-import _report as R  # noqa: E402
 from parconv.layers import layer_names  # noqa: E402
-from strong_scaling import measure, plot, predicted_rows, readme_text  # noqa: E402
+from strong_scaling import run_study  # noqa: E402
 
 STUDY = "weak_scaling"
 MEASURED_LAYERS = ["resnet50.layer1.0.conv2", "resnet50.layer4.0.conv2"]
@@ -57,41 +55,8 @@ def main(argv=None) -> int:
     m_ranks = split(args.measured_ranks, int) if args.measured_ranks else q.get(
         "measured_ranks", C.MEASURED_RANKS)
     batch_of = lambda P: args.per_rank * P  # noqa: E731
-    try:
-        if args.replot:
-            out, meta, rec = C.recorded(args, STUDY, ("predicted", "measured"))
-            rows, measured = rec["predicted"], rec["measured"] or []
-            layers = list(dict.fromkeys(r["layer"] for r in rows))
-        else:
-            out = C.result_folder(args, STUDY)
-            meta = C.provenance([os.path.relpath(__file__, C.REPO), *(argv or sys.argv[1:])],
-                                args.mpirun)
-            rows = predicted_rows(layers, ranks, batch_of, args.memory)
-            checks = {"bound_le_volume_rows": PE.check_bound(rows)}
-            files = C.write_table(out, "predicted", rows)
-            measured, commands = ([], []) if args.no_measure else measure(
-                args, out, m_layers, m_ranks, batch_of)
-            if measured:
-                checks["measured_equals_predicted_runs"] = len(measured)
-                checks["measured_phases_checked"] = sum(m["phases_checked"] for m in measured)
-                checks["measured_equals_predicted_table"] = PE.check_measured(rows, measured)
-                files += C.write_table(out, "measured", measured)
-                files += C.collect_reports(out, "measured")
-        lines = R.headline(rows)
-        files = ([] if args.replot else files) + C.write_table(out, "headline", lines)
-        C.write_text(os.path.join(out, "headline.md"), R.headline_markdown(lines))
-        files += ["headline.md", *plot(out, rows, measured, layers,
-                                       f"Weak scaling, batch = {args.per_rank} P", STUDY)]
-        if not args.replot:
-            C.write_manifest(out, meta, commands, checks, files)
-        R.update_readme(args, "weak-headline", readme_text(lines, measured, meta, STUDY))
-    except C.StudyError as exc:
-        print(f"{STUDY}: {exc}", file=sys.stderr)
-        return 2
-    print(R.headline_markdown(lines))
-    print(f"{STUDY}: {len(rows)} predicted rows, {len(measured)} measured runs (bytes equal to "
-          f"the prediction on every rank), results in {out}")
-    return 0
+    return run_study(args, argv, STUDY, __file__, layers, ranks, m_layers, m_ranks, batch_of,
+                     f"Weak scaling, batch = {args.per_rank} P", "weak-headline")
 
 
 if __name__ == "__main__":
