@@ -41,7 +41,7 @@ from .errors import ParconvError, ParconvRuntimeError
 from .mpi.agree import collectively
 from .mpi.h5write import WRITE_FAILED
 from .mpi.hdf5 import FileLayer, read_layer_meta
-from .mpi.interrupts import ABORT_STATUS, install_signal_handlers
+from .mpi.interrupts import ABORT_STATUS, abort_job, install_signal_handlers
 from .mpi.outputs import prepare_outputs, write_outputs
 from .nodes import get_kernel
 from .provenance import git_revision
@@ -325,8 +325,7 @@ def _finish(errcomm, status: int, message: str | None) -> int:
             if time.monotonic() > deadline:
                 _print_error(f"rank {errcomm.Get_rank()}: {message} (other ranks did not "
                              f"respond; aborting the job, exit status {ABORT_STATUS})")
-                sys.stdout.flush()
-                errcomm.Abort(ABORT_STATUS)
+                abort_job(errcomm)
             time.sleep(0.005)
     failing = np.flatnonzero(statuses)
     if failing.size == 0:
@@ -389,8 +388,7 @@ def main_or_abort() -> int:
         code = main()
     except BaseException:  # noqa: BLE001 - the last line of defence against a hung job
         traceback.print_exc()
-        sys.stderr.flush()
-        MPI.COMM_WORLD.Abort(ABORT_STATUS)
+        abort_job(MPI.COMM_WORLD)
         return ABORT_STATUS
     if WRITE_FAILED["hdf5"]:
         # the HDF5 library may crash closing a file whose write failed (a segmentation fault at

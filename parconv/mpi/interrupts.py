@@ -16,7 +16,20 @@ from .. import paths
 #: aborted and whether the others were busy (with another code hydra returns it or 9 at random)
 ABORT_STATUS = 9
 #: how long ranks other than 0 wait, when interrupted, for rank 0 to clean up and abort
-INTERRUPT_WAIT_S = 2.0
+INTERRUPT_WAIT_S = 3.0
+#: how long a rank that printed its last message waits before MPI_Abort: the launcher forwards a
+#: rank's stderr through a pipe, and an abort that kills the forwarding proxy first loses the
+#: message (seen once with hydra on a loaded 2-core CI machine)
+FORWARD_WAIT_S = 0.5
+
+
+def abort_job(world) -> None:
+    """Flush, give the launcher `FORWARD_WAIT_S` to forward what was printed, and end every rank
+    with ``world.Abort(ABORT_STATUS)``.  Local: the first rank to call it ends the job."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    time.sleep(FORWARD_WAIT_S)
+    world.Abort(ABORT_STATUS)
 
 
 def install_signal_handlers(world, print_error) -> None:
@@ -38,8 +51,7 @@ def install_signal_handlers(world, print_error) -> None:
                         f"(exit status {ABORT_STATUS})")
         else:
             time.sleep(INTERRUPT_WAIT_S)
-        sys.stdout.flush()
-        world.Abort(ABORT_STATUS)
+        abort_job(world)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, interrupted)
