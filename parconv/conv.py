@@ -34,6 +34,7 @@ from .mpi import distribute
 from .mpi.agree import collectively, patient_allgather_flags, patient_bcast
 from .mpi.balance import BalanceExchange
 from .mpi.exchange import LayerExchange, LayerTypes
+from .mpi.node_setup import share_node_setup
 from .mpi.pipeline import KernelChunks, run_layer
 from .mpi.procgrid import ProcGrid
 from .nodes import get_kernel
@@ -296,6 +297,7 @@ def distributed_conv2d(comm, spec: ConvSpec, *, x=None, w=None, bias=None, block
             if data.mode == "source":
                 balancer.load_source(data.source)   # exactly this rank's initial layout
             exchange, chunks = planned_exchange()
+        share_node_setup(comm, kernel, local.local_spec if local is not None else None)
         if data.mode == "root":
             scatter_start = time.perf_counter()
             values = distribute.scatter_initial(proc_grid, plan, balancer.parts,

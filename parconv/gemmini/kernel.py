@@ -26,7 +26,7 @@ from ..kernels import _checked_operands
 from ..spec import ConvSpec
 from .config import DEFAULT_CONFIG, GemminiConfig
 from .tiled.choose import model_spec, run_parconv
-from .tiling_cache import cached_tiling
+from .tiling_cache import cached_tiling, key_text, remember
 
 
 def tiling_figures(tile, order: str, schedule: str, dram_bytes: dict, cycles: float,
@@ -69,11 +69,31 @@ class GemminiKernel:
     def __init__(self, config: GemminiConfig | None = None, disk_cache: bool = True) -> None:
         self.config = config or DEFAULT_CONFIG
         self.disk_cache = disk_cache
+        #: how `setup` found a tiling (search, disk), reported by the `run` that uses it
+        self._setup_info: dict = {}
 
     def node_config(self, spec: ConvSpec) -> GemminiConfig:
         """The config for a local block: its element sizes, bias only if the block has one."""
         config = self.config.for_spec(spec)
         return config.replace(output_bytes=spec.p_out, bias=bool(spec.bias))
+
+    def setup_key(self, spec: ConvSpec) -> str | None:
+        """Text naming the tiling `setup` searches for a block (equal texts: equal tilings), or
+        None for a block without work.  Local (parconv.mpi.node_setup shares set-ups)."""
+        if spec.G == 0:
+            return None
+        return key_text(spec, self.node_config(spec))
+
+    def setup(self, spec: ConvSpec):
+        """Search (or look up) the tiling of a block and keep it for `run`; returns it.  Local."""
+        config = self.node_config(spec)
+        choice, info = cached_tiling(spec, config, disk=self.disk_cache)
+        self._setup_info[key_text(spec, config)] = info
+        return choice
+
+    def adopt(self, spec: ConvSpec, choice) -> None:
+        """Keep the tiling another rank's `setup` found for an equal block.  Local."""
+        remember(spec, self.node_config(spec), choice)
 
     def run(self, spec: ConvSpec, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, dict]:
         """Convolve one local block on the model.  Local.
@@ -90,7 +110,8 @@ class GemminiKernel:
             (tN, tK, tC, tH, tW, tR, tS), the vendor's the library 7-tuple (batches, porows,
             pocols, pochs, krows, kcols, kchs)); ``bound_bytes`` (sequential bound of the block
             with M = scratchpad + accumulator) and ``ratio_to_bound`` (parconv's bytes / bound);
-            ``tiling_source`` ("memory", "disk" or "search": where the tiling came from),
+            ``tiling_source`` ("memory", "peer", "disk" or "search": where the tiling came
+            from; "peer": searched by another rank with an equal block),
             ``search_s`` (seconds searching it, 0 when cached) and ``execute_s`` (seconds in the
             tile executor).
 
@@ -106,6 +127,8 @@ class GemminiKernel:
         x, w = _checked_operands(spec, x, w)
         config = self.node_config(spec)
         plan, found = cached_tiling(spec, config, disk=self.disk_cache)
+        if found["source"] == "memory":     # the search `setup` did is this run's search
+            found = self._setup_info.pop(key_text(spec, config), found)
         begin = time.perf_counter()
         y, executed, plan = run_parconv(spec, x, w, plan=plan)
         execute = time.perf_counter() - begin

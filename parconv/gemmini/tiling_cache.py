@@ -4,7 +4,8 @@ The tiling `parconv.gemmini.tiled.choose.choose_tiling` returns depends only on 
 shape and types and on the Gemmini configuration (and on the code that searches).  So ranks with
 equal blocks, and repeated runs, reuse it:
 
-* in the process: a dictionary keyed by (spec without its name, config);
+* in the process: a dictionary keyed by (spec without its name, config), which also holds
+  tilings other ranks searched for equal blocks (`remember`, used by parconv.mpi.node_setup);
 * on disk (optional): one pickle per key in ``$PARCONV_CACHE_DIR`` (default
   ``~/.cache/parconv/tilings``; ``PARCONV_CACHE_DIR=off`` disables it), named by the SHA-256 of
   the spec, the config and the *code version* (a hash of the sources the tiling depends on:
@@ -36,6 +37,8 @@ _OFF = ("", "0", "off", "none", "false")
 MEMORY_ENTRIES = 512
 
 _memory: dict = {}
+#: keys whose tiling another rank searched (parconv.mpi.node_setup): reported as source "peer"
+_from_peer: set = set()
 
 
 @functools.lru_cache(maxsize=1)
@@ -112,14 +115,16 @@ def cached_tiling(spec: ConvSpec, config: GemminiConfig, disk: bool = True
     choice : TilingChoice
         As `choose_tiling(spec, config)` returns it (with ``spec`` the given one).
     info : dict
-        ``source`` ("memory", "disk" or "search"), ``search_s`` (seconds spent searching, 0 on a
+        ``source`` ("memory", "peer" (searched by another rank with an equal block,
+        parconv.mpi.node_setup), "disk" or "search"), ``search_s`` (seconds spent searching, 0 on a
         hit), ``lookup_s`` (seconds spent looking up and storing) and ``cache_file`` (or None).
     """
     start = time.perf_counter()
     key = (_normal(spec), config)
     folder = cache_dir() if disk else None
     name = entry_name(spec, config) if folder is not None else None
-    choice, source, searched = _memory.get(key), "memory", 0.0
+    choice, searched = _memory.get(key), 0.0
+    source = "peer" if key in _from_peer else "memory"
     if choice is None and folder is not None:
         choice, source = _read(folder / name, _key_text(spec, config)), "disk"
     if choice is None:
@@ -128,7 +133,8 @@ def cached_tiling(spec: ConvSpec, config: GemminiConfig, disk: bool = True
         searched = time.perf_counter() - begin
         if folder is not None:
             _write(folder, name, _key_text(spec, config), choice)
-    if len(_memory) >= MEMORY_ENTRIES:
+    if key not in _memory and len(_memory) >= MEMORY_ENTRIES:
+        _from_peer.discard(next(iter(_memory)))
         _memory.pop(next(iter(_memory)))
     _memory[key] = choice
     named = dataclasses.replace(choice, spec=spec,
@@ -139,6 +145,25 @@ def cached_tiling(spec: ConvSpec, config: GemminiConfig, disk: bool = True
     return named, info
 
 
+def key_text(spec: ConvSpec, config: GemminiConfig) -> str:
+    """Text naming the tiling of ``spec`` under ``config`` (equal texts, equal tilings)."""
+    return _key_text(spec, config)
+
+
+def remember(spec: ConvSpec, config: GemminiConfig, choice: TilingChoice) -> None:
+    """Keep a tiling another rank searched for an equal block (source "peer" when looked up)."""
+    if not isinstance(choice, TilingChoice):
+        raise TypeError(f"expected a TilingChoice, got {type(choice).__name__}")
+    key = (_normal(spec), config)
+    if len(_memory) >= MEMORY_ENTRIES:
+        _from_peer.discard(next(iter(_memory)))
+        _memory.pop(next(iter(_memory)))
+    _memory[key] = dataclasses.replace(choice, spec=key[0],
+                                       model=choice.model.replace(name=key[0].name))
+    _from_peer.add(key)
+
+
 def clear_memory() -> None:
     """Forget the tilings of this process (tests, benchmarks of a fresh search)."""
     _memory.clear()
+    _from_peer.clear()
