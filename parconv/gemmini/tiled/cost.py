@@ -87,8 +87,9 @@ def tiling_cost(spec: ConvSpec, tiling: Tiling, order: str, config, *, strided: 
     (c, r, s), ``nK`` bytes at a stride of K), both cut into mvins of ``max_block_len * dim``
     columns (`mean_piece_lines`), bias and partial-sum rows (one line each), split into L2 hits
     and misses by `parconv.gemmini.cycles.load_misses` for ``order`` (cold start); its stores
-    are the mvout rows of the output and of spilled partial sums.
-    ``constants`` defaults to the fitted ones.
+    are the mvout rows of the output and of spilled partial sums; its DMA commands (mvins of
+    inputs and weights, mvouts of outputs and spills, `_commands`) price the command latency
+    (`parconv.gemmini.cycles.dma_command_excess`).  ``constants`` defaults to the fitted ones.
     """
     check_order(order)
     bias = config.has_bias if bias is None else bias
