@@ -22,11 +22,14 @@ next call overlap the execution of the current one; the core computes and issues
   perfectly: ``max(L, X) + alpha min(L, X)``;
 * **per pass** ``p_pass`` cycles added to each array pass (one compute command of <= dim rows)
   of the execute model: command issue and pipeline fill/drain that a pass of few rows (7x7
-  layers) cannot hide.
+  layers) cannot hide;
+* **DMA commands** ``t_cmd``: the load and store controllers keep only ``16 / dim + 1`` mvin
+  (mvout) commands in flight, each holding its slot for its rows plus the round trip
+  ``t_cmd``; a stream of short commands is slower than its bytes say (`dma_command_excess`).
 
 ``cycles(call) = max(c_call, max(L, X) + alpha min(L, X))`` with ``X = exec + p_pass passes``
 and ``L = t_hit lines_hit + t_miss lines_miss + inv_bw (load + store bytes) + t_store
-stores + inv_bw_miss missed bytes``; a layer adds the pipeline fill ``min(L, X)`` of its mean
+stores + inv_bw_miss missed bytes + the DMA command excess``; a layer adds the pipeline fill ``min(L, X)`` of its mean
 call once (`layer_cycles`: the first call's loads and the last call's execution overlap
 nothing).
 
