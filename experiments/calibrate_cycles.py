@@ -16,9 +16,9 @@ Fit: least squares on log(model / measured) with a soft-L1 loss (scale 0.2, so t
 pathological runs cannot drag the constants), then a cluster bootstrap over the fit layers for
 the standard errors.  Writes parconv/gemmini/cycle_constants.json (read by the library) and
 ``calibration_fit.json`` / ``calibration_fit.md`` in the output folder, and prints the figures
-of the roofline model (BW_eff = 8 B/cycle) and of the first round's model beside the new one.
+of the roofline model (BW_eff = 8 B/cycle) and of the current (round-2) model beside the new one.
 
-Variants (`VARIANTS`): the first round's structure and each term of the second round added in
+Variants (`VARIANTS`): the first round's structure and each later term (rounds 2 and 3) added in
 turn, every one fitted on the same split, so that each term's effect on held-out error is
 measured in the same run (the first round's structure refitted here reproduces its published
 figures).
@@ -45,22 +45,27 @@ from gemmini_vs_vendor import MEASURED  # noqa: E402
 from parconv.gemmini.config import GemminiConfig  # noqa: E402
 from parconv.gemmini.cycles import (CONSTANTS_PATH, FIELDS, CycleConstants,  # noqa: E402
                                     call_cycles, layer_cycles)
+from parconv.gemmini.vendor.calibrated import commands_of  # noqa: E402
 from parconv.gemmini.vendor.calls import vendor_layer_cost  # noqa: E402
 from parconv.gemmini.vendor.firesim import firesim_cost  # noqa: E402
 from parconv.spec import ConvSpec  # noqa: E402
 
 DATA = os.path.join(ROOT, "experiments", "data", "gemmini_firesim_train.json")
 TILE_KEYS = ("batches", "porows", "pocols", "pochs", "krows", "kcols", "kchs")
-START = CycleConstants()
+START = CycleConstants(t_cmd=20.0)
 UPPER = {"c_call": 1e5, "t_hit": 100.0, "t_miss": 200.0, "inv_bw": 10.0, "alpha": 1.0,
-         "p_pass": 100.0, "t_store": 100.0, "inv_bw_miss": 10.0}
+         "p_pass": 100.0, "t_store": 100.0, "inv_bw_miss": 10.0, "t_cmd": 1000.0}
 #: the model's structures compared (cumulative): first-round terms, then each term of round 2
 VARIANTS = {"round 1": {"lines": "rows", "fields": FIELDS[:6], "fill": False},
             "+ mvin pieces": {"lines": "pieces", "fields": FIELDS[:6], "fill": False},
             "+ store rows": {"lines": "pieces", "fields": FIELDS[:7], "fill": False},
-            "+ miss bandwidth": {"lines": "pieces", "fields": FIELDS, "fill": False},
-            "+ pipeline fill (final)": {"lines": "pieces", "fields": FIELDS, "fill": True}}
-FINAL = "+ pipeline fill (final)"
+            "+ miss bandwidth": {"lines": "pieces", "fields": FIELDS[:8], "fill": False},
+            "+ pipeline fill (round 2)": {"lines": "pieces", "fields": FIELDS[:8], "fill": True},
+            "+ DMA command latency (final)": {"lines": "pieces", "fields": FIELDS,
+                                              "fill": True}}
+FINAL = "+ DMA command latency (final)"
+#: the published model before this round (the "current" column of the report)
+PREVIOUS = "+ pipeline fill (round 2)"
 
 
 def layer_key(spec: ConvSpec) -> tuple:
@@ -120,12 +125,14 @@ def model_cycles(theta, record, variant: str = FINAL) -> float:
     constants = CycleConstants.from_vector([values.get(f, 0.0) for f in FIELDS])
     hit, miss = (t["hit"], t["miss"]) if v["lines"] == "pieces" else (t["hit_rows"],
                                                                        t["miss_rows"])
+    commands = commands_of(t)     # adds nothing while t_cmd = 0 (the earlier variants)
     if v["fill"]:
         return layer_cycles(constants, t["weight"], t["exec"], t["passes"], hit, miss,
-                            t["moved"], stores=t["stores"], miss_bytes=t["miss_bytes"])
+                            t["moved"], stores=t["stores"], miss_bytes=t["miss_bytes"],
+                            commands=commands)
     return float((call_cycles(constants, t["exec"], t["passes"], hit, miss, t["moved"],
-                              stores=t["stores"], miss_bytes=t["miss_bytes"])
-                  * t["weight"]).sum())
+                              stores=t["stores"], miss_bytes=t["miss_bytes"],
+                              commands=commands) * t["weight"]).sum())
 
 
 def fit(records, start=None, variant: str = FINAL):
@@ -217,15 +224,16 @@ def report(result: dict) -> str:
                "alpha": "non-overlapped fraction of min(load, exec)",
                "p_pass": "cycles added per array pass",
                "t_store": "cycles per mvout row (one DMA write request)",
-               "inv_bw_miss": "cycles per loaded byte that misses the L2 (refill bandwidth)"}
+               "inv_bw_miss": "cycles per loaded byte that misses the L2 (refill bandwidth)",
+               "t_cmd": "round trip of one DMA command (mvin / mvout); 16 / DIM + 1 in flight"}
     for f in FIELDS:
         lines.append(f"| {f} | {c[f]:.4g} | {c['stderr'][f]:.2g} | {meaning[f]} |")
     lines += ["", f"l2_bytes = {c['l2_bytes']} (fixed: the builds' L2)", "",
-              "| set | records | layers | MAPE new | MAPE round 1 | MAPE roofline (BW 8) | "
+              "| set | records | layers | MAPE new | MAPE current (round 2) | MAPE roofline (BW 8) | "
               "median APE new | max APE new | mean error new | pairs right new | "
-              "pairs right round 1 | pairs right roofline |",
+              "pairs right current | pairs right roofline |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    old = result["variants"]["round 1"]["sets"]
+    old = result["variants"][PREVIOUS]["sets"]
     for label, s in result["sets"].items():
         pn, p1, pr = s["pairs_new"], old[label]["pairs_new"], s["pairs_roofline"]
         lines.append(f"| {label} | {s['records']} | {s['layers']} | {s['mape_new']:.1f}% | "
@@ -244,11 +252,12 @@ def report(result: dict) -> str:
                      f"{vs['mape_new']:.1f}% | {100 * vs['pairs_new'][0]:.1f}% | "
                      f"{rs['mape_new']:.1f}% | {rs['mean_error_new']:+.1f}% |")
     lines += ["", "ResNet-50 rows (error = model / geometric mean of FireSim min and max - 1):",
-              "", "| layer | FireSim | new model | error | round 1 error | roofline | error |",
+              "", "| layer | FireSim | new model | error | current (round 2) error | roofline | "
+              "error |",
               "|---|---|---|---|---|---|---|"]
     for r in result["resnet"]:
         lines.append(f"| {r['layer']} | {r['lo']:,}-{r['hi']:,} | {r['new']:,.0f} | "
-                     f"{r['error_new']:+.1f}% | {r['error_round1']:+.1f}% | "
+                     f"{r['error_new']:+.1f}% | {r['error_previous']:+.1f}% | "
                      f"{r['roofline']:,.0f} | {r['error_roofline']:+.1f}% |")
     lines.append(f"\n(runtime {result['runtime_s']:.0f} s)")
     return "\n".join(lines)
@@ -285,13 +294,13 @@ def main(argv=None) -> int:
                           "sets": summarise(v_theta, records, resnet, name)}
     result = {"split": split, "constants": constants.to_dict(),
               "sets": variants[FINAL]["sets"], "variants": variants, "resnet": []}
-    round1 = variants["round 1"]["theta"]
+    previous = variants[PREVIOUS]["theta"]
     for r in resnet:
         new = model_cycles(theta, r)
-        old = model_cycles(round1, r, "round 1")
+        old = model_cycles(previous, r, PREVIOUS)
         result["resnet"].append({"layer": r["layer"], "lo": r["lo"], "hi": r["hi"], "new": new,
                                  "error_new": 100 * (new / r["measured"] - 1),
-                                 "error_round1": 100 * (old / r["measured"] - 1),
+                                 "error_previous": 100 * (old / r["measured"] - 1),
                                  "roofline": r["roofline"],
                                  "error_roofline": 100 * (r["roofline"] / r["measured"] - 1)})
     result["runtime_s"] = time.perf_counter() - start

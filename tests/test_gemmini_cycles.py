@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from parconv.errors import ParconvError
-from parconv.gemmini.cycles import (FIELDS, CycleConstants, call_cycles, layer_cycles,
-                                    load_constants, load_misses, mean_lines, mean_piece_lines)
+from parconv.gemmini.cycles import (FIELDS, CycleConstants, call_cycles, commands_in_flight,
+                                    dma_command_excess, layer_cycles, load_constants,
+                                    load_misses, mean_lines, mean_piece_lines)
 from parconv.gemmini.tiled.cost import tiling_cost
 from parconv.gemmini.vendor.calls import vendor_layer_cost
 from parconv.gemmini.vendor.firesim import firesim_cost
@@ -54,6 +55,26 @@ def test_call_cycles_by_hand():
     assert call_cycles(c2, 300, 10, 20, 10, 200, stores=40, miss_bytes=200) == \
         pytest.approx(460.0)
     assert call_cycles(c2, 300, 10, 20, 10, 200) == pytest.approx(360.0)
+
+
+def test_dma_command_latency_by_hand():
+    assert [commands_in_flight(d) for d in (4, 8, 16, 32, 64)] == [5, 3, 2, 1, 1]
+    c = CycleConstants(c_call=0.0, t_hit=1.0, t_miss=4.0, inv_bw=0.5, alpha=0.0, p_pass=0.0,
+                       t_store=0.0, inv_bw_miss=0.0, t_cmd=20.0)
+    # 10 input mvins of 7 rows, 2 in flight: 10 (7 + 20) / 2 = 135 cycles against a bandwidth
+    # side of 1 * 70 lines + 0.5 * 100 bytes = 120 -> 15 more; 4 weight mvins of 16 rows:
+    # 4 * 36 / 2 = 72 < 16 * 4 + 0.5 * 256 = 192 -> nothing; no output commands
+    commands = {"dim": 16,
+                "input": {"cmds": 10, "rows": 7, "hit": 70, "bytes": 100},
+                "weight": {"cmds": 4, "rows": 16, "hit": 64, "bytes": 256},
+                "output": {"cmds": 0, "rows": 0}}
+    assert dma_command_excess(c, commands) == pytest.approx(15.0)
+    assert dma_command_excess(c, None) == 0.0
+    # the excess adds to the load side: L = 134 + 356 * 0.5 + 15 = 327 > X = 100
+    assert call_cycles(c, 100, 0, 134, 0, 356, commands=commands) == pytest.approx(327.0)
+    assert call_cycles(c, 100, 0, 134, 0, 356) == pytest.approx(312.0)
+    # one command in flight on a 32x32 mesh: 10 * 27 = 270 -> 150 more on the input stream
+    assert dma_command_excess(c, {**commands, "dim": 32}) == pytest.approx(150.0)
 
 
 def test_layer_cycles_add_one_pipeline_fill():

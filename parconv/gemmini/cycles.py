@@ -22,11 +22,14 @@ next call overlap the execution of the current one; the core computes and issues
   perfectly: ``max(L, X) + alpha min(L, X)``;
 * **per pass** ``p_pass`` cycles added to each array pass (one compute command of <= dim rows)
   of the execute model: command issue and pipeline fill/drain that a pass of few rows (7x7
-  layers) cannot hide.
+  layers) cannot hide;
+* **DMA commands** ``t_cmd``: the load and store controllers keep only ``16 / dim + 1`` mvin
+  (mvout) commands in flight, each holding its slot for its rows plus the round trip
+  ``t_cmd``; a stream of short commands is slower than its bytes say (`dma_command_excess`).
 
 ``cycles(call) = max(c_call, max(L, X) + alpha min(L, X))`` with ``X = exec + p_pass passes``
 and ``L = t_hit lines_hit + t_miss lines_miss + inv_bw (load + store bytes) + t_store
-stores + inv_bw_miss missed bytes``; a layer adds the pipeline fill ``min(L, X)`` of its mean
+stores + inv_bw_miss missed bytes + the DMA command excess``; a layer adds the pipeline fill ``min(L, X)`` of its mean
 call once (`layer_cycles`: the first call's loads and the last call's execution overlap
 nothing).
 
@@ -54,7 +57,12 @@ LINE_BYTES = 64
 INPUT_LOOPS, WEIGHT_LOOPS = frozenset("NQPSRC"), frozenset("KSRC")
 #: parconv's loop names -> the library's letters (H = pooled rows Q, W = cols P, R = krows S, ...)
 PARCONV_TO_LIBRARY = str.maketrans("NKCHWRS", "NKCQPSR")
-FIELDS = ("c_call", "t_hit", "t_miss", "inv_bw", "alpha", "p_pass", "t_store", "inv_bw_miss")
+FIELDS = ("c_call", "t_hit", "t_miss", "inv_bw", "alpha", "p_pass", "t_store", "inv_bw_miss",
+          "t_cmd")
+#: DMA read / write requests in flight (Gemmini's ``max_in_flight_mem_reqs`` default)
+MAX_IN_FLIGHT_MEM_REQS = 16
+#: the per-stream keys of a call's DMA commands (`dma_command_excess`)
+COMMAND_KEYS = ("cmds", "rows", "hit", "miss", "bytes", "miss_bytes", "stores")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +82,7 @@ class CycleConstants:
     p_pass: float = 2.0
     t_store: float = 1.5
     inv_bw_miss: float = 0.05
+    t_cmd: float = 0.0
     l2_bytes: int = 512 * 1024
     stderr: dict = dataclasses.field(default_factory=dict, compare=False)
     fit: dict = dataclasses.field(default_factory=dict, compare=False)
@@ -113,6 +122,39 @@ def load_constants(path: str = CONSTANTS_PATH) -> CycleConstants:
         data = json.load(f)
     return CycleConstants(**{k: data[k] for k in (*FIELDS, "l2_bytes", "stderr", "fit")
                              if k in data})
+
+
+def commands_in_flight(dim: int) -> int:
+    """DMA commands (mvins, or mvouts) Gemmini keeps in flight: the load and store controllers
+    track ``max_in_flight_mem_reqs / DIM + 1`` commands (``DMACommandTracker(nCmds)`` in
+    ``LoadController.scala`` / ``StoreController.scala``): 2 on a 16x16 mesh, 1 from 32x32."""
+    return MAX_IN_FLIGHT_MEM_REQS // int(dim) + 1
+
+
+def dma_command_excess(constants: CycleConstants, commands: dict | None):
+    """Cycles by which the DMA command latency exceeds the bandwidth side of each stream.
+
+    ``commands`` maps ``"input"``, ``"weight"`` (mvins) and ``"output"`` (mvouts) to dicts of
+    per-call arrays (`COMMAND_KEYS`: commands, rows per command, lines that hit / miss, bytes,
+    missed bytes, mvout rows) and ``"dim"`` to the mesh side.  With ``n`` commands of ``r`` rows
+    in flight at most ``commands_in_flight(dim)`` at a time, each holding its slot for its rows
+    plus the round trip ``t_cmd``, a stream takes at least ``n (r + t_cmd) / in_flight``
+    cycles; the excess over the stream's bandwidth side (its lines and bytes, as in
+    `call_cycles`) is added to the load side.  ``None`` (or ``t_cmd = 0``) adds nothing.
+    """
+    if commands is None or constants.t_cmd == 0:
+        return 0.0
+    c = constants
+    in_flight = np.asarray(commands["dim"], dtype=float)
+    in_flight = np.floor(MAX_IN_FLIGHT_MEM_REQS / in_flight) + 1
+    excess = 0.0
+    for stream in ("input", "weight", "output"):
+        s = {k: np.asarray(commands[stream].get(k, 0.0), dtype=float) for k in COMMAND_KEYS}
+        bandwidth = (c.t_hit * s["hit"] + c.t_miss * s["miss"] + c.inv_bw * s["bytes"]
+                     + c.inv_bw_miss * s["miss_bytes"] + c.t_store * s["stores"])
+        latency = s["cmds"] * (s["rows"] + c.t_cmd) / in_flight
+        excess = excess + np.maximum(latency - bandwidth, 0.0)
+    return excess
 
 
 def mean_lines(row_bytes, step: int, line: int = LINE_BYTES):
@@ -187,7 +229,7 @@ def load_misses(order: str, trips: dict, per_call_bytes: dict, l2_bytes: int,
 
 
 def _phases(constants: CycleConstants, exec_cycles, passes, lines_hit, lines_miss, moved_bytes,
-            stores, miss_bytes):
+            stores, miss_bytes, commands=None):
     """(X, L) of calls: the execute side and the load/store side of the module docstring."""
     c = constants
     x = np.asarray(exec_cycles, dtype=float) + c.p_pass * np.asarray(passes, dtype=float)
@@ -195,21 +237,22 @@ def _phases(constants: CycleConstants, exec_cycles, passes, lines_hit, lines_mis
             + c.t_miss * np.asarray(lines_miss, dtype=float)
             + c.inv_bw * np.asarray(moved_bytes, dtype=float)
             + c.t_store * np.asarray(stores, dtype=float)
-            + c.inv_bw_miss * np.asarray(miss_bytes, dtype=float))
+            + c.inv_bw_miss * np.asarray(miss_bytes, dtype=float)
+            + dma_command_excess(c, commands))
     return x, load
 
 
 def call_cycles(constants: CycleConstants, exec_cycles, passes, lines_hit, lines_miss,
-                moved_bytes, busy=None, stores=0.0, miss_bytes=0.0):
+                moved_bytes, busy=None, stores=0.0, miss_bytes=0.0, commands=None):
     """Calibrated cycles of calls (elementwise; module docstring for the formula).
 
     ``moved_bytes`` counts loads and stores of the call, ``stores`` its mvout rows (output and
     partial sums) and ``miss_bytes`` the loaded bytes of its lines that miss the L2; ``busy``
     (bool, default all True) marks the calls that exist (a call of an empty block costs 0, not
-    the floor).
+    the floor); ``commands`` the calls' DMA commands per stream (`dma_command_excess`).
     """
     x, load = _phases(constants, exec_cycles, passes, lines_hit, lines_miss, moved_bytes,
-                      stores, miss_bytes)
+                      stores, miss_bytes, commands)
     cycles = np.maximum(constants.c_call, np.maximum(load, x)
                         + constants.alpha * np.minimum(load, x))
     if busy is not None:
@@ -218,7 +261,7 @@ def call_cycles(constants: CycleConstants, exec_cycles, passes, lines_hit, lines
 
 
 def layer_cycles(constants: CycleConstants, calls, exec_cycles, passes, lines_hit, lines_miss,
-                 moved_bytes, stores=0.0, miss_bytes=0.0) -> float:
+                 moved_bytes, stores=0.0, miss_bytes=0.0, commands=None) -> float:
     """Calibrated cycles of a whole layer: `call_cycles` of each group of identical calls times
     ``calls`` (calls per group; 0 for a call that does not exist), plus the pipeline fill.
 
@@ -228,8 +271,9 @@ def layer_cycles(constants: CycleConstants, calls, exec_cycles, passes, lines_hi
     """
     calls = np.asarray(calls, dtype=float)
     args = (exec_cycles, passes, lines_hit, lines_miss, moved_bytes, stores, miss_bytes)
-    x, load = (np.broadcast_to(v, calls.shape) for v in _phases(constants, *args))
-    cycles = call_cycles(constants, *args[:5], stores=stores, miss_bytes=miss_bytes)
+    x, load = (np.broadcast_to(v, calls.shape) for v in _phases(constants, *args, commands))
+    cycles = call_cycles(constants, *args[:5], stores=stores, miss_bytes=miss_bytes,
+                         commands=commands)
     total = float((np.broadcast_to(cycles, calls.shape) * calls).sum())
     n = float(calls.sum())
     if n > 0:

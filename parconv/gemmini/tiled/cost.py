@@ -87,8 +87,9 @@ def tiling_cost(spec: ConvSpec, tiling: Tiling, order: str, config, *, strided: 
     (c, r, s), ``nK`` bytes at a stride of K), both cut into mvins of ``max_block_len * dim``
     columns (`mean_piece_lines`), bias and partial-sum rows (one line each), split into L2 hits
     and misses by `parconv.gemmini.cycles.load_misses` for ``order`` (cold start); its stores
-    are the mvout rows of the output and of spilled partial sums.
-    ``constants`` defaults to the fitted ones.
+    are the mvout rows of the output and of spilled partial sums; its DMA commands (mvins of
+    inputs and weights, mvouts of outputs and spills, `_commands`) price the command latency
+    (`parconv.gemmini.cycles.dma_command_excess`).  ``constants`` defaults to the fitted ones.
     """
     check_order(order)
     bias = config.has_bias if bias is None else bias
@@ -127,7 +128,9 @@ def tiling_cost(spec: ConvSpec, tiling: Tiling, order: str, config, *, strided: 
         load_w = head | _differs(cur, prev, "KCRS")
         visit_start = head | _differs(cur, prev, "NKHW")
         visit_end = tail | _differs(cur, nxt, "NKHW")
-        window = rows_table[cur[_I["H"]], cur[_I["R"]]] * cols_table[cur[_I["W"]], cur[_I["S"]]]
+        in_rows = rows_table[cur[_I["H"]], cur[_I["R"]]]
+        in_cols = cols_table[cur[_I["W"]], cur[_I["S"]]]
+        window = in_rows * in_cols
         out_elems = nN * nK * nH * nW
         acc_rows = nN * nH * nW * rules.ceil_div(nK, config.dim)
         first_visit = visit_start & reduction_start
@@ -162,7 +165,9 @@ def tiling_cost(spec: ConvSpec, tiling: Tiling, order: str, config, *, strided: 
                 nK * config.weight_bytes, piece * config.weight_bytes, steps[1]),
             "stores": (visit_end * acc_rows).astype(float),
             "in_bytes": per_tile["input"], "w_bytes": per_tile["weight"],
-            "other_lines": line_rows})
+            "other_lines": line_rows, **_commands(config, load_in, load_w, visit_end, nN, nK,
+                                                  nC, nH, nW, nR, nS, in_rows, in_cols,
+                                                  per_tile)})
         tile_dma = sum(per_tile.values()) / config.bw_eff
         sums["exec"] += int(exec_cycles.sum())
         sums["passes"] += int(rules.passes(*work).sum())
@@ -170,7 +175,7 @@ def tiling_cost(spec: ConvSpec, tiling: Tiling, order: str, config, *, strided: 
         cycles += float(np.maximum(exec_cycles, tile_dma).sum())
         dma += float(tile_dma.sum())
     dram["total"] = sum(dram.values())
-    calibrated = _calibrated(chunks, order, trips, constants)
+    calibrated = _calibrated(chunks, order, trips, constants, config.dim)
     return ModelCost(tile=tuple(int(v) for v in t), order=order, calls=total_tiles,
                      dram_bytes=dram, mvin_rows=mvin, mvout_rows=mvout, passes=sums["passes"],
                      exec_cycles=sums["exec"], cycles=cycles, dma_cycles=dma,
@@ -178,7 +183,27 @@ def tiling_cost(spec: ConvSpec, tiling: Tiling, order: str, config, *, strided: 
                      peak_macs_per_cycle=config.dim ** 2, calibrated_cycles=calibrated)
 
 
-def _calibrated(chunks: list, order: str, trips, constants: CycleConstants) -> float:
+def _commands(config, load_in, load_w, visit_end, nN, nK, nC, nH, nW, nR, nS, in_rows, in_cols,
+              per_tile) -> dict:
+    """DMA commands of each tile and their rows, as the library's loop issues them
+    (`parconv.gemmini.vendor.calibrated.calibration_terms`): one input mvin per (batch, input
+    row, dim columns, piece of channels), one weight mvin per (piece of output channels, kernel
+    position, dim input channels), one mvout per (batch, output row, dim columns, dim
+    channels) of the output or of a partial-sum spill."""
+    wide = config.max_block_len * config.dim
+    in_blocks = np.maximum(rules.ceil_div(in_cols, config.dim), 1)
+    w_blocks = rules.ceil_div(nC, config.dim)
+    out_blocks = rules.ceil_div(nW, config.dim)
+    return {"in_cmds": load_in * nN * in_rows * in_blocks * rules.ceil_div(nC, wide),
+            "in_rows": in_cols / in_blocks,
+            "w_cmds": load_w * rules.ceil_div(nK, wide) * nR * nS * w_blocks,
+            "w_rows": nC / w_blocks,
+            "st_cmds": visit_end * nN * nH * out_blocks * rules.ceil_div(nK, config.dim),
+            "st_rows": nW / np.maximum(out_blocks, 1),
+            "st_bytes": per_tile["output"] + per_tile["psum"]}
+
+
+def _calibrated(chunks: list, order: str, trips, constants: CycleConstants, dim: int) -> float:
     """`layer_cycles` over all tiles (one call each); the L2 misses of each operand
     (`load_misses` for ``order``, whose loads are already the non-consecutive ones) are spread
     over its loads."""
@@ -194,5 +219,17 @@ def _calibrated(chunks: list, order: str, trips, constants: CycleConstants) -> f
     hit = (cat["in_lines"] * (1 - frac["input"]) + cat["w_lines"] * (1 - frac["weight"])
            + cat["other_lines"])
     miss_bytes = cat["in_bytes"] * frac["input"] + cat["w_bytes"] * frac["weight"]
+    commands = {"dim": dim,
+                "input": {"cmds": cat["in_cmds"], "rows": cat["in_rows"],
+                          "hit": cat["in_lines"] * (1 - frac["input"]),
+                          "miss": cat["in_lines"] * frac["input"], "bytes": cat["in_bytes"],
+                          "miss_bytes": cat["in_bytes"] * frac["input"]},
+                "weight": {"cmds": cat["w_cmds"], "rows": cat["w_rows"],
+                           "hit": cat["w_lines"] * (1 - frac["weight"]),
+                           "miss": cat["w_lines"] * frac["weight"], "bytes": cat["w_bytes"],
+                           "miss_bytes": cat["w_bytes"] * frac["weight"]},
+                "output": {"cmds": cat["st_cmds"], "rows": cat["st_rows"],
+                           "bytes": cat["st_bytes"], "stores": cat["stores"]}}
     return layer_cycles(constants, np.ones_like(cat["exec"]), cat["exec"], cat["passes"], hit,
-                        miss, cat["moved"], stores=cat["stores"], miss_bytes=miss_bytes)
+                        miss, cat["moved"], stores=cat["stores"], miss_bytes=miss_bytes,
+                        commands=commands)

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from ..cycles import layer_cycles, load_misses, mean_lines, mean_piece_lines
+from ..cycles import COMMAND_KEYS, layer_cycles, load_misses, mean_lines, mean_piece_lines
 
 
 def calibration_terms(loop, order: str, l2_bytes: int, weight, sizes, rows, cols, flags, bytes_,
@@ -76,18 +76,56 @@ def calibration_terms(loop, order: str, l2_bytes: int, weight, sizes, rows, cols
     # mvout writes one row (<= dim channels of one pixel) per DMA request
     pixels_out = np.broadcast_to(bytes_["output"], shape) / np.maximum(
         pochs_ * cfg.output_bytes, 1)
+    # DMA commands per call and their rows (gemmini.md 11.2): LoopConvLdInput moves one mvin
+    # per (batch, input row, dim input columns, piece of channels), LoopConvLdWeight one per
+    # (piece of output channels, kernel position, dim input channels), LoopConvSt one mvout
+    # per (batch, output row, dim output columns, dim output channels)
+    wide = cfg.max_block_len * cfg.dim
+    in_blocks = -(-cols.i_loaded // cfg.dim)
+    cmds_in = nb * rows.i_loaded * in_blocks * (-(-kchs_ // wide))
+    rows_in = cols.i_loaded / np.maximum(in_blocks, 1)
+    cmds_w = (-(-pochs_ // wide)) * krows_ * kcols_ * (-(-kchs_ // cfg.dim))
+    rows_w = kchs_ / (-(-kchs_ // cfg.dim))
+    out_rows, out_cols = rows.o_eff, cols.o_eff
+    out_blocks = -(-out_cols // cfg.dim)
+    stored = np.broadcast_to(bytes_["output"], shape) > 0
+    cmds_st = nb * out_rows * out_blocks * (-(-pochs_ // cfg.dim)) * stored
+    rows_st = out_cols / np.maximum(out_blocks, 1)
     flat = {"weight": weight, "exec": exec_cycles, "passes": passes,
             "hit": in_lines * (1 - miss_in) + w_lines * (1 - miss_w) + bias_rows,
             "miss": in_lines * miss_in + w_lines * miss_w, "moved": moved,
             "stores": pixels_out * (-(-pochs_ // cfg.dim)),
             "miss_bytes": in_b * miss_in + w_b * miss_w,
             "hit_rows": in_rows * (1 - miss_in) + w_rows * (1 - miss_w) + bias_rows,
-            "miss_rows": in_rows * miss_in + w_rows * miss_w}
+            "miss_rows": in_rows * miss_in + w_rows * miss_w,
+            # per-stream DMA commands (`parconv.gemmini.cycles.dma_command_excess`)
+            "in_cmds": cmds_in * load_in, "in_rows": rows_in,
+            "in_hit": in_lines * (1 - miss_in), "in_miss": in_lines * miss_in,
+            "in_bytes": in_b, "in_miss_bytes": in_b * miss_in,
+            "w_cmds": cmds_w * load_w, "w_rows": rows_w,
+            "w_hit": w_lines * (1 - miss_w), "w_miss": w_lines * miss_w,
+            "w_bytes": w_b, "w_miss_bytes": w_b * miss_w,
+            "st_cmds": cmds_st, "st_rows": rows_st,
+            "st_bytes": np.broadcast_to(bytes_["output"], shape),
+            "st_stores": pixels_out * (-(-pochs_ // cfg.dim)), "dim": np.full(shape, cfg.dim)}
     return {k: np.broadcast_to(v, shape).astype(float).ravel() for k, v in flat.items()}
+
+
+#: flat prefixes of `calibration_terms` -> the streams of `parconv.gemmini.cycles.dma_command_excess`
+COMMAND_PREFIXES = {"input": "in_", "weight": "w_", "output": "st_"}
+
+
+def commands_of(terms: dict) -> dict:
+    """The ``commands`` argument of `parconv.gemmini.cycles.layer_cycles` from the flat terms
+    of `calibration_terms` (or of parconv's tiles, same keys)."""
+    out = {stream: {k: terms[prefix + k] for k in COMMAND_KEYS if prefix + k in terms}
+           for stream, prefix in COMMAND_PREFIXES.items()}
+    out["dim"] = terms["dim"]
+    return out
 
 
 def calibrated_total(terms: dict, constants) -> float:
     """The calibrated cycles of the whole layer (`parconv.gemmini.cycles.layer_cycles`)."""
     return layer_cycles(constants, terms["weight"], terms["exec"], terms["passes"], terms["hit"],
                         terms["miss"], terms["moved"], stores=terms["stores"],
-                        miss_bytes=terms["miss_bytes"])
+                        miss_bytes=terms["miss_bytes"], commands=commands_of(terms))
