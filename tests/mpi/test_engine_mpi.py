@@ -21,6 +21,7 @@ from parconv.mpi.exchange import LayerExchange, LayerTypes
 from parconv.mpi.pipeline import KernelChunks, run_layer
 from parconv.mpi.procgrid import ProcGrid
 from parconv.plan import PHASES, make_plan
+from parconv.plan.predict import BALANCE_PHASES
 from parconv.plan.dims import dimension_caps, factorizations
 
 pytestmark = pytest.mark.mpi(min_size=1)
@@ -56,6 +57,36 @@ def test_seeded_data_gives_the_same_output_on_every_grid(name):
         phases = set(result.report["bytes"]["per_phase"])
         if phases & {"scatter", "gather", "check"}:
             problems.append(f"{dims}: distribution phases {phases}")
+        problem = piece_problem(spec, result, reference)
+        if problem:
+            problems.append(f"{dims}: {problem}")
+    agree_all(comm, not problems, problems)
+
+
+@pytest.mark.parametrize("ownership", ["centred", "aligned,centred"])
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_centred_input_ownership_runs_as_predicted(name, ownership):
+    """Plans forced to the centred input ownership (both axes, or W only) on every sampled grid:
+    seeded data from the balanced layout, the output equals the serial reference, every phase's
+    counted bytes and messages equal the prediction on every rank, and the busiest volume is
+    at least the problem's bound."""
+    comm, spec = MPI.COMM_WORLD, LAYERS[name]
+    reference = reference_conv2d(spec, *random_layer_data(spec, SEED)).astype(spec.dtype_out)
+    problems = []
+    for dims in sampled_grids(comm.size, spec):
+        plan = make_plan(spec, comm.size, grid=dims, ownership=ownership)
+        result = distributed_conv2d(comm, spec, seed=SEED, plan=plan)
+        per_phase = result.report["bytes"]["per_phase"]
+        for phase in BALANCE_PHASES + PHASES:
+            for key in ("sent", "received", "messages"):
+                if per_phase[phase][key] != plan.predicted[phase][key].tolist():
+                    problems.append(f"{dims}: {phase} {key} {per_phase[phase][key]} vs "
+                                    f"{plan.predicted[phase][key].tolist()}")
+        volume = result.report["bytes"]["bound_volume"]
+        if volume != plan.predicted_bound_volume.tolist():
+            problems.append(f"{dims}: bound volume differs from the prediction")
+        if max(volume) < plan.bound.value * (1 - 1e-9):
+            problems.append(f"{dims}: busiest volume {max(volume)} below {plan.bound.value}")
         problem = piece_problem(spec, result, reference)
         if problem:
             problems.append(f"{dims}: {problem}")
