@@ -204,6 +204,7 @@ def test_idle_ranks_when_cheaper_and_scatter_gather_conservation():
     (dict(P=4, memory="lots"), "--memory"),
     (dict(P=4, ownership="middle"), "ownership must be"),
     (dict(P=4, ownership=("aligned", "centred", "aligned")), "ownership must be"),
+    (dict(P=4, ownership=3), "ownership must be"),
 ])
 def test_bad_requests_raise_clear_errors(bad, match):
     spec = ConvSpec(batch=2, in_channels=4, out_channels=4, in_size=(8, 8), kernel_size=3)

@@ -124,10 +124,12 @@ def read_spans(n_in: int, n_out: int, kernel: int, stride: int, pad: int, dil: i
     inside = (pos >= 0) & (pos < n_in)
     first = np.where(inside, pos, n_in).min(axis=1, initial=n_in)
     last = np.where(inside, pos, -1).max(axis=1, initial=-1)
-    block = np.repeat(np.arange(p), block_sizes(n_out, p))
+    starts = block_starts(n_out, p)
     lo, hi = np.full(p, n_in, dtype=np.int64), np.full(p, -1, dtype=np.int64)
-    np.minimum.at(lo, block, first)
-    np.maximum.at(hi, block, last)
+    full = starts[1:] > starts[:-1]       # blocks with outputs (reduceat needs non-empty ones)
+    if full.any():
+        lo[full] = np.minimum.reduceat(first, starts[:-1][full])
+        hi[full] = np.maximum.reduceat(last, starts[:-1][full])
     hi += 1
     empty = hi <= lo
     lo[empty], hi[empty] = n_in, 0

@@ -361,7 +361,10 @@ def _best_grid(spec, grids: np.ndarray, memory: int, node="numpy", ranks: int | 
         dims = tuple(int(v) for v in grids[i])
         evaluated += 1
         for way in _ownerships(dims, ownership):
-            pred = predict_grid(spec, dims, node, ranks, way)
+            pred = predict_grid(spec, dims, node, ranks, way,
+                                stop_above=None if best is None else best_key[0])
+            if pred is None:   # moves more than the best even before its balance phase
+                continue
             need = int(pred.footprint.max())
             smallest = need if smallest is None else min(smallest, need)
             if need > memory:
@@ -378,8 +381,12 @@ def parse_ownership(value) -> str | tuple[str, str]:
     "aligned,centred" / a pair (H then W)."""
     if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
         return "auto"
-    parts = ([v.strip().lower() for v in value.split(",")] if isinstance(value, str)
-             else [str(v).lower() for v in value])
+    if isinstance(value, str):
+        parts = [v.strip().lower() for v in value.split(",")]
+    elif isinstance(value, (tuple, list)):
+        parts = [str(v).lower() for v in value]
+    else:
+        parts = []
     if len(parts) == 1:
         parts *= 2
     if len(parts) != 2 or any(v not in OWNERSHIPS for v in parts):

@@ -134,12 +134,18 @@ def balance_phases(balances: dict) -> dict:
 
 
 def predict_grid(spec, dims: tuple[int, int, int, int, int], node="numpy",
-                 ranks: int | None = None, ownership: tuple = ALIGNED) -> GridPrediction:
+                 ranks: int | None = None, ownership: tuple = ALIGNED,
+                 stop_above: int | None = None) -> GridPrediction | None:
     """Predict every active rank's bytes per phase for grid ``dims`` (exact) and its memory
     footprint with node kernel ``node`` (parconv.plan.footprint); the balance phases over
     ``ranks`` ranks (default: the grid's, no idle rank); the input of the H and W axes owned
     the ``ownership`` ways (parconv.plan.blocks.OWNERSHIPS).  Local, pure; O(P) for the
-    balance."""
+    balance.
+
+    With ``stop_above``, returns None as soon as some rank's volume without the balance phase
+    exceeds it: its bound-comparable volume only grows with them, so the grid cannot beat a
+    best volume of ``stop_above`` (the planner's search skips it, footprint and balance
+    unmade)."""
     PN, PK, PC, PH, PW = dims
     R, S = spec.kernel_size
     ownership = tuple(ownership)
@@ -192,6 +198,10 @@ def predict_grid(spec, dims: tuple[int, int, int, int, int], node="numpy",
                             received=mine_o * (PC - 1) * spec.p_acc,
                             messages=_nonzero_others(n_o, PC, mine_o))
 
+    if stop_above is not None:
+        unbalanced = sum(phases[p]["received"] for p in RECEIVED_BOUND_PHASES if p in phases)
+        if int((unbalanced + phases["reduce"]["sent"] + full).max()) > stop_above:
+            return None
     sizes = dict(input_piece=_piece(block, PK, b), filter_piece=mine, bias_piece=mine_b,
                  input_block=block, touched_piece=touched_mine, touched_block=touched_block,
                  output_piece=mine_o, span_rows=_shape(3, hl.span_sizes),

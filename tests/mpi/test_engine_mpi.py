@@ -192,21 +192,23 @@ def test_repeat_reports_medians_and_every_repeat():
 def test_command_line_gather_repeat_no_overlap(tmp_path):
     """python -m parconv.run with --check --gather --repeat 2 --no-overlap, in this job: the
     report shows two repeats, no overlap, a gather phase and a passed per-rank check; without
-    --gather there is no gather phase."""
+    --gather there is no gather phase; --ownership centred is the report's ownership."""
     from parconv import run
     comm = MPI.COMM_WORLD
     folder = comm.bcast(str(tmp_path) if comm.rank == 0 else None)
     small = ["--in-channels", "6", "--out-channels", "5", "--size", "9x8", "--kernel-size", "3",
              "--padding", "1", "--batch", "2", "--node", "numpy", "--quiet"]
-    paths = [f"{folder}/gathered.json", f"{folder}/plain.json"]
+    paths = [f"{folder}/gathered.json", f"{folder}/plain.json", f"{folder}/centred.json"]
     codes = [run.main([*small, "--check", "--gather", "--repeat", "2", "--no-overlap",
                        "--report", paths[0]]),
-             run.main([*small, "--check", "--report", paths[1]])]
-    ok, detail = codes == [0, 0], str(codes)
+             run.main([*small, "--check", "--report", paths[1]]),
+             run.main([*small, "--check", "--ownership", "centred", "--report", paths[2]])]
+    ok, detail = codes == [0, 0, 0], str(codes)
     if comm.rank == 0 and ok:
         import json
-        gathered, plain = (json.load(open(p)) for p in paths)
-        ok = (gathered["repeat"] == 2 and gathered["overlap"] is False
+        gathered, plain, centred = (json.load(open(p)) for p in paths)
+        ok = (centred["ownership"] == {"H": "centred", "W": "centred"} and centred["check"]["ok"]
+              and gathered["repeat"] == 2 and gathered["overlap"] is False
               and "gather" in gathered["bytes"]["per_phase"] and gathered["check"]["ok"]
               and plain["check"]["ok"] and "gather" not in plain["bytes"]["per_phase"]
               and plain["overlap"] is True)
