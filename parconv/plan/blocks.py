@@ -118,22 +118,24 @@ def read_spans(n_in: int, n_out: int, kernel: int, stride: int, pad: int, dil: i
                p: int) -> tuple[np.ndarray, np.ndarray]:
     """(lo, hi): per output block of the balanced split into ``p``, the first input position
     inside the image its outputs read and one past the last (``lo = n_in, hi = 0`` for a block
-    that reads only padding or has no outputs).  O(n_out kernel), vectorised."""
-    pos = stride * np.arange(n_out, dtype=np.int64)[:, None] \
-        + dil * np.arange(kernel, dtype=np.int64)[None, :] - pad
-    inside = (pos >= 0) & (pos < n_in)
-    first = np.where(inside, pos, n_in).min(axis=1, initial=n_in)
-    last = np.where(inside, pos, -1).max(axis=1, initial=-1)
+    that reads only padding or has no outputs).
+
+    O(p kernel): for each tap r, the first output j of a block whose position
+    ``stride j + dil r - pad`` is >= 0 and the last whose position is < n_in."""
     starts = block_starts(n_out, p)
-    lo, hi = np.full(p, n_in, dtype=np.int64), np.full(p, -1, dtype=np.int64)
-    full = starts[1:] > starts[:-1]       # blocks with outputs (reduceat needs non-empty ones)
-    if full.any():
-        lo[full] = np.minimum.reduceat(first, starts[:-1][full])
-        hi[full] = np.maximum.reduceat(last, starts[:-1][full])
-    hi += 1
+    first, last = starts[:-1, None], starts[1:, None] - 1
+    base = dil * np.arange(kernel, dtype=np.int64)[None, :] - pad
+    j_lo = np.maximum(first, -(base // stride))          # ceil(-base / stride)
+    at_lo = stride * j_lo + base
+    ok_lo = (j_lo <= last) & (at_lo < n_in)
+    j_hi = np.minimum(last, (n_in - 1 - base) // stride)
+    at_hi = stride * j_hi + base
+    ok_hi = (j_hi >= first) & (at_hi >= 0)
+    lo = np.where(ok_lo, at_lo, n_in).min(axis=1, initial=n_in)
+    hi = np.where(ok_hi, at_hi, -1).max(axis=1, initial=-1) + 1
     empty = hi <= lo
     lo[empty], hi[empty] = n_in, 0
-    return lo, hi
+    return lo.astype(np.int64), hi.astype(np.int64)
 
 
 def centred_input_starts(n_in: int, n_out: int, kernel: int, stride: int, pad: int, dil: int,
@@ -144,7 +146,7 @@ def centred_input_starts(n_in: int, n_out: int, kernel: int, stride: int, pad: i
     Where the spans of blocks ``d - 1`` and ``d`` share ``[lo, hi)``, the cut is
     ``(lo + hi + 1) // 2`` (``d - 1`` owns the first half, rounded up); elsewhere it is the aligned
     cut of `owned_input_starts`.  The cuts are then made non-decreasing (blocks thinner than the
-    halo) and clipped, so the owned ranges still partition ``[0, n_in)``.  O(n_out kernel).
+    halo) and clipped, so the owned ranges still partition ``[0, n_in)``.  O(p).
     """
     starts = owned_input_starts(n_in, n_out, stride, pad, p)
     lo, hi = read_spans(n_in, n_out, kernel, stride, pad, dil, p)
