@@ -6,7 +6,10 @@ Run:  python experiments/bench_planner.py [--batch 32] [--ranks 8,64,512,4096] [
 Prints, per layer and P: the chosen grid, the busiest rank's bound-comparable volume, the problem's
 bound (balanced shares, idle ranks included) before the polyphase bound ("old": section 4 only)
 and after ("new": the larger of section 4 and the polyphase bound), which term binds, both ratios,
-and for every row whose new ratio is above 1.15 the reason and the best alternative found:
+and for every row whose new ratio is above 1.15 the reason and the best alternative found.  The
+plan is the automatic one (every grid with both input ownerships, aligned and centred, on each
+split axis; ``ownership`` gives the chosen H,W pair); ``aligned_*`` is the same planner held to
+the aligned ownership (the planner before centred ownership), planned in the same run:
 
 * ``ideal`` is the grid algorithm with REAL factors and no halo (parconv.bounds.alternatives),
   ``ideal+halo`` the same with halos; the reason is "bound or algorithm" when even ``ideal`` is
@@ -39,9 +42,10 @@ from parconv.bounds.workfn import output_bytes  # noqa: E402
 from parconv.layers import get_layer, layer_names  # noqa: E402
 from parconv.plan import make_plan  # noqa: E402
 
-FIELDS = ["layer", "P", "grid", "active", "max_volume", "halo_bytes", "bound_old", "bound_new",
-          "binding_new", "layout_bound", "ratio_old", "ratio_new", "ideal", "ideal_halo",
-          "reason", "alternative", "alt_volume", "alt_ratio", "plan_time_s"]
+FIELDS = ["layer", "P", "grid", "active", "ownership", "max_volume", "halo_bytes", "bound_old",
+          "bound_new", "binding_new", "layout_bound", "ratio_old", "ratio_new", "ideal",
+          "ideal_halo", "reason", "alternative", "alt_volume", "alt_ratio", "plan_time_s",
+          "aligned_grid", "aligned_volume", "ratio_aligned", "aligned_time_s"]
 THRESHOLD = 1.15
 
 
@@ -93,15 +97,22 @@ def row_for(name: str, batch: int, P: int) -> dict:
     poly = (bound.B_MI_polyphase > bound.B_MI_plain if kind == "MI"
             else bound.B_MD_polyphase > bound.B_MD_plain)
     ratio = plan.max_volume / bound.value if bound.value > 0 else None
+    started = time.perf_counter()
+    aligned = make_plan(spec, P, ownership="aligned")
+    aligned_time = time.perf_counter() - started
     row = {"layer": name, "P": P, "grid": str(plan.dims), "active": plan.active,
-           "max_volume": plan.max_volume, "halo_bytes": halo, "bound_old": round(old),
+           "ownership": ",".join(plan.ownership), "max_volume": plan.max_volume, "halo_bytes": halo, "bound_old": round(old),
            "bound_new": round(bound.value),
            "binding_new": f"{kind}-{'polyphase' if poly else 'section4'}",
            "layout_bound": round(plan.layout_bound.value),
            "ratio_old": round(plan.max_volume / old, 4) if old > 0 else "n/a",
            "ratio_new": round(ratio, 4) if ratio is not None else "n/a",
            "ideal": "", "ideal_halo": "", "reason": "", "alternative": "", "alt_volume": "",
-           "alt_ratio": "", "plan_time_s": round(elapsed, 4)}
+           "alt_ratio": "", "plan_time_s": round(elapsed, 4),
+           "aligned_grid": str(aligned.dims), "aligned_volume": aligned.max_volume,
+           "ratio_aligned": (round(aligned.max_volume / bound.value, 4) if bound.value > 0
+                             else "n/a"),
+           "aligned_time_s": round(aligned_time, 4)}
     if ratio is not None and ratio > THRESHOLD:
         ideal = ideal_grid(spec, P)[0] / bound.value
         with_halo = ideal_grid(spec, P, halo=True)[0] / bound.value
@@ -171,26 +182,36 @@ def main() -> int:
         writer.writeheader()
         writer.writerows(rows)
     os.replace(stem + ".csv.tmp", stem + ".csv")
-    lines = [summary(rows, "ratio_old"), summary(rows, "ratio_new")]
-    worst = max(rows, key=lambda r: r["plan_time_s"])
-    lines.append(f"slowest planning: {worst['plan_time_s']:.3f} s ({worst['layer']}, "
-                 f"P={worst['P']})")
+    lines = [summary(rows, "ratio_old"), summary(rows, "ratio_new"),
+             summary(rows, "ratio_aligned") + " (aligned ownership only, problem's bound)"]
+    centred = [r for r in rows if "centred" in r["ownership"]]
+    lines.append(f"centred ownership chosen on {len(centred)} of {len(rows)} rows; busiest "
+                 f"volume below the aligned plan's on "
+                 f"{sum(r['max_volume'] < r['aligned_volume'] for r in rows)}, above on "
+                 f"{sum(r['max_volume'] > r['aligned_volume'] for r in rows)}")
+    for key, what in (("plan_time_s", "slowest planning"),
+                      ("aligned_time_s", "slowest planning, aligned only")):
+        worst = max(rows, key=lambda r: r[key])
+        lines.append(f"{what}: {worst[key]:.3f} s ({worst['layer']}, P={worst['P']}); total "
+                     f"{sum(r[key] for r in rows):.1f} s")
     header = "| " + " | ".join(FIELDS) + " |\n|" + "---|" * len(FIELDS) + "\n"
     body = "".join("| " + " | ".join(str(r[f]) for f in FIELDS) + " |\n" for r in rows)
     with open(stem + ".md.tmp", "w") as fh:
         fh.write("# Planner against the problem's bound\n\n" + "".join(f"* {x}\n" for x in lines)
                  + "\n" + header + body)
     os.replace(stem + ".md.tmp", stem + ".md")
-    print(f"{'layer':<32} {'P':>5} {'grid':<14} {'volume':>10} {'old':>10} {'new':>10} "
-          f"{'binds':<13} {'r_old':>6} {'r_new':>6}  reason / alternative")
+    print(f"{'layer':<32} {'P':>5} {'grid':<14} {'own H,W':<15} {'volume':>10} {'old':>10} "
+          f"{'new':>10} {'binds':<13} {'r_old':>6} {'r_new':>6} {'r_alig':>6}  "
+          f"reason / alternative")
     for r in rows:
         extra = ""
         if r["reason"]:
             extra = (f"{r['reason']}; ideal {r['ideal']}, ideal+halo {r['ideal_halo']}; best "
                      f"alternative {r['alt_ratio']} ({r['alternative']})")
-        print(f"{r['layer']:<32} {r['P']:>5} {r['grid']:<14} {r['max_volume']:>10} "
-              f"{r['bound_old']:>10} {r['bound_new']:>10} {r['binding_new']:<13} "
-              f"{r['ratio_old']:>6} {r['ratio_new']:>6}  {extra}")
+        print(f"{r['layer']:<32} {r['P']:>5} {r['grid']:<14} {r['ownership']:<15} "
+              f"{r['max_volume']:>10} {r['bound_old']:>10} {r['bound_new']:>10} "
+              f"{r['binding_new']:<13} {r['ratio_old']:>6} {r['ratio_new']:>6} "
+              f"{r['ratio_aligned']:>6}  {extra}")
     print()
     for line in lines:
         print(line)

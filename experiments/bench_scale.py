@@ -94,7 +94,7 @@ def schedule_rows(name: str, batch: int, ranks_list, repeat: int, full: bool) ->
             coords = plan.coords(rank)
 
             def compact():
-                return rank_schedule(spec, plan.dims, rank, coords)
+                return rank_schedule(spec, plan.dims, rank, coords, plan.ownership)
 
             def dense():
                 local = compact()

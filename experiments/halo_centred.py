@@ -1,98 +1,85 @@
-# python experiments/halo_centred.py [--csv experiments/results/planner/resnet50_vgg16_b32.csv]
-"""Item 5 of issue 8: halos taken from centred owners instead of one-sided ones (analysis only).
+# python experiments/halo_centred.py [--batch 32] [--grids 12] [--out experiments/results/planner/halo_centred.txt]
+"""Input ownership, aligned against centred, on every sampled grid (issue 8, "the algorithm's gap").
 
-Today an H (or W) block owns the input rows starting where its own output block starts reading
-(`blocks.owned_input_starts`), so its whole halo comes from the next block: one side pays all of
-it (e.g. 2 columns of a 3x3 layer, 5 of the 7x7 stem).  Cutting the ownership of every pair of
-neighbours in the middle of the rows both read splits the halo between the two sides.  For every
-row of the planner benchmark whose reason is "halo", this prints the planned busiest volume and an
-estimate of the same grid with centred cuts:
-
-    max over (H block, W block) of [input all-gather + halo_h + halo_w] with the centred ownership
-    + the largest filter all-gather + the largest partial-sum reduce of the plan
-    + p_I * max(0, largest owned touched-input piece - ceil(|I| / P))   (balanced-start surcharge)
-
-The input all-gather of a block of B touched elements over P_K ranks is charged B - floor(B/P_K).
-Every term is at least what the centred layout would pay, so an estimate below the planned volume
-means the centred layout really moves fewer bytes.  Implementing it is the engine's (axis.py).
+An H (or W) block owns its input rows either *aligned* (from where its own output block starts
+reading: one side of each pair of neighbours receives all the rows both read) or *centred* (the
+cut in the middle of the rows both read; parconv.plan.blocks.centred_input_starts).  The planner
+predicts every grid with both on each split axis and keeps the cheaper (design.md 3).  This
+measures, with the planner's exact predictions (balanced start included), how often each is the
+cheaper one: for every ResNet-50 and VGG-16 layer at ``--batch`` and every layer of
+tests/test_plan.py::AWKWARD, on P = 4, 6, 8, 12, 64, 512, up to ``--grids`` grids per (layer, P)
+that split H or W (a fixed random sample, seed 0), the busiest rank's bound-comparable volume
+with both axes aligned and with both centred.  Prints the counts and every grid where centred
+moves more, and writes the same to ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import collections
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import numpy as np  # noqa: E402
 
-from parconv.bounds import parallel_bounds  # noqa: E402
-from parconv.layers import get_layer  # noqa: E402
-from parconv.plan import GridDims, make_plan  # noqa: E402
-from parconv.plan.axis import axis_layout  # noqa: E402
-from parconv.plan.blocks import block_sizes  # noqa: E402
+from parconv.layers import get_layer, layer_names  # noqa: E402
+from parconv.plan.dims import dimension_caps, factorizations  # noqa: E402
+from parconv.plan.predict import predict_grid  # noqa: E402
+from test_plan import AWKWARD  # noqa: E402
 
-
-def centred(layout, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(received halo positions, touched owned positions, needed positions) per block with every
-    cut between neighbours in the middle of the positions both read."""
-    p = layout.p
-    spans = [layout.span(d) for d in range(p)]
-    starts = np.array(layout.own_starts, dtype=np.int64)
-    for d in range(1, p):
-        lo, hi = spans[d][0], spans[d - 1][1]
-        if hi > lo:  # the two blocks read [lo, hi) both
-            starts[d] = (lo + hi + 1) // 2
-    starts = np.maximum.accumulate(np.clip(starts, 0, n_in))
-    starts[0], starts[-1] = 0, n_in
-    touched = layout.touched
-    recv, own_t = [], []
-    for d in range(p):
-        a, b = starts[d], starts[d + 1]
-        need = layout.needed[d]
-        recv.append(int(np.count_nonzero((need < a) | (need >= b))))
-        own_t.append(int(touched[a:b].sum()))
-    return np.array(recv), np.array(own_t), layout.needed_counts
-
-
-def estimate(spec, plan) -> int:
-    PN, PK, PC, PH, PW = plan.dims.as_tuple()
-    nN, nC = int(block_sizes(spec.batch, PN).max()), int(block_sizes(spec.in_channels, PC).max())
-    rh, th, need_h = centred(axis_layout(spec, 0, PH), spec.in_size[0])
-    rw, tw, _ = centred(axis_layout(spec, 1, PW), spec.in_size[1])
-    block = nN * nC * th[:, None] * tw[None, :]
-    gather = block - block // PK
-    halo_h = nN * nC * rh[:, None] * tw[None, :]
-    halo_w = nN * nC * need_h[:, None] * rw[None, :]
-    spatial = int(((gather + halo_h + halo_w) * spec.p_in).max())
-    piece = int(-(-block.max() // PK))
-    surcharge = spec.p_in * max(0, piece - -(-spec.size_input_touched // plan.ranks))
-    return (spatial + int(plan.predicted["filter"]["received"].max())
-            + int(plan.predicted["reduce"]["sent"].max()) + surcharge)
+RANKS = (4, 6, 8, 12, 64, 512)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--csv", default=os.path.join(os.path.dirname(__file__), "results",
-                                                      "planner", "resnet50_vgg16_b32.csv"))
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--grids", type=int, default=12)
+    parser.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "planner",
+                                                      "halo_centred.txt"))
     args = parser.parse_args()
-    rows = [r for r in csv.DictReader(open(args.csv)) if r["reason"] == "halo"]
-    print(f"{'layer':<28} {'P':>5} {'grid':<13} {'planned':>9} {'centred':>9} {'bound':>9} "
-          f"{'r_planned':>9} {'r_centred':>9}")
-    better = 0
-    for r in rows:
-        spec, P = get_layer(r["layer"], batch=args.batch), int(r["P"])
-        plan = make_plan(spec, P, grid=GridDims.parse(r["grid"])) if int(r["active"]) == P \
-            else make_plan(spec, P)
-        bound = parallel_bounds(spec, P, plan.memory).value
-        est = estimate(spec, plan)
-        better += est < plan.max_volume
-        print(f"{r['layer']:<28} {P:>5} {r['grid']:<13} {plan.max_volume:>9} {est:>9} "
-              f"{bound:>9.0f} {plan.max_volume / bound:>9.3f} {est / bound:>9.3f}")
-    print(f"\ncentred cuts estimated below the planned volume on {better} of {len(rows)} halo rows")
+    rng = np.random.default_rng(0)
+    specs = [(n, get_layer(n, batch=args.batch))
+             for n in layer_names("resnet50.") + layer_names("vgg16.")]
+    specs += [(f"AWKWARD[{i}] {s.describe()[:60]}", s) for i, s in enumerate(AWKWARD)]
+    counts, worse, gains = collections.Counter(), [], []
+    for name, spec in specs:
+        for P in RANKS:
+            grids = [g for g in factorizations(P, dimension_caps(spec)) if g[3] > 1 or g[4] > 1]
+            if len(grids) > args.grids:
+                grids = [grids[i] for i in sorted(rng.choice(len(grids), args.grids,
+                                                             replace=False))]
+            for g in grids:
+                aligned = predict_grid(spec, g, ranks=P).max_volume
+                centred = predict_grid(spec, g, ranks=P,
+                                       ownership=("centred", "centred")).max_volume
+                counts["grids"] += 1
+                counts["centred below" if centred < aligned else
+                       "centred above" if centred > aligned else "equal"] += 1
+                if centred > aligned:
+                    worse.append((name, P, g, aligned, centred))
+                elif centred < aligned:
+                    gains.append(centred / aligned)
+    lines = [f"{counts['grids']} grids splitting H or W ({len(specs)} layers, P in "
+             f"{', '.join(map(str, RANKS))}, at most {args.grids} per layer and P): busiest "
+             f"volume with both axes centred below the aligned one on {counts['centred below']}, "
+             f"equal on {counts['equal']}, above on {counts['centred above']}",
+             f"where below: centred / aligned median {np.median(gains):.4f}, smallest "
+             f"{min(gains):.4f}" if gains else "never below",
+             "", "grids where centred moves more (layer, P, grid, aligned, centred, ratio):"]
+    lines += [f"  {name}  P={P}  {'x'.join(map(str, g))}  {a}  {c}  {c / a:.4f}"
+              for name, P, g, a, c in worse]
+    by_layer = collections.Counter(w[0] for w in worse)
+    lines += ["", "per layer: " + "; ".join(f"{k}: {v}" for k, v in by_layer.items())]
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    with open(args.out + ".tmp", "w") as fh:
+        fh.write(f"# python experiments/halo_centred.py --batch {args.batch} --grids "
+                 f"{args.grids}\n" + text)
+    os.replace(args.out + ".tmp", args.out)
     return 0
 
 

@@ -183,6 +183,7 @@ def build_report(grid, plan, counts, performed, stats, times, check=None,
     report = {
         "spec": plan.spec.to_dict(), "ranks": plan.ranks, "active_ranks": plan.active,
         "grid": plan.dims.as_dict(), "grid_forced": plan.forced, "memory_limit": plan.memory,
+        "ownership": dict(zip(("H", "W"), plan.ownership)),
         "bytes": {
             "sent": sum(counts[p][:, 0] for p in totals).tolist(),
             "received": sum(counts[p][:, 1] for p in totals).tolist(),

@@ -76,16 +76,19 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def shared_plan(comm, spec, memory=None, grid=None, root: int = 0, node="numpy") -> Plan:
+def shared_plan(comm, spec, memory=None, grid=None, root: int = 0, node="numpy",
+                ownership="auto") -> Plan:
     """The plan for ``spec`` on ``comm``: made on ``root`` alone and broadcast (it is pure
     data), so the other ranks never search grids or solve bounds.  Collective over ``comm``.
 
-    ``node`` (a name or kernel object) chooses the footprint model the memory is checked with.
+    ``node`` (a name or kernel object) chooses the footprint model the memory is checked with;
+    ``ownership`` is make_plan's (input rows and columns aligned, centred or auto).
     Raises the root's ParconvError (bad grid, memory too small) on every rank."""
     made, problem = None, None
     if comm.Get_rank() == root:
         try:
-            made = make_plan(spec, comm.Get_size(), memory=memory, grid=grid, node=node)
+            made = make_plan(spec, comm.Get_size(), memory=memory, grid=grid, node=node,
+                             ownership=ownership)
         except ParconvError as exc:
             problem = ("input", str(exc))
         except Exception as exc:  # noqa: BLE001 - every rank must learn of it

@@ -129,6 +129,11 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     node.add_argument("--grid", default="auto", metavar="auto|NxKxCxHxW",
                       help="processor grid; auto = chosen from the bound; a forced grid must "
                            "multiply to the number of ranks (default auto)")
+    node.add_argument("--ownership", default="auto", metavar="auto|aligned|centred|H,W",
+                      help="how the input rows and columns are owned: aligned with the output "
+                           "blocks, or centred (cut in the middle of the rows two neighbours "
+                           "both read); auto keeps whichever moves fewer bytes; 'aligned,centred' "
+                           "gives H then W (default auto)")
     node.add_argument("--memory", metavar="BYTES", default="1GiB",
                       help="memory per rank for the planner and the memory-dependent bound; "
                            "plain bytes or with a unit: KB/MB/GB (10^3..) or KiB/MiB/GiB (2^10..) "
@@ -250,7 +255,8 @@ def _node_kernel(name: str, rank: int):
 def _plan_line(plan) -> str:
     bound, ratio = plan.bound, plan.ratio_to_bound
     ratio_text = "n/a (bound 0)" if ratio is None else f"{ratio:.3f}"
-    return (f"plan: grid NxKxCxHxW = {plan.dims} ({plan.active} of {plan.ranks} ranks active), "
+    return (f"plan: grid NxKxCxHxW = {plan.dims} ({plan.active} of {plan.ranks} ranks active, "
+            f"input rows owned {plan.ownership[0]}, columns {plan.ownership[1]}), "
             f"busiest rank {human_bytes(plan.max_volume)}, bound {human_bytes(bound.value)} "
             f"({bound.binding}), ratio {ratio_text}")
 
@@ -268,7 +274,8 @@ def _execute(comm, args, argv, say) -> int:
     targets = _output_targets(comm, args, spec)
     say(f"MPI: {size} ranks, {_mpi_library()}")
     say(f"layer: {spec.describe()}")
-    plan = shared_plan(comm, spec, memory=args.memory, grid=args.grid, node=args.node)
+    plan = shared_plan(comm, spec, memory=args.memory, grid=args.grid, node=args.node,
+                       ownership=args.ownership)
     say(_plan_line(plan))
     kernel = _node_kernel(args.node, rank)
     if args.input:

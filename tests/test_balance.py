@@ -64,10 +64,11 @@ def _check(plan):
     assert np.array_equal(total["messages"], messages)
 
 
+@pytest.mark.parametrize("ownership", ["auto", "aligned", "centred"])
 @pytest.mark.parametrize("spec", AWKWARD, ids=lambda s: s.describe()[:50])
 @pytest.mark.parametrize("P", [1, 2, 3, 5, 7, 8])
-def test_balanced_layout_partitions_and_predicts_exactly(spec, P):
-    _check(make_plan(spec, P))
+def test_balanced_layout_partitions_and_predicts_exactly(spec, P, ownership):
+    _check(make_plan(spec, P, ownership=ownership))
 
 
 @pytest.mark.parametrize("P", [13, 16])

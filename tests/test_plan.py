@@ -4,14 +4,13 @@ The vectorised prediction (parconv.plan.predict) is checked against an independe
 from the explicit schedules of ``Plan.local`` for every rank of many grids.
 """
 
-import itertools
-
 import numpy as np
 import pytest
 
 from parconv.errors import ParconvError
 from parconv.layers import get_layer
 from parconv.plan import BOUND_PHASES, make_plan
+from parconv.plan.blocks import OWNERSHIPS
 from parconv.plan.dims import GridDims, dimension_caps, factorizations
 from parconv.plan.predict import PHASES, predict_grid
 from parconv.spec import ConvSpec
@@ -93,11 +92,16 @@ def _grids(spec, P, limit=6):
     return grids[::step]
 
 
+#: the forced input ownerships the schedule tests run (H, W): each way, and mixed
+OWNERSHIP_CASES = ["aligned", "centred", "centred,aligned"]
+
+
+@pytest.mark.parametrize("ownership", OWNERSHIP_CASES)
 @pytest.mark.parametrize("spec", AWKWARD, ids=lambda s: s.describe()[:60])
 @pytest.mark.parametrize("P", [1, 2, 3, 4, 6, 8, 12])
-def test_prediction_equals_recount_and_arrays_partition(spec, P):
+def test_prediction_equals_recount_and_arrays_partition(spec, P, ownership):
     for dims in _grids(spec, P):
-        plan = make_plan(spec, P, grid=dims)
+        plan = make_plan(spec, P, grid=dims, ownership=ownership)
         for rank in range(P):
             recount = _recount(plan, rank)
             for phase in PHASES:
@@ -113,12 +117,13 @@ def test_prediction_equals_recount_and_arrays_partition(spec, P):
             assert (_coverage(plan, "bias", (spec.out_channels,)) == 1).all()
 
 
+@pytest.mark.parametrize("ownership", OWNERSHIP_CASES)
 @pytest.mark.parametrize("spec", AWKWARD, ids=lambda s: s.describe()[:60])
-def test_exchanges_deliver_every_needed_input(spec):
+def test_exchanges_deliver_every_needed_input(spec, ownership):
     """Simulate the held (row, column) sets through gather, H halo and W halo."""
     for P in (2, 3, 4, 6, 8):
         for dims in _grids(spec, P, limit=6):
-            plan = make_plan(spec, P, grid=dims)
+            plan = make_plan(spec, P, grid=dims, ownership=ownership)
             locs = {plan.coords(r): plan.schedule(r) for r in range(P)}
             for (a, b, c, d, e), loc in locs.items():
                 held_rows = set(np.arange(*loc.rows_own)[loc.rows_touched_own])
@@ -197,6 +202,9 @@ def test_idle_ranks_when_cheaper_and_scatter_gather_conservation():
     (dict(P=4, grid=(1, 1, 1, 1, 4)), None), (dict(P=64, grid=(64, 1, 1, 1, 1)), "exceeds"),
     (dict(P=4, grid="2x2"), "five"), (dict(P=4, memory=10), "memory too small"),
     (dict(P=4, memory="lots"), "--memory"),
+    (dict(P=4, ownership="middle"), "ownership must be"),
+    (dict(P=4, ownership=("aligned", "centred", "aligned")), "ownership must be"),
+    (dict(P=4, ownership=3), "ownership must be"),
 ])
 def test_bad_requests_raise_clear_errors(bad, match):
     spec = ConvSpec(batch=2, in_channels=4, out_channels=4, in_size=(8, 8), kernel_size=3)
@@ -213,13 +221,18 @@ def test_grid_parse_and_str():
 
 
 def test_vectorised_prediction_matches_every_forced_grid_choice():
-    """The automatic choice is the minimum over all grids of the exact largest volume."""
+    """The automatic choice is the minimum over all grids and input ownerships of the exact
+    largest volume."""
     spec = AWKWARD[0]
     for P in (4, 6, 8):
         chosen = make_plan(spec, P, max_idle=0)
-        best = min(predict_grid(spec, g).max_volume
-                   for g in itertools.chain(factorizations(P, dimension_caps(spec))))
+        best = min(predict_grid(spec, g, ownership=(h, w)).max_volume
+                   for g in factorizations(P, dimension_caps(spec))
+                   for h in OWNERSHIPS for w in OWNERSHIPS)
         assert chosen.max_volume == best
+        aligned = make_plan(spec, P, max_idle=0, ownership="aligned")
+        assert aligned.ownership == ("aligned", "aligned")
+        assert chosen.max_volume <= aligned.max_volume
 
 
 @pytest.mark.parametrize("spec", [AWKWARD[1], AWKWARD[5]], ids=["strided-bias", "dilated"])

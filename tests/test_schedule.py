@@ -1,7 +1,9 @@
 """One rank's schedule computed alone equals the one the old all-ranks path computed.
 
 The reference is the pre-issue-7 implementation kept verbatim in tests/_old_schedule.py (axis
-layouts holding every block of the axis, dense piece lists).  Checked for every P from 1 to 64
+layouts holding every block of the axis, dense piece lists); it knows only the aligned input
+ownership, so the centred one is checked against a per-element recount of its axis layouts
+(`test_centred_axis_layout_equals_a_per_element_recount`) and, per rank, by tests/test_plan.py.  Checked for every P from 1 to 64
 (sampled grids and ranks) on awkward layers and catalogue layers, and at P = 4096 and 65536 on
 sampled ranks including the busiest and the edge blocks of each spatial axis.
 """
@@ -15,8 +17,8 @@ from _old_schedule import _layout as old_layout
 from _old_schedule import old_rank_schedule
 from parconv.layers import get_layer
 from parconv.plan import make_plan
-from parconv.plan.axis import axis_layout
-from parconv.plan.blocks import FlatSplit, flat_piece
+from parconv.plan.axis import AxisHalo, axis_layout
+from parconv.plan.blocks import FlatSplit, block_range, flat_piece, needed_positions
 from parconv.plan.dims import GridDims, dimension_caps, factorizations
 from parconv.plan.predict import predict_grid
 from parconv.plan.schedule import rank_schedule
@@ -32,6 +34,10 @@ BOXES = ("input_piece_boxes", "filter_piece_boxes", "output_piece_boxes", "bias_
 
 
 def _same_value(a, b) -> bool:
+    if isinstance(b, AxisHalo):
+        return (isinstance(a, AxisHalo) and _same_value(a.peers, b.peers)
+                and len(a.send) == len(b.send)
+                and all(_same_value(x, y) for x, y in zip(a.send + a.recv, b.send + b.recv)))
     if isinstance(b, np.ndarray):
         return isinstance(a, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
     return a == b
@@ -141,14 +147,78 @@ def test_large_P_sampled_ranks(name, P, grid):
 
 def test_plan_schedule_is_rank_schedule_and_idle_is_none():
     spec = AWKWARD[1]
-    plan = make_plan(spec, 7)
-    for rank in range(7):
-        local = plan.schedule(rank)
-        if rank >= plan.active:
-            assert local is None
-            continue
-        assert plan.schedule(rank) is local   # kept, not rebuilt
-        assert_same_schedule(local, old_rank_schedule(spec, plan.dims, rank, plan.coords(rank)))
+    for ownership in ("aligned", "auto", "centred"):
+        plan = make_plan(spec, 7, ownership=ownership)
+        for rank in range(7):
+            local = plan.schedule(rank)
+            if rank >= plan.active:
+                assert local is None
+                continue
+            assert plan.schedule(rank) is local   # kept, not rebuilt
+            assert_same_schedule(local, rank_schedule(spec, plan.dims, rank, plan.coords(rank),
+                                                      plan.ownership))
+            if plan.ownership == ("aligned", "aligned"):   # the old code knows only this one
+                assert_same_schedule(local, old_rank_schedule(spec, plan.dims, rank,
+                                                              plan.coords(rank)))
+
+
+def _brute_centred_starts(n_in, n_out, kernel, stride, pad, dil, p):
+    """The centred cuts from the rule itself, per block from its needed positions."""
+    out = [block_range(n_out, p, d) for d in range(p)]
+    need = [needed_positions(o, n_in, kernel, stride, pad, dil) for o in out]
+    starts = [0]
+    for d in range(1, p):
+        cut = min(max(stride * out[d][0] - pad, 0), n_in)     # aligned
+        if need[d - 1].size and need[d].size and need[d - 1][-1] >= need[d][0]:
+            lo, hi = int(need[d][0]), int(need[d - 1][-1]) + 1
+            cut = (lo + hi + 1) // 2
+        starts.append(max(starts[-1], min(max(cut, 0), n_in)))
+    return starts + [n_in], need
+
+
+@pytest.mark.parametrize("spec", AWKWARD + LAYERS, ids=lambda s: s.describe()[:50])
+def test_centred_axis_layout_equals_a_per_element_recount(spec):
+    """The old code does not know centred ownership: every per-block count and every halo of
+    the centred layout is recounted here element by element from who owns and who reads each
+    input position."""
+    for which in (0, 1):
+        n_in, n_out, kernel, stride, pad, dil = spec.axis(which)
+        for p in range(1, min(n_out, 40) + 1):
+            lay = axis_layout(spec, which, p, "centred")
+            starts, need = _brute_centred_starts(n_in, n_out, kernel, stride, pad, dil, p)
+            assert lay.own_starts.tolist() == starts, p
+            owner = np.repeat(np.arange(p), np.diff(starts))
+            touched = np.zeros(n_in, bool)
+            for rows in need:
+                touched[rows] = True
+            assert np.array_equal(lay.touched, touched)
+            sent, received, messages = np.zeros(p, int), np.zeros(p, int), np.zeros(p, int)
+            for d in range(p):
+                own = set(range(starts[d], starts[d + 1]))
+                mine = set(need[d].tolist())
+                assert np.array_equal(lay.needed(d), need[d])
+                assert lay.touched_own_counts[d] == touched[starts[d]:starts[d + 1]].sum()
+                span = (int(need[d][0]), int(need[d][-1]) + 1) if need[d].size else (0, 0)
+                assert lay.span(d) == span
+                hull = own | set(range(*span))
+                buf = (min(hull), max(hull) + 1) if hull else (starts[d], starts[d + 1])
+                assert lay.buf(d) == buf and lay.buf_sizes[d] == buf[1] - buf[0], (p, d)
+                received[d] = len(mine - own)
+                halo = dict(zip(lay.halo_peers(d).peers.tolist(),
+                                zip(lay.halo_peers(d).send, lay.halo_peers(d).recv)))
+                for q in range(p):
+                    theirs = set(need[q].tolist())
+                    send = sorted(own & theirs) if q != d else []
+                    recv = sorted(x for x in mine if owner[x] == q) if q != d else []
+                    got = halo.get(q, (np.zeros(0, int), np.zeros(0, int)))
+                    assert got[0].tolist() == send and got[1].tolist() == recv, (p, d, q)
+                    assert (q in halo) == bool(send or recv)
+                    sent[d] += len(send)
+                    messages[d] += bool(send)
+            assert lay.halo_received.tolist() == received.tolist(), p
+            assert lay.halo_sent.tolist() == sent.tolist(), p
+            assert lay.halo_messages.tolist() == messages.tolist(), p
+            assert lay.own_sizes.tolist() == np.diff(starts).tolist()
 
 
 def test_flat_split_is_the_list_of_flat_pieces():

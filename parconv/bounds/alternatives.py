@@ -36,7 +36,9 @@ def ideal_grid(spec: ConvSpec, P: int, halo: bool = False,
     volume = sum_j p_j (block of A_j) - sum_j p_j |A_j| / P: the input block is split by N, C,
     H, W; the filter block by K, C; the output block by N, K, H, W.  Without ``halo`` the input
     block is |I| / (P_N P_C P_H P_W); with it, a block of h x w outputs reads
-    min(T, s (h - 1) + d (R - 1) + 1) rows (T the touched rows) and likewise columns.  Every
+    min(T, s (h - 1) + d (R - 1) + 1 - b) rows (T the touched rows; b = 0 when some block lies
+    between two others, else b = the smaller border's padding, which every block skips) and
+    likewise columns.  Every
     factor but P_W runs over a geometric grid of ``per_octave`` points per factor of 2 (default
     4 up to P = 64, 2 above; all powers of two included) and P_W = P / (the others); the minimum
     over that grid is returned.
@@ -58,8 +60,13 @@ def ideal_grid(spec: ConvSpec, P: int, halo: bool = False,
     for a, (out, parts) in enumerate(((H, pH), (W, pW))):
         block = out / parts
         if halo:
-            ext = spec.dilation[a] * (spec.kernel_size[a] - 1) + 1
-            spans.append(np.minimum(touched[a], spec.stride[a] * (block - 1) + ext))
+            n_in, n_out, kernel, stride, pad, dil = spec.axis(a)
+            ext = dil * (kernel - 1) + 1
+            # at most two blocks: each meets a border, and the busier one still skips the
+            # smaller of the two borders' padding (centred ownership splits the rest evenly)
+            end_pad = max(0, stride * (n_out - 1) + ext - pad - n_in)
+            border = np.where(parts <= 2 * (1 + 1e-12), min(pad, end_pad), 0)
+            spans.append(np.minimum(touched[a], stride * (block - 1) + ext - border))
         else:
             spans.append(touched[a] * block / out)
     sizes = _sizes_bytes(spec)

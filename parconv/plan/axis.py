@@ -8,7 +8,8 @@ counts over the whole axis (``needed_counts``, ``halo_sent``, ...) are vectorise
 
 For output block ``d`` (half-open ``out(d)``):
 
-* ``own(d)``: input positions the block owns (``blocks.owned_input_starts``);
+* ``own(d)``: input positions the block owns (``blocks.input_starts`` for the layout's
+  ``ownership``, aligned or centred);
 * ``needed(d)``: sorted input positions its output positions read (only positions really read);
 * ``span(d)``: ``[needed(d)[0], needed(d)[-1] + 1)``, the extent of the local kernel's input;
 * ``buf(d)``: hull of ``own(d)`` and ``span(d)``, the extent of the local work buffer;
@@ -26,7 +27,7 @@ from functools import cached_property, lru_cache
 
 import numpy as np
 
-from .blocks import block_starts, local_padding, needed_positions, owned_input_starts
+from .blocks import block_starts, input_starts, local_padding, needed_positions
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 _EMPTY.flags.writeable = False
@@ -77,6 +78,7 @@ class AxisLayout:
     out_starts: np.ndarray          # p + 1 boundaries of output blocks
     own_starts: np.ndarray          # p + 1 boundaries of owned input positions
     touched: np.ndarray             # mask over all input positions (read by some output)
+    ownership: str = "aligned"      # how own_starts were cut (blocks.OWNERSHIPS)
 
     # ---- per-block ranges ------------------------------------------------------------------------
     def out(self, d: int) -> tuple[int, int]:
@@ -268,16 +270,17 @@ def _needed(n_in: int, n_out: int, kernel: int, stride: int, pad: int, dil: int,
 
 @lru_cache(maxsize=4096)
 def _layout(n_in: int, n_out: int, kernel: int, stride: int, pad: int, dil: int,
-            p: int) -> AxisLayout:
+            p: int, ownership: str = "aligned") -> AxisLayout:
     out_starts = block_starts(n_out, p)
-    own_starts = owned_input_starts(n_in, n_out, stride, pad, p)
+    own_starts = input_starts(n_in, n_out, kernel, stride, pad, dil, p, ownership)
     for array in (out_starts, own_starts):
         array.flags.writeable = False
     return AxisLayout(p, n_in, n_out, kernel, stride, pad, dil, out_starts, own_starts,
-                      _touched(n_in, n_out, kernel, stride, pad, dil))
+                      _touched(n_in, n_out, kernel, stride, pad, dil), ownership)
 
 
-def axis_layout(spec, which: int, p: int) -> AxisLayout:
-    """The cached layout of axis ``which`` (0 = height, 1 = width) of ``spec`` split ``p`` ways."""
+def axis_layout(spec, which: int, p: int, ownership: str = "aligned") -> AxisLayout:
+    """The cached layout of axis ``which`` (0 = height, 1 = width) of ``spec`` split ``p`` ways,
+    its input positions owned the ``ownership`` way (``blocks.OWNERSHIPS``)."""
     n_in, n_out, kernel, stride, pad, dil = spec.axis(which)
-    return _layout(n_in, n_out, kernel, stride, pad, dil, p)
+    return _layout(n_in, n_out, kernel, stride, pad, dil, p, ownership)

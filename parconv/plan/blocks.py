@@ -4,11 +4,16 @@ Conventions (design.md):
 
 * ``block_range(n, p, i)`` splits ``[0, n)`` into ``p`` contiguous blocks whose sizes differ by at
   most one; the first ``n % p`` blocks are the larger ones.
-* Along the height (and likewise the width) the *input* rows are owned in blocks aligned with the
-  output blocks: H-block ``d`` owns input rows ``[sh * h_start(d) - ph, sh * h_start(d+1) - ph)``,
-  clipped to the image, the first block from row 0 and the last to ``H_in``.  For every layer
-  with ``sh <= dh (R - 1) + 1`` (every catalogue layer) the rows a block owns are a subset of the
-  rows it reads, so its halo is one-sided.
+* Along the height (and likewise the width) the *input* rows are owned in contiguous blocks, one
+  per output block, in one of two ways (``OWNERSHIPS``; the planner picks per axis):
+
+  - ``aligned``: H-block ``d`` owns input rows ``[sh * h_start(d) - ph, sh * h_start(d+1) - ph)``,
+    clipped to the image, the first block from row 0 and the last to ``H_in``.  For every layer
+    with ``sh <= dh (R - 1) + 1`` (every catalogue layer) the rows a block owns are a subset of
+    the rows it reads, so its halo is one-sided: the rows two neighbours both read are all owned
+    by the second, and the first receives all of them.
+  - ``centred``: where two neighbours' spans overlap, the cut between them is the middle of the
+    overlap, so each receives about half of the rows both read (``centred_input_starts``).
 * A block of an array that several ranks share is split again into balanced *flat* pieces of its
   C-order elements (``flat_piece``), and ``flat_range_boxes`` turns such a piece back into
   rectangular boxes for HDF5 hyperslabs.
@@ -16,8 +21,9 @@ Conventions (design.md):
 Example: 10 output rows on 3 ranks, 3x3 kernel, stride 1, padding 1 (H_in = 10)::
 
     output blocks  [0,4) [4,7) [7,10)
-    owned rows     [0,3) [3,6) [6,10)
     needed rows    [0,5) [3,8) [6,10)
+    owned rows     [0,3) [3,6) [6,10)   aligned: block 0 receives 2 rows, block 1 receives 2
+    owned rows     [0,4) [4,7) [7,10)   centred: block 0 receives 1, block 1 receives 2, block 2 1
 """
 
 from __future__ import annotations
@@ -102,6 +108,63 @@ def owned_input_starts(n_in: int, n_out: int, stride: int, pad: int, p: int) -> 
     starts = np.clip(stride * out_starts - pad, 0, n_in)
     starts[0], starts[-1] = 0, n_in
     return starts
+
+
+#: the ways the input positions of one spatial axis are owned by its blocks (module doc)
+OWNERSHIPS = ("aligned", "centred")
+
+
+def read_spans(n_in: int, n_out: int, kernel: int, stride: int, pad: int, dil: int,
+               p: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi): per output block of the balanced split into ``p``, the first input position
+    inside the image its outputs read and one past the last (``lo = n_in, hi = 0`` for a block
+    that reads only padding or has no outputs).
+
+    O(p kernel): for each tap r, the first output j of a block whose position
+    ``stride j + dil r - pad`` is >= 0 and the last whose position is < n_in."""
+    starts = block_starts(n_out, p)
+    first, last = starts[:-1, None], starts[1:, None] - 1
+    base = dil * np.arange(kernel, dtype=np.int64)[None, :] - pad
+    j_lo = np.maximum(first, -(base // stride))          # ceil(-base / stride)
+    at_lo = stride * j_lo + base
+    ok_lo = (j_lo <= last) & (at_lo < n_in)
+    j_hi = np.minimum(last, (n_in - 1 - base) // stride)
+    at_hi = stride * j_hi + base
+    ok_hi = (j_hi >= first) & (at_hi >= 0)
+    lo = np.where(ok_lo, at_lo, n_in).min(axis=1, initial=n_in)
+    hi = np.where(ok_hi, at_hi, -1).max(axis=1, initial=-1) + 1
+    empty = hi <= lo
+    lo[empty], hi[empty] = n_in, 0
+    return lo.astype(np.int64), hi.astype(np.int64)
+
+
+def centred_input_starts(n_in: int, n_out: int, kernel: int, stride: int, pad: int, dil: int,
+                         p: int) -> np.ndarray:
+    """Boundaries (``p + 1``) of the input positions owned by each of ``p`` output blocks, with
+    every cut between neighbours whose spans overlap in the middle of the overlap.
+
+    Where the spans of blocks ``d - 1`` and ``d`` share ``[lo, hi)``, the cut is
+    ``(lo + hi + 1) // 2`` (``d - 1`` owns the first half, rounded up); elsewhere it is the aligned
+    cut of `owned_input_starts`.  The cuts are then made non-decreasing (blocks thinner than the
+    halo) and clipped, so the owned ranges still partition ``[0, n_in)``.  O(p).
+    """
+    starts = owned_input_starts(n_in, n_out, stride, pad, p)
+    lo, hi = read_spans(n_in, n_out, kernel, stride, pad, dil, p)
+    shared = hi[:-1] > lo[1:]           # spans of d - 1 and d overlap (both non-empty then)
+    cuts = np.where(shared, (lo[1:] + hi[:-1] + 1) // 2, starts[1:-1])
+    starts[1:-1] = np.maximum.accumulate(np.clip(cuts, 0, n_in))
+    starts[0], starts[-1] = 0, n_in
+    return starts
+
+
+def input_starts(n_in: int, n_out: int, kernel: int, stride: int, pad: int, dil: int, p: int,
+                 ownership: str = "aligned") -> np.ndarray:
+    """The owned boundaries of one axis for ``ownership`` in `OWNERSHIPS`."""
+    if ownership == "aligned":
+        return owned_input_starts(n_in, n_out, stride, pad, p)
+    if ownership == "centred":
+        return centred_input_starts(n_in, n_out, kernel, stride, pad, dil, p)
+    raise ParconvError(f"ownership must be one of {', '.join(OWNERSHIPS)}, got {ownership!r}")
 
 
 def needed_positions(out_range: tuple[int, int], n_in: int, kernel: int, stride: int,

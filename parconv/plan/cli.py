@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "check and the memory-dependent bound, e.g. 512MiB (default 1GiB)")
     g.add_argument("--grid", default="auto", metavar="auto|NxKxCxHxW",
                    help="force a grid instead of choosing one (default auto)")
+    g.add_argument("--ownership", default="auto", metavar="auto|aligned|centred|H,W",
+                   help="how the input rows and columns are owned: aligned with the output "
+                        "blocks, or centred (cut in the middle of the rows two neighbours both "
+                        "read); auto (default) keeps whichever moves fewer bytes per grid; "
+                        "'aligned,centred' gives H then W")
     g.add_argument("--node", default="numpy", choices=NODES,
                    help="node kernel whose workspace the memory footprint counts (default numpy)")
     parser.add_argument("--json", action="store_true",
@@ -51,7 +56,7 @@ def main(argv=None) -> int:
     try:
         spec = spec_from_args(args, default_batch=1)
         plan = make_plan(spec, args.processes, memory=args.memory, grid=args.grid,
-                         node=args.node)
+                         node=args.node, ownership=args.ownership)
     except ParconvError as exc:
         print(f"parconv.plan: error: {exc}", file=sys.stderr)
         return 2

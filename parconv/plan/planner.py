@@ -3,8 +3,10 @@
 Pure data, no MPI: a plan takes rank numbers, never communicators, so one serial test can check
 every rank of a grid with thousands of ranks.  ``make_plan`` enumerates the ordered factorisations
 of P (and of P - i for a few idle ranks i) into P_N x P_K x P_C x P_H x P_W, predicts each grid's
-per-rank bytes exactly (parconv.plan.predict), drops grids whose blocks do not fit in the per-rank memory
-and keeps the grid whose busiest rank moves the fewest bound-comparable bytes (theory.md section 5).
+per-rank bytes exactly (parconv.plan.predict) for each way of owning the input rows and columns
+(aligned or centred, parconv.plan.blocks.OWNERSHIPS, per split axis), drops grids whose blocks do
+not fit in the per-rank memory and keeps the grid and ownership whose busiest rank moves the fewest
+bound-comparable bytes (theory.md section 5).
 
 Command line: ``python -m parconv.plan --help`` (parconv.plan.cli).
 """
@@ -22,9 +24,10 @@ from ..bounds import parallel_bounds
 from ..errors import ParconvError
 from ..spec import ConvSpec
 from .balance import layout_elements, make_balance, predict_balance, rank_layout
+from .blocks import OWNERSHIPS
 from .dims import AXES, GridDims, dimension_caps, factorizations, validate_grid
 from .footprint import STAGES, node_name
-from .predict import (BALANCE_PHASES, PHASES, RECEIVED_BOUND_PHASES, GridPrediction,
+from .predict import (ALIGNED, BALANCE_PHASES, PHASES, RECEIVED_BOUND_PHASES, GridPrediction,
                       mean_volume_lower_bound,
                       owned_piece_sizes, predict_grid)
 from .schedule import RankSchedule, rank_schedule
@@ -74,6 +77,9 @@ class Plan:
     node: str = "numpy"
     #: B_MI / B_MD with the chosen layout's own largest owned shares (``bound`` is the problem's)
     layout_bound: object = None
+    #: how the input rows (H) and columns (W) are owned: "aligned" or "centred" each
+    #: (parconv.plan.blocks.OWNERSHIPS)
+    ownership: tuple = ALIGNED
 
     #: caches derived from the fields, left out when a plan is pickled (broadcast)
     _DERIVED = ("_schedules", "predicted", "predicted_bound_volume", "footprints", "balance",
@@ -85,7 +91,8 @@ class Plan:
     def __post_init__(self):
         if self.owned_elements is None:
             object.__setattr__(self, "owned_elements",
-                               owned_piece_sizes(self.spec, self.dims.as_tuple()))
+                               owned_piece_sizes(self.spec, self.dims.as_tuple(),
+                                                 self.ownership))
 
     # ---- ranks ------------------------------------------------------------------------------
     @property
@@ -117,7 +124,8 @@ class Plan:
         if rank not in cache:
             if len(cache) >= SCHEDULE_CACHE:
                 cache.pop(next(iter(cache)))
-            cache[rank] = rank_schedule(self.spec, self.dims, rank, self.coords(rank))
+            cache[rank] = rank_schedule(self.spec, self.dims, rank, self.coords(rank),
+                                        self.ownership)
         return cache[rank]
 
     # ---- predictions ------------------------------------------------------------------------
@@ -248,6 +256,7 @@ class Plan:
         return {
             "spec": self.spec.to_dict(), "ranks": self.ranks, "active_ranks": self.active,
             "grid": self.dims.as_dict(), "grid_forced": self.forced, "memory": self.memory,
+            "ownership": dict(zip(("H", "W"), self.ownership)),
             "bound": self.bound.to_dict(),
             "layout_bound": (None if self.layout_bound is None
                              else self.layout_bound.to_dict()),
@@ -327,8 +336,20 @@ def _candidates(spec: ConvSpec, P: int, max_idle: int) -> np.ndarray:
     return np.concatenate([full, idle])
 
 
-def _best_grid(spec, grids: np.ndarray, memory: int, node="numpy", ranks: int | None = None):
-    """Exact evaluation in increasing order of the mean-volume lower bound, with early stop.
+def _ownerships(dims, ownership) -> list[tuple[str, str]]:
+    """The (H, W) ownerships to evaluate for grid ``dims``: ``ownership`` itself when it is a
+    pair; for "auto" every combination on the split axes (an axis in one block owns all of it
+    either way), aligned first so that it wins ties."""
+    if ownership != "auto":
+        return [tuple(ownership)]
+    ways = [OWNERSHIPS if int(dims[axis]) > 1 else OWNERSHIPS[:1] for axis in (3, 4)]
+    return [(h, w) for h in ways[0] for w in ways[1]]
+
+
+def _best_grid(spec, grids: np.ndarray, memory: int, node="numpy", ranks: int | None = None,
+               ownership="auto"):
+    """Exact evaluation in increasing order of the mean-volume lower bound, with early stop;
+    each grid with every ownership of `_ownerships`.
 
     Returns (best prediction or None, grids evaluated, smallest footprint seen)."""
     lower = mean_volume_lower_bound(spec, grids)
@@ -337,17 +358,41 @@ def _best_grid(spec, grids: np.ndarray, memory: int, node="numpy", ranks: int | 
     for i in order:
         if best is not None and lower[i] > best_key[0]:
             break
-        pred = predict_grid(spec, tuple(int(v) for v in grids[i]), node, ranks)
+        dims = tuple(int(v) for v in grids[i])
         evaluated += 1
-        need = int(pred.footprint.max())
-        smallest = need if smallest is None else min(smallest, need)
-        if need > memory:
-            continue
-        vol = pred.bound_volume
-        key = (int(vol.max()), int(vol.sum()), -int(grids[i].prod()))
-        if best is None or key < best_key:
-            best, best_key = pred, key
+        for way in _ownerships(dims, ownership):
+            pred = predict_grid(spec, dims, node, ranks, way,
+                                stop_above=None if best is None else best_key[0])
+            if pred is None:   # moves more than the best even before its balance phase
+                continue
+            need = int(pred.footprint.max())
+            smallest = need if smallest is None else min(smallest, need)
+            if need > memory:
+                continue
+            vol = pred.bound_volume
+            key = (int(vol.max()), int(vol.sum()), -int(grids[i].prod()))
+            if best is None or key < best_key:
+                best, best_key = pred, key
     return best, evaluated, smallest
+
+
+def parse_ownership(value) -> str | tuple[str, str]:
+    """"auto", or the (H, W) pair of ownerships from "aligned", "centred" (both axes) or
+    "aligned,centred" / a pair (H then W)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return "auto"
+    if isinstance(value, str):
+        parts = [v.strip().lower() for v in value.split(",")]
+    elif isinstance(value, (tuple, list)):
+        parts = [str(v).lower() for v in value]
+    else:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or any(v not in OWNERSHIPS for v in parts):
+        raise ParconvError(f"ownership must be auto, one of {', '.join(OWNERSHIPS)} or an H,W "
+                           f"pair of them, got {value!r}")
+    return tuple(parts)
 
 
 def _baselines(spec: ConvSpec, P: int, memory: int, node="numpy") -> dict:
@@ -363,7 +408,7 @@ def _baselines(spec: ConvSpec, P: int, memory: int, node="numpy") -> dict:
 
 
 def make_plan(spec: ConvSpec, P: int, memory=None, grid=None, max_idle: int = 3,
-              node="numpy") -> Plan:
+              node="numpy", ownership="auto") -> Plan:
     """Choose the grid for ``spec`` on ``P`` ranks and predict every rank's bytes.  Pure.
 
     Parameters
@@ -382,16 +427,20 @@ def make_plan(spec: ConvSpec, P: int, memory=None, grid=None, max_idle: int = 3,
     node : str or kernel object
         The node kernel whose workspace the footprint counts (parconv.plan.footprint;
         "numpy" or "gemmini", other objects are budgeted as "numpy").
+    ownership : "auto", "aligned", "centred", "H,W" string or (H, W) pair
+        How the input rows and columns are owned (parconv.plan.blocks.OWNERSHIPS); "auto"
+        (default) evaluates every grid with each ownership of its split axes and keeps the one
+        whose busiest rank moves the fewest bytes.
 
     Raises
     ------
     ParconvError
-        P < 1, a bad forced grid, or no grid whose blocks fit in ``memory``.
+        P < 1, a bad forced grid or ownership, or no grid whose blocks fit in ``memory``.
     """
     started = time.perf_counter()
     if isinstance(P, bool) or not isinstance(P, (int, np.integer)) or P < 1:
         raise ParconvError(f"the number of processes P must be an integer >= 1, got {P!r}")
-    P, memory = int(P), parse_memory(memory)
+    P, memory, ownership = int(P), parse_memory(memory), parse_ownership(ownership)
     forced = grid is not None and not (isinstance(grid, str) and grid.lower() == "auto")
     if forced:
         dims = GridDims.parse(grid)
@@ -399,7 +448,7 @@ def make_plan(spec: ConvSpec, P: int, memory=None, grid=None, max_idle: int = 3,
         grids = np.array([dims.as_tuple()], dtype=np.int64)
     else:
         grids = _candidates(spec, P, max_idle)
-    best, evaluated, smallest = _best_grid(spec, grids, memory, node, P)
+    best, evaluated, smallest = _best_grid(spec, grids, memory, node, P, ownership)
     if best is None:
         what = f"grid {dims}" if forced else "any grid"
         raise ParconvError(f"memory too small: {what} needs at least {smallest} bytes per rank "
@@ -408,10 +457,11 @@ def make_plan(spec: ConvSpec, P: int, memory=None, grid=None, max_idle: int = 3,
     bound = parallel_bounds(spec, P, memory)  # the problem's bound: balanced shares
     layout_bound = parallel_bounds(spec, P, memory, owned=best.owned)
     dims = GridDims(*best.dims)
-    baselines, owned = _baselines(spec, P, memory, node), owned_piece_sizes(spec, dims.as_tuple())
+    baselines = _baselines(spec, P, memory, node)
+    owned = owned_piece_sizes(spec, dims.as_tuple(), best.ownership)
     plan = Plan(spec=spec, ranks=P, dims=dims, memory=memory, prediction=best, bound=bound,
                 baselines=baselines, forced=forced, grids_evaluated=evaluated,
                 planning_time_s=time.perf_counter() - started, owned_elements=owned,
-                node=node_name(node), layout_bound=layout_bound)
+                node=node_name(node), layout_bound=layout_bound, ownership=best.ownership)
     plan.predicted_gather   # made with the plan: the audit only compares (scatter: on first use)
     return plan

@@ -22,7 +22,7 @@ import numpy as np
 
 from .axis import axis_layout
 from .balance import make_balance, predict_balance
-from .blocks import block_sizes
+from .blocks import OWNERSHIPS, block_sizes
 from .footprint import Footprint, footprint_terms
 
 PHASES = ("filter", "bias", "input", "halo_h", "halo_w", "reduce")
@@ -31,6 +31,8 @@ BALANCE_PHASES = ("balance", "balance_bias")
 #: received bytes of these phases plus the sent bytes of ``reduce`` are the bound-comparable volume
 #: (bias bytes, in "bias" and "balance_bias", stay out of it)
 RECEIVED_BOUND_PHASES = ("balance", "filter", "input", "halo_h", "halo_w")
+#: input ownership of the (H, W) axes when none is given (parconv.plan.blocks.OWNERSHIPS)
+ALIGNED = ("aligned", "aligned")
 
 
 def _shape(axis: int, values) -> np.ndarray:
@@ -72,6 +74,8 @@ class GridPrediction:
     work_touched: dict = None
     #: ``{phase: {"sent", "received", "messages"}}`` of BALANCE_PHASES, arrays over all P ranks
     balance: dict = None
+    #: how the input positions of the H and W axes are owned (parconv.plan.blocks.OWNERSHIPS)
+    ownership: tuple = ALIGNED
 
     @property
     def unbalanced_bound_volume(self) -> np.ndarray:
@@ -107,9 +111,10 @@ class _Grid:
     """The 5-D broadcast of a grid: block sizes per axis, coordinates, the two spatial layouts,
     and ``full``, a zero array of the grid's shape that broadcasts sums to every rank."""
 
-    def __init__(self, spec, dims: tuple[int, int, int, int, int]):
+    def __init__(self, spec, dims: tuple[int, int, int, int, int], ownership=ALIGNED):
         PN, PK, PC, PH, PW = dims
-        self.hl, self.wl = axis_layout(spec, 0, PH), axis_layout(spec, 1, PW)
+        self.hl = axis_layout(spec, 0, PH, ownership[0])
+        self.wl = axis_layout(spec, 1, PW, ownership[1])
         self.nN = _shape(0, block_sizes(spec.batch, PN))
         self.nK = _shape(1, block_sizes(spec.out_channels, PK))
         self.nC = _shape(2, block_sizes(spec.in_channels, PC))
@@ -129,13 +134,22 @@ def balance_phases(balances: dict) -> dict:
 
 
 def predict_grid(spec, dims: tuple[int, int, int, int, int], node="numpy",
-                 ranks: int | None = None) -> GridPrediction:
+                 ranks: int | None = None, ownership: tuple = ALIGNED,
+                 stop_above: int | None = None) -> GridPrediction | None:
     """Predict every active rank's bytes per phase for grid ``dims`` (exact) and its memory
     footprint with node kernel ``node`` (parconv.plan.footprint); the balance phases over
-    ``ranks`` ranks (default: the grid's, no idle rank).  Local, pure; O(P) for the balance."""
+    ``ranks`` ranks (default: the grid's, no idle rank); the input of the H and W axes owned
+    the ``ownership`` ways (parconv.plan.blocks.OWNERSHIPS).  Local, pure; O(P) for the
+    balance.
+
+    With ``stop_above``, returns None as soon as some rank's volume without the balance phase
+    exceeds it: its bound-comparable volume only grows with them, so the grid cannot beat a
+    best volume of ``stop_above`` (the planner's search skips it, footprint and balance
+    unmade)."""
     PN, PK, PC, PH, PW = dims
     R, S = spec.kernel_size
-    g = _Grid(spec, dims)
+    ownership = tuple(ownership)
+    g = _Grid(spec, dims, ownership)
     hl, wl, nN, nK, nC, nH, nW = g.hl, g.wl, g.nN, g.nK, g.nC, g.nH, g.nW
     b, c, d, e, full, group, q = g.b, g.c, g.d, g.e, g.full, g.filter_group, g.q
     phases = {}
@@ -184,6 +198,10 @@ def predict_grid(spec, dims: tuple[int, int, int, int, int], node="numpy",
                             received=mine_o * (PC - 1) * spec.p_acc,
                             messages=_nonzero_others(n_o, PC, mine_o))
 
+    if stop_above is not None:
+        unbalanced = sum(phases[p]["received"] for p in RECEIVED_BOUND_PHASES if p in phases)
+        if int((unbalanced + phases["reduce"]["sent"] + full).max()) > stop_above:
+            return None
     sizes = dict(input_piece=_piece(block, PK, b), filter_piece=mine, bias_piece=mine_b,
                  input_block=block, touched_piece=touched_mine, touched_block=touched_block,
                  output_piece=mine_o, span_rows=_shape(3, hl.span_sizes),
@@ -197,7 +215,8 @@ def predict_grid(spec, dims: tuple[int, int, int, int, int], node="numpy",
             for name, v in (("input", touched_mine), ("filter", mine), ("bias", mine_b))}
     ranks = int(np.prod(dims)) if ranks is None else int(ranks)
     balance = balance_phases(make_balance(spec, work, ranks))
-    return GridPrediction(tuple(dims), flat, memory.total, owned, memory, work, balance)
+    return GridPrediction(tuple(dims), flat, memory.total, owned, memory, work, balance,
+                          ownership)
 
 
 def mean_volume_lower_bound(spec, grids: np.ndarray) -> np.ndarray:
@@ -206,7 +225,9 @@ def mean_volume_lower_bound(spec, grids: np.ndarray) -> np.ndarray:
     The busiest rank moves at least the average, so this is a lower bound on each grid's largest
     volume: the planner evaluates grids exactly in increasing order of it and stops once it
     exceeds the best exact volume found.  Every term is a product of per-axis means because the
-    blocks of different axes are independent.  ``grids`` is an (n, 5) integer array.
+    blocks of different axes are independent.  ``grids`` is an (n, 5) integer array.  Each
+    per-axis mean is the smallest over the ownerships (`OWNERSHIPS`), so the value is a lower
+    bound for every ownership of the grid.
     """
     g = np.asarray(grids, dtype=np.int64)
     PN, PK, PC, PH, PW = (g[:, i].astype(np.float64) for i in range(5))
@@ -216,7 +237,8 @@ def mean_volume_lower_bound(spec, grids: np.ndarray) -> np.ndarray:
     out = spec.p_acc * spec.size_output * (PC - 1) / P
 
     def per_axis(which, column, attr):
-        values = {p: float(getattr(axis_layout(spec, which, int(p)), attr).mean())
+        values = {p: min(float(getattr(axis_layout(spec, which, int(p), way), attr).mean())
+                         for way in OWNERSHIPS)
                   for p in np.unique(g[:, column])}
         return np.array([values[p] for p in g[:, column]])
 
@@ -226,12 +248,13 @@ def mean_volume_lower_bound(spec, grids: np.ndarray) -> np.ndarray:
     return filt + inp + out + halo
 
 
-def owned_piece_sizes(spec, dims: tuple[int, int, int, int, int]) -> dict[str, np.ndarray]:
+def owned_piece_sizes(spec, dims: tuple[int, int, int, int, int],
+                      ownership: tuple = ALIGNED) -> dict[str, np.ndarray]:
     """Elements each active rank owns at the start (``input`` (all, touched or not), ``filter``,
     ``bias``) and at the end (``output``), in rank order.  Used for the scatter/gather phases."""
     _, PK, PC, _, _ = dims
     R, S = spec.kernel_size
-    g = _Grid(spec, dims)
+    g = _Grid(spec, dims, tuple(ownership))
     hl, wl, nN, nK, nC, full = g.hl, g.wl, g.nN, g.nK, g.nC, g.full
     b, c, group, q = g.b, g.c, g.filter_group, g.q
     sizes = {

@@ -189,15 +189,17 @@ class RankSchedule:
                        (self.n[0], self.k[0], self.h[0], self.w[0]))
 
 
-def rank_schedule(spec: ConvSpec, dims: GridDims, rank: int, coords) -> RankSchedule:
-    """The schedule of the active rank at grid ``coords`` (a, b, c, d, e).  Local, pure.
+def rank_schedule(spec: ConvSpec, dims: GridDims, rank: int, coords,
+                  ownership: tuple = ("aligned", "aligned")) -> RankSchedule:
+    """The schedule of the active rank at grid ``coords`` (a, b, c, d, e), the input of the H and
+    W axes owned the ``ownership`` ways (parconv.plan.blocks.OWNERSHIPS).  Local, pure.
 
     Costs O(own block + halo neighbours): nothing here iterates over the ranks or the blocks of
     an axis (the axis layouts are cached O(p) boundaries).
     """
     a, b, c, d, e = (int(v) for v in coords)
     PN, PK, PC, PH, PW = dims.as_tuple()
-    hl, wl = axis_layout(spec, 0, PH), axis_layout(spec, 1, PW)
+    hl, wl = axis_layout(spec, 0, PH, ownership[0]), axis_layout(spec, 1, PW, ownership[1])
     n, k = block_range(spec.batch, PN, a), block_range(spec.out_channels, PK, b)
     cc = block_range(spec.in_channels, PC, c)
     nN, nK, nC = n[1] - n[0], k[1] - k[0], cc[1] - cc[0]

@@ -34,6 +34,7 @@ def plan_table(plan) -> str:
     lines = [spec.describe(),
              f"ranks {plan.ranks} ({plan.active} active), memory {human_bytes(plan.memory)} per "
              f"rank, grid NxKxCxHxW = {plan.dims}" + (" (forced)" if plan.forced else " (chosen)"),
+             f"input rows owned {plan.ownership[0]}, columns owned {plan.ownership[1]}",
              "",
              f"busiest rank {busiest} at {plan.coords(busiest)}:",
              f"  {'phase':<12} {'sent':>12} {'received':>12} {'messages':>9}"]

@@ -21,6 +21,7 @@ from parconv.mpi.exchange import LayerExchange, LayerTypes
 from parconv.mpi.pipeline import KernelChunks, run_layer
 from parconv.mpi.procgrid import ProcGrid
 from parconv.plan import PHASES, make_plan
+from parconv.plan.predict import BALANCE_PHASES
 from parconv.plan.dims import dimension_caps, factorizations
 
 pytestmark = pytest.mark.mpi(min_size=1)
@@ -56,6 +57,36 @@ def test_seeded_data_gives_the_same_output_on_every_grid(name):
         phases = set(result.report["bytes"]["per_phase"])
         if phases & {"scatter", "gather", "check"}:
             problems.append(f"{dims}: distribution phases {phases}")
+        problem = piece_problem(spec, result, reference)
+        if problem:
+            problems.append(f"{dims}: {problem}")
+    agree_all(comm, not problems, problems)
+
+
+@pytest.mark.parametrize("ownership", ["centred", "aligned,centred"])
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_centred_input_ownership_runs_as_predicted(name, ownership):
+    """Plans forced to the centred input ownership (both axes, or W only) on every sampled grid:
+    seeded data from the balanced layout, the output equals the serial reference, every phase's
+    counted bytes and messages equal the prediction on every rank, and the busiest volume is
+    at least the problem's bound."""
+    comm, spec = MPI.COMM_WORLD, LAYERS[name]
+    reference = reference_conv2d(spec, *random_layer_data(spec, SEED)).astype(spec.dtype_out)
+    problems = []
+    for dims in sampled_grids(comm.size, spec):
+        plan = make_plan(spec, comm.size, grid=dims, ownership=ownership)
+        result = distributed_conv2d(comm, spec, seed=SEED, plan=plan)
+        per_phase = result.report["bytes"]["per_phase"]
+        for phase in BALANCE_PHASES + PHASES:
+            for key in ("sent", "received", "messages"):
+                if per_phase[phase][key] != plan.predicted[phase][key].tolist():
+                    problems.append(f"{dims}: {phase} {key} {per_phase[phase][key]} vs "
+                                    f"{plan.predicted[phase][key].tolist()}")
+        volume = result.report["bytes"]["bound_volume"]
+        if volume != plan.predicted_bound_volume.tolist():
+            problems.append(f"{dims}: bound volume differs from the prediction")
+        if max(volume) < plan.bound.value * (1 - 1e-9):
+            problems.append(f"{dims}: busiest volume {max(volume)} below {plan.bound.value}")
         problem = piece_problem(spec, result, reference)
         if problem:
             problems.append(f"{dims}: {problem}")
@@ -161,21 +192,23 @@ def test_repeat_reports_medians_and_every_repeat():
 def test_command_line_gather_repeat_no_overlap(tmp_path):
     """python -m parconv.run with --check --gather --repeat 2 --no-overlap, in this job: the
     report shows two repeats, no overlap, a gather phase and a passed per-rank check; without
-    --gather there is no gather phase."""
+    --gather there is no gather phase; --ownership centred is the report's ownership."""
     from parconv import run
     comm = MPI.COMM_WORLD
     folder = comm.bcast(str(tmp_path) if comm.rank == 0 else None)
     small = ["--in-channels", "6", "--out-channels", "5", "--size", "9x8", "--kernel-size", "3",
              "--padding", "1", "--batch", "2", "--node", "numpy", "--quiet"]
-    paths = [f"{folder}/gathered.json", f"{folder}/plain.json"]
+    paths = [f"{folder}/gathered.json", f"{folder}/plain.json", f"{folder}/centred.json"]
     codes = [run.main([*small, "--check", "--gather", "--repeat", "2", "--no-overlap",
                        "--report", paths[0]]),
-             run.main([*small, "--check", "--report", paths[1]])]
-    ok, detail = codes == [0, 0], str(codes)
+             run.main([*small, "--check", "--report", paths[1]]),
+             run.main([*small, "--check", "--ownership", "centred", "--report", paths[2]])]
+    ok, detail = codes == [0, 0, 0], str(codes)
     if comm.rank == 0 and ok:
         import json
-        gathered, plain = (json.load(open(p)) for p in paths)
-        ok = (gathered["repeat"] == 2 and gathered["overlap"] is False
+        gathered, plain, centred = (json.load(open(p)) for p in paths)
+        ok = (centred["ownership"] == {"H": "centred", "W": "centred"} and centred["check"]["ok"]
+              and gathered["repeat"] == 2 and gathered["overlap"] is False
               and "gather" in gathered["bytes"]["per_phase"] and gathered["check"]["ok"]
               and plain["check"]["ok"] and "gather" not in plain["bytes"]["per_phase"]
               and plain["overlap"] is True)
