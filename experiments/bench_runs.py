@@ -17,11 +17,9 @@ imports and planning, and the working-set bytes (the rank's buffers: input with 
 partial output, receive buffers, owned pieces), with the worst ``(peak - baseline) / working
 set`` (target <= 2).  The start-up part times, in one go, ``mpirun -n 64 python -c 'import
 mpi4py.MPI, numpy'`` and ``mpirun -n 64 python -m parconv.run`` with each node kernel (target:
-at most 2x the bare imports).  Results: experiments/results/scale/runs.{json,md}.
-
-`run_section(args)` runs the real-run part for parconv's other benchmarks (bench_scale.py) and
-returns the rows; ``args`` needs ``layers``, ``ranks``, ``batch`` (dict layer -> batch or None),
-``repeat``, ``node``, ``mpirun``.
+at most 2x the bare imports), the default run once with the tiling cache on disk filled by an
+untimed warm-up and once with it off (every distinct block shape searched in the run).
+Results: experiments/results/scale/runs.{json,md}.
 """
 
 from __future__ import annotations

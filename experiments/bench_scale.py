@@ -15,10 +15,9 @@ For ``resnet50.layer3.0.conv2`` and ``vgg16.conv4_2`` (batch 32) and each P, pri
 * the ratio of each P's schedule time to its time at P = 64 (target: <= 3) and the targets
   < 1 s and < 300 MB at P = 65536.
 
-``--full`` adds P = 512, 16384 and 262144 and more ranks.  The real-run part (times per phase
-at P = 1..64, memory per rank, overlap gain) lives in experiments/bench_runs.py when present
-(`run_section`).  Writes JSON and Markdown to experiments/results/scale/.  Every figure is
-measured in this run.
+``--full`` adds P = 512, 16384 and 262144 and more ranks.  The real runs (times per phase at
+P = 1..64, memory per rank, overlap gain, start-up) are experiments/bench_runs.py's.  Writes JSON
+and Markdown to experiments/results/scale/.  Every figure is measured in this run.
 """
 
 from __future__ import annotations
@@ -119,20 +118,6 @@ def schedule_rows(name: str, batch: int, ranks_list, repeat: int, full: bool) ->
     return rows
 
 
-def run_section(args):
-    """The real-run part of the benchmark (MPI runs at P = 1, 2, 4, 8, 64: time per phase,
-    peak memory per rank next to its working set, overlap gain), provided by
-    experiments/bench_runs.py (``bench_runs.run_section(args) -> {"rows": [...], "markdown":
-    str}``).  Returns its result, or None when that module is not present."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    try:
-        import bench_runs
-    except ImportError:
-        print("real runs: experiments/bench_runs.py is not present; schedule part only")
-        return None
-    return bench_runs.run_section(args)
-
-
 def markdown(rows: list[dict], command: str) -> str:
     lines = ["# One rank's schedule at scale\n", f"Command: `{command}`\n",
              "Cold caches (each build starts from nothing but the spec and the grid); best of "
@@ -184,15 +169,11 @@ def main(argv=None) -> int:
     lines = verdict(rows, 65536)
     text += "\n" + "\n".join(f"- {line}" for line in lines) + "\n"
     print(text)
-    runs = run_section(args)
-    if runs is not None:
-        text += "\n" + runs.get("markdown", "")
-        print(runs.get("markdown", ""))
+    print("real runs (time per phase, memory, overlap, start-up): python experiments/bench_runs.py")
     os.makedirs(args.out, exist_ok=True)
     stem = "full" if args.full else "quick"
     with open(os.path.join(args.out, f"schedule_{stem}.json"), "w") as f:
-        json.dump({"command": command, "schedule": rows, "verdict": lines,
-                   "runs": None if runs is None else runs.get("rows")}, f, indent=1)
+        json.dump({"command": command, "schedule": rows, "verdict": lines}, f, indent=1)
     with open(os.path.join(args.out, f"schedule_{stem}.md"), "w") as f:
         f.write(text)
     print(f"wrote {args.out}/schedule_{stem}.json and .md")
