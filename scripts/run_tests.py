@@ -3,7 +3,7 @@
 Usage: python scripts/run_tests.py [--mpirun PATH] [--sizes 1,2,3,4,6,8] [--timeout S] [--quick]
                                    [--openmpi-python PY] [--openmpi-sizes 2,3]
 (called by test.sh).  Exits non-zero if any run fails, collects nothing, or times out; the last
-line reads ``total: N passed, N failed, N skipped``.
+line reads ``total: N passed, N failed, N skipped in S s`` (S: the wall time of all runs).
 """
 
 from __future__ import annotations
@@ -35,11 +35,14 @@ def junit_counts(path: str) -> dict[str, int]:
     return counts
 
 
-def run(label: str, cmd: list[str], xml: str, timeout: float) -> dict[str, int]:
-    print(f"\n=== {label}: {' '.join(cmd)}", flush=True)
+def run(label: str, cmd: list[str], xml: str, timeout: float,
+        env: dict[str, str] | None = None) -> dict[str, int]:
+    shown = " ".join(f"{k}={v}" for k, v in (env or {}).items())
+    print(f"\n=== {label}: {shown + ' ' if shown else ''}{' '.join(cmd)}", flush=True)
     started = time.time()
     try:
-        code = subprocess.run(cmd, cwd=REPO, timeout=timeout).returncode
+        code = subprocess.run(cmd, cwd=REPO, timeout=timeout,
+                              env={**os.environ, **(env or {})}).returncode
     except subprocess.TimeoutExpired:
         print(f"=== {label}: TIMED OUT after {timeout:.0f} s", flush=True)
         code = -1
@@ -51,13 +54,25 @@ def run(label: str, cmd: list[str], xml: str, timeout: float) -> dict[str, int]:
     return counts
 
 
+def blas_threads(n: int) -> dict[str, str]:
+    """BLAS threads per rank for ``n`` ranks on this machine: cores // n, at least 1 (n ranks of
+    all-core pools oversubscribe the cores and their spinning threads slow every collective).
+    An OMP_NUM_THREADS already set is kept."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return {}
+    threads = str(max(1, (os.cpu_count() or 1) // n))
+    return {k: threads for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
 def mpi_runs(label: str, launcher: list[str], python: str, sizes: str, tmp: str) -> list:
-    """(label, command, JUnit file) of the MPI suite at each process count in ``sizes``."""
+    """(label, command, JUnit file, environment) of the MPI suite at each process count in
+    ``sizes``."""
     runs = []
     for n in [int(v) for v in sizes.split(",") if v]:
         xml = os.path.join(tmp, f"{label}{n}.xml")
         runs.append((f"{label} n={n}", [*launcher, "-n", str(n), python, "-m", "mpi4py",
-                                         "scripts/mpi_pytest.py", xml, "-q", "tests/mpi"], xml))
+                                         "scripts/mpi_pytest.py", xml, "-q", "tests/mpi"], xml,
+                     blas_threads(n)))
     return runs
 
 
@@ -79,23 +94,24 @@ def main() -> int:
         args.sizes = "1,3"
     env_py = sys.executable
     total = {"passed": 0, "failed": 0, "skipped": 0}
+    started = time.time()
     with tempfile.TemporaryDirectory(prefix="parconv-tests-") as tmp:
         serial = [env_py, "-m", "pytest", "-q", "tests", "--ignore=tests/mpi",
                   "--junitxml", os.path.join(tmp, "serial.xml")]
         if args.quick:
             serial += ["-m", "not slow"]
-        runs = [("serial", serial, os.path.join(tmp, "serial.xml"))]
+        runs = [("serial", serial, os.path.join(tmp, "serial.xml"), None)]
         runs += mpi_runs("mpi", [args.mpirun], env_py, args.sizes, tmp)
         if args.openmpi_python:
             ompi = os.path.join(os.path.dirname(args.openmpi_python), "mpirun")
             flags = ["--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
             runs += mpi_runs("openmpi", [ompi, *flags], args.openmpi_python,
                              args.openmpi_sizes, tmp)
-        for label, cmd, xml in runs:
-            for key, value in run(label, cmd, xml, args.timeout).items():
+        for label, cmd, xml, env in runs:
+            for key, value in run(label, cmd, xml, args.timeout, env).items():
                 total[key] += value
     print(f"total: {total['passed']} passed, {total['failed']} failed, "
-          f"{total['skipped']} skipped")
+          f"{total['skipped']} skipped in {time.time() - started:.0f} s")
     return 1 if total["failed"] else 0
 
 

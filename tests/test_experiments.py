@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -50,12 +51,14 @@ def manifest(out) -> dict:
 
 @pytest.fixture(scope="module")
 def done(tmp_path_factory):
-    """Run every quick study once; (name -> (folder, completed process))."""
-    results = {}
-    for name in ("strong_scaling", "weak_scaling", "im2col_matmul", "memory_regime"):
-        out = tmp_path_factory.mktemp(name)
-        results[name] = (out, run_study(name, out))
-    return results
+    """Run every quick study once, two at a time (each is mostly one process planning, so two
+    keep both cores of a CI machine busy; their mpirun runs use one BLAS thread per rank);
+    (name -> (folder, completed process))."""
+    names = ("strong_scaling", "weak_scaling", "im2col_matmul", "memory_regime")
+    outs = {name: tmp_path_factory.mktemp(name) for name in names}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        procs = dict(zip(names, pool.map(lambda name: run_study(name, outs[name]), names)))
+    return {name: (outs[name], procs[name]) for name in names}
 
 
 @pytest.mark.parametrize("name", ["strong_scaling", "weak_scaling"])
