@@ -62,11 +62,20 @@ def prepare() -> None:
     _gemm(np.dtype(np.float32))
 
 
+#: BLAS thread counts `warm_up` has run with in this process
+_WARMED: set = set()
+
+
 def warm_up() -> None:
     """Run one small product per BLAS and type, so that the libraries allocate their packing
     buffers now: a fixed cost of the runtime (a few MiB per process) that a memory baseline
-    taken afterwards holds, rather than the first layer's peak.  Local."""
+    taken afterwards holds, rather than the first layer's peak.  Once per process and BLAS
+    thread count (the buffers stay allocated).  Local."""
     prepare()
+    threads = current_threads()
+    if threads in _WARMED:
+        return
+    _WARMED.add(threads)
     for dtype in (np.float32, np.float64):
         a = np.ones((WARM_UP_SIZE, WARM_UP_SIZE), dtype=dtype)
         np.matmul(a, a)
