@@ -299,23 +299,27 @@ def tiling_calls(spec: ConvSpec, tiling: Tiling, order: str, config: GemminiConf
     trips = [-(-e // s) for e, s in zip(ext, t)]
     (sh, sw), (dh, dw), (ph, pw) = spec.stride, spec.dilation, spec.padding
     dilated = max(spec.dilation) > 1
+    ranges = [[(b * s, min(b * s + s, e)) for b in range(n)] for s, e, n in zip(t, ext, trips)]
+    where = [order.index(loop) for loop in LOOPS]
+    in_at, w_at, out_at = ([where[_I[l]] for l in key] for key in (_INPUT, _FILTER, _OUTPUT))
+    reduction = [where[_I[l]] for l in "CRS"]
+    mpp_of = {}                              # (nC, nS) -> first-layer pixels per row
     calls = []
     for pos in np.ndindex(*(trips[_I[loop]] for loop in order)):
-        i = [0] * 7
-        for loop, p in zip(order, pos):
-            i[_I[loop]] = p
-        rng = [(b * s, min(b * s + s, e)) for b, s, e in zip(i, t, ext)]
-        n, k, c, h, w, r, s = rng
-        nC, nS = c[1] - c[0], s[1] - s[0]
-        mpp = call_rules.max_pixels_per_row(config, nC, nS, strided, dilated)
+        n, k, c, h, w, r, s = (ranges[j][pos[where[j]]] for j in range(7))
+        sizes = (c[1] - c[0], s[1] - s[0])
+        mpp = mpp_of.get(sizes)
+        if mpp is None:
+            mpp = mpp_of[sizes] = int(call_rules.max_pixels_per_row(config, *sizes, strided,
+                                                                    dilated))
         calls.append(TileCall(
             n=n, k=k, c=c, h=h, w=w, r=r, s=s,
             row0=sh * h[0] + dh * r[0] - ph, col0=sw * w[0] + dw * s[0] - pw,
             rows=sh * (h[1] - h[0] - 1) + dh * (r[1] - r[0] - 1) + 1,
             cols=sw * (w[1] - w[0] - 1) + dw * (s[1] - s[0] - 1) + 1, step=1,
-            input_key=tuple(i[_I[l]] for l in _INPUT), weight_key=tuple(i[_I[l]] for l in _FILTER),
-            output_key=tuple(i[_I[l]] for l in _OUTPUT), input_mode="auto", weight_mode="auto",
-            last=all(i[_I[l]] == trips[_I[l]] - 1 for l in "CRS"), mpp=int(mpp)))
+            input_key=tuple(pos[j] for j in in_at), weight_key=tuple(pos[j] for j in w_at),
+            output_key=tuple(pos[j] for j in out_at), input_mode="auto", weight_mode="auto",
+            last=all(pos[j] == trips[_I[l]] - 1 for j, l in zip(reduction, "CRS")), mpp=mpp))
     return calls
 
 
