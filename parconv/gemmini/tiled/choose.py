@@ -36,6 +36,7 @@ tiles on data and must count the same.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -51,7 +52,7 @@ from ..vendor.calls import vendor_layer_cost
 from ..vendor.heuristics import conv_auto
 from ..vendor.run import run_vendor
 from .cost import ModelCost, tiling_cost
-from .search import CYCLE_SLACK, refine
+from .search import CYCLE_SLACK, bias_totals, refine
 
 #: the vendor loop b -> porow -> pocol -> poch -> krow -> kcol -> kch in parconv's loop names
 VENDOR_ORDER = "NHWKRSC"
@@ -92,11 +93,21 @@ class GemminiMemory(ScratchAccMemory):
         return self.config.fits(spec, vendor_tuple(tiling.clipped(spec)))
 
     def bound(self, spec: ConvSpec):
-        return sequential_bound_two_memory(spec, self.config.scratch_bytes,
-                                           self.config.acc_total_bytes)
+        return block_bound(spec, self.config.scratch_bytes, self.config.acc_total_bytes)
 
     def __repr__(self) -> str:
         return f"GemminiMemory({self.config.name!r})"
+
+
+def block_bound(spec: ConvSpec, scratch_bytes: float, acc_bytes: float):
+    """`parconv.bounds.sequential_bound_two_memory` of a block, computed once per block shape in
+    the process (the search and the kernel's statistics of the same block share it)."""
+    return _bound_of_shape(spec.replace(name="block"), scratch_bytes, acc_bytes)
+
+
+@functools.lru_cache(maxsize=512)
+def _bound_of_shape(spec: ConvSpec, scratch_bytes: float, acc_bytes: float):
+    return sequential_bound_two_memory(spec, scratch_bytes, acc_bytes)
 
 
 def vendor_tuple(tiling: Tiling) -> tuple[int, ...]:
@@ -262,6 +273,11 @@ def choose_tiling(spec: ConvSpec, config: GemminiConfig | None = None, orders=No
     limit = vendor.dram_bytes["total"] if vendor is not None else None
     costed = []
     for (tile, order), source in pairs.items():
+        # the exact bytes first (`traffic` plus the bias stream, what `tiling_cost` counts): a
+        # candidate moving more than the library is dropped before its cycles are costed
+        if limit is not None and traffic(run_on, Tiling(*tile), order).total + int(
+                bias_totals(run_on, np.array([tile]), config)[0]) > limit:
+            continue
         cost = tiling_cost(run_on, Tiling(*tile), order, config, strided=strided)
         if limit is None or cost.dram_bytes["total"] <= limit:
             costed.append((cost, Tiling(*tile), order, source))

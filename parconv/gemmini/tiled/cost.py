@@ -75,6 +75,14 @@ def _differs(a: list, b: list, loops: str) -> np.ndarray:
     return out
 
 
+def _piece_lines(row_bytes: np.ndarray, piece: int, step: int) -> np.ndarray:
+    """`mean_piece_lines` of each row, evaluated once per distinct row length (a layer's tiles
+    have a few)."""
+    values, inverse = np.unique(row_bytes, return_inverse=True)
+    lines = np.asarray(mean_piece_lines(values, piece, step), dtype=float)
+    return lines[inverse].reshape(np.shape(row_bytes))
+
+
 def tiling_cost(spec: ConvSpec, tiling: Tiling, order: str, config, *, strided: bool = False,
                 bias: bool | None = None, constants: CycleConstants | None = None) -> ModelCost:
     """The Gemmini-model cost of ``spec`` tiled by ``tiling`` in loop order ``order``.  Local.
@@ -156,9 +164,9 @@ def tiling_cost(spec: ConvSpec, tiling: Tiling, order: str, config, *, strided: 
         chunks.append({
             "exec": exec_cycles, "passes": rules.passes(*work), "load_in": load_in,
             "load_w": load_w, "moved": sum(per_tile.values()),
-            "in_lines": load_in * nN * window * mean_piece_lines(
+            "in_lines": load_in * nN * window * _piece_lines(
                 nC * config.input_bytes, piece * config.input_bytes, steps[0]),
-            "w_lines": load_w * nC * nR * nS * mean_piece_lines(
+            "w_lines": load_w * nC * nR * nS * _piece_lines(
                 nK * config.weight_bytes, piece * config.weight_bytes, steps[1]),
             "stores": (visit_end * acc_rows).astype(float),
             "in_bytes": per_tile["input"], "w_bytes": per_tile["weight"],

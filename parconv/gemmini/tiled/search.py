@@ -123,38 +123,61 @@ class Screen:
         self.constants = load_constants()
         self.bin = max(CYCLE_SLACK * spec.G / config.dim ** 2, 1.0)
         self.seen: dict[tuple, tuple] = {}      # (tile, order) -> key
+        self.extents = np.asarray(extents(spec))
         self.best: tuple | None = None          # (key, tile, order)
 
     def offer(self, tiles: np.ndarray) -> bool:
         """Score the fitting rows of ``tiles`` under every order; True if the best improved."""
-        tiles = np.unique(clip_array(self.spec, np.atleast_2d(tiles)), axis=0)
-        tiles = tiles[np.asarray(self.memory.fits_array(self.spec, tiles), dtype=bool)]
-        if not len(tiles):
-            return False
+        return self.consume(self.entries_of_groups([tiles])[0])
+
+    def consume(self, entries: list) -> bool:
+        """Remember a grid's entries (`entries_of_groups`); True if the best improved."""
+        improved = False
+        for key, tile, order in entries:
+            self.seen[(tile, order)] = key
+            if self.best is None or key < self.best[0]:
+                self.best = (key, tile, order)
+                improved = True
+        return improved
+
+    def entries_of_groups(self, groups: list) -> list:
+        """For each array of ``groups``: the (key, tile, order) entries it contributes, per
+        order the `keep` fastest (screened cycles bin, then bytes) and the `keep` most frugal
+        of its distinct fitting rows.  One vectorised evaluation for all groups; nothing is
+        remembered (`consume` does that)."""
+        label = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
+        rows = np.concatenate([np.atleast_2d(g) for g in groups])
+        # distinct rows of each group, sorted within it (np.unique of each group alone)
+        rows = np.unique(np.column_stack((label, clip_array(self.spec, rows))), axis=0)
+        rows = rows[np.asarray(self.memory.fits_array(self.spec, rows[:, 1:]), dtype=bool)]
+        out = [[] for _ in groups]
+        if not len(rows):
+            return out
+        label, tiles = rows[:, 0], np.ascontiguousarray(rows[:, 1:])
         exec_total = exec_totals(self.spec, tiles, self.config, self.strided)
         passes = exec_totals(self.spec, tiles, self.config, self.strided, passes_only=True)
         bias = bias_totals(self.spec, tiles, self.config)
-        ext = np.asarray(extents(self.spec))
-        n_tiles = np.prod(-(-ext // clip_array(self.spec, tiles)), axis=1)
+        n_tiles = np.prod(-(-self.extents // tiles), axis=1)
         c = self.constants
         x = exec_total + c.p_pass * passes
-        improved = False
-        for order in self.orders:
-            moved = traffic_totals(self.spec, tiles, order) + bias
+        start = np.searchsorted(label, label)          # first row of each row's group
+        moved_all = traffic_totals(self.spec, tiles, self.orders) + bias
+        tile_list = [tuple(t) for t in tiles.tolist()]
+        for order, moved in zip(self.orders, moved_all):
             load = moved * (c.inv_bw + c.t_hit / LINE_BYTES)
             score = np.maximum(c.c_call * n_tiles,
                                np.maximum(load, x) + c.alpha * np.minimum(load, x))
             bins = np.floor(score / self.bin).astype(np.int64)
-            fastest = np.lexsort((moved, bins))[:self.keep]
-            frugal = np.argsort(moved, kind="stable")[:self.keep]
-            for i in np.concatenate((fastest, frugal)):
-                key = (int(bins[i]), int(moved[i]))
-                tile = tuple(int(v) for v in tiles[i])
-                self.seen[(tile, order)] = key
-                if self.best is None or key < self.best[0]:
-                    self.best = (key, tile, order)
-                    improved = True
-        return improved
+            # stable sorts within each group: its first `keep` fastest, then most frugal
+            fastest = np.lexsort((moved, bins, label))
+            frugal = np.lexsort((moved, label))
+            picks = [ranked[np.arange(len(ranked)) - start[ranked] < self.keep]
+                     for ranked in (fastest, frugal)]
+            keys = list(zip(bins.tolist(), moved.tolist()))
+            for picked in picks:
+                for i in picked.tolist():
+                    out[label[i]].append((keys[i], tile_list[i], order))
+        return out
 
     def top(self, count: int) -> list[tuple[tuple, str]]:
         """The ``count`` best (tile, order) pairs seen, best first."""
@@ -177,13 +200,43 @@ def refine(spec: ConvSpec, memory, config, seeds, orders, strided: bool = False,
     free = "NKCHW" if screen.best[1][5:] == window else LOOPS
     granular = {"K": config.dim, "C": config.dim, "W": config.dim}
     ladders = {loop: ladder(ext[_I[loop]], granular.get(loop, 1)) for loop in free}
+    pairs = [((a, b), np.array(list(itertools.product(ladders[a], ladders[b])), dtype=np.int64))
+             for a, b in itertools.combinations(free, 2)]
+
+    def key(j: int, tile: tuple) -> tuple:
+        (a, b), _ = pairs[j]
+        return (a, b, tuple(v for i, v in enumerate(tile) if i not in (_I[a], _I[b])))
+
+    # the pairs are taken in turn from the best so far; the grids not yet scored are scored
+    # together around the current best, and taken in turn up to the first that improves it
+    # (the later ones are then scored again around the new best).  A grid consumed before
+    # changes nothing (its candidates are remembered).
+    scored, consumed = {}, set()
     for _ in range(max_rounds):
         improved = False
-        for a, b in itertools.combinations(free, 2):
-            grid = np.array(list(itertools.product(ladders[a], ladders[b])), dtype=np.int64)
-            tiles = np.tile(np.asarray(screen.best[1], dtype=np.int64), (len(grid), 1))
-            tiles[:, _I[a]], tiles[:, _I[b]] = grid[:, 0], grid[:, 1]
-            improved |= screen.offer(tiles)
+        j = 0
+        while j < len(pairs):
+            center = screen.best[1]
+            missing = [m for m in range(j, len(pairs)) if key(m, center) not in scored
+                       and key(m, center) not in consumed]
+            if missing:
+                grids = []
+                for m in missing:
+                    (a, b), grid = pairs[m]
+                    tiles = np.tile(np.asarray(center, dtype=np.int64), (len(grid), 1))
+                    tiles[:, _I[a]], tiles[:, _I[b]] = grid[:, 0], grid[:, 1]
+                    grids.append(tiles)
+                for m, entries in zip(missing, screen.entries_of_groups(grids)):
+                    scored[key(m, center)] = entries
+            while j < len(pairs):
+                k = key(j, center)
+                j += 1
+                if k in consumed:
+                    continue
+                consumed.add(k)
+                if screen.consume(scored.pop(k)):
+                    improved = True
+                    break
         if not improved:
             break
     return screen
