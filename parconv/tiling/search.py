@@ -129,7 +129,7 @@ _BITS = 1 << np.arange(len(LOOPS), dtype=np.int64)
 
 @lru_cache(maxsize=64)
 def _reuse_tables(orders: tuple) -> tuple:
-    """Per array: (its reuse loops, a (len(orders), 2**7) table, the subsets' masks).
+    """Per array: (its reuse loops, a (len(orders), 2**7) table, None).
 
     ``table[o, code]`` is the subset (bit j: the j-th reuse loop) of the array's reuse loops that
     lie outside its innermost loop with more than one block, in order ``o``, when bit i of
@@ -145,9 +145,7 @@ def _reuse_tables(orders: tuple) -> tuple:
                             default=-1)
                 table[o, code] = sum(1 << j for j, loop in enumerate(reuse)
                                      if order.index(loop) < inner)
-        masks = np.array([[(subset >> j) & 1 for j in range(len(reuse))]
-                          for subset in range(1 << len(reuse))], dtype=bool)
-        out.append(([_I[loop] for loop in reuse], table, masks))
+        out.append(([_I[loop] for loop in reuse], table, None))
     return tuple(out)
 
 
@@ -163,9 +161,16 @@ def _totals(spec: ConvSpec, tiles: np.ndarray, orders: list[str]) -> np.ndarray:
     rows = _axis_table(*spec.axis(0))[t[:, 3], t[:, 5]]
     cols = _axis_table(*spec.axis(1))[t[:, 4], t[:, 6]]
     every = np.arange(len(t))[None, :]
-    inputs, filters, outputs = (
-        np.where(masks[None], trips[:, reuse][:, None, :], 1).prod(axis=2)[every, table[:, code]]
-        for reuse, table, masks in _reuse_tables(tuple(orders)))
+    multipliers = []
+    for reuse, table, _ in _reuse_tables(tuple(orders)):
+        # products of every subset of the reuse trip counts (column s: the loops of s's bits)
+        products = np.empty((len(t), 1 << len(reuse)), dtype=np.int64)
+        products[:, 0] = 1
+        for bit, j in enumerate(reuse):
+            np.multiply(products[:, :1 << bit], trips[:, j:j + 1],
+                        out=products[:, 1 << bit:2 << bit])
+        multipliers.append(products[every, table[:, code]])
+    inputs, filters, outputs = multipliers
     return (spec.p_in * spec.batch * spec.in_channels * rows * cols * inputs
             + spec.p_weight * spec.size_filter * filters
             + spec.size_output * (spec.p_out + 2 * spec.p_acc * (outputs - 1)))

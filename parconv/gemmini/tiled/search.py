@@ -26,6 +26,7 @@ caller (`parconv.gemmini.tiled.choose.choose_tiling`).
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
@@ -71,6 +72,13 @@ def exec_totals(spec: ConvSpec, tiles: np.ndarray, config, strided: bool = False
     G(w)``, so the sum over tiles factorises into sums over each loop's blocks (the (S, C) pair
     jointly, because of the first-layer packing).
     """
+    cycles, passes = exec_and_passes(spec, tiles, config, strided)
+    return passes if passes_only else cycles
+
+
+def exec_and_passes(spec: ConvSpec, tiles: np.ndarray, config, strided: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(`exec_totals`, `exec_totals` with ``passes_only``) of each row, sharing the work."""
     ext = extents(spec)
     t = clip_array(spec, np.atleast_2d(tiles)).T
     d = config.dim
@@ -81,14 +89,10 @@ def exec_totals(spec: ConvSpec, tiles: np.ndarray, config, strided: bool = False
 
     sum_n = _loop_sum(t[0], ext[0], lambda v: v)
     sum_h = _loop_sum(t[3], ext[3], lambda v: v)
-    if passes_only:
-        sum_f = _loop_sum(t[4], ext[4], lambda w: rules.ceil_div(w, d))
-        sum_g = 0
-    else:
-        sum_f = _loop_sum(t[4], ext[4], lambda w: d * (rules.ceil_div(w, d) - 1) + last_pass(w))
-        sum_g = _loop_sum(t[4], ext[4], lambda w: d - last_pass(w))
+    sum_passes = _loop_sum(t[4], ext[4], lambda w: rules.ceil_div(w, d))
+    sum_f = _loop_sum(t[4], ext[4], lambda w: d * (rules.ceil_div(w, d) - 1) + last_pass(w))
+    sum_g = _loop_sum(t[4], ext[4], lambda w: d - last_pass(w))
     trips_n, trips_h = -(-ext[0] // t[0]), -(-ext[3] // t[3])
-    per_block = sum_n * sum_h * sum_f + trips_n * trips_h * sum_g
     sum_k = _loop_sum(t[1], ext[1], lambda k: rules.ceil_div(k, d))
     sum_r = _loop_sum(t[5], ext[5], lambda r: r)
     s_full, s_n, s_rag = _per_loop(t[6], ext[6])
@@ -98,7 +102,9 @@ def exec_totals(spec: ConvSpec, tiles: np.ndarray, config, strided: bool = False
                                               ((c_full, c_n), (c_rag, 1))):
         mpp = rules.max_pixels_per_row(config, c, s, strided, dilated)
         sum_sc = sum_sc + ns * nc * rules.ceil_div(s, mpp) * rules.ceil_div(c, d)
-    return sum_k * sum_r * sum_sc * per_block
+    blocks = sum_k * sum_r * sum_sc
+    return (blocks * (sum_n * sum_h * sum_f + trips_n * trips_h * sum_g),
+            blocks * (sum_n * sum_h * sum_passes))
 
 
 def bias_totals(spec: ConvSpec, tiles: np.ndarray, config) -> np.ndarray:
@@ -111,6 +117,17 @@ def bias_totals(spec: ConvSpec, tiles: np.ndarray, config) -> np.ndarray:
     return (_loop_sum(t[0], ext[0], lambda v: v) * _loop_sum(t[3], ext[3], lambda v: v)
             * _loop_sum(t[4], ext[4], lambda w: rules.ceil_div(w, config.dim))
             * ext[1] * config.bias_bytes)
+
+
+def _unique_rows(rows: np.ndarray) -> np.ndarray:
+    """``np.unique(rows, axis=0)`` for non-negative integer rows, on one mixed-radix key per row
+    (a 1-d sort) when the key fits in int64."""
+    radix = [int(v) + 1 for v in rows.max(axis=0)] if len(rows) else []
+    if not len(rows) or math.prod(radix) >= 2 ** 62:
+        return np.unique(rows, axis=0)
+    weights = np.array([math.prod(radix[j + 1:]) for j in range(len(radix))], dtype=np.int64)
+    _, first = np.unique(rows @ weights, return_index=True)
+    return rows[first]
 
 
 class Screen:
@@ -148,14 +165,13 @@ class Screen:
         label = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
         rows = np.concatenate([np.atleast_2d(g) for g in groups])
         # distinct rows of each group, sorted within it (np.unique of each group alone)
-        rows = np.unique(np.column_stack((label, clip_array(self.spec, rows))), axis=0)
+        rows = _unique_rows(np.column_stack((label, clip_array(self.spec, rows))))
         rows = rows[np.asarray(self.memory.fits_array(self.spec, rows[:, 1:]), dtype=bool)]
         out = [[] for _ in groups]
         if not len(rows):
             return out
         label, tiles = rows[:, 0], np.ascontiguousarray(rows[:, 1:])
-        exec_total = exec_totals(self.spec, tiles, self.config, self.strided)
-        passes = exec_totals(self.spec, tiles, self.config, self.strided, passes_only=True)
+        exec_total, passes = exec_and_passes(self.spec, tiles, self.config, self.strided)
         bias = bias_totals(self.spec, tiles, self.config)
         n_tiles = np.prod(-(-self.extents // tiles), axis=1)
         c = self.constants
