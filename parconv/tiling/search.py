@@ -128,52 +128,45 @@ _BITS = 1 << np.arange(len(LOOPS), dtype=np.int64)
 
 
 @lru_cache(maxsize=64)
-def _reuse_tables(orders: tuple) -> tuple:
-    """Per array: (its reuse loops, a (len(orders), 2**7) table, None).
+def _reuse_masks(orders: tuple) -> tuple:
+    """Per array and order: (reuse loop, bit mask of the array's loops inside it) pairs.
 
-    ``table[o, code]`` is the subset (bit j: the j-th reuse loop) of the array's reuse loops that
-    lie outside its innermost loop with more than one block, in order ``o``, when bit i of
-    ``code`` says loop i has more than one block: the loops whose trip counts multiply the
-    array's bytes (`parconv.tiling.traffic`)."""
-    out = []
-    for array in ("input", "filter", "output"):
-        reuse = REUSE_LOOPS[array]
-        table = np.zeros((len(orders), 1 << len(LOOPS)), dtype=np.int64)
-        for o, order in enumerate(orders):
-            for code in range(1 << len(LOOPS)):
-                inner = max((order.index(d) for d in DEPENDS[array] if code >> _I[d] & 1),
-                            default=-1)
-                table[o, code] = sum(1 << j for j, loop in enumerate(reuse)
-                                     if order.index(loop) < inner)
-        out.append(([_I[loop] for loop in reuse], table, None))
-    return tuple(out)
+    A reuse loop multiplies the array's bytes by its trip count exactly when one of the
+    array's own loops inside it has more than one block (`parconv.tiling.traffic`: the loops
+    outside the array's innermost multi-block loop)."""
+    return tuple(tuple(tuple((_I[loop], sum(1 << _I[d] for d in DEPENDS[array]
+                                            if order.index(d) > order.index(loop)))
+                             for loop in REUSE_LOOPS[array])
+                       for order in orders)
+                 for array in ("input", "filter", "output"))
 
 
 def _totals(spec: ConvSpec, tiles: np.ndarray, orders: list[str]) -> np.ndarray:
-    """`traffic_totals` for several orders at once: a (len(orders), m) array.
-
-    Each array's multiplier is the product of a subset of its reuse loops' trip counts; which
-    subset depends only on the order and on which loops have more than one block, so it is
-    looked up (`_reuse_tables`) among the products of every subset."""
+    """`traffic_totals` for several orders at once: a (len(orders), m) array."""
     t = clip_array(spec, np.atleast_2d(tiles))
     trips = -(-np.asarray(extents(spec), dtype=np.int64) // t)
-    code = (trips > 1) @ _BITS
+    code = (trips > 1) @ _BITS                    # bit i: loop i has more than one block
     rows = _axis_table(*spec.axis(0))[t[:, 3], t[:, 5]]
     cols = _axis_table(*spec.axis(1))[t[:, 4], t[:, 6]]
-    every = np.arange(len(t))[None, :]
-    multipliers = []
-    for reuse, table, _ in _reuse_tables(tuple(orders)):
-        # products of every subset of the reuse trip counts (column s: the loops of s's bits)
-        products = np.empty((len(t), 1 << len(reuse)), dtype=np.int64)
-        products[:, 0] = 1
-        for bit, j in enumerate(reuse):
-            np.multiply(products[:, :1 << bit], trips[:, j:j + 1],
-                        out=products[:, 1 << bit:2 << bit])
-        multipliers.append(products[every, table[:, code]])
-    inputs, filters, outputs = multipliers
-    return (spec.p_in * spec.batch * spec.in_channels * rows * cols * inputs
-            + spec.p_weight * spec.size_filter * filters
-            + spec.size_output * (spec.p_out + 2 * spec.p_acc * (outputs - 1)))
+    out = np.empty((len(orders), len(t)), dtype=np.int64)
+    per_input = spec.p_in * spec.batch * spec.in_channels * rows * cols
+    spill = 2 * spec.p_acc * spec.size_output
+    base = spec.size_output * (spec.p_out - 2 * spec.p_acc)
+    filters_bytes = spec.p_weight * spec.size_filter
+    masks = _reuse_masks(tuple(orders))
+    for o in range(len(orders)):
+        inputs, filters, outputs = (_multiplier(trips, code, masks[a][o]) for a in range(3))
+        out[o] = per_input * inputs + filters_bytes * filters + spill * outputs + base
+    return out
+
+
+def _multiplier(trips: np.ndarray, code: np.ndarray, pairs: tuple):
+    """Product of the trip counts of the reuse loops whose mask meets ``code``."""
+    result = 1
+    for loop, mask in pairs:
+        if mask:
+            result = result * np.where(code & mask, trips[:, loop], 1)
+    return result
 
 
 # ---- candidate sets ----------------------------------------------------------------------------

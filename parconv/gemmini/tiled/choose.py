@@ -46,7 +46,7 @@ from ...spec import ConvSpec
 from ...tiling import (CANONICAL_ORDERS, LOOPS, ScratchAccMemory, Tiling, TilingResult, clip_array,
                        extents, optimise, traffic)
 from .. import call_rules
-from ..config import DEFAULT_CONFIG, GemminiConfig, as_pool, footprint_function
+from ..config import DEFAULT_CONFIG, GemminiConfig
 from ..executor import TileCall, TileExecutor
 from ..vendor.calls import vendor_layer_cost
 from ..vendor.heuristics import conv_auto
@@ -83,12 +83,14 @@ class GemminiMemory(ScratchAccMemory):
 
     def fits_array(self, spec: ConvSpec, tiles: np.ndarray) -> np.ndarray:
         tn, tk, tc, th, tw, tr, ts = clip_array(spec, np.atleast_2d(tiles)).T
-        rows = footprint_function(dim=self.config.dim, stride=spec.stride,
-                                  kernel_dilation=spec.dilation, input_dilation=1,
-                                  downsample=False, pool=as_pool(None))
-        spad, acc = rows(tn, th, tw, tk, tr, ts, tc)
-        return (spad <= self.config.spad_rows_limit) & (acc <= self.config.acc_rows_limit)
-
+        (sh, sw), (dh, dw), d = spec.stride, spec.dilation, self.config.dim
+        # `footprint_rows` without pooling, input dilation or downsampling (never used here):
+        # halo rows orows * stride + dilated kernel rows - 1
+        k_blocks = _ceil_div(tk, d)
+        spad = (_ceil_div(tc, d) * tn * (sh * th + dh * (tr - 1)) * (sw * tw + dw * (ts - 1))
+                + k_blocks * tr * ts * tc)
+        return (spad <= self.config.spad_rows_limit) & (k_blocks * tn * th * tw
+                                                        <= self.config.acc_rows_limit)
     def fits(self, spec: ConvSpec, tiling: Tiling) -> bool:
         return self.config.fits(spec, vendor_tuple(tiling.clipped(spec)))
 
@@ -108,6 +110,11 @@ def block_bound(spec: ConvSpec, scratch_bytes: float, acc_bytes: float):
 @functools.lru_cache(maxsize=512)
 def _bound_of_shape(spec: ConvSpec, scratch_bytes: float, acc_bytes: float):
     return sequential_bound_two_memory(spec, scratch_bytes, acc_bytes)
+
+
+def _ceil_div(a: np.ndarray, d: int) -> np.ndarray:
+    """ceil(a / d) of a non-negative integer array (a shift when d is a power of two)."""
+    return (a + (d - 1)) >> (d.bit_length() - 1) if d & (d - 1) == 0 else -(-a // d)
 
 
 def vendor_tuple(tiling: Tiling) -> tuple[int, ...]:

@@ -178,21 +178,17 @@ class Screen:
         x = exec_total + c.p_pass * passes
         start = np.searchsorted(label, label)          # first row of each row's group
         moved_all = traffic_totals(self.spec, tiles, self.orders) + bias
-        tile_list = [tuple(t) for t in tiles.tolist()]
         for order, moved in zip(self.orders, moved_all):
             load = moved * (c.inv_bw + c.t_hit / LINE_BYTES)
             score = np.maximum(c.c_call * n_tiles,
                                np.maximum(load, x) + c.alpha * np.minimum(load, x))
             bins = np.floor(score / self.bin).astype(np.int64)
             # stable sorts within each group: its first `keep` fastest, then most frugal
-            fastest = np.lexsort((moved, bins, label))
-            frugal = np.lexsort((moved, label))
-            picks = [ranked[np.arange(len(ranked)) - start[ranked] < self.keep]
-                     for ranked in (fastest, frugal)]
-            keys = list(zip(bins.tolist(), moved.tolist()))
-            for picked in picks:
-                for i in picked.tolist():
-                    out[label[i]].append((keys[i], tile_list[i], order))
+            for ranked in (np.lexsort((moved, bins, label)), np.lexsort((moved, label))):
+                picked = ranked[np.arange(len(ranked)) - start[ranked] < self.keep]
+                for group, b, m, tile in zip(label[picked].tolist(), bins[picked].tolist(),
+                                             moved[picked].tolist(), tiles[picked].tolist()):
+                    out[group].append(((b, m), tuple(tile), order))
         return out
 
     def top(self, count: int) -> list[tuple[tuple, str]]:
