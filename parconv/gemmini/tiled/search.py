@@ -83,28 +83,36 @@ def exec_and_passes(spec: ConvSpec, tiles: np.ndarray, config, strided: bool = F
     t = clip_array(spec, np.atleast_2d(tiles)).T
     d = config.dim
     dilated = max(spec.dilation) > 1
+    loops = [_per_loop(t[j], ext[j]) for j in range(7)]
+
+    def over(j, f):
+        # sum of f over the blocks of loop j: the full ones and the ragged last one
+        full, n_full, ragged = loops[j]
+        return n_full * f(full) + f(ragged)
 
     def last_pass(w):
-        return np.maximum(w - d * (rules.ceil_div(w, d) - 1), rules.MIN_PASS_CYCLES)
+        return np.maximum(w - d * (_ceil_div(w, d) - 1), rules.MIN_PASS_CYCLES)
 
-    sum_n = _loop_sum(t[0], ext[0], lambda v: v)
-    sum_h = _loop_sum(t[3], ext[3], lambda v: v)
-    sum_passes = _loop_sum(t[4], ext[4], lambda w: rules.ceil_div(w, d))
-    sum_f = _loop_sum(t[4], ext[4], lambda w: d * (rules.ceil_div(w, d) - 1) + last_pass(w))
-    sum_g = _loop_sum(t[4], ext[4], lambda w: d - last_pass(w))
-    trips_n, trips_h = -(-ext[0] // t[0]), -(-ext[3] // t[3])
-    sum_k = _loop_sum(t[1], ext[1], lambda k: rules.ceil_div(k, d))
-    sum_r = _loop_sum(t[5], ext[5], lambda r: r)
-    s_full, s_n, s_rag = _per_loop(t[6], ext[6])
-    c_full, c_n, c_rag = _per_loop(t[2], ext[2])
+    sum_nh = over(0, lambda v: v) * over(3, lambda v: v)
+    sum_passes = over(4, lambda w: _ceil_div(w, d))
+    sum_f = d * (sum_passes - loops[4][1] - 1) + over(4, last_pass)
+    sum_g = over(4, lambda w: d - last_pass(w))
+    trips_nh = (loops[0][1] + 1) * (loops[3][1] + 1)
+    sum_k = over(1, lambda k: _ceil_div(k, d))
+    sum_r = over(5, lambda r: r)
+    (s_full, s_n, s_rag), (c_full, c_n, c_rag) = loops[6], loops[2]
     sum_sc = 0
     for (s, ns), (c, nc) in itertools.product(((s_full, s_n), (s_rag, 1)),
                                               ((c_full, c_n), (c_rag, 1))):
         mpp = rules.max_pixels_per_row(config, c, s, strided, dilated)
-        sum_sc = sum_sc + ns * nc * rules.ceil_div(s, mpp) * rules.ceil_div(c, d)
+        sum_sc = sum_sc + ns * nc * rules.ceil_div(s, mpp) * _ceil_div(c, d)
     blocks = sum_k * sum_r * sum_sc
-    return (blocks * (sum_n * sum_h * sum_f + trips_n * trips_h * sum_g),
-            blocks * (sum_n * sum_h * sum_passes))
+    return (blocks * (sum_nh * sum_f + trips_nh * sum_g), blocks * (sum_nh * sum_passes))
+
+
+def _ceil_div(a: np.ndarray, d: int) -> np.ndarray:
+    """ceil(a / d) of a positive integer array (a shift when d is a power of two)."""
+    return (a + (d - 1)) >> (d.bit_length() - 1) if d & (d - 1) == 0 else -(-a // d)
 
 
 def bias_totals(spec: ConvSpec, tiles: np.ndarray, config) -> np.ndarray:
@@ -117,6 +125,18 @@ def bias_totals(spec: ConvSpec, tiles: np.ndarray, config) -> np.ndarray:
     return (_loop_sum(t[0], ext[0], lambda v: v) * _loop_sum(t[3], ext[3], lambda v: v)
             * _loop_sum(t[4], ext[4], lambda w: rules.ceil_div(w, config.dim))
             * ext[1] * config.bias_bytes)
+
+
+def _sorted_by(*keys: np.ndarray) -> np.ndarray:
+    """``np.lexsort(keys[::-1])`` (first key first, stable) for non-negative integer keys, as
+    one stable sort of a mixed-radix key when it fits in int64."""
+    radix = [int(k.max()) + 1 if len(k) else 1 for k in keys]
+    if math.prod(radix) >= 2 ** 62:
+        return np.lexsort(keys[::-1])
+    combined = keys[0].astype(np.int64)
+    for key, base in zip(keys[1:], radix[1:]):
+        combined = combined * base + key
+    return np.argsort(combined, kind="stable")
 
 
 def _unique_rows(rows: np.ndarray) -> np.ndarray:
@@ -184,7 +204,7 @@ class Screen:
                                np.maximum(load, x) + c.alpha * np.minimum(load, x))
             bins = np.floor(score / self.bin).astype(np.int64)
             # stable sorts within each group: its first `keep` fastest, then most frugal
-            for ranked in (np.lexsort((moved, bins, label)), np.lexsort((moved, label))):
+            for ranked in (_sorted_by(label, bins, moved), _sorted_by(label, moved)):
                 picked = ranked[np.arange(len(ranked)) - start[ranked] < self.keep]
                 for group, b, m, tile in zip(label[picked].tolist(), bins[picked].tolist(),
                                              moved[picked].tolist(), tiles[picked].tolist()):
