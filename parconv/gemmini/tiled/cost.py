@@ -63,16 +63,8 @@ class ModelCost(rules.Utilization):
         return out
 
 
-def _indices(flat: np.ndarray, dims: list, order: str) -> list:
-    coords = np.unravel_index(flat, dims)
-    return [coords[order.index(loop)] for loop in LOOPS]
-
-
-def _differs(a: list, b: list, loops: str) -> np.ndarray:
-    out = np.zeros(a[0].shape, dtype=bool)
-    for loop in loops:
-        out |= a[_I[loop]] != b[_I[loop]]
-    return out
+#: rows of the loops each array depends on (block-index rows in LOOPS order)
+_ROWS = {loops: [_I[loop] for loop in loops] for loops in ("NCHWRS", "KCRS", "NKHW")}
 
 
 def _piece_lines(row_bytes: np.ndarray, piece: int, step: int) -> np.ndarray:
@@ -120,21 +112,26 @@ def tiling_cost(spec: ConvSpec, tiling: Tiling, order: str, config, *, strided: 
     dram = dict.fromkeys(STREAMS, 0)
     mvin = dict.fromkeys(("input", "weight", "bias", "psum"), 0)
     mvout = dict.fromkeys(("output", "psum"), 0)
+    where = [order.index(loop) for loop in LOOPS]
     for start in range(0, total_tiles, CHUNK):
-        flat = np.arange(start, min(start + CHUNK, total_tiles), dtype=np.int64)
-        cur = _indices(flat, dims, order)
-        prev = _indices(np.maximum(flat - 1, 0), dims, order)
-        nxt = _indices(np.minimum(flat + 1, total_tiles - 1), dims, order)
+        stop = min(start + CHUNK, total_tiles)
+        flat = np.arange(start, stop, dtype=np.int64)
+        # block indices (LOOPS order, one row per loop) of the tiles from start - 1 to stop
+        lo = max(start - 1, 0)
+        every = np.stack(np.unravel_index(np.arange(lo, min(stop + 1, total_tiles)), dims))[where]
+        cur = every[:, start - lo:stop - lo]
+        prev = every[:, np.maximum(flat - 1, 0) - lo]
+        nxt = every[:, np.minimum(flat + 1, total_tiles - 1) - lo]
         head, tail = flat == 0, flat == total_tiles - 1
-        nN, nK, nC, nH, nW, nR, nS = (np.minimum(t[j], ext[j] - cur[j] * t[j]) for j in range(7))
-        reduction_start = (cur[_I["C"]] == 0) & (cur[_I["R"]] == 0) & (cur[_I["S"]] == 0)
-        reduction_end = np.ones_like(head)
-        for loop in "CRS":
-            reduction_end &= cur[_I[loop]] == trips[_I[loop]] - 1
-        load_in = head | _differs(cur, prev, "NCHWRS")
-        load_w = head | _differs(cur, prev, "KCRS")
-        visit_start = head | _differs(cur, prev, "NKHW")
-        visit_end = tail | _differs(cur, nxt, "NKHW")
+        nN, nK, nC, nH, nW, nR, nS = np.minimum(t[:, None], ext[:, None] - cur * t[:, None])
+        crs = [_I[loop] for loop in "CRS"]
+        reduction_start = ~cur[crs].any(axis=0)
+        reduction_end = (cur[crs] == trips[crs, None] - 1).all(axis=0)
+        changed, changes = cur != prev, cur != nxt
+        load_in = head | changed[_ROWS["NCHWRS"]].any(axis=0)
+        load_w = head | changed[_ROWS["KCRS"]].any(axis=0)
+        visit_start = head | changed[_ROWS["NKHW"]].any(axis=0)
+        visit_end = tail | changes[_ROWS["NKHW"]].any(axis=0)
         window = rows_table[cur[_I["H"]], cur[_I["R"]]] * cols_table[cur[_I["W"]], cur[_I["S"]]]
         out_elems = nN * nK * nH * nW
         acc_rows = nN * nH * nW * rules.ceil_div(nK, config.dim)
@@ -160,9 +157,10 @@ def tiling_cost(spec: ConvSpec, tiling: Tiling, order: str, config, *, strided: 
         mpp = rules.max_pixels_per_row(config, nC, nS, strided, dilated)
         work = (nN, nH, nW, nK, nR, nS, nC, mpp, config.dim)
         exec_cycles = rules.exec_cycles(*work)
+        passes = rules.passes(*work)
         line_rows = ((first_visit * bias) * acc_rows + readback * acc_rows).astype(float)
         chunks.append({
-            "exec": exec_cycles, "passes": rules.passes(*work), "load_in": load_in,
+            "exec": exec_cycles, "passes": passes, "load_in": load_in,
             "load_w": load_w, "moved": sum(per_tile.values()),
             "in_lines": load_in * nN * window * _piece_lines(
                 nC * config.input_bytes, piece * config.input_bytes, steps[0]),
@@ -173,7 +171,7 @@ def tiling_cost(spec: ConvSpec, tiling: Tiling, order: str, config, *, strided: 
             "other_lines": line_rows})
         tile_dma = sum(per_tile.values()) / config.bw_eff
         sums["exec"] += int(exec_cycles.sum())
-        sums["passes"] += int(rules.passes(*work).sum())
+        sums["passes"] += int(passes.sum())
         sums["mem_bound"] += int((tile_dma > exec_cycles).sum())
         cycles += float(np.maximum(exec_cycles, tile_dma).sum())
         dma += float(tile_dma.sum())

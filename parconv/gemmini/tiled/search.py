@@ -159,7 +159,8 @@ class Screen:
         self.orders, self.strided, self.keep = list(orders), strided, keep
         self.constants = load_constants()
         self.bin = max(CYCLE_SLACK * spec.G / config.dim ** 2, 1.0)
-        self.seen: dict[tuple, tuple] = {}      # (tile, order) -> key
+        # every entry consumed, in turn: (bins, bytes, tiles, order index) arrays
+        self.log: list[tuple] = []
         self.extents = np.asarray(extents(spec))
         self.best: tuple | None = None          # (key, tile, order)
 
@@ -167,29 +168,32 @@ class Screen:
         """Score the fitting rows of ``tiles`` under every order; True if the best improved."""
         return self.consume(self.entries_of_groups([tiles])[0])
 
-    def consume(self, entries: list) -> bool:
-        """Remember a grid's entries (`entries_of_groups`); True if the best improved."""
-        improved = False
-        for key, tile, order in entries:
-            self.seen[(tile, order)] = key
-            if self.best is None or key < self.best[0]:
-                self.best = (key, tile, order)
-                improved = True
-        return improved
+    def consume(self, entries: tuple | None) -> bool:
+        """Remember a grid's entries (`entries_of_groups`); True if the best improved (the
+        first entry of the smallest key (bins, bytes), if it beats the best so far)."""
+        if entries is None:
+            return False
+        self.log.append(entries)
+        bins, moved, tiles, orders = entries
+        i = int(_sorted_by(bins, moved)[0])
+        key = (int(bins[i]), int(moved[i]))
+        if self.best is None or key < self.best[0]:
+            self.best = (key, tuple(int(v) for v in tiles[i]), self.orders[orders[i]])
+            return True
+        return False
 
     def entries_of_groups(self, groups: list) -> list:
-        """For each array of ``groups``: the (key, tile, order) entries it contributes, per
-        order the `keep` fastest (screened cycles bin, then bytes) and the `keep` most frugal
-        of its distinct fitting rows.  One vectorised evaluation for all groups; nothing is
-        remembered (`consume` does that)."""
+        """For each array of ``groups``: the entries it contributes, per order the `keep`
+        fastest (screened cycles bin, then bytes) and the `keep` most frugal of its distinct
+        fitting rows, as (bins, bytes, tiles, order index) arrays (None: no row fits).  One
+        vectorised evaluation for all groups; nothing is remembered (`consume` does that)."""
         label = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
         rows = np.concatenate([np.atleast_2d(g) for g in groups])
         # distinct rows of each group, sorted within it (np.unique of each group alone)
         rows = _unique_rows(np.column_stack((label, clip_array(self.spec, rows))))
         rows = rows[np.asarray(self.memory.fits_array(self.spec, rows[:, 1:]), dtype=bool)]
-        out = [[] for _ in groups]
         if not len(rows):
-            return out
+            return [None] * len(groups)
         label, tiles = rows[:, 0], np.ascontiguousarray(rows[:, 1:])
         exec_total, passes = exec_and_passes(self.spec, tiles, self.config, self.strided)
         bias = bias_totals(self.spec, tiles, self.config)
@@ -198,23 +202,49 @@ class Screen:
         x = exec_total + c.p_pass * passes
         start = np.searchsorted(label, label)          # first row of each row's group
         moved_all = traffic_totals(self.spec, tiles, self.orders) + bias
-        for order, moved in zip(self.orders, moved_all):
+        pieces, bins_of = [], []
+        for o, moved in enumerate(moved_all):
             load = moved * (c.inv_bw + c.t_hit / LINE_BYTES)
             score = np.maximum(c.c_call * n_tiles,
                                np.maximum(load, x) + c.alpha * np.minimum(load, x))
-            bins = np.floor(score / self.bin).astype(np.int64)
+            bins_of.append(np.floor(score / self.bin).astype(np.int64))
             # stable sorts within each group: its first `keep` fastest, then most frugal
-            for ranked in (_sorted_by(label, bins, moved), _sorted_by(label, moved)):
+            for ranked in (_sorted_by(label, bins_of[o], moved), _sorted_by(label, moved)):
                 picked = ranked[np.arange(len(ranked)) - start[ranked] < self.keep]
-                for group, b, m, tile in zip(label[picked].tolist(), bins[picked].tolist(),
-                                             moved[picked].tolist(), tiles[picked].tolist()):
-                    out[group].append(((b, m), tuple(tile), order))
+                pieces.append((o, picked, np.searchsorted(label[picked],
+                                                          np.arange(len(groups) + 1))))
+        bins_all, out = np.stack(bins_of), []
+        for g in range(len(groups)):
+            rows_g = [(o, picked[bounds[g]:bounds[g + 1]]) for o, picked, bounds in pieces]
+            if not sum(len(r) for _, r in rows_g):
+                out.append(None)
+                continue
+            index = np.concatenate([r for _, r in rows_g])
+            order = np.concatenate([np.full(len(r), o) for o, r in rows_g])
+            out.append((bins_all[order, index], moved_all[order, index], tiles[index], order))
         return out
 
     def top(self, count: int) -> list[tuple[tuple, str]]:
-        """The ``count`` best (tile, order) pairs seen, best first."""
-        ranked = sorted(self.seen.items(), key=lambda item: item[1])
-        return [pair for pair, _ in ranked[:count]]
+        """The ``count`` best (tile, order) pairs seen, best first (a tie: the one seen
+        first)."""
+        if not self.log:
+            return []
+        bins, moved, tiles, orders = (np.concatenate(part) for part in zip(*self.log))
+        pairs = np.column_stack((tiles, orders))
+        # the first time each pair was seen (it has the same key every time)
+        first = np.sort(np.unique(_pair_keys(pairs), return_index=True)[1])
+        ranked = first[_sorted_by(bins[first], moved[first])][:count]
+        return [(tuple(int(v) for v in tiles[i]), self.orders[int(orders[i])])
+                for i in ranked]
+
+
+def _pair_keys(rows: np.ndarray) -> np.ndarray:
+    """One int64 per row of non-negative integers (mixed radix), equal iff the rows are."""
+    radix = [int(v) + 1 for v in rows.max(axis=0)]
+    if math.prod(radix) >= 2 ** 62:
+        return np.unique(rows, axis=0, return_inverse=True)[1].ravel()
+    weights = np.array([math.prod(radix[j + 1:]) for j in range(len(radix))], dtype=np.int64)
+    return rows @ weights
 
 
 def refine(spec: ConvSpec, memory, config, seeds, orders, strided: bool = False,
