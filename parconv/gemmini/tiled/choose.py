@@ -28,9 +28,9 @@ How parconv runs a layer on the modelled Gemmini (theory.md section 6):
   is ``Traffic.spill_write + Traffic.output_read`` of `parconv.tiling.traffic`, ``output`` is
   ``Traffic.output_write``.
 
-`tiling_cost` evaluates a (tiling, order) per tile, vectorised (bytes, execute cycles and
-``max(exec, bytes / bw_eff)`` per tile); the executor (`parconv.gemmini.executor`) runs the same
-tiles on data and must count the same.
+`parconv.gemmini.tiled.cost.tiling_cost` evaluates a (tiling, order) per tile, vectorised (bytes,
+execute cycles and ``max(exec, bytes / bw_eff)`` per tile; `tiling_costs` many at once); the
+executor (`parconv.gemmini.executor`) runs the same tiles on data and must count the same.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from ..executor import TileCall, TileExecutor
 from ..vendor.calls import vendor_layer_cost
 from ..vendor.heuristics import conv_auto
 from ..vendor.run import run_vendor
-from .cost import ModelCost, tiling_cost
+from .cost import ModelCost, tiling_costs
 from .search import CYCLE_SLACK, bias_totals, refine
 
 #: the vendor loop b -> porow -> pocol -> poch -> krow -> kcol -> kch in parconv's loop names
@@ -278,16 +278,15 @@ def choose_tiling(spec: ConvSpec, config: GemminiConfig | None = None, orders=No
         for order in dict.fromkeys((VENDOR_ORDER, *orders)):
             pairs.setdefault((seeds[1], order), "vendor tile")
     limit = vendor.dram_bytes["total"] if vendor is not None else None
-    costed = []
-    for (tile, order), source in pairs.items():
-        # the exact bytes first (`traffic` plus the bias stream, what `tiling_cost` counts): a
-        # candidate moving more than the library is dropped before its cycles are costed
-        if limit is not None and traffic(run_on, Tiling(*tile), order).total + int(
-                bias_totals(run_on, np.array([tile]), config)[0]) > limit:
-            continue
-        cost = tiling_cost(run_on, Tiling(*tile), order, config, strided=strided)
-        if limit is None or cost.dram_bytes["total"] <= limit:
-            costed.append((cost, Tiling(*tile), order, source))
+    # the exact bytes first (`traffic` plus the bias stream, what `tiling_cost` counts): a
+    # candidate moving more than the library is dropped before its cycles are costed
+    kept = [(Tiling(*tile), order, source) for (tile, order), source in pairs.items()
+            if limit is None or traffic(run_on, Tiling(*tile), order).total
+            + int(bias_totals(run_on, np.array([tile]), config)[0]) <= limit]
+    costs = tiling_costs(run_on, [(tiling, order) for tiling, order, _ in kept], config,
+                         strided=strided)
+    costed = [(cost, tiling, order, source) for cost, (tiling, order, source) in zip(costs, kept)
+              if limit is None or cost.dram_bytes["total"] <= limit]
     ceiling = float("inf")
     if vendor is not None:
         costed.append((cost_of_vendor(vendor), tiling_of_vendor(vendor.tile), VENDOR_ORDER,
