@@ -64,6 +64,9 @@ CANONICAL_ORDERS = {"output-stationary": "NHWKRSC",
                     "input-stationary": "NHWRSCK"}
 ALL_ORDERS = tuple("".join(p) for p in itertools.permutations(LOOPS))
 _I = {loop: i for i, loop in enumerate(LOOPS)}
+#: pairwise moves scored in one vectorised call (`_local_search`; the later ones of a call are
+#: wasted when an earlier one improves, so not all of a round at once)
+MOVES_AT_ONCE = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,7 +287,8 @@ def _local_search(scorer: _Scorer, start: tuple, free: str, granularity: int,
         before = current
         j = 0
         while j < len(pairs):
-            missing = [m for m in range(j, len(pairs)) if key(m, current[2]) not in scorer.moves]
+            missing = [m for m in range(j, len(pairs))
+                       if key(m, current[2]) not in scorer.moves][:MOVES_AT_ONCE]
             if missing:
                 grids = []
                 for m in missing:
@@ -295,6 +299,8 @@ def _local_search(scorer: _Scorer, start: tuple, free: str, granularity: int,
                 for m, found in zip(missing, scorer.best_of_groups(grids)):
                     scorer.moves[key(m, current[2])] = found
             while j < len(pairs):
+                if key(j, current[2]) not in scorer.moves:    # not scored yet: score the next
+                    break
                 found = scorer.consume(scorer.moves[key(j, current[2])])
                 j += 1
                 if found is not None and found[:2] < current[:2]:

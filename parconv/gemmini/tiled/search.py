@@ -40,6 +40,8 @@ _I = {loop: i for i, loop in enumerate(LOOPS)}
 #: moving the fewest bytes among them wins (also the width of the ranking key's cycle bins, as a
 #: fraction of the ideal cycles G / dim^2)
 CYCLE_SLACK = 0.02
+#: pairwise moves screened in one vectorised call (`refine`)
+MOVES_AT_ONCE = 4
 
 
 def ladder(extent: int, granularity: int = 1) -> np.ndarray:
@@ -280,7 +282,7 @@ def refine(spec: ConvSpec, memory, config, seeds, orders, strided: bool = False,
         while j < len(pairs):
             center = screen.best[1]
             missing = [m for m in range(j, len(pairs)) if key(m, center) not in scored
-                       and key(m, center) not in consumed]
+                       and key(m, center) not in consumed][:MOVES_AT_ONCE]
             if missing:
                 grids = []
                 for m in missing:
@@ -292,9 +294,12 @@ def refine(spec: ConvSpec, memory, config, seeds, orders, strided: bool = False,
                     scored[key(m, center)] = entries
             while j < len(pairs):
                 k = key(j, center)
-                j += 1
                 if k in consumed:
+                    j += 1
                     continue
+                if k not in scored:          # not screened yet: screen the next ones
+                    break
+                j += 1
                 consumed.add(k)
                 if screen.consume(scored.pop(k)):
                     improved = True
