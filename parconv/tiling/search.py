@@ -23,7 +23,10 @@ The search
    hardware granularity (K and C) and the full extent around each continuous optimum; the product
    of those values is scored exactly.
 3. Pairwise local search: for every pair of loops, every "ladder" value of both (every size
-   ceil(E / n), every multiple of the granularity), until nothing improves.
+   ceil(E / n), every multiple of the granularity), until nothing improves.  The moves are taken
+   in turn (coordinate descent) but scored a few at a time in one vectorised call, and a move
+   already scored around the same other five block sizes is not scored again: the same answer
+   as scoring one move at a time, with fewer numpy calls.
 Candidates are scored by `traffic_totals` (the exact model, vectorised) and ranked by traffic,
 then by the number of tiles; the winner is re-scored with `parconv.tiling.traffic`.
 By default (``keep_window=True``) ``t_R = R`` and ``t_S = S`` whenever that window fits, as

@@ -17,7 +17,9 @@ that are fast *and* frugal:
 * pairwise coordinate search (every pair of free loops over their candidate values) from the
   best seed until nothing improves; ranking key = (screened cycles in steps of `CYCLE_SLACK` of
   the ideal ``G / dim^2``, then bytes), so among equally fast tilings the one moving fewer bytes
-  wins.  The fastest and the most frugal candidates of every sweep are remembered.
+  wins.  The fastest and the most frugal candidates of every sweep are remembered.  As in
+  `parconv.tiling.search`, the sweeps are taken in turn but screened a few at a time in one
+  vectorised call, and a sweep already taken around the same point is not repeated.
 
 The best few candidates are then costed exactly by `parconv.gemmini.tiled.cost.tiling_cost` by the
 caller (`parconv.gemmini.tiled.choose.choose_tiling`).
