@@ -388,11 +388,12 @@ def test_executor_products_float32_when_exact(low, high):
     y, _ = executor.run(calls, x, w)
     assert executor.products == (np.float32 if taps * low * low <= 2 ** 24 else np.float64)
     assert executor.chunk == 2 ** 24 // (low * low)
-    assert executor.acc_type == (np.float32 if 180 * low * low <= 2 ** 24 else np.float64)
+    # float32 sums when the whole reduction is exact in float32, else int32 (wrap-around)
+    assert executor.acc_type == (np.float32 if 180 * low * low <= 2 ** 24 else np.int32)
     np.testing.assert_array_equal(y, reference_conv2d(spec, x, w))
-    bias = np.full(spec.out_channels, 2 ** 30, dtype=np.int32)     # a bias: float64 sums
+    bias = np.full(spec.out_channels, 2 ** 30, dtype=np.int32)     # a bias: int32 sums
     y, _ = executor.run(calls, x, w, bias)
-    assert executor.acc_type == np.float64
+    assert executor.acc_type == np.int32
     np.testing.assert_array_equal(y, reference_conv2d(spec, x, w, bias))
     # groups of one channel's taps: still exact
     executor.FLOAT32_EXACT = 9 * low * low

@@ -31,7 +31,9 @@ they are summed once all calls are counted.
 The data: once the schedule is checked, every tile's product (implicit im2col of its window times
 its weight block) is computed from one zero-padded copy of the input, exactly: int8 x int8 summed
 into the int32 accumulator with wrap-around, on float32 BLAS in channel groups whose partial sums
-stay below 2**24 (max|x| max|w| per product), else float64 (exact below 2**53).  Integer sums are
+stay below 2**24 (max|x| max|w| per product), else float64 (exact below 2**53); the groups are
+summed in float32 when the whole reduction stays below 2**24 and no bias is added, else in int32
+(wrap-around).  Integer sums are
 exact, so the order of the products changes no bit, and the numpy work is grouped: the tiles of
 one (C, R, S) block whose (N, H, W, K) blocks tile a rectangle are one product over it (the
 capacity checks, the residency and the counters above stay per tile).  Floating-point tiles are
@@ -150,8 +152,8 @@ class TileExecutor:
         elements), element sizes of the streams and ``bw_eff``.
     """
 
-    #: elements of one im2col piece of a grouped product (bounds the executor's workspace)
-    PIECE_ELEMENTS = 1 << 22
+    #: largest im2col piece of a grouped product, in elements (see ``self.piece``)
+    PIECE_ELEMENTS = 1 << 20
     #: output pixels per image below which a piece's images share one product
     FOLD_BELOW = 1024
     #: integers below this are exact in float32
@@ -189,11 +191,17 @@ class TileExecutor:
         scale = _magnitude(x) * _magnitude(w)
         self.chunk = self.FLOAT32_EXACT // scale if self.products == np.float32 and \
             not self.floating and scale else None
-        # the accumulator: the products' type when the whole reduction of an output is exact
-        # in it too and no bias is added, else self.compute
-        self.acc_type = self.products if self.products == self.compute or bias is None and \
-            self._exact_in_float32(self.spec.in_channels * self.spec.kernel_size[0]
-                                   * self.spec.kernel_size[1], x, w) else self.compute
+        # the accumulator: float32 when the whole reduction of an output is exact in it and no
+        # bias is added (one cast at the end), else the accumulator type itself (int32 sums
+        # wrap around like the hardware; floats: their type)
+        self.acc_type = self.products if self.floating or self.products == np.float32 and \
+            bias is None and self._exact_in_float32(self.spec.in_channels
+                                                    * self.spec.kernel_size[0]
+                                                    * self.spec.kernel_size[1], x, w) \
+            else np.dtype(self.spec.dtype_acc)
+        # im2col elements of one product piece: at most a quarter of the input's (so the
+        # workspace stays within the node's footprint, parconv.plan.footprint), at most 1 Mi
+        self.piece = min(max(x.size // 4, 1 << 14), self.PIECE_ELEMENTS)
         self._stats = ExecutionStats(peak=self.config.dim ** 2)
         self._inputs = OrderedDict()      # resident input windows: key -> window id
         self._weights = OrderedDict()     # resident weight blocks: key -> block id
@@ -381,7 +389,7 @@ class TileExecutor:
         (`_check_window` proved the tile reads inside its window).  For integers the sums are
         exact, so the order of the products changes no bit: tiles that share a weight block
         (the same C, R, S blocks) and whose output blocks tile a rectangle are one product over
-        that rectangle (`_rectangles`; an implicit im2col in pieces of `PIECE_ELEMENTS`).
+        that rectangle (`_rectangles`; an implicit im2col in pieces of ``self.piece`` elements).
         Floating-point tiles are multiplied one by one in schedule order."""
         spec = self.spec
         (ph, pw), (sh, sw), (dh, dw) = spec.padding, spec.stride, spec.dilation
@@ -401,7 +409,7 @@ class TileExecutor:
         whole = tuple((0, e) for e in (spec.batch, H, W, spec.out_channels, spec.in_channels,
                                        R, S))
         # one product over the whole layer in one channel group writes every output once
-        self._assign = bias is None and blocks == [whole] and (
+        self._assign = bias is None and blocks == [whole] and self.acc_type.kind == "f" and (
             self.chunk is None or spec.in_channels * R * S <= self.chunk)
         self._y = np.empty((spec.batch, spec.out_channels, H, W), dtype=self.acc_type) \
             if self._assign else np.zeros((spec.batch, spec.out_channels, H, W), self.acc_type)
@@ -409,11 +417,9 @@ class TileExecutor:
             self._y += np.asarray(bias).astype(self.acc_type)[:, None, None]
         for block in blocks:
             self._product(*block)
-        y = self._y
-        if y.dtype != np.dtype(spec.dtype_acc):
-            # float32 sums of integers are exact below 2**24: one cast, no wrap-around needed
-            y = y.astype(spec.dtype_acc) if y.dtype == np.float32 or \
-                np.dtype(spec.dtype_acc).kind == "f" else _to_accumulator(y, spec.dtype_acc)
+        # float32 sums of integers are exact below 2**24: one cast, no wrap-around needed
+        y = self._y if self._y.dtype == np.dtype(spec.dtype_acc) else \
+            self._y.astype(spec.dtype_acc)
         self._x = self._w = self._y = None
         return y
 
@@ -437,8 +443,10 @@ class TileExecutor:
         weights = self._w[k[0]:k[1], c[0]:c[1], r[0]:r[1], s[0]:s[1]].reshape(-1, depth)
         origin = self._x[:, c[0]:, sh * h[0] + dh * r[0]:, sw * w[0] + dw * s[0]:]
         bN, bc, bR, bC = origin.strides
-        step_n = max(1, self.PIECE_ELEMENTS // max(nH * nW * depth, 1))
-        step_h = nH if step_n > 1 else max(1, self.PIECE_ELEMENTS // max(nW * depth, 1))
+        # a piece holds at most self.piece elements of im2col and of products
+        rows = max(depth, k[1] - k[0])
+        step_n = max(1, self.piece // max(nH * nW * rows, 1))
+        step_h = nH if step_n > 1 else max(1, self.piece // max(nW * rows, 1))
         for a in range(n[0], n[1], step_n):
             b = min(a + step_n, n[1])
             for i in range(0, nH, step_h):
@@ -453,7 +461,7 @@ class TileExecutor:
                     if self._assign and target.flags.c_contiguous:
                         np.matmul(weights, patches, out=target.reshape(b - a, -1, patches.shape[2]))
                     else:
-                        target += np.matmul(weights, patches).reshape(target.shape)
+                        _accumulate(target, np.matmul(weights, patches).reshape(target.shape))
                     continue
                 # small images: (c, r, s) x (n, h, w), one product for all images of the piece
                 view = np.lib.stride_tricks.as_strided(
@@ -464,7 +472,7 @@ class TileExecutor:
                 if self._assign:
                     target[...] = product.transpose(1, 0, 2, 3)
                 else:
-                    target += product.transpose(1, 0, 2, 3)
+                    _accumulate(target, product.transpose(1, 0, 2, 3))
 
 
 def _rectangles(calls: list) -> list[tuple]:
@@ -491,8 +499,12 @@ def _magnitude(a: np.ndarray) -> int:
     return max(-int(a.min()), int(a.max()), 0) if a.size else 0
 
 
-def _to_accumulator(acc: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Cast computed sums to the accumulator type; integers wrap around like int32 hardware."""
-    if np.issubdtype(dtype, np.integer):
-        return acc.astype(np.int64).astype(dtype)      # exact integers: no rounding needed
-    return acc.astype(dtype)
+def _accumulate(target: np.ndarray, product: np.ndarray) -> None:
+    """``target += product``; an integer target receives the exact integer products with int32
+    wrap-around (float32 products are below 2**24, float64 ones below 2**53: via int64)."""
+    if target.dtype.kind == "f":
+        target += product
+    elif product.dtype == np.float32:
+        target += product.astype(target.dtype)
+    else:
+        target += product.astype(np.int64).astype(target.dtype)
