@@ -4,8 +4,9 @@ Per layer (the five of the kernel issue by default) and per BLAS thread count, s
 one process: parconv's CPU kernel in float32 and float64 (GFLOP/s = 2 G / seconds), torch's
 ``conv2d`` on the same data (if torch is installed; skipped with a note otherwise), the
 machine's SGEMM/DGEMM rate measured in the same run, and the exact int8 path.  Then the Gemmini
-node on the block of one rank (P = 1: the whole layer): its tiling search from scratch, its
-execution, and the numpy kernel on the same block.  Prints the machine, the BLAS (threadpoolctl)
+node on the block of one rank (P = 1: the whole layer): the whole node on a fresh block (no
+cached tiling, shape-keyed caches cleared), its tiling search and its executor, next to the
+numpy kernel on the same block (``--only-gemmini``: this part alone).  Prints the machine, the BLAS (threadpoolctl)
 and the thread counts, a table and the targets met; writes everything to JSON.
 
 Timings are best-of-k with the contenders interleaved (k rounds, each contender once per
