@@ -3,10 +3,10 @@
 
 For three ResNet-50 layers at batch 4, runs the same random int8 data through
 `parconv.kernels.NumpyKernel` (one BLAS product per filter tap over the whole layer) and through
-the tile executor with parconv's tiling and with the vendor tiling (capacity checks, byte counters
-and one matrix product per tile), checks that all three agree exactly, and prints the best-of-N
-wall times and their ratios (target: executor <= 3x the plain kernel).  Planning (the tiling
-search) is timed separately and not included in the executor's time.
+the tile executor with parconv's tiling and with the vendor tiling (capacity checks and byte
+counters per tile, then the tiles' exact products, grouped), checks that all three agree exactly,
+and prints the best-of-N wall times and their ratios (target: executor <= 3x the plain kernel).
+Planning (the tiling search) is timed separately and not included in the executor's time.
 """
 
 from __future__ import annotations

@@ -372,7 +372,8 @@ def test_tiling_cache_off_and_concurrent_writers(cache_in, monkeypatch):
 
 @pytest.mark.parametrize("low, high", [(-128, 128), (-8, 8)])
 def test_executor_products_float32_when_exact(low, high):
-    # float32 products exactly when every tile's partial sums stay below 2**24
+    # float32 products exactly when the taps of one channel sum below 2**24: the reduction is
+    # cut into channel groups whose float32 sums are exact
     import dataclasses
     spec = ConvSpec(batch=1, in_channels=20, out_channels=33, in_size=(13, 10),
                     kernel_size=(3, 3), padding=(1, 1))
@@ -383,17 +384,24 @@ def test_executor_products_float32_when_exact(low, high):
     x.flat[0], w.flat[0] = low, low
     executor = TileExecutor(plan.model, plan.config)
     calls = tiling_calls(plan.model, plan.tiling, plan.order, plan.config, plan.subsampled)
-    longest = max((c.c[1] - c.c[0]) * (c.r[1] - c.r[0]) * (c.s[1] - c.s[0]) for c in calls)
+    taps = max((c.r[1] - c.r[0]) * (c.s[1] - c.s[0]) for c in calls)
     y, _ = executor.run(calls, x, w)
-    assert executor.products == (np.float32 if longest * low * low <= 2 ** 24 else np.float64)
-    assert executor.acc_type == (np.float32 if 180 * low * low <= 2 ** 24 else np.float64)
+    assert executor.products == (np.float32 if taps * low * low <= 2 ** 24 else np.float64)
+    assert executor.chunk == 2 ** 24 // (low * low)
+    # float32 sums when the whole reduction is exact in float32, else int32 (wrap-around)
+    assert executor.acc_type == (np.float32 if 180 * low * low <= 2 ** 24 else np.int32)
     np.testing.assert_array_equal(y, reference_conv2d(spec, x, w))
-    bias = np.full(spec.out_channels, 2 ** 30, dtype=np.int32)     # a bias: float64 sums
+    bias = np.full(spec.out_channels, 2 ** 30, dtype=np.int32)     # a bias: int32 sums
     y, _ = executor.run(calls, x, w, bias)
-    assert executor.acc_type == np.float64
+    assert executor.acc_type == np.int32
     np.testing.assert_array_equal(y, reference_conv2d(spec, x, w, bias))
-    # one tile of 2**24 / (low * low) + 1 products would not be exact in float32
-    long_tile = dataclasses.replace(calls[0], c=(0, 2 ** 24 // (9 * low * low) + 1),
-                                    r=(0, 3), s=(0, 3))
+    # groups of one channel's taps: still exact
+    executor.FLOAT32_EXACT = 9 * low * low
+    y, _ = executor.run(calls, x, w)
+    assert executor.chunk == 9
+    np.testing.assert_array_equal(y, reference_conv2d(spec, x, w))
+    # one channel of 2**24 / (low * low) + 1 taps would not be exact in float32
+    long_tile = dataclasses.replace(calls[0], r=(0, 2 ** 24 // (low * low) + 1), s=(0, 1))
+    del executor.FLOAT32_EXACT
     assert executor._product_type([long_tile], x, w) == np.float64
     assert executor._product_type(calls, np.zeros_like(x), w) == np.float32

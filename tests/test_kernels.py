@@ -317,3 +317,15 @@ def test_bench_writes_its_table_and_json(tmp_path, capsys):
                                  or "SGEMM" in target["target"] else target["value"] >= 1.0)
     assert "alexnet.conv5" in out and "targets:" in out
     assert main(["--layers", "nope"]) == 2
+    assert main(["--no-gemmini", "--only-gemmini"]) == 2
+    # the Gemmini node alone: fresh node, search and executor next to the numpy kernel
+    assert main(["--layers", "alexnet.conv5:1", "--rounds", "1", "--only-gemmini",
+                 "--json", str(path)]) == 0
+    result = json.loads(path.read_text())
+    block = result["gemmini"][0]
+    assert not result["conv"] and block["layer"] == "alexnet.conv5"
+    assert block["node_fresh_s"] >= block["search_s"] > 0 and block["numpy_s"] > 0
+    assert block["ratio_with_search"] == block["node_fresh_s"] / block["numpy_s"]
+    for target in result["targets"]:
+        assert target["met"] == (target["value"] <= (2.0 if "executor" in target["target"]
+                                                     else 3.0))

@@ -16,12 +16,8 @@ one per tile for parconv's tilings; see `parconv.gemmini.vendor.run.vendor_calls
 3. on the first visit of an output block loads the bias (stride-0 mvins: one ``dim``-wide row of
    ``bias_bytes`` per ``dim`` output pixels of an output row, gemmini.md 4.5), or reads back the
    spilled partial sums (``acc_bytes`` each) on a later visit;
-4. computes the tile exactly: one matrix product per tile (implicit im2col of the resident window
-   times the resident weights), int8 x int8 summed exactly into the int32 accumulator with
-   wrap-around: float32 BLAS when every tile's partial sums stay below 2**24 (the data's
-   max|x| max|w| times the tile's nR nS nC products), else float64 (exact below 2**53).  Tiles that multiply the same window by different
-   output-channel blocks (the vendor's poch tiles) share one product over all their channels
-   (numpy work grouped; checks and counters stay per tile);
+4. checks that every input position the tile reads lies in its window (on the window's grid:
+   the conv stride and the dilation as scratchpad strides);
 5. when the next call works on another output block, moves the block out: as final output
    (``output_bytes`` per element) if its reduction is complete, else as a partial-sum spill
    (``acc_bytes`` per element, stream ``"psum"``).
@@ -29,17 +25,29 @@ one per tile for parconv's tilings; see `parconv.gemmini.vendor.run.vendor_calls
 Streams: ``input``, ``weight``, ``bias``, ``output`` (final outputs) and ``psum`` (partial-sum spills
 and their read-backs, zero for output-stationary schedules such as the vendor loop); ``total`` is
 their sum.  Cycles per call are ``max(exec_cycles, bytes_of_the_call / bw_eff)`` where the bytes
-of a call are everything it moves in and the stores issued right after it (gemmini.md 0, 4.7).
+of a call are everything it moves in and the stores issued right after it (gemmini.md 0, 4.7);
+they are summed once all calls are counted.
+
+The data: once the schedule is checked, every tile's product (implicit im2col of its window times
+its weight block) is computed from one zero-padded copy of the input, exactly: int8 x int8 summed
+into the int32 accumulator with wrap-around, on float32 BLAS in channel groups whose partial sums
+stay below 2**24 (max|x| max|w| per product), else float64 (exact below 2**53); the groups are
+summed in float32 when the whole reduction stays below 2**24 and no bias is added, else in int32
+(wrap-around).  Integer sums are
+exact, so the order of the products changes no bit, and the numpy work is grouped: the tiles of
+one (C, R, S) block whose (N, H, W, K) blocks tile a rectangle are one product over it (the
+capacity checks, the residency and the counters above stay per tile).  Floating-point tiles are
+multiplied one by one, in schedule order.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import OrderedDict
 
 import numpy as np
 
-from ..blas import matmul_into
 from ..errors import ParconvError, ParconvRuntimeError
 from ..spec import ConvSpec
 from .call_rules import exec_cycles as call_exec_cycles, passes as call_passes
@@ -144,15 +152,19 @@ class TileExecutor:
         elements), element sizes of the streams and ``bw_eff``.
     """
 
-    #: bytes of grouped products kept at once (see `_compute`)
-    GROUP_BUDGET = 64 * 2 ** 20
+    #: largest im2col piece of a grouped product, in elements (see ``self.piece``)
+    PIECE_ELEMENTS = 1 << 20
+    #: output pixels per image below which a piece's images share one product
+    FOLD_BELOW = 1024
+    #: integers below this are exact in float32
+    FLOAT32_EXACT = 2 ** 24
 
     def __init__(self, spec: ConvSpec, config) -> None:
         self.spec = spec
         self.config = config
-        floating = np.issubdtype(np.dtype(spec.dtype_in), np.floating)
-        self.compute = np.dtype(spec.dtype_acc) if floating else np.dtype(np.float64)
-        if not floating:
+        self.floating = np.issubdtype(np.dtype(spec.dtype_in), np.floating)
+        self.compute = np.dtype(spec.dtype_acc) if self.floating else np.dtype(np.float64)
+        if not self.floating:
             x_max = max(abs(int(np.iinfo(spec.dtype_in).min)), int(np.iinfo(spec.dtype_in).max))
             w_max = max(abs(int(np.iinfo(spec.dtype_weight).min)),
                         int(np.iinfo(spec.dtype_weight).max))
@@ -175,275 +187,311 @@ class TileExecutor:
         calls = list(calls)
         x, w = np.asarray(x), np.asarray(w)
         self.products = self._product_type(calls, x, w)
-        # the accumulator: the products' type when the whole reduction of an output is exact
-        # in it too and no bias is added (then BLAS accumulates in place), else self.compute
-        self.acc_type = self.products if self.products == self.compute or bias is None and \
-            self._exact_in_float32(self.spec.in_channels * self.spec.kernel_size[0]
-                                   * self.spec.kernel_size[1], x, w) else self.compute
-        # one conversion each, straight into the channels-last layouts the tiles slice
-        self._x = np.empty((x.shape[0], x.shape[2], x.shape[3], x.shape[1]), self.products)
-        np.copyto(self._x, x.transpose(0, 2, 3, 1), casting="unsafe")
-        self._w = np.empty((w.shape[2], w.shape[3], w.shape[1], w.shape[0]), self.products)
-        np.copyto(self._w, w.transpose(2, 3, 1, 0), casting="unsafe")
-        self._bias = None if bias is None else np.asarray(bias).astype(self.compute)
-        H, W = spec.out_size
-        self._y = np.zeros((spec.batch, H, W, spec.out_channels), dtype=spec.dtype_acc)
+        # products per exact float32 sum (no limit for float64: __init__ checked 2**53)
+        scale = _magnitude(x) * _magnitude(w)
+        self.chunk = self.FLOAT32_EXACT // scale if self.products == np.float32 and \
+            not self.floating and scale else None
+        # the accumulator: float32 when the whole reduction of an output is exact in it and no
+        # bias is added (one cast at the end), else the accumulator type itself (int32 sums
+        # wrap around like the hardware; floats: their type)
+        self.acc_type = self.products if self.floating or self.products == np.float32 and \
+            bias is None and self._exact_in_float32(self.spec.in_channels
+                                                    * self.spec.kernel_size[0]
+                                                    * self.spec.kernel_size[1], x, w) \
+            else np.dtype(self.spec.dtype_acc)
+        # im2col elements of one product piece: at most a quarter of the input's (so the
+        # workspace stays within the node's footprint, parconv.plan.footprint), at most 1 Mi
+        self.piece = min(max(x.size // 4, 1 << 14), self.PIECE_ELEMENTS)
         self._stats = ExecutionStats(peak=self.config.dim ** 2)
-        self._inputs = OrderedDict()      # resident input windows: key -> (window id, array)
-        self._weights = OrderedDict()
-        self._products = {}               # grouped compute: key -> [product, k0, uses left]
+        self._inputs = OrderedDict()      # resident input windows: key -> window id
+        self._weights = OrderedDict()     # resident weight blocks: key -> block id
         self._state = {}                  # output key -> "spilled" | "final"
-        self._acc_key, self._acc = None, None
+        self._acc_key, self._bias = None, bias is not None
         self._finished_elements = 0
-        self._group(calls)
+        record = np.empty((len(calls), 9), dtype=np.int64)
         for index, call in enumerate(calls):
-            self._call(call, calls[index + 1] if index + 1 < len(calls) else None)
+            record[index] = self._call(call, calls[index + 1] if index + 1 < len(calls) else None)
         if self._finished_elements != spec.size_output:
             raise ParconvRuntimeError(f"schedule finished {self._finished_elements} of "
                                       f"{spec.size_output} outputs")
-        y = np.ascontiguousarray(self._y.transpose(0, 3, 1, 2))
-        self._x = self._w = self._y = self._acc = None
-        return y, self._stats
+        self._count_cycles(record)
+        return self._compute(calls, x, w, bias), self._stats
 
     def _product_type(self, calls, x: np.ndarray, w: np.ndarray) -> np.dtype:
-        """float32 for integer tiles whose every partial sum is an integer below 2**24 (at
-        most max|x| max|w| per product, nR nS nC products per tile): exact and twice as fast
-        as float64.  The accumulator stays ``self.compute``."""
+        """float32 for integer tiles when the taps of one input channel of every tile sum to
+        an integer below 2**24 (at most max|x| max|w| per product, nR nS products): the
+        reduction is then cut into float32 products of whole channels that are exact, twice
+        as fast as float64 (`_product`).  Otherwise ``self.compute``."""
         if self.compute != np.float64 or np.issubdtype(np.dtype(self.spec.dtype_in),
                                                        np.floating):
             return self.compute
-        longest = max(((c.r[1] - c.r[0]) * (c.s[1] - c.s[0]) * (c.c[1] - c.c[0])
-                       for c in calls), default=0)
-        return np.dtype(np.float32) if self._exact_in_float32(longest, x, w) else self.compute
+        taps = max(((c.r[1] - c.r[0]) * (c.s[1] - c.s[0]) for c in calls), default=0)
+        return np.dtype(np.float32) if self._exact_in_float32(taps, x, w) else self.compute
 
     @staticmethod
     def _exact_in_float32(products: int, x: np.ndarray, w: np.ndarray) -> bool:
         """Whether sums of ``products`` products of the data are integers below 2**24."""
-        return products * _magnitude(x) * _magnitude(w) <= 2 ** 24
+        return products * _magnitude(x) * _magnitude(w) <= TileExecutor.FLOAT32_EXACT
 
-    # ---- one call -----------------------------------------------------------------------------
-    def _call(self, call: TileCall, following: TileCall | None) -> None:
+    # ---- one call: capacities, residency, bytes (no data) -----------------------------------
+    def _call(self, call: TileCall, following: TileCall | None) -> tuple:
+        """Check and count one call; returns (sizes..., mpp, bytes moved) for the cycles."""
         cfg, st = self.config, self._stats
-        nN, nK, nC, nH, nW, nR, nS = call.sizes()
+        (n0, n1), (k0, k1), (c0, c1) = call.n, call.k, call.c
+        (h0, h1), (w0, w1), (r0, r1), (s0, s1) = call.h, call.w, call.r, call.s
+        nN, nK, nC, nH, nW, nR, nS = n1 - n0, k1 - k0, c1 - c0, h1 - h0, w1 - w0, r1 - r0, s1 - s0
         if min(nN, nK, nC, nH, nW, nR, nS) <= 0:
             raise ParconvRuntimeError(f"empty tile {call}")
         # rows of dim elements (GemminiConfig.for_spec keeps the byte capacity for wider types)
-        in_rows = _ceil(nC, cfg.dim) * nN * call.rows * call.cols
-        w_rows = _ceil(nK, cfg.dim) * nR * nS * nC
-        acc_rows = _ceil(nK, cfg.dim) * nN * nH * nW
+        k_rows = -(-nK // cfg.dim)
+        in_rows = -(-nC // cfg.dim) * nN * call.rows * call.cols
+        w_rows = k_rows * nR * nS * nC
+        acc_rows = k_rows * nN * nH * nW
         if in_rows + w_rows > cfg.spad_rows_limit or acc_rows > cfg.acc_rows_limit:
             raise ParconvError(
                 f"tile {call.sizes()} needs {in_rows + w_rows} scratchpad rows (limit "
                 f"{cfg.spad_rows_limit}) and {acc_rows} accumulator rows (limit "
                 f"{cfg.acc_rows_limit}); the tiling does not fit")
-        st.max_spad_rows = max(st.max_spad_rows, in_rows + w_rows)
-        st.max_acc_rows = max(st.max_acc_rows, acc_rows)
-        moved = st.total_bytes
-        window = self._input_window(call)
-        weights = self._weight_block(call)
-        self._open_output(call)
-        self._compute(call, window, weights)
+        if in_rows + w_rows > st.max_spad_rows:
+            st.max_spad_rows = in_rows + w_rows
+        if acc_rows > st.max_acc_rows:
+            st.max_acc_rows = acc_rows
+        moved = self._move_input(call, nN, nC) + self._move_weights(call, nK, nR, nS, nC)
+        moved += self._open_output(call, nN, nK, nH, nW, acc_rows)
+        self._check_window(call, nH, nW, nR, nS)
         if following is None or following.output_key != call.output_key:
-            self._close_output(call)
-        exec_cycles = call_exec_cycles(nN, nH, nW, nK, nR, nS, nC, call.mpp, cfg.dim)
-        st.exec_cycles += exec_cycles
-        st.passes += call_passes(nN, nH, nW, nK, nR, nS, nC, call.mpp, cfg.dim)
-        st.cycles += max(exec_cycles, (st.total_bytes - moved) / cfg.bw_eff)
+            moved += self._close_output(call, nN * nK * nH * nW, acc_rows)
         st.macs += nN * nK * nC * nH * nW * nR * nS
         st.calls += 1
+        return nN, nH, nW, nK, nR, nS, nC, call.mpp, moved
+
+    def _count_cycles(self, record: np.ndarray) -> None:
+        """Execute cycles, passes and ``max(exec, bytes / bw_eff)`` of every call at once."""
+        st, cfg = self._stats, self.config
+        if not len(record):
+            return
+        sizes, moved = record[:, :8].T, record[:, 8]
+        exec_cycles = np.asarray(call_exec_cycles(*sizes, cfg.dim), dtype=np.int64)
+        st.exec_cycles += int(exec_cycles.sum())
+        st.passes += int(np.asarray(call_passes(*sizes, cfg.dim)).sum())
+        st.cycles += float(np.maximum(exec_cycles, moved / cfg.bw_eff).sum())
 
     # ---- movement -----------------------------------------------------------------------------
     def _window_id(self, call: TileCall) -> tuple:
         return (call.n, call.c, call.row0, call.rows, call.col0, call.cols, call.step)
 
-    def _input_window(self, call: TileCall) -> "_Window":
+    def _move_input(self, call: TileCall, nN: int, nC: int) -> int:
+        """Bytes the input window of ``call`` moves in (0 when resident)."""
         wid = self._window_id(call)
         resident = self._inputs.get(call.input_key)
         if call.input_mode == "reuse":
-            if resident is None or resident[0] != wid:
+            if resident is None or resident != wid:
                 raise ParconvRuntimeError(f"call reuses input block {call.input_key} that is not "
                                           f"resident with window {wid}")
-            return resident[1]
+            return 0
         if call.input_mode == "auto" and resident is not None:
-            return resident[1]
+            return 0
         cfg, st, (H_in, W_in) = self.config, self._stats, self.spec.in_size
         i0, i1 = _held_positions(call.row0, call.rows, call.step, H_in)
         j0, j1 = _held_positions(call.col0, call.cols, call.step, W_in)
-        nN, nC = call.n[1] - call.n[0], call.c[1] - call.c[0]
-        r0, c0 = call.row0 + call.step * i0, call.col0 + call.step * j0
-        src = self._x[call.n[0]:call.n[1],
-                      r0:r0 + call.step * (i1 - i0):call.step,
-                      c0:c0 + call.step * (j1 - j0):call.step,
-                      call.c[0]:call.c[1]]
-        st.dram_bytes["input"] += src.size * cfg.input_bytes
-        st.mvin_rows["input"] += nN * (i1 - i0) * (j1 - j0) * _ceil(nC, cfg.dim)
-        block = _Window(src, (nN, call.rows, call.cols, nC), (i0, i1, j0, j1), self.products)
+        # only in-image positions cost DRAM bytes; the padding is zero-filled
+        moved = nN * (i1 - i0) * (j1 - j0) * nC * cfg.input_bytes
+        st.dram_bytes["input"] += moved
+        st.mvin_rows["input"] += nN * (i1 - i0) * (j1 - j0) * -(-nC // cfg.dim)
         # two scratchpad halves (double buffering): the library keeps tile t in half t
         limit = 1 if call.input_mode == "auto" else 2
-        self._inputs[call.input_key] = (wid, block)
+        self._inputs[call.input_key] = wid
         while len(self._inputs) > limit:
             self._inputs.popitem(last=False)
-        return block
+        return moved
 
-    def _weight_block(self, call: TileCall) -> np.ndarray:
+    def _move_weights(self, call: TileCall, nK: int, nR: int, nS: int, nC: int) -> int:
+        """Bytes the weight block of ``call`` moves in (0 when resident)."""
         resident = self._weights.get(call.weight_key)
         wid = (call.k, call.c, call.r, call.s)
         if call.weight_mode == "reuse":
-            if resident is None or resident[0] != wid:
+            if resident is None or resident != wid:
                 raise ParconvRuntimeError(f"call reuses weight block {call.weight_key} that is "
                                           f"not resident")
-            return resident[1]
+            return 0
         if call.weight_mode == "auto" and resident is not None:
-            return resident[1]
+            return 0
         cfg = self.config
-        block = np.ascontiguousarray(
-            self._w[call.r[0]:call.r[1], call.s[0]:call.s[1], call.c[0]:call.c[1],
-                    call.k[0]:call.k[1]])
-        self._stats.dram_bytes["weight"] += block.size * cfg.weight_bytes
-        nK = call.k[1] - call.k[0]
-        self._stats.mvin_rows["weight"] += _ceil(nK, cfg.dim) * block.shape[0] * block.shape[1] \
-            * block.shape[2]
+        moved = nK * nR * nS * nC * cfg.weight_bytes
+        self._stats.dram_bytes["weight"] += moved
+        self._stats.mvin_rows["weight"] += -(-nK // cfg.dim) * nR * nS * nC
         limit = 1 if call.weight_mode == "auto" else 2
-        self._weights[call.weight_key] = (wid, block)
+        self._weights[call.weight_key] = wid
         while len(self._weights) > limit:
             self._weights.popitem(last=False)
-        return block
+        return moved
 
-    def _open_output(self, call: TileCall) -> None:
+    def _open_output(self, call: TileCall, nN: int, nK: int, nH: int, nW: int,
+                     acc_rows: int) -> int:
+        """Bytes moved to start an output block: its bias (first visit) or its spilled partial
+        sums (later visits); 0 while the block stays in the accumulator."""
         if self._acc_key == call.output_key:
-            return
+            return 0
         cfg, st = self.config, self._stats
-        nN, nK, _, nH, nW, _, _ = call.sizes()
-        (n0, n1), (k0, k1), (h0, h1), (w0, w1) = call.n, call.k, call.h, call.w
         state = self._state.get(call.output_key)
+        self._acc_key = call.output_key
         if state == "final":
             raise ParconvRuntimeError(f"output block {call.output_key} visited after it was final")
         if state == "spilled":
-            self._acc = self._y[n0:n1, h0:h1, w0:w1, k0:k1].astype(self.acc_type)
-            st.dram_bytes["psum"] += self._acc.size * cfg.acc_bytes
-            st.mvin_rows["psum"] += nN * nH * nW * _ceil(nK, cfg.dim)
-        else:
-            self._acc = np.zeros((nN, nH, nW, nK), dtype=self.acc_type)
-            if self._bias is not None:
-                self._acc += self._bias[k0:k1]
-                # stride-0 mvins: one dim-wide row per dim output pixels of a row and channel block
-                st.dram_bytes["bias"] += nN * nH * _ceil(nW, cfg.dim) * nK * cfg.bias_bytes
-                st.mvin_rows["bias"] += nN * nH * nW * _ceil(nK, cfg.dim)
-        self._acc_key = call.output_key
+            moved = nN * nK * nH * nW * cfg.acc_bytes
+            st.dram_bytes["psum"] += moved
+            st.mvin_rows["psum"] += acc_rows
+            return moved
+        if self._bias:
+            # stride-0 mvins: one dim-wide row per dim output pixels of a row and channel block
+            moved = nN * nH * -(-nW // cfg.dim) * nK * cfg.bias_bytes
+            st.dram_bytes["bias"] += moved
+            st.mvin_rows["bias"] += acc_rows
+            return moved
+        return 0
 
-    def _close_output(self, call: TileCall) -> None:
+    def _close_output(self, call: TileCall, elements: int, acc_rows: int) -> int:
         cfg, st = self.config, self._stats
-        (n0, n1), (k0, k1), (h0, h1), (w0, w1) = call.n, call.k, call.h, call.w
-        if self._acc.dtype == np.float32 or self._y.dtype.kind == "f":
-            # float32 sums of integers are exact below 2**24: one cast, no wrap-around needed
-            np.copyto(self._y[n0:n1, h0:h1, w0:w1, k0:k1], self._acc, casting="unsafe")
-        else:
-            self._y[n0:n1, h0:h1, w0:w1, k0:k1] = _to_accumulator(self._acc, self._y.dtype)
-        rows = self._acc.shape[0] * self._acc.shape[1] * self._acc.shape[2] \
-            * _ceil(self._acc.shape[3], cfg.dim)
         if call.last:
-            st.dram_bytes["output"] += self._acc.size * cfg.output_bytes
-            st.mvout_rows["output"] += rows
+            moved = elements * cfg.output_bytes
+            st.dram_bytes["output"] += moved
+            st.mvout_rows["output"] += acc_rows
             self._state[call.output_key] = "final"
-            self._finished_elements += self._acc.size
+            self._finished_elements += elements
         else:
-            st.dram_bytes["psum"] += self._acc.size * cfg.acc_bytes
-            st.mvout_rows["psum"] += rows
+            moved = elements * cfg.acc_bytes
+            st.dram_bytes["psum"] += moved
+            st.mvout_rows["psum"] += acc_rows
             self._state[call.output_key] = "spilled"
-        self._acc_key, self._acc = None, None
+        self._acc_key = None
+        return moved
 
-    # ---- compute ------------------------------------------------------------------------------
-    def _compute_key(self, call: TileCall) -> tuple:
-        return (self._window_id(call), call.h, call.w, call.r, call.s)
-
-    def _group(self, calls: list) -> None:
-        """Find tiles that multiply the same input patches by different output-channel blocks
-        (the vendor loop's poch tiles reload the same window and weights of other channels).
-        Their products are computed once, for all their channels, and sliced per tile: only
-        the numpy work is grouped; capacity checks and counters stay per tile."""
-        groups: dict[tuple, list] = {}
-        for call in calls:
-            entry = groups.setdefault(self._compute_key(call), [call.k[0], call.k[1], 0])
-            entry[0], entry[1] = min(entry[0], call.k[0]), max(entry[1], call.k[1])
-            entry[2] += 1
-        self._uses = {key: entry for key, entry in groups.items() if entry[2] > 1}
-        self._group_bytes = 0
-
-    def _compute(self, call: TileCall, window: "_Window", weights: np.ndarray) -> None:
-        nN, nK, nC, nH, nW, nR, nS = call.sizes()
-        key = self._compute_key(call)
-        cached = self._products.get(key)
-        if cached is None:
-            patches = self._patches(call, window.array())
-            group = self._uses.get(key)
-            size = None if group is None else \
-                patches.shape[0] * (group[1] - group[0]) * patches.itemsize
-            if group is not None and self._group_bytes + size <= self.GROUP_BUDGET:
-                # the same DRAM weights the later tiles of the group will move in
-                full = self._w[call.r[0]:call.r[1], call.s[0]:call.s[1], call.c[0]:call.c[1],
-                               group[0]:group[1]].reshape(nR * nS * nC, -1)
-                cached = [patches @ full, group[0], group[2]]
-                self._products[key] = cached
-                self._group_bytes += size
-            else:
-                acc = self._acc.reshape(nN * nH * nW, nK)
-                if acc.dtype == patches.dtype:          # in place (BLAS beta = 1)
-                    matmul_into(acc, patches, weights.reshape(nR * nS * nC, nK), True)
-                else:
-                    acc += patches @ weights.reshape(nR * nS * nC, nK)
-                return
-        product, k0 = cached[0], cached[1]
-        self._acc += product[:, call.k[0] - k0:call.k[1] - k0].reshape(nN, nH, nW, nK)
-        cached[2] -= 1
-        if cached[2] == 0:
-            del self._products[key]
-            self._group_bytes -= product.nbytes
-
-    def _patches(self, call: TileCall, window: np.ndarray) -> np.ndarray:
-        """The implicit im2col of the tile: (nN nH nW) x (nR nS nC), read from the window with
-        the conv stride (A_stride) and the dilation as scratchpad strides."""
-        spec = self.spec
-        nN, nK, nC, nH, nW, nR, nS = call.sizes()
-        (sh, sw), (dh, dw), (ph, pw) = spec.stride, spec.dilation, spec.padding
+    def _check_window(self, call: TileCall, nH: int, nW: int, nR: int, nS: int) -> None:
+        """Every input position the tile reads lies in its window, on the window's grid (the
+        conv stride and the dilation as scratchpad strides, `_compute` reads the same)."""
+        (sh, sw), (dh, dw), (ph, pw) = self.spec.stride, self.spec.dilation, self.spec.padding
         off_r = sh * call.h[0] + dh * call.r[0] - ph - call.row0
         off_c = sw * call.w[0] + dw * call.s[0] - pw - call.col0
         step = call.step
         if off_r % step or off_c % step or (sh % step and nH > 1) or (sw % step and nW > 1) \
                 or (dh % step and nR > 1) or (dw % step and nS > 1):
             raise ParconvRuntimeError(f"tile {call.sizes()} is not aligned with its window")
-        i0, j0 = off_r // step, off_c // step
-        last_r = i0 + (sh // step) * (nH - 1) + (dh // step) * (nR - 1)
-        last_c = j0 + (sw // step) * (nW - 1) + (dw // step) * (nS - 1)
-        if i0 < 0 or j0 < 0 or last_r >= call.rows or last_c >= call.cols:
+        last_r = off_r // step + (sh // step) * (nH - 1) + (dh // step) * (nR - 1)
+        last_c = off_c // step + (sw // step) * (nW - 1) + (dw // step) * (nS - 1)
+        if off_r < 0 or off_c < 0 or last_r >= call.rows or last_c >= call.cols:
             raise ParconvRuntimeError(f"tile {call.sizes()} reads outside its input window")
-        bN, bR, bC, bc = window.strides
-        view = np.lib.stride_tricks.as_strided(
-            window[:, i0:, j0:, :], shape=(nN, nH, nW, nR, nS, nC),
-            strides=(bN, bR * (sh // step), bC * (sw // step), bR * max(dh // step, 1),
-                     bC * max(dw // step, 1), bc), writeable=False)
-        return view.reshape(nN * nH * nW, nR * nS * nC)
+
+    # ---- compute ------------------------------------------------------------------------------
+    def _compute(self, calls: list, x: np.ndarray, w: np.ndarray, bias) -> np.ndarray:
+        """The output of the checked schedule: every tile's product of its window and weights.
+
+        The input is held once, zero-padded, so a tile's window is a strided view of it
+        (`_check_window` proved the tile reads inside its window).  For integers the sums are
+        exact, so the order of the products changes no bit: tiles that share a weight block
+        (the same C, R, S blocks) and whose output blocks tile a rectangle are one product over
+        that rectangle (`_rectangles`; an implicit im2col in pieces of ``self.piece`` elements).
+        Floating-point tiles are multiplied one by one in schedule order."""
+        spec = self.spec
+        (ph, pw), (sh, sw), (dh, dw) = spec.padding, spec.stride, spec.dilation
+        (H, W), (R, S), (H_in, W_in) = spec.out_size, spec.kernel_size, spec.in_size
+        rows = max(ph + H_in, sh * (H - 1) + dh * (R - 1) + 1)
+        cols = max(pw + W_in, sw * (W - 1) + dw * (S - 1) + 1)
+        if (rows, cols) == (H_in, W_in):
+            self._x = x.astype(self.products, copy=False)
+        else:
+            self._x = np.zeros((x.shape[0], x.shape[1], rows, cols), self.products)
+            np.copyto(self._x[:, :, ph:ph + H_in, pw:pw + W_in], x, casting="unsafe")
+        self._w = w.astype(self.products, copy=False)
+        if self.floating:
+            blocks = [(c.n, c.h, c.w, c.k, c.c, c.r, c.s) for c in calls]
+        else:
+            blocks = _rectangles(calls)
+        whole = tuple((0, e) for e in (spec.batch, H, W, spec.out_channels, spec.in_channels,
+                                       R, S))
+        # one product over the whole layer in one channel group writes every output once
+        self._assign = bias is None and blocks == [whole] and self.acc_type.kind == "f" and (
+            self.chunk is None or spec.in_channels * R * S <= self.chunk)
+        self._y = np.empty((spec.batch, spec.out_channels, H, W), dtype=self.acc_type) \
+            if self._assign else np.zeros((spec.batch, spec.out_channels, H, W), self.acc_type)
+        if bias is not None:
+            self._y += np.asarray(bias).astype(self.acc_type)[:, None, None]
+        for block in blocks:
+            self._product(*block)
+        # float32 sums of integers are exact below 2**24: one cast, no wrap-around needed
+        y = self._y if self._y.dtype == np.dtype(spec.dtype_acc) else \
+            self._y.astype(spec.dtype_acc)
+        self._x = self._w = self._y = None
+        return y
+
+    def _product(self, n, h, w, k, c, r, s) -> None:
+        """Add the products of the output rectangle ``n x k x h x w`` over the taps ``c x r x s``
+        (ranges): weights (nK, nC nR nS) times the im2col (nC nR nS, nN nH nW), in pieces of
+        whole images or output rows, and cut into channel groups whose float32 sums are exact
+        (``self.chunk`` products at most)."""
+        nR, nS, nC = r[1] - r[0], s[1] - s[0], c[1] - c[0]
+        groups = 1 if self.chunk is None else -(-nC * nR * nS // self.chunk)
+        size = -(-nC // groups)
+        for c0 in range(c[0], c[1], size):
+            self._product_piece(n, h, w, k, (c0, min(c0 + size, c[1])), r, s)
+
+    def _product_piece(self, n, h, w, k, c, r, s) -> None:
+        spec = self.spec
+        (sh, sw), (dh, dw) = spec.stride, spec.dilation
+        nH, nW = h[1] - h[0], w[1] - w[0]
+        nR, nS, nC = r[1] - r[0], s[1] - s[0], c[1] - c[0]
+        depth = nR * nS * nC
+        weights = self._w[k[0]:k[1], c[0]:c[1], r[0]:r[1], s[0]:s[1]].reshape(-1, depth)
+        origin = self._x[:, c[0]:, sh * h[0] + dh * r[0]:, sw * w[0] + dw * s[0]:]
+        bN, bc, bR, bC = origin.strides
+        # a piece holds at most self.piece elements of im2col and of products
+        rows = max(depth, k[1] - k[0])
+        step_n = max(1, self.piece // max(nH * nW * rows, 1))
+        step_h = nH if step_n > 1 else max(1, self.piece // max(nW * rows, 1))
+        for a in range(n[0], n[1], step_n):
+            b = min(a + step_n, n[1])
+            for i in range(0, nH, step_h):
+                j = min(i + step_h, nH)
+                if (j - i) * nW >= self.FOLD_BELOW:
+                    # (c, r, s) x (h, w) per image: the image's own rows, no transposition
+                    view = np.lib.stride_tricks.as_strided(
+                        origin[a:, :, sh * i:], shape=(b - a, nC, nR, nS, j - i, nW),
+                        strides=(bN, bc, bR * dh, bC * dw, bR * sh, bC * sw), writeable=False)
+                    target = self._y[a:b, k[0]:k[1], h[0] + i:h[0] + j, w[0]:w[1]]
+                    patches = view.reshape(b - a, depth, -1)
+                    if self._assign and target.flags.c_contiguous:
+                        np.matmul(weights, patches, out=target.reshape(b - a, -1, patches.shape[2]))
+                    else:
+                        _accumulate(target, np.matmul(weights, patches).reshape(target.shape))
+                    continue
+                # small images: (c, r, s) x (n, h, w), one product for all images of the piece
+                view = np.lib.stride_tricks.as_strided(
+                    origin[a:, :, sh * i:], shape=(nC, nR, nS, b - a, j - i, nW),
+                    strides=(bc, bR * dh, bC * dw, bN, bR * sh, bC * sw), writeable=False)
+                product = (weights @ view.reshape(depth, -1)).reshape(-1, b - a, j - i, nW)
+                target = self._y[a:b, k[0]:k[1], h[0] + i:h[0] + j, w[0]:w[1]]
+                if self._assign:
+                    target[...] = product.transpose(1, 0, 2, 3)
+                else:
+                    _accumulate(target, product.transpose(1, 0, 2, 3))
 
 
-class _Window:
-    """An input window moved into the scratchpad: the in-image block ``src`` (already counted)
-    placed at ``[i0:i1, j0:j1]`` of a zero-padded ``shape``.  The numpy array is built on first
-    use (a view of the DRAM copy when the window has no padding): the bytes were counted when
-    the window was moved in, and the data are the same."""
-
-    __slots__ = ("src", "shape", "box", "dtype", "_array")
-
-    def __init__(self, src, shape, box, dtype):
-        self.src, self.shape, self.box, self.dtype, self._array = src, shape, box, dtype, None
-
-    def array(self) -> np.ndarray:
-        if self._array is None:
-            i0, i1, j0, j1 = self.box
-            if (i0, i1, j0, j1) == (0, self.shape[1], 0, self.shape[2]):
-                self._array = self.src
-            else:
-                self._array = np.zeros(self.shape, dtype=self.dtype)
-                self._array[:, i0:i1, j0:j1, :] = self.src
-        return self._array
+def _rectangles(calls: list) -> list[tuple]:
+    """The products of a schedule's tiles as (n, h, w, k, c, r, s) ranges: the tiles of one
+    (C, R, S) block whose (N, H, W, K) blocks are every combination of contiguous ranges form
+    one rectangle; any other tile is its own."""
+    groups: dict[tuple, list] = {}
+    for call in calls:
+        groups.setdefault((call.c, call.r, call.s), []).append((call.n, call.h, call.w, call.k))
+    out = []
+    for (c, r, s), blocks in groups.items():
+        axes = [sorted(set(b[i] for b in blocks)) for i in range(4)]
+        whole = len(set(blocks)) == len(blocks) == math.prod(len(a) for a in axes) and all(
+            lo[1] == hi[0] for a in axes for lo, hi in zip(a, a[1:]))
+        if whole:
+            out.append((*((a[0][0], a[-1][1]) for a in axes), c, r, s))
+        else:
+            out.extend((*b, c, r, s) for b in blocks)
+    return out
 
 
 def _magnitude(a: np.ndarray) -> int:
@@ -451,8 +499,12 @@ def _magnitude(a: np.ndarray) -> int:
     return max(-int(a.min()), int(a.max()), 0) if a.size else 0
 
 
-def _to_accumulator(acc: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Cast computed sums to the accumulator type; integers wrap around like int32 hardware."""
-    if np.issubdtype(dtype, np.integer):
-        return acc.astype(np.int64).astype(dtype)      # exact integers: no rounding needed
-    return acc.astype(dtype)
+def _accumulate(target: np.ndarray, product: np.ndarray) -> None:
+    """``target += product``; an integer target receives the exact integer products with int32
+    wrap-around (float32 products are below 2**24, float64 ones below 2**53: via int64)."""
+    if target.dtype.kind == "f":
+        target += product
+    elif product.dtype == np.float32:
+        target += product.astype(target.dtype)
+    else:
+        target += product.astype(np.int64).astype(target.dtype)

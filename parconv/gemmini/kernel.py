@@ -20,12 +20,11 @@ import time
 
 import numpy as np
 
-from ..bounds import sequential_bound_two_memory
 from ..errors import ParconvError
 from ..kernels import _checked_operands
 from ..spec import ConvSpec
 from .config import DEFAULT_CONFIG, GemminiConfig
-from .tiled.choose import model_spec, run_parconv
+from .tiled.choose import block_bound, model_spec, run_parconv
 from .tiling_cache import cached_tiling, key_text, remember
 
 
@@ -132,9 +131,8 @@ class GemminiKernel:
         begin = time.perf_counter()
         y, executed, plan = run_parconv(spec, x, w, plan=plan)
         execute = time.perf_counter() - begin
-        bound = float(sequential_bound_two_memory(model_spec(spec, plan.config),
-                                                  config.scratch_bytes,
-                                                  config.acc_total_bytes).value)
+        bound = float(block_bound(model_spec(spec, plan.config), config.scratch_bytes,
+                                  config.acc_total_bytes).value)
         ours = tiling_figures(plan.tiling.as_tuple(), plan.order, plan.schedule,
                               executed.to_dict()["dram_bytes"], executed.cycles,
                               executed.utilization, executed.calls, plan.cost.calibrated_cycles)

@@ -23,7 +23,10 @@ The search
    hardware granularity (K and C) and the full extent around each continuous optimum; the product
    of those values is scored exactly.
 3. Pairwise local search: for every pair of loops, every "ladder" value of both (every size
-   ceil(E / n), every multiple of the granularity), until nothing improves.
+   ceil(E / n), every multiple of the granularity), until nothing improves.  The moves are taken
+   in turn (coordinate descent) but scored a few at a time in one vectorised call, and a move
+   already scored around the same other five block sizes is not scored again: the same answer
+   as scoring one move at a time, with fewer numpy calls.
 Candidates are scored by `traffic_totals` (the exact model, vectorised) and ranked by traffic,
 then by the number of tiles; the winner is re-scored with `parconv.tiling.traffic`.
 By default (``keep_window=True``) ``t_R = R`` and ``t_S = S`` whenever that window fits, as
@@ -54,7 +57,7 @@ import numpy as np
 from ..bounds import sequential_bound
 from ..errors import ParconvError
 from ..spec import ConvSpec
-from .model import (DEPENDS, LOOPS, REUSE_LOOPS, Tiling, Traffic, axis_window_sum, check_order,
+from .model import (DEPENDS, LOOPS, REUSE_LOOPS, Tiling, Traffic, check_order,
                     clip_array, extents, traffic)
 from .relax import relax
 
@@ -64,6 +67,9 @@ CANONICAL_ORDERS = {"output-stationary": "NHWKRSC",
                     "input-stationary": "NHWRSCK"}
 ALL_ORDERS = tuple("".join(p) for p in itertools.permutations(LOOPS))
 _I = {loop: i for i, loop in enumerate(LOOPS)}
+#: pairwise moves scored in one vectorised call (`_local_search`; the later ones of a call are
+#: wasted when an earlier one improves, so not all of a round at once)
+MOVES_AT_ONCE = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,54 +94,85 @@ class TilingResult:
 
 
 # ---- vectorised exact model --------------------------------------------------------------------
+def _all_blocks(extent: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every block of every block size 1..extent of one loop: (starts, ends, index of the first
+    block of each size)."""
+    sizes = np.arange(1, extent + 1)
+    counts = -(-extent // sizes)
+    first = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    size = np.repeat(sizes, counts)
+    lo = (np.arange(int(counts.sum())) - np.repeat(first, counts)) * size
+    return lo, np.minimum(lo + size, extent), first
+
+
 @lru_cache(maxsize=256)
 def _axis_table(n_in: int, n_out: int, kernel: int, stride: int, pad: int, dil: int) -> np.ndarray:
-    """``table[t_out, t_k]`` = `axis_window_sum` for every block size pair of one axis."""
+    """``table[t_out, t_k]`` = `axis_window_sum` for every block size pair of one axis: the
+    in-image window length of every (output block, tap block) pair, for all sizes at once."""
+    h0, h1, h_first = _all_blocks(n_out)
+    r0, r1, r_first = _all_blocks(kernel)
+    first = np.maximum(stride * h0[:, None] + dil * r0[None, :] - pad, 0)
+    last = np.minimum(stride * (h1 - 1)[:, None] + dil * (r1 - 1)[None, :] - pad, n_in - 1)
+    lengths = np.clip(last - first + 1, 0, None)
     table = np.zeros((n_out + 1, kernel + 1), dtype=np.int64)
-    for t_out in range(1, n_out + 1):
-        for t_k in range(1, kernel + 1):
-            table[t_out, t_k] = axis_window_sum(n_in, n_out, kernel, stride, pad, dil, t_out, t_k)
+    table[1:, 1:] = np.add.reduceat(np.add.reduceat(lengths, h_first, axis=0), r_first, axis=1)
     return table
 
 
-def traffic_totals(spec: ConvSpec, tiles: np.ndarray, order: str) -> np.ndarray:
+def traffic_totals(spec: ConvSpec, tiles: np.ndarray, order) -> np.ndarray:
     """Exact total traffic (bytes, int64) of each row of an (m, 7) array of block sizes.
 
-    The same model as `parconv.tiling.traffic`, vectorised over tilings for one loop order.
+    The same model as `parconv.tiling.traffic`, vectorised over tilings for one loop order
+    (shape (m,)), or for each of a sequence of orders (shape (len(order), m)).
     """
-    return _totals(spec, tiles, [check_order(order)])[0]
+    if isinstance(order, str):
+        return _totals(spec, tiles, [check_order(order)])[0]
+    return _totals(spec, tiles, [check_order(o) for o in order])
 
 
-def _totals(spec: ConvSpec, tiles: np.ndarray, orders: list[str],
-            chunk: int = 1 << 20) -> np.ndarray:
-    """`traffic_totals` for several orders at once: a (len(orders), m) array.
+_BITS = 1 << np.arange(len(LOOPS), dtype=np.int64)
 
-    Vectorised over orders and tilings together, in pieces of about `chunk` pairs.
-    """
+
+@lru_cache(maxsize=64)
+def _reuse_masks(orders: tuple) -> tuple:
+    """Per array and order: (reuse loop, bit mask of the array's loops inside it) pairs.
+
+    A reuse loop multiplies the array's bytes by its trip count exactly when one of the
+    array's own loops inside it has more than one block (`parconv.tiling.traffic`: the loops
+    outside the array's innermost multi-block loop)."""
+    return tuple(tuple(tuple((_I[loop], sum(1 << _I[d] for d in DEPENDS[array]
+                                            if order.index(d) > order.index(loop)))
+                             for loop in REUSE_LOOPS[array])
+                       for order in orders)
+                 for array in ("input", "filter", "output"))
+
+
+def _totals(spec: ConvSpec, tiles: np.ndarray, orders: list[str]) -> np.ndarray:
+    """`traffic_totals` for several orders at once: a (len(orders), m) array."""
     t = clip_array(spec, np.atleast_2d(tiles))
     trips = -(-np.asarray(extents(spec), dtype=np.int64) // t)
+    code = (trips > 1) @ _BITS                    # bit i: loop i has more than one block
     rows = _axis_table(*spec.axis(0))[t[:, 3], t[:, 5]]
     cols = _axis_table(*spec.axis(1))[t[:, 4], t[:, 6]]
-    inputs = spec.p_in * spec.batch * spec.in_channels * rows * cols
-    position = np.array([[order.index(l) for l in LOOPS] for order in orders])
     out = np.empty((len(orders), len(t)), dtype=np.int64)
-    step = max(1, chunk // max(1, len(t)))
-    for lo in range(0, len(orders), step):
-        pos = position[lo:lo + step, None, :]                  # (orders, 1, 7)
-
-        def multiplier(array: str) -> np.ndarray:
-            # innermost position of the array's loops with more than one block, per pair
-            innermost = np.where(trips[None, :, [_I[l] for l in DEPENDS[array]]] > 1,
-                                 pos[:, :, [_I[l] for l in DEPENDS[array]]], -1).max(axis=2)
-            reuse = [_I[l] for l in REUSE_LOOPS[array]]
-            return np.where(pos[:, :, reuse] < innermost[:, :, None], trips[None, :, reuse],
-                            1).prod(axis=2)
-
-        out[lo:lo + step] = (inputs * multiplier("input")
-                             + spec.p_weight * spec.size_filter * multiplier("filter")
-                             + spec.size_output * (spec.p_out
-                                                   + 2 * spec.p_acc * (multiplier("output") - 1)))
+    per_input = spec.p_in * spec.batch * spec.in_channels * rows * cols
+    spill = 2 * spec.p_acc * spec.size_output
+    base = spec.size_output * (spec.p_out - 2 * spec.p_acc)
+    filters_bytes = spec.p_weight * spec.size_filter
+    masks = _reuse_masks(tuple(orders))
+    for o in range(len(orders)):
+        inputs, filters, outputs = (_multiplier(trips, code, masks[a][o]) for a in range(3))
+        out[o] = per_input * inputs + filters_bytes * filters + spill * outputs + base
     return out
+
+
+def _multiplier(trips: np.ndarray, code: np.ndarray, pairs: tuple):
+    """Product of the trip counts of the reuse loops whose mask meets ``code``."""
+    result = 1
+    for loop, mask in pairs:
+        if mask:
+            result = result * np.where(code & mask, trips[:, loop], 1)
+    return result
 
 
 # ---- candidate sets ----------------------------------------------------------------------------
@@ -162,8 +199,16 @@ def _ladder(extent: int, granularity: int) -> np.ndarray:
 
 
 def _grid(values: list) -> np.ndarray:
-    mesh = np.meshgrid(*[np.asarray(sorted(v), dtype=np.int64) for v in values], indexing="ij")
-    return np.stack([m.ravel() for m in mesh], axis=1)
+    """Every combination of the value sets (one column each), the last varying fastest."""
+    columns = [np.asarray(sorted(v), dtype=np.int64) for v in values]
+    sizes = [len(c) for c in columns]
+    total = math.prod(sizes)
+    out = np.empty((total, len(columns)), dtype=np.int64)
+    inner = total
+    for j, column in enumerate(columns):
+        inner //= sizes[j]
+        out[:, j] = np.tile(np.repeat(column, inner), total // (inner * sizes[j]))
+    return out
 
 
 # ---- scoring -----------------------------------------------------------------------------------
@@ -175,6 +220,7 @@ class _Scorer:
         self.extents = np.asarray(extents(spec), dtype=np.int64)
         self.evaluated = 0
         self.best: tuple | None = None          # (total, tiles, tile tuple, order)
+        self.moves: dict = {}                   # pairwise move -> best of its grid
 
     def fits(self, tiles: np.ndarray) -> np.ndarray:
         if hasattr(self.memory, "fits_array"):
@@ -187,38 +233,82 @@ class _Scorer:
 
         The overall best is kept in ``self.best``.  None if no row fits.
         """
-        tiles = clip_array(self.spec, tiles)
-        tiles = tiles[self.fits(tiles)]
+        return self.consume(self.best_of_groups([tiles])[0])
+
+    def consume(self, candidate: tuple | None) -> tuple | None:
+        """Count ``candidate`` (a grid's best, or None) towards the overall best; returns it."""
+        if candidate is not None and (self.best is None or candidate[:2] < self.best[:2]):
+            self.best = candidate
+        return candidate
+
+    def best_of_groups(self, groups: list) -> list:
+        """The best fitting row of each array of `groups` as (total, tiles, tile, order), or
+        None; one vectorised evaluation for all of them, ``self.best`` untouched."""
+        label = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
+        tiles = clip_array(self.spec, np.concatenate([np.atleast_2d(g) for g in groups]))
+        fits = self.fits(tiles)
+        tiles, label = tiles[fits], label[fits]
+        out = [None] * len(groups)
         if not len(tiles):
-            return None
+            return out
         totals = _totals(self.spec, tiles, self.orders)
         self.evaluated += totals.size
         which = totals.argmin(axis=0)
         total = totals.min(axis=0)
         count = np.prod(-(-self.extents // tiles), axis=1)
-        i = np.lexsort((count, total))[0]
-        candidate = (int(total[i]), int(count[i]), tuple(int(v) for v in tiles[i]),
-                     self.orders[which[i]])
-        if self.best is None or candidate[:2] < self.best[:2]:
-            self.best = candidate
-        return candidate
+        # by group, then traffic, then tiles; stable, so a tie keeps the first row
+        ranked = np.lexsort((count, total, label))
+        heads = ranked[np.r_[True, label[ranked][1:] != label[ranked][:-1]]]
+        for i in heads.tolist():
+            out[label[i]] = (int(total[i]), int(count[i]), tuple(int(v) for v in tiles[i]),
+                             self.orders[which[i]])
+        return out
 
 
 def _local_search(scorer: _Scorer, start: tuple, free: str, granularity: int,
                   max_rounds: int = 8) -> None:
-    """Pairwise moves over the ladders of the free loops from `start` until nothing improves."""
+    """Pairwise moves over the ladders of the free loops from `start` until nothing improves.
+
+    The moves of a round are tried in turn, each from the best point so far (coordinate
+    descent).  They are evaluated together: every move not yet scored is scored around the
+    current point in one vectorised call, and the moves are then taken in turn up to the first
+    that improves (the later ones were scored around a point that is no longer current, so they
+    are scored again around the new one).  A move's grid depends only on the pair and on the
+    other five block sizes, so the best of a grid already scored (in this search or an earlier
+    one from another start) is reused.
+    """
     ladders = {l: _ladder(int(scorer.extents[_I[l]]), granularity if l in "KC" else 1)
                for l in free}
+    pairs = [((a, b), _grid([ladders[a], ladders[b]])) for a, b in itertools.combinations(free, 2)]
+
+    def key(j: int, tile: tuple) -> tuple:
+        (a, b), _ = pairs[j]
+        return (a, b, tuple(v for i, v in enumerate(tile) if i not in (_I[a], _I[b])))
+
     current = start
     for _ in range(max_rounds):
         before = current
-        for a, b in itertools.combinations(free, 2):
-            pair = _grid([ladders[a], ladders[b]])
-            tiles = np.tile(np.asarray(current[2], dtype=np.int64), (len(pair), 1))
-            tiles[:, _I[a]], tiles[:, _I[b]] = pair[:, 0], pair[:, 1]
-            found = scorer.offer(tiles)
-            if found is not None and found[:2] < current[:2]:
-                current = found
+        j = 0
+        while j < len(pairs):
+            missing = [m for m in range(j, len(pairs))
+                       if key(m, current[2]) not in scorer.moves][:MOVES_AT_ONCE]
+            if missing:
+                grids = []
+                for m in missing:
+                    (a, b), pair = pairs[m]
+                    tiles = np.tile(np.asarray(current[2], dtype=np.int64), (len(pair), 1))
+                    tiles[:, _I[a]], tiles[:, _I[b]] = pair[:, 0], pair[:, 1]
+                    grids.append(tiles)
+                for m, found in zip(missing, scorer.best_of_groups(grids)):
+                    scorer.moves[key(m, current[2])] = found
+            while j < len(pairs):
+                if key(j, current[2]) not in scorer.moves:    # not scored yet: score the next
+                    break
+                found = scorer.consume(scorer.moves[key(j, current[2])])
+                j += 1
+                if found is not None and found[:2] < current[:2]:
+                    current = found
+                    break
         if current == before:
             return
 

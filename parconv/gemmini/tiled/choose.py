@@ -28,14 +28,15 @@ How parconv runs a layer on the modelled Gemmini (theory.md section 6):
   is ``Traffic.spill_write + Traffic.output_read`` of `parconv.tiling.traffic`, ``output`` is
   ``Traffic.output_write``.
 
-`tiling_cost` evaluates a (tiling, order) per tile, vectorised (bytes, execute cycles and
-``max(exec, bytes / bw_eff)`` per tile); the executor (`parconv.gemmini.executor`) runs the same
-tiles on data and must count the same.
+`parconv.gemmini.tiled.cost.tiling_cost` evaluates a (tiling, order) per tile, vectorised (bytes,
+execute cycles and ``max(exec, bytes / bw_eff)`` per tile; `tiling_costs` many at once); the
+executor (`parconv.gemmini.executor`) runs the same tiles on data and must count the same.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -45,13 +46,13 @@ from ...spec import ConvSpec
 from ...tiling import (CANONICAL_ORDERS, LOOPS, ScratchAccMemory, Tiling, TilingResult, clip_array,
                        extents, optimise, traffic)
 from .. import call_rules
-from ..config import DEFAULT_CONFIG, GemminiConfig, as_pool, footprint_function
+from ..config import DEFAULT_CONFIG, GemminiConfig
 from ..executor import TileCall, TileExecutor
 from ..vendor.calls import vendor_layer_cost
 from ..vendor.heuristics import conv_auto
 from ..vendor.run import run_vendor
-from .cost import ModelCost, tiling_cost
-from .search import CYCLE_SLACK, refine
+from .cost import ModelCost, tiling_costs
+from .search import CYCLE_SLACK, bias_totals, refine
 
 #: the vendor loop b -> porow -> pocol -> poch -> krow -> kcol -> kch in parconv's loop names
 VENDOR_ORDER = "NHWKRSC"
@@ -82,21 +83,38 @@ class GemminiMemory(ScratchAccMemory):
 
     def fits_array(self, spec: ConvSpec, tiles: np.ndarray) -> np.ndarray:
         tn, tk, tc, th, tw, tr, ts = clip_array(spec, np.atleast_2d(tiles)).T
-        rows = footprint_function(dim=self.config.dim, stride=spec.stride,
-                                  kernel_dilation=spec.dilation, input_dilation=1,
-                                  downsample=False, pool=as_pool(None))
-        spad, acc = rows(tn, th, tw, tk, tr, ts, tc)
-        return (spad <= self.config.spad_rows_limit) & (acc <= self.config.acc_rows_limit)
-
+        (sh, sw), (dh, dw), d = spec.stride, spec.dilation, self.config.dim
+        # `footprint_rows` without pooling, input dilation or downsampling (never used here):
+        # halo rows orows * stride + dilated kernel rows - 1
+        k_blocks = _ceil_div(tk, d)
+        spad = (_ceil_div(tc, d) * tn * (sh * th + dh * (tr - 1)) * (sw * tw + dw * (ts - 1))
+                + k_blocks * tr * ts * tc)
+        return (spad <= self.config.spad_rows_limit) & (k_blocks * tn * th * tw
+                                                        <= self.config.acc_rows_limit)
     def fits(self, spec: ConvSpec, tiling: Tiling) -> bool:
         return self.config.fits(spec, vendor_tuple(tiling.clipped(spec)))
 
     def bound(self, spec: ConvSpec):
-        return sequential_bound_two_memory(spec, self.config.scratch_bytes,
-                                           self.config.acc_total_bytes)
+        return block_bound(spec, self.config.scratch_bytes, self.config.acc_total_bytes)
 
     def __repr__(self) -> str:
         return f"GemminiMemory({self.config.name!r})"
+
+
+def block_bound(spec: ConvSpec, scratch_bytes: float, acc_bytes: float):
+    """`parconv.bounds.sequential_bound_two_memory` of a block, computed once per block shape in
+    the process (the search and the kernel's statistics of the same block share it)."""
+    return _bound_of_shape(spec.replace(name="block"), scratch_bytes, acc_bytes)
+
+
+@functools.lru_cache(maxsize=512)
+def _bound_of_shape(spec: ConvSpec, scratch_bytes: float, acc_bytes: float):
+    return sequential_bound_two_memory(spec, scratch_bytes, acc_bytes)
+
+
+def _ceil_div(a: np.ndarray, d: int) -> np.ndarray:
+    """ceil(a / d) of a non-negative integer array (a shift when d is a power of two)."""
+    return (a + (d - 1)) >> (d.bit_length() - 1) if d & (d - 1) == 0 else -(-a // d)
 
 
 def vendor_tuple(tiling: Tiling) -> tuple[int, ...]:
@@ -260,11 +278,15 @@ def choose_tiling(spec: ConvSpec, config: GemminiConfig | None = None, orders=No
         for order in dict.fromkeys((VENDOR_ORDER, *orders)):
             pairs.setdefault((seeds[1], order), "vendor tile")
     limit = vendor.dram_bytes["total"] if vendor is not None else None
-    costed = []
-    for (tile, order), source in pairs.items():
-        cost = tiling_cost(run_on, Tiling(*tile), order, config, strided=strided)
-        if limit is None or cost.dram_bytes["total"] <= limit:
-            costed.append((cost, Tiling(*tile), order, source))
+    # the exact bytes first (`traffic` plus the bias stream, what `tiling_cost` counts): a
+    # candidate moving more than the library is dropped before its cycles are costed
+    kept = [(Tiling(*tile), order, source) for (tile, order), source in pairs.items()
+            if limit is None or traffic(run_on, Tiling(*tile), order).total
+            + int(bias_totals(run_on, np.array([tile]), config)[0]) <= limit]
+    costs = tiling_costs(run_on, [(tiling, order) for tiling, order, _ in kept], config,
+                         strided=strided)
+    costed = [(cost, tiling, order, source) for cost, (tiling, order, source) in zip(costs, kept)
+              if limit is None or cost.dram_bytes["total"] <= limit]
     ceiling = float("inf")
     if vendor is not None:
         costed.append((cost_of_vendor(vendor), tiling_of_vendor(vendor.tile), VENDOR_ORDER,
@@ -299,23 +321,27 @@ def tiling_calls(spec: ConvSpec, tiling: Tiling, order: str, config: GemminiConf
     trips = [-(-e // s) for e, s in zip(ext, t)]
     (sh, sw), (dh, dw), (ph, pw) = spec.stride, spec.dilation, spec.padding
     dilated = max(spec.dilation) > 1
+    ranges = [[(b * s, min(b * s + s, e)) for b in range(n)] for s, e, n in zip(t, ext, trips)]
+    where = [order.index(loop) for loop in LOOPS]
+    in_at, w_at, out_at = ([where[_I[l]] for l in key] for key in (_INPUT, _FILTER, _OUTPUT))
+    reduction = [where[_I[l]] for l in "CRS"]
+    mpp_of = {}                              # (nC, nS) -> first-layer pixels per row
     calls = []
     for pos in np.ndindex(*(trips[_I[loop]] for loop in order)):
-        i = [0] * 7
-        for loop, p in zip(order, pos):
-            i[_I[loop]] = p
-        rng = [(b * s, min(b * s + s, e)) for b, s, e in zip(i, t, ext)]
-        n, k, c, h, w, r, s = rng
-        nC, nS = c[1] - c[0], s[1] - s[0]
-        mpp = call_rules.max_pixels_per_row(config, nC, nS, strided, dilated)
+        n, k, c, h, w, r, s = (ranges[j][pos[where[j]]] for j in range(7))
+        sizes = (c[1] - c[0], s[1] - s[0])
+        mpp = mpp_of.get(sizes)
+        if mpp is None:
+            mpp = mpp_of[sizes] = int(call_rules.max_pixels_per_row(config, *sizes, strided,
+                                                                    dilated))
         calls.append(TileCall(
             n=n, k=k, c=c, h=h, w=w, r=r, s=s,
             row0=sh * h[0] + dh * r[0] - ph, col0=sw * w[0] + dw * s[0] - pw,
             rows=sh * (h[1] - h[0] - 1) + dh * (r[1] - r[0] - 1) + 1,
             cols=sw * (w[1] - w[0] - 1) + dw * (s[1] - s[0] - 1) + 1, step=1,
-            input_key=tuple(i[_I[l]] for l in _INPUT), weight_key=tuple(i[_I[l]] for l in _FILTER),
-            output_key=tuple(i[_I[l]] for l in _OUTPUT), input_mode="auto", weight_mode="auto",
-            last=all(i[_I[l]] == trips[_I[l]] - 1 for l in "CRS"), mpp=int(mpp)))
+            input_key=tuple(pos[j] for j in in_at), weight_key=tuple(pos[j] for j in w_at),
+            output_key=tuple(pos[j] for j in out_at), input_mode="auto", weight_mode="auto",
+            last=all(pos[j] == trips[_I[l]] - 1 for j, l in zip(reduction, "CRS")), mpp=mpp))
     return calls
 
 

@@ -63,16 +63,16 @@ class ModelCost(rules.Utilization):
         return out
 
 
-def _indices(flat: np.ndarray, dims: list, order: str) -> list:
-    coords = np.unravel_index(flat, dims)
-    return [coords[order.index(loop)] for loop in LOOPS]
+#: rows of the loops each array depends on (block-index rows in LOOPS order)
+_ROWS = {loops: [_I[loop] for loop in loops] for loops in ("NCHWRS", "KCRS", "NKHW")}
 
 
-def _differs(a: list, b: list, loops: str) -> np.ndarray:
-    out = np.zeros(a[0].shape, dtype=bool)
-    for loop in loops:
-        out |= a[_I[loop]] != b[_I[loop]]
-    return out
+def _piece_lines(row_bytes: np.ndarray, piece: int, step: int) -> np.ndarray:
+    """`mean_piece_lines` of each row, evaluated once per distinct row length (a layer's tiles
+    have a few)."""
+    values, inverse = np.unique(row_bytes, return_inverse=True)
+    lines = np.asarray(mean_piece_lines(values, piece, step), dtype=float)
+    return lines[inverse].reshape(np.shape(row_bytes))
 
 
 def tiling_cost(spec: ConvSpec, tiling: Tiling, order: str, config, *, strided: bool = False,
@@ -91,96 +91,161 @@ def tiling_cost(spec: ConvSpec, tiling: Tiling, order: str, config, *, strided: 
     inputs and weights, mvouts of outputs and spills, `_commands`) price the command latency
     (`parconv.gemmini.cycles.dma_command_excess`).  ``constants`` defaults to the fitted ones.
     """
-    check_order(order)
+    return tiling_costs(spec, [(tiling, order)], config, strided=strided, bias=bias,
+                        constants=constants)[0]
+
+
+def tiling_costs(spec: ConvSpec, candidates, config, *, strided: bool = False,
+                 bias: bool | None = None, constants: CycleConstants | None = None) -> list:
+    """`tiling_cost` of each (tiling, order) of ``candidates``, in one vectorised pass over
+    all their tiles (in pieces of at most `CHUNK` tiles).  Local."""
     bias = config.has_bias if bias is None else bias
     ext = np.asarray(extents(spec), dtype=np.int64)
-    t = np.asarray(tiling.clipped(spec).as_tuple(), dtype=np.int64)
-    trips = -(-ext // t)
-    dims = [int(trips[_I[loop]]) for loop in order]
-    total_tiles = math.prod(dims)
-    # DMA rows start at pixel * C + c0 and (c, r, s) * K + k0: offsets in a line are multiples
-    # of gcd(C, tC) and gcd(K, tK) (`mean_lines`)
-    steps = (math.gcd(spec.in_channels, int(t[2])) * config.input_bytes,
-             math.gcd(spec.out_channels, int(t[1])) * config.weight_bytes)
-    piece = config.max_block_len * config.dim     # columns of the widest mvin
-    rows_table = axis_window_table(*spec.axis(0), int(t[3]), int(t[5]))
-    cols_table = axis_window_table(*spec.axis(1), int(t[4]), int(t[6]))
-    dilated = max(spec.dilation) > 1
     constants = constants or load_constants()
-    sums = dict.fromkeys(("exec", "passes", "mem_bound"), 0)
-    chunks = []
-    cycles = dma = 0.0
-    dram = dict.fromkeys(STREAMS, 0)
-    mvin = dict.fromkeys(("input", "weight", "bias", "psum"), 0)
-    mvout = dict.fromkeys(("output", "psum"), 0)
-    for start in range(0, total_tiles, CHUNK):
-        flat = np.arange(start, min(start + CHUNK, total_tiles), dtype=np.int64)
-        cur = _indices(flat, dims, order)
-        prev = _indices(np.maximum(flat - 1, 0), dims, order)
-        nxt = _indices(np.minimum(flat + 1, total_tiles - 1), dims, order)
-        head, tail = flat == 0, flat == total_tiles - 1
-        nN, nK, nC, nH, nW, nR, nS = (np.minimum(t[j], ext[j] - cur[j] * t[j]) for j in range(7))
-        reduction_start = (cur[_I["C"]] == 0) & (cur[_I["R"]] == 0) & (cur[_I["S"]] == 0)
-        reduction_end = np.ones_like(head)
-        for loop in "CRS":
-            reduction_end &= cur[_I[loop]] == trips[_I[loop]] - 1
-        load_in = head | _differs(cur, prev, "NCHWRS")
-        load_w = head | _differs(cur, prev, "KCRS")
-        visit_start = head | _differs(cur, prev, "NKHW")
-        visit_end = tail | _differs(cur, nxt, "NKHW")
-        in_rows = rows_table[cur[_I["H"]], cur[_I["R"]]]
-        in_cols = cols_table[cur[_I["W"]], cur[_I["S"]]]
-        window = in_rows * in_cols
-        out_elems = nN * nK * nH * nW
-        acc_rows = nN * nH * nW * rules.ceil_div(nK, config.dim)
-        first_visit = visit_start & reduction_start
-        readback = visit_start & ~reduction_start
-        per_tile = {
-            "input": load_in * nN * nC * window * config.input_bytes,
-            "weight": load_w * nK * nC * nR * nS * config.weight_bytes,
-            "bias": (first_visit * bias) * nN * nH * rules.ceil_div(nW, config.dim) * nK
-            * config.bias_bytes,
-            "output": (visit_end & reduction_end) * out_elems * config.output_bytes,
-            # a tile may both read back and spill: count the two transfers (not a logical or)
-            "psum": (readback.astype(np.int64) + (visit_end & ~reduction_end))
-            * out_elems * config.acc_bytes}
-        for stream, values in per_tile.items():
-            dram[stream] += int(values.sum())
-        mvin["input"] += int((load_in * nN * window * rules.ceil_div(nC, config.dim)).sum())
-        mvin["weight"] += int((load_w * rules.ceil_div(nK, config.dim) * nR * nS * nC).sum())
-        mvin["bias"] += int(((first_visit * bias) * acc_rows).sum())
-        mvin["psum"] += int((readback * acc_rows).sum())
-        mvout["output"] += int(((visit_end & reduction_end) * acc_rows).sum())
-        mvout["psum"] += int(((visit_end & ~reduction_end) * acc_rows).sum())
-        mpp = rules.max_pixels_per_row(config, nC, nS, strided, dilated)
-        work = (nN, nH, nW, nK, nR, nS, nC, mpp, config.dim)
-        exec_cycles = rules.exec_cycles(*work)
-        line_rows = ((first_visit * bias) * acc_rows + readback * acc_rows).astype(float)
-        chunks.append({
-            "exec": exec_cycles, "passes": rules.passes(*work), "load_in": load_in,
-            "load_w": load_w, "moved": sum(per_tile.values()),
-            "in_lines": load_in * nN * window * mean_piece_lines(
-                nC * config.input_bytes, piece * config.input_bytes, steps[0]),
-            "w_lines": load_w * nC * nR * nS * mean_piece_lines(
-                nK * config.weight_bytes, piece * config.weight_bytes, steps[1]),
-            "stores": (visit_end * acc_rows).astype(float),
-            "in_bytes": per_tile["input"], "w_bytes": per_tile["weight"],
-            "other_lines": line_rows, **_commands(config, load_in, load_w, visit_end, nN, nK,
-                                                  nC, nH, nW, nR, nS, in_rows, in_cols,
-                                                  per_tile)})
-        tile_dma = sum(per_tile.values()) / config.bw_eff
-        sums["exec"] += int(exec_cycles.sum())
-        sums["passes"] += int(rules.passes(*work).sum())
-        sums["mem_bound"] += int((tile_dma > exec_cycles).sum())
-        cycles += float(np.maximum(exec_cycles, tile_dma).sum())
-        dma += float(tile_dma.sum())
-    dram["total"] = sum(dram.values())
-    calibrated = _calibrated(chunks, order, trips, constants, config.dim)
-    return ModelCost(tile=tuple(int(v) for v in t), order=order, calls=total_tiles,
-                     dram_bytes=dram, mvin_rows=mvin, mvout_rows=mvout, passes=sums["passes"],
-                     exec_cycles=sums["exec"], cycles=cycles, dma_cycles=dma,
-                     memory_bound_calls=sums["mem_bound"], macs=spec.G,
-                     peak_macs_per_cycle=config.dim ** 2, calibrated_cycles=calibrated)
+    dilated = max(spec.dilation) > 1
+    piece = config.max_block_len * config.dim     # columns of the widest mvin
+    plans, pieces = [], []
+    for tiling, order in candidates:
+        check_order(order)
+        t = np.asarray(tiling.clipped(spec).as_tuple(), dtype=np.int64)
+        trips = -(-ext // t)
+        dims = [int(trips[_I[loop]]) for loop in order]
+        total = math.prod(dims)
+        # DMA rows start at pixel * C + c0 and (c, r, s) * K + k0: offsets in a line are
+        # multiples of gcd(C, tC) and gcd(K, tK) (`mean_lines`)
+        steps = (math.gcd(spec.in_channels, int(t[2])) * config.input_bytes,
+                 math.gcd(spec.out_channels, int(t[1])) * config.weight_bytes)
+        plans.append({"t": t, "trips": trips, "dims": dims, "total": total, "order": order,
+                      "steps": steps, "chunks": [], "where": [order.index(l) for l in LOOPS],
+                      "rows_table": axis_window_table(*spec.axis(0), int(t[3]), int(t[5])),
+                      "cols_table": axis_window_table(*spec.axis(1), int(t[4]), int(t[6]))})
+        pieces += [(len(plans) - 1, lo, min(lo + CHUNK, total)) for lo in range(0, total, CHUNK)]
+    batch, size = [], 0
+    for item in pieces + [None]:
+        if item is None or (batch and size + item[2] - item[1] > CHUNK):
+            _cost_pieces(spec, plans, batch, config, bias, strided, dilated, piece)
+            batch, size = [], 0
+        if item is not None:
+            batch.append(item)
+            size += item[2] - item[1]
+    out = []
+    for plan in plans:
+        chunks = plan["chunks"]
+        dram = {stream: sum(c["dram"][stream] for c in chunks) for stream in STREAMS}
+        dram["total"] = sum(dram.values())
+        mvin = {k: sum(c["mvin"][k] for c in chunks) for k in ("input", "weight", "bias", "psum")}
+        mvout = {k: sum(c["mvout"][k] for c in chunks) for k in ("output", "psum")}
+        cycles = dma = 0.0
+        for c in chunks:
+            cycles += c["cycles"]
+            dma += c["dma"]
+        out.append(ModelCost(
+            tile=tuple(int(v) for v in plan["t"]), order=plan["order"], calls=plan["total"],
+            dram_bytes=dram, mvin_rows=mvin, mvout_rows=mvout,
+            passes=sum(c["passes_sum"] for c in chunks),
+            exec_cycles=sum(c["exec_sum"] for c in chunks), cycles=cycles, dma_cycles=dma,
+            memory_bound_calls=sum(c["mem_bound"] for c in chunks), macs=spec.G,
+            peak_macs_per_cycle=config.dim ** 2,
+            calibrated_cycles=_calibrated([c["arrays"] for c in chunks], plan["order"],
+                                          plan["trips"], constants, config.dim)))
+    return out
+
+
+def _cost_pieces(spec, plans, batch, config, bias, strided, dilated, piece) -> None:
+    """Cost the tiles ``[lo, hi)`` of each (plan, lo, hi) of ``batch`` at once; appends each
+    piece's sums and per-tile arrays to its plan's ``chunks``."""
+    if not batch:
+        return
+    ext = np.asarray(extents(spec), dtype=np.int64)
+    parts = {k: [] for k in ("cur", "t", "head", "tail", "r_start", "r_end", "load_in",
+                             "load_w", "v_start", "v_end", "in_rows", "in_cols")}
+    for index, lo, hi in batch:
+        plan = plans[index]
+        t, trips, dims, total = plan["t"], plan["trips"], plan["dims"], plan["total"]
+        flat = np.arange(lo, hi, dtype=np.int64)
+        # block indices (LOOPS order, one row per loop) of the tiles from lo - 1 to hi
+        first = max(lo - 1, 0)
+        every = np.stack(np.unravel_index(np.arange(first, min(hi + 1, total)), dims))[
+            plan["where"]]
+        cur = every[:, lo - first:hi - first]
+        prev = every[:, np.maximum(flat - 1, 0) - first]
+        nxt = every[:, np.minimum(flat + 1, total - 1) - first]
+        crs = [_I[loop] for loop in "CRS"]
+        changed, changes = cur != prev, cur != nxt
+        head, tail = flat == 0, flat == total - 1
+        parts["cur"].append(cur)
+        parts["t"].append(np.broadcast_to(t[:, None], cur.shape))
+        parts["head"].append(head)
+        parts["tail"].append(tail)
+        parts["r_start"].append(~cur[crs].any(axis=0))
+        parts["r_end"].append((cur[crs] == trips[crs, None] - 1).all(axis=0))
+        parts["load_in"].append(head | changed[_ROWS["NCHWRS"]].any(axis=0))
+        parts["load_w"].append(head | changed[_ROWS["KCRS"]].any(axis=0))
+        parts["v_start"].append(head | changed[_ROWS["NKHW"]].any(axis=0))
+        parts["v_end"].append(tail | changes[_ROWS["NKHW"]].any(axis=0))
+        parts["in_rows"].append(plan["rows_table"][cur[_I["H"]], cur[_I["R"]]])
+        parts["in_cols"].append(plan["cols_table"][cur[_I["W"]], cur[_I["S"]]])
+    cur, t = np.concatenate(parts["cur"], axis=1), np.concatenate(parts["t"], axis=1)
+    reduction_start, reduction_end, load_in, load_w, visit_start, visit_end, in_rows, in_cols = (
+        np.concatenate(parts[k]) for k in ("r_start", "r_end", "load_in", "load_w", "v_start",
+                                           "v_end", "in_rows", "in_cols"))
+    window = in_rows * in_cols
+    nN, nK, nC, nH, nW, nR, nS = np.minimum(t, ext[:, None] - cur * t)
+    out_elems = nN * nK * nH * nW
+    acc_rows = nN * nH * nW * rules.ceil_div(nK, config.dim)
+    first_visit = visit_start & reduction_start
+    readback = visit_start & ~reduction_start
+    per_tile = {
+        "input": load_in * nN * nC * window * config.input_bytes,
+        "weight": load_w * nK * nC * nR * nS * config.weight_bytes,
+        "bias": (first_visit * bias) * nN * nH * rules.ceil_div(nW, config.dim) * nK
+        * config.bias_bytes,
+        "output": (visit_end & reduction_end) * out_elems * config.output_bytes,
+        # a tile may both read back and spill: count the two transfers (not a logical or)
+        "psum": (readback.astype(np.int64) + (visit_end & ~reduction_end))
+        * out_elems * config.acc_bytes}
+    commands = _commands(config, load_in, load_w, visit_end, nN, nK, nC, nH, nW, nR, nS,
+                         in_rows, in_cols, per_tile)
+    rows = {"mvin_input": load_in * nN * window * rules.ceil_div(nC, config.dim),
+            "mvin_weight": load_w * rules.ceil_div(nK, config.dim) * nR * nS * nC,
+            "mvin_bias": (first_visit * bias) * acc_rows, "mvin_psum": readback * acc_rows,
+            "mvout_output": (visit_end & reduction_end) * acc_rows,
+            "mvout_psum": (visit_end & ~reduction_end) * acc_rows}
+    mpp = rules.max_pixels_per_row(config, nC, nS, strided, dilated)
+    work = (nN, nH, nW, nK, nR, nS, nC, mpp, config.dim)
+    exec_cycles = rules.exec_cycles(*work)
+    passes = rules.passes(*work)
+    moved = sum(per_tile.values())
+    tile_dma = moved / config.bw_eff
+    line_rows = ((first_visit * bias) * acc_rows + readback * acc_rows).astype(float)
+    stores = (visit_end * acc_rows).astype(float)
+    bounds = np.cumsum([0] + [hi - lo for _, lo, hi in batch])
+    segments = bounds[:-1]
+    # integer sums of every piece at once (exact); float sums per piece as one np.sum each
+    ints = {k: np.add.reduceat(v, segments) for k, v in
+            {**{f"dram_{k}": v for k, v in per_tile.items()}, **rows, "exec": exec_cycles,
+             "passes": passes, "mem_bound": (tile_dma > exec_cycles).astype(np.int64)}.items()}
+    roofline = np.maximum(exec_cycles, tile_dma)
+    for j, (index, lo, hi) in enumerate(batch):
+        plan, a, b = plans[index], bounds[j], bounds[j + 1]
+        steps = plan["steps"]
+        plan["chunks"].append({
+            "dram": {k: int(ints[f"dram_{k}"][j]) for k in STREAMS},
+            "mvin": {k: int(ints[f"mvin_{k}"][j]) for k in ("input", "weight", "bias", "psum")},
+            "mvout": {k: int(ints[f"mvout_{k}"][j]) for k in ("output", "psum")},
+            "exec_sum": int(ints["exec"][j]), "passes_sum": int(ints["passes"][j]),
+            "mem_bound": int(ints["mem_bound"][j]),
+            "cycles": float(roofline[a:b].sum()), "dma": float(tile_dma[a:b].sum()),
+            "arrays": {
+                "exec": exec_cycles[a:b], "passes": passes[a:b], "load_in": load_in[a:b],
+                "load_w": load_w[a:b], "moved": moved[a:b],
+                "in_lines": load_in[a:b] * nN[a:b] * window[a:b] * _piece_lines(
+                    nC[a:b] * config.input_bytes, piece * config.input_bytes, steps[0]),
+                "w_lines": load_w[a:b] * nC[a:b] * nR[a:b] * nS[a:b] * _piece_lines(
+                    nK[a:b] * config.weight_bytes, piece * config.weight_bytes, steps[1]),
+                "stores": stores[a:b], "in_bytes": per_tile["input"][a:b],
+                "w_bytes": per_tile["weight"][a:b], "other_lines": line_rows[a:b],
+                **{k: v[a:b] for k, v in commands.items()}}})
 
 
 def _commands(config, load_in, load_w, visit_end, nN, nK, nC, nH, nW, nR, nS, in_rows, in_cols,

@@ -17,7 +17,9 @@ that are fast *and* frugal:
 * pairwise coordinate search (every pair of free loops over their candidate values) from the
   best seed until nothing improves; ranking key = (screened cycles in steps of `CYCLE_SLACK` of
   the ideal ``G / dim^2``, then bytes), so among equally fast tilings the one moving fewer bytes
-  wins.  The fastest and the most frugal candidates of every sweep are remembered.
+  wins.  The fastest and the most frugal candidates of every sweep are remembered.  As in
+  `parconv.tiling.search`, the sweeps are taken in turn but screened a few at a time in one
+  vectorised call, and a sweep already taken around the same point is not repeated.
 
 The best few candidates are then costed exactly by `parconv.gemmini.tiled.cost.tiling_cost` by the
 caller (`parconv.gemmini.tiled.choose.choose_tiling`).
@@ -26,6 +28,7 @@ caller (`parconv.gemmini.tiled.choose.choose_tiling`).
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
@@ -39,6 +42,8 @@ _I = {loop: i for i, loop in enumerate(LOOPS)}
 #: moving the fewest bytes among them wins (also the width of the ranking key's cycle bins, as a
 #: fraction of the ideal cycles G / dim^2)
 CYCLE_SLACK = 0.02
+#: pairwise moves screened in one vectorised call (`refine`)
+MOVES_AT_ONCE = 4
 
 
 def ladder(extent: int, granularity: int = 1) -> np.ndarray:
@@ -71,34 +76,47 @@ def exec_totals(spec: ConvSpec, tiles: np.ndarray, config, strided: bool = False
     G(w)``, so the sum over tiles factorises into sums over each loop's blocks (the (S, C) pair
     jointly, because of the first-layer packing).
     """
+    cycles, passes = exec_and_passes(spec, tiles, config, strided)
+    return passes if passes_only else cycles
+
+
+def exec_and_passes(spec: ConvSpec, tiles: np.ndarray, config, strided: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(`exec_totals`, `exec_totals` with ``passes_only``) of each row, sharing the work."""
     ext = extents(spec)
     t = clip_array(spec, np.atleast_2d(tiles)).T
     d = config.dim
     dilated = max(spec.dilation) > 1
+    loops = [_per_loop(t[j], ext[j]) for j in range(7)]
+
+    def over(j, f):
+        # sum of f over the blocks of loop j: the full ones and the ragged last one
+        full, n_full, ragged = loops[j]
+        return n_full * f(full) + f(ragged)
 
     def last_pass(w):
-        return np.maximum(w - d * (rules.ceil_div(w, d) - 1), rules.MIN_PASS_CYCLES)
+        return np.maximum(w - d * (_ceil_div(w, d) - 1), rules.MIN_PASS_CYCLES)
 
-    sum_n = _loop_sum(t[0], ext[0], lambda v: v)
-    sum_h = _loop_sum(t[3], ext[3], lambda v: v)
-    if passes_only:
-        sum_f = _loop_sum(t[4], ext[4], lambda w: rules.ceil_div(w, d))
-        sum_g = 0
-    else:
-        sum_f = _loop_sum(t[4], ext[4], lambda w: d * (rules.ceil_div(w, d) - 1) + last_pass(w))
-        sum_g = _loop_sum(t[4], ext[4], lambda w: d - last_pass(w))
-    trips_n, trips_h = -(-ext[0] // t[0]), -(-ext[3] // t[3])
-    per_block = sum_n * sum_h * sum_f + trips_n * trips_h * sum_g
-    sum_k = _loop_sum(t[1], ext[1], lambda k: rules.ceil_div(k, d))
-    sum_r = _loop_sum(t[5], ext[5], lambda r: r)
-    s_full, s_n, s_rag = _per_loop(t[6], ext[6])
-    c_full, c_n, c_rag = _per_loop(t[2], ext[2])
+    sum_nh = over(0, lambda v: v) * over(3, lambda v: v)
+    sum_passes = over(4, lambda w: _ceil_div(w, d))
+    sum_f = d * (sum_passes - loops[4][1] - 1) + over(4, last_pass)
+    sum_g = over(4, lambda w: d - last_pass(w))
+    trips_nh = (loops[0][1] + 1) * (loops[3][1] + 1)
+    sum_k = over(1, lambda k: _ceil_div(k, d))
+    sum_r = over(5, lambda r: r)
+    (s_full, s_n, s_rag), (c_full, c_n, c_rag) = loops[6], loops[2]
     sum_sc = 0
     for (s, ns), (c, nc) in itertools.product(((s_full, s_n), (s_rag, 1)),
                                               ((c_full, c_n), (c_rag, 1))):
         mpp = rules.max_pixels_per_row(config, c, s, strided, dilated)
-        sum_sc = sum_sc + ns * nc * rules.ceil_div(s, mpp) * rules.ceil_div(c, d)
-    return sum_k * sum_r * sum_sc * per_block
+        sum_sc = sum_sc + ns * nc * rules.ceil_div(s, mpp) * _ceil_div(c, d)
+    blocks = sum_k * sum_r * sum_sc
+    return (blocks * (sum_nh * sum_f + trips_nh * sum_g), blocks * (sum_nh * sum_passes))
+
+
+def _ceil_div(a: np.ndarray, d: int) -> np.ndarray:
+    """ceil(a / d) of a positive integer array (a shift when d is a power of two)."""
+    return (a + (d - 1)) >> (d.bit_length() - 1) if d & (d - 1) == 0 else -(-a // d)
 
 
 def bias_totals(spec: ConvSpec, tiles: np.ndarray, config) -> np.ndarray:
@@ -113,6 +131,29 @@ def bias_totals(spec: ConvSpec, tiles: np.ndarray, config) -> np.ndarray:
             * ext[1] * config.bias_bytes)
 
 
+def _sorted_by(*keys: np.ndarray) -> np.ndarray:
+    """``np.lexsort(keys[::-1])`` (first key first, stable) for non-negative integer keys, as
+    one stable sort of a mixed-radix key when it fits in int64."""
+    radix = [int(k.max()) + 1 if len(k) else 1 for k in keys]
+    if math.prod(radix) >= 2 ** 62:
+        return np.lexsort(keys[::-1])
+    combined = keys[0].astype(np.int64)
+    for key, base in zip(keys[1:], radix[1:]):
+        combined = combined * base + key
+    return np.argsort(combined, kind="stable")
+
+
+def _unique_rows(rows: np.ndarray) -> np.ndarray:
+    """``np.unique(rows, axis=0)`` for non-negative integer rows, on one mixed-radix key per row
+    (a 1-d sort) when the key fits in int64."""
+    radix = [int(v) + 1 for v in rows.max(axis=0)] if len(rows) else []
+    if not len(rows) or math.prod(radix) >= 2 ** 62:
+        return np.unique(rows, axis=0)
+    weights = np.array([math.prod(radix[j + 1:]) for j in range(len(radix))], dtype=np.int64)
+    _, first = np.unique(rows @ weights, return_index=True)
+    return rows[first]
+
+
 class Screen:
     """Screens and ranks candidate (tiling, order) pairs; remembers the best ones.  Local."""
 
@@ -122,44 +163,92 @@ class Screen:
         self.orders, self.strided, self.keep = list(orders), strided, keep
         self.constants = load_constants()
         self.bin = max(CYCLE_SLACK * spec.G / config.dim ** 2, 1.0)
-        self.seen: dict[tuple, tuple] = {}      # (tile, order) -> key
+        # every entry consumed, in turn: (bins, bytes, tiles, order index) arrays
+        self.log: list[tuple] = []
+        self.extents = np.asarray(extents(spec))
         self.best: tuple | None = None          # (key, tile, order)
 
     def offer(self, tiles: np.ndarray) -> bool:
         """Score the fitting rows of ``tiles`` under every order; True if the best improved."""
-        tiles = np.unique(clip_array(self.spec, np.atleast_2d(tiles)), axis=0)
-        tiles = tiles[np.asarray(self.memory.fits_array(self.spec, tiles), dtype=bool)]
-        if not len(tiles):
+        return self.consume(self.entries_of_groups([tiles])[0])
+
+    def consume(self, entries: tuple | None) -> bool:
+        """Remember a grid's entries (`entries_of_groups`); True if the best improved (the
+        first entry of the smallest key (bins, bytes), if it beats the best so far)."""
+        if entries is None:
             return False
-        exec_total = exec_totals(self.spec, tiles, self.config, self.strided)
-        passes = exec_totals(self.spec, tiles, self.config, self.strided, passes_only=True)
+        self.log.append(entries)
+        bins, moved, tiles, orders = entries
+        i = int(_sorted_by(bins, moved)[0])
+        key = (int(bins[i]), int(moved[i]))
+        if self.best is None or key < self.best[0]:
+            self.best = (key, tuple(int(v) for v in tiles[i]), self.orders[orders[i]])
+            return True
+        return False
+
+    def entries_of_groups(self, groups: list) -> list:
+        """For each array of ``groups``: the entries it contributes, per order the `keep`
+        fastest (screened cycles bin, then bytes) and the `keep` most frugal of its distinct
+        fitting rows, as (bins, bytes, tiles, order index) arrays (None: no row fits).  One
+        vectorised evaluation for all groups; nothing is remembered (`consume` does that)."""
+        label = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
+        rows = np.concatenate([np.atleast_2d(g) for g in groups])
+        # distinct rows of each group, sorted within it (np.unique of each group alone)
+        rows = _unique_rows(np.column_stack((label, clip_array(self.spec, rows))))
+        rows = rows[np.asarray(self.memory.fits_array(self.spec, rows[:, 1:]), dtype=bool)]
+        if not len(rows):
+            return [None] * len(groups)
+        label, tiles = rows[:, 0], np.ascontiguousarray(rows[:, 1:])
+        exec_total, passes = exec_and_passes(self.spec, tiles, self.config, self.strided)
         bias = bias_totals(self.spec, tiles, self.config)
-        ext = np.asarray(extents(self.spec))
-        n_tiles = np.prod(-(-ext // clip_array(self.spec, tiles)), axis=1)
+        n_tiles = np.prod(-(-self.extents // tiles), axis=1)
         c = self.constants
         x = exec_total + c.p_pass * passes
-        improved = False
-        for order in self.orders:
-            moved = traffic_totals(self.spec, tiles, order) + bias
+        start = np.searchsorted(label, label)          # first row of each row's group
+        moved_all = traffic_totals(self.spec, tiles, self.orders) + bias
+        pieces, bins_of = [], []
+        for o, moved in enumerate(moved_all):
             load = moved * (c.inv_bw + c.t_hit / LINE_BYTES)
             score = np.maximum(c.c_call * n_tiles,
                                np.maximum(load, x) + c.alpha * np.minimum(load, x))
-            bins = np.floor(score / self.bin).astype(np.int64)
-            fastest = np.lexsort((moved, bins))[:self.keep]
-            frugal = np.argsort(moved, kind="stable")[:self.keep]
-            for i in np.concatenate((fastest, frugal)):
-                key = (int(bins[i]), int(moved[i]))
-                tile = tuple(int(v) for v in tiles[i])
-                self.seen[(tile, order)] = key
-                if self.best is None or key < self.best[0]:
-                    self.best = (key, tile, order)
-                    improved = True
-        return improved
+            bins_of.append(np.floor(score / self.bin).astype(np.int64))
+            # stable sorts within each group: its first `keep` fastest, then most frugal
+            for ranked in (_sorted_by(label, bins_of[o], moved), _sorted_by(label, moved)):
+                picked = ranked[np.arange(len(ranked)) - start[ranked] < self.keep]
+                pieces.append((o, picked, np.searchsorted(label[picked],
+                                                          np.arange(len(groups) + 1))))
+        bins_all, out = np.stack(bins_of), []
+        for g in range(len(groups)):
+            rows_g = [(o, picked[bounds[g]:bounds[g + 1]]) for o, picked, bounds in pieces]
+            if not sum(len(r) for _, r in rows_g):
+                out.append(None)
+                continue
+            index = np.concatenate([r for _, r in rows_g])
+            order = np.concatenate([np.full(len(r), o) for o, r in rows_g])
+            out.append((bins_all[order, index], moved_all[order, index], tiles[index], order))
+        return out
 
     def top(self, count: int) -> list[tuple[tuple, str]]:
-        """The ``count`` best (tile, order) pairs seen, best first."""
-        ranked = sorted(self.seen.items(), key=lambda item: item[1])
-        return [pair for pair, _ in ranked[:count]]
+        """The ``count`` best (tile, order) pairs seen, best first (a tie: the one seen
+        first)."""
+        if not self.log:
+            return []
+        bins, moved, tiles, orders = (np.concatenate(part) for part in zip(*self.log))
+        pairs = np.column_stack((tiles, orders))
+        # the first time each pair was seen (it has the same key every time)
+        first = np.sort(np.unique(_pair_keys(pairs), return_index=True)[1])
+        ranked = first[_sorted_by(bins[first], moved[first])][:count]
+        return [(tuple(int(v) for v in tiles[i]), self.orders[int(orders[i])])
+                for i in ranked]
+
+
+def _pair_keys(rows: np.ndarray) -> np.ndarray:
+    """One int64 per row of non-negative integers (mixed radix), equal iff the rows are."""
+    radix = [int(v) + 1 for v in rows.max(axis=0)]
+    if math.prod(radix) >= 2 ** 62:
+        return np.unique(rows, axis=0, return_inverse=True)[1].ravel()
+    weights = np.array([math.prod(radix[j + 1:]) for j in range(len(radix))], dtype=np.int64)
+    return rows @ weights
 
 
 def refine(spec: ConvSpec, memory, config, seeds, orders, strided: bool = False,
@@ -177,13 +266,46 @@ def refine(spec: ConvSpec, memory, config, seeds, orders, strided: bool = False,
     free = "NKCHW" if screen.best[1][5:] == window else LOOPS
     granular = {"K": config.dim, "C": config.dim, "W": config.dim}
     ladders = {loop: ladder(ext[_I[loop]], granular.get(loop, 1)) for loop in free}
+    pairs = [((a, b), np.array(list(itertools.product(ladders[a], ladders[b])), dtype=np.int64))
+             for a, b in itertools.combinations(free, 2)]
+
+    def key(j: int, tile: tuple) -> tuple:
+        (a, b), _ = pairs[j]
+        return (a, b, tuple(v for i, v in enumerate(tile) if i not in (_I[a], _I[b])))
+
+    # the pairs are taken in turn from the best so far; the grids not yet scored are scored
+    # together around the current best, and taken in turn up to the first that improves it
+    # (the later ones are then scored again around the new best).  A grid consumed before
+    # changes nothing (its candidates are remembered).
+    scored, consumed = {}, set()
     for _ in range(max_rounds):
         improved = False
-        for a, b in itertools.combinations(free, 2):
-            grid = np.array(list(itertools.product(ladders[a], ladders[b])), dtype=np.int64)
-            tiles = np.tile(np.asarray(screen.best[1], dtype=np.int64), (len(grid), 1))
-            tiles[:, _I[a]], tiles[:, _I[b]] = grid[:, 0], grid[:, 1]
-            improved |= screen.offer(tiles)
+        j = 0
+        while j < len(pairs):
+            center = screen.best[1]
+            missing = [m for m in range(j, len(pairs)) if key(m, center) not in scored
+                       and key(m, center) not in consumed][:MOVES_AT_ONCE]
+            if missing:
+                grids = []
+                for m in missing:
+                    (a, b), grid = pairs[m]
+                    tiles = np.tile(np.asarray(center, dtype=np.int64), (len(grid), 1))
+                    tiles[:, _I[a]], tiles[:, _I[b]] = grid[:, 0], grid[:, 1]
+                    grids.append(tiles)
+                for m, entries in zip(missing, screen.entries_of_groups(grids)):
+                    scored[key(m, center)] = entries
+            while j < len(pairs):
+                k = key(j, center)
+                if k in consumed:
+                    j += 1
+                    continue
+                if k not in scored:          # not screened yet: screen the next ones
+                    break
+                j += 1
+                consumed.add(k)
+                if screen.consume(scored.pop(k)):
+                    improved = True
+                    break
         if not improved:
             break
     return screen
