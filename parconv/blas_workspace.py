@@ -82,13 +82,14 @@ def workspace_bytes(spec: ConvSpec, n, c, k, out_h, out_w, padded: bool = True,
 
 def _winograd_bytes(n, c, k, H, W, item: int):
     """parconv.winograd's allocations: the four parity parts of the padded input, the
-    transformed filters and the block buffers of the largest block (`winograd.tile_blocks`)."""
+    transformed filters and the block buffers of the largest block (`winograd.block_tiles`,
+    `winograd.tile_blocks`; workers share them, so the thread count does not matter)."""
     tH, tW = -(-H // 2), -(-W // 2)
     parts = 4 * item * n * c * (tH + 1) * (tW + 1)
     filters = 16 * item * k * c
-    tiles = np.maximum(winograd.MIN_TILES, winograd.BLOCK_BYTES
-                       // winograd.per_tile_bytes(c, k, item))
     image = tH * (tW + 1)
+    tiles = np.maximum(winograd.MIN_TILES,
+                       winograd.BLOCK_BYTES // winograd.per_tile_bytes(c, k, item))
     whole = tiles >= image
     images = -(-n // -(-n // np.maximum(tiles // np.maximum(image, 1), 1)))
     rows = -(-tH // -(-tH // np.maximum(1, tiles // (tW + 1))))

@@ -23,14 +23,17 @@ the products themselves).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
+from .blas import limit_threads
 from .spec import ConvSpec
 
 #: bytes of transform buffers (V, M and their temporaries) per block
 BLOCK_BYTES = 16 << 20
 #: fewest tiles per block (shorter products run BLAS poorly)
-MIN_TILES = 128
+MIN_TILES = 64
 
 #: cost of one element of a transform pass, in multiply-adds of the products (measured)
 TRANSFORM_COST = 10.0
@@ -100,25 +103,21 @@ def filter_transform(w: np.ndarray, dtype) -> np.ndarray:
     return u.reshape(16, K, C)
 
 
-def split_phases(spec: ConvSpec, x: np.ndarray, dtype, grid) -> list[np.ndarray]:
-    """The zero-padded input split by row and column parity: ``parts[a][b, n, c, i, j] =
-    xpad[n, c, 2 i + a, 2 j + b]``, each (2, N, C, tH + 1, tW + 1)."""
-    tH, tW = grid
+def split_phases(spec: ConvSpec, x: np.ndarray, parts: list[np.ndarray], n0: int,
+                 n1: int) -> None:
+    """Images [n0, n1) of the zero-padded input split by row and column parity into ``parts``:
+    ``parts[a][b, n, c, i, j] = xpad[n, c, 2 i + a, 2 j + b]``, each (2, N, C, tH + 1, tW + 1)."""
     (ph, pw), (H_in, W_in) = spec.padding, spec.in_size
-    N, C = spec.batch, spec.in_channels
-    parts = []
     for a in (0, 1):
-        i0, i1 = _held(ph - a, H_in, tH + 1)
-        part = np.empty((2, N, C, tH + 1, tW + 1), dtype=dtype)
+        part = parts[a][:, n0:n1]
+        i0, i1 = _held(ph - a, H_in, part.shape[3])
         for b in (0, 1):
-            j0, j1 = _held(pw - b, W_in, tW + 1)
+            j0, j1 = _held(pw - b, W_in, part.shape[4])
             _zero_outside(part[b], i0, i1, j0, j1)
             if i1 > i0 and j1 > j0:
                 r, c = 2 * i0 + a - ph, 2 * j0 + b - pw
-                part[b, :, :, i0:i1, j0:j1] = x[:, :, r:r + 2 * (i1 - i0) - 1:2,
+                part[b, :, :, i0:i1, j0:j1] = x[n0:n1, :, r:r + 2 * (i1 - i0) - 1:2,
                                                 c:c + 2 * (j1 - j0) - 1:2]
-        parts.append(part)
-    return parts
 
 
 def _held(pad: int, extent: int, count: int) -> tuple[int, int]:
@@ -136,19 +135,42 @@ def _zero_outside(part: np.ndarray, i0: int, i1: int, j0: int, j1: int) -> None:
     part[:, :, :, j1:] = 0
 
 
-def conv_winograd(spec: ConvSpec, x: np.ndarray, w: np.ndarray, dtype, y: np.ndarray) -> None:
-    """The layer by F(2x2, 3x3) (module docstring) into ``y`` (N, K, H, W)."""
+def conv_winograd(spec: ConvSpec, x: np.ndarray, w: np.ndarray, dtype, y: np.ndarray,
+                  threads: int = 1) -> None:
+    """The layer by F(2x2, 3x3) (module docstring) into ``y`` (N, K, H, W).
+
+    With ``threads`` > 1, that many workers (Python threads: numpy and BLAS release the GIL)
+    share the block buffers, each taking blocks of 1 / ``threads`` of their size in turn with
+    single-threaded BLAS, so that the transforms run in parallel too, not only the products;
+    the memory is the same at any thread count."""
     dtype = np.dtype(dtype)
     N, C, K = spec.batch, spec.in_channels, spec.out_channels
-    tH, tW = grid = tile_grid(spec)
-    parts = split_phases(spec, x, dtype, grid)
-    u = filter_transform(w, dtype)
+    tH, tW = tile_grid(spec)
+    u = filter_transform(w, dtype)                          # (BLAS threads as given)
+    parts = [np.empty((2, N, C, tH + 1, tW + 1), dtype=dtype) for _ in (0, 1)]
     blocks = tile_blocks(N, tH, tW + 1, block_tiles(spec, dtype.itemsize))
     most = max((n1 - n0) * (i1 - i0) for n0, n1, i0, i1 in blocks) * (tW + 1)
-    buffers = (np.empty(8 * C * most, dtype=dtype), np.empty(16 * C * most, dtype=dtype),
-               np.empty(16 * K * most, dtype=dtype), np.empty(8 * K * most, dtype=dtype))
-    for block in blocks:
-        _block(spec, parts, u, block, buffers, y)
+    widths = (8 * C, 16 * C, 16 * K, 8 * K)                 # per tile: t, V, M, s
+    buffers = [np.empty(width * most, dtype=dtype) for width in widths]
+    workers = max(1, min(threads, N * tH, most // (tW + 1)))
+    if workers == 1:
+        split_phases(spec, x, parts, 0, N)
+        for block in blocks:
+            _block(spec, parts, u, block, buffers, y)
+        return
+    share = most // workers
+    blocks = tile_blocks(N, tH, tW + 1, share)              # each fits its worker's share
+
+    def work(q: int) -> None:
+        mine = [b[q * share * width:(q + 1) * share * width] for b, width in zip(buffers, widths)]
+        for block in blocks[q::workers]:
+            _block(spec, parts, u, block, mine, y)
+
+    edges = [N * q // workers for q in range(workers + 1)]
+    with limit_threads(1), ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda q: split_phases(spec, x, parts, edges[q], edges[q + 1]),
+                      range(workers)))
+        list(pool.map(work, range(workers)))
 
 
 def _block(spec, parts, u, block, buffers, y) -> None:
