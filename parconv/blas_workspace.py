@@ -68,6 +68,8 @@ def workspace_bytes(spec: ConvSpec, n, c, k, out_h, out_w, padded: bool = True,
     direct = multi if limit is not None else np.ones_like(multi)   # groups summed in y's type
     gemm_bytes = (cb * c * H * W + cast_w + k * H * W * (sums_per + np.where(direct, 0, out_item))
                   + y)
+    if np.dtype(spec.dtype_in) == np.dtype(acc) and acc.kind == "f" and (sh, sw) == (1, 1):
+        gemm_bytes = cast_w + y     # one product from the input into the output
     taps_cost = image / np.maximum(H * W, 1) * (1 + _SHORT_COST / c)
     im2col_cost = 1 + _SHORT_COST / reduction + _GATHER_COST / k
     gemm = (R, S) == (1, 1) and not padded
