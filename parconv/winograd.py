@@ -6,14 +6,23 @@ tile and channel pair instead of 36, so the reduction over channels becomes 16 m
 ``M[k] = U[k] @ V[k]`` (K x C) @ (C x tiles), one per transform coefficient k, 2.25x fewer
 multiply-adds than the direct method.
 
-Layout (no transposition of the data at all): the input is copied once, zero padded, into its
-even and odd columns ``xe[n, c, h, j] = xpad[n, c, h, 2 j]`` and ``xo`` (``2 j + 1``), so that
-every transform is a numpy operation on arrays whose innermost axis is contiguous (the rows of
-a tile are strided views; its columns are j and j + 1 of xe / xo).  The transformed input of a
-block of tiles is ``V[k]`` of shape (C, n, rows, tile columns), its product ``M[k]``
-(K, n, rows, tile columns); the output transform writes the four phases of the 2x2 tiles into
-the NCHW output (stride 2 in its rows and columns).  Blocks of whole images, or of tile rows of
-one image, hold at most `BLOCK_BYTES` of transform buffers (they stay in the last-level cache).
+Layout: the input is copied once, zero padded, into its four parity parts
+``parts[a][b][n, c, i, j] = xpad[n, c, 2 i + a, 2 j + b]``, so that a tile's rows 0-3 are rows
+i, i of the odd part, i + 1, i + 1 and its columns likewise j and j + 1 of the even and odd
+parts: every transform is a numpy operation on whole shifted arrays, for all 2, 4 or 16
+coefficients at once.  Two layouts of the tiles:
+
+* NCHW (images of at least `CHANNELS_LAST_BELOW` tile columns): no transposition at all.  One
+  extra tile column per tile row is computed and dropped, so that the column shift is one
+  pass over contiguous memory; ``V[k]`` is (C, tiles), ``M[k] = U[k] @ V[k]`` (K, tiles) and
+  the output transform writes the four phases of the 2x2 tiles into the NCHW output (stride 2
+  in its rows and columns).
+* channels-last (small images, where that extra column would cost up to 1/2 of the products):
+  the parts are (n, i, j, c), ``V[k]`` is (tiles, C) and ``M[k] = V[k] @ U[k]^T`` (tiles, K),
+  transposed back into the output by the last operation.
+
+Blocks of whole images, or of tile rows of one image, hold at most `BLOCK_BYTES` of transform
+buffers (they stay in the last-level cache).
 
 Float32 accuracy: B and A hold only 0 and +-1 and G only 0, +-1/2, +-1, so rounding comes from
 the same sums as the direct method's plus one short sum per transform; the measured error is
@@ -35,6 +44,8 @@ BLOCK_BYTES = 16 << 20
 #: fewest tiles per block (shorter products run BLAS poorly)
 MIN_TILES = 64
 
+#: images with fewer tile columns than this take the channels-last layout (measured)
+CHANNELS_LAST_BELOW = 8
 #: cost of one element of a transform pass, in multiply-adds of the products (measured)
 TRANSFORM_COST = 10.0
 #: cost of one element of the filter transform, in multiply-adds of the products (measured)
@@ -53,10 +64,12 @@ def applies(spec: ConvSpec) -> bool:
 
 def relative_cost(n, c, k, out_h, out_w, short_cost: float):
     """Time of the Winograd method relative to the direct products (N H W K C 9 multiply-adds
-    at full speed; numpy arrays broadcast): 16 products per tile on ``tH (tW + 1)`` tiles, of
+    at full speed; numpy arrays broadcast): 16 products per tile on ``tH (tW + 1)`` tiles (``tH tW``
+channels-last), of
     inner dimension C (relative cost ``1 + short_cost / C``), plus the transforms' passes (24 C
     + 24 K elements per tile) and the filter transform (16 K C elements)."""
-    tiles = -(-out_h // 2) * (-(-out_w // 2) + 1)
+    columns = -(-out_w // 2)
+    tiles = -(-out_h // 2) * np.where(columns < CHANNELS_LAST_BELOW, columns, columns + 1)
     direct = 9.0 * out_h * out_w
     return (16.0 * tiles / direct * (1 + short_cost / c)
             + TRANSFORM_COST * 24.0 * tiles * (c + k) / (direct * k * c)
@@ -104,12 +117,15 @@ def filter_transform(w: np.ndarray, dtype) -> np.ndarray:
 
 
 def split_phases(spec: ConvSpec, x: np.ndarray, parts: list[np.ndarray], n0: int,
-                 n1: int) -> None:
+                 n1: int, channels_last: bool = False) -> None:
     """Images [n0, n1) of the zero-padded input split by row and column parity into ``parts``:
-    ``parts[a][b, n, c, i, j] = xpad[n, c, 2 i + a, 2 j + b]``, each (2, N, C, tH + 1, tW + 1)."""
+    ``parts[a][b, n, c, i, j] = xpad[n, c, 2 i + a, 2 j + b]``, each (2, N, C, tH + 1, tW + 1),
+    or (2, N, tH + 1, tW + 1, C) ``channels_last``."""
     (ph, pw), (H_in, W_in) = spec.padding, spec.in_size
     for a in (0, 1):
         part = parts[a][:, n0:n1]
+        if channels_last:
+            part = part.transpose(0, 1, 4, 2, 3)           # the (b, n, c, i, j) view
         i0, i1 = _held(ph - a, H_in, part.shape[3])
         for b in (0, 1):
             j0, j1 = _held(pw - b, W_in, part.shape[4])
@@ -147,16 +163,19 @@ def conv_winograd(spec: ConvSpec, x: np.ndarray, w: np.ndarray, dtype, y: np.nda
     N, C, K = spec.batch, spec.in_channels, spec.out_channels
     tH, tW = tile_grid(spec)
     u = filter_transform(w, dtype)                          # (BLAS threads as given)
-    parts = [np.empty((2, N, C, tH + 1, tW + 1), dtype=dtype) for _ in (0, 1)]
+    last = tW < CHANNELS_LAST_BELOW
+    shape = (2, N, tH + 1, tW + 1, C) if last else (2, N, C, tH + 1, tW + 1)
+    parts = [np.empty(shape, dtype=dtype) for _ in (0, 1)]
+    run = _block_channels_last if last else _block
     blocks = tile_blocks(N, tH, tW + 1, block_tiles(spec, dtype.itemsize))
     most = max((n1 - n0) * (i1 - i0) for n0, n1, i0, i1 in blocks) * (tW + 1)
     widths = (8 * C, 16 * C, 16 * K, 8 * K)                 # per tile: t, V, M, s
     buffers = [np.empty(width * most, dtype=dtype) for width in widths]
     workers = max(1, min(threads, N * tH, most // (tW + 1)))
     if workers == 1:
-        split_phases(spec, x, parts, 0, N)
+        split_phases(spec, x, parts, 0, N, last)
         for block in blocks:
-            _block(spec, parts, u, block, buffers, y)
+            run(spec, parts, u, block, buffers, y)
         return
     share = most // workers
     blocks = tile_blocks(N, tH, tW + 1, share)              # each fits its worker's share
@@ -164,11 +183,11 @@ def conv_winograd(spec: ConvSpec, x: np.ndarray, w: np.ndarray, dtype, y: np.nda
     def work(q: int) -> None:
         mine = [b[q * share * width:(q + 1) * share * width] for b, width in zip(buffers, widths)]
         for block in blocks[q::workers]:
-            _block(spec, parts, u, block, mine, y)
+            run(spec, parts, u, block, mine, y)
 
     edges = [N * q // workers for q in range(workers + 1)]
     with limit_threads(1), ThreadPoolExecutor(workers) as pool:
-        list(pool.map(lambda q: split_phases(spec, x, parts, edges[q], edges[q + 1]),
+        list(pool.map(lambda q: split_phases(spec, x, parts, edges[q], edges[q + 1], last),
                       range(workers)))
         list(pool.map(work, range(workers)))
 
@@ -224,5 +243,54 @@ def _block(spec, parts, u, block, buffers, y) -> None:
             if count_r == 0 or count_c == 0:
                 continue
             target = yt[:, n0:n1, r0:r0 + 2 * count_r - 1:2, b:b + 2 * count_c - 1:2]
+            op(half[b, a][:, :, :count_r, :count_c], tail[:, :, :count_r, :count_c],
+               out=target, casting="unsafe")
+
+
+def _block_channels_last(spec, parts, u, block, buffers, y) -> None:
+    """`_block` on channels-last parts: no dropped column (the column shift is a view whose
+    rows are contiguous runs of tW C values); M = V U^T; the last operation transposes the
+    (n, i, j, k) tiles into the NCHW output."""
+    n0, n1, i0, i1 = block
+    C, K, (H, W) = spec.in_channels, spec.out_channels, spec.out_size
+    tW = parts[0].shape[3] - 1
+    nb, rows = n1 - n0, i1 - i0
+    length = nb * rows * tW
+    tbuf, vbuf, mbuf, sbuf = buffers
+    t = tbuf[:8 * C * nb * rows * (tW + 1)].reshape(4, 2, nb, rows, tW + 1, C)
+    ev, od = parts[0][:, n0:n1, i0:i1 + 1], parts[1][:, n0:n1, i0:i1 + 1]
+    d0, d1, d2, d3 = ev[:, :, :-1], od[:, :, :-1], ev[:, :, 1:], od[:, :, 1:]
+    np.subtract(d0, d2, out=t[0])
+    np.add(d1, d2, out=t[1])
+    np.subtract(d2, d1, out=t[2])
+    np.subtract(d1, d3, out=t[3])
+    v = vbuf[:16 * C * length].reshape(4, 4, nb, rows, tW, C)
+    e0, e1 = t[:, 0, :, :, :-1], t[:, 0, :, :, 1:]
+    o0, o1 = t[:, 1, :, :, :-1], t[:, 1, :, :, 1:]
+    np.subtract(e0, e1, out=v[:, 0])
+    np.add(o0, e1, out=v[:, 1])
+    np.subtract(e1, o0, out=v[:, 2])
+    np.subtract(o0, o1, out=v[:, 3])
+    m = mbuf[:16 * K * length].reshape(16, length, K)
+    np.matmul(v.reshape(16, length, C), u.transpose(0, 2, 1), out=m)
+    m = m.reshape(4, 4, length, K)
+    s = sbuf[:8 * K * length].reshape(2, 4, length, K)
+    np.add(m[0], m[1], out=s[0])
+    s[0] += m[2]
+    np.subtract(m[1], m[2], out=s[1])
+    s[1] -= m[3]
+    half = mbuf[:4 * K * length].reshape(2, 2, length, K)  # m is consumed
+    np.add(s[:, 0], s[:, 1], out=half[0])
+    np.subtract(s[:, 1], s[:, 2], out=half[1])
+    half = half.reshape(2, 2, nb, rows, tW, K).transpose(0, 1, 2, 5, 3, 4)
+    s = s.reshape(2, 4, nb, rows, tW, K).transpose(0, 1, 2, 5, 3, 4)   # (n, k, i, j) views
+    for a in range(2):
+        r0 = 2 * i0 + a
+        count_r = len(range(r0, min(H, 2 * i1), 2))
+        for b, (op, tail) in enumerate(((np.add, s[a, 2]), (np.subtract, s[a, 3]))):
+            count_c = len(range(b, W, 2))
+            if count_r == 0 or count_c == 0:
+                continue
+            target = y[n0:n1, :, r0:r0 + 2 * count_r - 1:2, b:b + 2 * count_c - 1:2]
             op(half[b, a][:, :, :count_r, :count_c], tail[:, :, :count_r, :count_c],
                out=target, casting="unsafe")

@@ -40,6 +40,13 @@ def assert_winograd_matches_reference(spec, seed=0):
     np.testing.assert_allclose(y, ref, rtol=tol, atol=tol * spec.in_channels * 9)
 
 
+@pytest.fixture(params=["nchw", "channels_last"])
+def layout(request, monkeypatch):
+    """Both tile layouts on every shape (the threshold normally picks by the image width)."""
+    monkeypatch.setattr(winograd, "CHANNELS_LAST_BELOW", 0 if request.param == "nchw" else 10 ** 6)
+    return request.param
+
+
 @pytest.fixture
 def tiny_blocks(monkeypatch):
     """Blocks of one or a few tile rows: the row-block path and block edges run many times."""
@@ -49,7 +56,7 @@ def tiny_blocks(monkeypatch):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_winograd_equals_reference(shape, dtype):
+def test_winograd_equals_reference(layout, shape, dtype):
     spec = spec_for_dtype(dtype, batch=3, in_channels=4, out_channels=5, kernel_size=(3, 3),
                           **shape)
     assert_winograd_matches_reference(spec)
@@ -57,13 +64,13 @@ def test_winograd_equals_reference(shape, dtype):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_winograd_on_row_blocks(tiny_blocks, shape, dtype):
+def test_winograd_on_row_blocks(tiny_blocks, layout, shape, dtype):
     spec = spec_for_dtype(dtype, batch=2, in_channels=3, out_channels=2, kernel_size=(3, 3),
                           **shape)
     assert_winograd_matches_reference(spec, seed=1)
 
 
-def test_winograd_on_blocks_of_several_images(monkeypatch):
+def test_winograd_on_blocks_of_several_images(layout, monkeypatch):
     # 5 images of 4 x (4 + 1) tiles, 40 tiles a block: blocks of 2, 2 (and 1) images
     monkeypatch.setattr(winograd, "MIN_TILES", 40)
     monkeypatch.setattr(winograd, "BLOCK_BYTES", 1)
@@ -86,7 +93,7 @@ def test_tile_blocks_cover_every_tile_once():
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(h=st.integers(1, 10), w=st.integers(1, 10), pads=st.tuples(*[st.integers(0, 3)] * 4),
        c=st.integers(1, 5), n=st.integers(1, 3), seed=st.integers(0, 1000))
-def test_random_shapes_winograd(tiny_blocks, h, w, pads, c, n, seed):
+def test_random_shapes_winograd(tiny_blocks, layout, h, w, pads, c, n, seed):
     try:
         spec = spec_for_dtype("float64", batch=n, in_channels=c, out_channels=3, in_size=(h, w),
                               kernel_size=(3, 3), padding=pads[:2], padding_end=pads[2:])
@@ -96,7 +103,7 @@ def test_random_shapes_winograd(tiny_blocks, h, w, pads, c, n, seed):
 
 
 @pytest.mark.parametrize("offset", [0.0, 100.0])
-def test_float32_error_is_near_the_direct_methods(offset):
+def test_float32_error_is_near_the_direct_methods(layout, offset):
     # against a float64 reference: F(2x2, 3x3) adds one short sum per transform (B, A: +-1;
     # G: +-1/2), so its error stays within a small factor of the direct method's; an offset
     # input (a constant background, the worst case measured) cancels in the input transform
@@ -150,7 +157,7 @@ def test_kernel_reports_winograd():
 
 @pytest.mark.parametrize("threads", [2, 3, 5])
 @pytest.mark.parametrize("shape", SHAPES[:4])
-def test_workers_share_the_buffers(monkeypatch, shape, threads):
+def test_workers_share_the_buffers(layout, monkeypatch, shape, threads):
     # workers take blocks of 1 / threads of the buffers in turn: same result, same memory model
     monkeypatch.setattr(winograd, "BLOCK_BYTES", 1)
     monkeypatch.setattr(winograd, "MIN_TILES", 30)
