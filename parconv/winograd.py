@@ -18,7 +18,7 @@ coefficients at once.  Two layouts of the tiles:
   the output transform writes the four phases of the 2x2 tiles into the NCHW output (stride 2
   in its rows and columns).
 * channels-last (small images, where that extra column would cost up to 1/2 of the products):
-  the parts are (n, i, j, c), ``V[k]`` is (tiles, C) and ``M[k] = V[k] @ U[k]^T`` (tiles, K),
+  the parts are (n, i, j, c), ``V[k]`` is (tiles, C) and ``M[k] = U[k] @ V[k]^T`` (K, tiles),
   transposed back into the output by the last operation.
 
 Blocks of whole images, or of tile rows of one image, hold at most `BLOCK_BYTES` of transform
@@ -88,12 +88,6 @@ def per_tile_bytes(channels: int, out_channels: int, itemsize: int) -> int:
     return itemsize * (24 * channels + 24 * out_channels)
 
 
-def block_tiles(spec: ConvSpec, itemsize: int) -> int:
-    """Tiles per block: `BLOCK_BYTES` of buffers, at least `MIN_TILES`."""
-    per = per_tile_bytes(spec.in_channels, spec.out_channels, itemsize)
-    return max(MIN_TILES, BLOCK_BYTES // per)
-
-
 def tile_blocks(N: int, tH: int, tW: int, tiles: int) -> list[tuple[int, int, int, int]]:
     """(n0, n1, i0, i1): whole images when ``tiles`` hold one, else tile rows of one image;
     blocks of (nearly) equal size."""
@@ -153,12 +147,8 @@ def _zero_outside(part: np.ndarray, i0: int, i1: int, j0: int, j1: int) -> None:
 
 def conv_winograd(spec: ConvSpec, x: np.ndarray, w: np.ndarray, dtype, y: np.ndarray,
                   threads: int = 1) -> None:
-    """The layer by F(2x2, 3x3) (module docstring) into ``y`` (N, K, H, W).
-
-    With ``threads`` > 1, that many workers (Python threads: numpy and BLAS release the GIL)
-    share the block buffers, each taking blocks of 1 / ``threads`` of their size in turn with
-    single-threaded BLAS, so that the transforms run in parallel too, not only the products;
-    the memory is the same at any thread count."""
+    """The layer by F(2x2, 3x3) (module docstring) into ``y`` (N, K, H, W), with ``threads``
+    workers (`run_blocks`)."""
     dtype = np.dtype(dtype)
     N, C, K = spec.batch, spec.in_channels, spec.out_channels
     tH, tW = tile_grid(spec)
@@ -167,28 +157,44 @@ def conv_winograd(spec: ConvSpec, x: np.ndarray, w: np.ndarray, dtype, y: np.nda
     shape = (2, N, tH + 1, tW + 1, C) if last else (2, N, C, tH + 1, tW + 1)
     parts = [np.empty(shape, dtype=dtype) for _ in (0, 1)]
     run = _block_channels_last if last else _block
-    blocks = tile_blocks(N, tH, tW + 1, block_tiles(spec, dtype.itemsize))
+    per_tile = (8 * C, 16 * C, 16 * K, 8 * K)               # t, V, M, s
+    run_blocks(spec, dtype, per_tile, threads, BLOCK_BYTES,
+               lambda n0, n1: split_phases(spec, x, parts, n0, n1, last),
+               lambda block, buffers: run(spec, parts, u, block, buffers, y))
+
+
+def run_blocks(spec: ConvSpec, dtype, per_tile, threads: int, block_bytes: int, split,
+               run) -> None:
+    """Allocate the block buffers (``per_tile`` elements each per tile, for the largest block
+    of `tile_blocks` of at most ``block_bytes``, at least `MIN_TILES` tiles), then ``split(n0, n1)`` the input and ``run(block, buffers)`` every block.
+
+    With ``threads`` > 1, that many workers (Python threads: numpy and BLAS release the GIL)
+    share the buffers, each taking blocks of 1 / ``threads`` of their size in turn with
+    single-threaded BLAS, so that the transforms run in parallel too, not only the products;
+    the memory is the same at any thread count."""
+    N = spec.batch
+    tH, tW = tile_grid(spec)
+    per = int(sum(per_tile)) * dtype.itemsize
+    blocks = tile_blocks(N, tH, tW + 1, max(MIN_TILES, block_bytes // per))
     most = max((n1 - n0) * (i1 - i0) for n0, n1, i0, i1 in blocks) * (tW + 1)
-    widths = (8 * C, 16 * C, 16 * K, 8 * K)                 # per tile: t, V, M, s
-    buffers = [np.empty(width * most, dtype=dtype) for width in widths]
+    buffers = [np.empty(width * most, dtype=dtype) for width in per_tile]
     workers = max(1, min(threads, N * tH, most // (tW + 1)))
     if workers == 1:
-        split_phases(spec, x, parts, 0, N, last)
+        split(0, N)
         for block in blocks:
-            run(spec, parts, u, block, buffers, y)
+            run(block, buffers)
         return
     share = most // workers
     blocks = tile_blocks(N, tH, tW + 1, share)              # each fits its worker's share
 
     def work(q: int) -> None:
-        mine = [b[q * share * width:(q + 1) * share * width] for b, width in zip(buffers, widths)]
+        mine = [b[q * share * width:(q + 1) * share * width] for b, width in zip(buffers, per_tile)]
         for block in blocks[q::workers]:
-            run(spec, parts, u, block, mine, y)
+            run(block, mine)
 
     edges = [N * q // workers for q in range(workers + 1)]
     with limit_threads(1), ThreadPoolExecutor(workers) as pool:
-        list(pool.map(lambda q: split_phases(spec, x, parts, edges[q], edges[q + 1], last),
-                      range(workers)))
+        list(pool.map(lambda q: split(edges[q], edges[q + 1]), range(workers)))
         list(pool.map(work, range(workers)))
 
 
@@ -249,7 +255,7 @@ def _block(spec, parts, u, block, buffers, y) -> None:
 
 def _block_channels_last(spec, parts, u, block, buffers, y) -> None:
     """`_block` on channels-last parts: no dropped column (the column shift is a view whose
-    rows are contiguous runs of tW C values); M = V U^T; the last operation transposes the
+    rows are contiguous runs of tW C values); M^T = U V^T; the last operation writes the
     (n, i, j, k) tiles into the NCHW output."""
     n0, n1, i0, i1 = block
     C, K, (H, W) = spec.in_channels, spec.out_channels, spec.out_size
@@ -271,19 +277,21 @@ def _block_channels_last(spec, parts, u, block, buffers, y) -> None:
     np.add(o0, e1, out=v[:, 1])
     np.subtract(e1, o0, out=v[:, 2])
     np.subtract(o0, o1, out=v[:, 3])
-    m = mbuf[:16 * K * length].reshape(16, length, K)
-    np.matmul(v.reshape(16, length, C), u.transpose(0, 2, 1), out=m)
-    m = m.reshape(4, 4, length, K)
-    s = sbuf[:8 * K * length].reshape(2, 4, length, K)
+    m = mbuf[:16 * K * length].reshape(16, K, length)
+    # M^T = U V^T (K x tiles): BLAS reads V transposed in place (U^T as the operand ran 1.6x
+    # slower), and the output transform works on the NCHW-like (K, tiles) layout
+    np.matmul(u, v.reshape(16, length, C).transpose(0, 2, 1), out=m)
+    m = m.reshape(4, 4, K, length)
+    s = sbuf[:8 * K * length].reshape(2, 4, K, length)
     np.add(m[0], m[1], out=s[0])
     s[0] += m[2]
     np.subtract(m[1], m[2], out=s[1])
     s[1] -= m[3]
-    half = mbuf[:4 * K * length].reshape(2, 2, length, K)  # m is consumed
+    half = mbuf[:4 * K * length].reshape(2, 2, K, length)  # m is consumed
     np.add(s[:, 0], s[:, 1], out=half[0])
     np.subtract(s[:, 1], s[:, 2], out=half[1])
-    half = half.reshape(2, 2, nb, rows, tW, K).transpose(0, 1, 2, 5, 3, 4)
-    s = s.reshape(2, 4, nb, rows, tW, K).transpose(0, 1, 2, 5, 3, 4)   # (n, k, i, j) views
+    half = half.reshape(2, 2, K, nb, rows, tW).transpose(0, 1, 3, 2, 4, 5)
+    s = s.reshape(2, 4, K, nb, rows, tW).transpose(0, 1, 3, 2, 4, 5)   # (n, k, i, j) views
     for a in range(2):
         r0 = 2 * i0 + a
         count_r = len(range(r0, min(H, 2 * i1), 2))
