@@ -20,9 +20,10 @@ def workspace_bytes(spec: ConvSpec, n, c, k, out_h, out_w, padded: bool = True,
                     threads: int = 1):
     """Peak bytes `conv2d_blas` allocates on blocks of ``spec``'s kernel, strides, dilation and
     types with ``n`` images, ``c`` input and ``k`` output channels and an ``out_h`` x ``out_w``
-    output (numpy arrays broadcast together): the phase images, the tap-major filters, the
-    method's buffers (`_Sums`, im2col columns) and the returned output.  Pure; mirrors the
-    allocations of the three methods of parconv.blasconv.
+    output (numpy arrays broadcast together): the phase images (Winograd: parity parts), the
+    tap-major (Winograd: transformed) filters, the method's buffers (`_Sums`, im2col columns,
+    Winograd's block buffers, the same at any thread count) and the returned output.  Pure;
+    mirrors the allocations of the four methods of parconv.blasconv.
     ``padded``: whether the layer pads (1x1 unpadded blocks may take the "gemm" method).
     """
     n, c, k, H, W = (np.asarray(v, dtype=np.int64) for v in (n, c, k, out_h, out_w))
