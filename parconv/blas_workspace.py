@@ -22,7 +22,7 @@ def workspace_bytes(spec: ConvSpec, n, c, k, out_h, out_w, padded: bool = True,
     types with ``n`` images, ``c`` input and ``k`` output channels and an ``out_h`` x ``out_w``
     output (numpy arrays broadcast together): the phase images (Winograd: parity parts), the
     tap-major (Winograd: transformed) filters, the method's buffers (`_Sums`, im2col columns,
-    Winograd's block buffers, the same at any thread count) and the returned output.  Pure;
+    Winograd's block buffers) and the returned output.  Pure;
     mirrors the allocations of the four methods of parconv.blasconv.
     ``padded``: whether the layer pads (1x1 unpadded blocks may take the "gemm" method).
     """
@@ -86,7 +86,7 @@ def workspace_bytes(spec: ConvSpec, n, c, k, out_h, out_w, padded: bool = True,
 def _winograd_bytes(n, c, k, H, W, item: int):
     """parconv.winograd's allocations: the four parity parts of the padded input, the
     transformed filters and the block buffers of the largest block (`winograd.block_tiles`,
-    `winograd.tile_blocks`; workers share them, so the thread count does not matter)."""
+    `winograd.tile_blocks`)."""
     tH, tW = -(-H // 2), -(-W // 2)
     parts = 4 * item * n * c * (tH + 1) * (tW + 1)
     filters = 16 * item * k * c

@@ -438,7 +438,7 @@ def conv2d_blas(spec: ConvSpec, x: np.ndarray, w: np.ndarray, method: str | None
                            f"dilation 1, got {spec.describe()}")
     y = np.empty(spec.output_shape, dtype=spec.dtype_acc)
     if method == "winograd":
-        winograd.conv_winograd(spec, x, w, arith.dtype, y, current_threads())
+        winograd.conv_winograd(spec, x, w, arith.dtype, y)
     elif method == "gemm":
         conv_gemm(spec, x, w, arith, y)
     elif method == "taps":

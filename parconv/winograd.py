@@ -32,11 +32,8 @@ the products themselves).
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
-from .blas import limit_threads
 from .spec import ConvSpec
 
 #: bytes of transform buffers (V, M and their temporaries) per block
@@ -145,10 +142,8 @@ def _zero_outside(part: np.ndarray, i0: int, i1: int, j0: int, j1: int) -> None:
     part[:, :, :, j1:] = 0
 
 
-def conv_winograd(spec: ConvSpec, x: np.ndarray, w: np.ndarray, dtype, y: np.ndarray,
-                  threads: int = 1) -> None:
-    """The layer by F(2x2, 3x3) (module docstring) into ``y`` (N, K, H, W), with ``threads``
-    workers (`run_blocks`)."""
+def conv_winograd(spec: ConvSpec, x: np.ndarray, w: np.ndarray, dtype, y: np.ndarray) -> None:
+    """The layer by F(2x2, 3x3) (module docstring) into ``y`` (N, K, H, W)."""
     dtype = np.dtype(dtype)
     N, C, K = spec.batch, spec.in_channels, spec.out_channels
     tH, tW = tile_grid(spec)
@@ -158,44 +153,28 @@ def conv_winograd(spec: ConvSpec, x: np.ndarray, w: np.ndarray, dtype, y: np.nda
     parts = [np.empty(shape, dtype=dtype) for _ in (0, 1)]
     run = _block_channels_last if last else _block
     per_tile = (8 * C, 16 * C, 16 * K, 8 * K)               # t, V, M, s
-    run_blocks(spec, dtype, per_tile, threads, BLOCK_BYTES,
-               lambda n0, n1: split_phases(spec, x, parts, n0, n1, last),
+    run_blocks(spec, dtype, per_tile, BLOCK_BYTES,
+               lambda: split_phases(spec, x, parts, 0, N, last),
                lambda block, buffers: run(spec, parts, u, block, buffers, y))
 
 
-def run_blocks(spec: ConvSpec, dtype, per_tile, threads: int, block_bytes: int, split,
-               run) -> None:
+def run_blocks(spec: ConvSpec, dtype, per_tile, block_bytes: int, split, run) -> None:
     """Allocate the block buffers (``per_tile`` elements each per tile, for the largest block
-    of `tile_blocks` of at most ``block_bytes``, at least `MIN_TILES` tiles), then ``split(n0, n1)`` the input and ``run(block, buffers)`` every block.
+    of `tile_blocks` of at most ``block_bytes``, at least `MIN_TILES` tiles), then
+    ``split()`` the input and ``run(block, buffers)`` every block.
 
-    With ``threads`` > 1, that many workers (Python threads: numpy and BLAS release the GIL)
-    share the buffers, each taking blocks of 1 / ``threads`` of their size in turn with
-    single-threaded BLAS, so that the transforms run in parallel too, not only the products;
-    the memory is the same at any thread count."""
+    With several BLAS threads the products use them and the transforms run in this thread
+    (measured: T Python workers sharing the buffers, each with single-threaded BLAS, ran slower
+    at 2 threads on resnet50.layer1.0.conv2 and layer4.1.conv2)."""
     N = spec.batch
     tH, tW = tile_grid(spec)
     per = int(sum(per_tile)) * dtype.itemsize
     blocks = tile_blocks(N, tH, tW + 1, max(MIN_TILES, block_bytes // per))
     most = max((n1 - n0) * (i1 - i0) for n0, n1, i0, i1 in blocks) * (tW + 1)
     buffers = [np.empty(width * most, dtype=dtype) for width in per_tile]
-    workers = max(1, min(threads, N * tH, most // (tW + 1)))
-    if workers == 1:
-        split(0, N)
-        for block in blocks:
-            run(block, buffers)
-        return
-    share = most // workers
-    blocks = tile_blocks(N, tH, tW + 1, share)              # each fits its worker's share
-
-    def work(q: int) -> None:
-        mine = [b[q * share * width:(q + 1) * share * width] for b, width in zip(buffers, per_tile)]
-        for block in blocks[q::workers]:
-            run(block, mine)
-
-    edges = [N * q // workers for q in range(workers + 1)]
-    with limit_threads(1), ThreadPoolExecutor(workers) as pool:
-        list(pool.map(lambda q: split(edges[q], edges[q + 1]), range(workers)))
-        list(pool.map(work, range(workers)))
+    split()
+    for block in blocks:
+        run(block, buffers)
 
 
 def _block(spec, parts, u, block, buffers, y) -> None:

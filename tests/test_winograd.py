@@ -153,17 +153,3 @@ def test_kernel_reports_winograd():
     y, stats = NumpyKernel(method="winograd").run(spec, x, w)
     assert stats["method"] == "winograd" and stats["compute_dtype"] == "float32"
     np.testing.assert_allclose(y, reference_conv2d(spec, x, w), rtol=1e-4, atol=1e-3)
-
-
-@pytest.mark.parametrize("threads", [2, 3, 5])
-@pytest.mark.parametrize("shape", SHAPES[:4])
-def test_workers_share_the_buffers(layout, monkeypatch, shape, threads):
-    # workers take blocks of 1 / threads of the buffers in turn: same result, same memory model
-    monkeypatch.setattr(winograd, "BLOCK_BYTES", 1)
-    monkeypatch.setattr(winograd, "MIN_TILES", 30)
-    spec = spec_for_dtype("float64", batch=3, in_channels=3, out_channels=4, kernel_size=(3, 3),
-                          **shape)
-    x, w = operands(spec, seed=threads)
-    y = np.full(spec.output_shape, np.nan)
-    winograd.conv_winograd(spec, x, w, np.float64, y, threads=threads)
-    np.testing.assert_allclose(y, reference_conv2d(spec, x, w), rtol=1e-12, atol=1e-11)
