@@ -43,9 +43,10 @@ MIN_TILES = 64
 
 #: images with fewer tile columns than this take the channels-last layout (measured)
 CHANNELS_LAST_BELOW = 8
-#: cost of one element of a transform pass, in multiply-adds of the products (measured)
-TRANSFORM_COST = 10.0
-#: cost of one element of the filter transform, in multiply-adds of the products (measured)
+#: cost of one element of a transform pass and of the filter transform, in multiply-adds of the
+#: products at full speed (fitted to side-by-side times at 1 thread: resnet50.layer1.0.conv2
+#: Winograd / taps = 0.73, layer4.1.conv2 at batch 1 Winograd = im2col)
+TRANSFORM_COST = 16.0
 FILTER_COST = 10.0
 
 #: G (4 x 3): the filter transform U = G g G^T
