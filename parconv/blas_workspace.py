@@ -1,7 +1,7 @@
 """The memory `parconv.blasconv.conv2d_blas` allocates, from the block's sizes alone.  Pure.
 
 The planner's footprint (parconv.plan.footprint) budgets the numpy node with it, vectorised over
-every rank of a grid.  It mirrors the allocations of the three methods of parconv.blasconv (phase
+every rank of a grid.  It mirrors the allocations of the four methods of parconv.blasconv (phase
 images, tap-major filters, exact-group sums, im2col columns, the returned output), so a change
 there must change this too; tests/test_plan.py holds it to tracemalloc's peak.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import winograd
 from .blasconv import (_GATHER_COST, _SHORT_COST, COLUMNS_BYTES, EXACT_BELOW, GEMM_MIN_PIXELS,
                        MIN_ROWS, TAP_BLOCK_BYTES)
 from .spec import ConvSpec
@@ -19,9 +20,10 @@ def workspace_bytes(spec: ConvSpec, n, c, k, out_h, out_w, padded: bool = True,
                     threads: int = 1):
     """Peak bytes `conv2d_blas` allocates on blocks of ``spec``'s kernel, strides, dilation and
     types with ``n`` images, ``c`` input and ``k`` output channels and an ``out_h`` x ``out_w``
-    output (numpy arrays broadcast together): the phase images, the tap-major filters, the
-    method's buffers (`_Sums`, im2col columns) and the returned output.  Pure; mirrors the
-    allocations of the three methods of parconv.blasconv.
+    output (numpy arrays broadcast together): the phase images (Winograd: parity parts), the
+    tap-major (Winograd: transformed) filters, the method's buffers (`_Sums`, im2col columns,
+    Winograd's block buffers) and the returned output.  Pure;
+    mirrors the allocations of the four methods of parconv.blasconv.
     ``padded``: whether the layer pads (1x1 unpadded blocks may take the "gemm" method).
     """
     n, c, k, H, W = (np.asarray(v, dtype=np.int64) for v in (n, c, k, out_h, out_w))
@@ -67,8 +69,32 @@ def workspace_bytes(spec: ConvSpec, n, c, k, out_h, out_w, padded: bool = True,
     direct = multi if limit is not None else np.ones_like(multi)   # groups summed in y's type
     gemm_bytes = (cb * c * H * W + cast_w + k * H * W * (sums_per + np.where(direct, 0, out_item))
                   + y)
+    if np.dtype(spec.dtype_in) == np.dtype(acc) and acc.kind == "f" and (sh, sw) == (1, 1):
+        gemm_bytes = cast_w + y     # one product from the input into the output
     taps_cost = image / np.maximum(H * W, 1) * (1 + _SHORT_COST / c)
     im2col_cost = 1 + _SHORT_COST / reduction + _GATHER_COST / k
     gemm = (R, S) == (1, 1) and not padded
     method = np.where(gemm & (H * W >= GEMM_MIN_PIXELS), 0, np.where(taps_cost <= im2col_cost, 1, 2))
-    return np.choose(method, [gemm_bytes, taps_bytes, im2col_bytes])
+    choices = [gemm_bytes, taps_bytes, im2col_bytes]
+    if winograd.applies(spec):
+        cost = winograd.relative_cost(n, c, k, np.maximum(H, 1), np.maximum(W, 1), _SHORT_COST)
+        method = np.where((method != 0) & (cost < np.minimum(taps_cost, im2col_cost)), 3, method)
+        choices.append(_winograd_bytes(n, c, k, H, W, cb) + y)
+    return np.choose(method, choices)
+
+
+def _winograd_bytes(n, c, k, H, W, item: int):
+    """parconv.winograd's allocations: the four parity parts of the padded input, the
+    transformed filters and the block buffers of the largest block (`winograd.block_tiles`,
+    `winograd.tile_blocks`)."""
+    tH, tW = -(-H // 2), -(-W // 2)
+    parts = 4 * item * n * c * (tH + 1) * (tW + 1)
+    filters = 16 * item * k * c
+    image = tH * (tW + 1)
+    tiles = np.maximum(winograd.MIN_TILES,
+                       winograd.BLOCK_BYTES // winograd.per_tile_bytes(c, k, item))
+    whole = tiles >= image
+    images = -(-n // -(-n // np.maximum(tiles // np.maximum(image, 1), 1)))
+    rows = -(-tH // -(-tH // np.maximum(1, tiles // (tW + 1))))
+    most = np.where(whole, images * image, rows * (tW + 1))
+    return parts + filters + most * winograd.per_tile_bytes(c, k, item)

@@ -23,7 +23,7 @@ from .errors import ParconvError
 from .spec import ConvSpec
 
 #: the methods of `parconv.blasconv` a kernel may be forced to
-METHODS = ("gemm", "taps", "im2col")
+METHODS = ("gemm", "taps", "im2col", "winograd")
 
 
 def _checked_operands(spec: ConvSpec, x, w) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +59,8 @@ def conv2d_local(spec: ConvSpec, x: np.ndarray, w: np.ndarray, method: str | Non
 
     Pads the input by ``spec.padding`` before and ``spec.padding_end`` after.  BLAS matrix
     products without a full im2col matrix, exact for integers (`parconv.blasconv`); ``method``
-    forces "gemm" (1x1 unpadded only), "taps" or "im2col" (default: `choose_method`).
+    forces "gemm" (1x1 unpadded only), "taps", "im2col" or "winograd" (floating 3x3, stride 1,
+    dilation 1) (default: `choose_method`).
     """
     x, w = _checked_operands(spec, x, w)
     return conv2d_blas(spec, x, w, method)[0]
@@ -75,7 +76,7 @@ class NumpyKernel:
         as the process is set up (``OMP_NUM_THREADS`` etc., or the caller's threadpoolctl
         limits); the launchers set cores / ranks per node.
     method : str, optional
-        Force "gemm", "taps" or "im2col" (default: chosen per block).
+        Force "gemm", "taps", "im2col" or "winograd" (default: chosen per block).
     """
 
     name = "numpy"

@@ -329,3 +329,18 @@ def test_bench_writes_its_table_and_json(tmp_path, capsys):
     for target in result["targets"]:
         assert target["met"] == (target["value"] <= (2.0 if "executor" in target["target"]
                                                      else 3.0))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gemm_in_place_and_on_strided_input(dtype):
+    # C-contiguous floats: one stacked product straight into the output; any other layout
+    # (here Fortran order) takes the per-image path; both equal the reference
+    from parconv.blasconv import conv2d_blas
+    spec = spec_for_dtype(dtype, batch=3, in_channels=5, out_channels=4, in_size=(12, 13),
+                          kernel_size=(1, 1))
+    x, w = random_operands(spec, seed=5)
+    ref = reference_conv2d(spec, x, w)
+    for operand in (x, np.asfortranarray(x)):
+        y, how = conv2d_blas(spec, operand, w)
+        assert how["method"] == "gemm"
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)

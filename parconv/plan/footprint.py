@@ -33,8 +33,8 @@ reduce_buffers      reduce-scatter receive buffer (P_C pieces), the summed piece
 ==================  ====================================================================  ====
 
 ``kernel_workspace`` for the numpy node is parconv.blas_workspace.workspace_bytes: the phase images,
-the tap-major filters, the chosen method's block buffers (exact-group sums, im2col columns) and
-the returned output, with one BLAS thread per rank.  For the Gemmini
+the tap-major filters, the chosen method's block buffers (exact-group sums, im2col columns,
+Winograd's transform buffers) and the returned output, with one BLAS thread per rank.  For the Gemmini
 node: the transposed and compute-type input copies, the compute-type filter, the executor's
 output and its transposed copy (its tiles are bounded by the scratchpad and not counted).  A
 kernel object of another kind is budgeted as the numpy node.
