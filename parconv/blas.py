@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.machinery
+import importlib.util
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -27,8 +31,37 @@ def _controller():
         from threadpoolctl import ThreadpoolController
     except ImportError:       # threadpoolctl is pinned, but the kernel works without it
         return None
-    import scipy.linalg.blas  # noqa: F401  (load scipy's BLAS so that it is listed too)
+    fortran_blas()            # load scipy's BLAS so that it is listed too
     return ThreadpoolController()
+
+
+#: scipy's f2py module of the Fortran BLAS (what scipy.linalg.blas re-exports)
+_FBLAS = "scipy.linalg._fblas"
+
+
+@functools.lru_cache(maxsize=1)
+def fortran_blas():
+    """scipy's BLAS wrappers (``sgemm``/``dgemm`` with ``beta``, which numpy lacks).  Local.
+
+    Loaded from its extension file without running ``scipy.linalg``'s package import, which
+    costs about 0.3 CPU-s per process (most of a 64-rank start-up on shared cores, where every
+    rank pays it); the module is registered under its own name, so a later ``import
+    scipy.linalg`` uses this one.  Falls back to ``scipy.linalg.blas`` if the file is not where
+    this scipy keeps it.
+    """
+    if _FBLAS not in sys.modules:
+        try:
+            import scipy
+            files = sorted((Path(scipy.__file__).parent / "linalg").glob("_fblas.*"))
+            loader = importlib.machinery.ExtensionFileLoader(_FBLAS, str(files[0]))
+            module = importlib.util.module_from_spec(
+                importlib.util.spec_from_file_location(_FBLAS, str(files[0]), loader=loader))
+            loader.exec_module(module)
+            sys.modules[_FBLAS] = module
+        except Exception:     # noqa: BLE001 - any layout this loader does not know: the package
+            from scipy.linalg import blas
+            return blas
+    return sys.modules[_FBLAS]
 
 
 def blas_info() -> dict:
@@ -116,7 +149,7 @@ def limit_threads(threads: int | None):
 
 @functools.lru_cache(maxsize=4)
 def _gemm(dtype: np.dtype):
-    from scipy.linalg import blas
+    blas = fortran_blas()
     return {np.dtype(np.float32): blas.sgemm, np.dtype(np.float64): blas.dgemm}.get(dtype)
 
 
