@@ -212,10 +212,7 @@ def _block(spec, parts, u, block, buffers, y) -> None:
     # rows A^T M, then columns (A^T M) A: the last operation writes the NCHW output
     m = m.reshape(4, 4, K, length)
     s = sbuf[:8 * K * length].reshape(2, 4, K, length)
-    np.add(m[0], m[1], out=s[0])
-    s[0] += m[2]
-    np.subtract(m[1], m[2], out=s[1])
-    s[1] -= m[3]
+    _output_rows(m, s)
     half = mbuf[:4 * K * length].reshape(2, 2, K, nb, rows, tW + 1)   # m is consumed
     np.add(s[:, 0], s[:, 1], out=half[0].reshape(2, K, length))
     np.subtract(s[:, 1], s[:, 2], out=half[1].reshape(2, K, length))
@@ -231,6 +228,15 @@ def _block(spec, parts, u, block, buffers, y) -> None:
             target = yt[:, n0:n1, r0:r0 + 2 * count_r - 1:2, b:b + 2 * count_c - 1:2]
             op(half[b, a][:, :, :count_r, :count_c], tail[:, :, :count_r, :count_c],
                out=target, casting="unsafe")
+
+
+def _output_rows(m: np.ndarray, s: np.ndarray) -> None:
+    """The rows of the output transform, A^T M, for both layouts: s[0] = m0 + m1 + m2 and
+    s[1] = m1 - m2 - m3 (``m`` of shape (4, 4, ...), ``s`` (2, 4, ...))."""
+    np.add(m[0], m[1], out=s[0])
+    s[0] += m[2]
+    np.subtract(m[1], m[2], out=s[1])
+    s[1] -= m[3]
 
 
 def _block_channels_last(spec, parts, u, block, buffers, y) -> None:
@@ -263,10 +269,7 @@ def _block_channels_last(spec, parts, u, block, buffers, y) -> None:
     np.matmul(u, v.reshape(16, length, C).transpose(0, 2, 1), out=m)
     m = m.reshape(4, 4, K, length)
     s = sbuf[:8 * K * length].reshape(2, 4, K, length)
-    np.add(m[0], m[1], out=s[0])
-    s[0] += m[2]
-    np.subtract(m[1], m[2], out=s[1])
-    s[1] -= m[3]
+    _output_rows(m, s)
     half = mbuf[:4 * K * length].reshape(2, 2, K, length)  # m is consumed
     np.add(s[:, 0], s[:, 1], out=half[0])
     np.subtract(s[:, 1], s[:, 2], out=half[1])
