@@ -33,6 +33,7 @@ import _common as C  # noqa: E402
 import _peers as PE  # noqa: E402
 import _plots as PL  # noqa: E402
 import _report as R  # noqa: E402
+from parconv.errors import ParconvError  # noqa: E402
 from parconv.layers import get_layer, layer_names  # noqa: E402
 from parconv.plan import make_plan  # noqa: E402
 
@@ -48,11 +49,19 @@ def _list(text: str, kind=str) -> list:
     return [kind(v) for v in text.split(",") if v]
 
 
-def predicted_rows(layers, ranks, batch_of, memory) -> list[dict]:
-    """plan_row of every (layer, P) with batch ``batch_of(P)``."""
-    jobs = [(name, P) for name in layers for P in ranks]
-    return [PE.plan_row(get_layer(name, batch=batch_of(P)), P, memory)
-            for name, P in C.progress(jobs, "planning")]
+def predicted_rows(layers, ranks, batch_of, memory) -> tuple[list[dict], list[str]]:
+    """plan_row of every (layer, P) with batch ``batch_of(P)``, and the (layer, P) the planner
+    refuses because no grid fits the memory per rank (e.g. vgg16.conv1_1 at batch 32 on one
+    rank): those have no row, and the manifest and README name them."""
+    rows, refused = [], []
+    for name, P in C.progress([(name, P) for name in layers for P in ranks], "planning"):
+        try:
+            rows.append(PE.plan_row(get_layer(name, batch=batch_of(P)), P, memory))
+        except ParconvError as exc:
+            if "memory too small" not in str(exc):
+                raise
+            refused.append(f"{name} batch {batch_of(P)} at P = {P}: {exc}")
+    return rows, refused
 
 
 def measure(args, out, layers, ranks, batch_of) -> tuple[list[dict], list[str]]:
@@ -119,9 +128,12 @@ def plot(out: str, rows: list[dict], measured: list[dict], layers: list[str],
     return files
 
 
-def readme_text(lines, measured, meta, study: str = STUDY) -> str:
+def readme_text(lines, measured, meta, study: str = STUDY, refused=()) -> str:
     """The README's generated section: provenance, measured runs, the headline tables."""
     text = R.provenance_line(meta) + "\n\n"
+    if refused:
+        text += ("Not planned (no grid fits the memory per rank): "
+                 + "; ".join(r.split(":")[0] for r in refused) + ".\n\n")
     if measured:
         layers = sorted({m["layer"] for m in measured})
         ranks = sorted({m["P"] for m in measured})
@@ -145,13 +157,14 @@ def run_study(args, argv, study, script, layers, ranks, m_layers, m_ranks, batch
         if args.replot:
             out, meta, rec = C.recorded(args, study, ("predicted", "measured"))
             rows, measured = rec["predicted"], rec["measured"] or []
+            refused = meta.get("checks", {}).get("refused_by_memory", [])
             layers = list(dict.fromkeys(r["layer"] for r in rows))
         else:
             out = C.result_folder(args, study)
             meta = C.provenance([os.path.relpath(script, C.REPO), *(argv or sys.argv[1:])],
                                 args.mpirun)
-            rows = predicted_rows(layers, ranks, batch_of, args.memory)
-            checks = {"bound_le_volume_rows": PE.check_bound(rows)}
+            rows, refused = predicted_rows(layers, ranks, batch_of, args.memory)
+            checks = {"bound_le_volume_rows": PE.check_bound(rows), "refused_by_memory": refused}
             files = C.write_table(out, "predicted", rows)
             measured, commands = ([], []) if args.no_measure else measure(
                 args, out, m_layers, m_ranks, batch_of)
@@ -167,7 +180,7 @@ def run_study(args, argv, study, script, layers, ranks, m_layers, m_ranks, batch
         files += ["headline.md", *plot(out, rows, measured, layers, title, study)]
         if not args.replot:
             C.write_manifest(out, meta, commands, checks, files)
-        R.update_readme(args, readme_key, readme_text(lines, measured, meta, study))
+        R.update_readme(args, readme_key, readme_text(lines, measured, meta, study, refused))
     except C.StudyError as exc:
         print(f"{study}: {exc}", file=sys.stderr)
         return 2
