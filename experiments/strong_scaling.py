@@ -190,25 +190,37 @@ def run_study(args, argv, study, script, layers, ranks, m_layers, m_ranks, batch
     return 0
 
 
-def main(argv=None) -> int:
-    p = C.parser(__doc__, STUDY)
-    p.add_argument("--batch", type=int, default=32)
+def add_study_arguments(p, measured_layers) -> None:
+    """The options both scaling studies take besides their batch option."""
     p.add_argument("--layers", help="predicted layers, comma-separated (default: every "
                                     "ResNet-50 and VGG-16 layer)")
     p.add_argument("--ranks", help="predicted P, comma-separated (default 1,2,4,..,65536)")
-    p.add_argument("--measured-layers", help=f"default {','.join(MEASURED_LAYERS)}")
+    p.add_argument("--measured-layers", help=f"default {','.join(measured_layers)}")
     p.add_argument("--measured-ranks", help="default 1,2,4,8,16,32,64")
     p.add_argument("--memory", default=None, help="bytes per rank (default: the planner's 1GiB)")
     C.add_replot(p)
-    args = p.parse_args(argv)
-    q = QUICK if args.quick else {}
+
+
+def study_lists(args, quick: dict, measured_layers) -> tuple[list, list, list, list]:
+    """(layers, P, measured layers, measured P) from the options, else the --quick set, else the
+    defaults."""
+    q = quick if args.quick else {}
     layers = _list(args.layers) if args.layers else q.get(
         "layers", layer_names("resnet50") + layer_names("vgg16"))
     ranks = _list(args.ranks, int) if args.ranks else q.get("ranks", C.PREDICTED_RANKS)
     m_layers = _list(args.measured_layers) if args.measured_layers else q.get(
-        "measured_layers", MEASURED_LAYERS)
+        "measured_layers", measured_layers)
     m_ranks = _list(args.measured_ranks, int) if args.measured_ranks else q.get(
         "measured_ranks", C.MEASURED_RANKS)
+    return layers, ranks, m_layers, m_ranks
+
+
+def main(argv=None) -> int:
+    p = C.parser(__doc__, STUDY)
+    p.add_argument("--batch", type=int, default=32)
+    add_study_arguments(p, MEASURED_LAYERS)
+    args = p.parse_args(argv)
+    layers, ranks, m_layers, m_ranks = study_lists(args, QUICK, MEASURED_LAYERS)
     return run_study(args, argv, STUDY, __file__, layers, ranks, m_layers, m_ranks,
                      lambda P: args.batch, f"Strong scaling at batch {args.batch}",
                      "strong-headline")

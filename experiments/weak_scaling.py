@@ -23,8 +23,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common as C  # noqa: E402
-from parconv.layers import layer_names  # noqa: E402
-from strong_scaling import run_study  # noqa: E402
+from strong_scaling import add_study_arguments, run_study, study_lists  # noqa: E402
 
 STUDY = "weak_scaling"
 MEASURED_LAYERS = ["resnet50.layer1.0.conv2", "resnet50.layer4.0.conv2"]
@@ -37,23 +36,9 @@ def main(argv=None) -> int:
     p = C.parser(__doc__, STUDY)
     p.add_argument("--per-rank", type=int, default=4, help="samples per rank: batch = this x P "
                                                            "(default 4)")
-    p.add_argument("--layers", help="predicted layers, comma-separated (default: every "
-                                    "ResNet-50 and VGG-16 layer)")
-    p.add_argument("--ranks", help="predicted P, comma-separated (default 1,2,4,..,65536)")
-    p.add_argument("--measured-layers", help=f"default {','.join(MEASURED_LAYERS)}")
-    p.add_argument("--measured-ranks", help="default 1,2,4,8,16,32,64")
-    p.add_argument("--memory", default=None, help="bytes per rank (default: the planner's 1GiB)")
-    C.add_replot(p)
+    add_study_arguments(p, MEASURED_LAYERS)
     args = p.parse_args(argv)
-    q = QUICK if args.quick else {}
-    split = lambda text, kind=str: [kind(v) for v in text.split(",") if v]  # noqa: E731
-    layers = split(args.layers) if args.layers else q.get(
-        "layers", layer_names("resnet50") + layer_names("vgg16"))
-    ranks = split(args.ranks, int) if args.ranks else q.get("ranks", C.PREDICTED_RANKS)
-    m_layers = split(args.measured_layers) if args.measured_layers else q.get(
-        "measured_layers", MEASURED_LAYERS)
-    m_ranks = split(args.measured_ranks, int) if args.measured_ranks else q.get(
-        "measured_ranks", C.MEASURED_RANKS)
+    layers, ranks, m_layers, m_ranks = study_lists(args, QUICK, MEASURED_LAYERS)
     batch_of = lambda P: args.per_rank * P  # noqa: E731
     return run_study(args, argv, STUDY, __file__, layers, ranks, m_layers, m_ranks, batch_of,
                      f"Weak scaling, batch = {args.per_rank} P", "weak-headline")

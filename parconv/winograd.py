@@ -217,7 +217,15 @@ def _block(spec, parts, u, block, buffers, y) -> None:
     np.add(s[:, 0], s[:, 1], out=half[0].reshape(2, K, length))
     np.subtract(s[:, 1], s[:, 2], out=half[1].reshape(2, K, length))
     s = s.reshape(2, 4, K, nb, rows, tW + 1)
-    yt = y.transpose(1, 0, 2, 3)                            # (K, N, H, W) view
+    # (K, N, H, W) view of this block's images, the axis order of half and s
+    _write_tiles(half, s, y.transpose(1, 0, 2, 3)[:, n0:n1], i0, i1, H, W)
+
+
+def _write_tiles(half: np.ndarray, s: np.ndarray, target: np.ndarray, i0: int, i1: int,
+                 H: int, W: int) -> None:
+    """The columns of the output transform, written into the output: the 2x2 output of tile row
+    i and column j goes to rows 2i + a, columns 2j + b of ``target`` (a 4-d view whose first two
+    axes match those of ``half[b, a]`` and ``s[a, .]``), clipped at H and W."""
     for a in range(2):
         r0 = 2 * i0 + a
         count_r = len(range(r0, min(H, 2 * i1), 2))
@@ -225,9 +233,9 @@ def _block(spec, parts, u, block, buffers, y) -> None:
             count_c = len(range(b, W, 2))
             if count_r == 0 or count_c == 0:
                 continue
-            target = yt[:, n0:n1, r0:r0 + 2 * count_r - 1:2, b:b + 2 * count_c - 1:2]
+            view = target[:, :, r0:r0 + 2 * count_r - 1:2, b:b + 2 * count_c - 1:2]
             op(half[b, a][:, :, :count_r, :count_c], tail[:, :, :count_r, :count_c],
-               out=target, casting="unsafe")
+               out=view, casting="unsafe")
 
 
 def _output_rows(m: np.ndarray, s: np.ndarray) -> None:
@@ -275,13 +283,4 @@ def _block_channels_last(spec, parts, u, block, buffers, y) -> None:
     np.subtract(s[:, 1], s[:, 2], out=half[1])
     half = half.reshape(2, 2, K, nb, rows, tW).transpose(0, 1, 3, 2, 4, 5)
     s = s.reshape(2, 4, K, nb, rows, tW).transpose(0, 1, 3, 2, 4, 5)   # (n, k, i, j) views
-    for a in range(2):
-        r0 = 2 * i0 + a
-        count_r = len(range(r0, min(H, 2 * i1), 2))
-        for b, (op, tail) in enumerate(((np.add, s[a, 2]), (np.subtract, s[a, 3]))):
-            count_c = len(range(b, W, 2))
-            if count_r == 0 or count_c == 0:
-                continue
-            target = y[n0:n1, :, r0:r0 + 2 * count_r - 1:2, b:b + 2 * count_c - 1:2]
-            op(half[b, a][:, :, :count_r, :count_c], tail[:, :, :count_r, :count_c],
-               out=target, casting="unsafe")
+    _write_tiles(half, s, y[n0:n1], i0, i1, H, W)
