@@ -70,9 +70,9 @@ def _share_in_group(group, kernel, spec, key: str) -> None:
         except Exception as exc:  # noqa: BLE001 - sent to the group, raised below on every member
             kind = "input" if isinstance(exc, ParconvError) else "runtime"
             message = pickle.dumps((key, None, (kind, f"{exc}" or type(exc).__name__)))
-        group.bcast(message, root=0)
+        group.bcast(message, root=0)   # meta: one pickled tiling (a few KiB)
     else:
-        message = group.bcast(None, root=0)
+        message = group.bcast(None, root=0)   # meta
     leader_key, payload, error = pickle.loads(message)
     if error is not None:
         kind, text = error
