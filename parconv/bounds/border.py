@@ -38,6 +38,8 @@ TOL = 1e-3
 NORM_PAD = 1e-9
 #: largest number of simplices refined before the current upper bound is returned
 MAX_CELLS = 4000
+#: up to this many outputs one batched dense eigen-solve per refinement is the cheapest
+DENSE_MAX = 32
 
 
 def axis_taps(n_in: int, n_out: int, kernel: int, stride: int, pad: int, dil: int,
@@ -62,8 +64,9 @@ class _Norm:
     """``v -> ||sum_r v_r P_r||_2`` for a stack of v, from the Gram blocks ``P_r^T P_r'``.
 
     ``M(v)^T M(v)`` is banded (outputs h, h' share a pixel only when ``|h - h'| <= d (R-1) / s``),
-    so its largest eigenvalue comes from LAPACK's banded solver: a dense solver costs more and
-    starts BLAS threads from n = 64 on.
+    so beyond `DENSE_MAX` outputs its largest eigenvalue comes from LAPACK's banded solver, one
+    matrix at a time (a dense solver costs more there and starts BLAS threads from n = 64 on);
+    below, one batched dense solve for all new vertices is cheaper.
     """
 
     def __init__(self, mats: list[np.ndarray]):
@@ -73,9 +76,12 @@ class _Norm:
         self.n = self.gram.shape[-1]
 
     def __call__(self, vs: np.ndarray) -> np.ndarray:
-        from scipy.linalg import eig_banded
         g = np.einsum("kr,ks,rsij->kij", vs, vs, self.gram)
         n, b = self.n, self.band
+        if n <= DENSE_MAX:
+            top = np.linalg.eigvalsh(g)[:, -1]
+            return np.sqrt(np.maximum(top, 0.0)) * (1.0 + NORM_PAD)
+        from scipy.linalg import eig_banded
         top = np.empty(len(vs))
         lower_band = np.zeros((b + 1, n))
         for i, a in enumerate(g):
@@ -171,4 +177,4 @@ def axis_reuse(n_in: int, n_out: int, kernel: int, stride: int, pad: int, dil: i
 
 def reuse_constant(spec: ConvSpec) -> float:
     """kappa = kappa_h kappa_w of the small-filter inequality (theory.md 2.3.1); <= spec.rho."""
-    return axis_reuse(*spec.axis(0)) * axis_reuse(*spec.axis(1))
+    return axis_reuse(*spec.axis(0), None) * axis_reuse(*spec.axis(1), None)

@@ -66,6 +66,7 @@ def _axis_classes(n_in: int, n_out: int, k: int, stride: int, pad: int, dil: int
     x = stride * np.arange(n_out)[:, None] + dil * np.arange(k)[None, :] - pad
     valid = (x >= 0) & (x < n_in)
     key = (dil * np.arange(k) - pad) % stride
+    single = np.unique(key[valid.any(axis=0)]).size == 1  # one class: kappa of the whole axis
     out = []
     for residue in np.unique(key):
         cols = key == residue
@@ -77,7 +78,8 @@ def _axis_classes(n_in: int, n_out: int, k: int, stride: int, pad: int, dil: int
         # for a fixed row and tap the output row is fixed, so pairs per row = taps per row
         out.append((int(ok.any(axis=0).sum()), pairs, int(np.unique(rows).size),
                     int(np.bincount(rows).max()),
-                    axis_reuse(n_in, n_out, k, stride, pad, dil, int(residue))))
+                    axis_reuse(n_in, n_out, k, stride, pad, dil,
+                               None if single else int(residue))))
     return out
 
 
