@@ -15,6 +15,7 @@ from parconv.bounds import (busy_processor_footprint, closed_form_work, im2col_b
 from parconv.bounds.workfn import (layer_program, output_bytes, polish_traffic_dual,
                                    polish_work_dual, solve_traffic, solve_work, traffic_program,
                                    used_filter_size)
+from parconv.bounds.border import reuse_constant
 from parconv.errors import ParconvError
 from parconv.layers import get_layer
 from parconv.spec import ConvSpec
@@ -103,7 +104,8 @@ def test_counting_inequalities_hold_on_random_sets(spec, seed, mode):
     assert v <= f * o and v <= i * o and v <= i * f                  # (P)
     assert v ** 3 <= (i * f * o) ** 2                                 # (H2)
     assert v ** 2 <= a * f * o and a <= rho * i                       # Loomis-Whitney, rho
-    assert v ** 2 <= rho * i * f * o                                  # (H1)
+    assert v ** 2 <= rho * i * f * o                                  # (H1) with rho
+    assert v ** 2 <= reuse_constant(spec) * i * f * o * (1 + 1e-12)   # (H1) with kappa
     assert v <= C * R * S * o and v <= N * H * W * f and v <= K * rho * i   # (L)
     # the work function is never below a real set's size at that set's byte footprint
     X = float(byte_sizes(spec) @ [i, f, o])
@@ -316,7 +318,7 @@ def test_im2col_bound_formula_and_the_direct_advantage():
 
 # ---- section 4: parallel bounds ---------------------------------------------------------------
 def test_memory_independent_closed_form_when_no_cap_binds():
-    # equal precisions put p_j x_j = (p_I p_F p_O t^2 / rho)^(1/3) strictly inside every cap
+    # equal precisions put p_j x_j = (p_I p_F p_O t^2 / kappa)^(1/3) strictly inside every cap
     spec = ConvSpec(batch=1, in_channels=64, out_channels=64, in_size=64, kernel_size=3,
                     padding=1, dtype_in="float32")
     p = byte_sizes(spec)
@@ -326,7 +328,7 @@ def test_memory_independent_closed_form_when_no_cap_binds():
         sizes = [spec.size_input_touched, spec.size_filter, spec.size_output]
         assert np.all(x > np.array(bound.owned) * 1.01) and np.all(x < np.array(sizes) * 0.99)
         work = -(-spec.G_eff // P)
-        closed = (3 * p.prod() ** (1 / 3) * work ** (2 / 3) * spec.rho ** (-1 / 3)
+        closed = (3 * p.prod() ** (1 / 3) * work ** (2 / 3) * reuse_constant(spec) ** (-1 / 3)
                   - p @ bound.owned)
         assert bound.B_MI == pytest.approx(closed, rel=1e-9)
 

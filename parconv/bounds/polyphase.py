@@ -28,6 +28,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..spec import ConvSpec
+from .border import axis_reuse
 from .workfn import (GAP_TOL, LOG_PAD, LayerProgram, _make_feasible, _traffic_dual,
                      _traffic_primal, _work_dual, _work_primal, layer_program, polish_traffic_dual,
                      polish_work_dual)
@@ -46,23 +47,26 @@ ACTIVE_SLACK = 1e-3
 @dataclasses.dataclass(frozen=True)
 class Phase:
     """One polyphase component: `taps` used filter taps (per (k, c)), `rho` the largest number of
-    its taps reading one input pixel, `G` its effective iterations, `size_in` its touched input
-    elements and `size_filter` its used filter elements."""
+    its taps reading one input pixel, `reuse` its border-aware constant kappa_phi <= rho
+    (theory.md 2.3.1, 3.9.2), `G` its effective iterations, `size_in` its touched input elements
+    and `size_filter` its used filter elements."""
 
     taps: int
     rho: int
     G: int
     size_in: int
     size_filter: int
+    reuse: float
 
 
 def _axis_classes(n_in: int, n_out: int, k: int, stride: int, pad: int, dil: int) -> list:
     """Per residue class of (dil r - pad) mod stride on one axis: (used taps, effective (h, r)
-    pairs, touched rows, largest number of the class's taps reading one row).  Empty classes are
-    dropped."""
+    pairs, touched rows, largest number of the class's taps reading one row, the class's kappa).
+    Empty classes are dropped."""
     x = stride * np.arange(n_out)[:, None] + dil * np.arange(k)[None, :] - pad
     valid = (x >= 0) & (x < n_in)
     key = (dil * np.arange(k) - pad) % stride
+    single = np.unique(key[valid.any(axis=0)]).size == 1  # one class: kappa of the whole axis
     out = []
     for residue in np.unique(key):
         cols = key == residue
@@ -73,7 +77,9 @@ def _axis_classes(n_in: int, n_out: int, k: int, stride: int, pad: int, dil: int
         rows = sub[ok]
         # for a fixed row and tap the output row is fixed, so pairs per row = taps per row
         out.append((int(ok.any(axis=0).sum()), pairs, int(np.unique(rows).size),
-                    int(np.bincount(rows).max())))
+                    int(np.bincount(rows).max()),
+                    axis_reuse(n_in, n_out, k, stride, pad, dil,
+                               None if single else int(residue))))
     return out
 
 
@@ -85,8 +91,9 @@ def phases(spec: ConvSpec) -> tuple[Phase, ...]:
     n, c, k = spec.batch, spec.in_channels, spec.out_channels
     rows, cols = (_axis_classes(*spec.axis(i)) for i in (0, 1))
     return tuple(Phase(taps=th * tw, rho=rh * rw, G=n * k * c * ph * pw, size_in=n * c * xh * xw,
-                       size_filter=k * c * th * tw)
-                 for (th, ph, xh, rh), (tw, pw, xw, rw) in itertools.product(rows, cols))
+                       size_filter=k * c * th * tw, reuse=kh * kw)
+                 for (th, ph, xh, rh, kh), (tw, pw, xw, rw, kw)
+                 in itertools.product(rows, cols))
 
 
 def _atoms(spec: ConvSpec, phase: Phase) -> dict:
@@ -94,7 +101,8 @@ def _atoms(spec: ConvSpec, phase: Phase) -> dict:
     const * |I_phi|^alpha |F_phi|^beta |O_V|^gamma with alpha + beta <= 1 (an array replaced by
     its phase total where the name says ``cap``)."""
     h, w = spec.out_size
-    lr, li, lf = math.log(phase.rho), math.log(phase.size_in), math.log(phase.size_filter)
+    # the (H1) atoms take the phase's kappa (theory.md 2.3.1 on the phase's taps); (L-I) its rho
+    lr, li, lf = math.log(phase.reuse), math.log(phase.size_in), math.log(phase.size_filter)
     return {
         "H1": ((0.5, 0.5, 0.5), 0.5 * lr),
         "H1-capF": ((0.5, 0.0, 0.5), 0.5 * (lr + lf)),

@@ -19,6 +19,7 @@ import dataclasses
 import math
 
 from ..spec import ConvSpec
+from .border import reuse_constant
 from .checks import check_bytes, check_spec
 from .polyphase import WEIGHT_EXPONENTS, is_strided, polyphase_work
 from .workfn import output_bytes, solve_work, used_filter_size
@@ -47,13 +48,13 @@ def work_function(spec: ConvSpec, X: float) -> float:
 def closed_form_work(spec: ConvSpec, X: float) -> dict:
     """The two closed-form upper bounds on F(X) of theory.md section 2 (AM-GM on (H1), (H2)).
 
-    ``small_filter = rho^(1/2) (X/3)^(3/2) / (p_I p_F p_O)^(1/2)``,
+    ``small_filter = kappa^(1/2) (X/3)^(3/2) / (p_I p_F p_O)^(1/2)``,
     ``large_filter = (X/3)^2 / (p_I p_F p_O)^(2/3)``.  Local.
     """
     check_spec(spec)
     X = check_bytes(X, "X")
     ppp = spec.p_in * spec.p_weight * output_bytes(spec)
-    return {"small_filter": math.sqrt(spec.rho) * (X / 3.0) ** 1.5 / math.sqrt(ppp),
+    return {"small_filter": math.sqrt(reuse_constant(spec)) * (X / 3.0) ** 1.5 / math.sqrt(ppp),
             "large_filter": (X / 3.0) ** 2 / ppp ** (2.0 / 3.0)}
 
 
@@ -93,7 +94,7 @@ def sequential_bound(spec: ConvSpec, M: float) -> SequentialBound:
 
     Local.  compulsory = p_I |I_touched| + p_F |F_used| + p_Y |O|, with |F_used| = |F| unless
     some filter tap only ever meets padding (`parconv.bounds.workfn.used_filter_size`);
-    small_filter = G_eff (p_I p_F p_O)^(1/2) / (rho^(1/2) M^(1/2)) - M;
+    small_filter = G_eff (p_I p_F p_O)^(1/2) / (kappa^(1/2) M^(1/2)) - M (kappa: theory.md 2.3.1);
     large_filter = G_eff (p_I p_F p_O)^(2/3) / M - M (both clipped at 0).  The closed forms never
     exceed the segment term (F(3M) is at most either closed form of F); they are kept as checks.
     On a layer with more than one phase the polyphase segment term M (ceil(T_y / F_y(3M)) - 1)
@@ -111,7 +112,7 @@ def sequential_bound(spec: ConvSpec, M: float) -> SequentialBound:
                        + spec.p_weight * used_filter_size(spec) + spec.p_out * spec.size_output)
     solution = solve_work(spec, 3.0 * M)
     segment = segments(spec.G_eff, M, solution.value)
-    small = max(0.0, spec.G_eff * math.sqrt(ppp) / math.sqrt(spec.rho * M) - M)
+    small = max(0.0, spec.G_eff * math.sqrt(ppp) / math.sqrt(reuse_constant(spec) * M) - M)
     large = max(0.0, spec.G_eff * ppp ** (2.0 / 3.0) / M - M)
     terms = {"compulsory": compulsory, "small-filter": small, "large-filter": large}
     slack = solution.slack

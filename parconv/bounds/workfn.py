@@ -28,6 +28,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..spec import ConvSpec
+from .border import reuse_constant
 
 
 def minimize(*args, **kwargs):
@@ -97,6 +98,8 @@ def used_filter_size(spec: ConvSpec) -> int:
 def layer_program(spec: ConvSpec) -> LayerProgram:
     """The rows of (P), (H2), (H1), (L) and |V| <= G_eff of theory.md section 2.  Local.
 
+    (H1) uses the border-aware reuse constant kappa <= rho (theory.md 2.3.1,
+    `parconv.bounds.border`); the input loop bound (L) keeps rho, the most taps one pixel meets.
     Needs G_eff >= 1 (then every array size and loop bound is positive)."""
     n = spec.batch
     h, w = spec.out_size
@@ -106,7 +109,7 @@ def layer_program(spec: ConvSpec) -> LayerProgram:
     table = [  # (a_I, a_F, a_O, b, family)
         (0, 1, 1, 0.0, "P"), (1, 0, 1, 0.0, "P"), (1, 1, 0, 0.0, "P"),
         (third, third, third, 0.0, "H2"),
-        (0.5, 0.5, 0.5, 0.5 * math.log(rho), "H1"),
+        (0.5, 0.5, 0.5, 0.5 * math.log(reuse_constant(spec)), "H1"),
         (0, 0, 1, math.log(c * r * s), "L"), (0, 1, 0, math.log(n * h * w), "L"),
         (1, 0, 0, math.log(k * rho), "L"),
         (0, 0, 0, math.log(spec.G_eff), "G"),

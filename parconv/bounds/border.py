@@ -1,0 +1,180 @@
+"""The border-aware reuse constant kappa of the small-filter inequality (theory.md 2.3.1).  Pure.
+
+(H1) charges every input pixel with rho = rho_h rho_w im2col entries, the most any pixel can
+have.  Near the image border pixels are read by fewer taps, and a set of outputs that avoids the
+border pays a halo instead; the inequality ``|V|^2 <= kappa |I_V| |F_V| |O_V|`` holds with
+``kappa = kappa_h kappa_w``, where kappa of one axis is the squared spectral norm of that axis's
+0/1 tensor ``T[x, r, h] = 1`` iff ``x = s h + d r - p`` lies in ``[0, n_in)``:
+
+    kappa_axis = max over unit v >= 0 (one weight per tap) of ||M(v)||_2^2,
+    M(v) = sum_r v_r P_r,  P_r[x, h] = T[x, r, h].
+
+kappa_axis <= rho_axis always, and equals it only in the limit of an unbounded image.  The
+maximum over the sphere is certified from above by a branch and bound over spherical triangles
+(arcs for two taps): ``v -> ||M(v)||`` is convex and homogeneous, so on the spherical triangle
+spanned by unit vectors a, b, c it is at most ``max(f(a), f(b), f(c)) / d``, with d the distance
+from the origin to the plane through a, b, c.  Only axes with at most `MAX_TAPS` used taps and
+at most `MAX_OUT` outputs are solved; elsewhere the gain is below 0.25 % (it shrinks like
+(pi / n_out)^2) or the search would cost more than it gives, and rho is used.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from functools import lru_cache
+
+import numpy as np
+
+from ..spec import ConvSpec
+
+#: axes with more used taps keep rho (the sphere of tap weights has too many dimensions)
+MAX_TAPS = 3
+#: axes with more outputs keep rho: their border gain is below (pi / 65)^2 = 0.23 %
+MAX_OUT = 64
+#: relative gap between the certified upper bound on ||M(v)|| and the best point found
+TOL = 1e-3
+#: relative pad on every spectral norm, absorbing the eigen-solver's rounding
+NORM_PAD = 1e-9
+#: largest number of simplices refined before the current upper bound is returned
+MAX_CELLS = 4000
+#: up to this many outputs one batched dense eigen-solve per refinement is the cheapest
+DENSE_MAX = 32
+
+
+def axis_taps(n_in: int, n_out: int, kernel: int, stride: int, pad: int, dil: int,
+              residue: int | None = None) -> list[np.ndarray]:
+    """The 0/1 matrices P_r (n_in x n_out) of the taps r that read some pixel of the image; with
+    `residue`, only the taps of that polyphase class, (dil r - pad) mod stride == residue."""
+    h = np.arange(n_out)
+    mats = []
+    for r in range(kernel):
+        if residue is not None and (dil * r - pad) % stride != residue:
+            continue
+        x = stride * h + dil * r - pad
+        inside = (x >= 0) & (x < n_in)
+        if inside.any():
+            m = np.zeros((n_in, n_out))
+            m[x[inside], h[inside]] = 1.0
+            mats.append(m)
+    return mats
+
+
+class _Norm:
+    """``v -> ||sum_r v_r P_r||_2`` for a stack of v, from the Gram blocks ``P_r^T P_r'``.
+
+    ``M(v)^T M(v)`` is banded (outputs h, h' share a pixel only when ``|h - h'| <= d (R-1) / s``),
+    so beyond `DENSE_MAX` outputs its largest eigenvalue comes from LAPACK's banded solver, one
+    matrix at a time (a dense solver costs more there and starts BLAS threads from n = 64 on);
+    below, one batched dense solve for all new vertices is cheaper.
+    """
+
+    def __init__(self, mats: list[np.ndarray]):
+        self.gram = np.array([[a.T @ b for b in mats] for a in mats])
+        rows, cols = np.nonzero(self.gram.any(axis=(0, 1)))
+        self.band = int(np.abs(rows - cols).max())
+        self.n = self.gram.shape[-1]
+
+    def __call__(self, vs: np.ndarray) -> np.ndarray:
+        g = np.einsum("kr,ks,rsij->kij", vs, vs, self.gram)
+        n, b = self.n, self.band
+        if n <= DENSE_MAX:
+            top = np.linalg.eigvalsh(g)[:, -1]
+            return np.sqrt(np.maximum(top, 0.0)) * (1.0 + NORM_PAD)
+        from scipy.linalg import eig_banded
+        top = np.empty(len(vs))
+        lower_band = np.zeros((b + 1, n))
+        for i, a in enumerate(g):
+            for d in range(b + 1):
+                lower_band[d, :n - d] = np.diagonal(a, -d)
+            top[i] = eig_banded(lower_band, lower=True, eigvals_only=True, select="i",
+                                select_range=(n - 1, n - 1))[0]
+        return np.sqrt(np.maximum(top, 0.0)) * (1.0 + NORM_PAD)
+
+
+def _plane_distance(cells: np.ndarray) -> np.ndarray:
+    """Per cell (rows: unit vertices), a lower bound on the norm of every point of its flat
+    simplex: the distance from the origin to the line or plane through its vertices."""
+    if cells.shape[1] == 2:
+        cos = np.einsum("ki,ki->k", cells[:, 0], cells[:, 1])
+        return np.sqrt(np.maximum(0.0, (1.0 + cos) / 2.0))
+    normal = np.cross(cells[:, 1] - cells[:, 0], cells[:, 2] - cells[:, 0])
+    length = np.linalg.norm(normal, axis=1)
+    return np.abs(np.einsum("ki,ki->k", normal, cells[:, 0])) / length
+
+
+def _split(cells: np.ndarray) -> np.ndarray:
+    """The 2 (arc) or 4 (triangle) spherical children of every cell, midpoints on the sphere."""
+    def mid(a, b):
+        m = a + b
+        return m / np.linalg.norm(m, axis=-1, keepdims=True)
+    if cells.shape[1] == 2:
+        a, b = cells[:, 0], cells[:, 1]
+        m = mid(a, b)
+        return np.concatenate([np.stack([a, m], 1), np.stack([m, b], 1)])
+    a, b, c = cells[:, 0], cells[:, 1], cells[:, 2]
+    ab, bc, ca = mid(a, b), mid(b, c), mid(c, a)
+    return np.concatenate([np.stack(t, 1) for t in ((a, ab, ca), (ab, b, bc), (ca, bc, c),
+                                                    (ab, bc, ca))])
+
+
+def spectral_bound(mats: list[np.ndarray], tol: float = TOL,
+                   max_cells: int = MAX_CELLS) -> tuple[float, float]:
+    """(lower, upper) on ``max over unit v >= 0 of ||sum_r v_r P_r||_2`` for nonneg matrices.
+
+    `lower` is attained (the norm at a computed unit v).  `upper` is certified: the spherical
+    simplices kept in a heap always cover the nonneg part of the sphere, and each is charged its
+    vertices' largest norm divided by its plane distance.  Best first, the top simplex is split
+    until its charge is at most lower (1 + tol) or `max_cells` simplices were split; `upper` is
+    then the top charge.
+    """
+    norm = _Norm(mats)
+    m = len(mats)
+    if m == 1:
+        value = float(norm(np.ones((1, 1)))[0])
+        return value, value
+    known: dict[bytes, float] = {}
+
+    def charge(cells: np.ndarray) -> np.ndarray:
+        flat = cells.reshape(-1, m)
+        keys = [np.round(v, 12).tobytes() for v in flat]
+        new = [i for i, key in enumerate(keys) if key not in known]
+        if new:
+            for i, value in zip(new, norm(flat[new])):
+                known[keys[i]] = float(value)
+        values = np.array([known[key] for key in keys]).reshape(cells.shape[:2])
+        return values.max(axis=1) / _plane_distance(cells)
+
+    order = itertools.count()
+    heap = [(-float(charge(np.eye(m)[None])[0]), next(order), np.eye(m))]
+    for _ in range(max_cells):
+        lower = max(known.values())
+        if -heap[0][0] <= lower * (1.0 + tol):
+            break
+        _, _, cell = heapq.heappop(heap)
+        children = _split(cell[None])
+        for child, c in zip(children, charge(children)):
+            heapq.heappush(heap, (-float(c), next(order), child))
+    lower = max(known.values())
+    return lower, max(lower, -heap[0][0])
+
+
+@lru_cache(maxsize=4096)
+def axis_reuse(n_in: int, n_out: int, kernel: int, stride: int, pad: int, dil: int,
+               residue: int | None = None) -> float:
+    """kappa of one axis (or of one polyphase class of its taps, `residue`): a certified upper
+    bound on the squared spectral norm of its tensor, never above its rho (the most taps that
+    read one row).  Local."""
+    mats = axis_taps(n_in, n_out, kernel, stride, pad, dil, residue)
+    if not mats:
+        return 1.0
+    rho = int(sum(mats).sum(axis=1).max())
+    if rho == 1 or n_out > MAX_OUT or len(mats) > MAX_TAPS:
+        return float(rho)
+    _, upper = spectral_bound(mats)
+    return min(float(rho), upper * upper)
+
+
+def reuse_constant(spec: ConvSpec) -> float:
+    """kappa = kappa_h kappa_w of the small-filter inequality (theory.md 2.3.1); <= spec.rho."""
+    return axis_reuse(*spec.axis(0), None) * axis_reuse(*spec.axis(1), None)
