@@ -140,7 +140,7 @@ def forget_shapes() -> None:
     clear_memory()
     for module in ("parconv.tiling.model", "parconv.tiling.search", "parconv.gemmini.cycles",
                    "parconv.gemmini.tiled.choose", "parconv.bounds.polyphase",
-                   "parconv.bounds.workfn"):
+                   "parconv.bounds.workfn", "parconv.bounds.border"):
         for name, value in vars(importlib.import_module(module)).items():
             if hasattr(value, "cache_clear") and name != "load_constants":
                 value.cache_clear()
