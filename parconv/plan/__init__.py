@@ -5,12 +5,14 @@
 * `dims`: `GridDims` (P_N x P_K x P_C x P_H x P_W) and the factorisations of P;
 * `predict`: every rank's bytes per phase for one grid, vectorised over the ranks;
 * `schedule`: `RankSchedule`, what one rank holds and exchanges;
-* `planner`: `make_plan` and the `Plan` it returns;
+* `planner`: `make_plan`, the grid search;
+* `result`: the `Plan` it returns (per-rank predictions, schedules, footprints, bound);
 * `text`, `cli`: the terminal table and ``python -m parconv.plan``.
 """
 
 from .dims import AXES, GridDims
-from .planner import BOUND_PHASES, DEFAULT_MEMORY, Plan, make_plan, parse_memory
+from .planner import DEFAULT_MEMORY, make_plan, parse_memory
+from .result import BOUND_PHASES, Plan
 from .predict import PHASES
 from .schedule import RankSchedule
 

@@ -190,7 +190,8 @@ def local_padding(out_range: tuple[int, int], span: tuple[int, int], kernel: int
     return int(before), int(after)
 
 
-def flat_range_boxes(shape: tuple[int, ...], start: int, stop: int) -> list[tuple[tuple[int, int], ...]]:
+def flat_range_boxes(shape: tuple[int, ...], start: int,
+                     stop: int) -> list[tuple[tuple[int, int], ...]]:
     """Rectangular boxes (tuples of half-open ranges per axis) covering flat range
     ``[start, stop)`` of a C-order array of ``shape``, in flat order.
 

@@ -32,12 +32,12 @@ reduce_buffers      reduce-scatter receive buffer (P_C pieces), the summed piece
                     cast to dtype_out (reduce)
 ==================  ====================================================================  ====
 
-``kernel_workspace`` for the numpy node is parconv.blas_workspace.workspace_bytes: the phase images,
-the tap-major filters, the chosen method's block buffers (exact-group sums, im2col columns,
-Winograd's transform buffers) and the returned output, with one BLAS thread per rank.  For the Gemmini
-node: the transposed and compute-type input copies, the compute-type filter, the executor's
-output and its transposed copy (its tiles are bounded by the scratchpad and not counted).  A
-kernel object of another kind is budgeted as the numpy node.
+``kernel_workspace`` for the numpy node is parconv.blas_workspace.workspace_bytes: the phase
+images, the tap-major filters, the chosen method's block buffers (exact-group sums, im2col
+columns, Winograd's transform buffers) and the returned output, with one BLAS thread per rank.
+For the Gemmini node: the transposed and compute-type input copies, the compute-type filter, the
+executor's output and its transposed copy (its tiles are bounded by the scratchpad and not
+counted).  A kernel object of another kind is budgeted as the numpy node.
 
 Not counted: the interpreter and libraries (the baseline a measurement subtracts), the root's
 global arrays and the gather/check phases (parconv.conv's distribution, not the algorithm).
@@ -54,7 +54,8 @@ from ..blas_workspace import workspace_bytes
 
 #: bytes the runtime touches in a run besides the arrays: MPI shared-memory queues and the BLAS
 #: packing buffers.  Measured with experiments/footprint_check.py (peak RSS minus the baseline
-#: minus the array terms): 1 to 10 MiB on 1 to 4 ranks here; see docs/design.md section 3, "memory footprint"
+#: minus the array terms): 1 to 10 MiB on 1 to 4 ranks here; see docs/design.md section 3,
+#: "memory footprint"
 RUNTIME_BYTES = 6 << 20
 _HELD = ("runtime", "owned_pieces", "filter_block", "bias_block", "work_buffer")
 #: the terms alive in each stage of a run, in run order

@@ -34,7 +34,7 @@ def _elements(shape) -> int:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class RankSchedule:
-    """Everything one rank holds and exchanges; see the module doc of parconv.plan.axis for the terms.
+    """Everything one rank holds and exchanges; see parconv.plan.axis's module doc for the terms.
 
     Ranges are half-open and global; pieces are flat (C-order) ranges within their block.
 
