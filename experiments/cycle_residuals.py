@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.join(ROOT, "experiments"))
 from calibrate_cycles import UPPER, load_records, resnet_rows  # noqa: E402
 from parconv.gemmini.cycles import FIELDS, CycleConstants, _phases, layer_cycles  # noqa: E402
 from parconv.gemmini.cycles import load_constants  # noqa: E402
-from parconv.gemmini.vendor.calibrated import commands_of  # noqa: E402
+from parconv.gemmini.vendor.calibrated import commands_of, short_of  # noqa: E402
 
 REDUCTION = frozenset("SRC")
 
@@ -86,7 +86,7 @@ def same_weight_fraction(record) -> float:
 def phases(constants, record):
     t = record["terms"]
     x, load = _phases(constants, t["exec"], t["passes"], t["hit"], t["miss"], t["moved"],
-                      t["stores"], t["miss_bytes"], commands_of(t))
+                      t["stores"], t["miss_bytes"], commands_of(t), short_of(t))
     return x, load, t["weight"]
 
 
@@ -94,7 +94,7 @@ def model(constants, record, gamma: float = 0.0) -> float:
     t = record["terms"]
     base = layer_cycles(constants, t["weight"], t["exec"], t["passes"], t["hit"], t["miss"],
                         t["moved"], stores=t["stores"], miss_bytes=t["miss_bytes"],
-                        commands=commands_of(t))
+                        commands=commands_of(t), short=short_of(t))
     if gamma == 0.0 or not record.get("conflict"):
         return base
     x, load, w = phases(constants, record)
