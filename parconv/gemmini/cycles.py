@@ -53,6 +53,7 @@ import os
 import numpy as np
 
 from ..errors import ParconvError
+from .call_rules import MIN_PASS_CYCLES
 
 #: where experiments/calibrate_cycles.py writes the fitted constants
 CONSTANTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cycle_constants.json")
@@ -64,8 +65,6 @@ INPUT_LOOPS, WEIGHT_LOOPS = frozenset("NQPSRC"), frozenset("KSRC")
 PARCONV_TO_LIBRARY = str.maketrans("NKCHWRS", "NKCQPSR")
 FIELDS = ("c_call", "t_hit", "t_miss", "inv_bw", "alpha", "p_pass", "t_store", "inv_bw_miss",
           "t_cmd", "t_pass")
-#: the execute model's own pass floor (`parconv.gemmini.call_rules.MIN_PASS_CYCLES`)
-RTL_PASS_FLOOR = 4
 #: DMA read / write requests in flight (Gemmini's ``max_in_flight_mem_reqs`` default)
 MAX_IN_FLIGHT_MEM_REQS = 16
 #: the per-stream keys of a call's DMA commands (`dma_command_excess`)
@@ -91,7 +90,7 @@ class CycleConstants:
     t_store: float = 1.5
     inv_bw_miss: float = 0.05
     t_cmd: float = 0.0
-    t_pass: float = float(RTL_PASS_FLOOR)
+    t_pass: float = float(MIN_PASS_CYCLES)
     l2_bytes: int = 512 * 1024
     stderr: dict = dataclasses.field(default_factory=dict, compare=False)
     fit: dict = dataclasses.field(default_factory=dict, compare=False)
@@ -242,10 +241,10 @@ def pass_floor_cycles(constants: CycleConstants, short_passes, short_rows):
     ``short_rows`` rows (`parconv.gemmini.call_rules.short_passes`) takes
     ``max(short_rows, t_pass, 4)`` cycles instead of the execute model's ``max(short_rows, 4)``.
     Elementwise; 0 while ``t_pass <= 4``."""
-    floor = max(constants.t_pass, RTL_PASS_FLOOR)
-    if floor == RTL_PASS_FLOOR:
+    floor = max(constants.t_pass, MIN_PASS_CYCLES)
+    if floor == MIN_PASS_CYCLES:
         return 0.0
-    rows = np.maximum(np.asarray(short_rows, dtype=float), RTL_PASS_FLOOR)
+    rows = np.maximum(np.asarray(short_rows, dtype=float), MIN_PASS_CYCLES)
     return np.asarray(short_passes, dtype=float) * np.maximum(floor - rows, 0.0)
 
 
