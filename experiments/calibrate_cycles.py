@@ -16,9 +16,9 @@ Fit: least squares on log(model / measured) with a soft-L1 loss (scale 0.2, so t
 pathological runs cannot drag the constants), then a cluster bootstrap over the fit layers for
 the standard errors.  Writes parconv/gemmini/cycle_constants.json (read by the library) and
 ``calibration_fit.json`` / ``calibration_fit.md`` in the output folder, and prints the figures
-of the roofline model (BW_eff = 8 B/cycle) and of the current (round-2) model beside the new one.
+of the roofline model (BW_eff = 8 B/cycle) and of the previous (round-3) model beside the new one.
 
-Variants (`VARIANTS`): the first round's structure and each later term (rounds 2 and 3) added in
+Variants (`VARIANTS`): the first round's structure and each later term (rounds 2 to 4) added in
 turn, every one fitted on the same split, so that each term's effect on held-out error is
 measured in the same run (the first round's structure refitted here reproduces its published
 figures).
@@ -45,27 +45,30 @@ from gemmini_vs_vendor import MEASURED  # noqa: E402
 from parconv.gemmini.config import GemminiConfig  # noqa: E402
 from parconv.gemmini.cycles import (CONSTANTS_PATH, FIELDS, CycleConstants,  # noqa: E402
                                     call_cycles, layer_cycles)
-from parconv.gemmini.vendor.calibrated import commands_of  # noqa: E402
+from parconv.gemmini.vendor.calibrated import commands_of, short_of  # noqa: E402
 from parconv.gemmini.vendor.calls import vendor_layer_cost  # noqa: E402
 from parconv.gemmini.vendor.firesim import firesim_cost  # noqa: E402
 from parconv.spec import ConvSpec  # noqa: E402
 
 DATA = os.path.join(ROOT, "experiments", "data", "gemmini_firesim_train.json")
 TILE_KEYS = ("batches", "porows", "pocols", "pochs", "krows", "kcols", "kchs")
-START = CycleConstants(t_cmd=20.0)
+START = CycleConstants(t_cmd=20.0, t_pass=6.0)
 UPPER = {"c_call": 1e5, "t_hit": 100.0, "t_miss": 200.0, "inv_bw": 10.0, "alpha": 1.0,
-         "p_pass": 100.0, "t_store": 100.0, "inv_bw_miss": 10.0, "t_cmd": 1000.0}
-#: the model's structures compared (cumulative): first-round terms, then each term of round 2
+         "p_pass": 100.0, "t_store": 100.0, "inv_bw_miss": 10.0, "t_cmd": 1000.0,
+         "t_pass": 16.0}
+#: the model's structures compared (cumulative): first-round terms, then each later term
 VARIANTS = {"round 1": {"lines": "rows", "fields": FIELDS[:6], "fill": False},
             "+ mvin pieces": {"lines": "pieces", "fields": FIELDS[:6], "fill": False},
             "+ store rows": {"lines": "pieces", "fields": FIELDS[:7], "fill": False},
             "+ miss bandwidth": {"lines": "pieces", "fields": FIELDS[:8], "fill": False},
             "+ pipeline fill (round 2)": {"lines": "pieces", "fields": FIELDS[:8], "fill": True},
-            "+ DMA command latency (final)": {"lines": "pieces", "fields": FIELDS,
+            "+ DMA command latency (round 3)": {"lines": "pieces", "fields": FIELDS[:9],
+                                                "fill": True},
+            "+ pass floor (round 4, final)": {"lines": "pieces", "fields": FIELDS,
                                               "fill": True}}
-FINAL = "+ DMA command latency (final)"
-#: the published model before this round (the "current" column of the report)
-PREVIOUS = "+ pipeline fill (round 2)"
+FINAL = "+ pass floor (round 4, final)"
+#: the published model before this round (the "previous" column of the report)
+PREVIOUS = "+ DMA command latency (round 3)"
 
 
 def layer_key(spec: ConvSpec) -> tuple:
@@ -122,17 +125,19 @@ def model_cycles(theta, record, variant: str = FINAL) -> float:
     fitted constants ``theta`` (the other constants are 0)."""
     t, v = record["terms"], VARIANTS[variant]
     values = dict(zip(v["fields"], theta))
+    # a field the variant does not fit is 0 (t_pass = 0: the execute model's own floor of 4)
     constants = CycleConstants.from_vector([values.get(f, 0.0) for f in FIELDS])
     hit, miss = (t["hit"], t["miss"]) if v["lines"] == "pieces" else (t["hit_rows"],
                                                                        t["miss_rows"])
     commands = commands_of(t)     # adds nothing while t_cmd = 0 (the earlier variants)
+    short = short_of(t)           # adds nothing while t_pass <= 4
     if v["fill"]:
         return layer_cycles(constants, t["weight"], t["exec"], t["passes"], hit, miss,
                             t["moved"], stores=t["stores"], miss_bytes=t["miss_bytes"],
-                            commands=commands)
+                            commands=commands, short=short)
     return float((call_cycles(constants, t["exec"], t["passes"], hit, miss, t["moved"],
                               stores=t["stores"], miss_bytes=t["miss_bytes"],
-                              commands=commands) * t["weight"]).sum())
+                              commands=commands, short=short) * t["weight"]).sum())
 
 
 def fit(records, start=None, variant: str = FINAL):
@@ -225,13 +230,14 @@ def report(result: dict) -> str:
                "p_pass": "cycles added per array pass",
                "t_store": "cycles per mvout row (one DMA write request)",
                "inv_bw_miss": "cycles per loaded byte that misses the L2 (refill bandwidth)",
-               "t_cmd": "round trip of one DMA command (mvin / mvout); 16 / DIM + 1 in flight"}
+               "t_cmd": "round trip of one DMA command (mvin / mvout); 16 / DIM + 1 in flight",
+               "t_pass": "shortest array pass in cycles (the RTL floor is 4)"}
     for f in FIELDS:
         lines.append(f"| {f} | {c[f]:.4g} | {c['stderr'][f]:.2g} | {meaning[f]} |")
     lines += ["", f"l2_bytes = {c['l2_bytes']} (fixed: the builds' L2)", "",
-              "| set | records | layers | MAPE new | MAPE current (round 2) | MAPE roofline (BW 8) | "
-              "median APE new | max APE new | mean error new | pairs right new | "
-              "pairs right current | pairs right roofline |",
+              "| set | records | layers | MAPE new | MAPE previous (round 3) | "
+              "MAPE roofline (BW 8) | median APE new | max APE new | mean error new | "
+              "pairs right new | pairs right previous | pairs right roofline |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     old = result["variants"][PREVIOUS]["sets"]
     for label, s in result["sets"].items():
@@ -252,7 +258,7 @@ def report(result: dict) -> str:
                      f"{vs['mape_new']:.1f}% | {100 * vs['pairs_new'][0]:.1f}% | "
                      f"{rs['mape_new']:.1f}% | {rs['mean_error_new']:+.1f}% |")
     lines += ["", "ResNet-50 rows (error = model / geometric mean of FireSim min and max - 1):",
-              "", "| layer | FireSim | new model | error | current (round 2) error | roofline | "
+              "", "| layer | FireSim | new model | error | previous (round 3) error | roofline | "
               "error |",
               "|---|---|---|---|---|---|---|"]
     for r in result["resnet"]:

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from parconv.errors import ParconvError
+from parconv.gemmini import call_rules
 from parconv.gemmini.cycles import (FIELDS, CycleConstants, call_cycles, commands_in_flight,
                                     dma_command_excess, layer_cycles, load_constants,
-                                    load_misses, mean_lines, mean_piece_lines)
+                                    load_misses, mean_lines, mean_piece_lines,
+                                    pass_floor_cycles)
 from parconv.gemmini.tiled.cost import tiling_cost
 from parconv.gemmini.vendor.calls import vendor_layer_cost
 from parconv.gemmini.vendor.firesim import firesim_cost
@@ -75,6 +77,41 @@ def test_dma_command_latency_by_hand():
     assert call_cycles(c, 100, 0, 134, 0, 356) == pytest.approx(312.0)
     # one command in flight on a 32x32 mesh: 10 * 27 = 270 -> 150 more on the input stream
     assert dma_command_excess(c, {**commands, "dim": 32}) == pytest.approx(150.0)
+
+
+def test_pass_floor_by_hand():
+    # 2 batches x 3 rows of 20 columns, 32 out / 48 in channels, 1x1: 2 x 3 = 6 blocks; each
+    # (batch, row) has a 16-column pass and a 4-column one; the last 4-column pass of a block is
+    # followed by the next preload, so 5 per block (30 per call) are lengthened by a floor
+    count, rows = call_rules.short_passes(2, 3, 20, 32, 1, 1, 48)
+    assert (count, rows) == (30, 4)
+    assert call_rules.short_passes(1, 1, 7, 16, 3, 3, 16) == (0, 7)     # one pass per block
+    assert call_rules.short_passes(1, 4, 0, 16, 1, 1, 16)[0] == 0       # an empty call
+    np.testing.assert_array_equal(call_rules.short_passes(np.array([1, 2]), 7, 7, 16, 1, 1,
+                                                          16)[0], [6, 13])
+    c = CycleConstants(c_call=0.0, t_hit=1.0, t_miss=4.0, inv_bw=0.5, alpha=0.0, p_pass=0.0,
+                       t_pass=6.5)
+    # 30 passes of 4 rows take 6.5 instead of max(4, 4) cycles: 75 more; 7-row passes nothing
+    assert pass_floor_cycles(c, 30, 4) == pytest.approx(75.0)
+    assert pass_floor_cycles(c, 30, 7) == 0.0
+    assert pass_floor_cycles(CycleConstants(t_pass=4.0), 30, 2) == 0.0  # the RTL's own floor
+    assert pass_floor_cycles(CycleConstants(t_pass=0.0), 30, 2) == 0.0
+    # the floor adds to the execute side: X = 300 + 75 > L = 1 * 20 + 0.5 * 200 = 120
+    assert call_cycles(c, 300, 10, 20, 0, 200, short=(30, 4)) == pytest.approx(375.0)
+    assert call_cycles(c, 300, 10, 20, 0, 200) == pytest.approx(300.0)
+
+
+def test_pass_floor_reaches_both_cost_models():
+    """The library's calls (`vendor_layer_cost`) and parconv's tiles (`tiling_cost`) carry the
+    same pass-floor term: a higher floor slows both, t_pass = 4 is the execute model itself."""
+    spec = ConvSpec(batch=1, in_channels=32, out_channels=32, in_size=(7, 7),
+                    kernel_size=(3, 3), padding=(1, 1))
+    base = {f: getattr(load_constants(), f) for f in FIELDS}
+    low, high = (CycleConstants(**{**base, "t_pass": v, "alpha": 0.0}) for v in (4.0, 12.0))
+    for cost in (lambda c: vendor_layer_cost(spec, constants=c).calibrated_cycles,
+                 lambda c: tiling_cost(spec, Tiling(1, 16, 32, 7, 7, 3, 3), "NKHWCRS",
+                                       GemminiConfig(), constants=c).calibrated_cycles):
+        assert cost(high) > cost(low)
 
 
 def test_layer_cycles_add_one_pipeline_fill():

@@ -238,6 +238,26 @@ def exec_cycles(batches_, orows, ocols, pochs_, krows_, kcols_, kchs_, mpp=1, di
     return cycles if np.ndim(cycles) else int(cycles)
 
 
+def short_passes(batches_, orows, ocols, pochs_, krows_, kcols_, kchs_, mpp=1, dim: int = 16):
+    """``(count, rows)``: the passes of one call whose length a longer pass floor than
+    `MIN_PASS_CYCLES` would raise in `exec_cycles`, and their rows ``I_last``.
+
+    Per weight block, the last column-block pass of every (batch, output row) but one: the
+    block's final pass is followed by the next block's preload, which covers whatever that pass
+    leaves of ``dim`` cycles (the ``dim - max(I_last, 4)`` of `exec_cycles`), so a floor on it
+    moves time between the two and adds nothing.  Used by the calibrated model's ``t_pass``
+    (`parconv.gemmini.cycles`).
+    """
+    full = np.maximum(ceil_div(ocols, dim) - 1, 0)
+    last = ocols - dim * full
+    count = weight_blocks(pochs_, krows_, kcols_, kchs_, mpp, dim) * np.maximum(
+        batches_ * orows - 1, 0)
+    count = np.where(batches_ * orows * ocols > 0, count, 0)
+    if np.ndim(count) or np.ndim(last):
+        return count, last
+    return int(count), int(last)
+
+
 class Utilization:
     """Mixin for cost records with ``macs``, ``cycles`` and ``peak_macs_per_cycle``."""
 

@@ -25,9 +25,14 @@ next call overlap the execution of the current one; the core computes and issues
   layers) cannot hide;
 * **DMA commands** ``t_cmd``: the load and store controllers keep only ``16 / dim + 1`` mvin
   (mvout) commands in flight, each holding its slot for its rows plus the round trip
-  ``t_cmd``; a stream of short commands is slower than its bytes say (`dma_command_excess`).
+  ``t_cmd``; a stream of short commands is slower than its bytes say (`dma_command_excess`);
+* **pass floor** ``t_pass``: no array pass takes fewer than ``max(t_pass, 4)`` cycles (the
+  execute model's floor is the RTL's 4, ``ExecuteController``'s ``total_rows``); the passes of
+  fewer rows that this lengthens are `parconv.gemmini.call_rules.short_passes`
+  (`pass_floor_cycles`).
 
-``cycles(call) = max(c_call, max(L, X) + alpha min(L, X))`` with ``X = exec + p_pass passes``
+``cycles(call) = max(c_call, max(L, X) + alpha min(L, X))`` with ``X = exec + p_pass passes
++ the pass floor``
 and ``L = t_hit lines_hit + t_miss lines_miss + inv_bw (load + store bytes) + t_store
 stores + inv_bw_miss missed bytes + the DMA command excess``; a layer adds the pipeline fill ``min(L, X)`` of its mean
 call once (`layer_cycles`: the first call's loads and the last call's execution overlap
@@ -48,6 +53,7 @@ import os
 import numpy as np
 
 from ..errors import ParconvError
+from .call_rules import MIN_PASS_CYCLES
 
 #: where experiments/calibrate_cycles.py writes the fitted constants
 CONSTANTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cycle_constants.json")
@@ -58,7 +64,7 @@ INPUT_LOOPS, WEIGHT_LOOPS = frozenset("NQPSRC"), frozenset("KSRC")
 #: parconv's loop names -> the library's letters (H = pooled rows Q, W = cols P, R = krows S, ...)
 PARCONV_TO_LIBRARY = str.maketrans("NKCHWRS", "NKCQPSR")
 FIELDS = ("c_call", "t_hit", "t_miss", "inv_bw", "alpha", "p_pass", "t_store", "inv_bw_miss",
-          "t_cmd")
+          "t_cmd", "t_pass")
 #: DMA read / write requests in flight (Gemmini's ``max_in_flight_mem_reqs`` default)
 MAX_IN_FLIGHT_MEM_REQS = 16
 #: the per-stream keys of a call's DMA commands (`dma_command_excess`)
@@ -72,6 +78,7 @@ class CycleConstants:
 
     ``l2_bytes`` is the residency capacity of the reuse-distance test (the FireSim builds' 512 KiB
     L2, not fitted); ``stderr`` holds bootstrap standard errors of the fitted fields.
+    ``t_pass`` at or below 4 (the default) adds nothing: the execute model's own floor.
     """
 
     c_call: float = 270.0
@@ -83,6 +90,7 @@ class CycleConstants:
     t_store: float = 1.5
     inv_bw_miss: float = 0.05
     t_cmd: float = 0.0
+    t_pass: float = float(MIN_PASS_CYCLES)
     l2_bytes: int = 512 * 1024
     stderr: dict = dataclasses.field(default_factory=dict, compare=False)
     fit: dict = dataclasses.field(default_factory=dict, compare=False)
@@ -228,11 +236,25 @@ def load_misses(order: str, trips: dict, per_call_bytes: dict, l2_bytes: int,
     return out
 
 
+def pass_floor_cycles(constants: CycleConstants, short_passes, short_rows):
+    """Cycles the pass floor ``t_pass`` adds to calls: each of their ``short_passes`` passes of
+    ``short_rows`` rows (`parconv.gemmini.call_rules.short_passes`) takes
+    ``max(short_rows, t_pass, 4)`` cycles instead of the execute model's ``max(short_rows, 4)``.
+    Elementwise; 0 while ``t_pass <= 4``."""
+    floor = max(constants.t_pass, MIN_PASS_CYCLES)
+    if floor == MIN_PASS_CYCLES:
+        return 0.0
+    rows = np.maximum(np.asarray(short_rows, dtype=float), MIN_PASS_CYCLES)
+    return np.asarray(short_passes, dtype=float) * np.maximum(floor - rows, 0.0)
+
+
 def _phases(constants: CycleConstants, exec_cycles, passes, lines_hit, lines_miss, moved_bytes,
-            stores, miss_bytes, commands=None):
-    """(X, L) of calls: the execute side and the load/store side of the module docstring."""
+            stores, miss_bytes, commands=None, short=(0.0, 0.0)):
+    """(X, L) of calls: the execute side and the load/store side of the module docstring;
+    ``short`` = (short passes, their rows) for `pass_floor_cycles`."""
     c = constants
-    x = np.asarray(exec_cycles, dtype=float) + c.p_pass * np.asarray(passes, dtype=float)
+    x = (np.asarray(exec_cycles, dtype=float) + c.p_pass * np.asarray(passes, dtype=float)
+         + pass_floor_cycles(c, *short))
     load = (c.t_hit * np.asarray(lines_hit, dtype=float)
             + c.t_miss * np.asarray(lines_miss, dtype=float)
             + c.inv_bw * np.asarray(moved_bytes, dtype=float)
@@ -243,16 +265,18 @@ def _phases(constants: CycleConstants, exec_cycles, passes, lines_hit, lines_mis
 
 
 def call_cycles(constants: CycleConstants, exec_cycles, passes, lines_hit, lines_miss,
-                moved_bytes, busy=None, stores=0.0, miss_bytes=0.0, commands=None):
+                moved_bytes, busy=None, stores=0.0, miss_bytes=0.0, commands=None,
+                short=(0.0, 0.0)):
     """Calibrated cycles of calls (elementwise; module docstring for the formula).
 
     ``moved_bytes`` counts loads and stores of the call, ``stores`` its mvout rows (output and
     partial sums) and ``miss_bytes`` the loaded bytes of its lines that miss the L2; ``busy``
     (bool, default all True) marks the calls that exist (a call of an empty block costs 0, not
-    the floor); ``commands`` the calls' DMA commands per stream (`dma_command_excess`).
+    the floor); ``commands`` the calls' DMA commands per stream (`dma_command_excess`);
+    ``short`` their (short passes, rows) for the pass floor (`pass_floor_cycles`).
     """
     x, load = _phases(constants, exec_cycles, passes, lines_hit, lines_miss, moved_bytes,
-                      stores, miss_bytes, commands)
+                      stores, miss_bytes, commands, short)
     cycles = np.maximum(constants.c_call, np.maximum(load, x)
                         + constants.alpha * np.minimum(load, x))
     if busy is not None:
@@ -261,7 +285,8 @@ def call_cycles(constants: CycleConstants, exec_cycles, passes, lines_hit, lines
 
 
 def layer_cycles(constants: CycleConstants, calls, exec_cycles, passes, lines_hit, lines_miss,
-                 moved_bytes, stores=0.0, miss_bytes=0.0, commands=None) -> float:
+                 moved_bytes, stores=0.0, miss_bytes=0.0, commands=None,
+                 short=(0.0, 0.0)) -> float:
     """Calibrated cycles of a whole layer: `call_cycles` of each group of identical calls times
     ``calls`` (calls per group; 0 for a call that does not exist), plus the pipeline fill.
 
@@ -271,9 +296,10 @@ def layer_cycles(constants: CycleConstants, calls, exec_cycles, passes, lines_hi
     """
     calls = np.asarray(calls, dtype=float)
     args = (exec_cycles, passes, lines_hit, lines_miss, moved_bytes, stores, miss_bytes)
-    x, load = (np.broadcast_to(v, calls.shape) for v in _phases(constants, *args, commands))
+    x, load = (np.broadcast_to(v, calls.shape) for v in _phases(constants, *args, commands,
+                                                                 short))
     cycles = call_cycles(constants, *args[:5], stores=stores, miss_bytes=miss_bytes,
-                         commands=commands)
+                         commands=commands, short=short)
     total = float((np.broadcast_to(cycles, calls.shape) * calls).sum())
     n = float(calls.sum())
     if n > 0:

@@ -215,6 +215,7 @@ def _cost_pieces(spec, plans, batch, config, bias, strided, dilated, piece) -> N
     work = (nN, nH, nW, nK, nR, nS, nC, mpp, config.dim)
     exec_cycles = rules.exec_cycles(*work)
     passes = rules.passes(*work)
+    short, short_rows = rules.short_passes(*work)
     moved = sum(per_tile.values())
     tile_dma = moved / config.bw_eff
     line_rows = ((first_visit * bias) * acc_rows + readback * acc_rows).astype(float)
@@ -238,6 +239,7 @@ def _cost_pieces(spec, plans, batch, config, bias, strided, dilated, piece) -> N
             "cycles": float(roofline[a:b].sum()), "dma": float(tile_dma[a:b].sum()),
             "arrays": {
                 "exec": exec_cycles[a:b], "passes": passes[a:b], "load_in": load_in[a:b],
+                "short_passes": short[a:b], "short_rows": short_rows[a:b],
                 "load_w": load_w[a:b], "moved": moved[a:b],
                 "in_lines": load_in[a:b] * nN[a:b] * window[a:b] * _piece_lines(
                     nC[a:b] * config.input_bytes, piece * config.input_bytes, steps[0]),
@@ -297,4 +299,4 @@ def _calibrated(chunks: list, order: str, trips, constants: CycleConstants, dim:
                            "bytes": cat["st_bytes"], "stores": cat["stores"]}}
     return layer_cycles(constants, np.ones_like(cat["exec"]), cat["exec"], cat["passes"], hit,
                         miss, cat["moved"], stores=cat["stores"], miss_bytes=miss_bytes,
-                        commands=commands)
+                        commands=commands, short=(cat["short_passes"], cat["short_rows"]))

@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from .. import call_rules as rules
 from ..cycles import COMMAND_KEYS, layer_cycles, load_misses, mean_lines, mean_piece_lines
 
 
@@ -21,7 +22,8 @@ def calibration_terms(loop, order: str, l2_bytes: int, weight, sizes, rows, cols
                       passes, exec_cycles, warm: bool = False) -> dict:
     """Flat arrays over the call groups: ``weight`` (calls per group), ``exec``, ``passes``,
     ``hit`` and ``miss`` (DMA lines), ``moved`` (bytes of every stream), ``stores`` (mvout
-    rows) and ``miss_bytes`` (loaded bytes that miss the L2); ``hit_rows`` / ``miss_rows`` are
+    rows), ``miss_bytes`` (loaded bytes that miss the L2) and ``short_passes`` /
+    ``short_rows`` (`parconv.gemmini.call_rules.short_passes`); ``hit_rows`` / ``miss_rows`` are
     the lines by the first round's rule (`mean_lines` of whole rows, for the comparison in
     ``experiments/calibrate_cycles.py``).  Local.
 
@@ -91,6 +93,9 @@ def calibration_terms(loop, order: str, l2_bytes: int, weight, sizes, rows, cols
     stored = np.broadcast_to(bytes_["output"], shape) > 0
     cmds_st = nb * out_rows * out_blocks * (-(-pochs_ // cfg.dim)) * stored
     rows_st = out_cols / np.maximum(out_blocks, 1)
+    mpp = rules.max_pixels_per_row(cfg, kchs_, kcols_, loop.downsample, loop.dilated)
+    short, short_rows = rules.short_passes(nb, out_rows, out_cols, pochs_, krows_, kcols_, kchs_,
+                                           mpp, cfg.dim)
     flat = {"weight": weight, "exec": exec_cycles, "passes": passes,
             "hit": in_lines * (1 - miss_in) + w_lines * (1 - miss_w) + bias_rows,
             "miss": in_lines * miss_in + w_lines * miss_w, "moved": moved,
@@ -107,7 +112,8 @@ def calibration_terms(loop, order: str, l2_bytes: int, weight, sizes, rows, cols
             "w_bytes": w_b, "w_miss_bytes": w_b * miss_w,
             "st_cmds": cmds_st, "st_rows": rows_st,
             "st_bytes": np.broadcast_to(bytes_["output"], shape),
-            "st_stores": pixels_out * (-(-pochs_ // cfg.dim)), "dim": np.full(shape, cfg.dim)}
+            "st_stores": pixels_out * (-(-pochs_ // cfg.dim)), "dim": np.full(shape, cfg.dim),
+            "short_passes": short, "short_rows": short_rows}
     return {k: np.broadcast_to(v, shape).astype(float).ravel() for k, v in flat.items()}
 
 
@@ -124,8 +130,17 @@ def commands_of(terms: dict) -> dict:
     return out
 
 
+def short_of(terms: dict) -> tuple:
+    """The ``short`` argument of `parconv.gemmini.cycles.layer_cycles` (the pass floor's short
+    passes and their rows) from the flat terms; no short passes when the terms have none."""
+    if "short_passes" not in terms:
+        return (0.0, 0.0)
+    return terms["short_passes"], terms["short_rows"]
+
+
 def calibrated_total(terms: dict, constants) -> float:
     """The calibrated cycles of the whole layer (`parconv.gemmini.cycles.layer_cycles`)."""
     return layer_cycles(constants, terms["weight"], terms["exec"], terms["passes"], terms["hit"],
                         terms["miss"], terms["moved"], stores=terms["stores"],
-                        miss_bytes=terms["miss_bytes"], commands=commands_of(terms))
+                        miss_bytes=terms["miss_bytes"], commands=commands_of(terms),
+                        short=short_of(terms))
