@@ -67,8 +67,10 @@ def workspace_bytes(spec: ConvSpec, n, c, k, out_h, out_w, padded: bool = True,
     cast_w = 0 if np.dtype(spec.dtype_weight) == np.dtype(cb == 4 and "float32" or "float64") \
         else cb * k * c
     direct = multi if limit is not None else np.ones_like(multi)   # groups summed in y's type
-    gemm_bytes = (cb * c * H * W + cast_w + k * H * W * (sums_per + np.where(direct, 0, out_item))
-                  + y)
+    # one float32 group into int32: summed in the output's own bytes (blasconv._aliased_output)
+    aliased = (~multi) & (limit is not None and cb == acc.itemsize == 4 and acc.kind in "iu")
+    gemm_bytes = (cb * c * H * W + cast_w + np.where(
+        aliased, 0, k * H * W * (sums_per + np.where(direct, 0, out_item))) + y)
     if np.dtype(spec.dtype_in) == np.dtype(acc) and acc.kind == "f" and (sh, sw) == (1, 1):
         gemm_bytes = cast_w + y     # one product from the input into the output
     taps_cost = image / np.maximum(H * W, 1) * (1 + _SHORT_COST / c)
