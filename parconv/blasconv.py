@@ -17,8 +17,10 @@ and non-square shapes; none builds the full im2col matrix):
 * ``"im2col"``: blocks of output rows of the im2col matrix, sized to `COLUMNS_BYTES`, gathered
   from the phase images, one product per block: for few channels (short per-tap products) or
   grids much larger than the output (small images: ``Hq Wq >> H W``).
-* ``"winograd"`` (floating types, 3x3, stride 1, dilation 1): F(2x2, 3x3), 2.25x fewer
-  multiply-adds in 16 products per block of tiles (`parconv.winograd`).
+* ``"winograd"`` (floating types, 3x3, dilation 1): stride 1 by F(2x2, 3x3), 2.25x fewer
+  multiply-adds in 16 products per block of tiles (`parconv.winograd`); stride 2 by its
+  polyphase form, F(2, 2) on the even taps and the odd tap direct per axis, 1.44x fewer in 16
+  products (`parconv.winograd_s2`).
 
 Every method writes its output blocks to the NCHW result while they are still in the cache.
 
@@ -35,7 +37,7 @@ import dataclasses
 
 import numpy as np
 
-from . import winograd
+from . import winograd, winograd_s2
 from .blas import current_threads, matmul_into
 from .errors import ParconvError
 from .spec import ConvSpec
@@ -199,9 +201,16 @@ def choose_method(spec: ConvSpec) -> str:
     _, (Hq, Wq) = taps(spec)
     costs = {"taps": (Hq * Wq) / (H * W) * (1 + _SHORT_COST / C),
              "im2col": 1 + _SHORT_COST / (C * R * S) + _GATHER_COST / K}
-    if winograd.applies(spec):
-        costs["winograd"] = winograd.relative_cost(spec.batch, C, K, H, W, _SHORT_COST)
+    form = winograd_form(spec)
+    if form is not None:
+        costs["winograd"] = form.relative_cost(spec.batch, C, K, H, W, _SHORT_COST)
     return min(costs, key=costs.get)
+
+
+def winograd_form(spec: ConvSpec):
+    """The module of the "winograd" method for this block (`parconv.winograd` for stride 1,
+    `parconv.winograd_s2` for stride 2), or None where neither applies."""
+    return next((form for form in (winograd, winograd_s2) if form.applies(spec)), None)
 
 
 def channels_first(spec: ConvSpec) -> bool:
@@ -452,12 +461,12 @@ def conv2d_blas(spec: ConvSpec, x: np.ndarray, w: np.ndarray, method: str | None
     method = method or choose_method(spec)
     if method == "gemm" and not _gemm_applies(spec):
         raise ParconvError(f"method 'gemm' needs a 1x1 unpadded block, got {spec.describe()}")
-    if method == "winograd" and not winograd.applies(spec):
-        raise ParconvError("method 'winograd' needs a floating-point 3x3 block of stride 1 and "
-                           f"dilation 1, got {spec.describe()}")
+    if method == "winograd" and winograd_form(spec) is None:
+        raise ParconvError("method 'winograd' needs a floating-point 3x3 block of stride 1 or 2 "
+                           f"and dilation 1, got {spec.describe()}")
     y = np.empty(spec.output_shape, dtype=spec.dtype_acc)
     if method == "winograd":
-        winograd.conv_winograd(spec, x, w, arith.dtype, y)
+        winograd_form(spec).conv_winograd(spec, x, w, arith.dtype, y)
     elif method == "gemm":
         conv_gemm(spec, x, w, arith, y)
     elif method == "taps":
