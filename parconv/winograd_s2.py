@@ -21,7 +21,7 @@ copied once into (n, row, column, c) order (``X``); the row transform gives five
 (two differences and three views of ``X``), the column transform writes the 25 coefficient
 matrices ``V`` grouped by their filter; the output transform adds the products (K innermost)
 into the block's 2x2 tiles ``Y`` and one transposing copy writes them into the NCHW output.
-(The NCHW-ordered products, as in `parconv.winograd`, ran 5-9 % slower: the tile interleave then
+(The NCHW-ordered products, as in `parconv.winograd`, ran 4-13 % slower: the tile interleave then
 has inner runs of tW values instead of K.)
 """
 
@@ -41,8 +41,8 @@ TRANSFORM_COST = 16.0
 #: cost of one element of the filter transform, as `winograd.FILTER_COST`
 FILTER_COST = 10.0
 #: input elements per tile the transform passes write (X 16, row differences 8, V 25) and
-#: output elements per tile (the additions of the output transform 28, the tiles 4, NCHW 4)
-INPUT_PASSES, OUTPUT_PASSES = 49, 36
+#: output elements per tile (the additions of the output transform 24, the tiles 4, NCHW 4)
+INPUT_PASSES, OUTPUT_PASSES = 49, 32
 
 #: the filter coefficient of each transform coefficient: 0 -> w0, 1 -> w0 + w2, 2 -> w2, 3 -> w1
 _TAP = {0: 0, 2: 2, 3: 1}
