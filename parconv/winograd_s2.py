@@ -19,8 +19,8 @@ values.  Per block of whole images, or of tile rows of one image (`winograd.tile
 `BLOCK_BYTES` of buffers: they stay in the last-level cache), the block's padded input is
 copied once into (n, row, column, c) order (``X``); the row transform gives five row arrays
 (two differences and three views of ``X``), the column transform writes the 25 coefficient
-matrices ``V`` grouped by their filter; the output transform adds the products (K innermost)
-into the block's 2x2 tiles ``Y`` and one transposing copy writes them into the NCHW output.
+matrices ``V`` grouped by their filter; the output transform adds the products (K innermost),
+its last four additions writing the four phases of the 2x2 tiles into the NCHW output.
 (The NCHW-ordered products, as in `parconv.winograd`, ran 4-13 % slower: the tile interleave then
 has inner runs of tW values instead of K.)
 """
@@ -32,7 +32,7 @@ import numpy as np
 from . import winograd
 from .spec import ConvSpec
 
-#: bytes of block buffers (input copy, row arrays, V, M and the output tiles) per block
+#: bytes of block buffers (input copy, row differences, V and M) per block
 BLOCK_BYTES = 16 << 20
 #: cost of one element of a transform pass, in multiply-adds of the products at full speed
 #: (as `winograd.TRANSFORM_COST`; with the passes counted in `relative_cost` the fitted model
@@ -41,8 +41,8 @@ TRANSFORM_COST = 16.0
 #: cost of one element of the filter transform, as `winograd.FILTER_COST`
 FILTER_COST = 10.0
 #: input elements per tile the transform passes write (X 16, row differences 8, V 25) and
-#: output elements per tile (the additions of the output transform 24, the tiles 4, NCHW 4)
-INPUT_PASSES, OUTPUT_PASSES = 49, 32
+#: output elements per tile (the additions of the output transform 24, the last 4 into NCHW)
+INPUT_PASSES, OUTPUT_PASSES = 49, 28
 
 #: the filter coefficient of each transform coefficient: 0 -> w0, 1 -> w0 + w2, 2 -> w2, 3 -> w1
 _TAP = {0: 0, 2: 2, 3: 1}
@@ -71,11 +71,11 @@ def relative_cost(n, c, k, out_h, out_w, short_cost: float):
 def block_elements(images, rows, tW, c, k) -> dict:
     """Elements of each block buffer for blocks of ``images`` images x ``rows`` tile rows of
     ``tW`` tile columns (numpy arrays broadcast): the input copy X, the two row differences A,
-    the 25 coefficient matrices V, their products M and the output tiles Y."""
+    the 25 coefficient matrices V and their products M."""
     tiles = images * rows * tW
     return {"X": images * (4 * rows + 1) * (4 * tW + 1) * c,
             "A": 2 * images * rows * (4 * tW + 1) * c,
-            "V": 25 * tiles * c, "M": 25 * tiles * k, "Y": 4 * tiles * k}
+            "V": 25 * tiles * c, "M": 25 * tiles * k}
 
 
 def per_tile_bytes(c: int, k: int, tW: int, itemsize: int) -> int:
@@ -138,7 +138,7 @@ def _fill(spec: ConvSpec, x: np.ndarray, block, X: np.ndarray) -> None:
 
 def _block(spec, x, u, block, buffers, y) -> None:
     """One block: input copy, row and column transforms, 16 products, output transform into
-    ``y``."""
+    ``y`` (its last additions write the tiles' four phases, rows and columns of stride 2)."""
     n0, n1, i0, i1 = block
     C, K, (H, W) = spec.in_channels, spec.out_channels, spec.out_size
     tW = -(-W // 2)
@@ -189,11 +189,13 @@ def _block(spec, x, u, block, buffers, y) -> None:
     # rows: output row a sums row coefficients _SUMS[a] and odd row a
     moo[0] += meo[0]
     moo[1] += meo[2]
-    Y = buffers["Y"][:4 * L * K].reshape(m, rows, 2, tW, 2, K)
     for a in range(2):
+        ra = len(range(2 * i0 + a, min(H, 2 * i1), 2))
         for b in range(2):
-            np.add(moo[a, b].reshape(m, rows, tW, K), meo[1, b].reshape(m, rows, tW, K),
-                   out=Y[:, :, a, :, b])
-    h0, h1 = 2 * i0, min(H, 2 * i1)
-    tiles = Y.reshape(m, 2 * rows, 2 * tW, K)[:, :h1 - h0, :W]
-    np.copyto(y[n0:n1, :, h0:h1], tiles.transpose(0, 3, 1, 2), casting="unsafe")
+            cb = len(range(b, W, 2))
+            if ra == 0 or cb == 0:
+                continue
+            view = y[n0:n1, :, 2 * i0 + a:2 * i0 + a + 2 * ra - 1:2, b:b + 2 * cb - 1:2]
+            np.add(moo[a, b].reshape(m, rows, tW, K)[:, :ra, :cb],
+                   meo[1, b].reshape(m, rows, tW, K)[:, :ra, :cb], out=view.transpose(0, 2, 3, 1),
+                   casting="unsafe")
