@@ -2,7 +2,8 @@
 
 Run:  python experiments/winograd_accuracy.py   (writes experiments/results/kernels/winograd_accuracy.json)
 
-Per layer where F(2x2, 3x3) applies (3x3, stride 1) and per data case, the largest absolute
+Per layer where the Winograd method applies (3x3: F(2x2, 3x3) at stride 1, the polyphase form
+at stride 2) and per data case, the largest absolute
 error of the float32 result against a float64 computation of the same float32 operands, divided
 by the largest |output|: for the direct float32 methods ("taps": nine products of inner
 dimension C accumulated; "im2col": one of inner dimension 9 C) and for "winograd"; the ratio is
@@ -24,7 +25,8 @@ from parconv.blasconv import conv2d_blas  # noqa: E402
 from parconv.layers import get_layer  # noqa: E402
 
 LAYERS = (("resnet50.layer1.0.conv2", 8), ("resnet50.layer4.1.conv2", 8),
-          ("resnet50.layer2.1.conv2", 8), ("vgg16.conv1_2", 1))
+          ("resnet50.layer2.1.conv2", 8), ("vgg16.conv1_2", 1),
+          ("resnet50.layer2.0.conv2", 8), ("resnet50.layer3.0.conv2", 8))   # stride 2
 CASES = {"normal": lambda rng, shape: rng.standard_normal(shape),
          "uniform": lambda rng, shape: rng.random(shape),
          "offset 100": lambda rng, shape: 100 + rng.standard_normal(shape)}

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import winograd
+from . import winograd, winograd_s2
 from .blasconv import (_GATHER_COST, _SHORT_COST, COLUMNS_BYTES, EXACT_BELOW, GEMM_MIN_PIXELS,
-                       MIN_ROWS, TAP_BLOCK_BYTES)
+                       MIN_ROWS, TAP_BLOCK_BYTES, winograd_form)
 from .spec import ConvSpec
 
 
@@ -67,8 +67,10 @@ def workspace_bytes(spec: ConvSpec, n, c, k, out_h, out_w, padded: bool = True,
     cast_w = 0 if np.dtype(spec.dtype_weight) == np.dtype(cb == 4 and "float32" or "float64") \
         else cb * k * c
     direct = multi if limit is not None else np.ones_like(multi)   # groups summed in y's type
-    gemm_bytes = (cb * c * H * W + cast_w + k * H * W * (sums_per + np.where(direct, 0, out_item))
-                  + y)
+    # one float32 group into int32: summed in the output's own bytes (blasconv._aliased_output)
+    aliased = (~multi) & (limit is not None and cb == acc.itemsize == 4 and acc.kind in "iu")
+    gemm_bytes = (cb * c * H * W + cast_w + np.where(
+        aliased, 0, k * H * W * (sums_per + np.where(direct, 0, out_item))) + y)
     if np.dtype(spec.dtype_in) == np.dtype(acc) and acc.kind == "f" and (sh, sw) == (1, 1):
         gemm_bytes = cast_w + y     # one product from the input into the output
     taps_cost = image / np.maximum(H * W, 1) * (1 + _SHORT_COST / c)
@@ -76,11 +78,28 @@ def workspace_bytes(spec: ConvSpec, n, c, k, out_h, out_w, padded: bool = True,
     gemm = (R, S) == (1, 1) and not padded
     method = np.where(gemm & (H * W >= GEMM_MIN_PIXELS), 0, np.where(taps_cost <= im2col_cost, 1, 2))
     choices = [gemm_bytes, taps_bytes, im2col_bytes]
-    if winograd.applies(spec):
-        cost = winograd.relative_cost(n, c, k, np.maximum(H, 1), np.maximum(W, 1), _SHORT_COST)
+    form = winograd_form(spec)
+    if form is not None:
+        cost = form.relative_cost(n, c, k, np.maximum(H, 1), np.maximum(W, 1), _SHORT_COST)
         method = np.where((method != 0) & (cost < np.minimum(taps_cost, im2col_cost)), 3, method)
-        choices.append(_winograd_bytes(n, c, k, H, W, cb) + y)
+        model = _winograd_bytes if form is winograd else _winograd_s2_bytes
+        choices.append(model(n, c, k, H, W, cb) + y)
     return np.choose(method, choices)
+
+
+def _winograd_s2_bytes(n, c, k, H, W, item: int):
+    """parconv.winograd_s2's allocations: the transformed filters and the block buffers
+    (`winograd_s2.block_elements`) of the largest block of `winograd.tile_blocks`."""
+    tH, tW = -(-H // 2), -(-W // 2)
+    per = item * sum(winograd_s2.block_elements(1, 1, tW, c, k).values()) // np.maximum(tW, 1)
+    tiles = np.maximum(winograd.MIN_TILES, winograd_s2.BLOCK_BYTES // np.maximum(per, 1))
+    image = tH * tW
+    whole = tiles >= image
+    images = -(-n // -(-n // np.maximum(tiles // np.maximum(image, 1), 1)))
+    rows = -(-tH // -(-tH // np.maximum(1, tiles // np.maximum(tW, 1))))
+    m, r = np.where(whole, images, 1), np.where(whole, tH, np.minimum(rows, tH))
+    buffers = sum(winograd_s2.block_elements(m, r, tW, c, k).values())
+    return item * (16 * k * c + buffers)
 
 
 def _winograd_bytes(n, c, k, H, W, item: int):

@@ -17,8 +17,10 @@ and non-square shapes; none builds the full im2col matrix):
 * ``"im2col"``: blocks of output rows of the im2col matrix, sized to `COLUMNS_BYTES`, gathered
   from the phase images, one product per block: for few channels (short per-tap products) or
   grids much larger than the output (small images: ``Hq Wq >> H W``).
-* ``"winograd"`` (floating types, 3x3, stride 1, dilation 1): F(2x2, 3x3), 2.25x fewer
-  multiply-adds in 16 products per block of tiles (`parconv.winograd`).
+* ``"winograd"`` (floating types, 3x3, dilation 1): stride 1 by F(2x2, 3x3), 2.25x fewer
+  multiply-adds in 16 products per block of tiles (`parconv.winograd`); stride 2 by its
+  polyphase form, F(2, 2) on the even taps and the odd tap direct per axis, 1.44x fewer in 16
+  products (`parconv.winograd_s2`).
 
 Every method writes its output blocks to the NCHW result while they are still in the cache.
 
@@ -35,7 +37,7 @@ import dataclasses
 
 import numpy as np
 
-from . import winograd
+from . import winograd, winograd_s2
 from .blas import current_threads, matmul_into
 from .errors import ParconvError
 from .spec import ConvSpec
@@ -199,9 +201,16 @@ def choose_method(spec: ConvSpec) -> str:
     _, (Hq, Wq) = taps(spec)
     costs = {"taps": (Hq * Wq) / (H * W) * (1 + _SHORT_COST / C),
              "im2col": 1 + _SHORT_COST / (C * R * S) + _GATHER_COST / K}
-    if winograd.applies(spec):
-        costs["winograd"] = winograd.relative_cost(spec.batch, C, K, H, W, _SHORT_COST)
+    form = winograd_form(spec)
+    if form is not None:
+        costs["winograd"] = form.relative_cost(spec.batch, C, K, H, W, _SHORT_COST)
     return min(costs, key=costs.get)
+
+
+def winograd_form(spec: ConvSpec):
+    """The module of the "winograd" method for this block (`parconv.winograd` for stride 1,
+    `parconv.winograd_s2` for stride 2), or None where neither applies."""
+    return next((form for form in (winograd, winograd_s2) if form.applies(spec)), None)
 
 
 def channels_first(spec: ConvSpec) -> bool:
@@ -215,6 +224,13 @@ def _gemm_in_place(spec: ConvSpec, x: np.ndarray, arith: Arithmetic, y: np.ndarr
     ``x`` C-contiguous of the products' type (blas_workspace: floats)."""
     return (arith.limit is None and arith.out == y.dtype == arith.dtype
             and tuple(spec.stride) == (1, 1) and x.dtype == arith.dtype and x.flags.c_contiguous)
+
+
+def _aliased_output(arith: Arithmetic, y: np.ndarray) -> bool:
+    """Whether "gemm" sums straight into ``y``'s bytes reinterpreted as the products' type:
+    one exact group whose floating sums become integers of the same size (float32 -> int32)."""
+    return (arith.limit is None and arith.out == arith.dtype and y.dtype.kind in "iu"
+            and y.dtype.itemsize == arith.dtype.itemsize and y.flags.c_contiguous)
 
 
 def _gemm_applies(spec: ConvSpec) -> bool:
@@ -279,9 +295,13 @@ def conv_gemm(spec: ConvSpec, x: np.ndarray, w: np.ndarray, arith: Arithmetic,
         np.matmul(wm, x.reshape(spec.batch, C, H * W), out=y.reshape(spec.batch, K, H * W))
         return
     groups = column_groups(C, 1, arith.limit)
-    sums = _Sums(arith, K * H * W)
-    image = np.empty((C, H, W), dtype=arith.dtype)
     direct = arith.out == y.dtype
+    # one group of float32 sums into int32: the product is written into the output image's
+    # own bytes and cast there in place (exact integers, theory.md 1.5), so no block buffer
+    # and no second pass through one (2 threads: int8 / float32 0.83 -> 0.92 on a 1x1 layer)
+    aliased = _aliased_output(arith, y)
+    sums = None if aliased else _Sums(arith, K * H * W)
+    image = np.empty((C, H, W), dtype=arith.dtype)
     for n in range(spec.batch):
         src = x[n, :, ::sh, ::sw][:, :H, :W]
         if src.dtype == arith.dtype and src.flags.c_contiguous:
@@ -295,6 +315,13 @@ def conv_gemm(spec: ConvSpec, x: np.ndarray, w: np.ndarray, arith: Arithmetic,
                 # the weight columns are K x (c1 - c0) of a K x C matrix: BLAS takes the stride
                 matmul_into(target, wm[:, c0:c1], flat[c0:c1], not (first and i == 0), scratch)
 
+        if aliased:
+            ints = y[n].reshape(K * H * W)
+            sums_view = ints.view(arith.dtype)
+            np.matmul(wm, flat, out=sums_view.reshape(K, H * W))
+            # element i is read before it is written: a 1-d cast in place is exact
+            np.copyto(ints, sums_view, casting="unsafe")
+            continue
         block = y[n].reshape(K, H * W) if direct else sums.block((K, H * W))
         sums.run(block, groups, products)
         if not direct:
@@ -434,12 +461,12 @@ def conv2d_blas(spec: ConvSpec, x: np.ndarray, w: np.ndarray, method: str | None
     method = method or choose_method(spec)
     if method == "gemm" and not _gemm_applies(spec):
         raise ParconvError(f"method 'gemm' needs a 1x1 unpadded block, got {spec.describe()}")
-    if method == "winograd" and not winograd.applies(spec):
-        raise ParconvError("method 'winograd' needs a floating-point 3x3 block of stride 1 and "
-                           f"dilation 1, got {spec.describe()}")
+    if method == "winograd" and winograd_form(spec) is None:
+        raise ParconvError("method 'winograd' needs a floating-point 3x3 block of stride 1 or 2 "
+                           f"and dilation 1, got {spec.describe()}")
     y = np.empty(spec.output_shape, dtype=spec.dtype_acc)
     if method == "winograd":
-        winograd.conv_winograd(spec, x, w, arith.dtype, y)
+        winograd_form(spec).conv_winograd(spec, x, w, arith.dtype, y)
     elif method == "gemm":
         conv_gemm(spec, x, w, arith, y)
     elif method == "taps":

@@ -59,8 +59,8 @@ def conv2d_local(spec: ConvSpec, x: np.ndarray, w: np.ndarray, method: str | Non
 
     Pads the input by ``spec.padding`` before and ``spec.padding_end`` after.  BLAS matrix
     products without a full im2col matrix, exact for integers (`parconv.blasconv`); ``method``
-    forces "gemm" (1x1 unpadded only), "taps", "im2col" or "winograd" (floating 3x3, stride 1,
-    dilation 1) (default: `choose_method`).
+    forces "gemm" (1x1 unpadded only), "taps", "im2col" or "winograd" (floating 3x3, stride 1
+    or 2, dilation 1) (default: `choose_method`).
     """
     x, w = _checked_operands(spec, x, w)
     return conv2d_blas(spec, x, w, method)[0]

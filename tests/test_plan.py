@@ -291,6 +291,8 @@ def _kernel_peak(kernel, spec, x, w) -> int:
     (get_layer("resnet50.conv1", batch=2), (1, 2, 1, 2, 1)),                 # im2col, int8
     (get_layer("resnet50.layer3.0.conv2", batch=2), (1, 1, 2, 2, 2)),        # per tap, int8
     (get_layer("resnet50.layer2.0.downsample.0", batch=2, dtype="float32"), (2, 1, 1, 1, 3)),
+    (get_layer("resnet50.layer2.0.conv1", batch=2), (1, 2, 1, 1, 2)),         # 1x1, int8
+    (get_layer("resnet50.layer3.0.conv2", batch=2, dtype="float32"), (2, 2, 1, 1, 1)),  # s2
     (AWKWARD[3], (1, 1, 1, 3, 2)),                                             # dilated float32
     (get_layer("resnet50.layer1.0.conv2", batch=1, dtype="float64"), (1, 1, 1, 3, 1)),
 ])

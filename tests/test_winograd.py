@@ -1,12 +1,13 @@
-"""The Winograd F(2x2, 3x3) method against the slow reference: odd sizes, padding (asymmetric,
-wider than the filter's half), blocks of tile rows and of several images; its accuracy next to
-the direct method's; where the chooser takes it."""
+"""The Winograd method against the slow reference, F(2x2, 3x3) at stride 1 and the polyphase
+form at stride 2: odd sizes, padding (asymmetric, wider than the filter's half), blocks of tile
+rows and of several images; its accuracy next to the direct method's; where the chooser takes
+it."""
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from parconv import winograd
+from parconv import winograd, winograd_s2
 from parconv.blasconv import choose_method, conv2d_blas
 from parconv.errors import ParconvError
 from parconv.kernels import NumpyKernel, reference_conv2d
@@ -51,6 +52,7 @@ def layout(request, monkeypatch):
 def tiny_blocks(monkeypatch):
     """Blocks of one or a few tile rows: the row-block path and block edges run many times."""
     monkeypatch.setattr(winograd, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(winograd_s2, "BLOCK_BYTES", 1)
     monkeypatch.setattr(winograd, "MIN_TILES", 5)
 
 
@@ -102,6 +104,60 @@ def test_random_shapes_winograd(tiny_blocks, layout, h, w, pads, c, n, seed):
     assert_winograd_matches_reference(spec, seed)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", SHAPES + [dict(in_size=(28, 28), padding=(1, 1)),
+                                            dict(in_size=(16, 9), padding=(0, 1))])
+def test_stride_2_equals_reference(shape, dtype):
+    spec = spec_for_dtype(dtype, batch=3, in_channels=4, out_channels=5, kernel_size=(3, 3),
+                          stride=(2, 2), **shape)
+    assert winograd_s2.applies(spec)
+    assert_winograd_matches_reference(spec)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_stride_2_on_row_blocks(tiny_blocks, shape):
+    spec = spec_for_dtype("float64", batch=2, in_channels=3, out_channels=2, kernel_size=(3, 3),
+                          stride=(2, 2), **shape)
+    assert_winograd_matches_reference(spec, seed=1)
+
+
+def test_stride_2_on_blocks_of_several_images(monkeypatch):
+    # 5 images of 3 x 2 tiles, 12 tiles a block: blocks of 2, 2 and 1 images (or 1, 2, 2)
+    monkeypatch.setattr(winograd, "MIN_TILES", 12)
+    monkeypatch.setattr(winograd_s2, "BLOCK_BYTES", 1)
+    spec = spec_for_dtype("float64", batch=5, in_channels=3, out_channels=4, in_size=(11, 7),
+                          kernel_size=(3, 3), stride=(2, 2), padding=(1, 0))
+    assert sorted(b[1] - b[0] for b in winograd_s2.blocks(spec, 8)) == [1, 2, 2]
+    assert_winograd_matches_reference(spec)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(h=st.integers(1, 12), w=st.integers(1, 12), pads=st.tuples(*[st.integers(0, 3)] * 4),
+       c=st.integers(1, 5), n=st.integers(1, 3), seed=st.integers(0, 1000))
+def test_random_shapes_stride_2(tiny_blocks, h, w, pads, c, n, seed):
+    try:
+        spec = spec_for_dtype("float64", batch=n, in_channels=c, out_channels=3, in_size=(h, w),
+                              kernel_size=(3, 3), stride=(2, 2), padding=pads[:2],
+                              padding_end=pads[2:])
+    except ParconvError:
+        return  # kernel wider than the padded input: not a layer
+    assert_winograd_matches_reference(spec, seed)
+
+
+@pytest.mark.parametrize("offset", [0.0, 100.0])
+def test_stride_2_float32_error_is_near_the_direct_methods(offset):
+    # the polyphase form's transforms hold only 0 and +-1 (one short sum before and after the
+    # products, as F(2x2, 3x3)): its error stays within a small factor of the direct method's
+    spec = spec_for_dtype("float32", batch=2, in_channels=64, out_channels=16, in_size=(24, 24),
+                          kernel_size=(3, 3), stride=(2, 2), padding=(1, 1))
+    x, w = operands(spec, seed=4, offset=offset)
+    exact = conv2d_blas(spec.replace(dtype_in="float64", dtype_weight="float64",
+                                     dtype_acc="float64"), x.astype(np.float64),
+                        w.astype(np.float64), "taps")[0]
+    errors = {m: np.abs(conv2d_blas(spec, x, w, m)[0] - exact).max() for m in ("taps", "winograd")}
+    assert 0 < errors["winograd"] <= 2.5 * errors["taps"], errors
+
+
 @pytest.mark.parametrize("offset", [0.0, 100.0])
 def test_float32_error_is_near_the_direct_methods(layout, offset):
     # against a float64 reference: F(2x2, 3x3) adds one short sum per transform (B, A: +-1;
@@ -118,10 +174,11 @@ def test_float32_error_is_near_the_direct_methods(layout, offset):
 
 
 def test_method_is_refused_where_it_does_not_apply():
-    for kwargs in (dict(stride=(2, 1)), dict(dilation=(1, 2)), dict(kernel_size=(3, 5))):
+    for kwargs in (dict(stride=(2, 1)), dict(stride=(3, 3)), dict(dilation=(1, 2)),
+                   dict(stride=(2, 2), dilation=(2, 2)), dict(kernel_size=(3, 5))):
         spec = spec_for_dtype("float32", batch=1, in_channels=2, out_channels=2, in_size=(9, 9),
                               **{"kernel_size": (3, 3), **kwargs})
-        assert not winograd.applies(spec)
+        assert not winograd.applies(spec) and not winograd_s2.applies(spec)
         with pytest.raises(ParconvError, match="winograd"):
             conv2d_blas(spec, *operands(spec), "winograd")
     spec = spec_for_dtype("int8", batch=1, in_channels=2, out_channels=2, in_size=(6, 6),
@@ -138,12 +195,17 @@ def test_chooser_takes_winograd_for_wide_float_layers_only():
     assert choose_method(get_layer("resnet50.layer4.1.conv2", batch=8, dtype="float64")) == \
         "winograd"
     assert choose_method(get_layer("resnet50.layer1.0.conv2", batch=8)) == "taps"   # int8
-    assert choose_method(get_layer("resnet50.layer3.0.conv2", batch=8, dtype="float32")) != \
+    assert choose_method(get_layer("resnet50.layer3.0.conv2", batch=8, dtype="float32")) == \
         "winograd"                                                              # stride 2
+    assert choose_method(get_layer("resnet50.layer3.0.conv2", batch=8)) == "im2col"   # int8
+    # 7x7 outputs of stride 2: 4x4 tiles waste a third of the products saved (measured slower)
+    assert choose_method(get_layer("resnet50.layer4.0.conv2", batch=8, dtype="float32")) != \
+        "winograd"
     # three channels: the transforms cost more than the products saved
     spec = spec_for_dtype("float32", batch=1, in_channels=3, out_channels=8, in_size=(32, 32),
                           kernel_size=(3, 3), padding=(1, 1))
     assert choose_method(spec) != "winograd"
+    assert choose_method(spec.replace(stride=(2, 2))) != "winograd"
 
 
 def test_kernel_reports_winograd():
