@@ -41,7 +41,8 @@ What the memory object must provide: ``fits(spec, tiling)`` and ``capacity()``. 
 ``fits`` per candidate and is slower), ``budgets()`` (constraints of the relaxation; default one
 memory of ``capacity()`` bytes holding all three arrays), ``granularity`` (default for the
 ``granularity`` argument) and ``bound(spec)`` (a SequentialBound; default
-``bounds.sequential_bound(spec, capacity())``).
+``bounds.sequential_bound(spec, capacity())``) or ``bound_value(spec)`` (its value in bytes
+only, preferred when present).
 """
 
 from __future__ import annotations
@@ -391,6 +392,8 @@ def _search(scorer: _Scorer, memory, free: str, granularity: int,
 
 
 def _bound_value(spec: ConvSpec, memory) -> float:
+    if hasattr(memory, "bound_value"):
+        return float(memory.bound_value(spec))
     if hasattr(memory, "bound"):
         return float(memory.bound(spec).value)
     return float(sequential_bound(spec, memory.capacity()).value)

@@ -40,7 +40,8 @@ import functools
 
 import numpy as np
 
-from ...bounds import sequential_bound_two_memory
+from ...bounds.checks import check_bytes
+from ...bounds.sequential import sequential_bound_two_memory, sequential_bound_value
 from ...errors import ParconvError
 from ...spec import ConvSpec
 from ...tiling import (CANONICAL_ORDERS, LOOPS, ScratchAccMemory, Tiling, TilingResult, clip_array,
@@ -95,21 +96,29 @@ class GemminiMemory(ScratchAccMemory):
         return self.config.fits(spec, vendor_tuple(tiling.clipped(spec)))
 
     def bound(self, spec: ConvSpec):
+        return sequential_bound_two_memory(spec, self.config.scratch_bytes,
+                                           self.config.acc_total_bytes)
+
+    def bound_value(self, spec: ConvSpec) -> float:
         return block_bound(spec, self.config.scratch_bytes, self.config.acc_total_bytes)
 
     def __repr__(self) -> str:
         return f"GemminiMemory({self.config.name!r})"
 
 
-def block_bound(spec: ConvSpec, scratch_bytes: float, acc_bytes: float):
-    """`parconv.bounds.sequential_bound_two_memory` of a block, computed once per block shape in
-    the process (the search and the kernel's statistics of the same block share it)."""
+def block_bound(spec: ConvSpec, scratch_bytes: float, acc_bytes: float) -> float:
+    """The value of `parconv.bounds.sequential_bound_two_memory` of a block (bytes), computed
+    once per block shape in the process (the search and the kernel's statistics of the same
+    block share it) by `parconv.bounds.sequential.sequential_bound_value`: the same number,
+    without the work-function solves of segment terms that cannot be the largest."""
     return _bound_of_shape(spec.replace(name="block"), scratch_bytes, acc_bytes)
 
 
 @functools.lru_cache(maxsize=512)
-def _bound_of_shape(spec: ConvSpec, scratch_bytes: float, acc_bytes: float):
-    return sequential_bound_two_memory(spec, scratch_bytes, acc_bytes)
+def _bound_of_shape(spec: ConvSpec, scratch_bytes: float, acc_bytes: float) -> float:
+    # the one-memory bound with M = scratchpad + accumulator, as sequential_bound_two_memory
+    return sequential_bound_value(spec, check_bytes(scratch_bytes, "M_scratch")
+                                  + check_bytes(acc_bytes, "M_acc"))
 
 
 def _ceil_div(a: np.ndarray, d: int) -> np.ndarray:
@@ -222,7 +231,7 @@ def cost_of_vendor(layer_cost) -> ModelCost:
 
 def _single_tile_result(spec: ConvSpec, memory: GemminiMemory, tiling: Tiling, order: str):
     moved = traffic(spec, tiling, order)
-    bound = float(memory.bound(spec).value)
+    bound = memory.bound_value(spec)
     return TilingResult(tiling=tiling, order=order, traffic=moved, bound=bound,
                         ratio=moved.total / bound if bound > 0 else float("inf"), evaluated=1)
 
