@@ -208,10 +208,11 @@ class ConvSpec:
                                    f"the {MAX_ARRAY_BYTES} supported")
 
     # ---- shapes -------------------------------------------------------------------------------
-    @property
+    @cached_property
     def out_size(self) -> tuple[int, int]:
         """(H, W): floor((H_in + 2 ph - dh (R - 1) - 1) / sh) + 1, and likewise W (with
-        ``padding + padding_end`` in place of ``2 ph`` for an asymmetric block)."""
+        ``padding + padding_end`` in place of ``2 ph`` for an asymmetric block).  Computed once
+        per spec (the tiling searches ask for it thousands of times)."""
         return tuple((n + p + q - d * (k - 1) - 1) // s + 1 for n, k, s, p, q, d in
                      zip(self.in_size, self.kernel_size, self.stride, self.padding,
                          self.padding_end, self.dilation))

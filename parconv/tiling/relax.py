@@ -140,11 +140,20 @@ def _full(base: np.ndarray, mask: np.ndarray, z: np.ndarray) -> np.ndarray:
 
 
 def _log_constraint(use: Signomial, cap: float, base: np.ndarray, mask: np.ndarray) -> dict:
+    last = {}          # SLSQP asks for the value and the gradient at the same point: one sum
+
+    def value_grad(z):
+        key = z.tobytes()
+        if key not in last:
+            last.clear()
+            last[key] = use.value_grad(_full(base, mask, z))
+        return last[key]
+
     def fun(z):
-        return np.log(cap) - np.log(use.value_grad(_full(base, mask, z))[0])
+        return np.log(cap) - np.log(value_grad(z)[0])
 
     def jac(z):
-        value, grad = use.value_grad(_full(base, mask, z))
+        value, grad = value_grad(z)
         return -grad[mask] / value
 
     return {"type": "ineq", "fun": fun, "jac": jac}

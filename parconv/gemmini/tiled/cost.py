@@ -67,11 +67,13 @@ class ModelCost(rules.Utilization):
 _ROWS = {loops: [_I[loop] for loop in loops] for loops in ("NCHWRS", "KCRS", "NKHW")}
 
 
-def _piece_lines(row_bytes: np.ndarray, piece: int, step: int) -> np.ndarray:
-    """`mean_piece_lines` of each row, evaluated once per distinct row length (a layer's tiles
-    have a few)."""
-    values, inverse = np.unique(row_bytes, return_inverse=True)
-    lines = np.asarray(mean_piece_lines(values, piece, step), dtype=float)
+def _piece_lines(row_bytes: np.ndarray, piece: int, steps: np.ndarray) -> np.ndarray:
+    """`mean_piece_lines` of each row (its own start step), evaluated once per distinct (row
+    length, step) pair (the tiles of a few candidates have a few)."""
+    key = row_bytes.astype(np.int64) * (int(steps.max()) + 1) + steps
+    values, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    lines = np.array([mean_piece_lines(int(row_bytes[i]), piece, int(steps[i])) for i in first],
+                     dtype=float)
     return lines[inverse].reshape(np.shape(row_bytes))
 
 
@@ -221,6 +223,12 @@ def _cost_pieces(spec, plans, batch, config, bias, strided, dilated, piece) -> N
     stores = (visit_end * acc_rows).astype(float)
     bounds = np.cumsum([0] + [hi - lo for _, lo, hi in batch])
     segments = bounds[:-1]
+    in_steps, w_steps = (np.repeat([plans[index]["steps"][j] for index, _, _ in batch],
+                                   np.diff(bounds)) for j in (0, 1))
+    in_lines = load_in * nN * window * _piece_lines(nC * config.input_bytes,
+                                                    piece * config.input_bytes, in_steps)
+    w_lines = load_w * nC * nR * nS * _piece_lines(nK * config.weight_bytes,
+                                                   piece * config.weight_bytes, w_steps)
     # integer sums of every piece at once (exact); float sums per piece as one np.sum each
     ints = {k: np.add.reduceat(v, segments) for k, v in
             {**{f"dram_{k}": v for k, v in per_tile.items()}, **rows, "exec": exec_cycles,
@@ -228,7 +236,6 @@ def _cost_pieces(spec, plans, batch, config, bias, strided, dilated, piece) -> N
     roofline = np.maximum(exec_cycles, tile_dma)
     for j, (index, lo, hi) in enumerate(batch):
         plan, a, b = plans[index], bounds[j], bounds[j + 1]
-        steps = plan["steps"]
         plan["chunks"].append({
             "dram": {k: int(ints[f"dram_{k}"][j]) for k in STREAMS},
             "mvin": {k: int(ints[f"mvin_{k}"][j]) for k in ("input", "weight", "bias", "psum")},
@@ -239,10 +246,7 @@ def _cost_pieces(spec, plans, batch, config, bias, strided, dilated, piece) -> N
             "arrays": {
                 "exec": exec_cycles[a:b], "passes": passes[a:b], "load_in": load_in[a:b],
                 "load_w": load_w[a:b], "moved": moved[a:b],
-                "in_lines": load_in[a:b] * nN[a:b] * window[a:b] * _piece_lines(
-                    nC[a:b] * config.input_bytes, piece * config.input_bytes, steps[0]),
-                "w_lines": load_w[a:b] * nC[a:b] * nR[a:b] * nS[a:b] * _piece_lines(
-                    nK[a:b] * config.weight_bytes, piece * config.weight_bytes, steps[1]),
+                "in_lines": in_lines[a:b], "w_lines": w_lines[a:b],
                 "stores": stores[a:b], "in_bytes": per_tile["input"][a:b],
                 "w_bytes": per_tile["weight"][a:b], "other_lines": line_rows[a:b],
                 **{k: v[a:b] for k, v in commands.items()}}})
