@@ -171,6 +171,27 @@ def test_random_feasible_tilings_are_exact_and_counted_exactly(case, bias):
     assert stats.max_spad_rows <= config.spad_rows_limit
 
 
+@pytest.mark.parametrize("name", sorted(AWKWARD))
+@pytest.mark.parametrize("high", [128, 8])
+@pytest.mark.parametrize("bias", [False, True])
+def test_integer_layers_in_slabs_of_one_image(name, high, bias, monkeypatch):
+    # tiny product pieces: the executor converts and sums one image at a time (several slabs);
+    # high = 128 sums in int32 (wrap-around), high = 8 in float32, a bias in int32
+    monkeypatch.setattr(TileExecutor, "PIECE_ELEMENTS", 1)
+    spec = ConvSpec(**AWKWARD[name]).replace(batch=3, dtype_out="int8")
+    config = GemminiConfig(bias=bias, **SMALL)
+    plan = choose_tiling(spec, config)
+    rng = np.random.default_rng(3)
+    x = rng.integers(-high, high, spec.input_shape).astype(np.int8)
+    w = rng.integers(-high, high, spec.weight_shape).astype(np.int8)
+    b = rng.integers(-2 ** 20, 2 ** 20, spec.out_channels).astype(np.int32) if bias else None
+    executor = TileExecutor(plan.model, plan.config)
+    calls = tiling_calls(plan.model, plan.tiling, plan.order, plan.config, plan.subsampled)
+    y, _ = executor.run(calls, plan.input_for_model(x), w, b)
+    np.testing.assert_array_equal(y, reference_conv2d(spec, x, w, b))
+    assert y.dtype == np.dtype(spec.dtype_acc)
+
+
 def test_float_layers_use_their_element_sizes():
     spec = ConvSpec(**AWKWARD["3x3 s2 pad1 ragged"], dtype_in="float32")
     rng = np.random.default_rng(5)

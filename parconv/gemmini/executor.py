@@ -396,16 +396,15 @@ class TileExecutor:
         (H, W), (R, S), (H_in, W_in) = spec.out_size, spec.kernel_size, spec.in_size
         rows = max(ph + H_in, sh * (H - 1) + dh * (R - 1) + 1)
         cols = max(pw + W_in, sw * (W - 1) + dw * (S - 1) + 1)
+        self._w = w.astype(self.products, copy=False)
+        if not self.floating:
+            return self._compute_slabs(calls, x, bias, rows, cols)
         if (rows, cols) == (H_in, W_in):
             self._x = x.astype(self.products, copy=False)
         else:
             self._x = np.zeros((x.shape[0], x.shape[1], rows, cols), self.products)
             np.copyto(self._x[:, :, ph:ph + H_in, pw:pw + W_in], x, casting="unsafe")
-        self._w = w.astype(self.products, copy=False)
-        if self.floating:
-            blocks = [(c.n, c.h, c.w, c.k, c.c, c.r, c.s) for c in calls]
-        else:
-            blocks = _rectangles(calls)
+        blocks = [(c.n, c.h, c.w, c.k, c.c, c.r, c.s) for c in calls]
         whole = tuple((0, e) for e in (spec.batch, H, W, spec.out_channels, spec.in_channels,
                                        R, S))
         # one product over the whole layer in one channel group writes every output once
@@ -417,9 +416,51 @@ class TileExecutor:
             self._y += np.asarray(bias).astype(self.acc_type)[:, None, None]
         for block in blocks:
             self._product(*block)
-        # float32 sums of integers are exact below 2**24: one cast, no wrap-around needed
         y = self._y if self._y.dtype == np.dtype(spec.dtype_acc) else \
             self._y.astype(spec.dtype_acc)
+        self._x = self._w = self._y = None
+        return y
+
+    def _compute_slabs(self, calls: list, x: np.ndarray, bias, rows: int, cols: int
+                       ) -> np.ndarray:
+        """`_compute` for integer layers, a few images at a time: each slab of images is
+        converted (and zero-padded) into one reused buffer and its outputs are summed in
+        another, so the converted input and the accumulator never exist for the whole batch
+        (less memory traffic).  Integer sums are exact, and every output element still
+        receives the products of the same tiles, so the result is the same bits."""
+        spec = self.spec
+        (ph, pw), (H_in, W_in) = spec.padding, spec.in_size
+        N, C, K = spec.batch, spec.in_channels, spec.out_channels
+        (H, W), (R, S) = spec.out_size, spec.kernel_size
+        blocks = _rectangles(calls)
+        whole = tuple((0, e) for e in (N, H, W, K, C, R, S))
+        self._assign = bias is None and blocks == [whole] and self.acc_type.kind == "f" and (
+            self.chunk is None or C * R * S <= self.chunk)
+        out_type = np.dtype(spec.dtype_acc)
+        # images per slab: about two product pieces of converted input
+        slab = min(N, max(1, 2 * self.piece // max(C * rows * cols, 1)))
+        x_buffer = np.zeros((slab, C, rows, cols), self.products)
+        if self.acc_type == out_type:         # int32 sums (wrap-around) straight into y
+            y, y_buffer = np.zeros((N, K, H, W), out_type), None
+        else:                                 # float32 sums of a slab, then cast into y
+            y, y_buffer = np.empty((N, K, H, W), out_type), np.empty((slab, K, H, W),
+                                                                     self.acc_type)
+        for a in range(0, N, slab):
+            b = min(a + slab, N)
+            self._x = x_buffer[:b - a]
+            np.copyto(self._x[:, :, ph:ph + H_in, pw:pw + W_in], x[a:b], casting="unsafe")
+            self._y = y[a:b] if y_buffer is None else y_buffer[:b - a]
+            if y_buffer is not None and not self._assign:
+                self._y.fill(0)
+            if bias is not None:
+                self._y += np.asarray(bias).astype(self.acc_type)[:, None, None]
+            for n, h, w, k, c, r, s in blocks:
+                n0, n1 = max(n[0], a), min(n[1], b)
+                if n0 < n1:
+                    self._product((n0 - a, n1 - a), h, w, k, c, r, s)
+            if y_buffer is not None:
+                # float32 sums of integers are exact below 2**24: a cast, no wrap-around needed
+                np.copyto(y[a:b], self._y, casting="unsafe")
         self._x = self._w = self._y = None
         return y
 

@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
+import operator
 
 import numpy as np
 
@@ -335,9 +337,16 @@ def tiling_calls(spec: ConvSpec, tiling: Tiling, order: str, config: GemminiConf
     in_at, w_at, out_at = ([where[_I[l]] for l in key] for key in (_INPUT, _FILTER, _OUTPUT))
     reduction = [where[_I[l]] for l in "CRS"]
     mpp_of = {}                              # (nC, nS) -> first-layer pixels per row
+    # block indices in LOOPS order, the three keys and the reduction's indices of a position
+    # (itemgetter of several items returns a tuple, as the keys are)
+    blocks, input_key, weight_key, output_key, reduced = (
+        operator.itemgetter(*at) for at in (where, in_at, w_at, out_at, reduction))
+    final = tuple(trips[_I[loop]] - 1 for loop in "CRS")
+    rn, rk, rc, rh, rw, rr, rs = ranges
     calls = []
-    for pos in np.ndindex(*(trips[_I[loop]] for loop in order)):
-        n, k, c, h, w, r, s = (ranges[j][pos[where[j]]] for j in range(7))
+    for pos in itertools.product(*(range(trips[_I[loop]]) for loop in order)):
+        bn, bk, bc, bh, bw, br, bs = blocks(pos)
+        n, k, c, h, w, r, s = rn[bn], rk[bk], rc[bc], rh[bh], rw[bw], rr[br], rs[bs]
         sizes = (c[1] - c[0], s[1] - s[0])
         mpp = mpp_of.get(sizes)
         if mpp is None:
@@ -348,9 +357,8 @@ def tiling_calls(spec: ConvSpec, tiling: Tiling, order: str, config: GemminiConf
             row0=sh * h[0] + dh * r[0] - ph, col0=sw * w[0] + dw * s[0] - pw,
             rows=sh * (h[1] - h[0] - 1) + dh * (r[1] - r[0] - 1) + 1,
             cols=sw * (w[1] - w[0] - 1) + dw * (s[1] - s[0] - 1) + 1, step=1,
-            input_key=tuple(pos[j] for j in in_at), weight_key=tuple(pos[j] for j in w_at),
-            output_key=tuple(pos[j] for j in out_at), input_mode="auto", weight_mode="auto",
-            last=all(pos[j] == trips[_I[l]] - 1 for j, l in zip(reduction, "CRS")), mpp=mpp))
+            input_key=input_key(pos), weight_key=weight_key(pos), output_key=output_key(pos),
+            input_mode="auto", weight_mode="auto", last=reduced(pos) == final, mpp=mpp))
     return calls
 
 
