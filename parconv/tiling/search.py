@@ -151,7 +151,12 @@ def _reuse_masks(orders: tuple) -> tuple:
 def _totals(spec: ConvSpec, tiles: np.ndarray, orders: list[str]) -> np.ndarray:
     """`traffic_totals` for several orders at once: a (len(orders), m) array."""
     t = clip_array(spec, np.atleast_2d(tiles))
-    trips = -(-np.asarray(extents(spec), dtype=np.int64) // t)
+    return _clipped_totals(spec, t, -(-np.asarray(extents(spec), dtype=np.int64) // t), orders)
+
+
+def _clipped_totals(spec: ConvSpec, t: np.ndarray, trips: np.ndarray, orders: list[str]
+                    ) -> np.ndarray:
+    """`_totals` of clipped block sizes ``t`` (int64, (m, 7)) with their trip counts."""
     code = (trips > 1) @ _BITS                    # bit i: loop i has more than one block
     rows = _axis_table(*spec.axis(0))[t[:, 3], t[:, 5]]
     cols = _axis_table(*spec.axis(1))[t[:, 4], t[:, 6]]
@@ -222,6 +227,18 @@ class _Scorer:
         self.evaluated = 0
         self.best: tuple | None = None          # (total, tiles, tile tuple, order)
         self.moves: dict = {}                   # pairwise move -> best of its grid
+        self._pairs: dict = {}                  # (free loops, granularity) -> pair grids
+
+    def pair_grids(self, free: str, granularity: int) -> list:
+        """((a, b), every combination of the two ladders) for each pair of free loops, built
+        once per search (every local search of one search uses the same)."""
+        key = (free, granularity)
+        if key not in self._pairs:
+            ladders = {l: _ladder(int(self.extents[_I[l]]), granularity if l in "KC" else 1)
+                       for l in free}
+            self._pairs[key] = [((a, b), _grid([ladders[a], ladders[b]]))
+                                for a, b in itertools.combinations(free, 2)]
+        return self._pairs[key]
 
     def fits(self, tiles: np.ndarray) -> np.ndarray:
         if hasattr(self.memory, "fits_array"):
@@ -252,11 +269,12 @@ class _Scorer:
         out = [None] * len(groups)
         if not len(tiles):
             return out
-        totals = _totals(self.spec, tiles, self.orders)
+        trips = -(-self.extents // tiles)
+        totals = _clipped_totals(self.spec, tiles, trips, self.orders)
         self.evaluated += totals.size
         which = totals.argmin(axis=0)
-        total = totals.min(axis=0)
-        count = np.prod(-(-self.extents // tiles), axis=1)
+        total = totals[which, np.arange(len(which))]
+        count = np.prod(trips, axis=1)
         # by group, then traffic, then tiles; stable, so a tie keeps the first row
         ranked = np.lexsort((count, total, label))
         heads = ranked[np.r_[True, label[ranked][1:] != label[ranked][:-1]]]
@@ -278,9 +296,7 @@ def _local_search(scorer: _Scorer, start: tuple, free: str, granularity: int,
     other five block sizes, so the best of a grid already scored (in this search or an earlier
     one from another start) is reused.
     """
-    ladders = {l: _ladder(int(scorer.extents[_I[l]]), granularity if l in "KC" else 1)
-               for l in free}
-    pairs = [((a, b), _grid([ladders[a], ladders[b]])) for a, b in itertools.combinations(free, 2)]
+    pairs = scorer.pair_grids(free, granularity)
 
     def key(j: int, tile: tuple) -> tuple:
         (a, b), _ = pairs[j]
