@@ -276,7 +276,8 @@ def _calibrated(chunks: list, order: str, trips, constants: CycleConstants, dim:
     """`layer_cycles` over all tiles (one call each); the L2 misses of each operand
     (`load_misses` for ``order``, whose loads are already the non-consecutive ones) are spread
     over its loads."""
-    cat = {k: np.concatenate([np.ravel(c[k]) for c in chunks]).astype(float) for k in chunks[0]}
+    cat = {k: (np.ravel(chunks[0][k]) if len(chunks) == 1 else
+               np.concatenate([np.ravel(c[k]) for c in chunks])).astype(float) for k in chunks[0]}
     loads = {"input": cat["load_in"].sum(), "weight": cat["load_w"].sum()}
     per_load = {"input": cat["in_bytes"].sum() / max(loads["input"], 1.0),
                 "weight": cat["w_bytes"].sum() / max(loads["weight"], 1.0)}

@@ -83,8 +83,14 @@ def exec_totals(spec: ConvSpec, tiles: np.ndarray, config, strided: bool = False
 def exec_and_passes(spec: ConvSpec, tiles: np.ndarray, config, strided: bool = False
                     ) -> tuple[np.ndarray, np.ndarray]:
     """(`exec_totals`, `exec_totals` with ``passes_only``) of each row, sharing the work."""
-    ext = extents(spec)
     t = clip_array(spec, np.atleast_2d(tiles)).T
+    return _combine(_loop_sums(spec, list(t), config, strided))
+
+
+def _loop_sums(spec: ConvSpec, t: list, config, strided: bool) -> dict:
+    """The factors of `exec_and_passes`, each a sum over the blocks of one loop (``sc``: of the
+    S and C loops jointly) for the block sizes ``t[j]`` of loop j (arrays that broadcast)."""
+    ext = extents(spec)
     d = config.dim
     dilated = max(spec.dilation) > 1
     loops = [_per_loop(t[j], ext[j]) for j in range(7)]
@@ -97,21 +103,51 @@ def exec_and_passes(spec: ConvSpec, tiles: np.ndarray, config, strided: bool = F
     def last_pass(w):
         return np.maximum(w - d * (_ceil_div(w, d) - 1), rules.MIN_PASS_CYCLES)
 
-    sum_nh = over(0, lambda v: v) * over(3, lambda v: v)
     sum_passes = over(4, lambda w: _ceil_div(w, d))
-    sum_f = d * (sum_passes - loops[4][1] - 1) + over(4, last_pass)
-    sum_g = over(4, lambda w: d - last_pass(w))
-    trips_nh = (loops[0][1] + 1) * (loops[3][1] + 1)
-    sum_k = over(1, lambda k: _ceil_div(k, d))
-    sum_r = over(5, lambda r: r)
     (s_full, s_n, s_rag), (c_full, c_n, c_rag) = loops[6], loops[2]
     sum_sc = 0
     for (s, ns), (c, nc) in itertools.product(((s_full, s_n), (s_rag, 1)),
                                               ((c_full, c_n), (c_rag, 1))):
         mpp = rules.max_pixels_per_row(config, c, s, strided, dilated)
         sum_sc = sum_sc + ns * nc * rules.ceil_div(s, mpp) * _ceil_div(c, d)
-    blocks = sum_k * sum_r * sum_sc
-    return (blocks * (sum_nh * sum_f + trips_nh * sum_g), blocks * (sum_nh * sum_passes))
+    return {"n": over(0, lambda v: v), "h": over(3, lambda v: v),
+            "trips_n": loops[0][1] + 1, "trips_h": loops[3][1] + 1, "passes": sum_passes,
+            "f": d * (sum_passes - loops[4][1] - 1) + over(4, last_pass),
+            "g": over(4, lambda w: d - last_pass(w)), "k": over(1, lambda k: _ceil_div(k, d)),
+            "r": over(5, lambda r: r), "sc": sum_sc}
+
+
+def _combine(sums: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(execute cycles, passes) from the loop sums: a tile's cycles are ``blocks(K, R, S, C) *
+    passes(N, H, W)``, so the sum over tiles is the product of per-loop sums."""
+    sum_nh = sums["n"] * sums["h"]
+    trips_nh = sums["trips_n"] * sums["trips_h"]
+    blocks = sums["k"] * sums["r"] * sums["sc"]
+    return (blocks * (sum_nh * sums["f"] + trips_nh * sums["g"]),
+            blocks * (sum_nh * sums["passes"]))
+
+
+class _LoopSumTables:
+    """`_loop_sums` of every block size of each loop (``sc``: of every (S, C) pair), computed
+    once per search, so that `exec_and_passes` of many tiles is a few table lookups (the same
+    integers)."""
+
+    _LOOP = {"n": 0, "h": 3, "trips_n": 0, "trips_h": 3, "passes": 4, "f": 4, "g": 4, "k": 1,
+             "r": 5}
+
+    def __init__(self, spec: ConvSpec, config, strided: bool):
+        ext = extents(spec)
+        sizes = [np.arange(1, e + 1, dtype=np.int64) for e in ext]
+        sizes[6], sizes[2] = sizes[6][:, None], sizes[2][None, :]
+        self.tables = {k: np.asarray(v, dtype=np.int64)
+                       for k, v in _loop_sums(spec, sizes, config, strided).items()}
+
+    def exec_and_passes(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`exec_and_passes` of clipped tiles (an (m, 7) int64 array)."""
+        at = tiles - 1
+        sums = {k: self.tables[k][at[:, j]] for k, j in self._LOOP.items()}
+        sums["sc"] = self.tables["sc"][at[:, 6], at[:, 2]]
+        return _combine(sums)
 
 
 def _ceil_div(a: np.ndarray, d: int) -> np.ndarray:
@@ -167,6 +203,7 @@ class Screen:
         self.log: list[tuple] = []
         self.extents = np.asarray(extents(spec))
         self.best: tuple | None = None          # (key, tile, order)
+        self._exec = _LoopSumTables(spec, config, strided)
 
     def offer(self, tiles: np.ndarray) -> bool:
         """Score the fitting rows of ``tiles`` under every order; True if the best improved."""
@@ -199,7 +236,7 @@ class Screen:
         if not len(rows):
             return [None] * len(groups)
         label, tiles = rows[:, 0], np.ascontiguousarray(rows[:, 1:])
-        exec_total, passes = exec_and_passes(self.spec, tiles, self.config, self.strided)
+        exec_total, passes = self._exec.exec_and_passes(tiles)
         bias = bias_totals(self.spec, tiles, self.config)
         n_tiles = np.prod(-(-self.extents // tiles), axis=1)
         c = self.constants
