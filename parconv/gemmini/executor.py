@@ -186,9 +186,10 @@ class TileExecutor:
         spec = self.spec
         calls = list(calls)
         x, w = np.asarray(x), np.asarray(w)
-        self.products = self._product_type(calls, x, w)
-        # products per exact float32 sum (no limit for float64: __init__ checked 2**53)
+        # max|x| max|w|: one pass over each operand for every decision below
         scale = _magnitude(x) * _magnitude(w)
+        self.products = self._product_type(calls, x, w, scale)
+        # products per exact float32 sum (no limit for float64: __init__ checked 2**53)
         self.chunk = self.FLOAT32_EXACT // scale if self.products == np.float32 and \
             not self.floating and scale else None
         # the accumulator: float32 when the whole reduction of an output is exact in it and no
@@ -197,7 +198,7 @@ class TileExecutor:
         self.acc_type = self.products if self.floating or self.products == np.float32 and \
             bias is None and self._exact_in_float32(self.spec.in_channels
                                                     * self.spec.kernel_size[0]
-                                                    * self.spec.kernel_size[1], x, w) \
+                                                    * self.spec.kernel_size[1], x, w, scale) \
             else np.dtype(self.spec.dtype_acc)
         # im2col elements of one product piece: at most a quarter of the input's (so the
         # workspace stays within the node's footprint, parconv.plan.footprint), at most 1 Mi
@@ -208,6 +209,8 @@ class TileExecutor:
         self._state = {}                  # output key -> "spilled" | "final"
         self._acc_key, self._bias = None, bias is not None
         self._finished_elements = 0
+        # the per-tile limits (properties of the config), read once for all calls
+        self._limits = (self.config.spad_rows_limit, self.config.acc_rows_limit)
         record = np.empty((len(calls), 9), dtype=np.int64)
         for index, call in enumerate(calls):
             record[index] = self._call(call, calls[index + 1] if index + 1 < len(calls) else None)
@@ -217,7 +220,8 @@ class TileExecutor:
         self._count_cycles(record)
         return self._compute(calls, x, w, bias), self._stats
 
-    def _product_type(self, calls, x: np.ndarray, w: np.ndarray) -> np.dtype:
+    def _product_type(self, calls, x: np.ndarray, w: np.ndarray, scale: int | None = None
+                      ) -> np.dtype:
         """float32 for integer tiles when the taps of one input channel of every tile sum to
         an integer below 2**24 (at most max|x| max|w| per product, nR nS products): the
         reduction is then cut into float32 products of whole channels that are exact, twice
@@ -226,12 +230,17 @@ class TileExecutor:
                                                        np.floating):
             return self.compute
         taps = max(((c.r[1] - c.r[0]) * (c.s[1] - c.s[0]) for c in calls), default=0)
-        return np.dtype(np.float32) if self._exact_in_float32(taps, x, w) else self.compute
+        return np.dtype(np.float32) if self._exact_in_float32(taps, x, w, scale) \
+            else self.compute
 
     @staticmethod
-    def _exact_in_float32(products: int, x: np.ndarray, w: np.ndarray) -> bool:
-        """Whether sums of ``products`` products of the data are integers below 2**24."""
-        return products * _magnitude(x) * _magnitude(w) <= TileExecutor.FLOAT32_EXACT
+    def _exact_in_float32(products: int, x: np.ndarray, w: np.ndarray,
+                          scale: int | None = None) -> bool:
+        """Whether sums of ``products`` products of the data are integers below 2**24
+        (``scale``: max|x| max|w| when already known)."""
+        if scale is None:
+            scale = _magnitude(x) * _magnitude(w)
+        return products * scale <= TileExecutor.FLOAT32_EXACT
 
     # ---- one call: capacities, residency, bytes (no data) -----------------------------------
     def _call(self, call: TileCall, following: TileCall | None) -> tuple:
@@ -247,11 +256,12 @@ class TileExecutor:
         in_rows = -(-nC // cfg.dim) * nN * call.rows * call.cols
         w_rows = k_rows * nR * nS * nC
         acc_rows = k_rows * nN * nH * nW
-        if in_rows + w_rows > cfg.spad_rows_limit or acc_rows > cfg.acc_rows_limit:
+        spad_limit, acc_limit = self._limits
+        if in_rows + w_rows > spad_limit or acc_rows > acc_limit:
             raise ParconvError(
                 f"tile {call.sizes()} needs {in_rows + w_rows} scratchpad rows (limit "
-                f"{cfg.spad_rows_limit}) and {acc_rows} accumulator rows (limit "
-                f"{cfg.acc_rows_limit}); the tiling does not fit")
+                f"{spad_limit}) and {acc_rows} accumulator rows (limit "
+                f"{acc_limit}); the tiling does not fit")
         if in_rows + w_rows > st.max_spad_rows:
             st.max_spad_rows = in_rows + w_rows
         if acc_rows > st.max_acc_rows:
