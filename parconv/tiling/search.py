@@ -50,6 +50,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import operator
 from functools import lru_cache
 from typing import Iterator
 
@@ -298,9 +299,13 @@ def _local_search(scorer: _Scorer, start: tuple, free: str, granularity: int,
     """
     pairs = scorer.pair_grids(free, granularity)
 
+    # the other five block sizes of a tile, per pair (itemgetter of five items: a tuple)
+    others = [operator.itemgetter(*(i for i in range(len(LOOPS)) if i not in (_I[a], _I[b])))
+              for (a, b), _ in pairs]
+
     def key(j: int, tile: tuple) -> tuple:
         (a, b), _ = pairs[j]
-        return (a, b, tuple(v for i, v in enumerate(tile) if i not in (_I[a], _I[b])))
+        return (a, b, others[j](tile))
 
     current = start
     for _ in range(max_rounds):

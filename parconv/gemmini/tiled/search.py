@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 
 import numpy as np
 
@@ -306,9 +307,13 @@ def refine(spec: ConvSpec, memory, config, seeds, orders, strided: bool = False,
     pairs = [((a, b), np.array(list(itertools.product(ladders[a], ladders[b])), dtype=np.int64))
              for a, b in itertools.combinations(free, 2)]
 
+    # the other five block sizes of a tile, per pair (itemgetter of five items: a tuple)
+    others = [operator.itemgetter(*(i for i in range(len(LOOPS)) if i not in (_I[a], _I[b])))
+              for (a, b), _ in pairs]
+
     def key(j: int, tile: tuple) -> tuple:
         (a, b), _ = pairs[j]
-        return (a, b, tuple(v for i, v in enumerate(tile) if i not in (_I[a], _I[b])))
+        return (a, b, others[j](tile))
 
     # the pairs are taken in turn from the best so far; the grids not yet scored are scored
     # together around the current best, and taken in turn up to the first that improves it
