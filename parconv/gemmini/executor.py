@@ -211,9 +211,8 @@ class TileExecutor:
         self._finished_elements = 0
         # the per-tile limits (properties of the config), read once for all calls
         self._limits = (self.config.spad_rows_limit, self.config.acc_rows_limit)
-        record = np.empty((len(calls), 9), dtype=np.int64)
-        for index, call in enumerate(calls):
-            record[index] = self._call(call, calls[index + 1] if index + 1 < len(calls) else None)
+        record = np.array([self._call(call, following) for call, following
+                           in zip(calls, [*calls[1:], None])], dtype=np.int64).reshape(-1, 9)
         if self._finished_elements != spec.size_output:
             raise ParconvRuntimeError(f"schedule finished {self._finished_elements} of "
                                       f"{spec.size_output} outputs")
