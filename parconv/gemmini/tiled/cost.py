@@ -107,6 +107,7 @@ def tiling_costs(spec: ConvSpec, candidates, config, *, strided: bool = False,
     dilated = max(spec.dilation) > 1
     piece = config.max_block_len * config.dim     # columns of the widest mvin
     plans, pieces = [], []
+    windows = {}                                  # (axis, t_out, t_k) -> window table
     for tiling, order in candidates:
         check_order(order)
         t = np.asarray(tiling.clipped(spec).as_tuple(), dtype=np.int64)
@@ -119,8 +120,8 @@ def tiling_costs(spec: ConvSpec, candidates, config, *, strided: bool = False,
                  math.gcd(spec.out_channels, int(t[1])) * config.weight_bytes)
         plans.append({"t": t, "trips": trips, "dims": dims, "total": total, "order": order,
                       "steps": steps, "chunks": [], "where": [order.index(l) for l in LOOPS],
-                      "rows_table": axis_window_table(*spec.axis(0), int(t[3]), int(t[5])),
-                      "cols_table": axis_window_table(*spec.axis(1), int(t[4]), int(t[6]))})
+                      "rows_table": _window_table(windows, spec, 0, int(t[3]), int(t[5])),
+                      "cols_table": _window_table(windows, spec, 1, int(t[4]), int(t[6]))})
         pieces += [(len(plans) - 1, lo, min(lo + CHUNK, total)) for lo in range(0, total, CHUNK)]
     batch, size = [], 0
     for item in pieces + [None]:
@@ -151,6 +152,14 @@ def tiling_costs(spec: ConvSpec, candidates, config, *, strided: bool = False,
             calibrated_cycles=_calibrated([c["arrays"] for c in chunks], plan["order"],
                                           plan["trips"], constants, config.dim)))
     return out
+
+
+def _window_table(tables: dict, spec: ConvSpec, axis: int, t_out: int, t_k: int) -> np.ndarray:
+    """`axis_window_table` of one axis, once per block size pair among the candidates."""
+    key = (axis, t_out, t_k)
+    if key not in tables:
+        tables[key] = axis_window_table(*spec.axis(axis), t_out, t_k)
+    return tables[key]
 
 
 def _cost_pieces(spec, plans, batch, config, bias, strided, dilated, piece) -> None:

@@ -217,7 +217,10 @@ class Screen:
             return False
         self.log.append(entries)
         bins, moved, tiles, orders = entries
-        i = int(_sorted_by(bins, moved)[0])
+        # the first entry of the smallest (bins, bytes): the head of the stable sort
+        i = int(np.argmin(bins * (int(moved.max()) + 1) + moved)) \
+            if (int(bins.max()) + 1) * (int(moved.max()) + 1) < 2 ** 62 \
+            else int(_sorted_by(bins, moved)[0])
         key = (int(bins[i]), int(moved[i]))
         if self.best is None or key < self.best[0]:
             self.best = (key, tuple(int(v) for v in tiles[i]), self.orders[orders[i]])
