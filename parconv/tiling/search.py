@@ -38,7 +38,8 @@ searched exhaustively.
 
 What the memory object must provide: ``fits(spec, tiling)`` and ``capacity()``.  Optional:
 ``fits_array(spec, tiles)`` (vectorised fits over an (m, 7) array; without it the search calls
-``fits`` per candidate and is slower), ``budgets()`` (constraints of the relaxation; default one
+``fits`` per candidate and is slower) or ``fits_clipped(spec, tiles)`` (the same for rows
+already capped at the loop bounds, preferred), ``budgets()`` (constraints of the relaxation; default one
 memory of ``capacity()`` bytes holding all three arrays), ``granularity`` (default for the
 ``granularity`` argument) and ``bound(spec)`` (a SequentialBound; default
 ``bounds.sequential_bound(spec, capacity())``) or ``bound_value(spec)`` (its value in bytes
@@ -242,6 +243,9 @@ class _Scorer:
         return self._pairs[key]
 
     def fits(self, tiles: np.ndarray) -> np.ndarray:
+        """Whether each row of clipped ``tiles`` fits the memory."""
+        if hasattr(self.memory, "fits_clipped"):
+            return np.asarray(self.memory.fits_clipped(self.spec, tiles), dtype=bool)
         if hasattr(self.memory, "fits_array"):
             return np.asarray(self.memory.fits_array(self.spec, tiles), dtype=bool)
         return np.fromiter((self.memory.fits(self.spec, Tiling(*map(int, row))) for row in tiles),
@@ -275,10 +279,15 @@ class _Scorer:
         self.evaluated += totals.size
         which = totals.argmin(axis=0)
         total = totals[which, np.arange(len(which))]
-        count = np.prod(trips, axis=1)
+        count = trips[:, 0]
+        for j in range(1, trips.shape[1]):
+            count = count * trips[:, j]
         # by group, then traffic, then tiles; stable, so a tie keeps the first row
-        ranked = np.lexsort((count, total, label))
-        heads = ranked[np.r_[True, label[ranked][1:] != label[ranked][:-1]]]
+        if len(groups) == 1:
+            heads = np.lexsort((count, total))[:1]
+        else:
+            ranked = np.lexsort((count, total, label))
+            heads = ranked[np.r_[True, label[ranked][1:] != label[ranked][:-1]]]
         for i in heads.tolist():
             out[label[i]] = (int(total[i]), int(count[i]), tuple(int(v) for v in tiles[i]),
                              self.orders[which[i]])

@@ -85,7 +85,11 @@ class GemminiMemory(ScratchAccMemory):
         return stride * t_out + dil * (t_k - 1)
 
     def fits_array(self, spec: ConvSpec, tiles: np.ndarray) -> np.ndarray:
-        tn, tk, tc, th, tw, tr, ts = clip_array(spec, np.atleast_2d(tiles)).T
+        return self.fits_clipped(spec, clip_array(spec, np.atleast_2d(tiles)))
+
+    def fits_clipped(self, spec: ConvSpec, tiles: np.ndarray) -> np.ndarray:
+        """`fits_array` of an (m, 7) int64 array already capped at the loop bounds."""
+        tn, tk, tc, th, tw, tr, ts = tiles.T
         (sh, sw), (dh, dw), d = spec.stride, spec.dilation, self.config.dim
         # `footprint_rows` without pooling, input dilation or downsampling (never used here):
         # halo rows orows * stride + dilated kernel rows - 1

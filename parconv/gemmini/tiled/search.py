@@ -236,7 +236,8 @@ class Screen:
         rows = np.concatenate([np.atleast_2d(g) for g in groups])
         # distinct rows of each group, sorted within it (np.unique of each group alone)
         rows = _unique_rows(np.column_stack((label, clip_array(self.spec, rows))))
-        rows = rows[np.asarray(self.memory.fits_array(self.spec, rows[:, 1:]), dtype=bool)]
+        fits = getattr(self.memory, "fits_clipped", self.memory.fits_array)
+        rows = rows[np.asarray(fits(self.spec, rows[:, 1:]), dtype=bool)]
         if not len(rows):
             return [None] * len(groups)
         label, tiles = rows[:, 0], np.ascontiguousarray(rows[:, 1:])
