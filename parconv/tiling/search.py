@@ -39,8 +39,9 @@ searched exhaustively.
 What the memory object must provide: ``fits(spec, tiling)`` and ``capacity()``.  Optional:
 ``fits_array(spec, tiles)`` (vectorised fits over an (m, 7) array; without it the search calls
 ``fits`` per candidate and is slower) or ``fits_clipped(spec, tiles)`` (the same for rows
-already capped at the loop bounds, preferred), ``budgets()`` (constraints of the relaxation; default one
-memory of ``capacity()`` bytes holding all three arrays), ``granularity`` (default for the
+already capped at the loop bounds, preferred), ``budgets()`` (constraints of the relaxation;
+default one memory of ``capacity()`` bytes holding all three arrays), ``granularity`` (default
+for the
 ``granularity`` argument) and ``bound(spec)`` (a SequentialBound; default
 ``bounds.sequential_bound(spec, capacity())``) or ``bound_value(spec)`` (its value in bytes
 only, preferred when present).
@@ -153,12 +154,14 @@ def _reuse_masks(orders: tuple) -> tuple:
 def _totals(spec: ConvSpec, tiles: np.ndarray, orders: list[str]) -> np.ndarray:
     """`traffic_totals` for several orders at once: a (len(orders), m) array."""
     t = clip_array(spec, np.atleast_2d(tiles))
-    return _clipped_totals(spec, t, -(-np.asarray(extents(spec), dtype=np.int64) // t), orders)
+    trips = -(-np.asarray(extents(spec), dtype=np.int64) // t)
+    return traffic_totals_clipped(spec, t, trips, orders)
 
 
-def _clipped_totals(spec: ConvSpec, t: np.ndarray, trips: np.ndarray, orders: list[str]
-                    ) -> np.ndarray:
-    """`_totals` of clipped block sizes ``t`` (int64, (m, 7)) with their trip counts."""
+def traffic_totals_clipped(spec: ConvSpec, t: np.ndarray, trips: np.ndarray,
+                           orders: list[str]) -> np.ndarray:
+    """`traffic_totals` (a (len(orders), m) array) of block sizes ``t`` already capped at the
+    loop bounds (int64, (m, 7)), with their trip counts ``trips`` (the callers have both)."""
     code = (trips > 1) @ _BITS                    # bit i: loop i has more than one block
     rows = _axis_table(*spec.axis(0))[t[:, 3], t[:, 5]]
     cols = _axis_table(*spec.axis(1))[t[:, 4], t[:, 6]]
@@ -275,7 +278,7 @@ class _Scorer:
         if not len(tiles):
             return out
         trips = -(-self.extents // tiles)
-        totals = _clipped_totals(self.spec, tiles, trips, self.orders)
+        totals = traffic_totals_clipped(self.spec, tiles, trips, self.orders)
         self.evaluated += totals.size
         which = totals.argmin(axis=0)
         total = totals[which, np.arange(len(which))]

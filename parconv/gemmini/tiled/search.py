@@ -34,7 +34,8 @@ import operator
 import numpy as np
 
 from ...spec import ConvSpec
-from ...tiling import LOOPS, clip_array, extents, traffic_totals
+from ...tiling import LOOPS, clip_array, extents
+from ...tiling.search import traffic_totals_clipped
 from .. import call_rules as rules
 from ..cycles import LINE_BYTES, load_constants
 
@@ -243,11 +244,14 @@ class Screen:
         label, tiles = rows[:, 0], np.ascontiguousarray(rows[:, 1:])
         exec_total, passes = self._exec.exec_and_passes(tiles)
         bias = bias_totals(self.spec, tiles, self.config)
-        n_tiles = np.prod(-(-self.extents // tiles), axis=1)
+        trips = -(-self.extents.astype(np.int64) // tiles)
+        n_tiles = trips[:, 0]
+        for j in range(1, trips.shape[1]):
+            n_tiles = n_tiles * trips[:, j]
         c = self.constants
         x = exec_total + c.p_pass * passes
         start = np.searchsorted(label, label)          # first row of each row's group
-        moved_all = traffic_totals(self.spec, tiles, self.orders) + bias
+        moved_all = traffic_totals_clipped(self.spec, tiles, trips, self.orders) + bias
         pieces, bins_of = [], []
         for o, moved in enumerate(moved_all):
             load = moved * (c.inv_bw + c.t_hit / LINE_BYTES)
