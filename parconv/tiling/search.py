@@ -41,8 +41,7 @@ What the memory object must provide: ``fits(spec, tiling)`` and ``capacity()``. 
 ``fits`` per candidate and is slower) or ``fits_clipped(spec, tiles)`` (the same for rows
 already capped at the loop bounds, preferred), ``budgets()`` (constraints of the relaxation;
 default one memory of ``capacity()`` bytes holding all three arrays), ``granularity`` (default
-for the
-``granularity`` argument) and ``bound(spec)`` (a SequentialBound; default
+for the ``granularity`` argument) and ``bound(spec)`` (a SequentialBound; default
 ``bounds.sequential_bound(spec, capacity())``) or ``bound_value(spec)`` (its value in bytes
 only, preferred when present).
 """
