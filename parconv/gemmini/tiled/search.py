@@ -181,14 +181,20 @@ def _sorted_by(*keys: np.ndarray) -> np.ndarray:
     return np.argsort(combined, kind="stable")
 
 
-def _unique_rows(rows: np.ndarray) -> np.ndarray:
+def _unique_rows(rows: np.ndarray, radix: list | None = None) -> np.ndarray:
     """``np.unique(rows, axis=0)`` for non-negative integer rows, on one mixed-radix key per row
-    (a 1-d sort) when the key fits in int64."""
-    radix = [int(v) + 1 for v in rows.max(axis=0)] if len(rows) else []
-    if not len(rows) or math.prod(radix) >= 2 ** 62:
+    (a 1-d sort) when the key fits in int64.  ``radix``: a bound above every value of each
+    column, when known (else the column maxima + 1)."""
+    if not len(rows):
+        return np.unique(rows, axis=0)
+    radix = radix or [int(v) + 1 for v in rows.max(axis=0)]
+    if math.prod(radix) >= 2 ** 62:
         return np.unique(rows, axis=0)
     weights = np.array([math.prod(radix[j + 1:]) for j in range(len(radix))], dtype=np.int64)
-    _, first = np.unique(rows @ weights, return_index=True)
+    key = rows @ weights
+    if np.all(key[1:] > key[:-1]):        # already distinct and sorted (a pair grid)
+        return rows
+    _, first = np.unique(key, return_index=True)
     return rows[first]
 
 
@@ -236,7 +242,8 @@ class Screen:
         label = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
         rows = np.concatenate([np.atleast_2d(g) for g in groups])
         # distinct rows of each group, sorted within it (np.unique of each group alone)
-        rows = _unique_rows(np.column_stack((label, clip_array(self.spec, rows))))
+        rows = _unique_rows(np.column_stack((label, clip_array(self.spec, rows))),
+                            [len(groups), *(int(e) + 1 for e in self.extents)])
         fits = getattr(self.memory, "fits_clipped", self.memory.fits_array)
         rows = rows[np.asarray(fits(self.spec, rows[:, 1:]), dtype=bool)]
         if not len(rows):
@@ -253,10 +260,10 @@ class Screen:
         start = np.searchsorted(label, label)          # first row of each row's group
         moved_all = traffic_totals_clipped(self.spec, tiles, trips, self.orders) + bias
         pieces, bins_of = [], []
+        floor = c.c_call * n_tiles
         for o, moved in enumerate(moved_all):
             load = moved * (c.inv_bw + c.t_hit / LINE_BYTES)
-            score = np.maximum(c.c_call * n_tiles,
-                               np.maximum(load, x) + c.alpha * np.minimum(load, x))
+            score = np.maximum(floor, np.maximum(load, x) + c.alpha * np.minimum(load, x))
             bins_of.append(np.floor(score / self.bin).astype(np.int64))
             # stable sorts within each group: its first `keep` fastest, then most frugal
             for ranked in (_sorted_by(label, bins_of[o], moved), _sorted_by(label, moved)):
