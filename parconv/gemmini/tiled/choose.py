@@ -89,7 +89,8 @@ class GemminiMemory(ScratchAccMemory):
 
     def fits_clipped(self, spec: ConvSpec, tiles: np.ndarray) -> np.ndarray:
         """`fits_array` of an (m, 7) int64 array already capped at the loop bounds."""
-        tn, tk, tc, th, tw, tr, ts = tiles.T
+        # contiguous columns: elementwise work on strided columns of a large array is slower
+        tn, tk, tc, th, tw, tr, ts = np.ascontiguousarray(tiles.T)
         (sh, sw), (dh, dw), d = spec.stride, spec.dilation, self.config.dim
         # `footprint_rows` without pooling, input dilation or downsampling (never used here):
         # halo rows orows * stride + dilated kernel rows - 1

@@ -146,9 +146,9 @@ class _LoopSumTables:
 
     def exec_and_passes(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`exec_and_passes` of clipped tiles (an (m, 7) int64 array)."""
-        at = tiles - 1
-        sums = {k: self.tables[k][at[:, j]] for k, j in self._LOOP.items()}
-        sums["sc"] = self.tables["sc"][at[:, 6], at[:, 2]]
+        at = np.ascontiguousarray(tiles.T) - 1          # one contiguous row per loop
+        sums = {k: self.tables[k][at[j]] for k, j in self._LOOP.items()}
+        sums["sc"] = self.tables["sc"][at[6], at[2]]
         return _combine(sums)
 
 
