@@ -47,7 +47,7 @@ from ...bounds.sequential import sequential_bound_two_memory, sequential_bound_v
 from ...errors import ParconvError
 from ...spec import ConvSpec
 from ...tiling import (CANONICAL_ORDERS, LOOPS, ScratchAccMemory, Tiling, TilingResult, clip_array,
-                       extents, optimise, traffic)
+                       extents, optimise, traffic, traffic_totals)
 from .. import call_rules
 from ..config import DEFAULT_CONFIG, GemminiConfig
 from ..executor import TileCall, TileExecutor
@@ -296,9 +296,15 @@ def choose_tiling(spec: ConvSpec, config: GemminiConfig | None = None, orders=No
     limit = vendor.dram_bytes["total"] if vendor is not None else None
     # the exact bytes first (`traffic` plus the bias stream, what `tiling_cost` counts): a
     # candidate moving more than the library is dropped before its cycles are costed
-    kept = [(Tiling(*tile), order, source) for (tile, order), source in pairs.items()
-            if limit is None or traffic(run_on, Tiling(*tile), order).total
-            + int(bias_totals(run_on, np.array([tile]), config)[0]) <= limit]
+    # (all pairs in one vectorised call: `traffic_totals` is `traffic`'s model)
+    tiles = np.array([tile for tile, _ in pairs], dtype=np.int64)
+    distinct = list(dict.fromkeys(order for _, order in pairs))
+    moved = (traffic_totals(run_on, tiles, distinct)[[distinct.index(order) for _, order in pairs],
+                                                     np.arange(len(pairs))]
+             + bias_totals(run_on, tiles, config))
+    kept = [(Tiling(*tile), order, source)
+            for ((tile, order), source), total in zip(pairs.items(), moved.tolist())
+            if limit is None or total <= limit]
     costs = tiling_costs(run_on, [(tiling, order) for tiling, order, _ in kept], config,
                          strided=strided)
     costed = [(cost, tiling, order, source) for cost, (tiling, order, source) in zip(costs, kept)
