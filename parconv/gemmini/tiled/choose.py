@@ -363,13 +363,14 @@ def tiling_calls(spec: ConvSpec, tiling: Tiling, order: str, config: GemminiConf
         if mpp is None:
             mpp = mpp_of[sizes] = int(call_rules.max_pixels_per_row(config, *sizes, strided,
                                                                     dilated))
+        # positional, in TileCall's field order: n k c h w r s, row0 col0 rows cols step,
+        # the three keys, input and weight modes, last, mpp
         calls.append(TileCall(
-            n=n, k=k, c=c, h=h, w=w, r=r, s=s,
-            row0=sh * h[0] + dh * r[0] - ph, col0=sw * w[0] + dw * s[0] - pw,
-            rows=sh * (h[1] - h[0] - 1) + dh * (r[1] - r[0] - 1) + 1,
-            cols=sw * (w[1] - w[0] - 1) + dw * (s[1] - s[0] - 1) + 1, step=1,
-            input_key=input_key(pos), weight_key=weight_key(pos), output_key=output_key(pos),
-            input_mode="auto", weight_mode="auto", last=reduced(pos) == final, mpp=mpp))
+            n, k, c, h, w, r, s, sh * h[0] + dh * r[0] - ph, sw * w[0] + dw * s[0] - pw,
+            sh * (h[1] - h[0] - 1) + dh * (r[1] - r[0] - 1) + 1,
+            sw * (w[1] - w[0] - 1) + dw * (s[1] - s[0] - 1) + 1, 1,
+            input_key(pos), weight_key(pos), output_key(pos), "auto", "auto",
+            reduced(pos) == final, mpp))
     return calls
 
 
