@@ -329,7 +329,8 @@ def _local_search(scorer: _Scorer, start: tuple, free: str, granularity: int,
                 grids = []
                 for m in missing:
                     (a, b), pair = pairs[m]
-                    tiles = np.tile(np.asarray(current[2], dtype=np.int64), (len(pair), 1))
+                    tiles = np.empty((len(pair), len(LOOPS)), dtype=np.int64)
+                    tiles[:] = current[2]
                     tiles[:, _I[a]], tiles[:, _I[b]] = pair[:, 0], pair[:, 1]
                     grids.append(tiles)
                 for m, found in zip(missing, scorer.best_of_groups(grids)):

@@ -346,7 +346,8 @@ def refine(spec: ConvSpec, memory, config, seeds, orders, strided: bool = False,
                 grids = []
                 for m in missing:
                     (a, b), grid = pairs[m]
-                    tiles = np.tile(np.asarray(center, dtype=np.int64), (len(grid), 1))
+                    tiles = np.empty((len(grid), len(LOOPS)), dtype=np.int64)
+                    tiles[:] = center
                     tiles[:, _I[a]], tiles[:, _I[b]] = grid[:, 0], grid[:, 1]
                     grids.append(tiles)
                 for m, entries in zip(missing, screen.entries_of_groups(grids)):
