@@ -208,23 +208,24 @@ class ConvSpec:
                                    f"the {MAX_ARRAY_BYTES} supported")
 
     # ---- shapes -------------------------------------------------------------------------------
-    @property
+    @cached_property
     def out_size(self) -> tuple[int, int]:
         """(H, W): floor((H_in + 2 ph - dh (R - 1) - 1) / sh) + 1, and likewise W (with
-        ``padding + padding_end`` in place of ``2 ph`` for an asymmetric block)."""
+        ``padding + padding_end`` in place of ``2 ph`` for an asymmetric block).  Computed once
+        per spec (the tiling searches ask for it thousands of times)."""
         return tuple((n + p + q - d * (k - 1) - 1) // s + 1 for n, k, s, p, q, d in
                      zip(self.in_size, self.kernel_size, self.stride, self.padding,
                          self.padding_end, self.dilation))
 
-    @property
+    @cached_property
     def input_shape(self) -> tuple[int, int, int, int]:
         return (self.batch, self.in_channels, *self.in_size)
 
-    @property
+    @cached_property
     def weight_shape(self) -> tuple[int, int, int, int]:
         return (self.out_channels, self.in_channels, *self.kernel_size)
 
-    @property
+    @cached_property
     def output_shape(self) -> tuple[int, int, int, int]:
         return (self.batch, self.out_channels, *self.out_size)
 
@@ -234,7 +235,7 @@ class ConvSpec:
                 self.stride[which], self.padding[which], self.dilation[which])
 
     # ---- counts -------------------------------------------------------------------------------
-    @property
+    @cached_property
     def G(self) -> int:
         """Multiply-adds of the full loop nest, N K C H W R S."""
         H, W = self.out_size
@@ -246,7 +247,7 @@ class ConvSpec:
         """(A_h, A_w): (output, tap) pairs per axis whose input index is inside the image."""
         return tuple(_axis_effective_pairs(*self.axis(i)) for i in (0, 1))
 
-    @property
+    @cached_property
     def G_eff(self) -> int:
         """Iterations whose input index lies inside the image: N K C A_h A_w."""
         a_h, a_w = self.effective_pairs
@@ -268,16 +269,16 @@ class ConvSpec:
         return (self.batch * self.in_channels * int(self.touched_rows.sum())
                 * int(self.touched_cols.sum()))
 
-    @property
+    @cached_property
     def size_input(self) -> int:
         return int(np.prod(self.input_shape))
 
-    @property
+    @cached_property
     def size_filter(self) -> int:
         """|F| = K C R S."""
         return int(np.prod(self.weight_shape))
 
-    @property
+    @cached_property
     def size_output(self) -> int:
         """|O| = N K H W."""
         return int(np.prod(self.output_shape))
@@ -294,23 +295,23 @@ class ConvSpec:
         return rho_h * rho_w
 
     # ---- precisions ---------------------------------------------------------------------------
-    @property
+    @cached_property
     def p_in(self) -> int:
         return DTYPE_BYTES[self.dtype_in]
 
-    @property
+    @cached_property
     def p_weight(self) -> int:
         return DTYPE_BYTES[self.dtype_weight]
 
-    @property
+    @cached_property
     def p_acc(self) -> int:
         return DTYPE_BYTES[self.dtype_acc]
 
-    @property
+    @cached_property
     def p_out(self) -> int:
         return DTYPE_BYTES[self.dtype_out]
 
-    @property
+    @cached_property
     def p_bias(self) -> int:
         """The bias is stored in the accumulator type (int32 for int8 layers)."""
         return self.p_acc

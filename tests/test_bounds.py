@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from parconv.bounds import (busy_processor_footprint, closed_form_work, im2col_bound,
                             parallel_bounds, sequential_bound, sequential_bound_two_memory,
                             work_function)
-from parconv.bounds.workfn import (layer_program, output_bytes, polish_traffic_dual,
+from parconv.bounds.sequential import sequential_bound_value
+from parconv.bounds.workfn import (feasible_log_work, layer_program, output_bytes, polish_traffic_dual,
                                    polish_work_dual, solve_traffic, solve_work, traffic_program,
                                    used_filter_size)
 from parconv.bounds.border import reuse_constant
@@ -299,6 +300,28 @@ def test_sequential_bound_terms_and_binding():
     tiny = sequential_bound(ConvSpec(batch=1, in_channels=64, out_channels=64, in_size=64,
                                      kernel_size=11, dtype_in="float32"), 64.0)
     assert tiny.binding == "large-filter"
+
+
+@pytest.mark.parametrize("name", ["resnet50.conv1", "resnet50.layer3.0.conv2",
+                                  "resnet50.layer2.0.conv1", "vgg16.conv3_2", "alexnet.conv1"])
+def test_bound_value_equals_the_full_bound(name):
+    # memories from tiny (a segment term binds, it must be solved) to large (compulsory binds,
+    # the feasible point must certify that the skipped terms are not larger)
+    bindings = set()
+    for batch, M in itertools.product((1, 8), (2.0**6, 2.0**10, 327680.0, 2.0**24)):
+        spec = get_layer(name, batch=batch)
+        full = sequential_bound(spec, M)
+        assert sequential_bound_value(spec, M) == full.value
+        bindings.add(full.binding)
+    assert "compulsory" in bindings and len(bindings) > 1
+
+
+@SETTINGS
+@given(spec=tiny_specs(), M=st.sampled_from([16.0, 64.0, 256.0, 4096.0]))
+def test_bound_value_equals_the_full_bound_on_tiny_layers(spec, M):
+    assert sequential_bound_value(spec, M) == sequential_bound(spec, M).value
+    prog = layer_program(spec)
+    assert math.exp(feasible_log_work(prog, 3.0 * M)) <= solve_work(spec, 3.0 * M).value
 
 
 def test_im2col_bound_formula_and_the_direct_advantage():

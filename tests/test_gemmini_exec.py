@@ -21,7 +21,8 @@ from parconv.gemmini.executor import TileExecutor
 from parconv.gemmini.tiled.choose import (GemminiMemory, choose_tiling, run_parconv, tiling_calls,
                                           vendor_tuple)
 from parconv.gemmini.tiled.cost import tiling_cost
-from parconv.gemmini.tiled.search import CYCLE_SLACK, bias_totals, exec_totals
+from parconv.gemmini.tiled.search import (CYCLE_SLACK, _LoopSumTables, bias_totals,
+                                          exec_and_passes, exec_totals)
 from parconv.gemmini.vendor.calls import vendor_layer_cost
 from parconv.gemmini.vendor.run import run_vendor
 from parconv.kernels import reference_conv2d
@@ -169,6 +170,43 @@ def test_random_feasible_tilings_are_exact_and_counted_exactly(case, bias):
     assert stats.cycles == pytest.approx(model.cycles, rel=1e-12)
     assert (stats.mvin_rows, stats.mvout_rows) == (model.mvin_rows, model.mvout_rows)
     assert stats.max_spad_rows <= config.spad_rows_limit
+
+
+@pytest.mark.parametrize("name", sorted(AWKWARD))
+@pytest.mark.parametrize("high", [128, 8])
+@pytest.mark.parametrize("bias", [False, True])
+def test_integer_layers_in_slabs_of_one_image(name, high, bias, monkeypatch):
+    # tiny product pieces: the executor converts and sums one image at a time (several slabs);
+    # high = 128 sums in int32 (wrap-around), high = 8 in float32, a bias in int32
+    monkeypatch.setattr(TileExecutor, "PIECE_ELEMENTS", 1)
+    spec = ConvSpec(**AWKWARD[name]).replace(batch=3, dtype_out="int8")
+    config = GemminiConfig(bias=bias, **SMALL)
+    plan = choose_tiling(spec, config)
+    rng = np.random.default_rng(3)
+    x = rng.integers(-high, high, spec.input_shape).astype(np.int8)
+    w = rng.integers(-high, high, spec.weight_shape).astype(np.int8)
+    b = rng.integers(-2 ** 20, 2 ** 20, spec.out_channels).astype(np.int32) if bias else None
+    executor = TileExecutor(plan.model, plan.config)
+    calls = tiling_calls(plan.model, plan.tiling, plan.order, plan.config, plan.subsampled)
+    y, _ = executor.run(calls, plan.input_for_model(x), w, b)
+    np.testing.assert_array_equal(y, reference_conv2d(spec, x, w, b))
+    assert y.dtype == np.dtype(spec.dtype_acc)
+
+
+@pytest.mark.parametrize("semantics", ["dev", "dosa"])
+@pytest.mark.parametrize("strided", [False, True])
+def test_exec_tables_equal_the_closed_form(semantics, strided):
+    # the screen's table lookups give the integers of exec_and_passes (first-layer packing on
+    # the stem and the 3-channel layers, ragged blocks everywhere)
+    rng = np.random.default_rng(7)
+    specs = [ConvSpec(**case) for case in AWKWARD.values()] + [
+        get_layer("resnet50.conv1", batch=2), get_layer("resnet50.layer2.0.conv1", batch=3)]
+    for spec in specs:
+        config = GemminiConfig(semantics=semantics)
+        tiles = rng.integers(1, np.array(extents(spec)) + 1, size=(300, 7))
+        tables = _LoopSumTables(spec, config, strided).exec_and_passes(tiles)
+        for got, want in zip(tables, exec_and_passes(spec, tiles, config, strided)):
+            np.testing.assert_array_equal(got, want)
 
 
 def test_float_layers_use_their_element_sizes():

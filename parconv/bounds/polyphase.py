@@ -227,8 +227,11 @@ def polyphase_traffic(spec: ConvSpec, exponent: float, P: int,
     u, lam = _traffic_primal(sub, rhs, lower, upper)
     u = _make_feasible(sub.rows, rhs, u, upper)
     primal = float(sub.bytes_per @ np.exp(u))
-    # certify on the rows active at the primal point (fewer rows lower the minimum: still valid)
+    # certify on the rows active at the primal point (fewer rows lower the minimum: still valid);
+    # a primal point raised to feasibility may leave no row active: then certify on all rows
     active = sub.rows @ u - rhs < ACTIVE_SLACK
+    if not active.any():
+        active[:] = True
     sub, rhs, lam = _subprogram(sub, active), rhs[active], lam[active]
     best = _traffic_dual(sub, lam, rhs, lower, upper)[0]
     if primal - best > GAP_TOL * primal:

@@ -21,11 +21,11 @@ import math
 from ..spec import ConvSpec
 from .border import reuse_constant
 from .checks import check_bytes, check_spec
-from .polyphase import WEIGHT_EXPONENTS, is_strided, polyphase_work
-from .workfn import output_bytes, solve_work, used_filter_size
+from .polyphase import WEIGHT_EXPONENTS, is_strided, polyphase_program, polyphase_work
+from .workfn import feasible_log_work, layer_program, output_bytes, solve_work, used_filter_size
 
 __all__ = ["work_function", "closed_form_work", "sequential_bound", "sequential_bound_two_memory",
-           "im2col_bound", "segments", "SequentialBound"]
+           "sequential_bound_value", "im2col_bound", "segments", "SequentialBound"]
 
 
 # ---- work function ----------------------------------------------------------------------------
@@ -107,13 +107,9 @@ def sequential_bound(spec: ConvSpec, M: float) -> SequentialBound:
     """
     check_spec(spec)
     M = check_bytes(M, "M")
-    ppp = spec.p_in * spec.p_weight * output_bytes(spec)
-    compulsory = float(spec.p_in * spec.size_input_touched
-                       + spec.p_weight * used_filter_size(spec) + spec.p_out * spec.size_output)
+    compulsory, small, large = _closed_terms(spec, M)
     solution = solve_work(spec, 3.0 * M)
     segment = segments(spec.G_eff, M, solution.value)
-    small = max(0.0, spec.G_eff * math.sqrt(ppp) / math.sqrt(reuse_constant(spec) * M) - M)
-    large = max(0.0, spec.G_eff * ppp ** (2.0 / 3.0) / M - M)
     terms = {"compulsory": compulsory, "small-filter": small, "large-filter": large}
     slack = solution.slack
     if slack and slack["H1"] <= min(slack["P"], slack["H2"]):
@@ -131,6 +127,57 @@ def sequential_bound(spec: ConvSpec, M: float) -> SequentialBound:
                            small_filter=small, large_filter=large,
                            binding=binding.removeprefix("segment:"), M=M,
                            segment_polyphase=poly)
+
+
+def _closed_terms(spec: ConvSpec, M: float) -> tuple[float, float, float]:
+    """(compulsory, small_filter, large_filter) of `sequential_bound`."""
+    ppp = spec.p_in * spec.p_weight * output_bytes(spec)
+    compulsory = float(spec.p_in * spec.size_input_touched
+                       + spec.p_weight * used_filter_size(spec) + spec.p_out * spec.size_output)
+    small = max(0.0, spec.G_eff * math.sqrt(ppp) / math.sqrt(reuse_constant(spec) * M) - M)
+    large = max(0.0, spec.G_eff * ppp ** (2.0 / 3.0) / M - M)
+    return compulsory, small, large
+
+
+def sequential_bound_value(spec: ConvSpec, M: float) -> float:
+    """``sequential_bound(spec, M).value``, bit for bit, solving only the work functions whose
+    segment term might be the largest.  Local.
+
+    Each segment term is ``M (ceil(work / F(3M)) - 1)`` with F certified never below the
+    maximum of its program; a feasible point of that program (`feasible_log_work`, no solve)
+    gives a value F_low <= maximum <= F, so ``M (ceil(work / F_low) - 1)`` bounds the term from
+    above.  A term whose upper bound is at most the compulsory term cannot be the (strict)
+    maximum and is not solved; every other term is solved exactly as `sequential_bound` solves
+    it.  The value is the maximum of the same terms, hence the same number and as valid.
+
+    Raises
+    ------
+    ParconvError
+        If M is not a finite number of bytes > 0.
+    """
+    check_spec(spec)
+    M = check_bytes(M, "M")
+    compulsory, small, large = _closed_terms(spec, M)
+    value = max(compulsory, small, large)
+    if spec.G_eff == 0:
+        return value
+    X = 3.0 * M
+
+    def may_exceed(prog, work: float) -> bool:
+        if float(prog.bytes_per @ prog.sizes) <= X:      # F = all the work: the term is 0
+            return False
+        low = feasible_log_work(prog, X)
+        return low < math.log(work) and segments(work, M, math.exp(low)) > compulsory
+
+    if may_exceed(layer_program(spec), spec.G_eff):
+        value = max(value, segments(spec.G_eff, M, solve_work(spec, X).value))
+    if is_strided(spec):
+        for e in WEIGHT_EXPONENTS:
+            prog, total = polyphase_program(spec, e)
+            if may_exceed(prog, math.exp(total)):
+                per_segment, work = polyphase_work(spec, e, X)
+                value = max(value, segments(work, M, per_segment))
+    return value
 
 
 def sequential_bound_two_memory(spec: ConvSpec, M_scratch: float, M_acc: float) -> SequentialBound:

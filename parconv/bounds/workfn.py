@@ -367,3 +367,29 @@ def polish_traffic_dual(prog, lam0, rhs, lower, upper) -> float:
              bounds=[(0.0, None)] * len(lam0), options={"ftol": 1e-15, "gtol": 1e-12,
                                                         "maxiter": 500})
     return max(seen)
+
+
+# ---- a cheap lower bound on F(X) --------------------------------------------------------------
+#: the byte shares of `feasible_log_work`: every split of the budget in steps of 1/SHARE_STEPS
+SHARE_STEPS = 16
+#: absolute margin (log space) taken off `feasible_log_work` against rounding
+_FEASIBLE_PAD = 1e-9
+
+
+@lru_cache(maxsize=4)
+def _shares(steps: int) -> np.ndarray:
+    """(points, 3) byte shares i / steps, all positive, summing to 1."""
+    points = [(i, j, steps - i - j) for i in range(1, steps - 1) for j in range(1, steps - i)]
+    return np.array(points, dtype=float) / steps
+
+
+def feasible_log_work(prog: LayerProgram, X: float) -> float:
+    """A lower bound on the log of the maximum of ``prog`` within X bytes (of F(X) for the
+    layer program), from feasible points only: for each split of the X bytes among the three
+    arrays (`_shares`, each array at most its cap), the smallest row.  Any such point meets the
+    budget and the caps, so its value is attained and the maximum is at least as large; a margin
+    absorbs rounding.  Local.  Cheap (no solve): it certifies that a term built on F(X) is small
+    without solving for F(X)."""
+    x = np.minimum(prog.sizes, _shares(SHARE_STEPS) * (X * (1.0 - 1e-12)) / prog.bytes_per)
+    values = (np.log(x) @ prog.rows.T + prog.offsets).min(axis=1)
+    return float(values.max()) - _FEASIBLE_PAD

@@ -186,9 +186,10 @@ class TileExecutor:
         spec = self.spec
         calls = list(calls)
         x, w = np.asarray(x), np.asarray(w)
-        self.products = self._product_type(calls, x, w)
-        # products per exact float32 sum (no limit for float64: __init__ checked 2**53)
+        # max|x| max|w|: one pass over each operand for every decision below
         scale = _magnitude(x) * _magnitude(w)
+        self.products = self._product_type(calls, x, w, scale)
+        # products per exact float32 sum (no limit for float64: __init__ checked 2**53)
         self.chunk = self.FLOAT32_EXACT // scale if self.products == np.float32 and \
             not self.floating and scale else None
         # the accumulator: float32 when the whole reduction of an output is exact in it and no
@@ -197,7 +198,7 @@ class TileExecutor:
         self.acc_type = self.products if self.floating or self.products == np.float32 and \
             bias is None and self._exact_in_float32(self.spec.in_channels
                                                     * self.spec.kernel_size[0]
-                                                    * self.spec.kernel_size[1], x, w) \
+                                                    * self.spec.kernel_size[1], x, w, scale) \
             else np.dtype(self.spec.dtype_acc)
         # im2col elements of one product piece: at most a quarter of the input's (so the
         # workspace stays within the node's footprint, parconv.plan.footprint), at most 1 Mi
@@ -208,16 +209,18 @@ class TileExecutor:
         self._state = {}                  # output key -> "spilled" | "final"
         self._acc_key, self._bias = None, bias is not None
         self._finished_elements = 0
-        record = np.empty((len(calls), 9), dtype=np.int64)
-        for index, call in enumerate(calls):
-            record[index] = self._call(call, calls[index + 1] if index + 1 < len(calls) else None)
+        # the per-tile limits (properties of the config), read once for all calls
+        self._limits = (self.config.spad_rows_limit, self.config.acc_rows_limit)
+        record = np.array([self._call(call, following) for call, following
+                           in zip(calls, [*calls[1:], None])], dtype=np.int64).reshape(-1, 9)
         if self._finished_elements != spec.size_output:
             raise ParconvRuntimeError(f"schedule finished {self._finished_elements} of "
                                       f"{spec.size_output} outputs")
         self._count_cycles(record)
         return self._compute(calls, x, w, bias), self._stats
 
-    def _product_type(self, calls, x: np.ndarray, w: np.ndarray) -> np.dtype:
+    def _product_type(self, calls, x: np.ndarray, w: np.ndarray, scale: int | None = None
+                      ) -> np.dtype:
         """float32 for integer tiles when the taps of one input channel of every tile sum to
         an integer below 2**24 (at most max|x| max|w| per product, nR nS products): the
         reduction is then cut into float32 products of whole channels that are exact, twice
@@ -226,12 +229,17 @@ class TileExecutor:
                                                        np.floating):
             return self.compute
         taps = max(((c.r[1] - c.r[0]) * (c.s[1] - c.s[0]) for c in calls), default=0)
-        return np.dtype(np.float32) if self._exact_in_float32(taps, x, w) else self.compute
+        return np.dtype(np.float32) if self._exact_in_float32(taps, x, w, scale) \
+            else self.compute
 
     @staticmethod
-    def _exact_in_float32(products: int, x: np.ndarray, w: np.ndarray) -> bool:
-        """Whether sums of ``products`` products of the data are integers below 2**24."""
-        return products * _magnitude(x) * _magnitude(w) <= TileExecutor.FLOAT32_EXACT
+    def _exact_in_float32(products: int, x: np.ndarray, w: np.ndarray,
+                          scale: int | None = None) -> bool:
+        """Whether sums of ``products`` products of the data are integers below 2**24
+        (``scale``: max|x| max|w| when already known)."""
+        if scale is None:
+            scale = _magnitude(x) * _magnitude(w)
+        return products * scale <= TileExecutor.FLOAT32_EXACT
 
     # ---- one call: capacities, residency, bytes (no data) -----------------------------------
     def _call(self, call: TileCall, following: TileCall | None) -> tuple:
@@ -247,11 +255,12 @@ class TileExecutor:
         in_rows = -(-nC // cfg.dim) * nN * call.rows * call.cols
         w_rows = k_rows * nR * nS * nC
         acc_rows = k_rows * nN * nH * nW
-        if in_rows + w_rows > cfg.spad_rows_limit or acc_rows > cfg.acc_rows_limit:
+        spad_limit, acc_limit = self._limits
+        if in_rows + w_rows > spad_limit or acc_rows > acc_limit:
             raise ParconvError(
                 f"tile {call.sizes()} needs {in_rows + w_rows} scratchpad rows (limit "
-                f"{cfg.spad_rows_limit}) and {acc_rows} accumulator rows (limit "
-                f"{cfg.acc_rows_limit}); the tiling does not fit")
+                f"{spad_limit}) and {acc_rows} accumulator rows (limit "
+                f"{acc_limit}); the tiling does not fit")
         if in_rows + w_rows > st.max_spad_rows:
             st.max_spad_rows = in_rows + w_rows
         if acc_rows > st.max_acc_rows:
@@ -396,16 +405,15 @@ class TileExecutor:
         (H, W), (R, S), (H_in, W_in) = spec.out_size, spec.kernel_size, spec.in_size
         rows = max(ph + H_in, sh * (H - 1) + dh * (R - 1) + 1)
         cols = max(pw + W_in, sw * (W - 1) + dw * (S - 1) + 1)
+        self._w = w.astype(self.products, copy=False)
+        if not self.floating:
+            return self._compute_slabs(calls, x, bias, rows, cols)
         if (rows, cols) == (H_in, W_in):
             self._x = x.astype(self.products, copy=False)
         else:
             self._x = np.zeros((x.shape[0], x.shape[1], rows, cols), self.products)
             np.copyto(self._x[:, :, ph:ph + H_in, pw:pw + W_in], x, casting="unsafe")
-        self._w = w.astype(self.products, copy=False)
-        if self.floating:
-            blocks = [(c.n, c.h, c.w, c.k, c.c, c.r, c.s) for c in calls]
-        else:
-            blocks = _rectangles(calls)
+        blocks = [(c.n, c.h, c.w, c.k, c.c, c.r, c.s) for c in calls]
         whole = tuple((0, e) for e in (spec.batch, H, W, spec.out_channels, spec.in_channels,
                                        R, S))
         # one product over the whole layer in one channel group writes every output once
@@ -417,9 +425,51 @@ class TileExecutor:
             self._y += np.asarray(bias).astype(self.acc_type)[:, None, None]
         for block in blocks:
             self._product(*block)
-        # float32 sums of integers are exact below 2**24: one cast, no wrap-around needed
         y = self._y if self._y.dtype == np.dtype(spec.dtype_acc) else \
             self._y.astype(spec.dtype_acc)
+        self._x = self._w = self._y = None
+        return y
+
+    def _compute_slabs(self, calls: list, x: np.ndarray, bias, rows: int, cols: int
+                       ) -> np.ndarray:
+        """`_compute` for integer layers, a few images at a time: each slab of images is
+        converted (and zero-padded) into one reused buffer and its outputs are summed in
+        another, so the converted input and the accumulator never exist for the whole batch
+        (less memory traffic).  Integer sums are exact, and every output element still
+        receives the products of the same tiles, so the result is the same bits."""
+        spec = self.spec
+        (ph, pw), (H_in, W_in) = spec.padding, spec.in_size
+        N, C, K = spec.batch, spec.in_channels, spec.out_channels
+        (H, W), (R, S) = spec.out_size, spec.kernel_size
+        blocks = _rectangles(calls)
+        whole = tuple((0, e) for e in (N, H, W, K, C, R, S))
+        self._assign = bias is None and blocks == [whole] and self.acc_type.kind == "f" and (
+            self.chunk is None or C * R * S <= self.chunk)
+        out_type = np.dtype(spec.dtype_acc)
+        # images per slab: about two product pieces of converted input
+        slab = min(N, max(1, 2 * self.piece // max(C * rows * cols, 1)))
+        x_buffer = np.zeros((slab, C, rows, cols), self.products)
+        if self.acc_type == out_type:         # int32 sums (wrap-around) straight into y
+            y, y_buffer = np.zeros((N, K, H, W), out_type), None
+        else:                                 # float32 sums of a slab, then cast into y
+            y, y_buffer = np.empty((N, K, H, W), out_type), np.empty((slab, K, H, W),
+                                                                     self.acc_type)
+        for a in range(0, N, slab):
+            b = min(a + slab, N)
+            self._x = x_buffer[:b - a]
+            np.copyto(self._x[:, :, ph:ph + H_in, pw:pw + W_in], x[a:b], casting="unsafe")
+            self._y = y[a:b] if y_buffer is None else y_buffer[:b - a]
+            if y_buffer is not None and not self._assign:
+                self._y.fill(0)
+            if bias is not None:
+                self._y += np.asarray(bias).astype(self.acc_type)[:, None, None]
+            for n, h, w, k, c, r, s in blocks:
+                n0, n1 = max(n[0], a), min(n[1], b)
+                if n0 < n1:
+                    self._product((n0 - a, n1 - a), h, w, k, c, r, s)
+            if y_buffer is not None:
+                # float32 sums of integers are exact below 2**24: a cast, no wrap-around needed
+                np.copyto(y[a:b], self._y, casting="unsafe")
         self._x = self._w = self._y = None
         return y
 

@@ -131,8 +131,8 @@ class GemminiKernel:
         begin = time.perf_counter()
         y, executed, plan = run_parconv(spec, x, w, plan=plan)
         execute = time.perf_counter() - begin
-        bound = float(block_bound(model_spec(spec, plan.config), config.scratch_bytes,
-                                  config.acc_total_bytes).value)
+        bound = block_bound(model_spec(spec, plan.config), config.scratch_bytes,
+                            config.acc_total_bytes)
         ours = tiling_figures(plan.tiling.as_tuple(), plan.order, plan.schedule,
                               executed.to_dict()["dram_bytes"], executed.cycles,
                               executed.utilization, executed.calls, plan.cost.calibrated_cycles)

@@ -114,10 +114,11 @@ def relax(spec: ConvSpec, order: str, budgets, free: str) -> np.ndarray:
     base = np.where(mask, 0.0, np.log(ext))
     objective = modelled_traffic(spec, order)
     feet = footprints(spec)
-    constraints = []
-    for names, cap in budgets:
-        use = sum((feet[name] for name in names[1:]), feet[names[0]])
-        constraints.append(_log_constraint(use, cap, base, mask))
+    uses = [(sum((feet[name] for name in names[1:]), feet[names[0]]), cap)
+            for names, cap in budgets]
+    # one constraint of len(budgets) rows: the rows SLSQP stacks from one constraint per
+    # budget, with one call per point instead of one per budget
+    constraints = [_log_constraints(uses, base, mask)] if uses else []
 
     def fun(z):
         value, grad = objective.value_grad(_full(base, mask, z))
@@ -139,12 +140,23 @@ def _full(base: np.ndarray, mask: np.ndarray, z: np.ndarray) -> np.ndarray:
     return y
 
 
-def _log_constraint(use: Signomial, cap: float, base: np.ndarray, mask: np.ndarray) -> dict:
+def _log_constraints(uses: list, base: np.ndarray, mask: np.ndarray) -> dict:
+    """``log(cap) - log(use) >= 0`` for each (use, cap) of ``uses``, as one SLSQP constraint."""
+    last = {}          # SLSQP asks for the values and the gradients at the same point: one sum
+
+    def value_grad(z):
+        key = z.tobytes()
+        if key not in last:
+            last.clear()
+            y = _full(base, mask, z)
+            last[key] = [use.value_grad(y) for use, _ in uses]
+        return last[key]
+
     def fun(z):
-        return np.log(cap) - np.log(use.value_grad(_full(base, mask, z))[0])
+        return np.array([np.log(cap) - np.log(value)
+                         for (_, cap), (value, _) in zip(uses, value_grad(z))])
 
     def jac(z):
-        value, grad = use.value_grad(_full(base, mask, z))
-        return -grad[mask] / value
+        return np.array([-grad[mask] / value for value, grad in value_grad(z)])
 
     return {"type": "ineq", "fun": fun, "jac": jac}

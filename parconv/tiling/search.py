@@ -38,10 +38,12 @@ searched exhaustively.
 
 What the memory object must provide: ``fits(spec, tiling)`` and ``capacity()``.  Optional:
 ``fits_array(spec, tiles)`` (vectorised fits over an (m, 7) array; without it the search calls
-``fits`` per candidate and is slower), ``budgets()`` (constraints of the relaxation; default one
-memory of ``capacity()`` bytes holding all three arrays), ``granularity`` (default for the
-``granularity`` argument) and ``bound(spec)`` (a SequentialBound; default
-``bounds.sequential_bound(spec, capacity())``).
+``fits`` per candidate and is slower) or ``fits_clipped(spec, tiles)`` (the same for rows
+already capped at the loop bounds, preferred), ``budgets()`` (constraints of the relaxation;
+default one memory of ``capacity()`` bytes holding all three arrays), ``granularity`` (default
+for the ``granularity`` argument) and ``bound(spec)`` (a SequentialBound; default
+``bounds.sequential_bound(spec, capacity())``) or ``bound_value(spec)`` (its value in bytes
+only, preferred when present).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import operator
 from functools import lru_cache
 from typing import Iterator
 
@@ -151,6 +154,13 @@ def _totals(spec: ConvSpec, tiles: np.ndarray, orders: list[str]) -> np.ndarray:
     """`traffic_totals` for several orders at once: a (len(orders), m) array."""
     t = clip_array(spec, np.atleast_2d(tiles))
     trips = -(-np.asarray(extents(spec), dtype=np.int64) // t)
+    return traffic_totals_clipped(spec, t, trips, orders)
+
+
+def traffic_totals_clipped(spec: ConvSpec, t: np.ndarray, trips: np.ndarray,
+                           orders: list[str]) -> np.ndarray:
+    """`traffic_totals` (a (len(orders), m) array) of block sizes ``t`` already capped at the
+    loop bounds (int64, (m, 7)), with their trip counts ``trips`` (the callers have both)."""
     code = (trips > 1) @ _BITS                    # bit i: loop i has more than one block
     rows = _axis_table(*spec.axis(0))[t[:, 3], t[:, 5]]
     cols = _axis_table(*spec.axis(1))[t[:, 4], t[:, 6]]
@@ -221,8 +231,23 @@ class _Scorer:
         self.evaluated = 0
         self.best: tuple | None = None          # (total, tiles, tile tuple, order)
         self.moves: dict = {}                   # pairwise move -> best of its grid
+        self._pairs: dict = {}                  # (free loops, granularity) -> pair grids
+
+    def pair_grids(self, free: str, granularity: int) -> list:
+        """((a, b), every combination of the two ladders) for each pair of free loops, built
+        once per search (every local search of one search uses the same)."""
+        key = (free, granularity)
+        if key not in self._pairs:
+            ladders = {l: _ladder(int(self.extents[_I[l]]), granularity if l in "KC" else 1)
+                       for l in free}
+            self._pairs[key] = [((a, b), _grid([ladders[a], ladders[b]]))
+                                for a, b in itertools.combinations(free, 2)]
+        return self._pairs[key]
 
     def fits(self, tiles: np.ndarray) -> np.ndarray:
+        """Whether each row of clipped ``tiles`` fits the memory."""
+        if hasattr(self.memory, "fits_clipped"):
+            return np.asarray(self.memory.fits_clipped(self.spec, tiles), dtype=bool)
         if hasattr(self.memory, "fits_array"):
             return np.asarray(self.memory.fits_array(self.spec, tiles), dtype=bool)
         return np.fromiter((self.memory.fits(self.spec, Tiling(*map(int, row))) for row in tiles),
@@ -251,14 +276,20 @@ class _Scorer:
         out = [None] * len(groups)
         if not len(tiles):
             return out
-        totals = _totals(self.spec, tiles, self.orders)
+        trips = -(-self.extents // tiles)
+        totals = traffic_totals_clipped(self.spec, tiles, trips, self.orders)
         self.evaluated += totals.size
         which = totals.argmin(axis=0)
-        total = totals.min(axis=0)
-        count = np.prod(-(-self.extents // tiles), axis=1)
+        total = totals[which, np.arange(len(which))]
+        count = trips[:, 0]
+        for j in range(1, trips.shape[1]):
+            count = count * trips[:, j]
         # by group, then traffic, then tiles; stable, so a tie keeps the first row
-        ranked = np.lexsort((count, total, label))
-        heads = ranked[np.r_[True, label[ranked][1:] != label[ranked][:-1]]]
+        if len(groups) == 1:
+            heads = np.lexsort((count, total))[:1]
+        else:
+            ranked = np.lexsort((count, total, label))
+            heads = ranked[np.r_[True, label[ranked][1:] != label[ranked][:-1]]]
         for i in heads.tolist():
             out[label[i]] = (int(total[i]), int(count[i]), tuple(int(v) for v in tiles[i]),
                              self.orders[which[i]])
@@ -277,13 +308,15 @@ def _local_search(scorer: _Scorer, start: tuple, free: str, granularity: int,
     other five block sizes, so the best of a grid already scored (in this search or an earlier
     one from another start) is reused.
     """
-    ladders = {l: _ladder(int(scorer.extents[_I[l]]), granularity if l in "KC" else 1)
-               for l in free}
-    pairs = [((a, b), _grid([ladders[a], ladders[b]])) for a, b in itertools.combinations(free, 2)]
+    pairs = scorer.pair_grids(free, granularity)
+
+    # the other five block sizes of a tile, per pair (itemgetter of five items: a tuple)
+    others = [operator.itemgetter(*(i for i in range(len(LOOPS)) if i not in (_I[a], _I[b])))
+              for (a, b), _ in pairs]
 
     def key(j: int, tile: tuple) -> tuple:
         (a, b), _ = pairs[j]
-        return (a, b, tuple(v for i, v in enumerate(tile) if i not in (_I[a], _I[b])))
+        return (a, b, others[j](tile))
 
     current = start
     for _ in range(max_rounds):
@@ -296,7 +329,8 @@ def _local_search(scorer: _Scorer, start: tuple, free: str, granularity: int,
                 grids = []
                 for m in missing:
                     (a, b), pair = pairs[m]
-                    tiles = np.tile(np.asarray(current[2], dtype=np.int64), (len(pair), 1))
+                    tiles = np.empty((len(pair), len(LOOPS)), dtype=np.int64)
+                    tiles[:] = current[2]
                     tiles[:, _I[a]], tiles[:, _I[b]] = pair[:, 0], pair[:, 1]
                     grids.append(tiles)
                 for m, found in zip(missing, scorer.best_of_groups(grids)):
@@ -391,6 +425,8 @@ def _search(scorer: _Scorer, memory, free: str, granularity: int,
 
 
 def _bound_value(spec: ConvSpec, memory) -> float:
+    if hasattr(memory, "bound_value"):
+        return float(memory.bound_value(spec))
     if hasattr(memory, "bound"):
         return float(memory.bound(spec).value)
     return float(sequential_bound(spec, memory.capacity()).value)

@@ -37,14 +37,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
+import operator
 
 import numpy as np
 
-from ...bounds import sequential_bound_two_memory
+from ...bounds.checks import check_bytes
+from ...bounds.sequential import sequential_bound_two_memory, sequential_bound_value
 from ...errors import ParconvError
 from ...spec import ConvSpec
 from ...tiling import (CANONICAL_ORDERS, LOOPS, ScratchAccMemory, Tiling, TilingResult, clip_array,
-                       extents, optimise, traffic)
+                       extents, optimise, traffic, traffic_totals)
 from .. import call_rules
 from ..config import DEFAULT_CONFIG, GemminiConfig
 from ..executor import TileCall, TileExecutor
@@ -82,7 +85,12 @@ class GemminiMemory(ScratchAccMemory):
         return stride * t_out + dil * (t_k - 1)
 
     def fits_array(self, spec: ConvSpec, tiles: np.ndarray) -> np.ndarray:
-        tn, tk, tc, th, tw, tr, ts = clip_array(spec, np.atleast_2d(tiles)).T
+        return self.fits_clipped(spec, clip_array(spec, np.atleast_2d(tiles)))
+
+    def fits_clipped(self, spec: ConvSpec, tiles: np.ndarray) -> np.ndarray:
+        """`fits_array` of an (m, 7) int64 array already capped at the loop bounds."""
+        # contiguous columns: elementwise work on strided columns of a large array is slower
+        tn, tk, tc, th, tw, tr, ts = np.ascontiguousarray(tiles.T)
         (sh, sw), (dh, dw), d = spec.stride, spec.dilation, self.config.dim
         # `footprint_rows` without pooling, input dilation or downsampling (never used here):
         # halo rows orows * stride + dilated kernel rows - 1
@@ -95,21 +103,29 @@ class GemminiMemory(ScratchAccMemory):
         return self.config.fits(spec, vendor_tuple(tiling.clipped(spec)))
 
     def bound(self, spec: ConvSpec):
+        return sequential_bound_two_memory(spec, self.config.scratch_bytes,
+                                           self.config.acc_total_bytes)
+
+    def bound_value(self, spec: ConvSpec) -> float:
         return block_bound(spec, self.config.scratch_bytes, self.config.acc_total_bytes)
 
     def __repr__(self) -> str:
         return f"GemminiMemory({self.config.name!r})"
 
 
-def block_bound(spec: ConvSpec, scratch_bytes: float, acc_bytes: float):
-    """`parconv.bounds.sequential_bound_two_memory` of a block, computed once per block shape in
-    the process (the search and the kernel's statistics of the same block share it)."""
+def block_bound(spec: ConvSpec, scratch_bytes: float, acc_bytes: float) -> float:
+    """The value of `parconv.bounds.sequential_bound_two_memory` of a block (bytes), computed
+    once per block shape in the process (the search and the kernel's statistics of the same
+    block share it) by `parconv.bounds.sequential.sequential_bound_value`: the same number,
+    without the work-function solves of segment terms that cannot be the largest."""
     return _bound_of_shape(spec.replace(name="block"), scratch_bytes, acc_bytes)
 
 
 @functools.lru_cache(maxsize=512)
-def _bound_of_shape(spec: ConvSpec, scratch_bytes: float, acc_bytes: float):
-    return sequential_bound_two_memory(spec, scratch_bytes, acc_bytes)
+def _bound_of_shape(spec: ConvSpec, scratch_bytes: float, acc_bytes: float) -> float:
+    # the one-memory bound with M = scratchpad + accumulator, as sequential_bound_two_memory
+    return sequential_bound_value(spec, check_bytes(scratch_bytes, "M_scratch")
+                                  + check_bytes(acc_bytes, "M_acc"))
 
 
 def _ceil_div(a: np.ndarray, d: int) -> np.ndarray:
@@ -222,7 +238,7 @@ def cost_of_vendor(layer_cost) -> ModelCost:
 
 def _single_tile_result(spec: ConvSpec, memory: GemminiMemory, tiling: Tiling, order: str):
     moved = traffic(spec, tiling, order)
-    bound = float(memory.bound(spec).value)
+    bound = memory.bound_value(spec)
     return TilingResult(tiling=tiling, order=order, traffic=moved, bound=bound,
                         ratio=moved.total / bound if bound > 0 else float("inf"), evaluated=1)
 
@@ -280,9 +296,15 @@ def choose_tiling(spec: ConvSpec, config: GemminiConfig | None = None, orders=No
     limit = vendor.dram_bytes["total"] if vendor is not None else None
     # the exact bytes first (`traffic` plus the bias stream, what `tiling_cost` counts): a
     # candidate moving more than the library is dropped before its cycles are costed
-    kept = [(Tiling(*tile), order, source) for (tile, order), source in pairs.items()
-            if limit is None or traffic(run_on, Tiling(*tile), order).total
-            + int(bias_totals(run_on, np.array([tile]), config)[0]) <= limit]
+    # (all pairs in one vectorised call: `traffic_totals` is `traffic`'s model)
+    tiles = np.array([tile for tile, _ in pairs], dtype=np.int64)
+    distinct = list(dict.fromkeys(order for _, order in pairs))
+    moved = (traffic_totals(run_on, tiles, distinct)[[distinct.index(order) for _, order in pairs],
+                                                     np.arange(len(pairs))]
+             + bias_totals(run_on, tiles, config))
+    kept = [(Tiling(*tile), order, source)
+            for ((tile, order), source), total in zip(pairs.items(), moved.tolist())
+            if limit is None or total <= limit]
     costs = tiling_costs(run_on, [(tiling, order) for tiling, order, _ in kept], config,
                          strided=strided)
     costed = [(cost, tiling, order, source) for cost, (tiling, order, source) in zip(costs, kept)
@@ -326,22 +348,29 @@ def tiling_calls(spec: ConvSpec, tiling: Tiling, order: str, config: GemminiConf
     in_at, w_at, out_at = ([where[_I[l]] for l in key] for key in (_INPUT, _FILTER, _OUTPUT))
     reduction = [where[_I[l]] for l in "CRS"]
     mpp_of = {}                              # (nC, nS) -> first-layer pixels per row
+    # block indices in LOOPS order, the three keys and the reduction's indices of a position
+    # (itemgetter of several items returns a tuple, as the keys are)
+    blocks, input_key, weight_key, output_key, reduced = (
+        operator.itemgetter(*at) for at in (where, in_at, w_at, out_at, reduction))
+    final = tuple(trips[_I[loop]] - 1 for loop in "CRS")
+    rn, rk, rc, rh, rw, rr, rs = ranges
     calls = []
-    for pos in np.ndindex(*(trips[_I[loop]] for loop in order)):
-        n, k, c, h, w, r, s = (ranges[j][pos[where[j]]] for j in range(7))
+    for pos in itertools.product(*(range(trips[_I[loop]]) for loop in order)):
+        bn, bk, bc, bh, bw, br, bs = blocks(pos)
+        n, k, c, h, w, r, s = rn[bn], rk[bk], rc[bc], rh[bh], rw[bw], rr[br], rs[bs]
         sizes = (c[1] - c[0], s[1] - s[0])
         mpp = mpp_of.get(sizes)
         if mpp is None:
             mpp = mpp_of[sizes] = int(call_rules.max_pixels_per_row(config, *sizes, strided,
                                                                     dilated))
+        # positional, in TileCall's field order: n k c h w r s, row0 col0 rows cols step,
+        # the three keys, input and weight modes, last, mpp
         calls.append(TileCall(
-            n=n, k=k, c=c, h=h, w=w, r=r, s=s,
-            row0=sh * h[0] + dh * r[0] - ph, col0=sw * w[0] + dw * s[0] - pw,
-            rows=sh * (h[1] - h[0] - 1) + dh * (r[1] - r[0] - 1) + 1,
-            cols=sw * (w[1] - w[0] - 1) + dw * (s[1] - s[0] - 1) + 1, step=1,
-            input_key=tuple(pos[j] for j in in_at), weight_key=tuple(pos[j] for j in w_at),
-            output_key=tuple(pos[j] for j in out_at), input_mode="auto", weight_mode="auto",
-            last=all(pos[j] == trips[_I[l]] - 1 for j, l in zip(reduction, "CRS")), mpp=mpp))
+            n, k, c, h, w, r, s, sh * h[0] + dh * r[0] - ph, sw * w[0] + dw * s[0] - pw,
+            sh * (h[1] - h[0] - 1) + dh * (r[1] - r[0] - 1) + 1,
+            sw * (w[1] - w[0] - 1) + dw * (s[1] - s[0] - 1) + 1, 1,
+            input_key(pos), weight_key(pos), output_key(pos), "auto", "auto",
+            reduced(pos) == final, mpp))
     return calls
 
 

@@ -67,11 +67,13 @@ class ModelCost(rules.Utilization):
 _ROWS = {loops: [_I[loop] for loop in loops] for loops in ("NCHWRS", "KCRS", "NKHW")}
 
 
-def _piece_lines(row_bytes: np.ndarray, piece: int, step: int) -> np.ndarray:
-    """`mean_piece_lines` of each row, evaluated once per distinct row length (a layer's tiles
-    have a few)."""
-    values, inverse = np.unique(row_bytes, return_inverse=True)
-    lines = np.asarray(mean_piece_lines(values, piece, step), dtype=float)
+def _piece_lines(row_bytes: np.ndarray, piece: int, steps: np.ndarray) -> np.ndarray:
+    """`mean_piece_lines` of each row (its own start step), evaluated once per distinct (row
+    length, step) pair (the tiles of a few candidates have a few)."""
+    key = row_bytes.astype(np.int64) * (int(steps.max()) + 1) + steps
+    values, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    lines = np.array([mean_piece_lines(int(row_bytes[i]), piece, int(steps[i])) for i in first],
+                     dtype=float)
     return lines[inverse].reshape(np.shape(row_bytes))
 
 
@@ -105,6 +107,7 @@ def tiling_costs(spec: ConvSpec, candidates, config, *, strided: bool = False,
     dilated = max(spec.dilation) > 1
     piece = config.max_block_len * config.dim     # columns of the widest mvin
     plans, pieces = [], []
+    windows = {}                                  # (axis, t_out, t_k) -> window table
     for tiling, order in candidates:
         check_order(order)
         t = np.asarray(tiling.clipped(spec).as_tuple(), dtype=np.int64)
@@ -117,8 +120,8 @@ def tiling_costs(spec: ConvSpec, candidates, config, *, strided: bool = False,
                  math.gcd(spec.out_channels, int(t[1])) * config.weight_bytes)
         plans.append({"t": t, "trips": trips, "dims": dims, "total": total, "order": order,
                       "steps": steps, "chunks": [], "where": [order.index(l) for l in LOOPS],
-                      "rows_table": axis_window_table(*spec.axis(0), int(t[3]), int(t[5])),
-                      "cols_table": axis_window_table(*spec.axis(1), int(t[4]), int(t[6]))})
+                      "rows_table": _window_table(windows, spec, 0, int(t[3]), int(t[5])),
+                      "cols_table": _window_table(windows, spec, 1, int(t[4]), int(t[6]))})
         pieces += [(len(plans) - 1, lo, min(lo + CHUNK, total)) for lo in range(0, total, CHUNK)]
     batch, size = [], 0
     for item in pieces + [None]:
@@ -149,6 +152,14 @@ def tiling_costs(spec: ConvSpec, candidates, config, *, strided: bool = False,
             calibrated_cycles=_calibrated([c["arrays"] for c in chunks], plan["order"],
                                           plan["trips"], constants, config.dim)))
     return out
+
+
+def _window_table(tables: dict, spec: ConvSpec, axis: int, t_out: int, t_k: int) -> np.ndarray:
+    """`axis_window_table` of one axis, once per block size pair among the candidates."""
+    key = (axis, t_out, t_k)
+    if key not in tables:
+        tables[key] = axis_window_table(*spec.axis(axis), t_out, t_k)
+    return tables[key]
 
 
 def _cost_pieces(spec, plans, batch, config, bias, strided, dilated, piece) -> None:
@@ -222,6 +233,12 @@ def _cost_pieces(spec, plans, batch, config, bias, strided, dilated, piece) -> N
     stores = (visit_end * acc_rows).astype(float)
     bounds = np.cumsum([0] + [hi - lo for _, lo, hi in batch])
     segments = bounds[:-1]
+    in_steps, w_steps = (np.repeat([plans[index]["steps"][j] for index, _, _ in batch],
+                                   np.diff(bounds)) for j in (0, 1))
+    in_lines = load_in * nN * window * _piece_lines(nC * config.input_bytes,
+                                                    piece * config.input_bytes, in_steps)
+    w_lines = load_w * nC * nR * nS * _piece_lines(nK * config.weight_bytes,
+                                                   piece * config.weight_bytes, w_steps)
     # integer sums of every piece at once (exact); float sums per piece as one np.sum each
     ints = {k: np.add.reduceat(v, segments) for k, v in
             {**{f"dram_{k}": v for k, v in per_tile.items()}, **rows, "exec": exec_cycles,
@@ -229,7 +246,6 @@ def _cost_pieces(spec, plans, batch, config, bias, strided, dilated, piece) -> N
     roofline = np.maximum(exec_cycles, tile_dma)
     for j, (index, lo, hi) in enumerate(batch):
         plan, a, b = plans[index], bounds[j], bounds[j + 1]
-        steps = plan["steps"]
         plan["chunks"].append({
             "dram": {k: int(ints[f"dram_{k}"][j]) for k in STREAMS},
             "mvin": {k: int(ints[f"mvin_{k}"][j]) for k in ("input", "weight", "bias", "psum")},
@@ -241,10 +257,7 @@ def _cost_pieces(spec, plans, batch, config, bias, strided, dilated, piece) -> N
                 "exec": exec_cycles[a:b], "passes": passes[a:b], "load_in": load_in[a:b],
                 "short_passes": short[a:b], "short_rows": short_rows[a:b],
                 "load_w": load_w[a:b], "moved": moved[a:b],
-                "in_lines": load_in[a:b] * nN[a:b] * window[a:b] * _piece_lines(
-                    nC[a:b] * config.input_bytes, piece * config.input_bytes, steps[0]),
-                "w_lines": load_w[a:b] * nC[a:b] * nR[a:b] * nS[a:b] * _piece_lines(
-                    nK[a:b] * config.weight_bytes, piece * config.weight_bytes, steps[1]),
+                "in_lines": in_lines[a:b], "w_lines": w_lines[a:b],
                 "stores": stores[a:b], "in_bytes": per_tile["input"][a:b],
                 "w_bytes": per_tile["weight"][a:b], "other_lines": line_rows[a:b],
                 **{k: v[a:b] for k, v in commands.items()}}})
@@ -274,7 +287,8 @@ def _calibrated(chunks: list, order: str, trips, constants: CycleConstants, dim:
     """`layer_cycles` over all tiles (one call each); the L2 misses of each operand
     (`load_misses` for ``order``, whose loads are already the non-consecutive ones) are spread
     over its loads."""
-    cat = {k: np.concatenate([np.ravel(c[k]) for c in chunks]).astype(float) for k in chunks[0]}
+    cat = {k: (np.ravel(chunks[0][k]) if len(chunks) == 1 else
+               np.concatenate([np.ravel(c[k]) for c in chunks])).astype(float) for k in chunks[0]}
     loads = {"input": cat["load_in"].sum(), "weight": cat["load_w"].sum()}
     per_load = {"input": cat["in_bytes"].sum() / max(loads["input"], 1.0),
                 "weight": cat["w_bytes"].sum() / max(loads["weight"], 1.0)}

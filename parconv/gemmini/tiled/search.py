@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 
 import numpy as np
 
 from ...spec import ConvSpec
-from ...tiling import LOOPS, clip_array, extents, traffic_totals
+from ...tiling import LOOPS, clip_array, extents
+from ...tiling.search import traffic_totals_clipped
 from .. import call_rules as rules
 from ..cycles import LINE_BYTES, load_constants
 
@@ -83,8 +85,14 @@ def exec_totals(spec: ConvSpec, tiles: np.ndarray, config, strided: bool = False
 def exec_and_passes(spec: ConvSpec, tiles: np.ndarray, config, strided: bool = False
                     ) -> tuple[np.ndarray, np.ndarray]:
     """(`exec_totals`, `exec_totals` with ``passes_only``) of each row, sharing the work."""
-    ext = extents(spec)
     t = clip_array(spec, np.atleast_2d(tiles)).T
+    return _combine(_loop_sums(spec, list(t), config, strided))
+
+
+def _loop_sums(spec: ConvSpec, t: list, config, strided: bool) -> dict:
+    """The factors of `exec_and_passes`, each a sum over the blocks of one loop (``sc``: of the
+    S and C loops jointly) for the block sizes ``t[j]`` of loop j (arrays that broadcast)."""
+    ext = extents(spec)
     d = config.dim
     dilated = max(spec.dilation) > 1
     loops = [_per_loop(t[j], ext[j]) for j in range(7)]
@@ -97,21 +105,51 @@ def exec_and_passes(spec: ConvSpec, tiles: np.ndarray, config, strided: bool = F
     def last_pass(w):
         return np.maximum(w - d * (_ceil_div(w, d) - 1), rules.MIN_PASS_CYCLES)
 
-    sum_nh = over(0, lambda v: v) * over(3, lambda v: v)
     sum_passes = over(4, lambda w: _ceil_div(w, d))
-    sum_f = d * (sum_passes - loops[4][1] - 1) + over(4, last_pass)
-    sum_g = over(4, lambda w: d - last_pass(w))
-    trips_nh = (loops[0][1] + 1) * (loops[3][1] + 1)
-    sum_k = over(1, lambda k: _ceil_div(k, d))
-    sum_r = over(5, lambda r: r)
     (s_full, s_n, s_rag), (c_full, c_n, c_rag) = loops[6], loops[2]
     sum_sc = 0
     for (s, ns), (c, nc) in itertools.product(((s_full, s_n), (s_rag, 1)),
                                               ((c_full, c_n), (c_rag, 1))):
         mpp = rules.max_pixels_per_row(config, c, s, strided, dilated)
         sum_sc = sum_sc + ns * nc * rules.ceil_div(s, mpp) * _ceil_div(c, d)
-    blocks = sum_k * sum_r * sum_sc
-    return (blocks * (sum_nh * sum_f + trips_nh * sum_g), blocks * (sum_nh * sum_passes))
+    return {"n": over(0, lambda v: v), "h": over(3, lambda v: v),
+            "trips_n": loops[0][1] + 1, "trips_h": loops[3][1] + 1, "passes": sum_passes,
+            "f": d * (sum_passes - loops[4][1] - 1) + over(4, last_pass),
+            "g": over(4, lambda w: d - last_pass(w)), "k": over(1, lambda k: _ceil_div(k, d)),
+            "r": over(5, lambda r: r), "sc": sum_sc}
+
+
+def _combine(sums: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(execute cycles, passes) from the loop sums: a tile's cycles are ``blocks(K, R, S, C) *
+    passes(N, H, W)``, so the sum over tiles is the product of per-loop sums."""
+    sum_nh = sums["n"] * sums["h"]
+    trips_nh = sums["trips_n"] * sums["trips_h"]
+    blocks = sums["k"] * sums["r"] * sums["sc"]
+    return (blocks * (sum_nh * sums["f"] + trips_nh * sums["g"]),
+            blocks * (sum_nh * sums["passes"]))
+
+
+class _LoopSumTables:
+    """`_loop_sums` of every block size of each loop (``sc``: of every (S, C) pair), computed
+    once per search, so that `exec_and_passes` of many tiles is a few table lookups (the same
+    integers)."""
+
+    _LOOP = {"n": 0, "h": 3, "trips_n": 0, "trips_h": 3, "passes": 4, "f": 4, "g": 4, "k": 1,
+             "r": 5}
+
+    def __init__(self, spec: ConvSpec, config, strided: bool):
+        ext = extents(spec)
+        sizes = [np.arange(1, e + 1, dtype=np.int64) for e in ext]
+        sizes[6], sizes[2] = sizes[6][:, None], sizes[2][None, :]
+        self.tables = {k: np.asarray(v, dtype=np.int64)
+                       for k, v in _loop_sums(spec, sizes, config, strided).items()}
+
+    def exec_and_passes(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`exec_and_passes` of clipped tiles (an (m, 7) int64 array)."""
+        at = np.ascontiguousarray(tiles.T) - 1          # one contiguous row per loop
+        sums = {k: self.tables[k][at[j]] for k, j in self._LOOP.items()}
+        sums["sc"] = self.tables["sc"][at[6], at[2]]
+        return _combine(sums)
 
 
 def _ceil_div(a: np.ndarray, d: int) -> np.ndarray:
@@ -143,14 +181,20 @@ def _sorted_by(*keys: np.ndarray) -> np.ndarray:
     return np.argsort(combined, kind="stable")
 
 
-def _unique_rows(rows: np.ndarray) -> np.ndarray:
+def _unique_rows(rows: np.ndarray, radix: list | None = None) -> np.ndarray:
     """``np.unique(rows, axis=0)`` for non-negative integer rows, on one mixed-radix key per row
-    (a 1-d sort) when the key fits in int64."""
-    radix = [int(v) + 1 for v in rows.max(axis=0)] if len(rows) else []
-    if not len(rows) or math.prod(radix) >= 2 ** 62:
+    (a 1-d sort) when the key fits in int64.  ``radix``: a bound above every value of each
+    column, when known (else the column maxima + 1)."""
+    if not len(rows):
+        return np.unique(rows, axis=0)
+    radix = radix or [int(v) + 1 for v in rows.max(axis=0)]
+    if math.prod(radix) >= 2 ** 62:
         return np.unique(rows, axis=0)
     weights = np.array([math.prod(radix[j + 1:]) for j in range(len(radix))], dtype=np.int64)
-    _, first = np.unique(rows @ weights, return_index=True)
+    key = rows @ weights
+    if np.all(key[1:] > key[:-1]):        # already distinct and sorted (a pair grid)
+        return rows
+    _, first = np.unique(key, return_index=True)
     return rows[first]
 
 
@@ -167,6 +211,7 @@ class Screen:
         self.log: list[tuple] = []
         self.extents = np.asarray(extents(spec))
         self.best: tuple | None = None          # (key, tile, order)
+        self._exec = _LoopSumTables(spec, config, strided)
 
     def offer(self, tiles: np.ndarray) -> bool:
         """Score the fitting rows of ``tiles`` under every order; True if the best improved."""
@@ -179,7 +224,10 @@ class Screen:
             return False
         self.log.append(entries)
         bins, moved, tiles, orders = entries
-        i = int(_sorted_by(bins, moved)[0])
+        # the first entry of the smallest (bins, bytes): the head of the stable sort
+        i = int(np.argmin(bins * (int(moved.max()) + 1) + moved)) \
+            if (int(bins.max()) + 1) * (int(moved.max()) + 1) < 2 ** 62 \
+            else int(_sorted_by(bins, moved)[0])
         key = (int(bins[i]), int(moved[i]))
         if self.best is None or key < self.best[0]:
             self.best = (key, tuple(int(v) for v in tiles[i]), self.orders[orders[i]])
@@ -194,23 +242,28 @@ class Screen:
         label = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
         rows = np.concatenate([np.atleast_2d(g) for g in groups])
         # distinct rows of each group, sorted within it (np.unique of each group alone)
-        rows = _unique_rows(np.column_stack((label, clip_array(self.spec, rows))))
-        rows = rows[np.asarray(self.memory.fits_array(self.spec, rows[:, 1:]), dtype=bool)]
+        rows = _unique_rows(np.column_stack((label, clip_array(self.spec, rows))),
+                            [len(groups), *(int(e) + 1 for e in self.extents)])
+        fits = getattr(self.memory, "fits_clipped", self.memory.fits_array)
+        rows = rows[np.asarray(fits(self.spec, rows[:, 1:]), dtype=bool)]
         if not len(rows):
             return [None] * len(groups)
         label, tiles = rows[:, 0], np.ascontiguousarray(rows[:, 1:])
-        exec_total, passes = exec_and_passes(self.spec, tiles, self.config, self.strided)
+        exec_total, passes = self._exec.exec_and_passes(tiles)
         bias = bias_totals(self.spec, tiles, self.config)
-        n_tiles = np.prod(-(-self.extents // tiles), axis=1)
+        trips = -(-self.extents.astype(np.int64) // tiles)
+        n_tiles = trips[:, 0]
+        for j in range(1, trips.shape[1]):
+            n_tiles = n_tiles * trips[:, j]
         c = self.constants
         x = exec_total + c.p_pass * passes
         start = np.searchsorted(label, label)          # first row of each row's group
-        moved_all = traffic_totals(self.spec, tiles, self.orders) + bias
+        moved_all = traffic_totals_clipped(self.spec, tiles, trips, self.orders) + bias
         pieces, bins_of = [], []
+        floor = c.c_call * n_tiles
         for o, moved in enumerate(moved_all):
             load = moved * (c.inv_bw + c.t_hit / LINE_BYTES)
-            score = np.maximum(c.c_call * n_tiles,
-                               np.maximum(load, x) + c.alpha * np.minimum(load, x))
+            score = np.maximum(floor, np.maximum(load, x) + c.alpha * np.minimum(load, x))
             bins_of.append(np.floor(score / self.bin).astype(np.int64))
             # stable sorts within each group: its first `keep` fastest, then most frugal
             for ranked in (_sorted_by(label, bins_of[o], moved), _sorted_by(label, moved)):
@@ -269,9 +322,13 @@ def refine(spec: ConvSpec, memory, config, seeds, orders, strided: bool = False,
     pairs = [((a, b), np.array(list(itertools.product(ladders[a], ladders[b])), dtype=np.int64))
              for a, b in itertools.combinations(free, 2)]
 
+    # the other five block sizes of a tile, per pair (itemgetter of five items: a tuple)
+    others = [operator.itemgetter(*(i for i in range(len(LOOPS)) if i not in (_I[a], _I[b])))
+              for (a, b), _ in pairs]
+
     def key(j: int, tile: tuple) -> tuple:
         (a, b), _ = pairs[j]
-        return (a, b, tuple(v for i, v in enumerate(tile) if i not in (_I[a], _I[b])))
+        return (a, b, others[j](tile))
 
     # the pairs are taken in turn from the best so far; the grids not yet scored are scored
     # together around the current best, and taken in turn up to the first that improves it
@@ -289,7 +346,8 @@ def refine(spec: ConvSpec, memory, config, seeds, orders, strided: bool = False,
                 grids = []
                 for m in missing:
                     (a, b), grid = pairs[m]
-                    tiles = np.tile(np.asarray(center, dtype=np.int64), (len(grid), 1))
+                    tiles = np.empty((len(grid), len(LOOPS)), dtype=np.int64)
+                    tiles[:] = center
                     tiles[:, _I[a]], tiles[:, _I[b]] = grid[:, 0], grid[:, 1]
                     grids.append(tiles)
                 for m, entries in zip(missing, screen.entries_of_groups(grids)):

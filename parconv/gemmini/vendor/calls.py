@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from typing import Iterator
 
 import numpy as np
@@ -313,10 +314,25 @@ def _grouped(columns, axis: int):
     """Distinct rows of the stacked attribute ``columns`` (any equal shapes) and their
     multiplicities, each column reshaped to lie along ``axis`` of a 5-D grid."""
     table = np.stack([np.ravel(c) for c in np.broadcast_arrays(*columns)], axis=1)
-    unique, counts = np.unique(table, axis=0, return_counts=True)
+    unique, counts = _unique_rows(table)
     shape = [1] * 5
     shape[axis] = len(counts)
     return [unique[:, j].reshape(shape) for j in range(unique.shape[1])], counts.reshape(shape)
+
+
+def _unique_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(table, axis=0, return_counts=True)`` of an integer table: the same sorted
+    rows and counts, from one mixed-radix key per row (a 1-D sort) when the rows are
+    non-negative and the key fits in int64."""
+    if table.dtype.kind not in "iub" or not len(table) or table.min() < 0:
+        return np.unique(table, axis=0, return_counts=True)
+    radix = [int(v) + 1 for v in table.max(axis=0)]
+    if math.prod(radix) >= 2 ** 62:
+        return np.unique(table, axis=0, return_counts=True)
+    weights = np.array([math.prod(radix[j + 1:]) for j in range(len(radix))], dtype=np.int64)
+    _, first, counts = np.unique(table.astype(np.int64) @ weights, return_index=True,
+                                 return_counts=True)
+    return table[first], counts
 
 
 def _spatial_groups(loop: VendorLoop, axis: int, geom: AxisGeometry, grid_axis: int):
