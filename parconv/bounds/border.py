@@ -1,8 +1,8 @@
 """The border-aware reuse constant kappa of the small-filter inequality (theory.md 2.3.1).  Pure.
 
-(H1) charges every input pixel with rho = rho_h rho_w im2col entries, the most any pixel can
-have.  Near the image border pixels are read by fewer taps, and a set of outputs that avoids the
-border pays a halo instead; the inequality ``|V|^2 <= kappa |I_V| |F_V| |O_V|`` holds with
+(H1) charges every input pixel with rho = rho_h rho_w im2col entries, the most one pixel can have.
+Near the image border pixels are read by fewer taps, and a set of outputs that avoids the border
+pays a halo instead; the inequality ``|V|^2 <= kappa |I_V| |F_V| |O_V|`` holds with
 ``kappa = kappa_h kappa_w``, where kappa of one axis is the squared spectral norm of that axis's
 0/1 tensor ``T[x, r, h] = 1`` iff ``x = s h + d r - p`` lies in ``[0, n_in)``:
 
@@ -11,11 +11,11 @@ border pays a halo instead; the inequality ``|V|^2 <= kappa |I_V| |F_V| |O_V|`` 
 
 kappa_axis <= rho_axis always, and equals it only in the limit of an unbounded image.  The
 maximum over the sphere is certified from above by a branch and bound over spherical triangles
-(arcs for two taps): ``v -> ||M(v)||`` is convex and homogeneous, so on the spherical triangle
-spanned by unit vectors a, b, c it is at most ``max(f(a), f(b), f(c)) / d``, with d the distance
-from the origin to the plane through a, b, c.  Only axes with at most `MAX_TAPS` used taps and
-at most `MAX_OUT` outputs are solved; elsewhere the gain is below 0.25 % (it shrinks like
-(pi / n_out)^2) or the search would cost more than it gives, and rho is used.
+(arcs for two taps): ``f(v) = ||M(v)||`` is convex and positively homogeneous, so on a spherical
+triangle it is at most the linear function through its vertex values, whose maximum there has a
+closed form.  Only axes with at most `MAX_TAPS` used taps and at most `MAX_OUT` outputs are
+solved; elsewhere the gain is below 0.25 % (it shrinks like (pi / n_out)^2) or the search would
+cost more than it gives, and rho is used.
 """
 
 from __future__ import annotations
@@ -33,9 +33,11 @@ MAX_TAPS = 3
 #: axes with more outputs keep rho: their border gain is below (pi / 65)^2 = 0.23 %
 MAX_OUT = 64
 #: relative gap between the certified upper bound on ||M(v)|| and the best point found
-TOL = 1e-3
+TOL = 3e-4
 #: relative pad on every spectral norm, absorbing the eigen-solver's rounding
 NORM_PAD = 1e-9
+#: relative pad on every simplex's charge, absorbing the rounding of its small linear solves
+CHARGE_PAD = 1e-9
 #: largest number of simplices refined before the current upper bound is returned
 MAX_CELLS = 4000
 #: up to this many outputs one batched dense eigen-solve per refinement is the cheapest
@@ -92,15 +94,29 @@ class _Norm:
         return np.sqrt(np.maximum(top, 0.0)) * (1.0 + NORM_PAD)
 
 
-def _plane_distance(cells: np.ndarray) -> np.ndarray:
-    """Per cell (rows: unit vertices), a lower bound on the norm of every point of its flat
-    simplex: the distance from the origin to the line or plane through its vertices."""
-    if cells.shape[1] == 2:
-        cos = np.einsum("ki,ki->k", cells[:, 0], cells[:, 1])
-        return np.sqrt(np.maximum(0.0, (1.0 + cos) / 2.0))
-    normal = np.cross(cells[:, 1] - cells[:, 0], cells[:, 2] - cells[:, 0])
-    length = np.linalg.norm(normal, axis=1)
-    return np.abs(np.einsum("ki,ki->k", normal, cells[:, 0])) / length
+def _arc_max(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """max of c . v over the unit vectors v of cone(a, b) (a, b unit, not opposite)."""
+    basis = np.stack([a, b])
+    coef = np.linalg.lstsq(basis.T, c, rcond=None)[0]  # the projection of c on span(a, b)
+    if coef.min() >= 0.0:
+        return float(np.linalg.norm(basis.T @ coef))
+    return float(max(c @ a, c @ b))
+
+
+def _charge(cell: np.ndarray, values: np.ndarray) -> float:
+    """An upper bound on f over the spherical simplex with unit vertex rows `cell`, f convex and
+    positively homogeneous with f(vertex_i) = values_i.
+
+    The linear function l(x) = c . x through the vertex values bounds f on the simplex: a unit v
+    there is t p with p = sum_i beta_i vertex_i (beta >= 0 summing to 1) and t > 0, so
+    f(v) = t f(p) <= t sum_i beta_i values_i = l(v).  The charge is the largest l on the
+    simplex: |c| if c points into it, else the largest on its boundary arcs."""
+    c = np.linalg.solve(cell, values)  # m vertices in R^m: l is fixed by its vertex values
+    if len(cell) == 2:
+        return _arc_max(c, cell[0], cell[1])
+    if np.linalg.solve(cell.T, c).min() >= 0.0:
+        return float(np.linalg.norm(c))
+    return max(_arc_max(c, cell[i], cell[j]) for i, j in ((0, 1), (1, 2), (2, 0)))
 
 
 def _split(cells: np.ndarray) -> np.ndarray:
@@ -123,8 +139,8 @@ def spectral_bound(mats: list[np.ndarray], tol: float = TOL,
     """(lower, upper) on ``max over unit v >= 0 of ||sum_r v_r P_r||_2`` for nonneg matrices.
 
     `lower` is attained (the norm at a computed unit v).  `upper` is certified: the spherical
-    simplices kept in a heap always cover the nonneg part of the sphere, and each is charged its
-    vertices' largest norm divided by its plane distance.  Best first, the top simplex is split
+    simplices kept in a heap always cover the nonneg part of the sphere, and each is charged an
+    upper bound of f on it (`_charge`).  Best first, the top simplex is split at its midpoints
     until its charge is at most lower (1 + tol) or `max_cells` simplices were split; `upper` is
     then the top charge.
     """
@@ -135,7 +151,7 @@ def spectral_bound(mats: list[np.ndarray], tol: float = TOL,
         return value, value
     known: dict[bytes, float] = {}
 
-    def charge(cells: np.ndarray) -> np.ndarray:
+    def charge(cells: np.ndarray) -> list[float]:
         flat = cells.reshape(-1, m)
         keys = [np.round(v, 12).tobytes() for v in flat]
         new = [i for i, key in enumerate(keys) if key not in known]
@@ -143,10 +159,12 @@ def spectral_bound(mats: list[np.ndarray], tol: float = TOL,
             for i, value in zip(new, norm(flat[new])):
                 known[keys[i]] = float(value)
         values = np.array([known[key] for key in keys]).reshape(cells.shape[:2])
-        return values.max(axis=1) / _plane_distance(cells)
+        return [_charge(cell, v) * (1.0 + CHARGE_PAD) for cell, v in zip(cells, values)]
 
     order = itertools.count()
-    heap = [(-float(charge(np.eye(m)[None])[0]), next(order), np.eye(m))]
+    heap = [(-charge(np.eye(m)[None])[0], next(order), np.eye(m))]
+    # the centroid is near the optimum of the usual, nearly symmetric axes: a good first lower
+    known[b"centroid"] = float(norm(np.full((1, m), m ** -0.5))[0])
     for _ in range(max_cells):
         lower = max(known.values())
         if -heap[0][0] <= lower * (1.0 + tol):
@@ -154,7 +172,7 @@ def spectral_bound(mats: list[np.ndarray], tol: float = TOL,
         _, _, cell = heapq.heappop(heap)
         children = _split(cell[None])
         for child, c in zip(children, charge(children)):
-            heapq.heappush(heap, (-float(c), next(order), child))
+            heapq.heappush(heap, (-c, next(order), child))
     lower = max(known.values())
     return lower, max(lower, -heap[0][0])
 
