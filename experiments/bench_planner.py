@@ -113,7 +113,8 @@ def row_for(name: str, batch: int, P: int) -> dict:
            "ratio_aligned": (round(aligned.max_volume / bound.value, 4) if bound.value > 0
                              else "n/a"),
            "aligned_time_s": round(aligned_time, 4)}
-    if ratio is not None and ratio > THRESHOLD:
+    # the reason is given where the printed (4-digit) ratio is above the threshold, as counted
+    if ratio is not None and round(ratio, 4) > THRESHOLD:
         ideal = ideal_grid(spec, P)[0] / bound.value
         with_halo = ideal_grid(spec, P, halo=True)[0] / bound.value
         if ideal > THRESHOLD:
