@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -95,28 +96,31 @@ class _Norm:
 
 
 def _arc_max(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
-    """max of c . v over the unit vectors v of cone(a, b) (a, b unit, not opposite)."""
-    basis = np.stack([a, b])
-    coef = np.linalg.lstsq(basis.T, c, rcond=None)[0]  # the projection of c on span(a, b)
-    if coef.min() >= 0.0:
-        return float(np.linalg.norm(basis.T @ coef))
-    return float(max(c @ a, c @ b))
+    """max of c . v over the unit vectors v of cone(a, b) (a, b unit, not parallel)."""
+    ca, cb, ab = float(c @ a), float(c @ b), float(a @ b)
+    det = 1.0 - ab * ab
+    alpha, beta = (ca - ab * cb) / det, (cb - ab * ca) / det  # projection = alpha a + beta b
+    if alpha >= 0.0 and beta >= 0.0:
+        return math.sqrt(max(alpha * ca + beta * cb, 0.0))
+    return max(ca, cb)
 
 
-def _charge(cell: np.ndarray, values: np.ndarray) -> float:
-    """An upper bound on f over the spherical simplex with unit vertex rows `cell`, f convex and
-    positively homogeneous with f(vertex_i) = values_i.
+def _charges(cells: np.ndarray, values: np.ndarray) -> list[float]:
+    """Upper bounds on f over spherical simplices (rows of each cell: m unit vertices in R^m),
+    f convex and positively homogeneous with f(vertex) = values.
 
-    The linear function l(x) = c . x through the vertex values bounds f on the simplex: a unit v
+    The linear function l(x) = c . x through a cell's vertex values bounds f on it: a unit v
     there is t p with p = sum_i beta_i vertex_i (beta >= 0 summing to 1) and t > 0, so
-    f(v) = t f(p) <= t sum_i beta_i values_i = l(v).  The charge is the largest l on the
-    simplex: |c| if c points into it, else the largest on its boundary arcs."""
-    c = np.linalg.solve(cell, values)  # m vertices in R^m: l is fixed by its vertex values
-    if len(cell) == 2:
-        return _arc_max(c, cell[0], cell[1])
-    if np.linalg.solve(cell.T, c).min() >= 0.0:
-        return float(np.linalg.norm(c))
-    return max(_arc_max(c, cell[i], cell[j]) for i, j in ((0, 1), (1, 2), (2, 0)))
+    f(v) = t f(p) <= t sum_i beta_i values_i = l(v).  The charge is the largest l on the cell:
+    |c| if c points into it, else the largest on its boundary arcs."""
+    c = np.linalg.solve(cells, values[..., None])[..., 0]    # m vertices in R^m fix l
+    if cells.shape[1] == 2:
+        return [_arc_max(ci, cell[0], cell[1]) for ci, cell in zip(c, cells)]
+    inside = np.linalg.solve(cells.transpose(0, 2, 1), c[..., None])[..., 0].min(axis=1) >= 0.0
+    norms = np.linalg.norm(c, axis=1)
+    return [float(norm) if ok else max(_arc_max(ci, cell[i], cell[j])
+                                       for i, j in ((0, 1), (1, 2), (2, 0)))
+            for ci, cell, ok, norm in zip(c, cells, inside, norms)]
 
 
 def _split(cells: np.ndarray) -> np.ndarray:
@@ -140,7 +144,7 @@ def spectral_bound(mats: list[np.ndarray], tol: float = TOL,
 
     `lower` is attained (the norm at a computed unit v).  `upper` is certified: the spherical
     simplices kept in a heap always cover the nonneg part of the sphere, and each is charged an
-    upper bound of f on it (`_charge`).  Best first, the top simplex is split at its midpoints
+    upper bound of f on it (`_charges`).  Best first, the top simplex is split at its midpoints
     until its charge is at most lower (1 + tol) or `max_cells` simplices were split; `upper` is
     then the top charge.
     """
@@ -159,7 +163,7 @@ def spectral_bound(mats: list[np.ndarray], tol: float = TOL,
             for i, value in zip(new, norm(flat[new])):
                 known[keys[i]] = float(value)
         values = np.array([known[key] for key in keys]).reshape(cells.shape[:2])
-        return [_charge(cell, v) * (1.0 + CHARGE_PAD) for cell, v in zip(cells, values)]
+        return [value * (1.0 + CHARGE_PAD) for value in _charges(cells, values)]
 
     order = itertools.count()
     heap = [(-charge(np.eye(m)[None])[0], next(order), np.eye(m))]
