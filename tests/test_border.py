@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings, strategies as st
 
-from parconv.bounds.border import MAX_OUT, axis_reuse, axis_taps, reuse_constant
+from parconv.bounds.border import (MAX_OUT, axis_reuse, axis_reuse_witness, axis_taps,
+                                   reuse_constant, reuse_witness)
 from parconv.layers import get_layer, layer_names
 from parconv.spec import ConvSpec
 from test_bounds import SETTINGS, distinct, effective_iterations, subset, tiny_specs
@@ -48,6 +49,8 @@ def test_axis_reuse_is_an_upper_bound_close_to_the_tensor_norm(n_in, kernel, str
     assert true_low <= kappa * (1 + 1e-9)
     most = sum(mats).sum(axis=1).max()  # the most taps one row meets here
     assert kappa <= most <= rho_axis(kernel, stride, dil)
+    # the cheap witness is attained, so never above the certified value
+    assert axis_reuse_witness(n_in, n_out, kernel, stride, pad, dil) <= kappa
     # certified to TOL on the norm: 2e-3 on its square, plus the grid's own shortfall
     assert kappa <= true_low * (1 + 5e-3) or (kappa == most and len(mats) > 3)
 
@@ -70,7 +73,7 @@ def test_long_axes_and_wide_kernels_keep_rho():
 def test_catalogue_kappa_below_rho_where_the_image_is_small():
     for name in layer_names():
         spec = get_layer(name, batch=1)
-        assert reuse_constant(spec) <= spec.rho
+        assert reuse_witness(spec) <= reuse_constant(spec) <= spec.rho
     small = get_layer("resnet50.layer4.1.conv2")  # 3x3 on 7x7: kappa_h = kappa_w ~ 2.7071
     assert reuse_constant(small) == pytest.approx((1 + 2 * math.cos(math.pi / 8) ** 2) ** 2,
                                                   rel=5e-3)

@@ -15,7 +15,7 @@ from parconv.bounds import (busy_processor_footprint, closed_form_work, im2col_b
 from parconv.bounds.sequential import sequential_bound_value
 from parconv.bounds.workfn import (feasible_log_work, layer_program, output_bytes, polish_traffic_dual,
                                    polish_work_dual, solve_traffic, solve_work, traffic_program,
-                                   used_filter_size)
+                                   used_filter_size, witness_program)
 from parconv.bounds.border import reuse_constant
 from parconv.errors import ParconvError
 from parconv.layers import get_layer
@@ -320,8 +320,8 @@ def test_bound_value_equals_the_full_bound(name):
 @given(spec=tiny_specs(), M=st.sampled_from([16.0, 64.0, 256.0, 4096.0]))
 def test_bound_value_equals_the_full_bound_on_tiny_layers(spec, M):
     assert sequential_bound_value(spec, M) == sequential_bound(spec, M).value
-    prog = layer_program(spec)
-    assert math.exp(feasible_log_work(prog, 3.0 * M)) <= solve_work(spec, 3.0 * M).value
+    for prog in (layer_program(spec), witness_program(spec)):
+        assert math.exp(feasible_log_work(prog, 3.0 * M)) <= solve_work(spec, 3.0 * M).value
 
 
 def test_im2col_bound_formula_and_the_direct_advantage():

@@ -39,6 +39,9 @@ TOL = 3e-4
 NORM_PAD = 1e-9
 #: relative pad on every simplex's charge, absorbing the rounding of its small linear solves
 CHARGE_PAD = 1e-9
+#: relative margin taken off a witness (a computed norm at a unit v), for the eigen-solver's
+#: rounding: the witness must never exceed the true maximum
+WITNESS_MARGIN = 1e-12
 #: largest number of simplices refined before the current upper bound is returned
 MAX_CELLS = 4000
 #: up to this many outputs one batched dense eigen-solve per refinement is the cheapest
@@ -195,6 +198,32 @@ def axis_reuse(n_in: int, n_out: int, kernel: int, stride: int, pad: int, dil: i
         return float(rho)
     _, upper = spectral_bound(mats)
     return min(float(rho), upper * upper)
+
+
+@lru_cache(maxsize=4096)
+def axis_reuse_witness(n_in: int, n_out: int, kernel: int, stride: int, pad: int, dil: int,
+                       residue: int | None = None) -> float:
+    """A value that kappa of the axis is never below, found cheaply: the largest squared norm
+    ``||M(v)||^2`` at the unit tap vectors, the edge midpoints and the centroid of the octant
+    (each attained by a unit v, so at most the maximum), less a rounding margin.  Where
+    `axis_reuse` keeps rho it is rho.  Local."""
+    mats = axis_taps(n_in, n_out, kernel, stride, pad, dil, residue)
+    if not mats:
+        return 1.0
+    rho = int(sum(mats).sum(axis=1).max())
+    m = len(mats)
+    if rho == 1 or n_out > MAX_OUT or m > MAX_TAPS:
+        return float(rho)
+    points = [np.eye(m)[i] for i in range(m)]
+    points += [(points[i] + points[j]) / math.sqrt(2.0) for i in range(m) for j in range(i)]
+    points.append(np.full(m, m ** -0.5))
+    raw = _Norm(mats)(np.array(points)) / (1.0 + NORM_PAD)
+    return min(float(rho), float(raw.max()) ** 2 * (1.0 - WITNESS_MARGIN))
+
+
+def reuse_witness(spec: ConvSpec) -> float:
+    """kappa_witness_h kappa_witness_w <= `reuse_constant` (spec), without the search."""
+    return axis_reuse_witness(*spec.axis(0), None) * axis_reuse_witness(*spec.axis(1), None)
 
 
 def reuse_constant(spec: ConvSpec) -> float:

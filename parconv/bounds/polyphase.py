@@ -31,7 +31,7 @@ from ..spec import ConvSpec
 from .border import axis_reuse
 from .workfn import (GAP_TOL, LOG_PAD, LayerProgram, _make_feasible, _traffic_dual,
                      _traffic_primal, _work_dual, _work_primal, layer_program, polish_traffic_dual,
-                     polish_work_dual)
+                     polish_work_dual, witness_program)
 
 __all__ = ["Phase", "phases", "polyphase_program", "polyphase_work", "polyphase_traffic",
            "WEIGHT_EXPONENTS"]
@@ -59,14 +59,25 @@ class Phase:
     reuse: float
 
 
+def _axis_taps(n_in: int, n_out: int, k: int, stride: int, pad: int, dil: int):
+    """(input row of every (output, tap) pair, which pairs lie in the image, every tap's class
+    (dil r - pad) mod stride) of one axis."""
+    x = stride * np.arange(n_out)[:, None] + dil * np.arange(k)[None, :] - pad
+    return x, (x >= 0) & (x < n_in), (dil * np.arange(k) - pad) % stride
+
+
+def _class_count(*axis) -> int:
+    """The number of non-empty tap classes of one axis."""
+    _, valid, key = _axis_taps(*axis)
+    return int(np.unique(key[valid.any(axis=0)]).size)
+
+
 def _axis_classes(n_in: int, n_out: int, k: int, stride: int, pad: int, dil: int) -> list:
     """Per residue class of (dil r - pad) mod stride on one axis: (used taps, effective (h, r)
     pairs, touched rows, largest number of the class's taps reading one row, the class's kappa).
     Empty classes are dropped."""
-    x = stride * np.arange(n_out)[:, None] + dil * np.arange(k)[None, :] - pad
-    valid = (x >= 0) & (x < n_in)
-    key = (dil * np.arange(k) - pad) % stride
-    single = np.unique(key[valid.any(axis=0)]).size == 1  # one class: kappa of the whole axis
+    x, valid, key = _axis_taps(n_in, n_out, k, stride, pad, dil)
+    single = _class_count(n_in, n_out, k, stride, pad, dil) == 1  # kappa of the whole axis
     out = []
     for residue in np.unique(key):
         cols = key == residue
@@ -157,12 +168,14 @@ def hoelder_rows(theta: np.ndarray, exps: np.ndarray, logc: np.ndarray, log_y: n
 
 
 @lru_cache(maxsize=256)
-def polyphase_program(spec: ConvSpec, exponent: float) -> tuple[LayerProgram, float]:
+def polyphase_program(spec: ConvSpec, exponent: float,
+                      witness: bool = False) -> tuple[LayerProgram, float]:
     """(program, log of the total weighted work sum_phi y_phi G_phi) for y_phi = rho_phi^-e
     normalised to max 1.  Local.  The rows bound log T_y: y_max times every row of
     `layer_program` (its families) and one Hoelder row per combination of `_menu` (family
-    ``PH``); the caps and byte weights are the layer's."""
-    base = layer_program(spec)
+    ``PH``); the caps and byte weights are the layer's.  With `witness` the layer's rows are
+    `witness_program`'s (never above them: for feasible values only, no search for kappa)."""
+    base = witness_program(spec) if witness else layer_program(spec)
     ph = phases(spec)
     rho = np.array([p.rho for p in ph], dtype=float)
     log_y = -exponent * np.log(rho)
@@ -182,8 +195,9 @@ def polyphase_program(spec: ConvSpec, exponent: float) -> tuple[LayerProgram, fl
 
 
 def is_strided(spec: ConvSpec) -> bool:
-    """Whether the layer has more than one phase (the polyphase bound can differ)."""
-    return len(phases(spec)) > 1
+    """Whether the layer has more than one phase (the polyphase bound can differ).  Counts the
+    non-empty tap classes per axis without building the phases (whose kappa costs a search)."""
+    return _class_count(*spec.axis(0)) * _class_count(*spec.axis(1)) > 1
 
 
 @lru_cache(maxsize=8192)

@@ -19,10 +19,11 @@ import dataclasses
 import math
 
 from ..spec import ConvSpec
-from .border import reuse_constant
+from .border import reuse_constant, reuse_witness
 from .checks import check_bytes, check_spec
 from .polyphase import WEIGHT_EXPONENTS, is_strided, polyphase_program, polyphase_work
-from .workfn import feasible_log_work, layer_program, output_bytes, solve_work, used_filter_size
+from .workfn import (feasible_log_work, output_bytes, solve_work, used_filter_size,
+                     witness_program)
 
 __all__ = ["work_function", "closed_form_work", "sequential_bound", "sequential_bound_two_memory",
            "sequential_bound_value", "im2col_bound", "segments", "SequentialBound"]
@@ -129,12 +130,15 @@ def sequential_bound(spec: ConvSpec, M: float) -> SequentialBound:
                            segment_polyphase=poly)
 
 
-def _closed_terms(spec: ConvSpec, M: float) -> tuple[float, float, float]:
-    """(compulsory, small_filter, large_filter) of `sequential_bound`."""
+def _closed_terms(spec: ConvSpec, M: float,
+                  reuse: float | None = None) -> tuple[float, float, float]:
+    """(compulsory, small_filter, large_filter) of `sequential_bound`; the small-filter form
+    with `reuse` in place of kappa when given (a smaller reuse gives a larger form)."""
     ppp = spec.p_in * spec.p_weight * output_bytes(spec)
     compulsory = float(spec.p_in * spec.size_input_touched
                        + spec.p_weight * used_filter_size(spec) + spec.p_out * spec.size_output)
-    small = max(0.0, spec.G_eff * math.sqrt(ppp) / math.sqrt(reuse_constant(spec) * M) - M)
+    reuse = reuse_constant(spec) if reuse is None else reuse
+    small = max(0.0, spec.G_eff * math.sqrt(ppp) / math.sqrt(reuse * M) - M)
     large = max(0.0, spec.G_eff * ppp ** (2.0 / 3.0) / M - M)
     return compulsory, small, large
 
@@ -148,7 +152,9 @@ def sequential_bound_value(spec: ConvSpec, M: float) -> float:
     gives a value F_low <= maximum <= F, so ``M (ceil(work / F_low) - 1)`` bounds the term from
     above.  A term whose upper bound is at most the compulsory term cannot be the (strict)
     maximum and is not solved; every other term is solved exactly as `sequential_bound` solves
-    it.  The value is the maximum of the same terms, hence the same number and as valid.
+    it.  The value is the maximum of the same terms, hence the same number and as valid.  The
+    feasible points and the small-filter form's upper bound use `border.reuse_witness`, a value
+    kappa is never below, so that kappa is searched for only when a term needing it may bind.
 
     Raises
     ------
@@ -157,8 +163,11 @@ def sequential_bound_value(spec: ConvSpec, M: float) -> float:
     """
     check_spec(spec)
     M = check_bytes(M, "M")
-    compulsory, small, large = _closed_terms(spec, M)
-    value = max(compulsory, small, large)
+    # the witness (<= kappa) bounds the small-filter form from above without kappa's search
+    compulsory, small_high, large = _closed_terms(spec, M, reuse_witness(spec))
+    value = max(compulsory, large)
+    if small_high > compulsory:
+        value = max(value, _closed_terms(spec, M)[1])
     if spec.G_eff == 0:
         return value
     X = 3.0 * M
@@ -169,11 +178,11 @@ def sequential_bound_value(spec: ConvSpec, M: float) -> float:
         low = feasible_log_work(prog, X)
         return low < math.log(work) and segments(work, M, math.exp(low)) > compulsory
 
-    if may_exceed(layer_program(spec), spec.G_eff):
+    if may_exceed(witness_program(spec), spec.G_eff):
         value = max(value, segments(spec.G_eff, M, solve_work(spec, X).value))
     if is_strided(spec):
         for e in WEIGHT_EXPONENTS:
-            prog, total = polyphase_program(spec, e)
+            prog, total = polyphase_program(spec, e, witness=True)
             if may_exceed(prog, math.exp(total)):
                 per_segment, work = polyphase_work(spec, e, X)
                 value = max(value, segments(work, M, per_segment))

@@ -28,7 +28,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..spec import ConvSpec
-from .border import reuse_constant
+from .border import reuse_constant, reuse_witness
 
 
 def minimize(*args, **kwargs):
@@ -101,6 +101,18 @@ def layer_program(spec: ConvSpec) -> LayerProgram:
     (H1) uses the border-aware reuse constant kappa <= rho (theory.md 2.3.1,
     `parconv.bounds.border`); the input loop bound (L) keeps rho, the most taps one pixel meets.
     Needs G_eff >= 1 (then every array size and loop bound is positive)."""
+    return _layer_program(spec, reuse_constant(spec))
+
+
+@lru_cache(maxsize=1024)
+def witness_program(spec: ConvSpec) -> LayerProgram:
+    """`layer_program` with `parconv.bounds.border.reuse_witness` (<= kappa) in (H1), which
+    needs no search.  Its rows are never above those of `layer_program`, so a feasible value of
+    it never exceeds F(X): what `feasible_log_work` needs to show a term small.  Local."""
+    return _layer_program(spec, reuse_witness(spec))
+
+
+def _layer_program(spec: ConvSpec, reuse: float) -> LayerProgram:
     n = spec.batch
     h, w = spec.out_size
     r, s = spec.kernel_size
@@ -109,7 +121,7 @@ def layer_program(spec: ConvSpec) -> LayerProgram:
     table = [  # (a_I, a_F, a_O, b, family)
         (0, 1, 1, 0.0, "P"), (1, 0, 1, 0.0, "P"), (1, 1, 0, 0.0, "P"),
         (third, third, third, 0.0, "H2"),
-        (0.5, 0.5, 0.5, 0.5 * math.log(reuse_constant(spec)), "H1"),
+        (0.5, 0.5, 0.5, 0.5 * math.log(reuse), "H1"),
         (0, 0, 1, math.log(c * r * s), "L"), (0, 1, 0, math.log(n * h * w), "L"),
         (1, 0, 0, math.log(k * rho), "L"),
         (0, 0, 0, math.log(spec.G_eff), "G"),
