@@ -3,7 +3,8 @@ accumulator, the way Gemmini's conv loop does, and counts what moves.  Pure nump
 
 A schedule is a sequence of `TileCall` records (one per ``loop_conv_ws`` call for the vendor loop,
 one per tile for parconv's tilings; see `parconv.gemmini.vendor.run.vendor_calls` and
-`parconv.gemmini.tiled.choose.tiling_calls`).  For each call the executor
+`parconv.gemmini.tiled.choose.tiling_calls`).  For each call the executor (in
+`parconv.gemmini.schedule_check`, on arrays over all the calls at once)
 
 1. checks the tile's scratchpad rows (input window with its zero padding, weights) against the
    per-tile limit and its accumulator rows against the accumulator limit (rows of ``dim`` elements,
@@ -44,13 +45,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections import OrderedDict
 
 import numpy as np
 
-from ..errors import ParconvError, ParconvRuntimeError
+from ..errors import ParconvError
 from ..spec import ConvSpec
 from .call_rules import exec_cycles as call_exec_cycles, passes as call_passes
+from .schedule_check import check_schedule
 
 STREAMS = ("input", "weight", "bias", "output", "psum")
 
@@ -128,18 +129,6 @@ class ExecutionStats:
                 "max_spad_rows": self.max_spad_rows, "max_acc_rows": self.max_acc_rows}
 
 
-def _ceil(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _held_positions(first: int, count: int, step: int, extent: int) -> tuple[int, int]:
-    """Range ``[i0, i1)`` of window indices whose image position ``first + step*i`` lies in
-    ``[0, extent)`` (the others are zero padding and cost no traffic)."""
-    i0 = max(0, _ceil(-first, step))
-    i1 = min(count, _ceil(extent - first, step))
-    return i0, max(i0, i1)
-
-
 class TileExecutor:
     """Runs schedules of one layer on the Gemmini model.  Local.
 
@@ -204,18 +193,7 @@ class TileExecutor:
         # workspace stays within the node's footprint, parconv.plan.footprint), at most 1 Mi
         self.piece = min(max(x.size // 4, 1 << 14), self.PIECE_ELEMENTS)
         self._stats = ExecutionStats(peak=self.config.dim ** 2)
-        self._inputs = OrderedDict()      # resident input windows: key -> window id
-        self._weights = OrderedDict()     # resident weight blocks: key -> block id
-        self._state = {}                  # output key -> "spilled" | "final"
-        self._acc_key, self._bias = None, bias is not None
-        self._finished_elements = 0
-        # the per-tile limits (properties of the config), read once for all calls
-        self._limits = (self.config.spad_rows_limit, self.config.acc_rows_limit)
-        record = np.array([self._call(call, following) for call, following
-                           in zip(calls, [*calls[1:], None])], dtype=np.int64).reshape(-1, 9)
-        if self._finished_elements != spec.size_output:
-            raise ParconvRuntimeError(f"schedule finished {self._finished_elements} of "
-                                      f"{spec.size_output} outputs")
+        record = check_schedule(calls, spec, self.config, bias is not None, self._stats)
         self._count_cycles(record)
         return self._compute(calls, x, w, bias), self._stats
 
@@ -241,39 +219,7 @@ class TileExecutor:
             scale = _magnitude(x) * _magnitude(w)
         return products * scale <= TileExecutor.FLOAT32_EXACT
 
-    # ---- one call: capacities, residency, bytes (no data) -----------------------------------
-    def _call(self, call: TileCall, following: TileCall | None) -> tuple:
-        """Check and count one call; returns (sizes..., mpp, bytes moved) for the cycles."""
-        cfg, st = self.config, self._stats
-        (n0, n1), (k0, k1), (c0, c1) = call.n, call.k, call.c
-        (h0, h1), (w0, w1), (r0, r1), (s0, s1) = call.h, call.w, call.r, call.s
-        nN, nK, nC, nH, nW, nR, nS = n1 - n0, k1 - k0, c1 - c0, h1 - h0, w1 - w0, r1 - r0, s1 - s0
-        if min(nN, nK, nC, nH, nW, nR, nS) <= 0:
-            raise ParconvRuntimeError(f"empty tile {call}")
-        # rows of dim elements (GemminiConfig.for_spec keeps the byte capacity for wider types)
-        k_rows = -(-nK // cfg.dim)
-        in_rows = -(-nC // cfg.dim) * nN * call.rows * call.cols
-        w_rows = k_rows * nR * nS * nC
-        acc_rows = k_rows * nN * nH * nW
-        spad_limit, acc_limit = self._limits
-        if in_rows + w_rows > spad_limit or acc_rows > acc_limit:
-            raise ParconvError(
-                f"tile {call.sizes()} needs {in_rows + w_rows} scratchpad rows (limit "
-                f"{spad_limit}) and {acc_rows} accumulator rows (limit "
-                f"{acc_limit}); the tiling does not fit")
-        if in_rows + w_rows > st.max_spad_rows:
-            st.max_spad_rows = in_rows + w_rows
-        if acc_rows > st.max_acc_rows:
-            st.max_acc_rows = acc_rows
-        moved = self._move_input(call, nN, nC) + self._move_weights(call, nK, nR, nS, nC)
-        moved += self._open_output(call, nN, nK, nH, nW, acc_rows)
-        self._check_window(call, nH, nW, nR, nS)
-        if following is None or following.output_key != call.output_key:
-            moved += self._close_output(call, nN * nK * nH * nW, acc_rows)
-        st.macs += nN * nK * nC * nH * nW * nR * nS
-        st.calls += 1
-        return nN, nH, nW, nK, nR, nS, nC, call.mpp, moved
-
+    # ---- cycles ------------------------------------------------------------------------------
     def _count_cycles(self, record: np.ndarray) -> None:
         """Execute cycles, passes and ``max(exec, bytes / bw_eff)`` of every call at once."""
         st, cfg = self._stats, self.config
@@ -285,117 +231,12 @@ class TileExecutor:
         st.passes += int(np.asarray(call_passes(*sizes, cfg.dim)).sum())
         st.cycles += float(np.maximum(exec_cycles, moved / cfg.bw_eff).sum())
 
-    # ---- movement -----------------------------------------------------------------------------
-    def _window_id(self, call: TileCall) -> tuple:
-        return (call.n, call.c, call.row0, call.rows, call.col0, call.cols, call.step)
-
-    def _move_input(self, call: TileCall, nN: int, nC: int) -> int:
-        """Bytes the input window of ``call`` moves in (0 when resident)."""
-        wid = self._window_id(call)
-        resident = self._inputs.get(call.input_key)
-        if call.input_mode == "reuse":
-            if resident is None or resident != wid:
-                raise ParconvRuntimeError(f"call reuses input block {call.input_key} that is not "
-                                          f"resident with window {wid}")
-            return 0
-        if call.input_mode == "auto" and resident is not None:
-            return 0
-        cfg, st, (H_in, W_in) = self.config, self._stats, self.spec.in_size
-        i0, i1 = _held_positions(call.row0, call.rows, call.step, H_in)
-        j0, j1 = _held_positions(call.col0, call.cols, call.step, W_in)
-        # only in-image positions cost DRAM bytes; the padding is zero-filled
-        moved = nN * (i1 - i0) * (j1 - j0) * nC * cfg.input_bytes
-        st.dram_bytes["input"] += moved
-        st.mvin_rows["input"] += nN * (i1 - i0) * (j1 - j0) * -(-nC // cfg.dim)
-        # two scratchpad halves (double buffering): the library keeps tile t in half t
-        limit = 1 if call.input_mode == "auto" else 2
-        self._inputs[call.input_key] = wid
-        while len(self._inputs) > limit:
-            self._inputs.popitem(last=False)
-        return moved
-
-    def _move_weights(self, call: TileCall, nK: int, nR: int, nS: int, nC: int) -> int:
-        """Bytes the weight block of ``call`` moves in (0 when resident)."""
-        resident = self._weights.get(call.weight_key)
-        wid = (call.k, call.c, call.r, call.s)
-        if call.weight_mode == "reuse":
-            if resident is None or resident != wid:
-                raise ParconvRuntimeError(f"call reuses weight block {call.weight_key} that is "
-                                          f"not resident")
-            return 0
-        if call.weight_mode == "auto" and resident is not None:
-            return 0
-        cfg = self.config
-        moved = nK * nR * nS * nC * cfg.weight_bytes
-        self._stats.dram_bytes["weight"] += moved
-        self._stats.mvin_rows["weight"] += -(-nK // cfg.dim) * nR * nS * nC
-        limit = 1 if call.weight_mode == "auto" else 2
-        self._weights[call.weight_key] = wid
-        while len(self._weights) > limit:
-            self._weights.popitem(last=False)
-        return moved
-
-    def _open_output(self, call: TileCall, nN: int, nK: int, nH: int, nW: int,
-                     acc_rows: int) -> int:
-        """Bytes moved to start an output block: its bias (first visit) or its spilled partial
-        sums (later visits); 0 while the block stays in the accumulator."""
-        if self._acc_key == call.output_key:
-            return 0
-        cfg, st = self.config, self._stats
-        state = self._state.get(call.output_key)
-        self._acc_key = call.output_key
-        if state == "final":
-            raise ParconvRuntimeError(f"output block {call.output_key} visited after it was final")
-        if state == "spilled":
-            moved = nN * nK * nH * nW * cfg.acc_bytes
-            st.dram_bytes["psum"] += moved
-            st.mvin_rows["psum"] += acc_rows
-            return moved
-        if self._bias:
-            # stride-0 mvins: one dim-wide row per dim output pixels of a row and channel block
-            moved = nN * nH * -(-nW // cfg.dim) * nK * cfg.bias_bytes
-            st.dram_bytes["bias"] += moved
-            st.mvin_rows["bias"] += acc_rows
-            return moved
-        return 0
-
-    def _close_output(self, call: TileCall, elements: int, acc_rows: int) -> int:
-        cfg, st = self.config, self._stats
-        if call.last:
-            moved = elements * cfg.output_bytes
-            st.dram_bytes["output"] += moved
-            st.mvout_rows["output"] += acc_rows
-            self._state[call.output_key] = "final"
-            self._finished_elements += elements
-        else:
-            moved = elements * cfg.acc_bytes
-            st.dram_bytes["psum"] += moved
-            st.mvout_rows["psum"] += acc_rows
-            self._state[call.output_key] = "spilled"
-        self._acc_key = None
-        return moved
-
-    def _check_window(self, call: TileCall, nH: int, nW: int, nR: int, nS: int) -> None:
-        """Every input position the tile reads lies in its window, on the window's grid (the
-        conv stride and the dilation as scratchpad strides, `_compute` reads the same)."""
-        (sh, sw), (dh, dw), (ph, pw) = self.spec.stride, self.spec.dilation, self.spec.padding
-        off_r = sh * call.h[0] + dh * call.r[0] - ph - call.row0
-        off_c = sw * call.w[0] + dw * call.s[0] - pw - call.col0
-        step = call.step
-        if off_r % step or off_c % step or (sh % step and nH > 1) or (sw % step and nW > 1) \
-                or (dh % step and nR > 1) or (dw % step and nS > 1):
-            raise ParconvRuntimeError(f"tile {call.sizes()} is not aligned with its window")
-        last_r = off_r // step + (sh // step) * (nH - 1) + (dh // step) * (nR - 1)
-        last_c = off_c // step + (sw // step) * (nW - 1) + (dw // step) * (nS - 1)
-        if off_r < 0 or off_c < 0 or last_r >= call.rows or last_c >= call.cols:
-            raise ParconvRuntimeError(f"tile {call.sizes()} reads outside its input window")
-
     # ---- compute ------------------------------------------------------------------------------
     def _compute(self, calls: list, x: np.ndarray, w: np.ndarray, bias) -> np.ndarray:
         """The output of the checked schedule: every tile's product of its window and weights.
 
         The input is held once, zero-padded, so a tile's window is a strided view of it
-        (`_check_window` proved the tile reads inside its window).  For integers the sums are
+        (`check_schedule` proved the tile reads inside its window).  For integers the sums are
         exact, so the order of the products changes no bit: tiles that share a weight block
         (the same C, R, S blocks) and whose output blocks tile a rectangle are one product over
         that rectangle (`_rectangles`; an implicit im2col in pieces of ``self.piece`` elements).
