@@ -12,6 +12,7 @@ import pytest
 from parconv.errors import ParconvError, ParconvRuntimeError
 from parconv.gemmini.config import GemminiConfig
 from parconv.gemmini.executor import TileExecutor
+from parconv.gemmini.schedule_check import TileSchedule
 from parconv.gemmini.tiled.choose import choose_tiling, tiling_calls
 from parconv.spec import ConvSpec
 
@@ -22,7 +23,7 @@ SPEC = ConvSpec(batch=2, in_channels=20, out_channels=33, in_size=(13, 10), kern
 @pytest.fixture(scope="module")
 def schedule():
     plan = choose_tiling(SPEC, GemminiConfig(spad_bank_rows=64, acc_rows=64))
-    calls = tiling_calls(plan.model, plan.tiling, plan.order, plan.config, plan.subsampled)
+    calls = list(tiling_calls(plan.model, plan.tiling, plan.order, plan.config, plan.subsampled))
     assert len(calls) > 8
     rng = np.random.default_rng(3)
     x = rng.integers(-128, 128, SPEC.input_shape).astype(np.int8)
@@ -77,3 +78,23 @@ def test_mixed_modes_count_the_resident_blocks(schedule):
     weights = sum((c.k[1] - c.k[0]) * (c.c[1] - c.c[0]) * (c.r[1] - c.r[0]) * (c.s[1] - c.s[0])
                   for c in calls) * config.weight_bytes
     assert load.dram_bytes["weight"] == weights >= auto.dram_bytes["weight"]
+
+
+def test_a_tile_schedule_counts_as_its_list_of_calls():
+    # the arrays of a TileSchedule and its materialised TileCalls: the same output and counts,
+    # for the tiling's order and for one that revisits output blocks (spills and read-backs)
+    plan = choose_tiling(SPEC, GemminiConfig(spad_bank_rows=64, acc_rows=64, bias=True))
+    rng = np.random.default_rng(4)
+    x = rng.integers(-128, 128, SPEC.input_shape).astype(np.int8)
+    w = rng.integers(-128, 128, SPEC.weight_shape).astype(np.int8)
+    bias = rng.integers(-2 ** 20, 2 ** 20, SPEC.out_channels).astype(np.int32)
+    for order in (plan.order, "CRSNKHW"):
+        schedule = tiling_calls(plan.model, plan.tiling, order, plan.config, plan.subsampled)
+        assert isinstance(schedule, TileSchedule)
+        executor = TileExecutor(plan.model, plan.config)
+        y_arrays, by_arrays = executor.run(schedule, x, w, bias)
+        y_calls, by_calls = executor.run(list(schedule), x, w, bias)
+        np.testing.assert_array_equal(y_arrays, y_calls)
+        assert by_arrays.to_dict() == by_calls.to_dict()
+    assert by_calls.dram_bytes["psum"] > 0
+    assert schedule[-1] == list(schedule)[-1] and schedule[1:3] == list(schedule)[1:3]

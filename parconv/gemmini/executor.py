@@ -51,48 +51,11 @@ import numpy as np
 from ..errors import ParconvError
 from ..spec import ConvSpec
 from .call_rules import exec_cycles as call_exec_cycles, passes as call_passes
-from .schedule_check import check_schedule
+from .schedule_check import TileCall, TileSchedule, check_schedule, max_taps, tile_blocks
+
+__all__ = ["STREAMS", "ExecutionStats", "TileCall", "TileExecutor"]
 
 STREAMS = ("input", "weight", "bias", "output", "psum")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TileCall:
-    """One tile of a schedule.  Ranges are half-open over the 7 loops of the layer.
-
-    ``row0``/``col0`` are the image positions held in the first scratchpad row/column of the
-    input window (negative inside the top/left padding), ``rows``/``cols`` the number held
-    (padding included), ``step`` the DRAM stride between held positions (2 under downsample).
-    Keys identify blocks (block indices, theory.md 6.3); modes are ``"load"`` (always move in, as
-    the library does on every call), ``"reuse"`` (the block must still be resident: a NULL
-    pointer) or ``"auto"`` (move in unless the previous tile used the identical block).
-    ``last`` says the output block's reduction is complete after this call; ``mpp`` is the
-    first-layer ``max_pixels_per_row`` of the execute model.
-    """
-
-    n: tuple[int, int]
-    k: tuple[int, int]
-    c: tuple[int, int]
-    h: tuple[int, int]
-    w: tuple[int, int]
-    r: tuple[int, int]
-    s: tuple[int, int]
-    row0: int
-    col0: int
-    rows: int
-    cols: int
-    step: int
-    input_key: tuple
-    weight_key: tuple
-    output_key: tuple
-    input_mode: str
-    weight_mode: str
-    last: bool
-    mpp: int = 1
-
-    def sizes(self) -> tuple[int, ...]:
-        """Truncated block sizes (nN, nK, nC, nH, nW, nR, nS)."""
-        return tuple(b - a for a, b in (self.n, self.k, self.c, self.h, self.w, self.r, self.s))
 
 
 @dataclasses.dataclass
@@ -173,7 +136,7 @@ class TileExecutor:
         the schedule (else `ParconvRuntimeError`).
         """
         spec = self.spec
-        calls = list(calls)
+        calls = calls if isinstance(calls, TileSchedule) else list(calls)
         x, w = np.asarray(x), np.asarray(w)
         # max|x| max|w|: one pass over each operand for every decision below
         scale = _magnitude(x) * _magnitude(w)
@@ -206,7 +169,7 @@ class TileExecutor:
         if self.compute != np.float64 or np.issubdtype(np.dtype(self.spec.dtype_in),
                                                        np.floating):
             return self.compute
-        taps = max(((c.r[1] - c.r[0]) * (c.s[1] - c.s[0]) for c in calls), default=0)
+        taps = max_taps(calls)
         return np.dtype(np.float32) if self._exact_in_float32(taps, x, w, scale) \
             else self.compute
 
@@ -254,7 +217,7 @@ class TileExecutor:
         else:
             self._x = np.zeros((x.shape[0], x.shape[1], rows, cols), self.products)
             np.copyto(self._x[:, :, ph:ph + H_in, pw:pw + W_in], x, casting="unsafe")
-        blocks = [(c.n, c.h, c.w, c.k, c.c, c.r, c.s) for c in calls]
+        blocks = tile_blocks(calls)
         whole = tuple((0, e) for e in (spec.batch, H, W, spec.out_channels, spec.in_channels,
                                        R, S))
         # one product over the whole layer in one channel group writes every output once
@@ -282,7 +245,7 @@ class TileExecutor:
         (ph, pw), (H_in, W_in) = spec.padding, spec.in_size
         N, C, K = spec.batch, spec.in_channels, spec.out_channels
         (H, W), (R, S) = spec.out_size, spec.kernel_size
-        blocks = _rectangles(calls)
+        blocks = _rectangles(tile_blocks(calls))
         whole = tuple((0, e) for e in (N, H, W, K, C, R, S))
         self._assign = bias is None and blocks == [whole] and self.acc_type.kind == "f" and (
             self.chunk is None or C * R * S <= self.chunk)
@@ -366,22 +329,22 @@ class TileExecutor:
                     _accumulate(target, product.transpose(1, 0, 2, 3))
 
 
-def _rectangles(calls: list) -> list[tuple]:
-    """The products of a schedule's tiles as (n, h, w, k, c, r, s) ranges: the tiles of one
-    (C, R, S) block whose (N, H, W, K) blocks are every combination of contiguous ranges form
-    one rectangle; any other tile is its own."""
+def _rectangles(blocks: list) -> list[tuple]:
+    """The products of a schedule's tiles (``blocks``: their (n, h, w, k, c, r, s) ranges):
+    the tiles of one (C, R, S) block whose (N, H, W, K) blocks are every combination of
+    contiguous ranges form one rectangle; any other tile is its own."""
     groups: dict[tuple, list] = {}
-    for call in calls:
-        groups.setdefault((call.c, call.r, call.s), []).append((call.n, call.h, call.w, call.k))
+    for n, h, w, k, c, r, s in blocks:
+        groups.setdefault((c, r, s), []).append((n, h, w, k))
     out = []
-    for (c, r, s), blocks in groups.items():
-        axes = [sorted(set(b[i] for b in blocks)) for i in range(4)]
-        whole = len(set(blocks)) == len(blocks) == math.prod(len(a) for a in axes) and all(
+    for (c, r, s), group in groups.items():
+        axes = [sorted(set(b[i] for b in group)) for i in range(4)]
+        whole = len(set(group)) == len(group) == math.prod(len(a) for a in axes) and all(
             lo[1] == hi[0] for a in axes for lo, hi in zip(a, a[1:]))
         if whole:
             out.append((*((a[0][0], a[-1][1]) for a in axes), c, r, s))
         else:
-            out.extend((*b, c, r, s) for b in blocks)
+            out.extend((*b, c, r, s) for b in group)
     return out
 
 

@@ -1,18 +1,24 @@
-"""The checks and counters of a tile schedule, over all its tiles at once.  Pure numpy, no MPI.
+"""Tile schedules and their checks and counters, over all the tiles at once.  Pure numpy, no MPI.
 
-`check_schedule` does, for a whole schedule of `parconv.gemmini.executor.TileCall` records, what
-the executor's module docstring lists per call (steps 1-5: capacities, residency, bias or spill
+A schedule is a sequence of `TileCall` records: a list (the vendor loop, hand-made schedules) or
+a `TileSchedule`, the same records held as arrays (parconv's tilings, built without a Python
+object per tile and materialised only where one call is asked for).
+
+`check_schedule` does, for a whole schedule, what the executor's module docstring
+(`parconv.gemmini.executor`) lists per call (steps 1-5: capacities, residency, bias or spill
 read-back, window, move-out) on arrays over the calls, so that a schedule of many tiles costs a
 few numpy passes rather than a Python function per tile.  Only the residency of blocks whose
 mode is not ``"auto"`` is followed call by call (it depends on the order of loads); with
 ``"auto"`` modes alone (parconv's tilings) a block moves in exactly when the previous call used
 another key.  A faulty schedule raises the error of its first faulty call, the check that the
-call would fail first in the executor's order: empty tile, window step below 1, capacity, input then weight
-residency, an output block visited after it was final, window alignment, window bounds.
+call would fail first in the executor's order: empty tile, window step below 1, capacity,
+input then weight residency, an output block visited after it was final, window alignment,
+window bounds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 
 import numpy as np
@@ -24,11 +30,106 @@ COLUMNS = ("n0", "n1", "k0", "k1", "c0", "c1", "h0", "h1", "w0", "w1", "r0", "r1
            "row0", "col0", "rows", "cols", "step", "last", "mpp")
 
 
-def call_table(calls: list) -> np.ndarray:
+@dataclasses.dataclass(frozen=True, slots=True)
+class TileCall:
+    """One tile of a schedule.  Ranges are half-open over the 7 loops of the layer.
+
+    ``row0``/``col0`` are the image positions held in the first scratchpad row/column of the
+    input window (negative inside the top/left padding), ``rows``/``cols`` the number held
+    (padding included), ``step`` the DRAM stride between held positions (2 under downsample).
+    Keys identify blocks (block indices, theory.md 6.3); modes are ``"load"`` (always move in, as
+    the library does on every call), ``"reuse"`` (the block must still be resident: a NULL
+    pointer) or ``"auto"`` (move in unless the previous tile used the identical block).
+    ``last`` says the output block's reduction is complete after this call; ``mpp`` is the
+    first-layer ``max_pixels_per_row`` of the execute model.
+    """
+
+    n: tuple[int, int]
+    k: tuple[int, int]
+    c: tuple[int, int]
+    h: tuple[int, int]
+    w: tuple[int, int]
+    r: tuple[int, int]
+    s: tuple[int, int]
+    row0: int
+    col0: int
+    rows: int
+    cols: int
+    step: int
+    input_key: tuple
+    weight_key: tuple
+    output_key: tuple
+    input_mode: str
+    weight_mode: str
+    last: bool
+    mpp: int = 1
+
+    def sizes(self) -> tuple[int, ...]:
+        """Truncated block sizes (nN, nK, nC, nH, nW, nR, nS)."""
+        return tuple(b - a for a, b in (self.n, self.k, self.c, self.h, self.w, self.r, self.s))
+
+
+class TileSchedule:
+    """`TileCall` records held as arrays, all with ``"auto"`` modes (consecutive reuse).
+
+    Parameters
+    ----------
+    table : int64 array (m, len(COLUMNS))
+        The integer fields of the calls in visiting order (columns `COLUMNS`).
+    input_keys, weight_keys, output_keys : int64 arrays (m, a)
+        The block keys of each call (one row each, as the keys' tuples).
+
+    Indexing gives a `TileCall` (a slice: a list of them); iteration materialises every call.
+    """
+
+    def __init__(self, table: np.ndarray, input_keys: np.ndarray, weight_keys: np.ndarray,
+                 output_keys: np.ndarray) -> None:
+        self.table = np.asarray(table, dtype=np.int64).reshape(-1, len(COLUMNS))
+        self.keys = {"input": input_keys, "weight": weight_keys, "output": output_keys}
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"call {index} of a schedule of {len(self)}")
+        v = self.table[index].tolist()
+        key = {k: tuple(a[index].tolist()) for k, a in self.keys.items()}
+        return TileCall(*(tuple(v[i:i + 2]) for i in range(0, 14, 2)), *v[14:19],
+                        key["input"], key["weight"], key["output"], "auto", "auto",
+                        bool(v[19]), v[20])
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+def call_table(calls) -> np.ndarray:
     """The integer fields of ``calls`` as an int64 array (len(calls), len(COLUMNS))."""
+    if isinstance(calls, TileSchedule):
+        return calls.table
     return np.array([(*c.n, *c.k, *c.c, *c.h, *c.w, *c.r, *c.s, c.row0, c.col0, c.rows, c.cols,
                       c.step, c.last, c.mpp) for c in calls],
                     dtype=np.int64).reshape(-1, len(COLUMNS))
+
+
+def tile_blocks(calls) -> list[tuple]:
+    """The (n, h, w, k, c, r, s) ranges of each call (the blocks of its product)."""
+    if not isinstance(calls, TileSchedule):
+        return [(c.n, c.h, c.w, c.k, c.c, c.r, c.s) for c in calls]
+    return [((v[0], v[1]), (v[6], v[7]), (v[8], v[9]), (v[2], v[3]), (v[4], v[5]),
+             (v[10], v[11]), (v[12], v[13])) for v in calls.table[:, :14].tolist()]
+
+
+def max_taps(calls) -> int:
+    """The most filter taps (nR nS) of any call (0 for no call)."""
+    if isinstance(calls, TileSchedule):
+        t = calls.table
+        return int(((t[:, 11] - t[:, 10]) * (t[:, 13] - t[:, 12])).max(initial=0))
+    return max(((c.r[1] - c.r[0]) * (c.s[1] - c.s[0]) for c in calls), default=0)
 
 
 def _ceil(a, b):
@@ -43,21 +144,29 @@ def _held(first, count, step, extent):
     return np.maximum(i1 - i0, 0)
 
 
-def _changes(keys: list) -> np.ndarray:
-    """Whether each key differs from the previous one (the first always does)."""
-    out = np.ones(len(keys), dtype=bool)
+def _changes(calls, stream: str) -> np.ndarray:
+    """Whether each call's ``stream`` key differs from the previous call's (the first always
+    does)."""
+    out = np.ones(len(calls), dtype=bool)
+    if isinstance(calls, TileSchedule):
+        keys = calls.keys[stream]
+        out[1:] = (keys[1:] != keys[:-1]).any(axis=1)
+        return out
+    keys = [getattr(c, stream + "_key") for c in calls]
     out[1:] = [a != b for a, b in zip(keys, keys[1:])]
     return out
 
 
-def _loads(calls: list, stream: str) -> tuple[np.ndarray, int | None]:
+def _loads(calls, stream: str) -> tuple[np.ndarray, int | None]:
     """Which calls move their ``stream`` ("input" or "weight") block in, and the index of the
     first call that reuses a block that is not resident (None if none)."""
+    if isinstance(calls, TileSchedule):
+        return _changes(calls, stream), None
     modes = [getattr(c, stream + "_mode") for c in calls]
     keys = [getattr(c, stream + "_key") for c in calls]
     if all(m == "auto" for m in modes):
         # one resident block at a time, always the previous call's
-        return _changes(keys), None
+        return _changes(calls, stream), None
     ident = _window_id if stream == "input" else _weight_id
     resident, loads = OrderedDict(), np.zeros(len(calls), dtype=bool)
     for i, (call, mode, key) in enumerate(zip(calls, modes, keys)):
@@ -84,15 +193,20 @@ def _weight_id(call) -> tuple:
     return (call.k, call.c, call.r, call.s)
 
 
-def _visits(calls: list, opens: np.ndarray, closes: np.ndarray, last: np.ndarray
+def _visits(calls, opens: np.ndarray, closes: np.ndarray, last: np.ndarray
             ) -> tuple[np.ndarray, np.ndarray]:
     """Per call opening an output block: whether the block was visited before (its partial
     sums are read back) and whether it was already final (a fault)."""
-    ids: dict = {}
-    kid = np.array([ids.setdefault(c.output_key, len(ids)) for c in calls], dtype=np.int64)
+    if isinstance(calls, TileSchedule):
+        unique, kid = np.unique(calls.keys["output"], axis=0, return_inverse=True)
+        blocks, kid = len(unique), kid.reshape(-1)
+    else:
+        ids: dict = {}
+        kid = np.array([ids.setdefault(c.output_key, len(ids)) for c in calls], dtype=np.int64)
+        blocks = len(ids)
     starts = np.flatnonzero(opens)
     revisit, final = np.zeros(len(calls), dtype=bool), np.zeros(len(calls), dtype=bool)
-    if len(ids) == len(starts):          # every block visited once
+    if blocks == len(starts):            # every block visited once
         return revisit, final
     run_kid, run_last = kid[starts], last[np.flatnonzero(closes)].astype(np.int64)
     order = np.argsort(run_kid, kind="stable")
@@ -108,7 +222,7 @@ def _visits(calls: list, opens: np.ndarray, closes: np.ndarray, last: np.ndarray
     return revisit, final
 
 
-def check_schedule(calls: list, spec, config, has_bias: bool, stats) -> np.ndarray:
+def check_schedule(calls, spec, config, has_bias: bool, stats) -> np.ndarray:
     """Check every call of ``calls`` and add its counts to ``stats`` (an `ExecutionStats`).
 
     Returns the record of the cycle count: per call (nN, nH, nW, nK, nR, nS, nC, mpp, bytes
@@ -136,7 +250,7 @@ def check_schedule(calls: list, spec, config, has_bias: bool, stats) -> np.ndarr
     elements = nN * nK * nH * nW
     in_loads, in_fault = _loads(calls, "input")
     w_loads, w_fault = _loads(calls, "weight")
-    opens = _changes([c.output_key for c in calls])
+    opens = _changes(calls, "output")
     closes = np.ones(len(calls), dtype=bool)
     closes[:-1] = opens[1:]
     revisit, final = _visits(calls, opens, closes, last.astype(bool))
