@@ -245,7 +245,8 @@ class TileExecutor:
         (ph, pw), (H_in, W_in) = spec.padding, spec.in_size
         N, C, K = spec.batch, spec.in_channels, spec.out_channels
         (H, W), (R, S) = spec.out_size, spec.kernel_size
-        blocks = _rectangles(tile_blocks(calls))
+        blocks = _schedule_rectangles(calls) if isinstance(calls, TileSchedule) else \
+            _rectangles(tile_blocks(calls))
         whole = tuple((0, e) for e in (N, H, W, K, C, R, S))
         self._assign = bias is None and blocks == [whole] and self.acc_type.kind == "f" and (
             self.chunk is None or C * R * S <= self.chunk)
@@ -314,6 +315,8 @@ class TileExecutor:
                     patches = view.reshape(b - a, depth, -1)
                     if self._assign and target.flags.c_contiguous:
                         np.matmul(weights, patches, out=target.reshape(b - a, -1, patches.shape[2]))
+                    elif self._assign:        # each output written once: the buffer is unset
+                        target[...] = np.matmul(weights, patches).reshape(target.shape)
                     else:
                         _accumulate(target, np.matmul(weights, patches).reshape(target.shape))
                     continue
@@ -345,6 +348,27 @@ def _rectangles(blocks: list) -> list[tuple]:
             out.append((*((a[0][0], a[-1][1]) for a in axes), c, r, s))
         else:
             out.extend((*b, c, r, s) for b in group)
+    return out
+
+
+def _schedule_rectangles(calls: TileSchedule) -> list[tuple]:
+    """`_rectangles` of a `TileSchedule`, on its arrays (the groups in order of appearance)."""
+    t = calls.table
+    nhwk, crs = t[:, [0, 1, 6, 7, 8, 9, 2, 3]], t[:, [4, 5, 10, 11, 12, 13]]
+    _, first, group = np.unique(crs, axis=0, return_index=True, return_inverse=True)
+    group = group.reshape(-1)
+    out = []
+    for g in np.argsort(first).tolist():
+        rows = nhwk[group == g]
+        c, r, s = (tuple(v) for v in crs[first[g]].reshape(3, 2).tolist())
+        axes = [np.unique(rows[:, 2 * i:2 * i + 2], axis=0) for i in range(4)]
+        whole = len(np.unique(rows, axis=0)) == len(rows) == math.prod(len(a) for a in axes) \
+            and all((a[1:, 0] == a[:-1, 1]).all() for a in axes)
+        if whole:
+            out.append((*((int(a[0, 0]), int(a[-1, 1])) for a in axes), c, r, s))
+        else:
+            out.extend((*(tuple(v[i:i + 2]) for i in range(0, 8, 2)), c, r, s)
+                       for v in rows.tolist())
     return out
 
 
