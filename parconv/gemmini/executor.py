@@ -254,16 +254,20 @@ class TileExecutor:
         # images per slab: about two product pieces of converted input
         slab = min(N, max(1, 2 * self.piece // max(C * rows * cols, 1)))
         x_buffer = np.zeros((slab, C, rows, cols), self.products)
+        # float32 sums of a slab into y's own bytes (int32: the same size), cast there in place
+        aliased = self.acc_type != out_type and self.acc_type.itemsize == out_type.itemsize
         if self.acc_type == out_type:         # int32 sums (wrap-around) straight into y
             y, y_buffer = np.zeros((N, K, H, W), out_type), None
         else:                                 # float32 sums of a slab, then cast into y
-            y, y_buffer = np.empty((N, K, H, W), out_type), np.empty((slab, K, H, W),
-                                                                     self.acc_type)
+            y = np.empty((N, K, H, W), out_type)
+            y_buffer = y.view(self.acc_type) if aliased else np.empty((slab, K, H, W),
+                                                                      self.acc_type)
         for a in range(0, N, slab):
             b = min(a + slab, N)
             self._x = x_buffer[:b - a]
             np.copyto(self._x[:, :, ph:ph + H_in, pw:pw + W_in], x[a:b], casting="unsafe")
-            self._y = y[a:b] if y_buffer is None else y_buffer[:b - a]
+            self._y = y[a:b] if y_buffer is None else \
+                y_buffer[a:b] if aliased else y_buffer[:b - a]
             if y_buffer is not None and not self._assign:
                 self._y.fill(0)
             if bias is not None:
@@ -272,8 +276,12 @@ class TileExecutor:
                 n0, n1 = max(n[0], a), min(n[1], b)
                 if n0 < n1:
                     self._product((n0 - a, n1 - a), h, w, k, c, r, s)
-            if y_buffer is not None:
-                # float32 sums of integers are exact below 2**24: a cast, no wrap-around needed
+            if aliased:
+                # float32 sums of integers are exact below 2**24: a cast, no wrap-around
+                # needed; element i is read before it is written (1-d, same bytes)
+                ints = y[a:b].reshape(-1)
+                np.copyto(ints, ints.view(self.acc_type), casting="unsafe")
+            elif y_buffer is not None:
                 np.copyto(y[a:b], self._y, casting="unsafe")
         self._x = self._w = self._y = None
         return y
