@@ -253,7 +253,9 @@ class TileExecutor:
         out_type = np.dtype(spec.dtype_acc)
         # images per slab: about two product pieces of converted input
         slab = min(N, max(1, 2 * self.piece // max(C * rows * cols, 1)))
-        x_buffer = np.zeros((slab, C, rows, cols), self.products)
+        # zero padding around the copied images (none to keep when they fill the buffer)
+        filled = (rows, cols) == (H_in, W_in) and (ph, pw) == (0, 0)
+        x_buffer = (np.empty if filled else np.zeros)((slab, C, rows, cols), self.products)
         # float32 sums of a slab into y's own bytes (int32: the same size), cast there in place
         aliased = self.acc_type != out_type and self.acc_type.itemsize == out_type.itemsize
         if self.acc_type == out_type:         # int32 sums (wrap-around) straight into y

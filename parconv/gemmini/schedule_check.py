@@ -19,6 +19,7 @@ window bounds.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import OrderedDict
 
 import numpy as np
@@ -198,7 +199,13 @@ def _visits(calls, opens: np.ndarray, closes: np.ndarray, last: np.ndarray
     """Per call opening an output block: whether the block was visited before (its partial
     sums are read back) and whether it was already final (a fault)."""
     if isinstance(calls, TileSchedule):
-        unique, kid = np.unique(calls.keys["output"], axis=0, return_inverse=True)
+        keys = calls.keys["output"]
+        if len(keys) and keys.shape[1] and keys.min() >= 0 and \
+                math.prod(int(v) + 1 for v in keys.max(axis=0)) < 2 ** 62:
+            # one mixed-radix integer per key (block indices: small and non-negative)
+            radix = keys.max(axis=0) + 1
+            keys = keys @ np.cumprod(np.r_[radix[1:], 1][::-1])[::-1]
+        unique, kid = np.unique(keys, axis=0 if keys.ndim > 1 else None, return_inverse=True)
         blocks, kid = len(unique), kid.reshape(-1)
     else:
         ids: dict = {}
