@@ -443,3 +443,17 @@ def test_executor_products_float32_when_exact(low, high):
     del executor.FLOAT32_EXACT
     assert executor._product_type([long_tile], x, w) == np.float64
     assert executor._product_type(calls, np.zeros_like(x), w) == np.float32
+
+
+def test_single_product_split_by_rows_is_exact():
+    # one product over the whole layer (written once, into an unset buffer) cut into pieces of
+    # output rows that are not contiguous in the output (several channels): every piece must
+    # be assigned, not added to the unset buffer (once gave garbage on vgg16.conv1_2)
+    spec = ConvSpec(batch=1, in_channels=16, out_channels=16, in_size=(128, 128),
+                    kernel_size=(1, 1))
+    x, w, _ = _data(spec)
+    want = reference_conv2d(spec, x, w)
+    y, _, plan = run_parconv(spec, x, w)
+    np.testing.assert_array_equal(y, want)
+    y_vendor, _, _ = run_vendor(spec, x, w)
+    np.testing.assert_array_equal(y_vendor, want)

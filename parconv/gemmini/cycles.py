@@ -264,6 +264,12 @@ def _phases(constants: CycleConstants, exec_cycles, passes, lines_hit, lines_mis
     return x, load
 
 
+def _overlap(constants: CycleConstants, x, load):
+    """Cycles of calls from their phases: ``max(c_call, max(L, X) + alpha min(L, X))``."""
+    return np.maximum(constants.c_call, np.maximum(load, x)
+                      + constants.alpha * np.minimum(load, x))
+
+
 def call_cycles(constants: CycleConstants, exec_cycles, passes, lines_hit, lines_miss,
                 moved_bytes, busy=None, stores=0.0, miss_bytes=0.0, commands=None,
                 short=(0.0, 0.0)):
@@ -277,8 +283,7 @@ def call_cycles(constants: CycleConstants, exec_cycles, passes, lines_hit, lines
     """
     x, load = _phases(constants, exec_cycles, passes, lines_hit, lines_miss, moved_bytes,
                       stores, miss_bytes, commands, short)
-    cycles = np.maximum(constants.c_call, np.maximum(load, x)
-                        + constants.alpha * np.minimum(load, x))
+    cycles = _overlap(constants, x, load)
     if busy is not None:
         cycles = np.where(busy, cycles, 0.0)
     return cycles
@@ -296,10 +301,9 @@ def layer_cycles(constants: CycleConstants, calls, exec_cycles, passes, lines_hi
     """
     calls = np.asarray(calls, dtype=float)
     args = (exec_cycles, passes, lines_hit, lines_miss, moved_bytes, stores, miss_bytes)
-    x, load = (np.broadcast_to(v, calls.shape) for v in _phases(constants, *args, commands,
-                                                                 short))
-    cycles = call_cycles(constants, *args[:5], stores=stores, miss_bytes=miss_bytes,
-                         commands=commands, short=short)
+    phases = _phases(constants, *args, commands, short)
+    cycles = _overlap(constants, *phases)             # `call_cycles` of the same phases
+    x, load = (np.broadcast_to(v, calls.shape) for v in phases)
     total = float((np.broadcast_to(cycles, calls.shape) * calls).sum())
     n = float(calls.sum())
     if n > 0:

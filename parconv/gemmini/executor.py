@@ -3,7 +3,8 @@ accumulator, the way Gemmini's conv loop does, and counts what moves.  Pure nump
 
 A schedule is a sequence of `TileCall` records (one per ``loop_conv_ws`` call for the vendor loop,
 one per tile for parconv's tilings; see `parconv.gemmini.vendor.run.vendor_calls` and
-`parconv.gemmini.tiled.choose.tiling_calls`).  For each call the executor
+`parconv.gemmini.tiled.choose.tiling_calls`).  For each call the executor (in
+`parconv.gemmini.schedule_check`, on arrays over all the calls at once)
 
 1. checks the tile's scratchpad rows (input window with its zero padding, weights) against the
    per-tile limit and its accumulator rows against the accumulator limit (rows of ``dim`` elements,
@@ -44,54 +45,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections import OrderedDict
 
 import numpy as np
 
-from ..errors import ParconvError, ParconvRuntimeError
+from ..errors import ParconvError
 from ..spec import ConvSpec
 from .call_rules import exec_cycles as call_exec_cycles, passes as call_passes
+from .schedule_check import TileCall, TileSchedule, check_schedule, max_taps, tile_blocks
+
+__all__ = ["STREAMS", "ExecutionStats", "TileCall", "TileExecutor"]
 
 STREAMS = ("input", "weight", "bias", "output", "psum")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TileCall:
-    """One tile of a schedule.  Ranges are half-open over the 7 loops of the layer.
-
-    ``row0``/``col0`` are the image positions held in the first scratchpad row/column of the
-    input window (negative inside the top/left padding), ``rows``/``cols`` the number held
-    (padding included), ``step`` the DRAM stride between held positions (2 under downsample).
-    Keys identify blocks (block indices, theory.md 6.3); modes are ``"load"`` (always move in, as
-    the library does on every call), ``"reuse"`` (the block must still be resident: a NULL
-    pointer) or ``"auto"`` (move in unless the previous tile used the identical block).
-    ``last`` says the output block's reduction is complete after this call; ``mpp`` is the
-    first-layer ``max_pixels_per_row`` of the execute model.
-    """
-
-    n: tuple[int, int]
-    k: tuple[int, int]
-    c: tuple[int, int]
-    h: tuple[int, int]
-    w: tuple[int, int]
-    r: tuple[int, int]
-    s: tuple[int, int]
-    row0: int
-    col0: int
-    rows: int
-    cols: int
-    step: int
-    input_key: tuple
-    weight_key: tuple
-    output_key: tuple
-    input_mode: str
-    weight_mode: str
-    last: bool
-    mpp: int = 1
-
-    def sizes(self) -> tuple[int, ...]:
-        """Truncated block sizes (nN, nK, nC, nH, nW, nR, nS)."""
-        return tuple(b - a for a, b in (self.n, self.k, self.c, self.h, self.w, self.r, self.s))
 
 
 @dataclasses.dataclass
@@ -126,18 +90,6 @@ class ExecutionStats:
                 "calls": self.calls, "passes": self.passes, "exec_cycles": self.exec_cycles,
                 "cycles": self.cycles, "utilization": self.utilization, "macs": self.macs,
                 "max_spad_rows": self.max_spad_rows, "max_acc_rows": self.max_acc_rows}
-
-
-def _ceil(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _held_positions(first: int, count: int, step: int, extent: int) -> tuple[int, int]:
-    """Range ``[i0, i1)`` of window indices whose image position ``first + step*i`` lies in
-    ``[0, extent)`` (the others are zero padding and cost no traffic)."""
-    i0 = max(0, _ceil(-first, step))
-    i1 = min(count, _ceil(extent - first, step))
-    return i0, max(i0, i1)
 
 
 class TileExecutor:
@@ -184,7 +136,7 @@ class TileExecutor:
         the schedule (else `ParconvRuntimeError`).
         """
         spec = self.spec
-        calls = list(calls)
+        calls = calls if isinstance(calls, TileSchedule) else list(calls)
         x, w = np.asarray(x), np.asarray(w)
         # max|x| max|w|: one pass over each operand for every decision below
         scale = _magnitude(x) * _magnitude(w)
@@ -204,18 +156,7 @@ class TileExecutor:
         # workspace stays within the node's footprint, parconv.plan.footprint), at most 1 Mi
         self.piece = min(max(x.size // 4, 1 << 14), self.PIECE_ELEMENTS)
         self._stats = ExecutionStats(peak=self.config.dim ** 2)
-        self._inputs = OrderedDict()      # resident input windows: key -> window id
-        self._weights = OrderedDict()     # resident weight blocks: key -> block id
-        self._state = {}                  # output key -> "spilled" | "final"
-        self._acc_key, self._bias = None, bias is not None
-        self._finished_elements = 0
-        # the per-tile limits (properties of the config), read once for all calls
-        self._limits = (self.config.spad_rows_limit, self.config.acc_rows_limit)
-        record = np.array([self._call(call, following) for call, following
-                           in zip(calls, [*calls[1:], None])], dtype=np.int64).reshape(-1, 9)
-        if self._finished_elements != spec.size_output:
-            raise ParconvRuntimeError(f"schedule finished {self._finished_elements} of "
-                                      f"{spec.size_output} outputs")
+        record = check_schedule(calls, spec, self.config, bias is not None, self._stats)
         self._count_cycles(record)
         return self._compute(calls, x, w, bias), self._stats
 
@@ -228,7 +169,7 @@ class TileExecutor:
         if self.compute != np.float64 or np.issubdtype(np.dtype(self.spec.dtype_in),
                                                        np.floating):
             return self.compute
-        taps = max(((c.r[1] - c.r[0]) * (c.s[1] - c.s[0]) for c in calls), default=0)
+        taps = max_taps(calls)
         return np.dtype(np.float32) if self._exact_in_float32(taps, x, w, scale) \
             else self.compute
 
@@ -241,39 +182,7 @@ class TileExecutor:
             scale = _magnitude(x) * _magnitude(w)
         return products * scale <= TileExecutor.FLOAT32_EXACT
 
-    # ---- one call: capacities, residency, bytes (no data) -----------------------------------
-    def _call(self, call: TileCall, following: TileCall | None) -> tuple:
-        """Check and count one call; returns (sizes..., mpp, bytes moved) for the cycles."""
-        cfg, st = self.config, self._stats
-        (n0, n1), (k0, k1), (c0, c1) = call.n, call.k, call.c
-        (h0, h1), (w0, w1), (r0, r1), (s0, s1) = call.h, call.w, call.r, call.s
-        nN, nK, nC, nH, nW, nR, nS = n1 - n0, k1 - k0, c1 - c0, h1 - h0, w1 - w0, r1 - r0, s1 - s0
-        if min(nN, nK, nC, nH, nW, nR, nS) <= 0:
-            raise ParconvRuntimeError(f"empty tile {call}")
-        # rows of dim elements (GemminiConfig.for_spec keeps the byte capacity for wider types)
-        k_rows = -(-nK // cfg.dim)
-        in_rows = -(-nC // cfg.dim) * nN * call.rows * call.cols
-        w_rows = k_rows * nR * nS * nC
-        acc_rows = k_rows * nN * nH * nW
-        spad_limit, acc_limit = self._limits
-        if in_rows + w_rows > spad_limit or acc_rows > acc_limit:
-            raise ParconvError(
-                f"tile {call.sizes()} needs {in_rows + w_rows} scratchpad rows (limit "
-                f"{spad_limit}) and {acc_rows} accumulator rows (limit "
-                f"{acc_limit}); the tiling does not fit")
-        if in_rows + w_rows > st.max_spad_rows:
-            st.max_spad_rows = in_rows + w_rows
-        if acc_rows > st.max_acc_rows:
-            st.max_acc_rows = acc_rows
-        moved = self._move_input(call, nN, nC) + self._move_weights(call, nK, nR, nS, nC)
-        moved += self._open_output(call, nN, nK, nH, nW, acc_rows)
-        self._check_window(call, nH, nW, nR, nS)
-        if following is None or following.output_key != call.output_key:
-            moved += self._close_output(call, nN * nK * nH * nW, acc_rows)
-        st.macs += nN * nK * nC * nH * nW * nR * nS
-        st.calls += 1
-        return nN, nH, nW, nK, nR, nS, nC, call.mpp, moved
-
+    # ---- cycles ------------------------------------------------------------------------------
     def _count_cycles(self, record: np.ndarray) -> None:
         """Execute cycles, passes and ``max(exec, bytes / bw_eff)`` of every call at once."""
         st, cfg = self._stats, self.config
@@ -285,117 +194,12 @@ class TileExecutor:
         st.passes += int(np.asarray(call_passes(*sizes, cfg.dim)).sum())
         st.cycles += float(np.maximum(exec_cycles, moved / cfg.bw_eff).sum())
 
-    # ---- movement -----------------------------------------------------------------------------
-    def _window_id(self, call: TileCall) -> tuple:
-        return (call.n, call.c, call.row0, call.rows, call.col0, call.cols, call.step)
-
-    def _move_input(self, call: TileCall, nN: int, nC: int) -> int:
-        """Bytes the input window of ``call`` moves in (0 when resident)."""
-        wid = self._window_id(call)
-        resident = self._inputs.get(call.input_key)
-        if call.input_mode == "reuse":
-            if resident is None or resident != wid:
-                raise ParconvRuntimeError(f"call reuses input block {call.input_key} that is not "
-                                          f"resident with window {wid}")
-            return 0
-        if call.input_mode == "auto" and resident is not None:
-            return 0
-        cfg, st, (H_in, W_in) = self.config, self._stats, self.spec.in_size
-        i0, i1 = _held_positions(call.row0, call.rows, call.step, H_in)
-        j0, j1 = _held_positions(call.col0, call.cols, call.step, W_in)
-        # only in-image positions cost DRAM bytes; the padding is zero-filled
-        moved = nN * (i1 - i0) * (j1 - j0) * nC * cfg.input_bytes
-        st.dram_bytes["input"] += moved
-        st.mvin_rows["input"] += nN * (i1 - i0) * (j1 - j0) * -(-nC // cfg.dim)
-        # two scratchpad halves (double buffering): the library keeps tile t in half t
-        limit = 1 if call.input_mode == "auto" else 2
-        self._inputs[call.input_key] = wid
-        while len(self._inputs) > limit:
-            self._inputs.popitem(last=False)
-        return moved
-
-    def _move_weights(self, call: TileCall, nK: int, nR: int, nS: int, nC: int) -> int:
-        """Bytes the weight block of ``call`` moves in (0 when resident)."""
-        resident = self._weights.get(call.weight_key)
-        wid = (call.k, call.c, call.r, call.s)
-        if call.weight_mode == "reuse":
-            if resident is None or resident != wid:
-                raise ParconvRuntimeError(f"call reuses weight block {call.weight_key} that is "
-                                          f"not resident")
-            return 0
-        if call.weight_mode == "auto" and resident is not None:
-            return 0
-        cfg = self.config
-        moved = nK * nR * nS * nC * cfg.weight_bytes
-        self._stats.dram_bytes["weight"] += moved
-        self._stats.mvin_rows["weight"] += -(-nK // cfg.dim) * nR * nS * nC
-        limit = 1 if call.weight_mode == "auto" else 2
-        self._weights[call.weight_key] = wid
-        while len(self._weights) > limit:
-            self._weights.popitem(last=False)
-        return moved
-
-    def _open_output(self, call: TileCall, nN: int, nK: int, nH: int, nW: int,
-                     acc_rows: int) -> int:
-        """Bytes moved to start an output block: its bias (first visit) or its spilled partial
-        sums (later visits); 0 while the block stays in the accumulator."""
-        if self._acc_key == call.output_key:
-            return 0
-        cfg, st = self.config, self._stats
-        state = self._state.get(call.output_key)
-        self._acc_key = call.output_key
-        if state == "final":
-            raise ParconvRuntimeError(f"output block {call.output_key} visited after it was final")
-        if state == "spilled":
-            moved = nN * nK * nH * nW * cfg.acc_bytes
-            st.dram_bytes["psum"] += moved
-            st.mvin_rows["psum"] += acc_rows
-            return moved
-        if self._bias:
-            # stride-0 mvins: one dim-wide row per dim output pixels of a row and channel block
-            moved = nN * nH * -(-nW // cfg.dim) * nK * cfg.bias_bytes
-            st.dram_bytes["bias"] += moved
-            st.mvin_rows["bias"] += acc_rows
-            return moved
-        return 0
-
-    def _close_output(self, call: TileCall, elements: int, acc_rows: int) -> int:
-        cfg, st = self.config, self._stats
-        if call.last:
-            moved = elements * cfg.output_bytes
-            st.dram_bytes["output"] += moved
-            st.mvout_rows["output"] += acc_rows
-            self._state[call.output_key] = "final"
-            self._finished_elements += elements
-        else:
-            moved = elements * cfg.acc_bytes
-            st.dram_bytes["psum"] += moved
-            st.mvout_rows["psum"] += acc_rows
-            self._state[call.output_key] = "spilled"
-        self._acc_key = None
-        return moved
-
-    def _check_window(self, call: TileCall, nH: int, nW: int, nR: int, nS: int) -> None:
-        """Every input position the tile reads lies in its window, on the window's grid (the
-        conv stride and the dilation as scratchpad strides, `_compute` reads the same)."""
-        (sh, sw), (dh, dw), (ph, pw) = self.spec.stride, self.spec.dilation, self.spec.padding
-        off_r = sh * call.h[0] + dh * call.r[0] - ph - call.row0
-        off_c = sw * call.w[0] + dw * call.s[0] - pw - call.col0
-        step = call.step
-        if off_r % step or off_c % step or (sh % step and nH > 1) or (sw % step and nW > 1) \
-                or (dh % step and nR > 1) or (dw % step and nS > 1):
-            raise ParconvRuntimeError(f"tile {call.sizes()} is not aligned with its window")
-        last_r = off_r // step + (sh // step) * (nH - 1) + (dh // step) * (nR - 1)
-        last_c = off_c // step + (sw // step) * (nW - 1) + (dw // step) * (nS - 1)
-        if off_r < 0 or off_c < 0 or last_r >= call.rows or last_c >= call.cols:
-            raise ParconvRuntimeError(f"tile {call.sizes()} reads outside its input window")
-
     # ---- compute ------------------------------------------------------------------------------
     def _compute(self, calls: list, x: np.ndarray, w: np.ndarray, bias) -> np.ndarray:
         """The output of the checked schedule: every tile's product of its window and weights.
 
         The input is held once, zero-padded, so a tile's window is a strided view of it
-        (`_check_window` proved the tile reads inside its window).  For integers the sums are
+        (`check_schedule` proved the tile reads inside its window).  For integers the sums are
         exact, so the order of the products changes no bit: tiles that share a weight block
         (the same C, R, S blocks) and whose output blocks tile a rectangle are one product over
         that rectangle (`_rectangles`; an implicit im2col in pieces of ``self.piece`` elements).
@@ -413,7 +217,7 @@ class TileExecutor:
         else:
             self._x = np.zeros((x.shape[0], x.shape[1], rows, cols), self.products)
             np.copyto(self._x[:, :, ph:ph + H_in, pw:pw + W_in], x, casting="unsafe")
-        blocks = [(c.n, c.h, c.w, c.k, c.c, c.r, c.s) for c in calls]
+        blocks = tile_blocks(calls)
         whole = tuple((0, e) for e in (spec.batch, H, W, spec.out_channels, spec.in_channels,
                                        R, S))
         # one product over the whole layer in one channel group writes every output once
@@ -441,24 +245,31 @@ class TileExecutor:
         (ph, pw), (H_in, W_in) = spec.padding, spec.in_size
         N, C, K = spec.batch, spec.in_channels, spec.out_channels
         (H, W), (R, S) = spec.out_size, spec.kernel_size
-        blocks = _rectangles(calls)
+        blocks = _schedule_rectangles(calls) if isinstance(calls, TileSchedule) else \
+            _rectangles(tile_blocks(calls))
         whole = tuple((0, e) for e in (N, H, W, K, C, R, S))
         self._assign = bias is None and blocks == [whole] and self.acc_type.kind == "f" and (
             self.chunk is None or C * R * S <= self.chunk)
         out_type = np.dtype(spec.dtype_acc)
         # images per slab: about two product pieces of converted input
         slab = min(N, max(1, 2 * self.piece // max(C * rows * cols, 1)))
-        x_buffer = np.zeros((slab, C, rows, cols), self.products)
+        # zero padding around the copied images (none to keep when they fill the buffer)
+        filled = (rows, cols) == (H_in, W_in) and (ph, pw) == (0, 0)
+        x_buffer = (np.empty if filled else np.zeros)((slab, C, rows, cols), self.products)
+        # float32 sums of a slab into y's own bytes (int32: the same size), cast there in place
+        aliased = self.acc_type != out_type and self.acc_type.itemsize == out_type.itemsize
         if self.acc_type == out_type:         # int32 sums (wrap-around) straight into y
             y, y_buffer = np.zeros((N, K, H, W), out_type), None
         else:                                 # float32 sums of a slab, then cast into y
-            y, y_buffer = np.empty((N, K, H, W), out_type), np.empty((slab, K, H, W),
-                                                                     self.acc_type)
+            y = np.empty((N, K, H, W), out_type)
+            y_buffer = y.view(self.acc_type) if aliased else np.empty((slab, K, H, W),
+                                                                      self.acc_type)
         for a in range(0, N, slab):
             b = min(a + slab, N)
             self._x = x_buffer[:b - a]
             np.copyto(self._x[:, :, ph:ph + H_in, pw:pw + W_in], x[a:b], casting="unsafe")
-            self._y = y[a:b] if y_buffer is None else y_buffer[:b - a]
+            self._y = y[a:b] if y_buffer is None else \
+                y_buffer[a:b] if aliased else y_buffer[:b - a]
             if y_buffer is not None and not self._assign:
                 self._y.fill(0)
             if bias is not None:
@@ -467,8 +278,12 @@ class TileExecutor:
                 n0, n1 = max(n[0], a), min(n[1], b)
                 if n0 < n1:
                     self._product((n0 - a, n1 - a), h, w, k, c, r, s)
-            if y_buffer is not None:
-                # float32 sums of integers are exact below 2**24: a cast, no wrap-around needed
+            if aliased:
+                # float32 sums of integers are exact below 2**24: a cast, no wrap-around
+                # needed; element i is read before it is written (1-d, same bytes)
+                ints = y[a:b].reshape(-1)
+                np.copyto(ints, ints.view(self.acc_type), casting="unsafe")
+            elif y_buffer is not None:
                 np.copyto(y[a:b], self._y, casting="unsafe")
         self._x = self._w = self._y = None
         return y
@@ -510,6 +325,8 @@ class TileExecutor:
                     patches = view.reshape(b - a, depth, -1)
                     if self._assign and target.flags.c_contiguous:
                         np.matmul(weights, patches, out=target.reshape(b - a, -1, patches.shape[2]))
+                    elif self._assign:        # each output written once: the buffer is unset
+                        target[...] = np.matmul(weights, patches).reshape(target.shape)
                     else:
                         _accumulate(target, np.matmul(weights, patches).reshape(target.shape))
                     continue
@@ -525,22 +342,43 @@ class TileExecutor:
                     _accumulate(target, product.transpose(1, 0, 2, 3))
 
 
-def _rectangles(calls: list) -> list[tuple]:
-    """The products of a schedule's tiles as (n, h, w, k, c, r, s) ranges: the tiles of one
-    (C, R, S) block whose (N, H, W, K) blocks are every combination of contiguous ranges form
-    one rectangle; any other tile is its own."""
+def _rectangles(blocks: list) -> list[tuple]:
+    """The products of a schedule's tiles (``blocks``: their (n, h, w, k, c, r, s) ranges):
+    the tiles of one (C, R, S) block whose (N, H, W, K) blocks are every combination of
+    contiguous ranges form one rectangle; any other tile is its own."""
     groups: dict[tuple, list] = {}
-    for call in calls:
-        groups.setdefault((call.c, call.r, call.s), []).append((call.n, call.h, call.w, call.k))
+    for n, h, w, k, c, r, s in blocks:
+        groups.setdefault((c, r, s), []).append((n, h, w, k))
     out = []
-    for (c, r, s), blocks in groups.items():
-        axes = [sorted(set(b[i] for b in blocks)) for i in range(4)]
-        whole = len(set(blocks)) == len(blocks) == math.prod(len(a) for a in axes) and all(
+    for (c, r, s), group in groups.items():
+        axes = [sorted(set(b[i] for b in group)) for i in range(4)]
+        whole = len(set(group)) == len(group) == math.prod(len(a) for a in axes) and all(
             lo[1] == hi[0] for a in axes for lo, hi in zip(a, a[1:]))
         if whole:
             out.append((*((a[0][0], a[-1][1]) for a in axes), c, r, s))
         else:
-            out.extend((*b, c, r, s) for b in blocks)
+            out.extend((*b, c, r, s) for b in group)
+    return out
+
+
+def _schedule_rectangles(calls: TileSchedule) -> list[tuple]:
+    """`_rectangles` of a `TileSchedule`, on its arrays (the groups in order of appearance)."""
+    t = calls.table
+    nhwk, crs = t[:, [0, 1, 6, 7, 8, 9, 2, 3]], t[:, [4, 5, 10, 11, 12, 13]]
+    _, first, group = np.unique(crs, axis=0, return_index=True, return_inverse=True)
+    group = group.reshape(-1)
+    out = []
+    for g in np.argsort(first).tolist():
+        rows = nhwk[group == g]
+        c, r, s = (tuple(v) for v in crs[first[g]].reshape(3, 2).tolist())
+        axes = [np.unique(rows[:, 2 * i:2 * i + 2], axis=0) for i in range(4)]
+        whole = len(np.unique(rows, axis=0)) == len(rows) == math.prod(len(a) for a in axes) \
+            and all((a[1:, 0] == a[:-1, 1]).all() for a in axes)
+        if whole:
+            out.append((*((int(a[0, 0]), int(a[-1, 1])) for a in axes), c, r, s))
+        else:
+            out.extend((*(tuple(v[i:i + 2]) for i in range(0, 8, 2)), c, r, s)
+                       for v in rows.tolist())
     return out
 
 

@@ -164,25 +164,38 @@ def traffic_totals_clipped(spec: ConvSpec, t: np.ndarray, trips: np.ndarray,
     code = (trips > 1) @ _BITS                    # bit i: loop i has more than one block
     rows = _axis_table(*spec.axis(0))[t[:, 3], t[:, 5]]
     cols = _axis_table(*spec.axis(1))[t[:, 4], t[:, 6]]
-    out = np.empty((len(orders), len(t)), dtype=np.int64)
     per_input = spec.p_in * spec.batch * spec.in_channels * rows * cols
     spill = 2 * spec.p_acc * spec.size_output
     base = spec.size_output * (spec.p_out - 2 * spec.p_acc)
     filters_bytes = spec.p_weight * spec.size_filter
-    masks = _reuse_masks(tuple(orders))
-    for o in range(len(orders)):
-        inputs, filters, outputs = (_multiplier(trips, code, masks[a][o]) for a in range(3))
-        out[o] = per_input * inputs + filters_bytes * filters + spill * outputs + base
+    inputs, filters, outputs = _multipliers(trips, code, tuple(orders))
+    return per_input * inputs + filters_bytes * filters + spill * outputs + base
+
+
+def _multipliers(trips: np.ndarray, code: np.ndarray, orders: tuple) -> list:
+    """Per array, the (len(orders), m) products of the trip counts of its reuse loops whose
+    mask meets ``code`` (all orders at once: one operation per reuse loop)."""
+    out = []
+    for loops, masks in _mask_table(orders):
+        result = np.ones((len(orders), len(code)), dtype=np.int64)
+        for loop, mask in zip(loops, masks):
+            result *= np.where(code[None, :] & mask[:, None], trips[None, :, loop], 1)
+        out.append(result)
     return out
 
 
-def _multiplier(trips: np.ndarray, code: np.ndarray, pairs: tuple):
-    """Product of the trip counts of the reuse loops whose mask meets ``code``."""
-    result = 1
-    for loop, mask in pairs:
-        if mask:
-            result = result * np.where(code & mask, trips[:, loop], 1)
-    return result
+@lru_cache(maxsize=64)
+def _mask_table(orders: tuple) -> tuple:
+    """`_reuse_masks` as, per array, its reuse loops and one (len(orders),) mask array each
+    (loops whose mask is 0 in every order are left out: they never multiply)."""
+    table = []
+    for per_order in _reuse_masks(orders):
+        loops = [loop for loop, _ in per_order[0]]
+        masks = np.array([[mask for _, mask in pairs] for pairs in per_order],
+                         dtype=np.int64).reshape(len(orders), len(loops))
+        used = [j for j in range(len(loops)) if masks[:, j].any()]
+        table.append((tuple(loops[j] for j in used), tuple(masks[:, j] for j in used)))
+    return tuple(table)
 
 
 # ---- candidate sets ----------------------------------------------------------------------------

@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
-import operator
 
 import numpy as np
 
@@ -50,7 +48,8 @@ from ...tiling import (CANONICAL_ORDERS, LOOPS, ScratchAccMemory, Tiling, Tiling
                        extents, optimise, traffic, traffic_totals)
 from .. import call_rules
 from ..config import DEFAULT_CONFIG, GemminiConfig
-from ..executor import TileCall, TileExecutor
+from ..executor import TileExecutor
+from ..schedule_check import TileSchedule
 from ..vendor.calls import vendor_layer_cost
 from ..vendor.heuristics import conv_auto
 from ..vendor.run import run_vendor
@@ -335,43 +334,32 @@ def choose_tiling(spec: ConvSpec, config: GemminiConfig | None = None, orders=No
 
 # ---- tiles --------------------------------------------------------------------------------------
 def tiling_calls(spec: ConvSpec, tiling: Tiling, order: str, config: GemminiConfig,
-                 strided: bool = False) -> list[TileCall]:
+                 strided: bool = False) -> TileSchedule:
     """The tiles of (tiling, order) on ``spec`` in visiting order, with consecutive reuse
-    ("auto" modes) and the exact input windows of the traffic contract.  Local."""
-    ext = extents(spec)
-    t = tiling.clipped(spec).as_tuple()
-    trips = [-(-e // s) for e, s in zip(ext, t)]
+    ("auto" modes) and the exact input windows of the traffic contract, as a `TileSchedule`
+    (arrays over the tiles).  Local."""
+    ext = np.asarray(extents(spec), dtype=np.int64)
+    t = np.asarray(tiling.clipped(spec).as_tuple(), dtype=np.int64)
+    trips = -(-ext // t)
     (sh, sw), (dh, dw), (ph, pw) = spec.stride, spec.dilation, spec.padding
-    dilated = max(spec.dilation) > 1
-    ranges = [[(b * s, min(b * s + s, e)) for b in range(n)] for s, e, n in zip(t, ext, trips)]
     where = [order.index(loop) for loop in LOOPS]
-    in_at, w_at, out_at = ([where[_I[l]] for l in key] for key in (_INPUT, _FILTER, _OUTPUT))
-    reduction = [where[_I[l]] for l in "CRS"]
-    mpp_of = {}                              # (nC, nS) -> first-layer pixels per row
-    # block indices in LOOPS order, the three keys and the reduction's indices of a position
-    # (itemgetter of several items returns a tuple, as the keys are)
-    blocks, input_key, weight_key, output_key, reduced = (
-        operator.itemgetter(*at) for at in (where, in_at, w_at, out_at, reduction))
-    final = tuple(trips[_I[loop]] - 1 for loop in "CRS")
-    rn, rk, rc, rh, rw, rr, rs = ranges
-    calls = []
-    for pos in itertools.product(*(range(trips[_I[loop]]) for loop in order)):
-        bn, bk, bc, bh, bw, br, bs = blocks(pos)
-        n, k, c, h, w, r, s = rn[bn], rk[bk], rc[bc], rh[bh], rw[bw], rr[br], rs[bs]
-        sizes = (c[1] - c[0], s[1] - s[0])
-        mpp = mpp_of.get(sizes)
-        if mpp is None:
-            mpp = mpp_of[sizes] = int(call_rules.max_pixels_per_row(config, *sizes, strided,
-                                                                    dilated))
-        # positional, in TileCall's field order: n k c h w r s, row0 col0 rows cols step,
-        # the three keys, input and weight modes, last, mpp
-        calls.append(TileCall(
-            n, k, c, h, w, r, s, sh * h[0] + dh * r[0] - ph, sw * w[0] + dw * s[0] - pw,
-            sh * (h[1] - h[0] - 1) + dh * (r[1] - r[0] - 1) + 1,
-            sw * (w[1] - w[0] - 1) + dw * (s[1] - s[0] - 1) + 1, 1,
-            input_key(pos), weight_key(pos), output_key(pos), "auto", "auto",
-            reduced(pos) == final, mpp))
-    return calls
+    # block indices of every tile, the first loop of the order outermost (LOOPS order rows)
+    visit = np.indices([int(trips[_I[loop]]) for loop in order]).reshape(len(order), -1)
+    block = visit[where]
+    lo = block * t[:, None]
+    hi = np.minimum(lo + t[:, None], ext[:, None])
+    (n0, k0, c0, h0, w0, r0, s0), (n1, k1, c1, h1, w1, r1, s1) = lo, hi
+    mpp = np.broadcast_to(call_rules.max_pixels_per_row(config, c1 - c0, s1 - s0, strided,
+                                                        max(spec.dilation) > 1), n0.shape)
+    last = (block[[_I[loop] for loop in "CRS"]] == trips[[_I[loop] for loop in "CRS"], None] - 1
+            ).all(axis=0)
+    table = np.stack([n0, n1, k0, k1, c0, c1, h0, h1, w0, w1, r0, r1, s0, s1,
+                      sh * h0 + dh * r0 - ph, sw * w0 + dw * s0 - pw,
+                      sh * (h1 - h0 - 1) + dh * (r1 - r0 - 1) + 1,
+                      sw * (w1 - w0 - 1) + dw * (s1 - s0 - 1) + 1, np.ones_like(n0),
+                      last, mpp], axis=1)
+    keys = (block[[_I[loop] for loop in key]].T for key in (_INPUT, _FILTER, _OUTPUT))
+    return TileSchedule(table, *keys)
 
 
 def run_parconv(spec: ConvSpec, x, w, bias=None, config: GemminiConfig | None = None,
