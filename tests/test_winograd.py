@@ -92,7 +92,8 @@ def test_tile_blocks_cover_every_tile_once():
         assert max((n1 - n0) * (i1 - i0) * tW for n0, n1, i0, i1 in blocks) <= max(tiles, tW)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(h=st.integers(1, 10), w=st.integers(1, 10), pads=st.tuples(*[st.integers(0, 3)] * 4),
        c=st.integers(1, 5), n=st.integers(1, 3), seed=st.integers(0, 1000))
 def test_random_shapes_winograd(tiny_blocks, layout, h, w, pads, c, n, seed):
@@ -131,7 +132,8 @@ def test_stride_2_on_blocks_of_several_images(monkeypatch):
     assert_winograd_matches_reference(spec)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(h=st.integers(1, 12), w=st.integers(1, 12), pads=st.tuples(*[st.integers(0, 3)] * 4),
        c=st.integers(1, 5), n=st.integers(1, 3), seed=st.integers(0, 1000))
 def test_random_shapes_stride_2(tiny_blocks, h, w, pads, c, n, seed):
@@ -144,17 +146,23 @@ def test_random_shapes_stride_2(tiny_blocks, h, w, pads, c, n, seed):
     assert_winograd_matches_reference(spec, seed)
 
 
+def float32_errors(spec, offset: float) -> dict:
+    """Largest error of "taps" and "winograd" against a float64 computation of the same
+    float32 operands."""
+    x, w = operands(spec, seed=4, offset=offset)
+    exact = conv2d_blas(spec.replace(dtype_in="float64", dtype_weight="float64",
+                                     dtype_acc="float64"), x.astype(np.float64),
+                        w.astype(np.float64), "taps")[0]
+    return {m: np.abs(conv2d_blas(spec, x, w, m)[0] - exact).max() for m in ("taps", "winograd")}
+
+
 @pytest.mark.parametrize("offset", [0.0, 100.0])
 def test_stride_2_float32_error_is_near_the_direct_methods(offset):
     # the polyphase form's transforms hold only 0 and +-1 (one short sum before and after the
     # products, as F(2x2, 3x3)): its error stays within a small factor of the direct method's
     spec = spec_for_dtype("float32", batch=2, in_channels=64, out_channels=16, in_size=(24, 24),
                           kernel_size=(3, 3), stride=(2, 2), padding=(1, 1))
-    x, w = operands(spec, seed=4, offset=offset)
-    exact = conv2d_blas(spec.replace(dtype_in="float64", dtype_weight="float64",
-                                     dtype_acc="float64"), x.astype(np.float64),
-                        w.astype(np.float64), "taps")[0]
-    errors = {m: np.abs(conv2d_blas(spec, x, w, m)[0] - exact).max() for m in ("taps", "winograd")}
+    errors = float32_errors(spec, offset)
     assert 0 < errors["winograd"] <= 2.5 * errors["taps"], errors
 
 
@@ -165,11 +173,7 @@ def test_float32_error_is_near_the_direct_methods(layout, offset):
     # input (a constant background, the worst case measured) cancels in the input transform
     spec = spec_for_dtype("float32", batch=2, in_channels=64, out_channels=16, in_size=(12, 12),
                           kernel_size=(3, 3), padding=(1, 1))
-    x, w = operands(spec, seed=4, offset=offset)
-    exact = conv2d_blas(spec.replace(dtype_in="float64", dtype_weight="float64",
-                                     dtype_acc="float64"), x.astype(np.float64),
-                        w.astype(np.float64), "taps")[0]
-    errors = {m: np.abs(conv2d_blas(spec, x, w, m)[0] - exact).max() for m in ("taps", "winograd")}
+    errors = float32_errors(spec, offset)
     assert 0 < errors["winograd"] <= 2.5 * errors["taps"], errors
 
 
