@@ -16,6 +16,10 @@ triangle it is at most the linear function through its vertex values, whose maxi
 closed form.  Only axes with at most `MAX_TAPS` used taps and at most `MAX_OUT` outputs are
 solved; elsewhere the gain is below 0.25 % (it shrinks like (pi / n_out)^2) or the search would
 cost more than it gives, and rho is used.
+
+The proof needs the weighted constant on one axis only; the other may take the set constant
+sigma of `set_reuse` (exact, attained by sets, and smaller), so the layer's constant is
+``min(sigma_h kappa_w, kappa_h sigma_w)`` (`combine`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..spec import ConvSpec
+from .set_reuse import axis_set_reuse, axis_set_witness, used_rows
 
 #: axes with more used taps keep rho (the sphere of tap weights has too many dimensions)
 MAX_TAPS = 3
@@ -221,11 +226,38 @@ def axis_reuse_witness(n_in: int, n_out: int, kernel: int, stride: int, pad: int
     return min(float(rho), float(raw.max()) ** 2 * (1.0 - WITNESS_MARGIN))
 
 
+@lru_cache(maxsize=4096)
+def axis_sigma(n_in: int, n_out: int, kernel: int, stride: int, pad: int, dil: int,
+               residue: int | None = None, witness: bool = False) -> float:
+    """sigma of one axis (`set_reuse.axis_set_reuse`; with `witness`, the cheap value it is never
+    below, `set_reuse.axis_set_witness`) where `axis_reuse` solves the axis, else that axis's
+    kappa (rho there).  Never above the axis's kappa: sets are vectors.  Local."""
+    taps = used_rows(n_in, n_out, kernel, stride, pad, dil, residue)
+    if not taps or n_out > MAX_OUT or len(taps) > MAX_TAPS:
+        return axis_reuse(n_in, n_out, kernel, stride, pad, dil, residue)
+    rows = np.concatenate(taps)
+    if np.bincount(rows[rows >= 0]).max() == 1:   # kappa = 1: no row is read twice
+        return 1.0
+    solve = axis_set_witness if witness else axis_set_reuse
+    return solve(n_in, n_out, kernel, stride, pad, dil, residue)
+
+
+def combine(height: tuple[float, float], width: tuple[float, float]) -> float:
+    """The layer's (or a phase's) constant from ``(kappa, sigma)`` of each axis: the better of
+    the two ways to run Theorem 2.3.1, sets on one axis and weights on the other."""
+    return min(height[1] * width[0], height[0] * width[1])
+
+
 def reuse_witness(spec: ConvSpec) -> float:
-    """kappa_witness_h kappa_witness_w <= `reuse_constant` (spec), without the search."""
-    return axis_reuse_witness(*spec.axis(0), None) * axis_reuse_witness(*spec.axis(1), None)
+    """A value never above `reuse_constant` (spec), without its searches: each axis's kappa
+    and sigma replaced by their witnesses."""
+    axes = [spec.axis(i) for i in (0, 1)]
+    return combine(*[(axis_reuse_witness(*a, None), axis_sigma(*a, None, witness=True))
+                     for a in axes])
 
 
 def reuse_constant(spec: ConvSpec) -> float:
-    """kappa = kappa_h kappa_w of the small-filter inequality (theory.md 2.3.1); <= spec.rho."""
-    return axis_reuse(*spec.axis(0), None) * axis_reuse(*spec.axis(1), None)
+    """The constant of the small-filter inequality (theory.md 2.3.1):
+    ``min(sigma_h kappa_w, kappa_h sigma_w) <= kappa_h kappa_w <= spec.rho``."""
+    axes = [spec.axis(i) for i in (0, 1)]
+    return combine(*[(axis_reuse(*a, None), axis_sigma(*a, None)) for a in axes])

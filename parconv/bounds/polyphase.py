@@ -28,7 +28,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..spec import ConvSpec
-from .border import axis_reuse
+from .border import axis_reuse, axis_sigma, combine
 from .workfn import (GAP_TOL, LOG_PAD, LayerProgram, _make_feasible, _traffic_dual,
                      _traffic_primal, _work_dual, _work_primal, layer_program, polish_traffic_dual,
                      polish_work_dual, witness_program)
@@ -47,8 +47,8 @@ ACTIVE_SLACK = 1e-3
 @dataclasses.dataclass(frozen=True)
 class Phase:
     """One polyphase component: `taps` used filter taps (per (k, c)), `rho` the largest number of
-    its taps reading one input pixel, `reuse` its border-aware constant kappa_phi <= rho
-    (theory.md 2.3.1, 3.9.2), `G` its effective iterations, `size_in` its touched input elements
+    its taps reading one input pixel, `reuse` its border-aware constant
+    min(sigma_h kappa_w, kappa_h sigma_w) <= rho (theory.md 2.3.1, 3.9.2), `G` its effective iterations, `size_in` its touched input elements
     and `size_filter` its used filter elements."""
 
     taps: int
@@ -74,8 +74,8 @@ def _class_count(*axis) -> int:
 
 def _axis_classes(n_in: int, n_out: int, k: int, stride: int, pad: int, dil: int) -> list:
     """Per residue class of (dil r - pad) mod stride on one axis: (used taps, effective (h, r)
-    pairs, touched rows, largest number of the class's taps reading one row, the class's kappa).
-    Empty classes are dropped."""
+    pairs, touched rows, largest number of the class's taps reading one row, the class's
+    (kappa, sigma)).  Empty classes are dropped."""
     x, valid, key = _axis_taps(n_in, n_out, k, stride, pad, dil)
     single = _class_count(n_in, n_out, k, stride, pad, dil) == 1  # kappa of the whole axis
     out = []
@@ -86,11 +86,12 @@ def _axis_classes(n_in: int, n_out: int, k: int, stride: int, pad: int, dil: int
         if pairs == 0:
             continue
         rows = sub[ok]
+        cls = None if single else int(residue)
         # for a fixed row and tap the output row is fixed, so pairs per row = taps per row
         out.append((int(ok.any(axis=0).sum()), pairs, int(np.unique(rows).size),
                     int(np.bincount(rows).max()),
-                    axis_reuse(n_in, n_out, k, stride, pad, dil,
-                               None if single else int(residue))))
+                    (axis_reuse(n_in, n_out, k, stride, pad, dil, cls),
+                     axis_sigma(n_in, n_out, k, stride, pad, dil, cls))))
     return out
 
 
@@ -102,7 +103,7 @@ def phases(spec: ConvSpec) -> tuple[Phase, ...]:
     n, c, k = spec.batch, spec.in_channels, spec.out_channels
     rows, cols = (_axis_classes(*spec.axis(i)) for i in (0, 1))
     return tuple(Phase(taps=th * tw, rho=rh * rw, G=n * k * c * ph * pw, size_in=n * c * xh * xw,
-                       size_filter=k * c * th * tw, reuse=kh * kw)
+                       size_filter=k * c * th * tw, reuse=combine(kh, kw))
                  for (th, ph, xh, rh, kh), (tw, pw, xw, rw, kw)
                  in itertools.product(rows, cols))
 
