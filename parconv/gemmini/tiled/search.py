@@ -18,7 +18,7 @@ that are fast *and* frugal:
   best seed until nothing improves; ranking key = (screened cycles in steps of `CYCLE_SLACK` of
   the ideal ``G / dim^2``, then bytes), so among equally fast tilings the one moving fewer bytes
   wins.  The fastest and the most frugal candidates of every sweep are remembered.  As in
-  `parconv.tiling.search`, the sweeps are taken in turn but screened a few at a time in one
+  `parconv.tiling.scorer`, the sweeps are taken in turn but screened a few at a time in one
   vectorised call, and a sweep already taken around the same point is not repeated.
 
 The best few candidates are then costed exactly by `parconv.gemmini.tiled.cost.tiling_cost` by the
@@ -35,7 +35,8 @@ import numpy as np
 
 from ...spec import ConvSpec
 from ...tiling import LOOPS, clip_array, extents
-from ...tiling.search import traffic_totals_clipped
+from ...tiling.candidates import ladder
+from ...tiling.totals import traffic_totals_clipped
 from .. import call_rules as rules
 from ..cycles import LINE_BYTES, load_constants
 
@@ -46,15 +47,6 @@ _I = {loop: i for i, loop in enumerate(LOOPS)}
 CYCLE_SLACK = 0.02
 #: pairwise moves screened in one vectorised call (`refine`)
 MOVES_AT_ONCE = 4
-
-
-def ladder(extent: int, granularity: int = 1) -> np.ndarray:
-    """Block sizes worth trying on a loop of ``extent``: the smallest size of every trip count
-    and the multiples of ``granularity``."""
-    values = np.unique(-(-extent // np.arange(1, extent + 1)))
-    if granularity > 1:
-        values = np.union1d(values, np.arange(granularity, extent + 1, granularity))
-    return values.astype(np.int64)
 
 
 def _per_loop(t: np.ndarray, ext: int):
