@@ -36,6 +36,12 @@ class Scorer:
         self.best: tuple | None = None          # (total, tiles, tile tuple, order)
         self.moves: dict = {}                   # pairwise move -> best of its grid
         self._pairs: dict = {}                  # (free loops, granularity) -> pair grids
+        # trip counts by lookup, ceil(E / t) at index t of each loop's table (the tables of the
+        # seven loops end to end): one gather instead of an integer division of every row
+        ext = [int(e) for e in self.extents]
+        self._trip_at = np.cumsum([0] + [e + 1 for e in ext[:-1]]).astype(np.int64)
+        self._trip_table = np.concatenate([np.r_[0, -(-e // np.arange(1, e + 1))]
+                                           for e in ext]).astype(np.int64)
 
     def pair_grids(self, free: str, granularity: int) -> list:
         """((a, b), every combination of the two ladders) for each pair of free loops, built
@@ -70,33 +76,45 @@ class Scorer:
             self.best = candidate
         return candidate
 
+    def trips(self, tiles: np.ndarray) -> np.ndarray:
+        """The trip counts ``ceil(E / t)`` of clipped ``tiles`` (an (m, 7) int64 array)."""
+        return self._trip_table[tiles + self._trip_at]
+
     def best_of_groups(self, groups: list) -> list:
         """The best fitting row of each array of `groups` as (total, tiles, tile, order), or
         None; one vectorised evaluation for all of them, ``self.best`` untouched."""
-        label = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
-        tiles = clip_array(self.spec, np.concatenate([np.atleast_2d(g) for g in groups]))
-        fits = self.fits(tiles)
-        tiles, label = tiles[fits], label[fits]
         out = [None] * len(groups)
+        if len(groups) == 1:
+            tiles, label = clip_array(self.spec, np.atleast_2d(groups[0])), None
+        else:
+            label = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
+            tiles = clip_array(self.spec, np.concatenate([np.atleast_2d(g) for g in groups]))
+        fits = self.fits(tiles)
+        tiles = tiles[fits]
         if not len(tiles):
             return out
-        trips = -(-self.extents // tiles)
+        trips = self.trips(tiles)
         totals = traffic_totals_clipped(self.spec, tiles, trips, self.orders)
         self.evaluated += totals.size
-        which = totals.argmin(axis=0)
-        total = totals[which, np.arange(len(which))]
+        total = totals.min(axis=0)
         count = trips[:, 0]
         for j in range(1, trips.shape[1]):
             count = count * trips[:, j]
-        # by group, then traffic, then tiles; stable, so a tie keeps the first row
-        if len(groups) == 1:
-            heads = np.lexsort((count, total))[:1]
+        # the first row of the smallest (traffic, tiles) of each group (a stable sort's head):
+        # the argmin of one integer key when (traffic, tiles) fit in it
+        spread = int(count.max()) + 1
+        key = total * spread + count if int(total.max()) * spread + spread < 2 ** 63 else None
+        if label is None:
+            spans = [(0, 0, len(tiles))]
         else:
-            ranked = np.lexsort((count, total, label))
-            heads = ranked[np.r_[True, label[ranked][1:] != label[ranked][:-1]]]
-        for i in heads.tolist():
-            out[label[i]] = (int(total[i]), int(count[i]), tuple(int(v) for v in tiles[i]),
-                             self.orders[which[i]])
+            bounds = np.searchsorted(label[fits], np.arange(len(groups) + 1)).tolist()
+            spans = [(g, bounds[g], bounds[g + 1]) for g in range(len(groups))
+                     if bounds[g] < bounds[g + 1]]
+        for g, lo, hi in spans:
+            i = lo + int(np.argmin(key[lo:hi]) if key is not None
+                         else np.lexsort((count[lo:hi], total[lo:hi]))[0])
+            out[g] = (int(total[i]), int(count[i]), tuple(int(v) for v in tiles[i]),
+                      self.orders[int(np.argmin(totals[:, i]))])
         return out
 
 

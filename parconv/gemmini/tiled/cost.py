@@ -22,8 +22,8 @@ import numpy as np
 from ...spec import ConvSpec
 from ...tiling import LOOPS, Tiling, axis_window_table, check_order, extents
 from .. import call_rules as rules
-from ..cycles import (PARCONV_TO_LIBRARY, CycleConstants, layer_cycles, load_constants,
-                      load_misses, mean_piece_lines)
+from ..cycles import (PARCONV_TO_LIBRARY, CycleConstants, call_phases, load_constants, load_misses,
+                      mean_piece_lines, overlap_cycles)
 
 STREAMS = ("input", "weight", "bias", "output", "psum")
 _I = {loop: i for i, loop in enumerate(LOOPS)}
@@ -131,8 +131,9 @@ def tiling_costs(spec: ConvSpec, candidates, config, *, strided: bool = False,
         if item is not None:
             batch.append(item)
             size += item[2] - item[1]
+    calibrated = _calibrated_all(plans, constants, config.dim)
     out = []
-    for plan in plans:
+    for plan, calibrated_cycles in zip(plans, calibrated):
         chunks = plan["chunks"]
         dram = {stream: sum(c["dram"][stream] for c in chunks) for stream in STREAMS}
         dram["total"] = sum(dram.values())
@@ -148,9 +149,7 @@ def tiling_costs(spec: ConvSpec, candidates, config, *, strided: bool = False,
             passes=sum(c["passes_sum"] for c in chunks),
             exec_cycles=sum(c["exec_sum"] for c in chunks), cycles=cycles, dma_cycles=dma,
             memory_bound_calls=sum(c["mem_bound"] for c in chunks), macs=spec.G,
-            peak_macs_per_cycle=config.dim ** 2,
-            calibrated_cycles=_calibrated([c["arrays"] for c in chunks], plan["order"],
-                                          plan["trips"], constants, config.dim)))
+            peak_macs_per_cycle=config.dim ** 2, calibrated_cycles=calibrated_cycles))
     return out
 
 
@@ -283,34 +282,53 @@ def _commands(config, load_in, load_w, visit_end, nN, nK, nC, nH, nW, nR, nS, in
             "st_bytes": per_tile["output"] + per_tile["psum"]}
 
 
-def _calibrated(chunks: list, order: str, trips, constants: CycleConstants, dim: int) -> float:
-    """`layer_cycles` over all tiles (one call each); the L2 misses of each operand
-    (`load_misses` for ``order``, whose loads are already the non-consecutive ones) are spread
-    over its loads."""
-    cat = {k: (np.ravel(chunks[0][k]) if len(chunks) == 1 else
-               np.concatenate([np.ravel(c[k]) for c in chunks])).astype(float) for k in chunks[0]}
-    loads = {"input": cat["load_in"].sum(), "weight": cat["load_w"].sum()}
-    per_load = {"input": cat["in_bytes"].sum() / max(loads["input"], 1.0),
-                "weight": cat["w_bytes"].sum() / max(loads["weight"], 1.0)}
-    library = order[::-1].translate(PARCONV_TO_LIBRARY)
-    letters = dict(zip(LOOPS.translate(PARCONV_TO_LIBRARY), (int(v) for v in trips)))
-    misses = load_misses(library, letters, per_load, constants.l2_bytes)
-    frac = {k: min(misses[k] / loads[k], 1.0) if loads[k] else 0.0 for k in loads}
-    miss = cat["in_lines"] * frac["input"] + cat["w_lines"] * frac["weight"]
-    hit = (cat["in_lines"] * (1 - frac["input"]) + cat["w_lines"] * (1 - frac["weight"])
-           + cat["other_lines"])
-    miss_bytes = cat["in_bytes"] * frac["input"] + cat["w_bytes"] * frac["weight"]
+def _calibrated_all(plans: list, constants: CycleConstants, dim: int) -> list[float]:
+    """`layer_cycles` of every plan's tiles (one call each), the elementwise work done once over
+    the tiles of all plans; the L2 misses of each operand (`load_misses` for the plan's order,
+    whose loads are already the non-consecutive ones) are spread over its loads.  Each plan's
+    sums are sums of its own contiguous slice, so every figure has the bits of `layer_cycles`
+    on that plan alone (a product with the plan's miss fraction is the same product, per tile)."""
+    arrays = [c["arrays"] for plan in plans for c in plan["chunks"]]
+    if not arrays:
+        return []
+    cat = {k: np.concatenate([np.ravel(a[k]) for a in arrays]).astype(float) for k in arrays[0]}
+    sizes = [sum(int(np.size(c["arrays"]["exec"])) for c in plan["chunks"]) for plan in plans]
+    starts = np.cumsum([0] + sizes)
+    frac_in, frac_w = [], []
+    for plan, a, b in zip(plans, starts[:-1], starts[1:]):
+        # integer-valued sums (exact in float64 in any order)
+        loads = {"input": cat["load_in"][a:b].sum(), "weight": cat["load_w"][a:b].sum()}
+        per_load = {"input": cat["in_bytes"][a:b].sum() / max(loads["input"], 1.0),
+                    "weight": cat["w_bytes"][a:b].sum() / max(loads["weight"], 1.0)}
+        library = plan["order"][::-1].translate(PARCONV_TO_LIBRARY)
+        letters = dict(zip(LOOPS.translate(PARCONV_TO_LIBRARY), (int(v) for v in plan["trips"])))
+        misses = load_misses(library, letters, per_load, constants.l2_bytes)
+        frac = {k: min(misses[k] / loads[k], 1.0) if loads[k] else 0.0 for k in loads}
+        frac_in.append(frac["input"])
+        frac_w.append(frac["weight"])
+    f_in, f_w = (np.repeat(np.array(f, dtype=float), sizes) for f in (frac_in, frac_w))
+    h_in, h_w = (np.repeat(1 - np.array(f, dtype=float), sizes) for f in (frac_in, frac_w))
+    miss = cat["in_lines"] * f_in + cat["w_lines"] * f_w
+    hit = cat["in_lines"] * h_in + cat["w_lines"] * h_w + cat["other_lines"]
+    miss_bytes = cat["in_bytes"] * f_in + cat["w_bytes"] * f_w
     commands = {"dim": dim,
                 "input": {"cmds": cat["in_cmds"], "rows": cat["in_rows"],
-                          "hit": cat["in_lines"] * (1 - frac["input"]),
-                          "miss": cat["in_lines"] * frac["input"], "bytes": cat["in_bytes"],
-                          "miss_bytes": cat["in_bytes"] * frac["input"]},
+                          "hit": cat["in_lines"] * h_in, "miss": cat["in_lines"] * f_in,
+                          "bytes": cat["in_bytes"], "miss_bytes": cat["in_bytes"] * f_in},
                 "weight": {"cmds": cat["w_cmds"], "rows": cat["w_rows"],
-                           "hit": cat["w_lines"] * (1 - frac["weight"]),
-                           "miss": cat["w_lines"] * frac["weight"], "bytes": cat["w_bytes"],
-                           "miss_bytes": cat["w_bytes"] * frac["weight"]},
+                           "hit": cat["w_lines"] * h_w, "miss": cat["w_lines"] * f_w,
+                           "bytes": cat["w_bytes"], "miss_bytes": cat["w_bytes"] * f_w},
                 "output": {"cmds": cat["st_cmds"], "rows": cat["st_rows"],
                            "bytes": cat["st_bytes"], "stores": cat["stores"]}}
-    return layer_cycles(constants, np.ones_like(cat["exec"]), cat["exec"], cat["passes"], hit,
-                        miss, cat["moved"], stores=cat["stores"], miss_bytes=miss_bytes,
-                        commands=commands, short=(cat["short_passes"], cat["short_rows"]))
+    x, load = call_phases(constants, cat["exec"], cat["passes"], hit, miss, cat["moved"],
+                      cat["stores"], miss_bytes, commands,
+                      (cat["short_passes"], cat["short_rows"]))
+    cycles = overlap_cycles(constants, x, load)
+    out = []
+    for a, b in zip(starts[:-1].tolist(), starts[1:].tolist()):
+        # `layer_cycles` with one call per tile: the calls' cycles, plus the pipeline fill
+        total = float(cycles[a:b].sum())
+        if b > a:
+            total += min(float(x[a:b].sum()), float(load[a:b].sum())) / float(b - a)
+        out.append(total)
+    return out
