@@ -173,6 +173,20 @@ def _sorted_by(*keys: np.ndarray) -> np.ndarray:
     return np.argsort(combined, kind="stable")
 
 
+def _ranked_by(*keys: np.ndarray) -> np.ndarray:
+    """`_sorted_by` of each row of the (orders, m) keys (a 1-d key is shared by every row):
+    one stable sort of a mixed-radix key per row when it fits in int64."""
+    rows = max(k.shape[0] for k in keys if k.ndim == 2)
+    radix = [int(k.max()) + 1 if k.size else 1 for k in keys]
+    if math.prod(radix) >= 2 ** 62:
+        return np.stack([_sorted_by(*(k if k.ndim == 1 else k[o] for k in keys))
+                         for o in range(rows)])
+    combined = np.broadcast_to(keys[0], (rows, keys[0].shape[-1])).astype(np.int64)
+    for key, base in zip(keys[1:], radix[1:]):
+        combined = combined * base + key
+    return np.argsort(combined, axis=1, kind="stable")
+
+
 def _unique_rows(rows: np.ndarray, radix: list | None = None) -> np.ndarray:
     """``np.unique(rows, axis=0)`` for non-negative integer rows, on one mixed-radix key per row
     (a 1-d sort) when the key fits in int64.  ``radix``: a bound above every value of each
@@ -249,27 +263,29 @@ class Screen:
             n_tiles = n_tiles * trips[:, j]
         c = self.constants
         x = exec_total + c.p_pass * passes
-        start = np.searchsorted(label, label)          # first row of each row's group
         moved_all = traffic_totals_clipped(self.spec, tiles, trips, self.orders) + bias
-        pieces, bins_of = [], []
-        floor = c.c_call * n_tiles
-        for o, moved in enumerate(moved_all):
-            load = moved * (c.inv_bw + c.t_hit / LINE_BYTES)
-            score = np.maximum(floor, np.maximum(load, x) + c.alpha * np.minimum(load, x))
-            bins_of.append(np.floor(score / self.bin).astype(np.int64))
-            # stable sorts within each group: its first `keep` fastest, then most frugal
-            for ranked in (_sorted_by(label, bins_of[o], moved), _sorted_by(label, moved)):
-                picked = ranked[np.arange(len(ranked)) - start[ranked] < self.keep]
-                pieces.append((o, picked, np.searchsorted(label[picked],
-                                                          np.arange(len(groups) + 1))))
-        bins_all, out = np.stack(bins_of), []
+        # the screened cycles of every order at once (elementwise: the same numbers per order)
+        load = moved_all * (c.inv_bw + c.t_hit / LINE_BYTES)
+        score = np.maximum(c.c_call * n_tiles, np.maximum(load, x) + c.alpha * np.minimum(load, x))
+        bins_all = np.floor(score / self.bin).astype(np.int64)
+        # stable sorts within each group, every order at once: its first `keep` fastest, then
+        # its `keep` most frugal (a group has the same rows, hence as many picks, in every order)
+        fast, frugal = _ranked_by(label, bins_all, moved_all), _ranked_by(label, moved_all)
+        sizes = np.bincount(label, minlength=len(groups))
+        start = np.r_[0, np.cumsum(sizes)[:-1]]
+        # a group keeps its positions in every sorted row (label is the first key)
+        head = np.arange(len(label)) - start[label] < self.keep
+        fast, frugal = fast[:, head], frugal[:, head]
+        bounds = np.r_[0, np.cumsum(np.minimum(sizes, self.keep))].tolist()
+        out = []
         for g in range(len(groups)):
-            rows_g = [(o, picked[bounds[g]:bounds[g + 1]]) for o, picked, bounds in pieces]
-            if not sum(len(r) for _, r in rows_g):
+            if bounds[g] == bounds[g + 1]:
                 out.append(None)
                 continue
-            index = np.concatenate([r for _, r in rows_g])
-            order = np.concatenate([np.full(len(r), o) for o, r in rows_g])
+            picks = np.stack((fast[:, bounds[g]:bounds[g + 1]],
+                              frugal[:, bounds[g]:bounds[g + 1]]), axis=1)
+            index = picks.reshape(-1)            # per order: its fastest, then its most frugal
+            order = np.repeat(np.arange(len(self.orders)), picks.shape[1] * picks.shape[2])
             out.append((bins_all[order, index], moved_all[order, index], tiles[index], order))
         return out
 
