@@ -98,12 +98,22 @@ def traffic_totals_clipped(spec: ConvSpec, t: np.ndarray, trips: np.ndarray,
 
 def _multipliers(trips: np.ndarray, code: np.ndarray, orders: tuple) -> list:
     """Per array, the (len(orders), m) products of the trip counts of its reuse loops whose
-    mask meets ``code`` (all orders at once: one operation per reuse loop)."""
+    mask meets ``code``: one operation per reuse loop and distinct mask, shared by the orders
+    with that mask (an order whose mask is 0 skips the loop)."""
     out = []
     for loops, masks in _mask_table(orders):
-        result = np.ones((len(orders), len(code)), dtype=np.int64)
+        rows = [None] * len(orders)
         for loop, mask in zip(loops, masks):
-            result *= np.where(code[None, :] & mask[:, None], trips[None, :, loop], 1)
+            column, factors = trips[:, loop], {}
+            for o, bits in enumerate(mask.tolist()):
+                if bits:
+                    if bits not in factors:
+                        factors[bits] = np.where(code & bits, column, 1)
+                    rows[o] = factors[bits] if rows[o] is None else rows[o] * factors[bits]
+        result = np.ones((len(orders), len(code)), dtype=np.int64)
+        for o, row in enumerate(rows):
+            if row is not None:
+                result[o] = row
         out.append(result)
     return out
 
