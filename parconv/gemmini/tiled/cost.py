@@ -167,38 +167,51 @@ def _cost_pieces(spec, plans, batch, config, bias, strided, dilated, piece) -> N
     if not batch:
         return
     ext = np.asarray(extents(spec), dtype=np.int64)
-    parts = {k: [] for k in ("cur", "t", "head", "tail", "r_start", "r_end", "load_in",
-                             "load_w", "v_start", "v_end", "in_rows", "in_cols")}
-    for index, lo, hi in batch:
-        plan = plans[index]
-        t, trips, dims, total = plan["t"], plan["trips"], plan["dims"], plan["total"]
-        flat = np.arange(lo, hi, dtype=np.int64)
-        # block indices (LOOPS order, one row per loop) of the tiles from lo - 1 to hi
-        first = max(lo - 1, 0)
-        every = np.stack(np.unravel_index(np.arange(first, min(hi + 1, total)), dims))[
-            plan["where"]]
-        cur = every[:, lo - first:hi - first]
-        prev = every[:, np.maximum(flat - 1, 0) - first]
-        nxt = every[:, np.minimum(flat + 1, total - 1) - first]
-        crs = [_I[loop] for loop in "CRS"]
-        changed, changes = cur != prev, cur != nxt
-        head, tail = flat == 0, flat == total - 1
-        parts["cur"].append(cur)
-        parts["t"].append(np.broadcast_to(t[:, None], cur.shape))
-        parts["head"].append(head)
-        parts["tail"].append(tail)
-        parts["r_start"].append(~cur[crs].any(axis=0))
-        parts["r_end"].append((cur[crs] == trips[crs, None] - 1).all(axis=0))
-        parts["load_in"].append(head | changed[_ROWS["NCHWRS"]].any(axis=0))
-        parts["load_w"].append(head | changed[_ROWS["KCRS"]].any(axis=0))
-        parts["v_start"].append(head | changed[_ROWS["NKHW"]].any(axis=0))
-        parts["v_end"].append(tail | changes[_ROWS["NKHW"]].any(axis=0))
-        parts["in_rows"].append(plan["rows_table"][cur[_I["H"]], cur[_I["R"]]])
-        parts["in_cols"].append(plan["cols_table"][cur[_I["W"]], cur[_I["S"]]])
-    cur, t = np.concatenate(parts["cur"], axis=1), np.concatenate(parts["t"], axis=1)
-    reduction_start, reduction_end, load_in, load_w, visit_start, visit_end, in_rows, in_cols = (
-        np.concatenate(parts[k]) for k in ("r_start", "r_end", "load_in", "load_w", "v_start",
-                                           "v_end", "in_rows", "in_cols"))
+    chosen = [plans[index] for index, _, _ in batch]
+    sizes = [hi - lo for _, lo, hi in batch]
+
+    def per_tile(values) -> np.ndarray:
+        # one value per (piece, loop) -> one column per tile (LOOPS order rows)
+        return np.repeat(np.asarray(values, dtype=np.int64).reshape(len(batch), -1).T, sizes,
+                         axis=1)
+
+    # block indices (LOOPS order rows) of every piece's tiles, one column per tile; the tiles
+    # before and after a tile are its neighbours in the columns, except at a piece's ends
+    def blocks(plan, lo, hi) -> np.ndarray:
+        if (lo, hi) == (0, plan["total"]):     # a whole plan: every index combination
+            return np.indices(plan["dims"]).reshape(len(LOOPS), -1)[plan["where"]]
+        return np.stack(np.unravel_index(np.arange(lo, hi), plan["dims"]))[plan["where"]]
+
+    cur = np.concatenate([blocks(plan, lo, hi) for plan, (_, lo, hi) in zip(chosen, batch)],
+                         axis=1)
+    ends = np.cumsum(sizes)
+    starts = ends - sizes
+    prev, nxt = np.empty_like(cur), np.empty_like(cur)
+    prev[:, 1:], nxt[:, :-1] = cur[:, :-1], cur[:, 1:]
+    # the tile before each piece's first and after its last (itself at the plan's ends)
+    edge_strides = np.array([[math.prod(plan["dims"][plan["order"].index(loop) + 1:])
+                              for loop in LOOPS] for plan in chosen], dtype=np.int64).T
+    edge_trips = np.array([plan["trips"] for plan in chosen], dtype=np.int64).T
+    before = np.array([max(lo - 1, 0) for _, lo, _ in batch], dtype=np.int64)
+    after = np.array([min(hi, plan["total"] - 1) for plan, (_, _, hi) in zip(chosen, batch)],
+                     dtype=np.int64)
+    prev[:, starts] = before // edge_strides % edge_trips
+    nxt[:, ends - 1] = after // edge_strides % edge_trips
+    trips = per_tile([plan["trips"] for plan in chosen])
+    flat = np.concatenate([np.arange(lo, hi, dtype=np.int64) for _, lo, hi in batch])
+    last_tile = np.repeat([plan["total"] - 1 for plan in chosen], sizes)
+    t = per_tile([plan["t"] for plan in chosen])
+    crs = [_I[loop] for loop in "CRS"]
+    changed, changes = cur != prev, cur != nxt
+    head, tail = flat == 0, flat == last_tile
+    reduction_start = ~cur[crs].any(axis=0)
+    reduction_end = (cur[crs] == trips[crs] - 1).all(axis=0)
+    load_in = head | changed[_ROWS["NCHWRS"]].any(axis=0)
+    load_w = head | changed[_ROWS["KCRS"]].any(axis=0)
+    visit_start = head | changed[_ROWS["NKHW"]].any(axis=0)
+    visit_end = tail | changes[_ROWS["NKHW"]].any(axis=0)
+    in_rows, in_cols = (_lookup([plan[table] for plan in chosen], sizes, cur[_I[a]], cur[_I[b]])
+                        for table, a, b in (("rows_table", "H", "R"), ("cols_table", "W", "S")))
     window = in_rows * in_cols
     nN, nK, nC, nH, nW, nR, nS = np.minimum(t, ext[:, None] - cur * t)
     out_elems = nN * nK * nH * nW
@@ -260,6 +273,15 @@ def _cost_pieces(spec, plans, batch, config, bias, strided, dilated, piece) -> N
                 "stores": stores[a:b], "in_bytes": per_tile["input"][a:b],
                 "w_bytes": per_tile["weight"][a:b], "other_lines": line_rows[a:b],
                 **{k: v[a:b] for k, v in commands.items()}}})
+
+
+def _lookup(tables: list, sizes: list, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``tables[p][rows, cols]`` for the tiles of each piece p (``sizes[p]`` tiles in turn), as
+    one gather from the tables laid end to end."""
+    offsets = np.cumsum([0] + [table.size for table in tables[:-1]])
+    flat = np.concatenate([table.ravel() for table in tables])
+    width = np.repeat([table.shape[1] for table in tables], sizes)
+    return flat[np.repeat(offsets, sizes) + rows * width + cols]
 
 
 def _commands(config, load_in, load_w, visit_end, nN, nK, nC, nH, nW, nR, nS, in_rows, in_cols,
