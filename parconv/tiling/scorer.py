@@ -18,7 +18,7 @@ import numpy as np
 from ..spec import ConvSpec
 from .candidates import grid, ladder
 from .model import LOOPS, Tiling, clip_array, extents
-from .totals import traffic_totals_clipped
+from .totals import TripCounts, traffic_totals_clipped
 
 _I = {loop: i for i, loop in enumerate(LOOPS)}
 #: pairwise moves scored in one vectorised call (`local_search`; the later ones of a call are
@@ -36,12 +36,7 @@ class Scorer:
         self.best: tuple | None = None          # (total, tiles, tile tuple, order)
         self.moves: dict = {}                   # pairwise move -> best of its grid
         self._pairs: dict = {}                  # (free loops, granularity) -> pair grids
-        # trip counts by lookup, ceil(E / t) at index t of each loop's table (the tables of the
-        # seven loops end to end): one gather instead of an integer division of every row
-        ext = [int(e) for e in self.extents]
-        self._trip_at = np.cumsum([0] + [e + 1 for e in ext[:-1]]).astype(np.int64)
-        self._trip_table = np.concatenate([np.r_[0, -(-e // np.arange(1, e + 1))]
-                                           for e in ext]).astype(np.int64)
+        self.trips = TripCounts(self.extents)   # trip counts of clipped tiles
 
     def pair_grids(self, free: str, granularity: int) -> list:
         """((a, b), every combination of the two ladders) for each pair of free loops, built
@@ -75,10 +70,6 @@ class Scorer:
         if candidate is not None and (self.best is None or candidate[:2] < self.best[:2]):
             self.best = candidate
         return candidate
-
-    def trips(self, tiles: np.ndarray) -> np.ndarray:
-        """The trip counts ``ceil(E / t)`` of clipped ``tiles`` (an (m, 7) int64 array)."""
-        return self._trip_table[tiles + self._trip_at]
 
     def best_of_groups(self, groups: list) -> list:
         """The best fitting row of each array of `groups` as (total, tiles, tile, order), or

@@ -21,6 +21,21 @@ from .model import DEPENDS, LOOPS, REUSE_LOOPS, check_order, clip_array, extents
 _I = {loop: i for i, loop in enumerate(LOOPS)}
 
 
+class TripCounts:
+    """``ceil(E / t)`` of clipped block sizes by lookup: one table per loop (index t), laid end
+    to end, so that the trip counts of an (m, 7) array are one gather instead of an integer
+    division of every row."""
+
+    def __init__(self, ext) -> None:
+        ext = [int(e) for e in ext]
+        self._at = np.cumsum([0] + [e + 1 for e in ext[:-1]]).astype(np.int64)
+        self._table = np.concatenate([np.r_[0, -(-e // np.arange(1, e + 1))]
+                                      for e in ext]).astype(np.int64)
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        return self._table[tiles + self._at]
+
+
 def _all_blocks(extent: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every block of every block size 1..extent of one loop: (starts, ends, index of the first
     block of each size)."""

@@ -36,7 +36,7 @@ import numpy as np
 from ...spec import ConvSpec
 from ...tiling import LOOPS, clip_array, extents
 from ...tiling.candidates import ladder
-from ...tiling.totals import traffic_totals_clipped
+from ...tiling.totals import TripCounts, traffic_totals_clipped
 from .. import call_rules as rules
 from ..cycles import LINE_BYTES, load_constants
 
@@ -218,6 +218,7 @@ class Screen:
         self.extents = np.asarray(extents(spec))
         self.best: tuple | None = None          # (key, tile, order)
         self._exec = _LoopSumTables(spec, config, strided)
+        self._trips = TripCounts(self.extents)
 
     def offer(self, tiles: np.ndarray) -> bool:
         """Score the fitting rows of ``tiles`` under every order; True if the best improved."""
@@ -257,7 +258,7 @@ class Screen:
         label, tiles = rows[:, 0], np.ascontiguousarray(rows[:, 1:])
         exec_total, passes = self._exec.exec_and_passes(tiles)
         bias = bias_totals(self.spec, tiles, self.config)
-        trips = -(-self.extents.astype(np.int64) // tiles)
+        trips = self._trips(tiles)
         n_tiles = trips[:, 0]
         for j in range(1, trips.shape[1]):
             n_tiles = n_tiles * trips[:, j]
