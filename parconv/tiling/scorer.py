@@ -71,15 +71,17 @@ class Scorer:
             self.best = candidate
         return candidate
 
-    def best_of_groups(self, groups: list) -> list:
+    def best_of_groups(self, groups: list, clipped: bool = False) -> list:
         """The best fitting row of each array of `groups` as (total, tiles, tile, order), or
-        None; one vectorised evaluation for all of them, ``self.best`` untouched."""
+        None; one vectorised evaluation for all of them, ``self.best`` untouched.  With
+        ``clipped`` the rows are int64 block sizes already capped at the loop bounds."""
         out = [None] * len(groups)
-        if len(groups) == 1:
-            tiles, label = clip_array(self.spec, np.atleast_2d(groups[0])), None
-        else:
-            label = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
-            tiles = clip_array(self.spec, np.concatenate([np.atleast_2d(g) for g in groups]))
+        label = None if len(groups) == 1 else \
+            np.repeat(np.arange(len(groups)), [len(g) for g in groups])
+        tiles = np.atleast_2d(groups[0]) if label is None else \
+            np.concatenate([np.atleast_2d(g) for g in groups])
+        if not clipped:
+            tiles = clip_array(self.spec, tiles)
         fits = self.fits(tiles)
         tiles = tiles[fits]
         if not len(tiles):
@@ -146,7 +148,8 @@ def local_search(scorer: Scorer, start: tuple, free: str, granularity: int,
                     tiles[:] = current[2]
                     tiles[:, _I[a]], tiles[:, _I[b]] = pair[:, 0], pair[:, 1]
                     grids.append(tiles)
-                for m, found in zip(missing, scorer.best_of_groups(grids)):
+                # the current tile is clipped and the ladders stay within the extents
+                for m, found in zip(missing, scorer.best_of_groups(grids, clipped=True)):
                     scorer.moves[key(m, current[2])] = found
             while j < len(pairs):
                 if key(j, current[2]) not in scorer.moves:    # not scored yet: score the next

@@ -154,7 +154,7 @@ def _search(scorer: Scorer, memory, free: str, granularity: int,
     """Relaxation, integer neighbourhood and local search (module docstring, steps 1-3)."""
     spec, ext = scorer.spec, extents(scorer.spec)
     smallest = [1 if l in free else e for l, e in zip(LOOPS, ext)]
-    starts = [scorer.offer(np.array([smallest]))]
+    grids = [np.array([smallest])]
     budgets = memory.budgets() if hasattr(memory, "budgets") else \
         [(("input", "filter", "output"), memory.capacity())]
     for order in scorer.orders:
@@ -164,7 +164,9 @@ def _search(scorer: Scorer, memory, free: str, granularity: int,
         if math.prod(len(v) for v in values) > max_grid:
             values = [{min(max(math.floor(t), 1), e), min(math.ceil(t), e), e} if l in free
                       else {e} for l, e, t in zip(LOOPS, ext, point)]
-        starts.append(scorer.offer(grid(values)))
+        grids.append(grid(values))
+    # the smallest tile and the three neighbourhoods scored in one call, offered in turn
+    starts = [scorer.consume(best) for best in scorer.best_of_groups(grids)]
     # one local search from every distinct start: different reuse patterns end in different local
     # optima of the pairwise moves
     for start in sorted({s for s in starts if s is not None}):

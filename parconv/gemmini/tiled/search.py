@@ -35,7 +35,7 @@ import numpy as np
 
 from ...spec import ConvSpec
 from ...tiling import LOOPS, clip_array, extents
-from ...tiling.candidates import ladder
+from ...tiling.candidates import grid, ladder
 from ...tiling.totals import TripCounts, traffic_totals_clipped
 from .. import call_rules as rules
 from ..cycles import LINE_BYTES, load_constants
@@ -328,8 +328,7 @@ def refine(spec: ConvSpec, memory, config, seeds, orders, strided: bool = False,
     free = "NKCHW" if screen.best[1][5:] == window else LOOPS
     granular = {"K": config.dim, "C": config.dim, "W": config.dim}
     ladders = {loop: ladder(ext[_I[loop]], granular.get(loop, 1)) for loop in free}
-    pairs = [((a, b), np.array(list(itertools.product(ladders[a], ladders[b])), dtype=np.int64))
-             for a, b in itertools.combinations(free, 2)]
+    pairs = [((a, b), grid([ladders[a], ladders[b]])) for a, b in itertools.combinations(free, 2)]
 
     # the other five block sizes of a tile, per pair (itemgetter of five items: a tuple)
     others = [operator.itemgetter(*(i for i in range(len(LOOPS)) if i not in (_I[a], _I[b])))
@@ -354,10 +353,10 @@ def refine(spec: ConvSpec, memory, config, seeds, orders, strided: bool = False,
             if missing:
                 grids = []
                 for m in missing:
-                    (a, b), grid = pairs[m]
-                    tiles = np.empty((len(grid), len(LOOPS)), dtype=np.int64)
+                    (a, b), pair = pairs[m]
+                    tiles = np.empty((len(pair), len(LOOPS)), dtype=np.int64)
                     tiles[:] = center
-                    tiles[:, _I[a]], tiles[:, _I[b]] = grid[:, 0], grid[:, 1]
+                    tiles[:, _I[a]], tiles[:, _I[b]] = pair[:, 0], pair[:, 1]
                     grids.append(tiles)
                 for m, entries in zip(missing, screen.entries_of_groups(grids)):
                     scored[key(m, center)] = entries
