@@ -185,6 +185,14 @@ def _piece_lines(row_bytes: int, piece: int, step: int, line: int) -> float:
     return total / len(offsets)
 
 
+def row_piece_lines(row_bytes: int, piece: int, step: int, line: int = LINE_BYTES) -> float:
+    """`mean_piece_lines` of one row given as an int (no array handling: the exact costing asks
+    for a few distinct rows per search)."""
+    if row_bytes <= 0:
+        return 0.0
+    return _piece_lines(int(row_bytes), int(piece), max(1, math.gcd(int(step), line)), line)
+
+
 def mean_piece_lines(row_bytes, piece: int, step: int, line: int = LINE_BYTES):
     """Mean number of ``line``-byte lines the DMA requests for a DRAM row of ``row_bytes``
     loaded by mvin commands of ``piece`` bytes each (``max_block_len * dim`` elements, the

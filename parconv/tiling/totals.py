@@ -116,21 +116,37 @@ def _multipliers(trips: np.ndarray, code: np.ndarray, orders: tuple) -> list:
     mask meets ``code``: one operation per reuse loop and distinct mask, shared by the orders
     with that mask (an order whose mask is 0 skips the loop)."""
     out = []
-    for loops, masks in _mask_table(orders):
+    for steps in _factor_plan(orders):
         rows = [None] * len(orders)
-        for loop, mask in zip(loops, masks):
-            column, factors = trips[:, loop], {}
-            for o, bits in enumerate(mask.tolist()):
-                if bits:
-                    if bits not in factors:
-                        factors[bits] = np.where(code & bits, column, 1)
-                    rows[o] = factors[bits] if rows[o] is None else rows[o] * factors[bits]
+        for loop, shared in steps:
+            column = trips[:, loop]
+            for bits, users in shared:
+                factor = np.where(code & bits, column, 1)
+                for o in users:
+                    rows[o] = factor if rows[o] is None else rows[o] * factor
         result = np.ones((len(orders), len(code)), dtype=np.int64)
         for o, row in enumerate(rows):
             if row is not None:
                 result[o] = row
         out.append(result)
     return out
+
+
+@lru_cache(maxsize=64)
+def _factor_plan(orders: tuple) -> tuple:
+    """`_mask_table` as, per array, (reuse loop, ((mask, orders with that mask), ...)) for each
+    loop, nonzero masks only: the work of `_multipliers` decided once per tuple of orders."""
+    plan = []
+    for loops, masks in _mask_table(orders):
+        steps = []
+        for loop, mask in zip(loops, masks):
+            users: dict = {}
+            for o, bits in enumerate(mask.tolist()):
+                if bits:
+                    users.setdefault(bits, []).append(o)
+            steps.append((loop, tuple((bits, tuple(os)) for bits, os in users.items())))
+        plan.append(tuple(steps))
+    return tuple(plan)
 
 
 @lru_cache(maxsize=64)

@@ -23,7 +23,7 @@ from ...spec import ConvSpec
 from ...tiling import LOOPS, Tiling, axis_window_table, check_order, extents
 from .. import call_rules as rules
 from ..cycles import (PARCONV_TO_LIBRARY, CycleConstants, call_phases, load_constants, load_misses,
-                      mean_piece_lines, overlap_cycles)
+                      overlap_cycles, row_piece_lines)
 
 STREAMS = ("input", "weight", "bias", "output", "psum")
 _I = {loop: i for i, loop in enumerate(LOOPS)}
@@ -72,7 +72,7 @@ def _piece_lines(row_bytes: np.ndarray, piece: int, steps: np.ndarray) -> np.nda
     length, step) pair (the tiles of a few candidates have a few)."""
     key = row_bytes.astype(np.int64) * (int(steps.max()) + 1) + steps
     values, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    lines = np.array([mean_piece_lines(int(row_bytes[i]), piece, int(steps[i])) for i in first],
+    lines = np.array([row_piece_lines(int(row_bytes[i]), piece, int(steps[i])) for i in first],
                      dtype=float)
     return lines[inverse].reshape(np.shape(row_bytes))
 
