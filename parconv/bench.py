@@ -149,7 +149,7 @@ def forget_shapes() -> None:
     import importlib
     from .gemmini.tiling_cache import clear_memory
     clear_memory()
-    for module in ("parconv.tiling.model", "parconv.tiling.search", "parconv.gemmini.cycles",
+    for module in ("parconv.tiling.model", "parconv.tiling.totals", "parconv.gemmini.cycles",
                    "parconv.gemmini.tiled.choose", "parconv.bounds.polyphase",
                    "parconv.bounds.workfn", "parconv.bounds.border"):
         for name, value in vars(importlib.import_module(module)).items():

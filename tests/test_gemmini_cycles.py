@@ -12,7 +12,7 @@ from parconv.gemmini import call_rules
 from parconv.gemmini.cycles import (FIELDS, CycleConstants, call_cycles, commands_in_flight,
                                     dma_command_excess, layer_cycles, load_constants,
                                     load_misses, mean_lines, mean_piece_lines,
-                                    pass_floor_cycles)
+                                    pass_floor_cycles, row_piece_lines)
 from parconv.gemmini.tiled.cost import tiling_cost
 from parconv.gemmini.vendor.calls import vendor_layer_cost
 from parconv.gemmini.vendor.firesim import firesim_cost
@@ -42,6 +42,10 @@ def test_mean_piece_lines_by_hand():
     np.testing.assert_array_equal(mean_piece_lines(np.array([0, 16, 160]), 64, 64),
                                   [0, 1, 3])
     assert mean_piece_lines(np.int64(0), 64, 16) == 0.0
+    # the one-row form gives the same numbers (rows, pieces and steps of real layers)
+    for row, piece, step in [(0, 64, 16), (48, 64, 16), (128, 64, 32), (1000, 256, 6),
+                             (4096, 1024, 48), (3, 64, 1)]:
+        assert row_piece_lines(row, piece, step) == mean_piece_lines(row, piece, step)
 
 
 def test_call_cycles_by_hand():

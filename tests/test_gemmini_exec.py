@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import types
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from parconv.errors import ParconvError
 from parconv.gemmini.config import GemminiConfig
-from parconv.gemmini.executor import TileExecutor
+from parconv.gemmini.executor import TileExecutor, _rectangles, _schedule_rectangles
 from parconv.gemmini.tiled.choose import (GemminiMemory, choose_tiling, run_parconv, tiling_calls,
                                           vendor_tuple)
 from parconv.gemmini.tiled.cost import tiling_cost
@@ -457,3 +458,24 @@ def test_single_product_split_by_rows_is_exact():
     np.testing.assert_array_equal(y, want)
     y_vendor, _, _ = run_vendor(spec, x, w)
     np.testing.assert_array_equal(y_vendor, want)
+
+
+@pytest.mark.parametrize("order", ["NHWKRSC", "KRSCNHW", "CKNSHRW"])
+def test_schedule_rectangles_equal_the_tile_by_tile_grouping(order):
+    # the integer keys of _schedule_rectangles group, merge and order the tiles as _rectangles
+    # does on the tiles' ranges: whole grids, and schedules with tiles dropped, repeated or
+    # reordered (no rectangle: each tile its own product)
+    spec = ConvSpec(batch=3, in_channels=5, out_channels=6, in_size=(9, 7), kernel_size=(3, 2),
+                    padding=(1, 0))
+    config = GemminiConfig(**SMALL)
+    calls = tiling_calls(spec, Tiling(2, 4, 2, 4, 3, 2, 1), order, config)
+    rng = np.random.default_rng(5)
+    tables = [calls.table, calls.table[1:], calls.table[np.r_[0, 0, 1:len(calls.table)]],
+              calls.table[rng.permutation(len(calls.table))]]
+    for table in tables:
+        schedule = types.SimpleNamespace(table=table)      # the function reads the table only
+        want = _rectangles([((v[0], v[1]), (v[6], v[7]), (v[8], v[9]), (v[2], v[3]),
+                             (v[4], v[5]), (v[10], v[11]), (v[12], v[13]))
+                            for v in table[:, :14].tolist()])
+        assert _schedule_rectangles(schedule) == want
+    assert len(_schedule_rectangles(calls)) < len(calls.table)

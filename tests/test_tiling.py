@@ -15,7 +15,9 @@ from parconv.spec import ConvSpec
 from parconv.tiling import (LOOPS, ScratchAccMemory, SingleMemory, Tiling, enumerate_tilings,
                             extents, footprint, optimise, traffic, traffic_by_simulation,
                             traffic_totals)
-from parconv.tiling.search import ALL_ORDERS, CANONICAL_ORDERS, _grid, _totals
+from parconv.tiling.candidates import grid
+from parconv.tiling.search import ALL_ORDERS, CANONICAL_ORDERS
+from parconv.tiling.totals import _totals
 
 GEMMINI = dict(scratch_bytes=256 * 1024, acc_bytes=64 * 1024, double_buffer=True, granularity=16)
 
@@ -150,7 +152,7 @@ TINY = [
 
 def _tiny_memory(spec, quantile):
     """A SingleMemory that some but not all tilings fit in, and all fitting tilings."""
-    tiles = _grid([range(1, e + 1) for e in extents(spec)])
+    tiles = grid([range(1, e + 1) for e in extents(spec)])
     totals = np.sort([sum(footprint(spec, Tiling(*map(int, t)))) for t in tiles])
     memory = SingleMemory(int(totals[int(quantile * len(totals))]))
     fitting = tiles[memory.fits_array(spec, tiles)]

@@ -185,6 +185,14 @@ def _piece_lines(row_bytes: int, piece: int, step: int, line: int) -> float:
     return total / len(offsets)
 
 
+def row_piece_lines(row_bytes: int, piece: int, step: int, line: int = LINE_BYTES) -> float:
+    """`mean_piece_lines` of one row given as an int (no array handling: the exact costing asks
+    for a few distinct rows per search)."""
+    if row_bytes <= 0:
+        return 0.0
+    return _piece_lines(int(row_bytes), int(piece), max(1, math.gcd(int(step), line)), line)
+
+
 def mean_piece_lines(row_bytes, piece: int, step: int, line: int = LINE_BYTES):
     """Mean number of ``line``-byte lines the DMA requests for a DRAM row of ``row_bytes``
     loaded by mvin commands of ``piece`` bytes each (``max_block_len * dim`` elements, the
@@ -248,8 +256,8 @@ def pass_floor_cycles(constants: CycleConstants, short_passes, short_rows):
     return np.asarray(short_passes, dtype=float) * np.maximum(floor - rows, 0.0)
 
 
-def _phases(constants: CycleConstants, exec_cycles, passes, lines_hit, lines_miss, moved_bytes,
-            stores, miss_bytes, commands=None, short=(0.0, 0.0)):
+def call_phases(constants: CycleConstants, exec_cycles, passes, lines_hit, lines_miss,
+                moved_bytes, stores, miss_bytes, commands=None, short=(0.0, 0.0)):
     """(X, L) of calls: the execute side and the load/store side of the module docstring;
     ``short`` = (short passes, their rows) for `pass_floor_cycles`."""
     c = constants
@@ -264,7 +272,7 @@ def _phases(constants: CycleConstants, exec_cycles, passes, lines_hit, lines_mis
     return x, load
 
 
-def _overlap(constants: CycleConstants, x, load):
+def overlap_cycles(constants: CycleConstants, x, load):
     """Cycles of calls from their phases: ``max(c_call, max(L, X) + alpha min(L, X))``."""
     return np.maximum(constants.c_call, np.maximum(load, x)
                       + constants.alpha * np.minimum(load, x))
@@ -281,9 +289,9 @@ def call_cycles(constants: CycleConstants, exec_cycles, passes, lines_hit, lines
     the floor); ``commands`` the calls' DMA commands per stream (`dma_command_excess`);
     ``short`` their (short passes, rows) for the pass floor (`pass_floor_cycles`).
     """
-    x, load = _phases(constants, exec_cycles, passes, lines_hit, lines_miss, moved_bytes,
-                      stores, miss_bytes, commands, short)
-    cycles = _overlap(constants, x, load)
+    x, load = call_phases(constants, exec_cycles, passes, lines_hit, lines_miss, moved_bytes,
+                          stores, miss_bytes, commands, short)
+    cycles = overlap_cycles(constants, x, load)
     if busy is not None:
         cycles = np.where(busy, cycles, 0.0)
     return cycles
@@ -301,8 +309,8 @@ def layer_cycles(constants: CycleConstants, calls, exec_cycles, passes, lines_hi
     """
     calls = np.asarray(calls, dtype=float)
     args = (exec_cycles, passes, lines_hit, lines_miss, moved_bytes, stores, miss_bytes)
-    phases = _phases(constants, *args, commands, short)
-    cycles = _overlap(constants, *phases)             # `call_cycles` of the same phases
+    phases = call_phases(constants, *args, commands, short)
+    cycles = overlap_cycles(constants, *phases)       # `call_cycles` of the same phases
     x, load = (np.broadcast_to(v, calls.shape) for v in phases)
     total = float((np.broadcast_to(cycles, calls.shape) * calls).sum())
     n = float(calls.sum())

@@ -152,9 +152,10 @@ class TileExecutor:
                                                     * self.spec.kernel_size[0]
                                                     * self.spec.kernel_size[1], x, w, scale) \
             else np.dtype(self.spec.dtype_acc)
-        # im2col elements of one product piece: at most a quarter of the input's (so the
-        # workspace stays within the node's footprint, parconv.plan.footprint), at most 1 Mi
-        self.piece = min(max(x.size // 4, 1 << 14), self.PIECE_ELEMENTS)
+        # im2col elements of one product piece: at most a quarter of the input's and the
+        # weights' together (the workspace stays within the node's footprint,
+        # parconv.plan.footprint, which counts both operands at 8 bytes an element), at most 1 Mi
+        self.piece = min(max((x.size + w.size) // 4, 1 << 14), self.PIECE_ELEMENTS)
         self._stats = ExecutionStats(peak=self.config.dim ** 2)
         record = check_schedule(calls, spec, self.config, bias is not None, self._stats)
         self._count_cycles(record)
@@ -362,23 +363,44 @@ def _rectangles(blocks: list) -> list[tuple]:
 
 
 def _schedule_rectangles(calls: TileSchedule) -> list[tuple]:
-    """`_rectangles` of a `TileSchedule`, on its arrays (the groups in order of appearance)."""
+    """`_rectangles` of a `TileSchedule`, on its arrays (the groups in order of appearance).
+
+    A range is compared as one integer, ``lo * base + hi`` (``base`` above every ``hi``: the
+    same order as (lo, hi)), instead of row by row: the same groups, axes and rectangles."""
     t = calls.table
-    nhwk, crs = t[:, [0, 1, 6, 7, 8, 9, 2, 3]], t[:, [4, 5, 10, 11, 12, 13]]
-    _, first, group = np.unique(crs, axis=0, return_index=True, return_inverse=True)
+    if not len(t):
+        return []
+    # the (lo, hi) columns of n, h, w, k, then of c, r, s
+    pairs = [(0, 1), (6, 7), (8, 9), (2, 3), (4, 5), (10, 11), (12, 13)]
+    bases = [int(t[:, b].max()) + 1 for _, b in pairs]
+    keys = [t[:, a] * base + t[:, b] for (a, b), base in zip(pairs, bases)]
+    radix = [int(k.max()) + 1 for k in keys[4:]]
+    crs = (keys[4] * radix[1] + keys[5]) * radix[2] + keys[6] if math.prod(radix) < 2 ** 62 \
+        else np.unique(np.column_stack(keys[4:]), axis=0, return_inverse=True)[1].reshape(-1)
+    _, first, group = np.unique(crs, return_index=True, return_inverse=True)
     group = group.reshape(-1)
+    members = np.argsort(group, kind="stable")            # the tiles of each group, in order
+    bounds = np.searchsorted(group[members], np.arange(len(first) + 1))
     out = []
     for g in np.argsort(first).tolist():
-        rows = nhwk[group == g]
-        c, r, s = (tuple(v) for v in crs[first[g]].reshape(3, 2).tolist())
-        axes = [np.unique(rows[:, 2 * i:2 * i + 2], axis=0) for i in range(4)]
-        whole = len(np.unique(rows, axis=0)) == len(rows) == math.prod(len(a) for a in axes) \
-            and all((a[1:, 0] == a[:-1, 1]).all() for a in axes)
+        rows = members[bounds[g]:bounds[g + 1]]
+        c, r, s = ((int(t[first[g], a]), int(t[first[g], b])) for a, b in pairs[4:])
+        axes, cell = [], np.zeros(len(rows), dtype=np.int64)
+        for key, base in zip(keys[:4], bases[:4]):
+            values, inverse = np.unique(key[rows], return_inverse=True)
+            axes.append((values // base, values % base))
+            cell = cell * len(values) + inverse.reshape(-1)
+        # every combination of the axes' ranges once (distinct cells, as many as tiles), and
+        # the ranges of every axis contiguous
+        whole = math.prod(len(lo) for lo, _ in axes) == len(rows) \
+            and np.unique(cell).size == len(rows) \
+            and all((lo[1:] == hi[:-1]).all() for lo, hi in axes)
         if whole:
-            out.append((*((int(a[0, 0]), int(a[-1, 1])) for a in axes), c, r, s))
+            out.append((*((int(lo[0]), int(hi[-1])) for lo, hi in axes), c, r, s))
         else:
-            out.extend((*(tuple(v[i:i + 2]) for i in range(0, 8, 2)), c, r, s)
-                       for v in rows.tolist())
+            out.extend(((n0, n1), (h0, h1), (w0, w1), (k0, k1), c, r, s) for
+                       n0, n1, h0, h1, w0, w1, k0, k1 in
+                       t[rows][:, [0, 1, 6, 7, 8, 9, 2, 3]].tolist())
     return out
 
 

@@ -2,14 +2,16 @@
 
 * `model`: tilings, memories, footprints and the exact traffic of a (tiling, loop order) pair;
 * `relax`: the continuous relaxation of the tiling problem;
-* `search`: the optimiser (relaxation, integer neighbourhood, local search).
+* `search`: the optimiser (relaxation, integer neighbourhood, local search), with its
+  candidate sizes (`candidates`), scoring and local search (`scorer`) and the vectorised exact
+  traffic (`totals`).
 """
 
 from .model import (DEPENDS, LOOPS, REUSE_LOOPS, ScratchAccMemory, SingleMemory, Tiling, Traffic,
                     axis_window_sum, axis_window_table, check_order, clip_array, extents, footprint,
                     traffic, traffic_by_simulation)
-from .search import (ALL_ORDERS, CANONICAL_ORDERS, TilingResult, enumerate_tilings, optimise,
-                     traffic_totals)
+from .search import ALL_ORDERS, CANONICAL_ORDERS, TilingResult, enumerate_tilings, optimise
+from .totals import traffic_totals
 
 __all__ = ["LOOPS", "DEPENDS", "REUSE_LOOPS", "Tiling", "Traffic", "SingleMemory",
            "ScratchAccMemory", "footprint", "traffic", "traffic_by_simulation", "extents",

@@ -22,8 +22,8 @@ import numpy as np
 from ...spec import ConvSpec
 from ...tiling import LOOPS, Tiling, axis_window_table, check_order, extents
 from .. import call_rules as rules
-from ..cycles import (PARCONV_TO_LIBRARY, CycleConstants, layer_cycles, load_constants,
-                      load_misses, mean_piece_lines)
+from ..cycles import (PARCONV_TO_LIBRARY, CycleConstants, call_phases, load_constants, load_misses,
+                      overlap_cycles, row_piece_lines)
 
 STREAMS = ("input", "weight", "bias", "output", "psum")
 _I = {loop: i for i, loop in enumerate(LOOPS)}
@@ -72,7 +72,7 @@ def _piece_lines(row_bytes: np.ndarray, piece: int, steps: np.ndarray) -> np.nda
     length, step) pair (the tiles of a few candidates have a few)."""
     key = row_bytes.astype(np.int64) * (int(steps.max()) + 1) + steps
     values, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    lines = np.array([mean_piece_lines(int(row_bytes[i]), piece, int(steps[i])) for i in first],
+    lines = np.array([row_piece_lines(int(row_bytes[i]), piece, int(steps[i])) for i in first],
                      dtype=float)
     return lines[inverse].reshape(np.shape(row_bytes))
 
@@ -131,8 +131,9 @@ def tiling_costs(spec: ConvSpec, candidates, config, *, strided: bool = False,
         if item is not None:
             batch.append(item)
             size += item[2] - item[1]
+    calibrated = _calibrated_all(plans, constants, config.dim)
     out = []
-    for plan in plans:
+    for plan, calibrated_cycles in zip(plans, calibrated):
         chunks = plan["chunks"]
         dram = {stream: sum(c["dram"][stream] for c in chunks) for stream in STREAMS}
         dram["total"] = sum(dram.values())
@@ -148,9 +149,7 @@ def tiling_costs(spec: ConvSpec, candidates, config, *, strided: bool = False,
             passes=sum(c["passes_sum"] for c in chunks),
             exec_cycles=sum(c["exec_sum"] for c in chunks), cycles=cycles, dma_cycles=dma,
             memory_bound_calls=sum(c["mem_bound"] for c in chunks), macs=spec.G,
-            peak_macs_per_cycle=config.dim ** 2,
-            calibrated_cycles=_calibrated([c["arrays"] for c in chunks], plan["order"],
-                                          plan["trips"], constants, config.dim)))
+            peak_macs_per_cycle=config.dim ** 2, calibrated_cycles=calibrated_cycles))
     return out
 
 
@@ -168,38 +167,51 @@ def _cost_pieces(spec, plans, batch, config, bias, strided, dilated, piece) -> N
     if not batch:
         return
     ext = np.asarray(extents(spec), dtype=np.int64)
-    parts = {k: [] for k in ("cur", "t", "head", "tail", "r_start", "r_end", "load_in",
-                             "load_w", "v_start", "v_end", "in_rows", "in_cols")}
-    for index, lo, hi in batch:
-        plan = plans[index]
-        t, trips, dims, total = plan["t"], plan["trips"], plan["dims"], plan["total"]
-        flat = np.arange(lo, hi, dtype=np.int64)
-        # block indices (LOOPS order, one row per loop) of the tiles from lo - 1 to hi
-        first = max(lo - 1, 0)
-        every = np.stack(np.unravel_index(np.arange(first, min(hi + 1, total)), dims))[
-            plan["where"]]
-        cur = every[:, lo - first:hi - first]
-        prev = every[:, np.maximum(flat - 1, 0) - first]
-        nxt = every[:, np.minimum(flat + 1, total - 1) - first]
-        crs = [_I[loop] for loop in "CRS"]
-        changed, changes = cur != prev, cur != nxt
-        head, tail = flat == 0, flat == total - 1
-        parts["cur"].append(cur)
-        parts["t"].append(np.broadcast_to(t[:, None], cur.shape))
-        parts["head"].append(head)
-        parts["tail"].append(tail)
-        parts["r_start"].append(~cur[crs].any(axis=0))
-        parts["r_end"].append((cur[crs] == trips[crs, None] - 1).all(axis=0))
-        parts["load_in"].append(head | changed[_ROWS["NCHWRS"]].any(axis=0))
-        parts["load_w"].append(head | changed[_ROWS["KCRS"]].any(axis=0))
-        parts["v_start"].append(head | changed[_ROWS["NKHW"]].any(axis=0))
-        parts["v_end"].append(tail | changes[_ROWS["NKHW"]].any(axis=0))
-        parts["in_rows"].append(plan["rows_table"][cur[_I["H"]], cur[_I["R"]]])
-        parts["in_cols"].append(plan["cols_table"][cur[_I["W"]], cur[_I["S"]]])
-    cur, t = np.concatenate(parts["cur"], axis=1), np.concatenate(parts["t"], axis=1)
-    reduction_start, reduction_end, load_in, load_w, visit_start, visit_end, in_rows, in_cols = (
-        np.concatenate(parts[k]) for k in ("r_start", "r_end", "load_in", "load_w", "v_start",
-                                           "v_end", "in_rows", "in_cols"))
+    chosen = [plans[index] for index, _, _ in batch]
+    sizes = [hi - lo for _, lo, hi in batch]
+
+    def per_tile(values) -> np.ndarray:
+        # one value per (piece, loop) -> one column per tile (LOOPS order rows)
+        return np.repeat(np.asarray(values, dtype=np.int64).reshape(len(batch), -1).T, sizes,
+                         axis=1)
+
+    # block indices (LOOPS order rows) of every piece's tiles, one column per tile; the tiles
+    # before and after a tile are its neighbours in the columns, except at a piece's ends
+    def blocks(plan, lo, hi) -> np.ndarray:
+        if (lo, hi) == (0, plan["total"]):     # a whole plan: every index combination
+            return np.indices(plan["dims"]).reshape(len(LOOPS), -1)[plan["where"]]
+        return np.stack(np.unravel_index(np.arange(lo, hi), plan["dims"]))[plan["where"]]
+
+    cur = np.concatenate([blocks(plan, lo, hi) for plan, (_, lo, hi) in zip(chosen, batch)],
+                         axis=1)
+    ends = np.cumsum(sizes)
+    starts = ends - sizes
+    prev, nxt = np.empty_like(cur), np.empty_like(cur)
+    prev[:, 1:], nxt[:, :-1] = cur[:, :-1], cur[:, 1:]
+    # the tile before each piece's first and after its last (itself at the plan's ends)
+    edge_strides = np.array([[math.prod(plan["dims"][plan["order"].index(loop) + 1:])
+                              for loop in LOOPS] for plan in chosen], dtype=np.int64).T
+    edge_trips = np.array([plan["trips"] for plan in chosen], dtype=np.int64).T
+    before = np.array([max(lo - 1, 0) for _, lo, _ in batch], dtype=np.int64)
+    after = np.array([min(hi, plan["total"] - 1) for plan, (_, _, hi) in zip(chosen, batch)],
+                     dtype=np.int64)
+    prev[:, starts] = before // edge_strides % edge_trips
+    nxt[:, ends - 1] = after // edge_strides % edge_trips
+    trips = per_tile([plan["trips"] for plan in chosen])
+    flat = np.concatenate([np.arange(lo, hi, dtype=np.int64) for _, lo, hi in batch])
+    last_tile = np.repeat([plan["total"] - 1 for plan in chosen], sizes)
+    t = per_tile([plan["t"] for plan in chosen])
+    crs = [_I[loop] for loop in "CRS"]
+    changed, changes = cur != prev, cur != nxt
+    head, tail = flat == 0, flat == last_tile
+    reduction_start = ~cur[crs].any(axis=0)
+    reduction_end = (cur[crs] == trips[crs] - 1).all(axis=0)
+    load_in = head | changed[_ROWS["NCHWRS"]].any(axis=0)
+    load_w = head | changed[_ROWS["KCRS"]].any(axis=0)
+    visit_start = head | changed[_ROWS["NKHW"]].any(axis=0)
+    visit_end = tail | changes[_ROWS["NKHW"]].any(axis=0)
+    in_rows, in_cols = (_lookup([plan[table] for plan in chosen], sizes, cur[_I[a]], cur[_I[b]])
+                        for table, a, b in (("rows_table", "H", "R"), ("cols_table", "W", "S")))
     window = in_rows * in_cols
     nN, nK, nC, nH, nW, nR, nS = np.minimum(t, ext[:, None] - cur * t)
     out_elems = nN * nK * nH * nW
@@ -263,6 +275,15 @@ def _cost_pieces(spec, plans, batch, config, bias, strided, dilated, piece) -> N
                 **{k: v[a:b] for k, v in commands.items()}}})
 
 
+def _lookup(tables: list, sizes: list, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``tables[p][rows, cols]`` for the tiles of each piece p (``sizes[p]`` tiles in turn), as
+    one gather from the tables laid end to end."""
+    offsets = np.cumsum([0] + [table.size for table in tables[:-1]])
+    flat = np.concatenate([table.ravel() for table in tables])
+    width = np.repeat([table.shape[1] for table in tables], sizes)
+    return flat[np.repeat(offsets, sizes) + rows * width + cols]
+
+
 def _commands(config, load_in, load_w, visit_end, nN, nK, nC, nH, nW, nR, nS, in_rows, in_cols,
               per_tile) -> dict:
     """DMA commands of each tile and their rows, as the library's loop issues them
@@ -283,34 +304,53 @@ def _commands(config, load_in, load_w, visit_end, nN, nK, nC, nH, nW, nR, nS, in
             "st_bytes": per_tile["output"] + per_tile["psum"]}
 
 
-def _calibrated(chunks: list, order: str, trips, constants: CycleConstants, dim: int) -> float:
-    """`layer_cycles` over all tiles (one call each); the L2 misses of each operand
-    (`load_misses` for ``order``, whose loads are already the non-consecutive ones) are spread
-    over its loads."""
-    cat = {k: (np.ravel(chunks[0][k]) if len(chunks) == 1 else
-               np.concatenate([np.ravel(c[k]) for c in chunks])).astype(float) for k in chunks[0]}
-    loads = {"input": cat["load_in"].sum(), "weight": cat["load_w"].sum()}
-    per_load = {"input": cat["in_bytes"].sum() / max(loads["input"], 1.0),
-                "weight": cat["w_bytes"].sum() / max(loads["weight"], 1.0)}
-    library = order[::-1].translate(PARCONV_TO_LIBRARY)
-    letters = dict(zip(LOOPS.translate(PARCONV_TO_LIBRARY), (int(v) for v in trips)))
-    misses = load_misses(library, letters, per_load, constants.l2_bytes)
-    frac = {k: min(misses[k] / loads[k], 1.0) if loads[k] else 0.0 for k in loads}
-    miss = cat["in_lines"] * frac["input"] + cat["w_lines"] * frac["weight"]
-    hit = (cat["in_lines"] * (1 - frac["input"]) + cat["w_lines"] * (1 - frac["weight"])
-           + cat["other_lines"])
-    miss_bytes = cat["in_bytes"] * frac["input"] + cat["w_bytes"] * frac["weight"]
+def _calibrated_all(plans: list, constants: CycleConstants, dim: int) -> list[float]:
+    """`layer_cycles` of every plan's tiles (one call each), the elementwise work done once over
+    the tiles of all plans; the L2 misses of each operand (`load_misses` for the plan's order,
+    whose loads are already the non-consecutive ones) are spread over its loads.  Each plan's
+    sums are sums of its own contiguous slice, so every figure has the bits of `layer_cycles`
+    on that plan alone (a product with the plan's miss fraction is the same product, per tile)."""
+    arrays = [c["arrays"] for plan in plans for c in plan["chunks"]]
+    if not arrays:
+        return []
+    cat = {k: np.concatenate([np.ravel(a[k]) for a in arrays]).astype(float) for k in arrays[0]}
+    sizes = [sum(int(np.size(c["arrays"]["exec"])) for c in plan["chunks"]) for plan in plans]
+    starts = np.cumsum([0] + sizes)
+    frac_in, frac_w = [], []
+    for plan, a, b in zip(plans, starts[:-1], starts[1:]):
+        # integer-valued sums (exact in float64 in any order)
+        loads = {"input": cat["load_in"][a:b].sum(), "weight": cat["load_w"][a:b].sum()}
+        per_load = {"input": cat["in_bytes"][a:b].sum() / max(loads["input"], 1.0),
+                    "weight": cat["w_bytes"][a:b].sum() / max(loads["weight"], 1.0)}
+        library = plan["order"][::-1].translate(PARCONV_TO_LIBRARY)
+        letters = dict(zip(LOOPS.translate(PARCONV_TO_LIBRARY), (int(v) for v in plan["trips"])))
+        misses = load_misses(library, letters, per_load, constants.l2_bytes)
+        frac = {k: min(misses[k] / loads[k], 1.0) if loads[k] else 0.0 for k in loads}
+        frac_in.append(frac["input"])
+        frac_w.append(frac["weight"])
+    f_in, f_w = (np.repeat(np.array(f, dtype=float), sizes) for f in (frac_in, frac_w))
+    h_in, h_w = (np.repeat(1 - np.array(f, dtype=float), sizes) for f in (frac_in, frac_w))
+    miss = cat["in_lines"] * f_in + cat["w_lines"] * f_w
+    hit = cat["in_lines"] * h_in + cat["w_lines"] * h_w + cat["other_lines"]
+    miss_bytes = cat["in_bytes"] * f_in + cat["w_bytes"] * f_w
     commands = {"dim": dim,
                 "input": {"cmds": cat["in_cmds"], "rows": cat["in_rows"],
-                          "hit": cat["in_lines"] * (1 - frac["input"]),
-                          "miss": cat["in_lines"] * frac["input"], "bytes": cat["in_bytes"],
-                          "miss_bytes": cat["in_bytes"] * frac["input"]},
+                          "hit": cat["in_lines"] * h_in, "miss": cat["in_lines"] * f_in,
+                          "bytes": cat["in_bytes"], "miss_bytes": cat["in_bytes"] * f_in},
                 "weight": {"cmds": cat["w_cmds"], "rows": cat["w_rows"],
-                           "hit": cat["w_lines"] * (1 - frac["weight"]),
-                           "miss": cat["w_lines"] * frac["weight"], "bytes": cat["w_bytes"],
-                           "miss_bytes": cat["w_bytes"] * frac["weight"]},
+                           "hit": cat["w_lines"] * h_w, "miss": cat["w_lines"] * f_w,
+                           "bytes": cat["w_bytes"], "miss_bytes": cat["w_bytes"] * f_w},
                 "output": {"cmds": cat["st_cmds"], "rows": cat["st_rows"],
                            "bytes": cat["st_bytes"], "stores": cat["stores"]}}
-    return layer_cycles(constants, np.ones_like(cat["exec"]), cat["exec"], cat["passes"], hit,
-                        miss, cat["moved"], stores=cat["stores"], miss_bytes=miss_bytes,
-                        commands=commands, short=(cat["short_passes"], cat["short_rows"]))
+    x, load = call_phases(constants, cat["exec"], cat["passes"], hit, miss, cat["moved"],
+                      cat["stores"], miss_bytes, commands,
+                      (cat["short_passes"], cat["short_rows"]))
+    cycles = overlap_cycles(constants, x, load)
+    out = []
+    for a, b in zip(starts[:-1].tolist(), starts[1:].tolist()):
+        # `layer_cycles` with one call per tile: the calls' cycles, plus the pipeline fill
+        total = float(cycles[a:b].sum())
+        if b > a:
+            total += min(float(x[a:b].sum()), float(load[a:b].sum())) / float(b - a)
+        out.append(total)
+    return out

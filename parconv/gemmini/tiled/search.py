@@ -18,7 +18,7 @@ that are fast *and* frugal:
   best seed until nothing improves; ranking key = (screened cycles in steps of `CYCLE_SLACK` of
   the ideal ``G / dim^2``, then bytes), so among equally fast tilings the one moving fewer bytes
   wins.  The fastest and the most frugal candidates of every sweep are remembered.  As in
-  `parconv.tiling.search`, the sweeps are taken in turn but screened a few at a time in one
+  `parconv.tiling.scorer`, the sweeps are taken in turn but screened a few at a time in one
   vectorised call, and a sweep already taken around the same point is not repeated.
 
 The best few candidates are then costed exactly by `parconv.gemmini.tiled.cost.tiling_cost` by the
@@ -35,7 +35,8 @@ import numpy as np
 
 from ...spec import ConvSpec
 from ...tiling import LOOPS, clip_array, extents
-from ...tiling.search import traffic_totals_clipped
+from ...tiling.candidates import grid, ladder
+from ...tiling.totals import TripCounts, traffic_totals_clipped
 from .. import call_rules as rules
 from ..cycles import LINE_BYTES, load_constants
 
@@ -46,15 +47,6 @@ _I = {loop: i for i, loop in enumerate(LOOPS)}
 CYCLE_SLACK = 0.02
 #: pairwise moves screened in one vectorised call (`refine`)
 MOVES_AT_ONCE = 4
-
-
-def ladder(extent: int, granularity: int = 1) -> np.ndarray:
-    """Block sizes worth trying on a loop of ``extent``: the smallest size of every trip count
-    and the multiples of ``granularity``."""
-    values = np.unique(-(-extent // np.arange(1, extent + 1)))
-    if granularity > 1:
-        values = np.union1d(values, np.arange(granularity, extent + 1, granularity))
-    return values.astype(np.int64)
 
 
 def _per_loop(t: np.ndarray, ext: int):
@@ -181,6 +173,20 @@ def _sorted_by(*keys: np.ndarray) -> np.ndarray:
     return np.argsort(combined, kind="stable")
 
 
+def _ranked_by(*keys: np.ndarray) -> np.ndarray:
+    """`_sorted_by` of each row of the (orders, m) keys (a 1-d key is shared by every row):
+    one stable sort of a mixed-radix key per row when it fits in int64."""
+    rows = max(k.shape[0] for k in keys if k.ndim == 2)
+    radix = [int(k.max()) + 1 if k.size else 1 for k in keys]
+    if math.prod(radix) >= 2 ** 62:
+        return np.stack([_sorted_by(*(k if k.ndim == 1 else k[o] for k in keys))
+                         for o in range(rows)])
+    combined = np.broadcast_to(keys[0], (rows, keys[0].shape[-1])).astype(np.int64)
+    for key, base in zip(keys[1:], radix[1:]):
+        combined = combined * base + key
+    return np.argsort(combined, axis=1, kind="stable")
+
+
 def _unique_rows(rows: np.ndarray, radix: list | None = None) -> np.ndarray:
     """``np.unique(rows, axis=0)`` for non-negative integer rows, on one mixed-radix key per row
     (a 1-d sort) when the key fits in int64.  ``radix``: a bound above every value of each
@@ -212,6 +218,7 @@ class Screen:
         self.extents = np.asarray(extents(spec))
         self.best: tuple | None = None          # (key, tile, order)
         self._exec = _LoopSumTables(spec, config, strided)
+        self._trips = TripCounts(self.extents)
 
     def offer(self, tiles: np.ndarray) -> bool:
         """Score the fitting rows of ``tiles`` under every order; True if the best improved."""
@@ -251,33 +258,35 @@ class Screen:
         label, tiles = rows[:, 0], np.ascontiguousarray(rows[:, 1:])
         exec_total, passes = self._exec.exec_and_passes(tiles)
         bias = bias_totals(self.spec, tiles, self.config)
-        trips = -(-self.extents.astype(np.int64) // tiles)
+        trips = self._trips(tiles)
         n_tiles = trips[:, 0]
         for j in range(1, trips.shape[1]):
             n_tiles = n_tiles * trips[:, j]
         c = self.constants
         x = exec_total + c.p_pass * passes
-        start = np.searchsorted(label, label)          # first row of each row's group
         moved_all = traffic_totals_clipped(self.spec, tiles, trips, self.orders) + bias
-        pieces, bins_of = [], []
-        floor = c.c_call * n_tiles
-        for o, moved in enumerate(moved_all):
-            load = moved * (c.inv_bw + c.t_hit / LINE_BYTES)
-            score = np.maximum(floor, np.maximum(load, x) + c.alpha * np.minimum(load, x))
-            bins_of.append(np.floor(score / self.bin).astype(np.int64))
-            # stable sorts within each group: its first `keep` fastest, then most frugal
-            for ranked in (_sorted_by(label, bins_of[o], moved), _sorted_by(label, moved)):
-                picked = ranked[np.arange(len(ranked)) - start[ranked] < self.keep]
-                pieces.append((o, picked, np.searchsorted(label[picked],
-                                                          np.arange(len(groups) + 1))))
-        bins_all, out = np.stack(bins_of), []
+        # the screened cycles of every order at once (elementwise: the same numbers per order)
+        load = moved_all * (c.inv_bw + c.t_hit / LINE_BYTES)
+        score = np.maximum(c.c_call * n_tiles, np.maximum(load, x) + c.alpha * np.minimum(load, x))
+        bins_all = np.floor(score / self.bin).astype(np.int64)
+        # stable sorts within each group, every order at once: its first `keep` fastest, then
+        # its `keep` most frugal (a group has the same rows, hence as many picks, in every order)
+        fast, frugal = _ranked_by(label, bins_all, moved_all), _ranked_by(label, moved_all)
+        sizes = np.bincount(label, minlength=len(groups))
+        start = np.r_[0, np.cumsum(sizes)[:-1]]
+        # a group keeps its positions in every sorted row (label is the first key)
+        head = np.arange(len(label)) - start[label] < self.keep
+        fast, frugal = fast[:, head], frugal[:, head]
+        bounds = np.r_[0, np.cumsum(np.minimum(sizes, self.keep))].tolist()
+        out = []
         for g in range(len(groups)):
-            rows_g = [(o, picked[bounds[g]:bounds[g + 1]]) for o, picked, bounds in pieces]
-            if not sum(len(r) for _, r in rows_g):
+            if bounds[g] == bounds[g + 1]:
                 out.append(None)
                 continue
-            index = np.concatenate([r for _, r in rows_g])
-            order = np.concatenate([np.full(len(r), o) for o, r in rows_g])
+            picks = np.stack((fast[:, bounds[g]:bounds[g + 1]],
+                              frugal[:, bounds[g]:bounds[g + 1]]), axis=1)
+            index = picks.reshape(-1)            # per order: its fastest, then its most frugal
+            order = np.repeat(np.arange(len(self.orders)), picks.shape[1] * picks.shape[2])
             out.append((bins_all[order, index], moved_all[order, index], tiles[index], order))
         return out
 
@@ -319,8 +328,7 @@ def refine(spec: ConvSpec, memory, config, seeds, orders, strided: bool = False,
     free = "NKCHW" if screen.best[1][5:] == window else LOOPS
     granular = {"K": config.dim, "C": config.dim, "W": config.dim}
     ladders = {loop: ladder(ext[_I[loop]], granular.get(loop, 1)) for loop in free}
-    pairs = [((a, b), np.array(list(itertools.product(ladders[a], ladders[b])), dtype=np.int64))
-             for a, b in itertools.combinations(free, 2)]
+    pairs = [((a, b), grid([ladders[a], ladders[b]])) for a, b in itertools.combinations(free, 2)]
 
     # the other five block sizes of a tile, per pair (itemgetter of five items: a tuple)
     others = [operator.itemgetter(*(i for i in range(len(LOOPS)) if i not in (_I[a], _I[b])))
@@ -345,10 +353,10 @@ def refine(spec: ConvSpec, memory, config, seeds, orders, strided: bool = False,
             if missing:
                 grids = []
                 for m in missing:
-                    (a, b), grid = pairs[m]
-                    tiles = np.empty((len(grid), len(LOOPS)), dtype=np.int64)
+                    (a, b), pair = pairs[m]
+                    tiles = np.empty((len(pair), len(LOOPS)), dtype=np.int64)
                     tiles[:] = center
-                    tiles[:, _I[a]], tiles[:, _I[b]] = grid[:, 0], grid[:, 1]
+                    tiles[:, _I[a]], tiles[:, _I[b]] = pair[:, 0], pair[:, 1]
                     grids.append(tiles)
                 for m, entries in zip(missing, screen.entries_of_groups(grids)):
                     scored[key(m, center)] = entries

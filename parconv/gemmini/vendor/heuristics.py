@@ -162,14 +162,18 @@ def conv_auto(spec, config: GemminiConfig | None = None, pool=None) -> VendorCon
         if not fits(candidate):
             break
         args = candidate
-    grown = True
-    while grown:                                            # phase 3: round-robin +1
-        grown = False
-        for i in range(7):
+    # phase 3: round-robin +1.  The rows only grow with every entry, so an entry that cannot
+    # grow (at its maximum, or the tile would not fit) never can again: it leaves the round
+    growing = list(range(7))
+    while growing:
+        still = []
+        for i in growing:
             candidate = args.copy()
             candidate[i] += 1
             if candidate[i] <= max_args[i] and fits(candidate):
-                args, grown = candidate, True
+                args = candidate
+                still.append(i)
+        growing = still
     spad, acc = rows(args)
     return VendorConvTile(*args, downsample=downsample, spad_rows=spad, acc_rows=acc)
 
