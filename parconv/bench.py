@@ -151,7 +151,8 @@ def forget_shapes() -> None:
     clear_memory()
     for module in ("parconv.tiling.model", "parconv.tiling.totals", "parconv.gemmini.cycles",
                    "parconv.gemmini.tiled.choose", "parconv.bounds.polyphase",
-                   "parconv.bounds.workfn", "parconv.bounds.border"):
+                   "parconv.bounds.workfn", "parconv.bounds.border",
+                   "parconv.bounds.set_reuse"):
         for name, value in vars(importlib.import_module(module)).items():
             if hasattr(value, "cache_clear") and name != "load_constants":
                 value.cache_clear()
