@@ -18,12 +18,9 @@ import time
 import numpy as np
 
 from .blas import blas_info, limit_threads, prepare
-from .blasconv import conv2d_blas
+from .blasconv import METHODS, conv2d_blas
 from .errors import ParconvError
 from .spec import ConvSpec
-
-#: the methods of `parconv.blasconv` a kernel may be forced to
-METHODS = ("gemm", "taps", "im2col", "winograd")
 
 
 def _checked_operands(spec: ConvSpec, x, w) -> tuple[np.ndarray, np.ndarray]:
