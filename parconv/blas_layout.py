@@ -40,23 +40,31 @@ def taps(spec: ConvSpec) -> tuple[list[Tap], tuple[int, int]]:
     return out, (Hq, Wq)
 
 
-def phase_images(spec: ConvSpec, x: np.ndarray, dtype, phases, grid, tail: int = 0) -> dict:
+def phase_images(spec: ConvSpec, x: np.ndarray, dtype, phases, grid, tail: int = 0,
+                 channels_first: bool = False) -> dict:
     """Channels-last phase images of ``dtype``, zero where the padding is: per phase a flat
     (N Hq Wq + tail, C) array whose first N Hq Wq rows are the (N, Hq, Wq, C) image and whose
-    ``tail`` rows are zeros."""
+    ``tail`` rows are zeros.  With ``channels_first``: per phase a (C, N, Hq, Wq) array (and
+    no tail)."""
     (sh, sw), (ph, pw), (H_in, W_in) = spec.stride, spec.padding, spec.in_size
     Hq, Wq = grid
     N, C = spec.batch, spec.in_channels
     out = {}
     for a, b in phases:
-        flat = np.zeros((N * Hq * Wq + tail, C), dtype=dtype)
-        image = flat[:N * Hq * Wq].reshape(N, Hq, Wq, C)
+        if channels_first:
+            flat = image = np.zeros((C, N, Hq, Wq), dtype=dtype)
+        else:
+            flat = np.zeros((N * Hq * Wq + tail, C), dtype=dtype)
+            image = flat[:N * Hq * Wq].reshape(N, Hq, Wq, C)
         i0, i1 = _held(ph - a, sh, H_in, Hq)
         j0, j1 = _held(pw - b, sw, W_in, Wq)
         if i1 > i0 and j1 > j0:
             rows = slice(sh * i0 + a - ph, sh * (i1 - 1) + a - ph + 1, sh)
             cols = slice(sw * j0 + b - pw, sw * (j1 - 1) + b - pw + 1, sw)
-            image[:, i0:i1, j0:j1, :] = x[:, :, rows, cols].transpose(0, 2, 3, 1)
+            if channels_first:
+                image[:, :, i0:i1, j0:j1] = x[:, :, rows, cols].transpose(1, 0, 2, 3)
+            else:
+                image[:, i0:i1, j0:j1, :] = x[:, :, rows, cols].transpose(0, 2, 3, 1)
         out[(a, b)] = flat
     return out
 

@@ -24,8 +24,9 @@ from .blas_layout import phase_images, phase_views, pixel_blocks, tap_major, tap
 from .spec import ConvSpec
 
 #: bytes of im2col columns gathered at once (rows of a block x columns of a piece; 4 MiB ran
-#: 9-20 % faster at 1 thread on the stride-2 3x3 and the stem but slowed the int8 path at 2)
-COLUMNS_BYTES = 16 << 20
+#: 5-12 % faster than 16 MiB at 1 and 2 threads on the stem and the int8 stride-2 3x3 once the
+#: int8 path split at 2 threads: experiments/bench_stem.py; it had slowed the unsplit int8 path)
+COLUMNS_BYTES = 4 << 20
 #: bytes of output rows per block and BLAS thread of the "taps" method (the products stay in
 #: the L2 cache; with fewer rows per thread, 2 threads ran 1.8x slower on a 56x56 layer)
 TAP_BLOCK_BYTES = 2 << 20
@@ -139,10 +140,10 @@ def conv_im2col(spec: ConvSpec, x: np.ndarray, w: np.ndarray, arith: Arithmetic,
     from channel-first phase images: runs of W values instead of runs of C (few channels)."""
     tap_list, grid = taps(spec)
     N, C, K, (H, W) = spec.batch, spec.in_channels, spec.out_channels, spec.out_size
-    images = phase_views(phase_images(spec, x, arith.dtype, {t.phase for t in tap_list}, grid),
-                     spec, grid)
-    if channels_first:
-        images = {p: np.ascontiguousarray(v.transpose(3, 0, 1, 2)) for p, v in images.items()}
+    images = phase_images(spec, x, arith.dtype, {t.phase for t in tap_list}, grid,
+                          channels_first=channels_first)
+    if not channels_first:
+        images = phase_views(images, spec, grid)
     wk = tap_major(w, arith.dtype)
     item = arith.dtype.itemsize
     groups = column_groups(C, len(tap_list), arith.limit,

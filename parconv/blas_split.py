@@ -23,7 +23,7 @@ import functools
 
 import numpy as np
 
-from .blas import limit_threads
+from .blas import limit_threads, numpy_products
 from .spec import ConvSpec
 
 #: the fewest multiply-adds per piece worth a thread of its own (a piece's fixed costs: its
@@ -103,17 +103,21 @@ def run_split(spec: ConvSpec, x: np.ndarray, y: np.ndarray, workers: int, run,
     """
     H = spec.out_size[0]
 
+    def piece(n0, n1, h0, h1):
+        sub, rows = piece_spec(spec, n0, n1, h0, h1)
+        if (h0, h1) == (0, H):
+            run(sub, x[n0:n1], y[n0:n1])
+        elif rows is None:
+            y[n0:n1, :, h0:h1] = 0
+        else:
+            out = np.empty(sub.output_shape, dtype=y.dtype)
+            run(sub, x[n0:n1, :, rows[0]:rows[1]], out)
+            y[n0:n1, :, h0:h1] = out
+
     def part(blocks):
-        for n0, n1, h0, h1 in blocks:
-            sub, rows = piece_spec(spec, n0, n1, h0, h1)
-            if (h0, h1) == (0, H):
-                run(sub, x[n0:n1], y[n0:n1])
-            elif rows is None:
-                y[n0:n1, :, h0:h1] = 0
-            else:
-                out = np.empty(sub.output_shape, dtype=y.dtype)
-                run(sub, x[n0:n1, :, rows[0]:rows[1]], out)
-                y[n0:n1, :, h0:h1] = out
+        with numpy_products():      # products that release the GIL
+            for block in blocks:
+                piece(*block)
 
     parts = pieces(spec.batch, H, workers, align)
     with limit_threads(1):

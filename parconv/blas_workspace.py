@@ -61,8 +61,7 @@ def workspace_bytes(spec: ConvSpec, n, c, k, out_h, out_w, padded: bool = True,
     crows = np.maximum(MIN_ROWS, COLUMNS_BYTES // np.maximum(widest * cb, 1))
     block_rows = np.where(crows >= H * W, np.minimum(n, crows // np.maximum(H * W, 1)) * H * W,
                           np.minimum(H, np.maximum(1, crows // np.maximum(W, 1))) * W)
-    first = (c * 4 <= W)
-    im2col_bytes = (phases * cb * n * Hq * Wq * c * np.where(first, 2, 1) + 2 * filters
+    im2col_bytes = (phases * cb * n * Hq * Wq * c + 2 * filters
                     + cb * block_rows * widest + k * block_rows * (sums_per + out_item) + y)
     # "gemm": one image at a time, straight into the output when the types allow
     cast_w = 0 if np.dtype(spec.dtype_weight) == np.dtype(cb == 4 and "float32" or "float64") \
