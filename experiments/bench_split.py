@@ -39,6 +39,9 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", nargs="+", metavar="NAME:BATCH")
     parser.add_argument("--dtypes", nargs="+", default=["int8", "float32", "float64"])
     parser.add_argument("--methods", nargs="+", help="default: the chosen one and the others")
+    parser.add_argument("--pause", type=float, default=0.2,
+                        help="seconds idle before each call (default 0.2: OpenBLAS's threads "
+                             "spin for about 0.1 s after a threaded product)")
     parser.add_argument("--json", default="experiments/results/kernels/bench_split.json")
     args = parser.parse_args(argv)
     layers = LAYERS if not args.layers else [(s.split(":")[0], int(s.split(":")[1]))
@@ -62,7 +65,8 @@ def main(argv=None) -> int:
                     best = interleaved_best(
                         {"one": lambda: conv2d_blas(spec, x, w, method, workers=1),
                          "split": lambda: conv2d_blas(spec, x, w, method,
-                                                      workers=args.threads)}, args.rounds)
+                                                      workers=args.threads)}, args.rounds,
+                        pause=args.pause)
                 same = (bool(np.array_equal(one, split)) if dtype == "int8" else
                         float(np.abs(one - split).max() / max(np.abs(one).max(), 1e-300)))
                 gflops = {k: 2 * spec.G / t / 1e9 for k, t in best.items()}

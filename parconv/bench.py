@@ -44,7 +44,7 @@ DEFAULT_JSON = "experiments/results/kernels/bench.json"
 #: seconds of idle time before each timed call (measured at 2 threads, resnet50.layer2.0.conv1:
 #: parconv float32 right after torch's conv2d 97 GFLOP/s, after a 10 ms pause 145, with no
 #: torch call before it 148)
-PAUSE_S = 0.02
+PAUSE_S = 0.15
 
 
 def _torch():

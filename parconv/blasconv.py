@@ -34,8 +34,11 @@ from .spec import ConvSpec
 #: the methods of this module
 METHODS = ("gemm", "taps", "im2col", "winograd")
 #: (method, "int" or "float" input) that run faster as pieces on single-threaded BLAS
-#: (blas_split), measured side by side at 2 threads (experiments/bench_split.py)
-SPLIT = {("gemm", "int"), ("taps", "int"), ("im2col", "int")}
+#: (blas_split), measured side by side at 2 threads on an otherwise idle machine
+#: (experiments/bench_split.py): taps 1.2-2.6x (its nine thin products per block scale worst
+#: on BLAS threads), int8 gemm 1.1x, float Winograd 1.03-1.11x; not im2col (its one long
+#: product per block scales well: 0.63-0.99x split) nor float gemm (0.93-1.22x)
+SPLIT = {("taps", "int"), ("taps", "float"), ("gemm", "int"), ("winograd", "float")}
 #: the "gemm" method needs images at least this large (else one product per image is too small
 #: for the cost of packing the filters, and "taps" runs one product over all images)
 GEMM_MIN_PIXELS = 128
