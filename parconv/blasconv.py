@@ -36,9 +36,12 @@ METHODS = ("gemm", "taps", "im2col", "winograd")
 #: (method, "int" or "float" input) that run faster as pieces on single-threaded BLAS
 #: (blas_split), measured side by side at 2 threads on an otherwise idle machine
 #: (experiments/bench_split.py): taps 1.2-2.6x (its nine thin products per block scale worst
-#: on BLAS threads), int8 gemm 1.1x, float Winograd 1.03-1.11x; not im2col (its one long
+#: on BLAS threads), int8 gemm 1.1x, float Winograd 1.03-1.11x (not on small maps, below); not im2col (its one long
 #: product per block scales well: 0.63-0.99x split) nor float gemm (0.93-1.22x)
 SPLIT = {("taps", "int"), ("taps", "float"), ("gemm", "int"), ("winograd", "float")}
+#: the fewest output pixels per piece (Winograd on resnet50.layer4.1.conv2, 392 pixels at batch
+#: 8, ran 0.81x split: each piece's 16 products get too short)
+MIN_PIECE_PIXELS = 512
 #: the "gemm" method needs images at least this large (else one product per image is too small
 #: for the cost of packing the filters, and "taps" runs one product over all images)
 GEMM_MIN_PIXELS = 128
@@ -133,9 +136,11 @@ def conv2d_blas(spec: ConvSpec, x: np.ndarray, w: np.ndarray, method: str | None
 
 def split_workers(spec: ConvSpec, method: str, threads: int) -> int:
     """How many pieces `conv2d_blas` runs side by side: ``threads`` where the method and
-    input kind are in `SPLIT` and every piece keeps `MIN_PIECE_MACS` multiply-adds, else
-    1 (one call on the BLAS threads)."""
+    input kind are in `SPLIT` and every piece keeps `MIN_PIECE_MACS` multiply-adds and
+    `MIN_PIECE_PIXELS` output pixels, else 1 (one call on the BLAS threads)."""
     kind = "int" if np.dtype(spec.dtype_in).kind in "iu" else "float"
     if threads <= 1 or (method, kind) not in SPLIT:
         return 1
-    return threads if spec.G >= threads * MIN_PIECE_MACS else 1
+    pixels = spec.batch * spec.out_size[0] * spec.out_size[1]
+    return threads if (spec.G >= threads * MIN_PIECE_MACS
+                       and pixels >= threads * MIN_PIECE_PIXELS) else 1

@@ -119,6 +119,7 @@ def test_pieces_run_on_single_threaded_blas_and_the_caller_s_count_is_reported(m
     monkeypatch.setattr(blasconv, "conv_taps", recording)
     monkeypatch.setattr(blasconv, "SPLIT", {("taps", "int")})
     monkeypatch.setattr(blasconv, "MIN_PIECE_MACS", 1)
+    monkeypatch.setattr(blasconv, "MIN_PIECE_PIXELS", 1)
     spec = spec_for_dtype("int8", batch=3, in_channels=4, out_channels=5, in_size=(6, 6),
                           kernel_size=(3, 3), padding=(1, 1))
     x, w = random_operands(spec)
@@ -139,6 +140,11 @@ def test_split_workers_follow_the_threads_the_method_and_the_size():
     assert split_workers(big, "taps", 1) == 1
     assert split_workers(big, "taps", 2) == 2
     assert split_workers(tiny, "taps", 2) == 1          # too small to be worth a thread
+    small_map = big.replace(in_channels=512, out_channels=512, in_size=(7, 7))
+    assert small_map.G >= 2 * (1 << 24) and split_workers(small_map, "taps", 2) == 1
+    assert split_workers(big, "im2col", 2) == 1         # its long products scale on BLAS
+    assert split_workers(big.replace(dtype_in="float32", dtype_acc="float32"), "winograd",
+                         2) == 2
 
 
 def test_an_error_in_a_piece_is_raised_and_the_threads_restored(monkeypatch):
