@@ -1,9 +1,10 @@
 """The memory `parconv.blasconv.conv2d_blas` allocates, from the block's sizes alone.  Pure.
 
 The planner's footprint (parconv.plan.footprint) budgets the numpy node with it, vectorised over
-every rank of a grid.  It mirrors the allocations of the four methods (parconv.blas_methods, parconv.winograd*: phase
-images, tap-major filters, exact-group sums, im2col columns, the returned output), so a change
-there must change this too; tests/test_plan.py holds it to tracemalloc's peak.
+every rank of a grid.  It mirrors the allocations of the four methods at one BLAS thread
+(parconv.blas_methods, parconv.winograd*: phase images, tap-major filters, exact-group sums,
+im2col columns, the returned output), so a change there must change this too;
+tests/test_plan.py holds it to tracemalloc's peak.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ def workspace_bytes(spec: ConvSpec, n, c, k, out_h, out_w, padded: bool = True,
     """Peak bytes `conv2d_blas` allocates on blocks of ``spec``'s kernel, strides, dilation and
     types with ``n`` images, ``c`` input and ``k`` output channels and an ``out_h`` x ``out_w``
     output (numpy arrays broadcast together): the phase images (Winograd: parity parts), the
-    tap-major (Winograd: transformed) filters, the method's buffers (`blas_exact.Sums`, im2col columns,
-    Winograd's block buffers) and the returned output.  Pure;
+    tap-major (Winograd: transformed) filters, the method's buffers (`blas_exact.Sums`, im2col
+    columns, Winograd's block buffers) and the returned output.  Pure;
     mirrors the allocations of the four methods (parconv.blas_methods, parconv.winograd*).
     ``padded``: whether the layer pads (1x1 unpadded blocks may take the "gemm" method).
+    ``threads`` scales the "taps" blocks only (one block of T threads' rows, or T pieces of one
+    thread's rows each: parconv.blas_split); the T blocks of Winograd's buffers that the split
+    holds at T threads are not modelled (the planner's footprint asks for one thread).
     """
     n, c, k, H, W = (np.asarray(v, dtype=np.int64) for v in (n, c, k, out_h, out_w))
     (sh, sw), (dh, dw), (R, S) = spec.stride, spec.dilation, spec.kernel_size

@@ -36,8 +36,9 @@ METHODS = ("gemm", "taps", "im2col", "winograd")
 #: (method, "int" or "float" input) that run faster as pieces on single-threaded BLAS
 #: (blas_split), measured side by side at 2 threads on an otherwise idle machine
 #: (experiments/bench_split.py): taps 1.2-2.6x (its nine thin products per block scale worst
-#: on BLAS threads), int8 gemm 1.1x, float Winograd 1.03-1.11x (not on small maps, below); not im2col (its one long
-#: product per block scales well: 0.63-0.99x split) nor float gemm (0.93-1.22x)
+#: on BLAS threads), int8 gemm 0.9-1.1x, float Winograd 1.03-1.18x (not on small maps, below);
+#: not im2col (its one long product per block scales well: 0.63-1.04x split) nor float gemm
+#: (0.93-1.22x)
 SPLIT = {("taps", "int"), ("taps", "float"), ("gemm", "int"), ("winograd", "float")}
 #: the fewest output pixels per piece (Winograd on resnet50.layer4.1.conv2, 392 pixels at batch
 #: 8, ran 0.81x split: each piece's 16 products get too short)
@@ -96,7 +97,8 @@ def conv2d_blas(spec: ConvSpec, x: np.ndarray, w: np.ndarray, method: str | None
     """The block's convolution (N, K, H, W) in ``spec.dtype_acc`` and how it was computed
     (``method``, ``compute_dtype``, ``exact_group``: products per exact integer group or None;
     ``workers``: threads of single-threaded BLAS that ran its pieces side by side, 1 for one
-    call on the BLAS threads).  ``x`` and ``w`` must already have the spec's shapes and types.  Local.
+    call on the BLAS threads).  ``x`` and ``w`` must already have the spec's shapes and
+    types.  Local.
 
     ``workers`` (default `split_workers` for the current BLAS thread count) > 1 cuts the block
     into that many pieces run side by side (`parconv.blas_split`).  Sums reach ``y`` through an
