@@ -13,7 +13,8 @@ Timings are best-of-k with the contenders interleaved (k rounds, each contender 
 round), so that a busy machine slows all of them alike and the ratios stay meaningful.  Each
 timed call starts after a short pause (`PAUSE_S`): the thread pools of the call before it
 (torch's OpenMP threads, OpenBLAS's) spin for a while after their work, and at 2 threads a
-contender that followed torch ran 1.5x slower without the pause.
+contender that followed torch ran 1.5x slower without the pause, and threads started right
+after an OpenBLAS call competed with its spinning threads.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ SGEMM_TARGET, TORCH_TARGET, INT8_TARGET, GEMMINI_TARGET, EXECUTOR_TARGET = 0.6, 
 DEFAULT_JSON = "experiments/results/kernels/bench.json"
 #: seconds of idle time before each timed call (measured at 2 threads, resnet50.layer2.0.conv1:
 #: parconv float32 right after torch's conv2d 97 GFLOP/s, after a 10 ms pause 145, with no
-#: torch call before it 148)
-PAUSE_S = 0.02
+#: torch call before it 148; OpenBLAS's threads spin for about 0.1 s after a threaded product,
+#: and the int8 path's pieces on single-threaded BLAS ran 1.6x slower 20 ms after one)
+PAUSE_S = 0.15
 
 
 def _torch():

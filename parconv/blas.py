@@ -14,6 +14,7 @@ import functools
 import importlib.machinery
 import importlib.util
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,24 @@ def limit_threads(threads: int | None):
         yield
 
 
+#: per thread: whether accumulating products avoid scipy's BLAS wrapper (`numpy_products`)
+_LOCAL = threading.local()
+
+
+@contextlib.contextmanager
+def numpy_products():
+    """In this thread, let `matmul_into` accumulate through numpy (a product into the scratch
+    and an addition) instead of scipy's ``?gemm`` with beta = 1: scipy's wrapper holds the GIL
+    through the whole product, numpy's ``matmul`` and ``add`` release it, so threads running
+    products side by side (`parconv.blas_split`) run in parallel.  Local."""
+    before = getattr(_LOCAL, "numpy", False)
+    _LOCAL.numpy = True
+    try:
+        yield
+    finally:
+        _LOCAL.numpy = before
+
+
 @functools.lru_cache(maxsize=4)
 def _gemm(dtype: np.dtype):
     blas = fortran_blas()
@@ -161,12 +180,13 @@ def matmul_into(out: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool,
     ``out`` (m, n) must be C-contiguous.  Accumulating float32/float64 products with C-contiguous
     ``a`` (m, k) and C- or F-contiguous ``b`` (k, n) is one BLAS call with beta = 1 on the
     transposed (column-major) views, so the product never leaves the output; other operands go
-    through ``scratch`` (shape of ``out``; allocated when not given) and one addition.
+    through ``scratch`` (shape of ``out``; allocated when not given) and one addition, as do
+    all operands inside `numpy_products`.
     """
     if not accumulate:
         np.matmul(a, b, out=out)
         return
-    gemm = _gemm(out.dtype)
+    gemm = None if getattr(_LOCAL, "numpy", False) else _gemm(out.dtype)
     if (gemm is not None and a.dtype == out.dtype and b.dtype == out.dtype
             and a.flags.c_contiguous and out.flags.c_contiguous
             and (b.flags.c_contiguous or b.flags.f_contiguous)):

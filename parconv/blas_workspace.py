@@ -1,9 +1,10 @@
 """The memory `parconv.blasconv.conv2d_blas` allocates, from the block's sizes alone.  Pure.
 
 The planner's footprint (parconv.plan.footprint) budgets the numpy node with it, vectorised over
-every rank of a grid.  It mirrors the allocations of the four methods of parconv.blasconv (phase
-images, tap-major filters, exact-group sums, im2col columns, the returned output), so a change
-there must change this too; tests/test_plan.py holds it to tracemalloc's peak.
+every rank of a grid.  It mirrors the allocations of the four methods at one BLAS thread
+(parconv.blas_methods, parconv.winograd*: phase images, tap-major filters, exact-group sums,
+im2col columns, the returned output), so a change there must change this too;
+tests/test_plan.py holds it to tracemalloc's peak.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import winograd, winograd_s2
-from .blasconv import (_GATHER_COST, _SHORT_COST, COLUMNS_BYTES, EXACT_BELOW, GEMM_MIN_PIXELS,
-                       MIN_ROWS, TAP_BLOCK_BYTES, winograd_form)
+from .blas_exact import EXACT_BELOW
+from .blas_methods import COLUMNS_BYTES, MIN_ROWS, TAP_BLOCK_BYTES
+from .blasconv import _GATHER_COST, _SHORT_COST, GEMM_MIN_PIXELS, winograd_form
 from .spec import ConvSpec
 
 
@@ -21,10 +23,13 @@ def workspace_bytes(spec: ConvSpec, n, c, k, out_h, out_w, padded: bool = True,
     """Peak bytes `conv2d_blas` allocates on blocks of ``spec``'s kernel, strides, dilation and
     types with ``n`` images, ``c`` input and ``k`` output channels and an ``out_h`` x ``out_w``
     output (numpy arrays broadcast together): the phase images (Winograd: parity parts), the
-    tap-major (Winograd: transformed) filters, the method's buffers (`_Sums`, im2col columns,
-    Winograd's block buffers) and the returned output.  Pure;
-    mirrors the allocations of the four methods of parconv.blasconv.
+    tap-major (Winograd: transformed) filters, the method's buffers (`blas_exact.Sums`, im2col
+    columns, Winograd's block buffers) and the returned output.  Pure;
+    mirrors the allocations of the four methods (parconv.blas_methods, parconv.winograd*).
     ``padded``: whether the layer pads (1x1 unpadded blocks may take the "gemm" method).
+    ``threads`` scales the "taps" blocks only (one block of T threads' rows, or T pieces of one
+    thread's rows each: parconv.blas_split); the T blocks of Winograd's buffers that the split
+    holds at T threads are not modelled (the planner's footprint asks for one thread).
     """
     n, c, k, H, W = (np.asarray(v, dtype=np.int64) for v in (n, c, k, out_h, out_w))
     (sh, sw), (dh, dw), (R, S) = spec.stride, spec.dilation, spec.kernel_size
@@ -37,7 +42,7 @@ def workspace_bytes(spec: ConvSpec, n, c, k, out_h, out_w, padded: bool = True,
             (1 << (8 * np.dtype(spec.dtype_in).itemsize - 1)) ** 2)
     reduction = c * R * S
     groups = np.ones_like(c) if limit is None else -(-reduction // limit)
-    # _Sums: scratch, plus buffer and integers when the groups are added in the accumulator
+    # Sums: scratch, plus buffer and integers when the groups are added in the accumulator
     multi = groups > 1
     out_item = np.where(multi, acc.itemsize, cb) if limit is not None else acc.itemsize
     sums_per = cb + np.where(out_item != cb, cb + acc.itemsize, 0)
@@ -60,14 +65,13 @@ def workspace_bytes(spec: ConvSpec, n, c, k, out_h, out_w, padded: bool = True,
     crows = np.maximum(MIN_ROWS, COLUMNS_BYTES // np.maximum(widest * cb, 1))
     block_rows = np.where(crows >= H * W, np.minimum(n, crows // np.maximum(H * W, 1)) * H * W,
                           np.minimum(H, np.maximum(1, crows // np.maximum(W, 1))) * W)
-    first = (c * 4 <= W)
-    im2col_bytes = (phases * cb * n * Hq * Wq * c * np.where(first, 2, 1) + 2 * filters
+    im2col_bytes = (phases * cb * n * Hq * Wq * c + 2 * filters
                     + cb * block_rows * widest + k * block_rows * (sums_per + out_item) + y)
     # "gemm": one image at a time, straight into the output when the types allow
     cast_w = 0 if np.dtype(spec.dtype_weight) == np.dtype(cb == 4 and "float32" or "float64") \
         else cb * k * c
     direct = multi if limit is not None else np.ones_like(multi)   # groups summed in y's type
-    # one float32 group into int32: summed in the output's own bytes (blasconv._aliased_output)
+    # one float32 group into int32: summed in the output's own bytes (blas_methods._aliased_output)
     aliased = (~multi) & (limit is not None and cb == acc.itemsize == 4 and acc.kind in "iu")
     gemm_bytes = (cb * c * H * W + cast_w + np.where(
         aliased, 0, k * H * W * (sums_per + np.where(direct, 0, out_item))) + y)

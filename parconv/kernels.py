@@ -18,12 +18,9 @@ import time
 import numpy as np
 
 from .blas import blas_info, limit_threads, prepare
-from .blasconv import conv2d_blas
+from .blasconv import METHODS, conv2d_blas
 from .errors import ParconvError
 from .spec import ConvSpec
-
-#: the methods of `parconv.blasconv` a kernel may be forced to
-METHODS = ("gemm", "taps", "im2col", "winograd")
 
 
 def _checked_operands(spec: ConvSpec, x, w) -> tuple[np.ndarray, np.ndarray]:
@@ -100,8 +97,10 @@ class NumpyKernel:
         stats : dict
             ``kernel``, ``macs`` (= spec.G), ``time_s`` (wall time of the call), ``method``,
             ``compute_dtype``, ``exact_group`` (products per exact integer group, None when
-            unlimited), ``blas_threads`` (BLAS threads this rank's products could use) and
-            ``blas`` (the BLAS libraries, version, CPU kernel and threads).
+            unlimited), ``blas_threads`` (BLAS threads this rank's products could use),
+            ``workers`` (threads that ran pieces of the block side by side, each on one BLAS
+            thread, `parconv.blas_split`; 1 when the products ran on the ``blas_threads``)
+            and ``blas`` (the BLAS libraries, version, CPU kernel and threads).
         """
         start = time.perf_counter()
         x, w = _checked_operands(spec, x, w)

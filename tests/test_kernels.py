@@ -123,10 +123,10 @@ def test_registry():
 @pytest.fixture
 def tiny_blocks(monkeypatch):
     """Blocks of a few rows and pieces of a few columns: every blocking loop runs many times."""
-    import parconv.blasconv as blasconv
-    monkeypatch.setattr(blasconv, "COLUMNS_BYTES", 96)
-    monkeypatch.setattr(blasconv, "TAP_BLOCK_BYTES", 40)
-    monkeypatch.setattr(blasconv, "MIN_ROWS", 1)
+    import parconv.blas_methods as blas_methods
+    monkeypatch.setattr(blas_methods, "COLUMNS_BYTES", 96)
+    monkeypatch.setattr(blas_methods, "TAP_BLOCK_BYTES", 40)
+    monkeypatch.setattr(blas_methods, "MIN_ROWS", 1)
 
 
 def methods_for(spec):
@@ -171,7 +171,7 @@ def test_every_method_on_tiny_blocks(tiny_blocks, monkeypatch, shape, dtype, fir
 def test_int8_extremes_at_the_group_boundary(channels, kernel, group):
     # -128 * -128 = 2**14: 1024 products reach 2**24, the last integer float32 holds with all
     # below it; one more product must start a new group, and the groups add exactly in int32
-    from parconv.blasconv import arithmetic
+    from parconv.blas_exact import arithmetic
     spec = spec_for_dtype("int8", batch=1, in_channels=channels, out_channels=3, in_size=(4, 5),
                           kernel_size=(kernel, kernel), padding=(kernel // 2, kernel // 2))
     x = np.full(spec.input_shape, -128, dtype=np.int8)
@@ -189,7 +189,7 @@ def test_int8_extremes_at_the_group_boundary(channels, kernel, group):
 
 def test_small_integers_need_no_groups():
     # the group length follows the data: |x| <= 3, |w| <= 2 allow 2**24 / 6 products
-    from parconv.blasconv import arithmetic
+    from parconv.blas_exact import arithmetic
     spec = spec_for_dtype("int8", batch=1, in_channels=4000, out_channels=2, in_size=(3, 3),
                           kernel_size=(3, 3), padding=(1, 1))
     rng = np.random.default_rng(0)
@@ -204,7 +204,7 @@ def test_small_integers_need_no_groups():
 
 
 def test_wider_integers_use_float64_or_int64():
-    from parconv.blasconv import arithmetic
+    from parconv.blas_exact import arithmetic
     rng = np.random.default_rng(1)
     spec = ConvSpec(batch=1, in_channels=40, out_channels=2, in_size=(5, 6), kernel_size=(3, 3),
                     padding=(1, 0), dtype_in="int16", dtype_acc="int32")
@@ -286,7 +286,7 @@ def test_matmul_into_accumulates_in_place(dtype):
 
 
 def test_column_groups_cover_the_reduction_once():
-    from parconv.blasconv import column_groups
+    from parconv.blas_exact import column_groups
     for channels, n_taps, limit, piece in [(5, 9, None, None), (5, 9, 12, 7), (3000, 2, 1024, None),
                                            (7, 4, 7, 3), (1, 1, None, 1)]:
         groups = column_groups(channels, n_taps, limit, piece)

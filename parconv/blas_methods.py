@@ -1,0 +1,191 @@
+"""The direct methods of the CPU kernel on BLAS products: "gemm", "taps" and "im2col".
+Pure, no MPI.
+
+* ``"gemm"`` (1x1 filters, unpadded): per image one (K x C) @ (C x H W) product straight on the
+  NCHW data; no layout conversion at all.
+* ``"taps"``: one (rows x C) @ (C x K) product per filter tap on a contiguous slice of a phase
+  image (`parconv.blas_layout`), accumulated in place (BLAS beta = 1) into an output over the
+  same (n, i, j) grid; the grid's extra columns and rows (``Wq - W`` and ``Hq - H`` of them) are
+  computed and dropped.  Blocks of rows that stay in the cache; no copy per tap.
+* ``"im2col"``: blocks of output rows of the im2col matrix, sized to `COLUMNS_BYTES`, gathered
+  from the phase images, one product per block.
+
+Each writes its output blocks to the NCHW result while they are still in the cache; integers
+are summed in exact groups (`parconv.blas_exact`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .blas import current_threads, matmul_into
+from .blas_exact import Arithmetic, Sums, column_groups
+from .blas_layout import phase_images, phase_views, pixel_blocks, tap_major, taps
+from .spec import ConvSpec
+
+#: bytes of im2col columns gathered at once (rows of a block x columns of a piece; 4 MiB ran
+#: 5-12 % faster than 16 MiB at 1 and 2 threads on the stem and the int8 stride-2 3x3 once the
+#: int8 path split at 2 threads: experiments/bench_stem.py; it had slowed the unsplit int8 path)
+COLUMNS_BYTES = 4 << 20
+#: bytes of output rows per block and BLAS thread of the "taps" method (the products stay in
+#: the L2 cache; with fewer rows per thread, 2 threads ran 1.8x slower on a 56x56 layer)
+TAP_BLOCK_BYTES = 2 << 20
+#: fewest rows per block (shorter products run BLAS poorly)
+MIN_ROWS = 256
+
+
+def _gemm_in_place(spec: ConvSpec, x: np.ndarray, arith: Arithmetic, y: np.ndarray) -> bool:
+    """Whether "gemm" runs as one product from ``x`` into ``y``: one group, stride 1, and
+    ``x`` C-contiguous of the products' type (blas_workspace: floats)."""
+    return (arith.limit is None and arith.out == y.dtype == arith.dtype
+            and tuple(spec.stride) == (1, 1) and x.dtype == arith.dtype and x.flags.c_contiguous)
+
+
+def _aliased_output(arith: Arithmetic, y: np.ndarray) -> bool:
+    """Whether "gemm" sums straight into ``y``'s bytes reinterpreted as the products' type:
+    one exact group whose floating sums become integers of the same size (float32 -> int32)."""
+    return (arith.limit is None and arith.out == arith.dtype and y.dtype.kind in "iu"
+            and y.dtype.itemsize == arith.dtype.itemsize and y.flags.c_contiguous)
+
+
+def conv_gemm(spec: ConvSpec, x: np.ndarray, w: np.ndarray, arith: Arithmetic,
+              y: np.ndarray) -> None:
+    """1x1, unpadded: per image (K x C) @ (C x H W) on the NCHW data, into ``y``.  Floats of
+    stride 1 on C-contiguous data: one stacked product for all images, no buffer at all."""
+    (sh, sw), (H, W), C, K = spec.stride, spec.out_size, spec.in_channels, spec.out_channels
+    wm = w.reshape(K, C).astype(arith.dtype, copy=False)
+    if _gemm_in_place(spec, x, arith, y):
+        np.matmul(wm, x.reshape(spec.batch, C, H * W), out=y.reshape(spec.batch, K, H * W))
+        return
+    groups = column_groups(C, 1, arith.limit)
+    direct = arith.out == y.dtype
+    # one group of float32 sums into int32: the product is written into the output image's
+    # own bytes and cast there in place (exact integers, theory.md 1.5), so no block buffer
+    # and no second pass through one (2 threads: int8 / float32 0.83 -> 0.92 on a 1x1 layer)
+    aliased = _aliased_output(arith, y)
+    sums = None if aliased else Sums(arith, K * H * W)
+    image = np.empty((C, H, W), dtype=arith.dtype)
+    for n in range(spec.batch):
+        src = x[n, :, ::sh, ::sw][:, :H, :W]
+        if src.dtype == arith.dtype and src.flags.c_contiguous:
+            flat = src.reshape(C, H * W)
+        else:
+            np.copyto(image, src, casting="unsafe")
+            flat = image.reshape(C, H * W)
+
+        def products(target, group, scratch, first):
+            for i, ((_, c0, c1),) in enumerate(group):
+                # the weight columns are K x (c1 - c0) of a K x C matrix: BLAS takes the stride
+                matmul_into(target, wm[:, c0:c1], flat[c0:c1], not (first and i == 0), scratch)
+
+        if aliased:
+            ints = y[n].reshape(K * H * W)
+            sums_view = ints.view(arith.dtype)
+            np.matmul(wm, flat, out=sums_view.reshape(K, H * W))
+            # element i is read before it is written: a 1-d cast in place is exact
+            np.copyto(ints, sums_view, casting="unsafe")
+            continue
+        block = y[n].reshape(K, H * W) if direct else sums.block((K, H * W))
+        sums.run(block, groups, products)
+        if not direct:
+            np.copyto(y[n].reshape(K, H * W), block, casting="unsafe")
+
+
+def conv_taps(spec: ConvSpec, x: np.ndarray, w: np.ndarray, arith: Arithmetic,
+              y: np.ndarray) -> None:
+    """One product per tap on the phase images (module docstring), into ``y``.
+
+    Blocks of whole images (or of image rows) of the (n, i, j) grid, each written to the NCHW
+    output while still in the cache.  (The products are rows x K: computing K x rows instead,
+    to write runs of W, runs 25 % slower in OpenBLAS for K = C = 64.)
+    """
+    tap_list, (Hq, Wq) = taps(spec)
+    N, C, K, (H, W) = spec.batch, spec.in_channels, spec.out_channels, spec.out_size
+    # a block reads up to the largest tap offset past its end: zero rows there
+    tail = max(t.offset for t in tap_list)
+    flat = phase_images(spec, x, arith.dtype, {t.phase for t in tap_list}, (Hq, Wq), tail)
+    wk = tap_major(w, arith.dtype)
+    groups = column_groups(C, len(tap_list), arith.limit)
+    rows = max(MIN_ROWS, TAP_BLOCK_BYTES * current_threads() // (K * arith.dtype.itemsize))
+    # whole images (their grid rows Hq included) or rows h0:h1 of one image
+    blocks = [(n0, n1, h0, h1, (h0, h1) == (0, H),
+               (n1 - n0) * Hq * Wq if (h0, h1) == (0, H) else (h1 - h0) * Wq)
+              for n0, n1, h0, h1 in pixel_blocks(N, H, Wq, rows, Hq)]
+    sums = Sums(arith, K * max(block[-1] for block in blocks))
+    for n0, n1, h0, h1, whole, length in blocks:
+        base = (n0 * Hq + h0) * Wq
+
+        def products(target, group, scratch, first):
+            for i, ((t, c0, c1),) in enumerate(group):
+                tap = tap_list[t]
+                a = flat[tap.phase][base + tap.offset:base + tap.offset + length, c0:c1]
+                matmul_into(target, a, wk[tap.r, tap.s, :, c0:c1].T, not (first and i == 0),
+                            scratch)
+
+        block = sums.block((length, K))
+        sums.run(block, groups, products)
+        if whole:
+            grid = block.reshape(n1 - n0, Hq, Wq, K)[:, :H, :W, :]
+            np.copyto(y[n0:n1], grid.transpose(0, 3, 1, 2), casting="unsafe")
+        else:
+            np.copyto(y[n0, :, h0:h1, :], block.reshape(h1 - h0, Wq, K)[:, :W, :].transpose(
+                2, 0, 1), casting="unsafe")
+
+
+def conv_im2col(spec: ConvSpec, x: np.ndarray, w: np.ndarray, arith: Arithmetic,
+                y: np.ndarray, channels_first: bool = False) -> None:
+    """Blocks of im2col rows gathered from the phase images, one product per block and piece,
+    into ``y``.  Each block's output is K x pixels (written to NCHW in runs of the block's
+    pixels).  With ``channels_first`` the transposed columns (C R S x pixels) are gathered
+    from channel-first phase images: runs of W values instead of runs of C (few channels)."""
+    tap_list, grid = taps(spec)
+    N, C, K, (H, W) = spec.batch, spec.in_channels, spec.out_channels, spec.out_size
+    images = phase_images(spec, x, arith.dtype, {t.phase for t in tap_list}, grid,
+                          channels_first=channels_first)
+    if not channels_first:
+        images = phase_views(images, spec, grid)
+    wk = tap_major(w, arith.dtype)
+    item = arith.dtype.itemsize
+    groups = column_groups(C, len(tap_list), arith.limit,
+                           piece=max(1, COLUMNS_BYTES // (MIN_ROWS * item)))
+    widest = max(sum(c1 - c0 for _, c0, c1 in piece) for group in groups for piece in group)
+    weights = {}
+    for group in groups:
+        for piece in group:
+            # (K, columns of the piece): copies of runs of c1 - c0 filter values
+            weights[id(piece)] = np.concatenate([wk[tap_list[t].r, tap_list[t].s, :, c0:c1]
+                                                 for t, c0, c1 in piece], axis=1)
+    blocks = pixel_blocks(N, H, W, max(MIN_ROWS, COLUMNS_BYTES // (widest * item)))
+    block_rows = max((n1 - n0) * (h1 - h0) * W for n0, n1, h0, h1 in blocks)
+    columns = np.empty(block_rows * widest, dtype=arith.dtype)
+    sums = Sums(arith, block_rows * K)
+    for n0, n1, h0, h1 in blocks:
+        count = (n1 - n0) * (h1 - h0) * W
+
+        def products(target, group, scratch, first):
+            for i, piece in enumerate(group):
+                width = sum(c1 - c0 for _, c0, c1 in piece)
+                q = 0
+                if channels_first:
+                    block = columns[:count * width].reshape(width, n1 - n0, h1 - h0, W)
+                    for t, c0, c1 in piece:
+                        (di, dj), phase = tap_list[t].shift, tap_list[t].phase
+                        block[q:q + c1 - c0] = images[phase][c0:c1, n0:n1, h0 + di:h1 + di,
+                                                             dj:dj + W]
+                        q += c1 - c0
+                    matrix = block.reshape(width, count)
+                else:
+                    block = columns[:count * width].reshape(n1 - n0, h1 - h0, W, width)
+                    for t, c0, c1 in piece:
+                        (di, dj), phase = tap_list[t].shift, tap_list[t].phase
+                        block[..., q:q + c1 - c0] = images[phase][n0:n1, h0 + di:h1 + di,
+                                                                  dj:dj + W, c0:c1]
+                        q += c1 - c0
+                    matrix = block.reshape(count, width).T      # BLAS reads it transposed
+                matmul_into(target, weights[id(piece)], matrix, not (first and i == 0),
+                            scratch)
+
+        out = sums.block((K, count))
+        sums.run(out, groups, products)
+        np.copyto(y[n0:n1, :, h0:h1, :],
+                  out.reshape(K, n1 - n0, h1 - h0, W).transpose(1, 0, 2, 3), casting="unsafe")
