@@ -15,6 +15,7 @@ from parconv.bounds.border import (MAX_OUT, axis_reuse, axis_reuse_witness, axis
 from parconv.layers import get_layer, layer_names
 from parconv.spec import ConvSpec
 from test_bounds import SETTINGS, distinct, effective_iterations, subset, tiny_specs
+from test_set_reuse import axes
 
 
 def dense_max(mats, steps=120):
@@ -37,11 +38,9 @@ def rho_axis(kernel, stride, dil):
 
 
 @settings(SETTINGS, max_examples=120)
-@given(n_in=st.integers(1, 12), kernel=st.integers(1, 3), stride=st.integers(1, 3),
-       pad=st.integers(0, 2), dil=st.integers(1, 2))
-def test_axis_reuse_is_an_upper_bound_close_to_the_tensor_norm(n_in, kernel, stride, pad, dil):
-    n_out = (n_in + 2 * pad - dil * (kernel - 1) - 1) // stride + 1
-    assume(n_out >= 1)
+@given(axis=axes(max_in=12))
+def test_axis_reuse_is_an_upper_bound_close_to_the_tensor_norm(axis):
+    n_in, n_out, kernel, stride, pad, dil = axis
     mats = axis_taps(n_in, n_out, kernel, stride, pad, dil)
     assume(mats)
     kappa = axis_reuse(n_in, n_out, kernel, stride, pad, dil)

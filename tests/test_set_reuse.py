@@ -11,27 +11,32 @@ import pytest
 from hypothesis import assume, given, settings, strategies as st
 
 from parconv.bounds.border import axis_reuse, axis_sigma, combine, reuse_constant
-from parconv.bounds.set_reuse import axis_set_reuse, densest
+from parconv.bounds.set_reuse import axis_set_reuse, densest, used_rows
 from parconv.spec import ConvSpec
 from test_bounds import SETTINGS
+
+
+@st.composite
+def axes(draw, max_in=12):
+    """(n_in, n_out, kernel, stride, pad, dil) of a small axis with at least one output."""
+    n_in, kernel, stride = draw(st.integers(1, max_in)), draw(st.integers(1, 3)), \
+        draw(st.integers(1, 3))
+    pad, dil = draw(st.integers(0, 2)), draw(st.integers(1, 2))
+    n_out = (n_in + 2 * pad - dil * (kernel - 1) - 1) // stride + 1
+    assume(n_out >= 1)
+    return n_in, n_out, kernel, stride, pad, dil
 
 
 def brute_sigma(n_in, n_out, kernel, stride, pad, dil, residue=None):
     """max over every output set S and tap set T, with the |X| most-read rows for each |X|."""
     h = np.arange(n_out)
-    taps = []
-    for r in range(kernel):
-        if residue is not None and (dil * r - pad) % stride != residue:
-            continue
-        x = stride * h + dil * r - pad
-        if ((x >= 0) & (x < n_in)).any():
-            taps.append(x)
+    taps = used_rows(n_in, n_out, kernel, stride, pad, dil, residue)
     best = 1.0
     for size in range(1, len(taps) + 1):
         for chosen in itertools.combinations(taps, size):
             incidence = np.zeros((n_out, n_in), dtype=int)
             for x in chosen:
-                inside = (x >= 0) & (x < n_in)
+                inside = x >= 0
                 incidence[h[inside], x[inside]] = 1
             for mask in range(1, 2 ** n_out):
                 rows = incidence[[j for j in range(n_out) if mask >> j & 1]]
@@ -42,17 +47,14 @@ def brute_sigma(n_in, n_out, kernel, stride, pad, dil, residue=None):
 
 
 @settings(SETTINGS, max_examples=80)
-@given(n_in=st.integers(1, 11), kernel=st.integers(1, 3), stride=st.integers(1, 3),
-       pad=st.integers(0, 2), dil=st.integers(1, 2), pick=st.integers(0, 3))
-def test_scan_equals_brute_force(n_in, kernel, stride, pad, dil, pick):
-    n_out = (n_in + 2 * pad - dil * (kernel - 1) - 1) // stride + 1
-    assume(1 <= n_out <= 9)
-    residue = None if pick == 0 or stride == 1 else pick % stride
-    value = axis_set_reuse(n_in, n_out, kernel, stride, pad, dil, residue)
-    exact = brute_sigma(n_in, n_out, kernel, stride, pad, dil, residue)
+@given(axis=axes(max_in=11), pick=st.integers(0, 3))
+def test_scan_equals_brute_force(axis, pick):
+    assume(axis[1] <= 9)
+    residue = None if pick == 0 or axis[3] == 1 else pick % axis[3]
+    value = axis_set_reuse(*axis, residue)
+    exact = brute_sigma(*axis, residue)
     assert exact <= value <= exact * (1 + 1e-11)
-    assert axis_sigma(n_in, n_out, kernel, stride, pad, dil, residue) <= axis_reuse(
-        n_in, n_out, kernel, stride, pad, dil, residue)
+    assert axis_sigma(*axis, residue) <= axis_reuse(*axis, residue)
 
 
 @pytest.mark.parametrize("n", [2, 7, 14, 28, 56])
@@ -82,10 +84,6 @@ def test_layer_constant_takes_the_better_assignment():
 
 
 @settings(SETTINGS, max_examples=40)
-@given(n_in=st.integers(1, 30), kernel=st.integers(1, 3), stride=st.integers(1, 3),
-       pad=st.integers(0, 2), dil=st.integers(1, 2))
-def test_witness_is_attained_so_never_above_sigma(n_in, kernel, stride, pad, dil):
-    n_out = (n_in + 2 * pad - dil * (kernel - 1) - 1) // stride + 1
-    assume(n_out >= 1)
-    axis = (n_in, n_out, kernel, stride, pad, dil)
+@given(axis=axes(max_in=30))
+def test_witness_is_attained_so_never_above_sigma(axis):
     assert axis_sigma(*axis, witness=True) <= axis_sigma(*axis) <= axis_reuse(*axis)

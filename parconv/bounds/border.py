@@ -57,17 +57,12 @@ def axis_taps(n_in: int, n_out: int, kernel: int, stride: int, pad: int, dil: in
               residue: int | None = None) -> list[np.ndarray]:
     """The 0/1 matrices P_r (n_in x n_out) of the taps r that read some pixel of the image; with
     `residue`, only the taps of that polyphase class, (dil r - pad) mod stride == residue."""
-    h = np.arange(n_out)
     mats = []
-    for r in range(kernel):
-        if residue is not None and (dil * r - pad) % stride != residue:
-            continue
-        x = stride * h + dil * r - pad
-        inside = (x >= 0) & (x < n_in)
-        if inside.any():
-            m = np.zeros((n_in, n_out))
-            m[x[inside], h[inside]] = 1.0
-            mats.append(m)
+    for rows in used_rows(n_in, n_out, kernel, stride, pad, dil, residue):
+        m = np.zeros((n_in, n_out))
+        inside = rows >= 0
+        m[rows[inside], np.nonzero(inside)[0]] = 1.0
+        mats.append(m)
     return mats
 
 

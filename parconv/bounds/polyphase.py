@@ -48,8 +48,9 @@ ACTIVE_SLACK = 1e-3
 class Phase:
     """One polyphase component: `taps` used filter taps (per (k, c)), `rho` the largest number of
     its taps reading one input pixel, `reuse` its border-aware constant
-    min(sigma_h kappa_w, kappa_h sigma_w) <= rho (theory.md 2.3.1, 3.9.2), `G` its effective iterations, `size_in` its touched input elements
-    and `size_filter` its used filter elements."""
+    min(sigma_h kappa_w, kappa_h sigma_w) <= rho (theory.md 2.3.1, 3.9.2), `G` its effective
+    iterations, `size_in` its touched input elements and `size_filter` its used filter
+    elements."""
 
     taps: int
     rho: int
