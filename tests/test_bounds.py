@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from parconv.bounds import (busy_processor_footprint, closed_form_work, im2col_bound,
                             parallel_bounds, sequential_bound, sequential_bound_two_memory,
                             work_function)
-from parconv.bounds.sequential import sequential_bound_value
+from parconv.bounds.sequential import segment_lengths, segments, sequential_bound_value
 from parconv.bounds.workfn import (feasible_log_work, layer_program, output_bytes, polish_traffic_dual,
                                    polish_work_dual, solve_traffic, solve_work, traffic_program,
                                    used_filter_size, witness_program)
@@ -294,12 +294,28 @@ def test_sequential_bound_terms_and_binding():
     assert small_M.value > small_M.compulsory
     assert sequential_bound(spec, 2.0**34).binding == "compulsory"
     assert set(small_M.to_dict()) == {"value", "compulsory", "segment", "small_filter",
-                                      "large_filter", "binding", "M", "segment_polyphase"}
+                                      "large_filter", "binding", "M", "segment_polyphase",
+                                      "segment_length", "polyphase_length"}
     two = sequential_bound_two_memory(spec, 2.0**11, 2.0**11)
     assert two == small_M
     tiny = sequential_bound(ConvSpec(batch=1, in_channels=64, out_channels=64, in_size=64,
                                      kernel_size=11, dtype_in="float32"), 64.0)
     assert tiny.binding == "large-filter"
+
+
+@pytest.mark.parametrize("M", [2.0**12, 2.0**14])
+def test_segment_length_four_M_gains_sqrt_2_where_the_small_filter_term_binds(M):
+    # docs/theory.md 3.3-3.4: segments of S transfers see data worth 2M + S; the small-filter
+    # optimum is S = 4M, sqrt(2) above the classical S = M with F(3M)
+    spec = get_layer("vgg16.conv3_2", batch=8)
+    bound = sequential_bound(spec, M)
+    classical = segments(spec.G_eff, M, solve_work(spec, 3.0 * M).value)
+    assert bound.segment_length == 4 * M and bound.binding == "small-filter"
+    assert 1.39 < bound.segment / classical < math.sqrt(2.0)
+    assert bound.small_filter <= bound.segment
+    for S in segment_lengths(M):
+        assert segments(spec.G_eff, S, solve_work(spec, 2.0 * M + S).value) <= bound.segment
+    assert segment_lengths(1.0)[0] == 1 and all(isinstance(S, int) for S in segment_lengths(M))
 
 
 @pytest.mark.parametrize("name", ["resnet50.conv1", "resnet50.layer3.0.conv2",
@@ -328,8 +344,10 @@ def test_im2col_bound_formula_and_the_direct_advantage():
     spec = get_layer("vgg16.conv2_1", batch=1, dtype="float32")  # 3x3, stride 1: rho = 9
     M = 2.0**12
     (H, W), (R, S) = spec.out_size, spec.kernel_size
-    gemm = spec.G / (M ** 1.5 / math.sqrt(spec.p_in * spec.p_weight * spec.p_acc))
-    assert im2col_bound(spec, M) == M * (math.ceil(gemm) - 1)
+    ppp = spec.p_in * spec.p_weight * spec.p_acc
+    assert im2col_bound(spec, M) == max(S * (math.ceil(spec.G / (((2 * M + S) / 3) ** 1.5
+                                                                   / math.sqrt(ppp))) - 1)
+                                        for S in segment_lengths(M))
     ratio = im2col_bound(spec, M) / sequential_bound(spec, M).value
     # sqrt(RS / (sh sw)) = 3, times G / G_eff (im2col multiplies the padding), up to the "- 1"
     assert 2.5 < ratio <= 3 * spec.G / spec.G_eff * (1 + 1e-3)

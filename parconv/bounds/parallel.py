@@ -8,11 +8,12 @@
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 
 from ..spec import ConvSpec
 from .checks import check_bytes, check_owned, check_ranks, check_spec
 from .polyphase import WEIGHT_EXPONENTS, is_strided, polyphase_traffic, polyphase_work
-from .sequential import segments
+from .sequential import best_segment, segments
 from .workfn import output_bytes, solve_traffic, solve_work, used_filter_size
 
 __all__ = ["parallel_bounds", "busy_processor_footprint", "ParallelBound"]
@@ -52,7 +53,8 @@ def parallel_bounds(spec: ConvSpec, P: int, M: float | None = None, owned=None) 
     B_MI = min over x of sum_j p_j (x_j - o_j) subject to the section-2 inequalities at
     |V| = ceil(G_eff / P) and o_j <= x_j <= |A_j|: a convex program in log variables, solved with a
     dual certificate so the value is never above the true minimum; 0 when the busy processor can
-    work inside what it owns.  B_MD = M (ceil(ceil(G_eff / P) / F(3M)) - 1), 0 when M is None
+    work inside what it owns.  B_MD = max_S S (ceil(ceil(G_eff / P) / F(2M + S)) - 1) over the
+    segment lengths of `parconv.bounds.sequential.segment_lengths`, 0 when M is None
     (the busy processor does at least ceil(G_eff / P) iterations, an integer, hence the inner
     ceiling, slightly stronger than theory.md's G_eff / P and equally valid).
 
@@ -82,14 +84,15 @@ def parallel_bounds(spec: ConvSpec, P: int, M: float | None = None, owned=None) 
     usable = (owned[0], min(owned[1], used_filter_size(spec)), owned[2])
     owned_bytes = sum(pj * oj for pj, oj in zip(p, usable))
     B_MI_plain = max(0.0, solve_traffic(spec, work, usable).value - owned_bytes)
-    B_MD_plain = 0.0 if M is None else segments(work, M, solve_work(spec, 3.0 * M).value)
+    B_MD_plain = 0.0 if M is None else best_segment(
+        M, lambda S: segments(work, S, solve_work(spec, 2.0 * M + S).value))[0]
     B_MI_poly = B_MD_poly = 0.0
     if spec.G_eff > 0 and is_strided(spec):
         for e in WEIGHT_EXPONENTS:
             B_MI_poly = max(B_MI_poly, polyphase_traffic(spec, e, P, usable) - owned_bytes)
             if M is not None:
-                per_segment, total = polyphase_work(spec, e, 3.0 * M)
-                B_MD_poly = max(B_MD_poly, segments(total / P, M, per_segment))
+                share = partial(_polyphase_share, spec, e, P, M)
+                B_MD_poly = max(B_MD_poly, best_segment(M, share)[0])
     B_MI, B_MD = max(B_MI_plain, B_MI_poly), max(B_MD_plain, B_MD_poly)
     binding = "memory-dependent" if B_MD > B_MI else "memory-independent"
     return ParallelBound(B_MI=B_MI, B_MD=B_MD, binding=binding, value=max(B_MI, B_MD), P=P, M=M,
@@ -108,3 +111,9 @@ def busy_processor_footprint(spec: ConvSpec, P: int, owned=None) -> tuple[float,
     o_I, o_F, o_O = check_owned(spec, P, owned)
     usable = (o_I, min(o_F, used_filter_size(spec)), o_O)
     return solve_traffic(spec, -(-spec.G_eff // P), usable).x
+
+
+def _polyphase_share(spec: ConvSpec, exponent: float, P: int, M: float, S: int) -> float:
+    """The busy processor's polyphase segment term at length S (weighted work T_y(all) / P)."""
+    per_segment, total = polyphase_work(spec, exponent, 2.0 * M + S)
+    return segments(total / P, S, per_segment)
