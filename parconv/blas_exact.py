@@ -40,7 +40,7 @@ def arithmetic(spec: ConvSpec, x: np.ndarray, w: np.ndarray) -> Arithmetic:
     acc = np.dtype(spec.dtype_acc)
     if np.issubdtype(np.dtype(spec.dtype_in), np.floating):
         return Arithmetic(acc, None, acc)
-    bound = _magnitude(x) * _magnitude(w)
+    bound = magnitude(x) * magnitude(w)
     reduction = spec.in_channels * spec.kernel_size[0] * spec.kernel_size[1]
     for dtype in (np.dtype(np.float32), np.dtype(np.float64)):
         limit = EXACT_BELOW[dtype] // bound if bound else reduction
@@ -54,7 +54,7 @@ def arithmetic(spec: ConvSpec, x: np.ndarray, w: np.ndarray) -> Arithmetic:
     return Arithmetic(np.dtype(np.int64), None, np.dtype(np.int64))
 
 
-def _magnitude(a: np.ndarray) -> int:
+def magnitude(a: np.ndarray) -> int:
     """max |a| as a Python int (no overflow of abs(-128) in int8)."""
     if a.size == 0:
         return 0

@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from parconv.errors import ParconvError
 from parconv.gemmini.config import GemminiConfig
-from parconv.gemmini.executor import TileExecutor, _rectangles, _schedule_rectangles
+from parconv.gemmini.executor import TileExecutor
+from parconv.gemmini.rectangles import rectangles, schedule_rectangles
 from parconv.gemmini.tiled.choose import (GemminiMemory, choose_tiling, run_parconv, tiling_calls,
                                           vendor_tuple)
 from parconv.gemmini.tiled.cost import tiling_cost
@@ -474,8 +475,8 @@ def test_schedule_rectangles_equal_the_tile_by_tile_grouping(order):
               calls.table[rng.permutation(len(calls.table))]]
     for table in tables:
         schedule = types.SimpleNamespace(table=table)      # the function reads the table only
-        want = _rectangles([((v[0], v[1]), (v[6], v[7]), (v[8], v[9]), (v[2], v[3]),
+        want = rectangles([((v[0], v[1]), (v[6], v[7]), (v[8], v[9]), (v[2], v[3]),
                              (v[4], v[5]), (v[10], v[11]), (v[12], v[13]))
                             for v in table[:, :14].tolist()])
-        assert _schedule_rectangles(schedule) == want
-    assert len(_schedule_rectangles(calls)) < len(calls.table)
+        assert schedule_rectangles(schedule) == want
+    assert len(schedule_rectangles(calls)) < len(calls.table)

@@ -36,21 +36,22 @@ stay below 2**24 (max|x| max|w| per product), else float64 (exact below 2**53); 
 summed in float32 when the whole reduction stays below 2**24 and no bias is added, else in int32
 (wrap-around).  Integer sums are
 exact, so the order of the products changes no bit, and the numpy work is grouped: the tiles of
-one (C, R, S) block whose (N, H, W, K) blocks tile a rectangle are one product over it (the
-capacity checks, the residency and the counters above stay per tile).  Floating-point tiles are
-multiplied one by one, in schedule order.
+one (C, R, S) block whose (N, H, W, K) blocks tile a rectangle are one product over it
+(`parconv.gemmini.rectangles`; the capacity checks, the residency and the counters above stay per
+tile).  Floating-point tiles are multiplied one by one, in schedule order.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 
 from ..errors import ParconvError
 from ..spec import ConvSpec
+from ..blas_exact import magnitude
 from .call_rules import exec_cycles as call_exec_cycles, passes as call_passes
+from .rectangles import rectangles, schedule_rectangles
 from .schedule_check import TileCall, TileSchedule, check_schedule, max_taps, tile_blocks
 
 __all__ = ["STREAMS", "ExecutionStats", "TileCall", "TileExecutor"]
@@ -139,7 +140,7 @@ class TileExecutor:
         calls = calls if isinstance(calls, TileSchedule) else list(calls)
         x, w = np.asarray(x), np.asarray(w)
         # max|x| max|w|: one pass over each operand for every decision below
-        scale = _magnitude(x) * _magnitude(w)
+        scale = magnitude(x) * magnitude(w)
         self.products = self._product_type(calls, x, w, scale)
         # products per exact float32 sum (no limit for float64: __init__ checked 2**53)
         self.chunk = self.FLOAT32_EXACT // scale if self.products == np.float32 and \
@@ -180,7 +181,7 @@ class TileExecutor:
         """Whether sums of ``products`` products of the data are integers below 2**24
         (``scale``: max|x| max|w| when already known)."""
         if scale is None:
-            scale = _magnitude(x) * _magnitude(w)
+            scale = magnitude(x) * magnitude(w)
         return products * scale <= TileExecutor.FLOAT32_EXACT
 
     # ---- cycles ------------------------------------------------------------------------------
@@ -203,7 +204,7 @@ class TileExecutor:
         (`check_schedule` proved the tile reads inside its window).  For integers the sums are
         exact, so the order of the products changes no bit: tiles that share a weight block
         (the same C, R, S blocks) and whose output blocks tile a rectangle are one product over
-        that rectangle (`_rectangles`; an implicit im2col in pieces of ``self.piece`` elements).
+        that rectangle (`parconv.gemmini.rectangles`; an implicit im2col in pieces of ``self.piece`` elements).
         Floating-point tiles are multiplied one by one in schedule order."""
         spec = self.spec
         (ph, pw), (sh, sw), (dh, dw) = spec.padding, spec.stride, spec.dilation
@@ -246,8 +247,8 @@ class TileExecutor:
         (ph, pw), (H_in, W_in) = spec.padding, spec.in_size
         N, C, K = spec.batch, spec.in_channels, spec.out_channels
         (H, W), (R, S) = spec.out_size, spec.kernel_size
-        blocks = _schedule_rectangles(calls) if isinstance(calls, TileSchedule) else \
-            _rectangles(tile_blocks(calls))
+        blocks = schedule_rectangles(calls) if isinstance(calls, TileSchedule) else \
+            rectangles(tile_blocks(calls))
         whole = tuple((0, e) for e in (N, H, W, K, C, R, S))
         self._assign = bias is None and blocks == [whole] and self.acc_type.kind == "f" and (
             self.chunk is None or C * R * S <= self.chunk)
@@ -341,72 +342,6 @@ class TileExecutor:
                     target[...] = product.transpose(1, 0, 2, 3)
                 else:
                     _accumulate(target, product.transpose(1, 0, 2, 3))
-
-
-def _rectangles(blocks: list) -> list[tuple]:
-    """The products of a schedule's tiles (``blocks``: their (n, h, w, k, c, r, s) ranges):
-    the tiles of one (C, R, S) block whose (N, H, W, K) blocks are every combination of
-    contiguous ranges form one rectangle; any other tile is its own."""
-    groups: dict[tuple, list] = {}
-    for n, h, w, k, c, r, s in blocks:
-        groups.setdefault((c, r, s), []).append((n, h, w, k))
-    out = []
-    for (c, r, s), group in groups.items():
-        axes = [sorted(set(b[i] for b in group)) for i in range(4)]
-        whole = len(set(group)) == len(group) == math.prod(len(a) for a in axes) and all(
-            lo[1] == hi[0] for a in axes for lo, hi in zip(a, a[1:]))
-        if whole:
-            out.append((*((a[0][0], a[-1][1]) for a in axes), c, r, s))
-        else:
-            out.extend((*b, c, r, s) for b in group)
-    return out
-
-
-def _schedule_rectangles(calls: TileSchedule) -> list[tuple]:
-    """`_rectangles` of a `TileSchedule`, on its arrays (the groups in order of appearance).
-
-    A range is compared as one integer, ``lo * base + hi`` (``base`` above every ``hi``: the
-    same order as (lo, hi)), instead of row by row: the same groups, axes and rectangles."""
-    t = calls.table
-    if not len(t):
-        return []
-    # the (lo, hi) columns of n, h, w, k, then of c, r, s
-    pairs = [(0, 1), (6, 7), (8, 9), (2, 3), (4, 5), (10, 11), (12, 13)]
-    bases = [int(t[:, b].max()) + 1 for _, b in pairs]
-    keys = [t[:, a] * base + t[:, b] for (a, b), base in zip(pairs, bases)]
-    radix = [int(k.max()) + 1 for k in keys[4:]]
-    crs = (keys[4] * radix[1] + keys[5]) * radix[2] + keys[6] if math.prod(radix) < 2 ** 62 \
-        else np.unique(np.column_stack(keys[4:]), axis=0, return_inverse=True)[1].reshape(-1)
-    _, first, group = np.unique(crs, return_index=True, return_inverse=True)
-    group = group.reshape(-1)
-    members = np.argsort(group, kind="stable")            # the tiles of each group, in order
-    bounds = np.searchsorted(group[members], np.arange(len(first) + 1))
-    out = []
-    for g in np.argsort(first).tolist():
-        rows = members[bounds[g]:bounds[g + 1]]
-        c, r, s = ((int(t[first[g], a]), int(t[first[g], b])) for a, b in pairs[4:])
-        axes, cell = [], np.zeros(len(rows), dtype=np.int64)
-        for key, base in zip(keys[:4], bases[:4]):
-            values, inverse = np.unique(key[rows], return_inverse=True)
-            axes.append((values // base, values % base))
-            cell = cell * len(values) + inverse.reshape(-1)
-        # every combination of the axes' ranges once (distinct cells, as many as tiles), and
-        # the ranges of every axis contiguous
-        whole = math.prod(len(lo) for lo, _ in axes) == len(rows) \
-            and np.unique(cell).size == len(rows) \
-            and all((lo[1:] == hi[:-1]).all() for lo, hi in axes)
-        if whole:
-            out.append((*((int(lo[0]), int(hi[-1])) for lo, hi in axes), c, r, s))
-        else:
-            out.extend(((n0, n1), (h0, h1), (w0, w1), (k0, k1), c, r, s) for
-                       n0, n1, h0, h1, w0, w1, k0, k1 in
-                       t[rows][:, [0, 1, 6, 7, 8, 9, 2, 3]].tolist())
-    return out
-
-
-def _magnitude(a: np.ndarray) -> int:
-    """max |a| as a Python int (no overflow of abs(-128) in int8)."""
-    return max(-int(a.min()), int(a.max()), 0) if a.size else 0
 
 
 def _accumulate(target: np.ndarray, product: np.ndarray) -> None:
