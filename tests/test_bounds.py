@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from parconv.bounds import (busy_processor_footprint, closed_form_work, im2col_bound,
                             parallel_bounds, sequential_bound, sequential_bound_two_memory,
                             work_function)
-from parconv.bounds.sequential import segment_lengths, segments, sequential_bound_value
+from parconv.bounds.sequential import (best_segment, segment_lengths, segment_term, segments,
+                                       sequential_bound_value)
 from parconv.bounds.workfn import (feasible_log_work, layer_program, output_bytes, polish_traffic_dual,
                                    polish_work_dual, solve_traffic, solve_work, traffic_program,
                                    used_filter_size, witness_program)
@@ -273,6 +274,27 @@ def test_sequential_bound_against_streaming_and_load_everything(spec):
         assert sequential_bound(spec, float(M)).value <= streaming
 
 
+@pytest.mark.parametrize("spec", [
+    ConvSpec(batch=1, in_channels=32, out_channels=32, in_size=8, kernel_size=1, dtype_in="float32"),
+    ConvSpec(batch=1, in_channels=16, out_channels=16, in_size=8, kernel_size=3, padding=1,
+             dtype_in="float32")])
+def test_no_tiled_schedule_beats_the_weighted_segments(spec):
+    # every tiling of K, C and H (whole W and window) in three loop orders, at its own footprint:
+    # small footprints, where the weighted segments of docs/theory.md 3.3 give the bound
+    (H, W), (R, S) = spec.out_size, spec.kernel_size
+    divisors = [[d for d in range(1, n + 1) if n % d == 0]
+                for n in (spec.out_channels, spec.in_channels, H)]
+    weighted = 0
+    for (k, c, h), order in itertools.product(itertools.product(*divisors),
+                                              ("NKHWCRS", "NHWKCRS", "KCRSNHW")):
+        tiles = dict(N=1, K=k, C=c, H=h, W=W, R=R, S=S)
+        traffic, footprint = schedule_traffic(spec, tiles, order)
+        bound = sequential_bound(spec, footprint)
+        assert bound.value <= traffic
+        weighted += bound.segment_weighted and bound.value == bound.segment
+    assert weighted >= 20
+
+
 def test_narrow_outputs_are_counted_at_their_stored_size():
     # int8 outputs of an int32 accumulator: filter resident, one pixel's K outputs at a time.
     # With p_acc = 4 for outputs in F(3M) the segment term would be 150144 bytes, above this
@@ -295,7 +317,8 @@ def test_sequential_bound_terms_and_binding():
     assert sequential_bound(spec, 2.0**34).binding == "compulsory"
     assert set(small_M.to_dict()) == {"value", "compulsory", "segment", "small_filter",
                                       "large_filter", "binding", "M", "segment_polyphase",
-                                      "segment_length", "polyphase_length"}
+                                      "segment_length", "segment_weighted", "polyphase_length",
+                                      "polyphase_weighted"}
     two = sequential_bound_two_memory(spec, 2.0**11, 2.0**11)
     assert two == small_M
     tiny = sequential_bound(ConvSpec(batch=1, in_channels=64, out_channels=64, in_size=64,
@@ -304,18 +327,27 @@ def test_sequential_bound_terms_and_binding():
 
 
 @pytest.mark.parametrize("M", [2.0**12, 2.0**14])
-def test_segment_length_four_M_gains_sqrt_2_where_the_small_filter_term_binds(M):
-    # docs/theory.md 3.3-3.4: segments of S transfers see data worth 2M + S; the small-filter
-    # optimum is S = 4M, sqrt(2) above the classical S = M with F(3M)
+def test_segment_rules_and_lengths_where_the_small_filter_term_binds(M):
+    # docs/theory.md 3.3-3.4: segments of S transfers see data worth 2M + S, best at S = 4M,
+    # sqrt(2) above the classical S = M; weighted segments (output bytes counted twice) reach
+    # (8/3)^(1/2) of the leading term less p_O |O|, which wins here only at the smaller M
     spec = get_layer("vgg16.conv3_2", batch=8)
     bound = sequential_bound(spec, M)
     classical = segments(spec.G_eff, M, solve_work(spec, 3.0 * M).value)
-    assert bound.segment_length == 4 * M and bound.binding == "small-filter"
-    assert 1.39 < bound.segment / classical < math.sqrt(2.0)
+    plain = best_segment(M, lambda S: segment_term(spec, M, S))
+    weighted = best_segment(M, lambda L: segment_term(spec, M, L, True))
+    assert plain[1] == 4 * M and 1.39 < plain[0] / classical <= math.sqrt(2.0)
+    assert bound.segment == max(plain[0], weighted[0]) and bound.binding == "small-filter"
+    assert bound.segment_weighted == (weighted[0] > plain[0]) == (M == 2.0**12)
+    assert bound.segment_length == (weighted[1] if bound.segment_weighted else plain[1])
     assert bound.small_filter <= bound.segment
-    for S in segment_lengths(M):
-        assert segments(spec.G_eff, S, solve_work(spec, 2.0 * M + S).value) <= bound.segment
-    assert segment_lengths(1.0)[0] == 1 and all(isinstance(S, int) for S in segment_lengths(M))
+    outputs = output_bytes(spec) * spec.size_output
+    for n in segment_lengths(M):
+        assert segment_term(spec, M, n) == segments(spec.G_eff, n,
+                                                    solve_work(spec, 2 * M + n).value)
+        assert segment_term(spec, M, n, True) == max(0.0, segments(
+            spec.G_eff, n, solve_work(spec, 3 * M + n + 1, 2).value) - outputs)
+    assert segment_lengths(1.0)[0] == 1 and all(isinstance(n, int) for n in segment_lengths(M))
 
 
 @pytest.mark.parametrize("name", ["resnet50.conv1", "resnet50.layer3.0.conv2",

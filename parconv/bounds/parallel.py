@@ -8,13 +8,15 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from functools import partial
 
 from ..spec import ConvSpec
 from .checks import check_bytes, check_owned, check_ranks, check_spec
-from .polyphase import WEIGHT_EXPONENTS, is_strided, polyphase_traffic, polyphase_work
-from .sequential import best_segment, segments
-from .workfn import output_bytes, solve_traffic, solve_work, used_filter_size
+from .polyphase import (WEIGHT_EXPONENTS, is_strided, polyphase_program, polyphase_traffic,
+                        polyphase_work)
+from .sequential import best_segment, segments, term_upper
+from .workfn import layer_program, output_bytes, solve_traffic, solve_work, used_filter_size
 
 __all__ = ["parallel_bounds", "busy_processor_footprint", "ParallelBound"]
 
@@ -84,15 +86,20 @@ def parallel_bounds(spec: ConvSpec, P: int, M: float | None = None, owned=None) 
     usable = (owned[0], min(owned[1], used_filter_size(spec)), owned[2])
     owned_bytes = sum(pj * oj for pj, oj in zip(p, usable))
     B_MI_plain = max(0.0, solve_traffic(spec, work, usable).value - owned_bytes)
-    B_MD_plain = 0.0 if M is None else best_segment(
-        M, lambda S: segments(work, S, solve_work(spec, 2.0 * M + S).value))[0]
+    B_MD_plain = 0.0
+    if M is not None and spec.G_eff > 0:
+        B_MD_plain = best_segment(
+            M, lambda S: segments(work, S, solve_work(spec, 2.0 * M + S).value),
+            term_upper(layer_program(spec), work, M))[0]
     B_MI_poly = B_MD_poly = 0.0
     if spec.G_eff > 0 and is_strided(spec):
         for e in WEIGHT_EXPONENTS:
             B_MI_poly = max(B_MI_poly, polyphase_traffic(spec, e, P, usable) - owned_bytes)
             if M is not None:
+                prog, total = polyphase_program(spec, e)
                 share = partial(_polyphase_share, spec, e, P, M)
-                B_MD_poly = max(B_MD_poly, best_segment(M, share)[0])
+                upper = term_upper(prog, math.exp(total) / P, M)
+                B_MD_poly = max(B_MD_poly, best_segment(M, share, upper)[0])
     B_MI, B_MD = max(B_MI_plain, B_MI_poly), max(B_MD_plain, B_MD_poly)
     binding = "memory-dependent" if B_MD > B_MI else "memory-independent"
     return ParallelBound(B_MI=B_MI, B_MD=B_MD, binding=binding, value=max(B_MI, B_MD), P=P, M=M,

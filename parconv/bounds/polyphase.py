@@ -31,7 +31,7 @@ from ..spec import ConvSpec
 from .border import axis_reuse, axis_sigma, combine
 from .workfn import (GAP_TOL, LOG_PAD, LayerProgram, _make_feasible, _traffic_dual,
                      _traffic_primal, _work_dual, _work_primal, layer_program, polish_traffic_dual,
-                     polish_work_dual, witness_program)
+                     output_weighted, polish_work_dual, witness_program)
 
 __all__ = ["Phase", "phases", "polyphase_program", "polyphase_work", "polyphase_traffic",
            "WEIGHT_EXPONENTS"]
@@ -203,11 +203,14 @@ def is_strided(spec: ConvSpec) -> bool:
 
 
 @lru_cache(maxsize=8192)
-def polyphase_work(spec: ConvSpec, exponent: float, X: float) -> tuple[float, float]:
+def polyphase_work(spec: ConvSpec, exponent: float, X: float,
+                   output_weight: int = 1) -> tuple[float, float]:
     """(F_y(X), total weighted work): the most weighted work sum_phi y_phi |V_phi| any set of
-    iterations touching at most X bytes can do, a dual certificate never below the maximum.
+    iterations touching at most X bytes can do (output bytes counted ``output_weight`` times, as
+    `parconv.bounds.workfn.solve_work`), a dual certificate never below the maximum.
     Local; needs G_eff >= 1."""
     prog, total = polyphase_program(spec, exponent)
+    prog = output_weighted(prog, output_weight)
     if float(prog.bytes_per @ prog.sizes) <= X:
         return math.exp(total), math.exp(total)
     u, t_primal, lam = _work_primal(prog, X)

@@ -25,12 +25,12 @@ from ..spec import ConvSpec
 from .border import reuse_constant, reuse_witness
 from .checks import check_bytes, check_spec
 from .polyphase import WEIGHT_EXPONENTS, is_strided, polyphase_program, polyphase_work
-from .workfn import (feasible_log_work, output_bytes, solve_work, used_filter_size,
-                     witness_program)
+from .workfn import (feasible_log_work, layer_program, output_bytes, output_weighted, solve_work,
+                     used_filter_size, witness_program)
 
 __all__ = ["work_function", "closed_form_work", "sequential_bound", "sequential_bound_two_memory",
            "sequential_bound_value", "im2col_bound", "segments", "segment_lengths", "best_segment",
-           "SEGMENT_FACTORS", "SequentialBound"]
+           "segment_budget", "segment_term", "term_upper", "SEGMENT_FACTORS", "SequentialBound"]
 
 
 # ---- work function ----------------------------------------------------------------------------
@@ -71,20 +71,27 @@ def segments(work: float, length: float, per_segment: float) -> float:
     return length * max(math.ceil(work / per_segment) - 1, 0)
 
 
-#: Segment lengths S tried by the segment bound, as multiples of M (theory.md 3.3).  Every whole
-#: S >= 1 gives a valid bound, so the bound is the largest over this menu; S = 4 M is the
-#: small-filter optimum and S = 2 M the large-filter one (3.4), S = M the classical choice.  Steps
-#: of 2^(1/2) lose at most a few per cent against the best S (the optimum is flat).
-SEGMENT_FACTORS = tuple(2.0 ** (k / 2) for k in range(-2, 15))
+#: Segment lengths tried by the segment bounds, as multiples of M (theory.md 3.3).  Every whole
+#: length >= 1 gives a valid bound, so the bound is the largest over this menu: steps of 2^(1/2)
+#: from M/2 to 128M (the optima are flat, so a step costs a few per cent at most), with 3M and 6M,
+#: and so 2M, 4M and 6M, the optima of the closed forms (3.4).
+SEGMENT_FACTORS = tuple(sorted({2.0 ** (k / 2) for k in range(-2, 15)} | {3.0, 6.0}))
 
 
 def segment_lengths(M: float) -> tuple[int, ...]:
-    """The whole segment lengths S >= 1 of `SEGMENT_FACTORS` for a memory of M bytes."""
+    """The whole segment lengths >= 1 of `SEGMENT_FACTORS` for a memory of M bytes."""
     return tuple(sorted({max(1, math.floor(M * f)) for f in SEGMENT_FACTORS}))
 
 
+def segment_budget(M: float, length: int, weighted: bool) -> float:
+    """The bytes of data one segment's iterations can touch (theory.md 3.3): 2M + S for a
+    segment of S transfers; 3M + L + 1 for a weighted segment of L units, in a budget that
+    counts output bytes twice."""
+    return 3.0 * M + length + 1.0 if weighted else 2.0 * M + length
+
+
 def best_segment(M: float, term: Callable[[int], float],
-                 upper: Callable[[int], float] | None = None,
+                 upper: Callable[[tuple[int, ...]], list[float]] | None = None,
                  floor: float = 0.0) -> tuple[float, int]:
     """The largest segment term over the lengths S of `segment_lengths`, and its S.
 
@@ -93,14 +100,12 @@ def best_segment(M: float, term: Callable[[int], float],
     iterations whose data are worth at most the M bytes in fast memory at its start, its S
     transfers and the M at its end (theory.md 3.3).  With ``upper(S)``, a value never below
     ``term(S)``, a length is solved only if its upper value exceeds `floor` and every term found
-    so far; the result is then the same maximum when it exceeds `floor`, and (value <= floor, 0)
-    otherwise.
+    so far (``upper(lengths)`` gives the upper values of all lengths at once); the result is then
+    the same maximum when it exceeds `floor`, and (value <= floor, 0) otherwise.
     """
     lengths = segment_lengths(M)
-    if upper is None:
-        order = [(math.inf, S) for S in lengths]
-    else:
-        order = sorted(((upper(S), S) for S in lengths), reverse=True)
+    order = sorted(zip([math.inf] * len(lengths) if upper is None else upper(lengths), lengths),
+                   reverse=True)
     best, best_S = floor, 0
     for high, S in order:
         if high <= best:
@@ -117,11 +122,14 @@ class SequentialBound:
     """Lower bound on the bytes moved between slow memory and a fast memory of M bytes.
 
     ``value`` is the maximum of the other terms; all are bytes (theory.md section 3).
-    ``segment`` is the segment term at its best segment length ``segment_length`` (bytes; 0 when
-    the term is 0), ``segment_polyphase`` the polyphase one at ``polyphase_length``.  ``binding``
-    names the largest term; when it is the segment term it names the inequality family active at
-    the optimum of F(2M + S): 'small-filter' if the (H1) row has the smallest slack (ties
-    included), 'large-filter' if a (P) or (H2) row has a strictly smaller slack.
+    ``segment`` is the best segment term of the layer's work function over both segment rules
+    and the lengths of `segment_lengths`: ``segment_length`` is its length (0 when the term is
+    0) and ``segment_weighted`` tells whether it is a weighted segment (3.3).
+    ``segment_polyphase``, ``polyphase_length`` and ``polyphase_weighted`` are the same for the
+    polyphase work function (3.9.4).  ``binding`` names the largest term; when it is the
+    segment term it names the inequality family active at the optimum of its work function:
+    'small-filter' if the (H1) row has the smallest slack (ties included), 'large-filter' if a
+    (P) or (H2) row has a strictly smaller slack.
     """
 
     value: float
@@ -133,25 +141,27 @@ class SequentialBound:
     M: float
     segment_polyphase: float = 0.0
     segment_length: int = 0
+    segment_weighted: bool = False
     polyphase_length: int = 0
+    polyphase_weighted: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 def sequential_bound(spec: ConvSpec, M: float) -> SequentialBound:
-    """W_seq >= max(compulsory, max_S S (ceil(G_eff / F(2M + S)) - 1), closed forms)
-    (theory.md section 3).
+    """W_seq >= max(compulsory, segment terms, closed forms) (theory.md section 3).  Local.
 
-    Local.  compulsory = p_I |I_touched| + p_F |F_used| + p_Y |O|, with |F_used| = |F| unless
-    some filter tap only ever meets padding (`parconv.bounds.workfn.used_filter_size`); the
-    segment term is the largest over the segment lengths S of `segment_lengths`;
-    small_filter = 2^(1/2) G_eff (p_I p_F p_O)^(1/2) / (kappa^(1/2) M^(1/2)) - 4M (kappa:
-    theory.md 2.3.1) and large_filter = (9/8) G_eff (p_I p_F p_O)^(2/3) / M - 2M (both clipped at
-    0), the segment term's closed forms at S = 4M and S = 2M: they never exceed it for a whole M.
-    On a layer with more than one phase the polyphase segment term
-    max_S S (ceil(T_y / F_y(2M + S)) - 1) is added (docs/theory.md 3.9); ``binding`` is then
-    'polyphase' when it is the largest.
+    compulsory = p_I |I_touched| + p_F |F_used| + p_Y |O|, with |F_used| = |F| unless some filter
+    tap only ever meets padding (`parconv.bounds.workfn.used_filter_size`).  The segment term is
+    the largest `segment_term` over both rules (segments of S transfers, weighted segments) and
+    the lengths of `segment_lengths`.  small_filter is the larger of the closed forms
+    2^(1/2) G_eff (p_I p_F p_O)^(1/2) / (kappa M)^(1/2) - 4M (S = 4M) and
+    (8/3)^(1/2) G_eff (p_I p_F p_O)^(1/2) / (kappa M)^(1/2) (9M / (9M + 1))^(3/2) - 6M - p_O |O|
+    (weighted, L = 6M); large_filter = (9/8) G_eff (p_I p_F p_O)^(2/3) / M - 2M (S = 2M; kappa:
+    theory.md 2.3.1; all clipped at 0).  For a whole M they never exceed the segment term and
+    are kept as checks.  On a layer with more than one phase the polyphase segment terms are
+    added (docs/theory.md 3.9); ``binding`` is then 'polyphase' when they are the largest.
 
     Raises
     ------
@@ -161,27 +171,48 @@ def sequential_bound(spec: ConvSpec, M: float) -> SequentialBound:
     check_spec(spec)
     M = check_bytes(M, "M")
     compulsory, small, large = _closed_terms(spec, M)
-    segment, length = best_segment(
-        M, lambda S: segments(spec.G_eff, S, solve_work(spec, 2.0 * M + S).value))
+    outputs = _outputs_written(spec)
+    segment, length, weighted = 0.0, 0, False
+    if spec.G_eff > 0:
+        segment, length, weighted = _best_rule(
+            M, partial(segment_term, spec, M),
+            term_upper(layer_program(spec), spec.G_eff, M, outputs))
     terms = {"compulsory": compulsory, "small-filter": small, "large-filter": large}
-    slack = solve_work(spec, 2.0 * M + (length or M)).slack
+    slack = solve_work(spec, segment_budget(M, length or int(M) or 1, weighted),
+                       2 if weighted else 1).slack
     if slack and slack["H1"] <= min(slack["P"], slack["H2"]):
         terms["segment:small-filter"] = segment
     else:
         terms["segment:large-filter"] = segment
-    poly, poly_length = 0.0, 0
+    poly, poly_length, poly_weighted = 0.0, 0, False
     if spec.G_eff > 0 and is_strided(spec):
         for e in WEIGHT_EXPONENTS:
-            value, S = best_segment(M, partial(_polyphase_term, spec, e, M))
-            if value > poly:
-                poly, poly_length = value, S
+            prog, total = polyphase_program(spec, e)
+            found = _best_rule(M, lambda n, w: segment_term(spec, M, n, w, e),
+                               term_upper(prog, math.exp(total), M, outputs))
+            if found[0] > poly:
+                poly, poly_length, poly_weighted = found
         terms["segment:polyphase"] = poly
     binding = max(terms, key=lambda key: (terms[key], key == "compulsory"))
     return SequentialBound(value=max(terms.values()), compulsory=compulsory, segment=segment,
                            small_filter=small, large_filter=large,
                            binding=binding.removeprefix("segment:"), M=M,
                            segment_polyphase=poly, segment_length=length,
-                           polyphase_length=poly_length)
+                           segment_weighted=weighted, polyphase_length=poly_length,
+                           polyphase_weighted=poly_weighted)
+
+
+def _best_rule(M: float, term, upper=None, floor: float = 0.0) -> tuple[float, int, bool]:
+    """(value, length, weighted) of the largest ``term(length, weighted)`` over both segment
+    rules, as `best_segment` (with ``upper(length, weighted)`` and `floor` likewise)."""
+    best = (floor, 0, False)
+    for weighted in (False, True):
+        value, length = best_segment(
+            M, lambda n: term(n, weighted),
+            None if upper is None else (lambda ns: upper(ns, weighted)), best[0])
+        if length:
+            best = (value, length, weighted)
+    return best
 
 
 def _closed_terms(spec: ConvSpec, M: float,
@@ -192,8 +223,11 @@ def _closed_terms(spec: ConvSpec, M: float,
     compulsory = float(spec.p_in * spec.size_input_touched
                        + spec.p_weight * used_filter_size(spec) + spec.p_out * spec.size_output)
     reuse = reuse_constant(spec) if reuse is None else reuse
-    # segments of S = 4M and 2M transfers with F(6M), F(4M) at most the closed forms of F (3.4)
-    small = max(0.0, math.sqrt(2.0) * spec.G_eff * math.sqrt(ppp) / math.sqrt(reuse * M) - 4.0 * M)
+    lead = spec.G_eff * math.sqrt(ppp / (reuse * M))
+    # S = 4M with F(6M), and L = 6M with F2(9M + 1), at most the closed forms of F (3.4)
+    small = max(0.0, math.sqrt(2.0) * lead - 4.0 * M,
+                math.sqrt(8.0 / 3.0) * lead * (9.0 * M / (9.0 * M + 1.0)) ** 1.5 - 6.0 * M
+                - _outputs_written(spec))
     large = max(0.0, 9.0 / 8.0 * spec.G_eff * ppp ** (2.0 / 3.0) / M - 2.0 * M)
     return compulsory, small, large
 
@@ -202,13 +236,13 @@ def sequential_bound_value(spec: ConvSpec, M: float) -> float:
     """``sequential_bound(spec, M).value``, bit for bit, solving only the work functions whose
     segment term might be the largest.  Local.
 
-    Each segment term is ``S (ceil(work / F(2M + S)) - 1)`` at its best length S, with F
-    certified never below the maximum of its program; a feasible point of that program
-    (`feasible_log_work`, no solve) gives a value F_low <= maximum <= F, so
-    ``S (ceil(work / F_low) - 1)`` bounds the term at S from above.  A length whose upper value is
-    at most the largest term found so far (the compulsory term first) cannot give the (strict)
-    maximum and is not solved (`best_segment` with an estimate); every other one is solved exactly
-    as `sequential_bound` solves it.  The value is the maximum of the same terms, hence the same
+    Each segment term is ``length (ceil(work / F(X)) - 1)`` (less p_O |O| for weighted segments)
+    with F certified never below the maximum of its program; a feasible point of that program
+    (`feasible_log_work`, no solve) gives a value F_low <= maximum <= F, so the same expression
+    with F_low bounds the term from above.  A length whose upper value is at most the largest
+    term found so far (the compulsory term first) cannot give the (strict) maximum and is not
+    solved (`best_segment` with an estimate); every other one is solved exactly as
+    `sequential_bound` solves it.  The value is the maximum of the same terms, hence the same
     number and as valid.  The feasible points and the small-filter form's upper bound use
     `border.reuse_witness`, a value kappa is never below, so that kappa is searched for only when
     a term needing it may bind.
@@ -227,29 +261,61 @@ def sequential_bound_value(spec: ConvSpec, M: float) -> float:
         value = max(value, _closed_terms(spec, M)[1])
     if spec.G_eff == 0:
         return value
-
-    def upper(prog, work: float) -> Callable[[int], float]:
-        def value_at(S: int) -> float:
-            X = 2.0 * M + S
-            if float(prog.bytes_per @ prog.sizes) <= X:      # F = all the work: the term is 0
-                return 0.0
-            return segments(work, S, math.exp(feasible_log_work(prog, X)))
-        return value_at
-
-    value = best_segment(M, lambda S: segments(spec.G_eff, S, solve_work(spec, 2.0 * M + S).value),
-                         upper(witness_program(spec), spec.G_eff), value)[0]
+    outputs = _outputs_written(spec)
+    value = _best_rule(M, partial(segment_term, spec, M),
+                       term_upper(witness_program(spec), spec.G_eff, M, outputs), value)[0]
     if is_strided(spec):
         for e in WEIGHT_EXPONENTS:
             prog, total = polyphase_program(spec, e, witness=True)
-            value = best_segment(M, partial(_polyphase_term, spec, e, M),
-                                 upper(prog, math.exp(total)), value)[0]
+            value = _best_rule(M, lambda n, w: segment_term(spec, M, n, w, e),
+                               term_upper(prog, math.exp(total), M, outputs), value)[0]
     return value
 
 
-def _polyphase_term(spec: ConvSpec, exponent: float, M: float, S: int) -> float:
-    """The polyphase segment term at length S: S (ceil(T_y(all) / F_y(2M + S)) - 1)."""
-    per_segment, total = polyphase_work(spec, exponent, 2.0 * M + S)
-    return segments(total, S, per_segment)
+def segment_term(spec: ConvSpec, M: float, length: int, weighted: bool = False,
+                 exponent: float | None = None) -> float:
+    """One segment term of theory.md 3.3 at one length, in bytes.  Local.
+
+    Segments of S = `length` transfers: ``S (ceil(work / F(2M + S)) - 1)``.  Weighted segments
+    of L = `length` units (an input or filter byte read is 1, an output byte written out is 2):
+    ``L (ceil(work / F2(3M + L + 1)) - 1) - p_O |O|``, clipped at 0, where F2 counts output bytes
+    twice.  work and F are G_eff and F(X), or with `exponent` the polyphase T_y(all) and F_y(X)
+    (docs/theory.md 3.9.4).
+    """
+    X = segment_budget(M, length, weighted)
+    weight = 2 if weighted else 1
+    if exponent is None:
+        per_segment, work = solve_work(spec, X, weight).value, spec.G_eff
+    else:
+        per_segment, work = polyphase_work(spec, exponent, X, weight)
+    value = segments(work, length, per_segment)
+    return max(0.0, value - _outputs_written(spec)) if weighted else value
+
+
+def _outputs_written(spec: ConvSpec) -> float:
+    """p_O |O|: what weighted segments may count twice without a read-back (theory.md 3.3)."""
+    return float(output_bytes(spec) * spec.size_output)
+
+
+def term_upper(prog, work: float, M: float, outputs: float = 0.0):
+    """``upper(lengths, weighted)``: for each length, a value never below the segment term of a
+    work function whose program's maximum is at most that of ``prog`` (the same program, or one
+    whose rows are never above it).  From feasible points of ``prog`` (`feasible_log_work`, no
+    solve): a value F_low <= F, and the term's expression with F_low in place of F.  Local.
+    `best_segment` uses it to solve only the lengths that can hold the maximum."""
+    def upper(lengths: tuple[int, ...], weighted: bool = False) -> list[float]:
+        weighted_prog = output_weighted(prog, 2 if weighted else 1)
+        everything = float(weighted_prog.bytes_per @ weighted_prog.sizes)
+        out = []
+        for n in lengths:
+            X = segment_budget(M, n, weighted)
+            if everything <= X:                  # F = all the work: this length and longer give 0
+                out.extend([0.0] * (len(lengths) - len(out)))
+                break
+            high = segments(work, n, math.exp(feasible_log_work(weighted_prog, X)))
+            out.append(high - outputs if weighted else high)
+        return out
+    return upper
 
 
 def sequential_bound_two_memory(spec: ConvSpec, M_scratch: float, M_acc: float) -> SequentialBound:

@@ -240,18 +240,29 @@ def _closed_form_duals(prog: LayerProgram) -> list[np.ndarray]:
     return [prog.index(f).astype(float) for f in ("H1", "H2", "G")]
 
 
+def output_weighted(prog: LayerProgram, output_weight: int) -> LayerProgram:
+    """``prog`` with its output bytes counted ``output_weight`` times in the budget (theory.md
+    3.3, weighted segments: an output byte a segment writes out is read back or is final)."""
+    if output_weight == 1:
+        return prog
+    p = prog.bytes_per.copy()
+    p[2] *= output_weight
+    return dataclasses.replace(prog, bytes_per=p)
+
+
 @lru_cache(maxsize=8192)
-def solve_work(spec: ConvSpec, X: float) -> WorkSolution:
+def solve_work(spec: ConvSpec, X: float, output_weight: int = 1) -> WorkSolution:
     """F(X) of theory.md section 2 with its primal point.  Local.
 
-    When every array fits in X bytes the maximum is G_eff exactly (the whole iteration space
-    satisfies every inequality).  Otherwise the certified value is the smallest of the dual values
-    at the SLSQP multipliers and at the closed-form dual points, polished when the gap to the
-    primal exceeds `GAP_TOL`.
+    With ``output_weight`` w the budget is ``p_I x_I + p_F x_F + w p_O x_O <= X`` (w = 2: the
+    work function of the weighted segments of theory.md 3.3).  When every array fits in X bytes
+    the maximum is G_eff exactly (the whole iteration space satisfies every inequality).
+    Otherwise the certified value is the smallest of the dual values at the SLSQP multipliers and
+    at the closed-form dual points, polished when the gap to the primal exceeds `GAP_TOL`.
     """
     if spec.G_eff == 0:  # every iteration reads padding: there is no work and no data
         return WorkSolution(0.0, 0.0, (0.0, 0.0, 0.0), {})
-    prog = layer_program(spec)
+    prog = output_weighted(layer_program(spec), output_weight)
     if float(prog.bytes_per @ prog.sizes) <= X:
         x = tuple(float(v) for v in prog.sizes)
         slack = _slacks(prog, prog.caps, math.log(spec.G_eff))
