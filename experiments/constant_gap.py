@@ -6,8 +6,9 @@ length S; at S = 4M its small-filter form is 2^(1/2) G_eff (p_I p_F p_O / (rho M
 constant 2^(1/2) in front of G_eff (ppp / (rho M))^(1/2) (the classical S = M gives 1).  For matrix
 multiply the tight constant is 2 (Smith, Lowery, Langou, van de Geijn 2017).  This prints, for
 layers where the small-filter term binds (small M), the best traffic found by parconv.tiling's
-optimiser divided by the bound, by the bound with the classical S = M, and by the proved leading
-term, for 1x1 (the matmul analogue) and 3x3 layers.
+optimiser divided by the bound (with the rule and length of its segment term: segments of S
+transfers or weighted segments of L units, theory.md 3.3), by the bound with the classical S = M,
+and by the proved leading term, for 1x1 (the matmul analogue) and 3x3 layers.
 """
 import os
 import sys
@@ -44,7 +45,8 @@ def classical(spec: ConvSpec, M: int, compulsory: float) -> float:
 
 
 def main() -> int:
-    print(f"{'layer':<28} {'M':>8} {'binding':<13} {'S/M':>5} {'best tiling':>13} {'bound':>13} "
+    print(f"{'layer':<28} {'M':>8} {'binding':<13} {'rule':<9} {'n/M':>5} {'best tiling':>13} "
+          f"{'bound':>13} "
           f"{'tiling/bound':>12} {'(S = M)':>8} {'tiling/lead':>11}")
     for name, spec in CASES:
         ppp = spec.p_in * spec.p_weight * output_bytes(spec)
@@ -53,9 +55,11 @@ def main() -> int:
             old = classical(spec, M, bound.compulsory)
             lead = np.sqrt(2.0) * spec.G_eff * np.sqrt(ppp / (spec.rho * M))
             best = optimise(spec, SingleMemory(M), keep_window=False).traffic.total
-            length = bound.polyphase_length if bound.binding == "polyphase" \
-                else bound.segment_length
-            print(f"{name:<28} {M:>8} {bound.binding:<13} {length / M:>5.2f} {best:>13} "
+            poly = bound.binding == "polyphase"
+            length = bound.polyphase_length if poly else bound.segment_length
+            weighted = bound.polyphase_weighted if poly else bound.segment_weighted
+            rule = "weighted" if weighted else "transfers"
+            print(f"{name:<28} {M:>8} {bound.binding:<13} {rule:<9} {length / M:>5.2f} {best:>13} "
                   f"{bound.value:>13.0f} {best / bound.value:>12.3f} {best / old:>8.3f} "
                   f"{best / lead:>11.3f}")
     return 0
