@@ -309,7 +309,7 @@ def term_upper(prog, work: float, M: float, outputs: float = 0.0):
         out = []
         for n in lengths:
             X = segment_budget(M, n, weighted)
-            if everything <= X:                  # F = all the work: this length and longer give 0
+            if everything <= X:          # F = all the work: this length and longer ones give 0
                 out.extend([0.0] * (len(lengths) - len(out)))
                 break
             high = segments(work, n, math.exp(feasible_log_work(weighted_prog, X)))
