@@ -4,7 +4,8 @@
   solved as a geometric program and certified by duality (`parconv.bounds.workfn`), never below
   the truth; `closed_form_work`, its two AM-GM upper bounds.
 * `sequential_bound`: one processor with a fast memory of M bytes (section 3), its segment terms
-  the largest over a menu of segment lengths S (`segment_lengths`, `best_segment`);
+  (`segment_term`: segments of S transfers, or weighted segments) the largest over a menu of
+  lengths (`segment_lengths`, `best_segment`);
   `sequential_bound_two_memory`, a scratchpad and an accumulator.
 * `im2col_bound`: the same layer computed as im2col + matrix multiply, for comparison (section 3).
 
@@ -93,15 +94,14 @@ def segment_budget(M: float, length: int, weighted: bool) -> float:
 def best_segment(M: float, term: Callable[[int], float],
                  upper: Callable[[tuple[int, ...]], list[float]] | None = None,
                  floor: float = 0.0) -> tuple[float, int]:
-    """The largest segment term over the lengths S of `segment_lengths`, and its S.
+    """The largest segment term over the lengths of `segment_lengths`, and its length.
 
-    Local.  ``term(S)`` is the term ``S (ceil(work / F(2M + S)) - 1)`` with F(2M + S) certified
-    never below the most work data worth 2M + S bytes can feed: a segment of S transfers executes
-    iterations whose data are worth at most the M bytes in fast memory at its start, its S
-    transfers and the M at its end (theory.md 3.3).  With ``upper(S)``, a value never below
-    ``term(S)``, a length is solved only if its upper value exceeds `floor` and every term found
-    so far (``upper(lengths)`` gives the upper values of all lengths at once); the result is then
-    the same maximum when it exceeds `floor`, and (value <= floor, 0) otherwise.
+    Local.  ``term(n)`` is one segment term at length n (`segment_term`, e.g.
+    ``S (ceil(work / F(2M + S)) - 1)`` for segments of S transfers, theory.md 3.3); every length
+    gives a valid lower bound.  ``upper(lengths)`` gives, for every length at once, a value never
+    below its term; a length is then solved only if its upper value exceeds `floor` and every
+    term found so far, in decreasing order of the upper values.  The result is the same maximum
+    when it exceeds `floor`, and (value <= floor, 0) otherwise.
     """
     lengths = segment_lengths(M)
     order = sorted(zip([math.inf] * len(lengths) if upper is None else upper(lengths), lengths),
@@ -360,6 +360,11 @@ def im2col_bound(spec: ConvSpec, M: float) -> float:
     compulsory = float(spec.p_in * im2col_elements + spec.p_weight * spec.size_filter
                        + spec.p_out * spec.size_output)
     ppp = spec.p_in * spec.p_weight * output_bytes(spec)
-    segment = best_segment(
-        M, lambda S: segments(spec.G, S, ((2.0 * M + S) / 3.0) ** 1.5 / math.sqrt(ppp)))[0]
-    return max(compulsory, segment)
+    outputs = _outputs_written(spec)
+
+    def term(n: int, weighted: bool) -> float:       # F_mm, its outputs counted 1 or 2 times
+        X = segment_budget(M, n, weighted)
+        value = segments(spec.G, n, (X / 3.0) ** 1.5 / math.sqrt(ppp * (2 if weighted else 1)))
+        return max(0.0, value - outputs) if weighted else value
+
+    return max(compulsory, _best_rule(M, term)[0])
