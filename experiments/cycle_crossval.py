@@ -29,7 +29,8 @@ mvout rows, and the input / weight / mvout commands, standardised on the trainin
   features could explain if each layer's other tilings had been seen.
 
 For the ``all layers`` pool it also prints the cross-validated MAPE of the split's fit layers
-and of its held-out layers separately.
+and of its held-out layers separately, each against the same figure for 2000 random sets of
+as many layers (is the split's held-out set unusually hard?).
 
 Fits take a few seconds each (about 75 fits in all: 5-8 min on the shared machine).
 """
@@ -134,11 +135,22 @@ def crossval(pool: list[dict], ks, label: str, groups: dict | None = None) -> di
         e = ape(pred, meas)
         out[name] = float(100 * e.mean())
         print(f"| {name} | {100 * e.mean():.1f}% | {100 * np.median(e):.1f}% |")
+    cv_ape = ape(cv_model, meas)
+    rng = np.random.default_rng(0)
     for name, members in (groups or {}).items():
         mask = np.array([r["key"] in members for r in pool])
-        print(f"\nLeave one layer out on {name}: MAPE "
-              f"{100 * ape(cv_model[mask], meas[mask]).mean():.1f}% over {int(mask.sum())} "
+        split = 100 * cv_ape[mask].mean()
+        print(f"\nLeave one layer out on {name}: MAPE {split:.1f}% over {int(mask.sum())} "
               f"records (in-sample {100 * ape(in_sample[mask], meas[mask]).mean():.1f}%)")
+        # the same figure for random sets of as many layers: is this split unusual?
+        n = len(members)
+        draws = np.array([100 * cv_ape[np.isin(layer_of, rng.choice(len(layers), n,
+                                                                     replace=False))].mean()
+                          for _ in range(2000)])
+        print(f"  random sets of {n} of the {len(layers)} layers (2000 draws): median "
+              f"{np.median(draws):.1f}%, 5-95 % range {np.percentile(draws, 5):.1f}-"
+              f"{np.percentile(draws, 95):.1f}%; this set at percentile "
+              f"{100 * np.mean(draws < split):.0f}")
     print("\nLayers carrying the most leave-one-layer-out error (share of the summed APE):\n")
     print("| layer (N, C, K, in, kernel, stride) | records | MAPE | share |")
     print("|---|---|---|---|")
