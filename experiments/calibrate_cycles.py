@@ -105,17 +105,24 @@ def load_records(path: str = DATA, warm: bool = True) -> list[dict]:
     return records
 
 
+def row_spec(row) -> ConvSpec:
+    """The layer of a `MEASURED` row as DOSA ran it (padding k // 2, input extent
+    ``(out - 1) s + k - 2 pad``, gemmini.md 6.1)."""
+    c, k, out, kernel, s = row[:5]
+    pad = kernel // 2
+    size = (out - 1) * s + kernel - 2 * pad
+    return ConvSpec(batch=1, in_channels=c, out_channels=k, in_size=(size, size),
+                    kernel_size=(kernel, kernel), stride=(s, s), padding=(pad, pad),
+                    name=f"{c}->{k} {kernel}x{kernel} s{s} out {out}")
+
+
 def resnet_rows() -> list[dict]:
     """The 23 ResNet-50 rows: the library's tile and stock loop, dosa semantics, FireSim
     min/max (the reference value is their geometric mean), and the core cycles of the tile
     search that their timed ``tiled_conv_auto_inner`` runs first (`search_steps`, round 6)."""
     rows = []
-    for c, k, out, kernel, s, tile, lo, hi in MEASURED:
-        pad = kernel // 2
-        size = (out - 1) * s + kernel - 2 * pad
-        spec = ConvSpec(batch=1, in_channels=c, out_channels=k, in_size=(size, size),
-                        kernel_size=(kernel, kernel), stride=(s, s), padding=(pad, pad),
-                        name=f"{c}->{k} {kernel}x{kernel} s{s} out {out}")
+    for row in MEASURED:
+        spec, (tile, lo, hi) = row_spec(row), row[5:]
         config = GemminiConfig(semantics="dosa")
         cost = vendor_layer_cost(spec, tile, config, constants=START)
         steps = search_steps(spec, config)

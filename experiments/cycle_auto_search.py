@@ -101,7 +101,9 @@ def search_steps(spec, config: GemminiConfig) -> dict:
 
 
 def main() -> int:
-    from calibrate_cycles import FINAL, PREVIOUS, model_cycles, resnet_rows
+    from calibrate_cycles import (FINAL, MEASURED, PREVIOUS, START, model_cycles, resnet_rows,
+                                  row_spec)
+    from parconv.gemmini.vendor.calls import vendor_layer_cost
     constants = cycles.load_constants()
     theta = constants.vector()
     rows = resnet_rows()
@@ -150,6 +152,17 @@ def main() -> int:
         print(f"{label}: {inside} of {len(rows)} rows inside their FireSim min-max range; mean "
               f"distance to the range {100 * np.mean(outside / measured):.1f}% (the rows' own "
               f"half-range is +-{spread:.1f}% on average)")
+    # the start state's share: every row as warm as the training runs (first loads hit when the
+    # layer fits the L2), search included
+    warm = []
+    for r, m in zip(rows, MEASURED):
+        spec = row_spec(m)
+        cost = vendor_layer_cost(spec, m[5], GemminiConfig(semantics="dosa"),
+                                 constants=START, warm=True)
+        warm.append(model_cycles(theta, dict(r, terms=cost.calibration_terms), FINAL))
+    e = np.array(warm) / measured - 1
+    print(f"every row warm (an upper bound of what the start state explains): MAPE "
+          f"{100 * np.mean(np.abs(e)):.1f}%, mean error {100 * np.mean(e):+.1f}%")
     total = sum(math.fsum(r["search_steps"].values()) for r in rows)
     print(f"\n{total:.0f} search steps over the {len(rows)} rows; search = "
           f"{100 * search.sum() / measured.sum():.1f}% of their FireSim cycles")
