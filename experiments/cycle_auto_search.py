@@ -82,6 +82,7 @@ def search_steps(spec, config: GemminiConfig) -> dict:
         if not test(candidate):
             break
         args = candidate
+        steps["accepted"] += 1
     grew = True
     while grew:                             # phase 3: passes over all seven until none grows
         grew = False
@@ -93,6 +94,7 @@ def search_steps(spec, config: GemminiConfig) -> dict:
                 continue
             if test(candidate):
                 args, grew = candidate, True
+                steps["accepted"] += 1
     expected = conv_auto(spec, config).as_tuple()
     if tuple(args) != expected:
         raise SystemExit(f"{spec.describe()}: replayed search ends at {tuple(args)}, "
@@ -107,7 +109,7 @@ def main() -> int:
     constants = cycles.load_constants()
     theta = constants.vector()
     rows = resnet_rows()
-    print("| layer | shrink / fits / spad full / at max steps | search cycles | FireSim | "
+    print("| layer | shrink / fits (taken) / spad full / at max steps | search cycles | FireSim | "
           "model round 4 | error | + search | error |")
     print("|---|---|---|---|---|---|---|---|")
     base, search, measured = [], [], []
@@ -117,7 +119,8 @@ def main() -> int:
         base.append(model)
         search.append(cycles.auto_search_cycles(s))
         measured.append(r["measured"])
-        print(f"| {r['layer']} | {s['shrink']} / {s['fits_spad']} / {s['spad_full']} / "
+        print(f"| {r['layer']} | {s['shrink']} / {s['fits_spad']} ({s['accepted']}) / "
+              f"{s['spad_full']} / "
               f"{s['at_max']} | {search[-1]:,.0f} | {r['measured']:,.0f} | {model:,.0f} | "
               f"{100 * (model / r['measured'] - 1):+.1f}% | {model + search[-1]:,.0f} | "
               f"{100 * ((model + search[-1]) / r['measured'] - 1):+.1f}% |")

@@ -215,7 +215,7 @@ def test_search_replay_counts_a_layer_that_fits_by_hand():
     # maximum (phase 2 ends), one phase-3 pass whose seven candidates are all at their maximum
     spec = ConvSpec(batch=1, in_channels=16, out_channels=16, in_size=(4, 4), kernel_size=1)
     steps = _search_steps()(spec, GemminiConfig(semantics="dosa"))
-    assert steps == {"shrink": 0, "fits_spad": 1, "spad_full": 0, "at_max": 8}
+    assert steps == {"shrink": 0, "fits_spad": 1, "spad_full": 0, "at_max": 8, "accepted": 0}
 
 
 def test_search_replay_reproduces_the_library_tiles_of_the_resnet_rows():

@@ -250,9 +250,10 @@ def load_misses(order: str, trips: dict, per_call_bytes: dict, l2_bytes: int,
 #: gemmini-rocc-tests builds it (gcc 12, ``-O2 -march=rv64gc``): a shrink step of phase 1 (scan
 #: of the seven sizes, one shrink, both footprints), a candidate of phases 2-3 whose scratchpad
 #: rows fit (both footprints), one whose scratchpad rows do not (the compiler skips the
-#: accumulator footprint), and a candidate above its maximum (no footprint)
-AUTO_SEARCH_PATHS = {"shrink": (175, 17), "fits_spad": (140, 17), "spad_full": (105, 12),
-                     "at_max": (30, 0)}
+#: accumulator footprint), a candidate above its maximum (no footprint), and what a candidate
+#: that is taken adds (the copy of the seven sizes)
+AUTO_SEARCH_PATHS = {"shrink": (179, 17), "fits_spad": (139, 17), "spad_full": (106, 12),
+                     "at_max": (30, 0), "accepted": (16, 0)}
 #: cycles of one 32-bit multiply on the FireSim builds' Rocket core (``WithNBigCores``:
 #: ``MulDivParams(mulUnroll = 8, mulEarlyOut = true)``, 8 bits per cycle, so about two steps for
 #: the operands of the search, which are below 2^16, plus issue and write-back); the other
