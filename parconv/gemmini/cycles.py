@@ -38,6 +38,10 @@ stores + inv_bw_miss missed bytes + the DMA command excess``; a layer adds the p
 call once (`layer_cycles`: the first call's loads and the last call's execution overlap
 nothing).
 
+Around a ``tiled_conv_auto`` call the core also runs the library's tile search before the first
+call (`auto_search_cycles`, priced from the compiled code, not fitted; only the FireSim rows of
+the library's own tiling time it).
+
 The constants are fitted by ``experiments/calibrate_cycles.py`` and stored in
 ``cycle_constants.json`` next to this module (with bootstrap standard errors).
 """
