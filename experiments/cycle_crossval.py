@@ -32,7 +32,7 @@ For the ``all layers`` pool it also prints the cross-validated MAPE of the split
 and of its held-out layers separately, each against the same figure for 2000 random sets of
 as many layers (is the split's held-out set unusually hard?).
 
-Fits take a few seconds each (about 75 fits in all: 5-8 min on the shared machine).
+Fits take a few seconds each (76 fits in all: about 7 min on the shared machine).
 """
 
 from __future__ import annotations
