@@ -16,10 +16,10 @@ Fit: least squares on log(model / measured) with a soft-L1 loss (scale 0.2, so t
 pathological runs cannot drag the constants), then a cluster bootstrap over the fit layers for
 the standard errors.  Writes parconv/gemmini/cycle_constants.json (read by the library) and
 ``calibration_fit.json`` / ``calibration_fit.md`` in the output folder, and prints the figures
-of the roofline model (BW_eff = 8 B/cycle) and of the previous (round-3) model beside the new one.
+of the roofline model (BW_eff = 8 B/cycle) and of the previous (round-4) model beside the new one.
 
-Variants (`VARIANTS`): the first round's structure and each later term (rounds 2 to 4) added in
-turn, every one fitted on the same split, so that each term's effect on held-out error is
+Variants (`VARIANTS`): the first round's structure and each later term (rounds 2 to 4, and
+round 6's tile search of the ResNet-50 rows, experiments/cycle_auto_search.py) added in turn, every one fitted on the same split, so that each term's effect on held-out error is
 measured in the same run (the first round's structure refitted here reproduces its published
 figures).
 """
@@ -43,8 +43,9 @@ sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
 from gemmini_vs_vendor import MEASURED  # noqa: E402
 from parconv.gemmini.config import GemminiConfig  # noqa: E402
+from cycle_auto_search import search_steps  # noqa: E402
 from parconv.gemmini.cycles import (CONSTANTS_PATH, FIELDS, CycleConstants,  # noqa: E402
-                                    call_cycles, layer_cycles)
+                                    auto_search_cycles, call_cycles, layer_cycles)
 from parconv.gemmini.vendor.calibrated import commands_of, short_of  # noqa: E402
 from parconv.gemmini.vendor.calls import vendor_layer_cost  # noqa: E402
 from parconv.gemmini.vendor.firesim import firesim_cost  # noqa: E402
@@ -64,11 +65,12 @@ VARIANTS = {"round 1": {"lines": "rows", "fields": FIELDS[:6], "fill": False},
             "+ pipeline fill (round 2)": {"lines": "pieces", "fields": FIELDS[:8], "fill": True},
             "+ DMA command latency (round 3)": {"lines": "pieces", "fields": FIELDS[:9],
                                                 "fill": True},
-            "+ pass floor (round 4, final)": {"lines": "pieces", "fields": FIELDS,
-                                              "fill": True}}
-FINAL = "+ pass floor (round 4, final)"
+            "+ pass floor (round 4)": {"lines": "pieces", "fields": FIELDS, "fill": True},
+            "+ auto tile search (round 6, final)": {"lines": "pieces", "fields": FIELDS,
+                                                    "fill": True, "search": True}}
+FINAL = "+ auto tile search (round 6, final)"
 #: the published model before this round (the "previous" column of the report)
-PREVIOUS = "+ DMA command latency (round 3)"
+PREVIOUS = "+ pass floor (round 4)"
 
 
 def layer_key(spec: ConvSpec) -> tuple:
@@ -103,20 +105,31 @@ def load_records(path: str = DATA, warm: bool = True) -> list[dict]:
     return records
 
 
+def row_spec(row) -> ConvSpec:
+    """The layer of a `MEASURED` row as DOSA ran it (padding k // 2, input extent
+    ``(out - 1) s + k - 2 pad``, gemmini.md 6.1)."""
+    c, k, out, kernel, s = row[:5]
+    pad = kernel // 2
+    size = (out - 1) * s + kernel - 2 * pad
+    return ConvSpec(batch=1, in_channels=c, out_channels=k, in_size=(size, size),
+                    kernel_size=(kernel, kernel), stride=(s, s), padding=(pad, pad),
+                    name=f"{c}->{k} {kernel}x{kernel} s{s} out {out}")
+
+
 def resnet_rows() -> list[dict]:
     """The 23 ResNet-50 rows: the library's tile and stock loop, dosa semantics, FireSim
-    min/max (the reference value is their geometric mean)."""
+    min/max (the reference value is their geometric mean), and the core cycles of the tile
+    search that their timed ``tiled_conv_auto_inner`` runs first (`search_steps`, round 6)."""
     rows = []
-    for c, k, out, kernel, s, tile, lo, hi in MEASURED:
-        pad = kernel // 2
-        size = (out - 1) * s + kernel - 2 * pad
-        spec = ConvSpec(batch=1, in_channels=c, out_channels=k, in_size=(size, size),
-                        kernel_size=(kernel, kernel), stride=(s, s), padding=(pad, pad),
-                        name=f"{c}->{k} {kernel}x{kernel} s{s} out {out}")
-        cost = vendor_layer_cost(spec, tile, GemminiConfig(semantics="dosa"), constants=START)
+    for row in MEASURED:
+        spec, (tile, lo, hi) = row_spec(row), row[5:]
+        config = GemminiConfig(semantics="dosa")
+        cost = vendor_layer_cost(spec, tile, config, constants=START)
+        steps = search_steps(spec, config)
         rows.append({"layer": spec.name, "key": ("resnet50",) + layer_key(spec), "dim": 16,
                      "measured": math.sqrt(lo * hi), "lo": lo, "hi": hi,
-                     "terms": cost.calibration_terms, "roofline": cost.cycles})
+                     "terms": cost.calibration_terms, "roofline": cost.cycles,
+                     "search_steps": steps, "search": auto_search_cycles(steps)})
     return rows
 
 
@@ -131,11 +144,13 @@ def model_cycles(theta, record, variant: str = FINAL) -> float:
                                                                        t["miss_rows"])
     commands = commands_of(t)     # adds nothing while t_cmd = 0 (the earlier variants)
     short = short_of(t)           # adds nothing while t_pass <= 4
+    # the library's tile search: only the ResNet-50 rows run it (0 for the FireSim runs)
+    search = record.get("search", 0.0) if v.get("search") else 0.0
     if v["fill"]:
-        return layer_cycles(constants, t["weight"], t["exec"], t["passes"], hit, miss,
+        return search + layer_cycles(constants, t["weight"], t["exec"], t["passes"], hit, miss,
                             t["moved"], stores=t["stores"], miss_bytes=t["miss_bytes"],
                             commands=commands, short=short)
-    return float((call_cycles(constants, t["exec"], t["passes"], hit, miss, t["moved"],
+    return search + float((call_cycles(constants, t["exec"], t["passes"], hit, miss, t["moved"],
                               stores=t["stores"], miss_bytes=t["miss_bytes"],
                               commands=commands, short=short) * t["weight"]).sum())
 
@@ -235,7 +250,7 @@ def report(result: dict) -> str:
     for f in FIELDS:
         lines.append(f"| {f} | {c[f]:.4g} | {c['stderr'][f]:.2g} | {meaning[f]} |")
     lines += ["", f"l2_bytes = {c['l2_bytes']} (fixed: the builds' L2)", "",
-              "| set | records | layers | MAPE new | MAPE previous (round 3) | "
+              "| set | records | layers | MAPE new | MAPE previous (" + PREVIOUS + ") | "
               "MAPE roofline (BW 8) | median APE new | max APE new | mean error new | "
               "pairs right new | pairs right previous | pairs right roofline |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -258,7 +273,7 @@ def report(result: dict) -> str:
                      f"{vs['mape_new']:.1f}% | {100 * vs['pairs_new'][0]:.1f}% | "
                      f"{rs['mape_new']:.1f}% | {rs['mean_error_new']:+.1f}% |")
     lines += ["", "ResNet-50 rows (error = model / geometric mean of FireSim min and max - 1):",
-              "", "| layer | FireSim | new model | error | previous (round 3) error | roofline | "
+              "", "| layer | FireSim | new model | error | previous (" + PREVIOUS + ") error | roofline | "
               "error |",
               "|---|---|---|---|---|---|---|"]
     for r in result["resnet"]:
@@ -295,7 +310,11 @@ def main(argv=None) -> int:
              "script": "experiments/calibrate_cycles.py"})
     variants = {}
     for name in VARIANTS:
-        v_theta = theta if name == FINAL else fit(fit_set, variant=name)
+        # a variant that differs from the final one only in the search term fits the same
+        # constants (the fit records never run the search)
+        same = {k: v for k, v in VARIANTS[name].items() if k != "search"} == {
+            k: v for k, v in VARIANTS[FINAL].items() if k != "search"}
+        v_theta = theta if same else fit(fit_set, variant=name)
         variants[name] = {"theta": [float(x) for x in v_theta],
                           "sets": summarise(v_theta, records, resnet, name)}
     result = {"split": split, "constants": constants.to_dict(),

@@ -45,7 +45,7 @@ from calibrate_cycles import UPPER, load_records, model_cycles, resnet_rows  # n
 from cycle_residuals import trips  # noqa: E402
 from parconv.gemmini.config import footprint_rows  # noqa: E402
 from parconv.gemmini.cycles import (COMMAND_KEYS, FIELDS, MAX_IN_FLIGHT_MEM_REQS,  # noqa: E402
-                                    CycleConstants, _phases, load_constants)
+                                    CycleConstants, call_phases, load_constants)
 from parconv.gemmini.vendor.calibrated import commands_of, short_of  # noqa: E402
 
 #: the 16x16 build's memories in rows (256 KiB scratchpad of 4 banks, 64 KiB accumulator)
@@ -115,8 +115,8 @@ def cycles(theta, record, rule: str, extra: float = 0.0) -> float:
     t = record["terms"]
     no_cmd = CycleConstants.from_vector([0.0 if f == "t_cmd" else v for f, v in
                                          zip(FIELDS, theta)])
-    x, load = _phases(no_cmd, t["exec"], t["passes"], t["hit"], t["miss"], t["moved"],
-                      t["stores"], t["miss_bytes"], None, short_of(t))
+    x, load = call_phases(no_cmd, t["exec"], t["passes"], t["hit"], t["miss"], t["moved"],
+                          t["stores"], t["miss_bytes"], None, short_of(t))
     load = load + command_excess(c, commands_of(t), extra if rule == "command miss latency"
                                  else 0.0)
     w = t["weight"]
@@ -175,8 +175,8 @@ def call_size_evidence(constants, fit_set) -> None:
     over, size = [], []
     for r in fit_set:
         t = r["terms"]
-        x, load = _phases(constants, t["exec"], t["passes"], t["hit"], t["miss"], t["moved"],
-                          t["stores"], t["miss_bytes"], commands_of(t), short_of(t))
+        x, load = call_phases(constants, t["exec"], t["passes"], t["hit"], t["miss"], t["moved"],
+                              t["stores"], t["miss_bytes"], commands_of(t), short_of(t))
         w = t["weight"]
         xs, ls = float((x * w).sum()), float((load * w).sum())
         if min(xs, ls) > 0.3 * max(xs, ls) and xs / w.sum() > 600:

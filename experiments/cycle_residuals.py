@@ -36,7 +36,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
 from calibrate_cycles import UPPER, load_records, resnet_rows  # noqa: E402
-from parconv.gemmini.cycles import FIELDS, CycleConstants, _phases, layer_cycles  # noqa: E402
+from parconv.gemmini.cycles import FIELDS, CycleConstants, call_phases, layer_cycles  # noqa: E402
 from parconv.gemmini.cycles import load_constants  # noqa: E402
 from parconv.gemmini.vendor.calibrated import commands_of, short_of  # noqa: E402
 
@@ -88,8 +88,8 @@ def same_weight_fraction(record) -> float:
 
 def phases(constants, record):
     t = record["terms"]
-    x, load = _phases(constants, t["exec"], t["passes"], t["hit"], t["miss"], t["moved"],
-                      t["stores"], t["miss_bytes"], commands_of(t), short_of(t))
+    x, load = call_phases(constants, t["exec"], t["passes"], t["hit"], t["miss"], t["moved"],
+                          t["stores"], t["miss_bytes"], commands_of(t), short_of(t))
     return x, load, t["weight"]
 
 

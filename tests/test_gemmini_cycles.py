@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -185,3 +187,51 @@ def test_search_objective_is_the_calibrated_model():
     assert plan.cost.calibrated_cycles <= plan.fewest_bytes["calibrated_cycles"] * (
         1 + CYCLE_SLACK)
     assert plan.fewest_bytes["bytes"] <= plan.cost.dram_bytes["total"]
+
+
+def test_auto_search_cycles_by_hand():
+    from parconv.gemmini.cycles import AUTO_SEARCH_PATHS, ROCKET_MUL_CYCLES, auto_search_cycles
+    assert auto_search_cycles({}) == 0.0
+    # two candidates with both footprints and three above their maximum
+    per_fit = AUTO_SEARCH_PATHS["fits_spad"][0] + (ROCKET_MUL_CYCLES - 1) \
+        * AUTO_SEARCH_PATHS["fits_spad"][1]
+    assert auto_search_cycles({"fits_spad": 2, "at_max": 3}) == 2 * per_fit + 3 * 30
+    with pytest.raises(KeyError):
+        auto_search_cycles({"no such step": 1})
+
+
+def _search_steps():
+    """experiments/cycle_auto_search.py's replay of the library's tile search."""
+    experiments = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "experiments")
+    if experiments not in sys.path:
+        sys.path.insert(0, experiments)
+    from cycle_auto_search import search_steps
+    return search_steps
+
+
+def test_search_replay_counts_a_layer_that_fits_by_hand():
+    # 16 -> 16 1x1 on 4x4 fits at once: the footprints before the loops, pocols at its
+    # maximum (phase 2 ends), one phase-3 pass whose seven candidates are all at their maximum
+    spec = ConvSpec(batch=1, in_channels=16, out_channels=16, in_size=(4, 4), kernel_size=1)
+    steps = _search_steps()(spec, GemminiConfig(semantics="dosa"))
+    assert steps == {"shrink": 0, "fits_spad": 1, "spad_full": 0, "at_max": 8, "accepted": 0}
+
+
+def test_search_replay_reproduces_the_library_tiles_of_the_resnet_rows():
+    search_steps = _search_steps()
+    from gemmini_vs_vendor import MEASURED
+    from parconv.gemmini.vendor.heuristics import conv_auto
+    counts = []
+    for c, k, out, kernel, s, tile, _, _ in MEASURED:
+        pad = kernel // 2
+        size = (out - 1) * s + kernel - 2 * pad
+        spec = ConvSpec(batch=1, in_channels=c, out_channels=k, in_size=(size, size),
+                        kernel_size=kernel, stride=s, padding=pad)
+        config = GemminiConfig(semantics="dosa")
+        assert conv_auto(spec, config).as_tuple() == tuple(tile)
+        steps = search_steps(spec, config)          # raises if the replay ends elsewhere
+        counts.append((steps["fits_spad"], kernel, tile[-1]))
+    # phase 3 grows kchs by one per pass: the deep 1x1 layers (kchs >= 512) take the most
+    deep = [n for n, kernel, kchs in counts if kernel == 1 and kchs >= 512]
+    assert min(deep) > max(n for n, kernel, _ in counts if kernel == 7)

@@ -38,6 +38,10 @@ stores + inv_bw_miss missed bytes + the DMA command excess``; a layer adds the p
 call once (`layer_cycles`: the first call's loads and the last call's execution overlap
 nothing).
 
+Around a ``tiled_conv_auto`` call the core also runs the library's tile search before the first
+call (`auto_search_cycles`, priced from the compiled code, not fitted; only the FireSim rows of
+the library's own tiling time it).
+
 The constants are fitted by ``experiments/calibrate_cycles.py`` and stored in
 ``cycle_constants.json`` next to this module (with bootstrap standard errors).
 """
@@ -242,6 +246,38 @@ def load_misses(order: str, trips: dict, per_call_bytes: dict, l2_bytes: int,
                 misses += reloads
         out[name] = float(misses)
     return out
+
+
+#: the library's tile search, run on the core inside the timed region of every
+#: ``tiled_conv_auto`` call (gemmini.md 11.2, round 6): (instructions, multiplies) of one step of
+#: each kind, counted in ``tiled_conv_auto_inner`` of the dosa branch compiled as
+#: gemmini-rocc-tests builds it (gcc 12, ``-O2 -march=rv64gc``): a shrink step of phase 1 (scan
+#: of the seven sizes, one shrink, both footprints), a candidate of phases 2-3 whose scratchpad
+#: rows fit (both footprints), one whose scratchpad rows do not (the compiler skips the
+#: accumulator footprint), a candidate above its maximum (no footprint), and what a candidate
+#: that is taken adds (the copy of the seven sizes)
+AUTO_SEARCH_PATHS = {"shrink": (179, 17), "fits_spad": (139, 17), "spad_full": (106, 12),
+                     "at_max": (30, 0), "accepted": (16, 0)}
+#: cycles of one 32-bit multiply on the FireSim builds' Rocket core (``WithNBigCores``:
+#: ``MulDivParams(mulUnroll = 8, mulEarlyOut = true)``, 8 bits per cycle, so about two steps for
+#: the operands of the search, which are below 2^16, plus issue and write-back); the other
+#: instructions are taken at one cycle each (single-issue, in-order)
+ROCKET_MUL_CYCLES = 4
+
+
+def auto_search_cycles(steps: dict) -> float:
+    """Core cycles of the library's tile search from its step counts (``AUTO_SEARCH_PATHS``
+    keys -> how many steps of that kind the search of a layer takes).
+
+    Not a fitted term: the FireSim training runs call ``tiled_conv`` with an explicit tile and
+    never run the search, so they cannot price it; it is priced from the compiled code
+    (instructions at one cycle, multiplies at ``ROCKET_MUL_CYCLES``).
+    """
+    total = 0.0
+    for kind, count in steps.items():
+        instructions, multiplies = AUTO_SEARCH_PATHS[kind]
+        total += count * (instructions + (ROCKET_MUL_CYCLES - 1) * multiplies)
+    return float(total)
 
 
 def pass_floor_cycles(constants: CycleConstants, short_passes, short_rows):
