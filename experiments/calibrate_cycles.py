@@ -43,12 +43,12 @@ sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
 from gemmini_vs_vendor import MEASURED  # noqa: E402
 from parconv.gemmini.config import GemminiConfig  # noqa: E402
-from cycle_auto_search import search_steps  # noqa: E402
 from parconv.gemmini.cycles import (CONSTANTS_PATH, FIELDS, CycleConstants,  # noqa: E402
                                     auto_search_cycles, call_cycles, layer_cycles)
 from parconv.gemmini.vendor.calibrated import commands_of, short_of  # noqa: E402
 from parconv.gemmini.vendor.calls import vendor_layer_cost  # noqa: E402
 from parconv.gemmini.vendor.firesim import firesim_cost  # noqa: E402
+from parconv.gemmini.vendor.heuristics import auto_search_steps  # noqa: E402
 from parconv.spec import ConvSpec  # noqa: E402
 
 DATA = os.path.join(ROOT, "experiments", "data", "gemmini_firesim_train.json")
@@ -119,13 +119,13 @@ def row_spec(row) -> ConvSpec:
 def resnet_rows() -> list[dict]:
     """The 23 ResNet-50 rows: the library's tile and stock loop, dosa semantics, FireSim
     min/max (the reference value is their geometric mean), and the core cycles of the tile
-    search that their timed ``tiled_conv_auto_inner`` runs first (`search_steps`, round 6)."""
+    search that their timed ``tiled_conv_auto_inner`` runs first (`auto_search_steps`, round 6)."""
     rows = []
     for row in MEASURED:
         spec, (tile, lo, hi) = row_spec(row), row[5:]
         config = GemminiConfig(semantics="dosa")
         cost = vendor_layer_cost(spec, tile, config, constants=START)
-        steps = search_steps(spec, config)
+        steps = auto_search_steps(spec, config)
         rows.append({"layer": spec.name, "key": ("resnet50",) + layer_key(spec), "dim": 16,
                      "measured": math.sqrt(lo * hi), "lo": lo, "hi": hi,
                      "terms": cost.calibration_terms, "roofline": cost.cycles,

@@ -12,8 +12,8 @@ scratchpad and the accumulator; phase 3 grows one size by one per candidate and 
 pass over all seven sizes until none grows, so a layer whose kchs ends at 568-624 takes
 hundreds of passes.
 
-`search_steps` replays the search with the library's own control flow (the C loops, not the
-shortened round-robin of `parconv.gemmini.vendor.heuristics.conv_auto`, whose tile it must
+`parconv.gemmini.vendor.heuristics.auto_search_steps` replays the search with the library's own
+control flow (the C loops, not the shortened round-robin of `conv_auto`, whose tile it must
 reproduce) and counts its steps by kind; `parconv.gemmini.cycles.auto_search_cycles` prices them
 from the compiled code.  Printed per ResNet-50 row: the steps, the search cycles, FireSim, and
 the round-4 model without and with the search; then the MAPE for multiply costs of 2-6 cycles
@@ -33,73 +33,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
 from parconv.gemmini import cycles  # noqa: E402
-from parconv.gemmini.config import GemminiConfig, as_pool, footprint_function  # noqa: E402
-from parconv.gemmini.vendor.heuristics import (_shrink, _shrink_index, conv_auto,  # noqa: E402
-                                               conv_extents)
-
-_POCOLS = 2
-
-
-def search_steps(spec, config: GemminiConfig) -> dict:
-    """Steps of ``tiled_conv_auto_inner``'s tile search for ``spec`` by kind (the keys of
-    `parconv.gemmini.cycles.AUTO_SEARCH_PATHS`), replaying the library's loops: phase 1
-    shrinks until both footprints fit, phase 2 grows pocols while it fits, phase 3 tries +1 on
-    each of the seven sizes in turn and repeats the pass until no size grew.  A candidate
-    whose scratchpad rows do not fit skips the accumulator footprint (the compiled code does).
-    No pooling, no downsample (the dosa branch's ``tiled_conv_auto_inner``)."""
-    config = config.for_spec(spec)
-    pool = as_pool(None)
-    max_args = list(conv_extents(spec, pool))
-    rows = footprint_function(dim=config.dim, stride=spec.stride,
-                              kernel_dilation=spec.dilation, input_dilation=1,
-                              downsample=False, pool=pool)
-    steps = {kind: 0 for kind in cycles.AUTO_SEARCH_PATHS}
-
-    def fits(args) -> bool:
-        spad, acc = rows(*args)
-        return spad <= config.spad_rows_limit and acc <= config.acc_rows_limit
-
-    def test(args) -> bool:
-        # phases 2-3: the accumulator footprint only when the scratchpad rows fit
-        spad, acc = rows(*args)
-        if spad > config.spad_rows_limit:
-            steps["spad_full"] += 1
-            return False
-        steps["fits_spad"] += 1
-        return acc <= config.acc_rows_limit
-
-    args = list(max_args)
-    steps["fits_spad"] += 1                 # both footprints, computed before the first loop
-    while not fits(args):                   # phase 1: both footprints every step
-        _shrink(args, _shrink_index(args, config.dim), config.dim)
-        steps["shrink"] += 1
-    while True:                             # phase 2: pocols alone
-        candidate = args.copy()
-        candidate[_POCOLS] += 1
-        if candidate[_POCOLS] > max_args[_POCOLS]:
-            steps["at_max"] += 1
-            break
-        if not test(candidate):
-            break
-        args = candidate
-        steps["accepted"] += 1
-    grew = True
-    while grew:                             # phase 3: passes over all seven until none grows
-        grew = False
-        for i in range(7):
-            candidate = args.copy()
-            candidate[i] += 1
-            if candidate[i] > max_args[i]:
-                steps["at_max"] += 1
-                continue
-            if test(candidate):
-                args, grew = candidate, True
-                steps["accepted"] += 1
-    expected = conv_auto(spec, config).as_tuple()
-    if tuple(args) != expected:
-        raise SystemExit(f"{spec.describe()}: replayed search ends at {tuple(args)}, "
-                         f"conv_auto at {expected}")
-    return steps
+from parconv.gemmini.config import GemminiConfig  # noqa: E402
 
 
 def main() -> int:

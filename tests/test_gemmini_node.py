@@ -21,3 +21,28 @@ def test_combine_accepts_stub_stats_of_padding_only_ranks():
     assert totals["parconv"]["dram_bytes"] == real["parconv"]["dram_bytes"]
     only_stubs = kernel.combine([stub, stub])
     assert only_stubs["macs"] == 0 and "parconv" not in only_stubs
+
+
+def test_the_library_tilings_calibrated_cycles_include_its_tile_search():
+    # the vendor block is tiled_conv_auto (it searches its tile on the core first); parconv's
+    # tiling is given to tiled_conv and searches nothing; the totals add the ranks' searches
+    from parconv.gemmini.cycles import auto_search_cycles
+    from parconv.gemmini.vendor.calls import vendor_layer_cost
+    from parconv.gemmini.vendor.heuristics import auto_search_steps
+    kernel = GemminiKernel(disk_cache=False)
+    spec = ConvSpec(batch=1, in_channels=32, out_channels=48, in_size=(12, 12), kernel_size=3,
+                    padding=1)
+    rng = np.random.default_rng(1)
+    x = rng.integers(-128, 128, spec.input_shape).astype(np.int8)
+    w = rng.integers(-128, 128, spec.weight_shape).astype(np.int8)
+    _, stats = kernel.run(spec, x, w)
+    config = kernel.node_config(spec)
+    search = auto_search_cycles(auto_search_steps(spec, config))
+    vendor = stats["vendor"]
+    assert search > 0 and vendor["search_cycles"] == search
+    given = vendor_layer_cost(spec, tuple(vendor["tile"]), config)
+    assert vendor["calibrated_cycles"] == given.calibrated_cycles + search
+    assert stats["parconv"]["search_cycles"] == 0.0
+    totals = kernel.combine([stats, stats])
+    assert totals["vendor"]["search_cycles"] == 2 * search
+    assert totals["parconv"]["search_cycles"] == 0.0

@@ -19,6 +19,8 @@ from parconv.gemmini import (GemminiConfig, Pool, VendorConvTile, conv_auto, con
                              cost_by_walking, footprint_rows, iter_calls, matmul_auto,
                              vendor_layer_cost, vendor_loop)
 from parconv.gemmini.call_rules import exec_cycles
+from parconv.gemmini.cycles import AUTO_SEARCH_PATHS, auto_search_cycles
+from parconv.gemmini.vendor.heuristics import auto_search_steps
 from parconv.layers import get_layer, layer_names
 from parconv.spec import ConvSpec
 
@@ -491,6 +493,7 @@ def test_conv_auto_fits_and_cannot_grow(layer):
         grown[i] += 1
         assert grown[i] > extents[i] or not config.fits(spec, grown, pool=pool,
                                                         downsample=tile.downsample)
+    auto_search_steps(spec, config, pool)       # the library's loops end at the same tile
 
 
 def test_operand_reuse_skips_loads():
@@ -518,3 +521,47 @@ def test_recorded_library_case_5x5_stride_2():
     symmetric = recorded.replace(padding_end=(1, 1))
     assert symmetric.out_size == (14, 14)
     assert conv_auto(symmetric).as_tuple() == (3, 12, 14, 16, 5, 5, 20)
+
+
+def test_auto_search_steps_by_hand():
+    """16 -> 16 1x1 on 4x4 with 12 accumulator rows per tile (acc rows = porows pocols, one
+    block of 16 channels): both footprints before the loops; phase 1 shrinks pochs (16 -> 1,
+    lowest index of the tie with kchs), kchs (16 -> 1) and porows (4 -> 3: 12 rows); phase 2
+    meets pocols at its maximum; phase 3's passes 1-15 each grow pochs and kchs by one (porows
+    fits the scratchpad but not the accumulator; batch, pocols, krows, kcols at their maximum),
+    and pass 16 grows nothing (pochs and kchs now at their maximum too)."""
+    spec = ConvSpec(batch=1, in_channels=16, out_channels=16, in_size=(4, 4), kernel_size=1)
+    config = GemminiConfig(semantics="dosa", acc_rows=24)
+    assert conv_auto(spec, config).as_tuple() == (1, 3, 4, 16, 1, 1, 16)
+    assert auto_search_steps(spec, config) == {
+        "shrink": 3, "fits_spad": 1 + 15 * 3 + 1, "spad_full": 0,
+        "at_max": 1 + 15 * 4 + 6, "accepted": 15 * 2}
+    assert set(auto_search_steps(spec, config)) == set(AUTO_SEARCH_PATHS)
+
+
+@pytest.mark.parametrize("network", ["resnet50", "vgg16", "alexnet"])
+def test_auto_search_replay_ends_at_conv_auto_on_dev_layers(network):
+    # pooled stem, downsample layers and batch 4 included (the replay raises if it ends
+    # elsewhere); the search scans all seven sizes at least once more than it grows
+    for name in layer_names(network + "."):
+        for batch in (1, 4):
+            spec = get_layer(name, batch)
+            pool = (3, 2, 1) if name == "resnet50.conv1" else None
+            steps = auto_search_steps(spec, DEV, pool)
+            assert steps["fits_spad"] + steps["spad_full"] + steps["at_max"] >= 7 + \
+                steps["accepted"]
+
+
+def test_vendor_layer_cost_charges_the_search_to_tiled_conv_auto():
+    spec = get_layer("resnet50.layer3.1.conv1", 1)
+    auto = vendor_layer_cost(spec, config=DEV)
+    given = vendor_layer_cost(spec, auto.tile.as_tuple(), DEV)
+    search = auto_search_cycles(auto_search_steps(spec, DEV))
+    assert search > 0 and auto.search_cycles == search and given.search_cycles == 0.0
+    assert auto.calibrated_cycles == pytest.approx(given.calibrated_cycles + search, rel=1e-12)
+    assert auto.cycles == given.cycles                  # the roofline never includes it
+    assert auto.to_dict()["search_cycles"] == search
+    assert vendor_layer_cost(spec, auto.tile.as_tuple(), DEV,
+                             auto_search=True).calibrated_cycles == auto.calibrated_cycles
+    assert vendor_layer_cost(spec, None, DEV, auto_search=False).calibrated_cycles == \
+        given.calibrated_cycles

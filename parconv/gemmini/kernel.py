@@ -29,18 +29,23 @@ from .tiling_cache import cached_tiling, key_text, remember
 
 
 def tiling_figures(tile, order: str, schedule: str, dram_bytes: dict, cycles: float,
-                   utilization: float, calls: int, calibrated_cycles: float) -> dict:
+                   utilization: float, calls: int, calibrated_cycles: float,
+                   search_cycles: float = 0.0) -> dict:
     """The per-tiling block of the stats (JSON-ready): ``cycles`` is the roofline the executor
     counts (max(execute, bytes / bandwidth) per call), ``calibrated_cycles`` the cycle model
-    fitted to FireSim (parconv.gemmini.cycles, docs/gemmini.md section 11)."""
+    fitted to FireSim (parconv.gemmini.cycles, docs/gemmini.md section 11), which includes
+    ``search_cycles``, the core's tile search before the first call (``tiled_conv_auto``'s;
+    0 for parconv's tiling, given to ``tiled_conv``)."""
     return {"tile": [int(v) for v in tile], "order": order, "schedule": schedule,
             "dram_bytes": {k: int(v) for k, v in dram_bytes.items()}, "cycles": float(cycles),
             "calibrated_cycles": float(calibrated_cycles),
+            "search_cycles": float(search_cycles),
             "utilization": float(utilization), "calls": int(calls)}
 
 
 def vendor_figures(layer_cost) -> dict:
-    """The stats block of the library's tiling from its `LayerCost` (tile as the 7-tuple)."""
+    """The stats block of the library's tiling from its `LayerCost` (tile as the 7-tuple;
+    ``tiled_conv_auto``: its calibrated cycles include the tile search)."""
     if layer_cost is None:
         return None
     dram = {s: int(layer_cost.dram_bytes[s]) for s in ("input", "weight", "bias", "output")}
@@ -48,7 +53,7 @@ def vendor_figures(layer_cost) -> dict:
     dram["total"] = sum(dram.values())
     return tiling_figures(layer_cost.tile.as_tuple(), "NHWKRSC", "vendor", dram,
                           layer_cost.cycles, layer_cost.utilization, layer_cost.calls,
-                          layer_cost.calibrated_cycles)
+                          layer_cost.calibrated_cycles, layer_cost.search_cycles)
 
 
 class GemminiKernel:
@@ -104,8 +109,9 @@ class GemminiKernel:
         stats : dict
             ``kernel``, ``macs``, ``time_s``, ``config``, ``semantics``; ``parconv`` and
             ``vendor`` (each ``tile``, ``order``, ``schedule``, ``dram_bytes`` per stream and
-            ``total``, ``cycles`` (roofline), ``calibrated_cycles`` (the FireSim-fitted model),
-            ``utilization``, ``calls``; parconv's ``tile`` is
+            ``total``, ``cycles`` (roofline), ``calibrated_cycles`` (the FireSim-fitted model,
+            with ``search_cycles``: the vendor's ``tiled_conv_auto`` searches its tile on the
+            core first, parconv's given tiling does not, 0), ``utilization``, ``calls``; parconv's ``tile`` is
             (tN, tK, tC, tH, tW, tR, tS), the vendor's the library 7-tuple (batches, porows,
             pocols, pochs, krows, kcols, kchs)); ``bound_bytes`` (sequential bound of the block
             with M = scratchpad + accumulator) and ``ratio_to_bound`` (parconv's bytes / bound);
@@ -164,6 +170,7 @@ class GemminiKernel:
             out[which] = {"dram_bytes": dram, "cycles": cycles,
                           "cycles_slowest_rank": max(b["cycles"] for b in blocks),
                           "calibrated_cycles": sum(calibrated),
+                          "search_cycles": sum(b.get("search_cycles", 0.0) for b in blocks),
                           "calibrated_cycles_slowest_rank": max(calibrated),
                           "calls": sum(b["calls"] for b in blocks),
                           "utilization": (macs / (self.config.peak_macs_per_cycle * cycles)

@@ -51,7 +51,6 @@ from ..config import DEFAULT_CONFIG, GemminiConfig
 from ..executor import TileExecutor
 from ..schedule_check import TileSchedule
 from ..vendor.calls import vendor_layer_cost
-from ..vendor.heuristics import conv_auto
 from ..vendor.run import run_vendor
 from .cost import ModelCost, tiling_costs
 from .search import CYCLE_SLACK, bias_totals, refine
@@ -196,7 +195,8 @@ class TilingChoice:
     rules, chosen only when no tiling of the one-buffer model moves fewer bytes; see
     `choose_tiling`).  ``source`` names the winning candidate (``"optimise"``, ``"refined"``,
     ``"vendor tile"`` or ``"vendor schedule"``), ``result`` is the optimiser's `TilingResult`,
-    ``cost`` the winner's `ModelCost` and ``vendor`` the library's `LayerCost` (or None when
+    ``cost`` the winner's `ModelCost` and ``vendor`` the library's `LayerCost` of
+    ``tiled_conv_auto``, its tile search included in ``calibrated_cycles`` (or None when
     ``conv_auto`` finds no tile); ``fewest_bytes`` is the candidate a bytes-alone objective
     would pick (tile, order, source, bytes, calibrated cycles), for comparison.
     """
@@ -221,7 +221,8 @@ class TilingChoice:
 
 
 def cost_of_vendor(layer_cost) -> ModelCost:
-    """A library `LayerCost` as a `ModelCost` (``psum`` = 0: the library never spills)."""
+    """A library `LayerCost` as a `ModelCost` (``psum`` = 0: the library never spills) for
+    parconv to run: its tile is given to ``tiled_conv``, so no tile search is charged."""
     dram = {s: int(layer_cost.dram_bytes[s]) for s in ("input", "weight", "bias", "output")}
     dram["psum"] = 0
     dram["total"] = sum(dram.values())
@@ -232,7 +233,7 @@ def cost_of_vendor(layer_cost) -> ModelCost:
                      dma_cycles=layer_cost.dma_cycles,
                      memory_bound_calls=layer_cost.memory_bound_calls, macs=layer_cost.macs,
                      peak_macs_per_cycle=layer_cost.peak_macs_per_cycle,
-                     calibrated_cycles=layer_cost.calibrated_cycles)
+                     calibrated_cycles=layer_cost.calibrated_cycles - layer_cost.search_cycles)
 
 
 def _single_tile_result(spec: ConvSpec, memory: GemminiMemory, tiling: Tiling, order: str):
@@ -279,7 +280,7 @@ def choose_tiling(spec: ConvSpec, config: GemminiConfig | None = None, orders=No
     else:
         result = optimise(run_on, memory, orders=orders)
     try:
-        vendor = vendor_layer_cost(spec, conv_auto(spec, config), config)
+        vendor = vendor_layer_cost(spec, None, config)     # tiled_conv_auto: with its search
     except ParconvError:
         vendor = None
     seeds = [result.tiling.as_tuple()]

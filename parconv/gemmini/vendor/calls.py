@@ -25,9 +25,9 @@ from .. import call_rules as rules
 from ..call_rules import AxisGeometry, AxisWindow, axis_window, exec_cycles  # noqa: F401
 from ..config import (DEFAULT_CONFIG, TILE_FIELDS, GemminiConfig, as_pool, downsample_eligible,
                       tile_tuple, uses_downsample)
-from ..cycles import CycleConstants, load_constants
+from ..cycles import CycleConstants, auto_search_cycles, load_constants
 from .calibrated import calibrated_total, calibration_terms
-from .heuristics import VendorConvTile, conv_auto, conv_extents
+from .heuristics import VendorConvTile, auto_search_steps, conv_auto, conv_extents
 
 STREAMS = ("input", "weight", "bias", "output")
 #: the stock loop b -> porow -> pocol -> poch -> krow -> kcol -> kch, innermost first
@@ -225,12 +225,16 @@ class LayerCost(rules.Utilization):
 
     ``dram_bytes`` has ``input``, ``weight``, ``bias``, ``output`` and ``total``; ``requests`` the
     DRAM row requests per stream (mvin rows for the first three, mvout rows for ``output``);
-    ``cycles`` sums ``max(exec, bytes / bw_eff)`` over the calls, ``dma_cycles`` sums
+    ``cycles`` sums ``max(exec, bytes / bw_eff)`` over the calls (the roofline: calls only,
+    never the tile search), ``dma_cycles`` sums
     ``bytes / bw_eff``; ``memory_bound_calls`` counts calls where the DMA term wins.
     ``utilization = macs / (dim^2 cycles)`` with ``macs = N H W K R S C`` (before pooling).
     ``calibrated_cycles`` is the calibrated model of `parconv.gemmini.cycles` (NaN from
-    `cost_by_walking`, which checks the roofline terms only); ``calibration_terms`` are its
-    per-call-group inputs (`parconv.gemmini.vendor.calibrated.calibration_terms`).
+    `cost_by_walking`, which checks the roofline terms only) plus ``search_cycles``, the core's
+    cycles of ``tiled_conv_auto``'s tile search before the first call
+    (`parconv.gemmini.cycles.auto_search_cycles`; 0 for ``tiled_conv`` with a given tile);
+    ``calibration_terms`` are the per-call-group inputs of the calls' part
+    (`parconv.gemmini.vendor.calibrated.calibration_terms`).
     """
 
     tile: VendorConvTile
@@ -252,6 +256,7 @@ class LayerCost(rules.Utilization):
     pool: tuple
     calibrated_cycles: float = float("nan")
     calibration_terms: dict | None = dataclasses.field(default=None, compare=False, repr=False)
+    search_cycles: float = 0.0
 
     @property
     def exec_utilization(self) -> float:
@@ -271,11 +276,13 @@ class LayerCost(rules.Utilization):
                 "macs": self.macs, "utilization": self.utilization,
                 "exec_utilization": self.exec_utilization, "config": self.config_name,
                 "semantics": self.semantics, "pool": list(self.pool),
-                "calibrated_cycles": self.calibrated_cycles}
+                "calibrated_cycles": self.calibrated_cycles,
+                "search_cycles": self.search_cycles}
 
 
 def _layer_cost(loop: VendorLoop, *, calls, bytes_, requests, passes, exec_total, cycles,
-                dma_cycles, memory_bound, calibrated=float("nan"), terms=None) -> LayerCost:
+                dma_cycles, memory_bound, calibrated=float("nan"), terms=None,
+                search=0.0) -> LayerCost:
     dram = {s: int(bytes_[s]) for s in STREAMS}
     dram["total"] = sum(dram.values())
     return LayerCost(tile=loop.tile, counts=loop.counts, a_reuse=loop.a_reuse,
@@ -286,7 +293,8 @@ def _layer_cost(loop: VendorLoop, *, calls, bytes_, requests, passes, exec_total
                      macs=loop.spec.G, peak_macs_per_cycle=loop.config.peak_macs_per_cycle,
                      config_name=loop.config.name, semantics=loop.config.semantics,
                      pool=(loop.pool.size, loop.pool.stride, loop.pool.padding),
-                     calibrated_cycles=float(calibrated), calibration_terms=terms)
+                     calibrated_cycles=float(calibrated), calibration_terms=terms,
+                     search_cycles=float(search))
 
 
 def cost_by_walking(loop: VendorLoop) -> LayerCost:
@@ -347,9 +355,10 @@ def _spatial_groups(loop: VendorLoop, axis: int, geom: AxisGeometry, grid_axis: 
 
 def vendor_layer_cost(spec, tile=None, config: GemminiConfig | None = None, pool=None,
                       downsample: bool | None = None, order: str = LIBRARY_ORDER,
-                      constants: CycleConstants | None = None, warm: bool = False) -> LayerCost:
-    """DRAM bytes per stream, calls and cycles of ``spec`` run by ``tiled_conv`` with ``tile``
-    (default: the vendor's `conv_auto` choice). Local.
+                      constants: CycleConstants | None = None, warm: bool = False,
+                      auto_search: bool | None = None) -> LayerCost:
+    """DRAM bytes per stream, calls and cycles of ``spec`` run by ``tiled_conv`` with ``tile``,
+    or by ``tiled_conv_auto`` when ``tile`` is None (the vendor's `conv_auto` choice). Local.
 
     Equal to summing `iter_calls` (tested), but evaluated on groups of identical calls: along
     each of five independent factors (batch tiles, row x kernel-row tiles, column x kernel-column
@@ -361,6 +370,14 @@ def vendor_layer_cost(spec, tile=None, config: GemminiConfig | None = None, pool
     loads, pointer rules and windows are those of the stock loop.  ``constants`` defaults to
     the fitted ones (`parconv.gemmini.cycles.load_constants`); ``warm`` says the layer's data
     were just touched (first loads hit the L2 when they fit it).
+
+    ``auto_search``: charge the core's tile search of ``tiled_conv_auto``
+    (`parconv.gemmini.vendor.heuristics.auto_search_steps`, priced by
+    `parconv.gemmini.cycles.auto_search_cycles`) to ``calibrated_cycles`` (and report it as
+    ``search_cycles``); None charges it exactly when ``tile`` is None.  A deployed
+    ``tiled_conv_auto`` pays it on every call; ``tiled_conv`` with a given tile (parconv's
+    tilings, the FireSim training runs) never searches.  The roofline ``cycles`` never include
+    it.
 
     Raises
     ------
@@ -396,12 +413,15 @@ def vendor_layer_cost(spec, tile=None, config: GemminiConfig | None = None, pool
     constants = constants or load_constants()
     terms = calibration_terms(loop, order, constants.l2_bytes, weight, sizes, rows, cols, flags,
                               bytes_, passes, cycles, warm)
+    if auto_search is None:
+        auto_search = tile is None
+    search = auto_search_cycles(auto_search_steps(spec, config, pool)) if auto_search else 0.0
     return _layer_cost(
         loop, calls=weight.sum(),
         bytes_={s: (np.broadcast_to(v, weight.shape) * weight).sum() for s, v in bytes_.items()},
         requests={s: (np.broadcast_to(v, weight.shape) * weight).sum() for s, v in reqs.items()},
         passes=(passes * weight).sum(), exec_total=(cycles * weight).sum(),
         cycles=(np.maximum(cycles, dma) * weight).sum(), dma_cycles=(dma * weight).sum(),
-        memory_bound=((dma > cycles) * weight).sum(), terms=terms,
-        calibrated=calibrated_total(terms, constants))
+        memory_bound=((dma > cycles) * weight).sum(), terms=terms, search=search,
+        calibrated=calibrated_total(terms, constants) + search)
 

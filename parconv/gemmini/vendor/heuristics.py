@@ -3,6 +3,8 @@
 Pure integers, no MPI.  `conv_auto` is gemmini.md 4.3 exactly (three phases: shrink the largest
 dimension until the tile fits, grow pocols alone, then grow every dimension by one in round-robin);
 `matmul_auto` is gemmini.md 5.  Both reproduce the tile columns of gemmini.md 6.1, 7.2 and 7.3.
+`auto_search_steps` replays ``tiled_conv_auto``'s search with the library's own loops and counts
+its steps (the core's cost of the search, priced by `parconv.gemmini.cycles.auto_search_cycles`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import math
 from ...errors import ParconvError
 from ..config import (DEFAULT_CONFIG, TILE_FIELDS, GemminiConfig, as_pool, footprint_function,
                       tile_tuple, uses_downsample)
+from ..cycles import AUTO_SEARCH_PATHS
 
 # indices into the 7-vector of tile sizes (library order)
 _POCOLS, _POROWS, _CHANNEL_INDICES = 2, 1, (3, 6)
@@ -176,6 +179,84 @@ def conv_auto(spec, config: GemminiConfig | None = None, pool=None) -> VendorCon
         growing = still
     spad, acc = rows(args)
     return VendorConvTile(*args, downsample=downsample, spad_rows=spad, acc_rows=acc)
+
+
+def auto_search_steps(spec, config: GemminiConfig | None = None, pool=None) -> dict:
+    """Steps of the tile search ``tiled_conv_auto`` runs on the core before its first call, by
+    kind (the keys of `parconv.gemmini.cycles.AUTO_SEARCH_PATHS`, which prices them). Local.
+
+    Replays the library's own loops (gemmini.md 4.3, 11.2), not the shortened round-robin of
+    `conv_auto`, whose tile it must end at: both footprints once before the loops; phase 1
+    shrinks (both footprints every step) until the tile fits; phase 2 grows pocols while it
+    fits; phase 3 tries +1 on each of the seven sizes in turn and repeats the pass until no size
+    grew.  A candidate above its maximum costs a comparison only (``at_max``), and one whose
+    scratchpad rows do not fit skips the accumulator footprint (``spad_full``: the compiled
+    code does); ``accepted`` counts the candidates taken.  The ``dev`` and ``dosa`` branches run
+    the same loops (downsample and pooling only change the footprint, as in `conv_auto`).
+
+    Parameters are those of `conv_auto`.
+
+    Raises
+    ------
+    ParconvError
+        As `conv_auto` (the smallest tile does not fit), or if the replay does not end at
+        `conv_auto`'s tile (the two disagree on the library's rules).
+
+    Example
+    -------
+    16 -> 16 1x1 on 4x4, batch 1: the whole layer fits at once; phase 2 meets pocols at its
+    maximum and one phase-3 pass meets all seven there: 1 ``fits_spad`` and 8 ``at_max``.
+    """
+    tile = conv_auto(spec, config, pool)            # raises before a search that cannot end
+    config = (config or DEFAULT_CONFIG).for_spec(spec)
+    pool = as_pool(pool)
+    max_args = conv_extents(spec, pool)
+    footprint = footprint_function(dim=config.dim, stride=spec.stride,
+                                   kernel_dilation=spec.dilation, input_dilation=1,
+                                   downsample=tile.downsample, pool=pool)
+    spad_limit, acc_limit = config.spad_rows_limit, config.acc_rows_limit
+    steps = dict.fromkeys(AUTO_SEARCH_PATHS, 0)
+
+    def fits(args) -> bool:
+        spad, acc = footprint(*args)
+        return spad <= spad_limit and acc <= acc_limit
+
+    def candidate_fits(args) -> bool:
+        spad, acc = footprint(*args)
+        if spad > spad_limit:
+            steps["spad_full"] += 1
+            return False
+        steps["fits_spad"] += 1
+        return acc <= acc_limit
+
+    def grow(args, i) -> list[int] | None:
+        candidate = args.copy()
+        candidate[i] += 1
+        if candidate[i] > max_args[i]:
+            steps["at_max"] += 1
+            return None
+        if not candidate_fits(candidate):
+            return None
+        steps["accepted"] += 1
+        return candidate
+
+    args = list(max_args)
+    steps["fits_spad"] += 1
+    while not fits(args):
+        _shrink(args, _shrink_index(args, config.dim), config.dim)
+        steps["shrink"] += 1
+    while (grown := grow(args, _POCOLS)) is not None:
+        args = grown
+    grew = True
+    while grew:
+        grew = False
+        for i in range(7):
+            if (grown := grow(args, i)) is not None:
+                args, grew = grown, True
+    if tuple(args) != tile.as_tuple():
+        raise ParconvError(f"the replayed tile search of {spec.describe()} ends at "
+                           f"{tuple(args)}, conv_auto at {tile.as_tuple()}")
+    return steps
 
 
 @dataclasses.dataclass(frozen=True)
