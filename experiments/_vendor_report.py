@@ -120,7 +120,8 @@ def plot(rows: list[dict], path: str) -> None:
     axes[1].axhline(1.0, color="k", linewidth=0.8)
     axes[1].set_ylabel("speed-up (vendor cycles / parconv cycles)")
     axes[1].set_xlabel("layer (network order)")
-    axes[1].set_title("Modelled speed-up of parconv's tiling (calibrated cycle model, dev semantics)")
+    axes[1].set_title("Modelled speed-up of parconv's tiling (calibrated cycle model, the "
+                      "library's tile search charged to it, dev semantics)")
     axes[1].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
