@@ -22,7 +22,8 @@ import numba
 import numpy as np
 
 from .spec import ConvSpec
-from .winograd import MIN_TILES, filter_transform, tile_blocks, tile_grid
+from . import winograd
+from .winograd import filter_transform, tile_blocks, tile_grid
 
 #: bytes of V and M per block
 BLOCK_BYTES = 16 << 20
@@ -140,7 +141,7 @@ def conv_winograd(spec: ConvSpec, x: np.ndarray, w: np.ndarray, dtype, y: np.nda
     tH, tW = tile_grid(spec)
     u = filter_transform(w, dtype)
     per = (16 * (C + K) + 8 * C) * dtype.itemsize
-    blocks = tile_blocks(N, tH, tW, max(MIN_TILES, BLOCK_BYTES // per))
+    blocks = tile_blocks(N, tH, tW, max(winograd.MIN_TILES, BLOCK_BYTES // per))
     most = max((n1 - n0) * (i1 - i0) for n0, n1, i0, i1 in blocks) * tW
     vbuf = np.empty(16 * (C * most + PLANE_PAD), dtype=dtype)
     mbuf = np.empty(16 * (K * most + PLANE_PAD), dtype=dtype)
