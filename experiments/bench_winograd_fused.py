@@ -6,7 +6,7 @@ timing: best of the rounds, a pause before each call): the float32 Winograd meth
 transforms and with the fused ones, both as the kernel runs them (at T > 1 as T pieces on
 single-threaded BLAS where `blasconv.split_workers` splits, else one call on T BLAS threads),
 the fused one also as one call on T BLAS threads, and torch's conv2d (if installed).  Then the
-stage times of one call at one thread (transforms and products), and numba's compile time in a
+stage times of the fused method's first block at one thread (transforms and products), and numba's compile time in a
 fresh process with an empty cache ("cold") and again with that cache filled ("warm").
 
 numba is not a requirement of parconv: without it this script says so and exits 0.
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from parconv.bench import _operands, _torch, interleaved_best, machine  # noqa: E402
 from parconv.blas import limit_threads, prepare  # noqa: E402
 from parconv.blas_split import run_split  # noqa: E402
-from parconv.blasconv import split_workers  # noqa: E402
+from parconv.blasconv import split_workers, winograd_form  # noqa: E402
 from parconv.layers import get_layer  # noqa: E402
 
 LAYERS = (("resnet50.layer1.0.conv2", 8), ("resnet50.layer2.1.conv2", 8),
@@ -54,13 +54,14 @@ print(imported - start, first - imported, time.perf_counter() - first)
 """
 
 
-def kernel(form, spec, x, w, threads, split=True):
-    """The Winograd method with ``form``'s transforms, run as `blasconv.conv2d_blas` runs it."""
+def kernel(conv, spec, x, w, threads, split=True):
+    """The Winograd method by ``conv`` (a ``conv_winograd``), run as `blasconv.conv2d_blas`
+    runs it."""
     dtype = np.dtype(spec.dtype_in)
     y = np.empty(spec.output_shape, dtype=spec.dtype_acc)
 
     def run(piece, xp, yp):
-        form.conv_winograd(piece, xp, w, dtype, yp)
+        conv(piece, xp, w, dtype, yp)
 
     workers = split_workers(spec, "winograd", threads) if split else 1
     if workers > 1:
@@ -68,6 +69,15 @@ def kernel(form, spec, x, w, threads, split=True):
     else:
         run(spec, x, y)
     return y
+
+
+def sized(module, block_bytes, call):
+    """``call()`` with ``module.BLOCK_BYTES`` set to ``block_bytes``."""
+    saved, module.BLOCK_BYTES = module.BLOCK_BYTES, block_bytes
+    try:
+        return call()
+    finally:
+        module.BLOCK_BYTES = saved
 
 
 def stages(spec, x, w, rounds):
@@ -117,12 +127,19 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--layers", nargs="+", metavar="NAME:BATCH")
     parser.add_argument("--no-compile", action="store_true", help="skip the compile timing")
+    parser.add_argument("--block-mib", type=float, nargs="+",
+                        help="also time the fused method with blocks of these MiB (default: "
+                             "winograd_fused.BLOCK_BYTES only)")
     parser.add_argument("--json", default="experiments/results/kernels/winograd_fused.json")
     args = parser.parse_args(argv)
     try:
         import numba
     except ImportError:
         print("bench_winograd_fused: numba is not installed (pip install numba); skipped")
+        return 0
+    from parconv import jit
+    if jit._load() is None:
+        print("bench_winograd_fused: numba cannot be used here (no cache folder?); skipped")
         return 0
     from parconv import winograd, winograd_fused
     layers = LAYERS if not args.layers else [(s.split(":")[0], int(s.split(":")[1]))
@@ -141,16 +158,24 @@ def main(argv=None) -> int:
         for name, batch in layers:
             spec = get_layer(name, batch=batch, dtype="float32")
             x, w = _operands(spec)
+            if winograd_form(spec) is not winograd:
+                print(f"{name}: not a stride-1 Winograd layer, skipped")
+                continue
+            numpy_conv, fused_conv = winograd.conv_winograd, winograd_fused.conv_winograd
             contenders = {
-                "numpy": lambda: kernel(winograd, spec, x, w, threads),
-                "fused": lambda: kernel(winograd_fused, spec, x, w, threads),
-                "fused1": lambda: kernel(winograd_fused, spec, x, w, threads, split=False)}
+                "numpy": lambda: kernel(numpy_conv, spec, x, w, threads),
+                "fused": lambda: kernel(fused_conv, spec, x, w, threads),
+                "fused1": lambda: kernel(fused_conv, spec, x, w, threads, split=False)}
+            for mib in args.block_mib or ():
+                contenders[f"fused_{mib:g}MiB"] = (
+                    lambda mib=mib: sized(winograd_fused, int(mib * 2 ** 20),
+                                          lambda: kernel(fused_conv, spec, x, w, threads)))
             if torch is not None:
                 xt, wt = torch.from_numpy(x), torch.from_numpy(w)
 
                 def conv(xt=xt, wt=wt):
                     with torch.no_grad():
-                        torch.nn.functional.conv2d(xt, wt, padding=spec.padding)
+                        torch.nn.functional.conv2d(xt, wt, stride=spec.stride, padding=spec.padding)
                 contenders["torch"] = conv
                 torch.set_num_threads(threads)
             with limit_threads(threads):
@@ -166,10 +191,13 @@ def main(argv=None) -> int:
             t = rate.get("torch", float("nan"))
             print(f"{name:<26}{threads:>4}{workers:>6}{rate['numpy']:>8.1f}{rate['fused']:>8.1f}"
                   f"{rate['fused1']:>8.1f}{t:>8.1f}{rate['fused'] / rate['numpy']:>7.2f}"
-                  f"{rate['fused'] / t:>9.2f}{rate['numpy'] / t:>9.2f}  {diff:.1e}")
+                  f"{rate['fused'] / t:>9.2f}{rate['numpy'] / t:>9.2f}  {diff:.1e}"
+                  + "".join(f"  {k} {v:.1f}" for k, v in rate.items() if k.endswith("MiB")))
     print("\nstages of the fused method on its first block at 1 thread (best of the rounds, ms)")
     for name, batch in layers:
         spec = get_layer(name, batch=batch, dtype="float32")
+        if winograd_form(spec) is not winograd:
+            continue
         x, w = _operands(spec)
         best = stages(spec, x, w, args.rounds)
         block = best.pop("block")
