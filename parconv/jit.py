@@ -68,17 +68,14 @@ def fused_winograd(spec: ConvSpec, threads: int):
 
 @functools.lru_cache(maxsize=1)
 def _load():
-    """Import numba with its cache folder set, then `parconv.winograd_fused` (whose kernels
-    compile, or load from the cache, on their first call); None if that fails."""
+    """``conv_winograd`` of `parconv.winograd_fused` (whose kernels compile, or load from the
+    cache, on their first call; importing it sets numba's cache folder), or None without numba
+    or a cache folder."""
     folder = numba_cache_dir()
     if folder is None:
         return None
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        import numba
-        # the cache locator reads this when a kernel is decorated (the import below), so it
-        # also holds when numba was imported before with another folder
-        numba.config.CACHE_DIR = str(folder)
         from . import winograd_fused
     except (ImportError, OSError):
         return None

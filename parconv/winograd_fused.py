@@ -1,29 +1,45 @@
-"""Winograd F(2x2, 3x3), stride 1, with its transforms fused per tile row (numba).  Pure, no MPI.
+"""Winograd F(2x2, 3x3), stride 1, with its transforms compiled by numba.  Pure, no MPI.
 
-The arithmetic of `parconv.winograd` (same transforms, same order of the additions, so the
-same bits of V and of the output from the same products), but each transform is one compiled
-pass instead of a chain of numpy passes over the block's buffers:
+The arithmetic of `parconv.winograd` (the same transforms, their additions in the same order,
+the same 16 products per tile), but each transform is one compiled pass per tile row instead
+of a chain of numpy passes over the block's buffers.  Per block of whole images or tile rows
+(`winograd.tile_blocks`, `BLOCK_BYTES`):
 
-* `input_transform`: per (image, channel, tile row) the four padded input rows are copied into
-  a small zero-padded strip (L1), their row transform B^T d made there, and the column
-  transform writes the tile row's 16 coefficients into ``V[k, c, tile]`` (16, C, tiles);
-* the 16 products ``M[k] = U[k] @ V[k]`` (K x C) @ (C x tiles) on BLAS, as before;
-* `output_transform`: per (image, filter, tile row) the 16 values of each tile are read once,
-  ``A^T M A`` computed in registers and the 2x2 outputs written into the NCHW output.
+* `_channels_last`: the block's input rows, zero padded, copied channels-last (one numpy copy);
+* `input_transform`: per tile row, the row transform B^T d of its four padded rows into a
+  small scratch, then the column transform writes each tile's 16 coefficients, C contiguous
+  values each, into the 16 (tiles x C) matrices ``V[k]``;
+* the 16 products ``M[k] = V[k] U[k]^T`` (tiles x C) @ (C x K) on BLAS;
+* `output_transform`: per tile row, A^T M A along its tW K contiguous values into a scratch,
+  then its four output phases into the NCHW rows.
 
-No parity parts and no dropped tile column: tiles are (image, tile row, tile column) in order,
-``tH tW`` per image.  The kernels release the GIL (`parconv.blas_split` runs pieces of a block
-on threads side by side).
+Every compiled inner loop stores to one array and loads from at most three, so that LLVM's
+run-time overlap checks stay few enough for it to vectorise the loop (loops storing to 16
+arrays at once stayed scalar, at 2-4 GB/s); the 16 planes of V and M start a cache line apart
+beyond their size (`_planes`), since planes a multiple of 4 KiB apart share the L1 cache's
+sets.  No parity parts and no dropped tile column.  The kernels release the GIL
+(`parconv.blas_split` runs pieces of a block on threads side by side).  Import through
+`parconv.jit`, which decides when they run.
 """
 
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
 
-from .spec import ConvSpec
 from . import winograd
+from .jit import numba_cache_dir
+from .spec import ConvSpec
 from .winograd import filter_transform, tile_blocks, tile_grid
+
+# numba's cache locator reads its folder when a kernel is decorated (below): the project's
+# cache folder, or no disk cache at all (never the folder of the installed package)
+_FOLDER = numba_cache_dir()
+if _FOLDER is not None and not os.environ.get("NUMBA_CACHE_DIR"):
+    numba.config.CACHE_DIR = str(_FOLDER)
+_CACHE = _FOLDER is not None
 
 #: bytes of V and M per block
 BLOCK_BYTES = 16 << 20
@@ -31,7 +47,7 @@ BLOCK_BYTES = 16 << 20
 PLANE_PAD = 16
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=_CACHE)
 def input_transform(xcl, tW, v):
     """``v[4 r + s, tile C + c] = (B^T d B)[r, s]`` for every tile of ``xcl``, the block's
     zero-padded input channels-last (images, 2 rows + 2, 2 tW + 2, C), tiles in (image, tile
@@ -68,19 +84,19 @@ def input_transform(xcl, tW, v):
                     _sub(c1, c3, v[4 * r + 3, at:at + C])
 
 
-@numba.njit(nogil=True, cache=True, inline="always")
+@numba.njit(nogil=True, cache=_CACHE, inline="always")
 def _sub(a, b, out):
     for q in range(out.shape[0]):
         out[q] = a[q] - b[q]
 
 
-@numba.njit(nogil=True, cache=True, inline="always")
+@numba.njit(nogil=True, cache=_CACHE, inline="always")
 def _add(a, b, out):
     for q in range(out.shape[0]):
         out[q] = a[q] + b[q]
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=_CACHE)
 def output_transform(m, n0, n1, i0, i1, tW, y):
     """The 2x2 outputs ``A^T M A`` of the tiles of `input_transform`'s order from ``m``
     (`_planes` (16, tiles K + pad): ``M[k][tile, f]`` at ``m[k, tile K + f]``) into ``y`` (N,
@@ -121,13 +137,13 @@ def output_transform(m, n0, n1, i0, i1, tW, y):
                         target[2 * j + 1] = odd[j * K + k]
 
 
-@numba.njit(nogil=True, cache=True, inline="always")
+@numba.njit(nogil=True, cache=_CACHE, inline="always")
 def _sum3(a, b, c, out):
     for q in range(out.shape[0]):
         out[q] = (a[q] + b[q]) + c[q]
 
 
-@numba.njit(nogil=True, cache=True, inline="always")
+@numba.njit(nogil=True, cache=_CACHE, inline="always")
 def _diff3(a, b, c, out):
     for q in range(out.shape[0]):
         out[q] = (a[q] - b[q]) - c[q]
