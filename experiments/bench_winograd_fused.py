@@ -152,10 +152,10 @@ def main(argv=None) -> int:
     print(f"load {os.getloadavg()}, numba {numba.__version__}, torch "
           f"{torch.__version__ if torch else 'absent'}; GFLOP/s = 2 G / best wall time; "
           f"cpu f/n: numpy / fused best process CPU time; split: pieces side by side; fused1: "
-          f"fused as one call on T BLAS threads; |fused - numpy|: largest difference / largest "
+          f"fused as one call on T BLAS threads; takes: the transforms NumpyKernel takes there (parconv.jit); |fused - numpy|: largest difference / largest "
           f"|output|")
     head = (f"{'layer':<26}{'thr':>4}{'split':>6}{'numpy':>8}{'fused':>8}{'fused1':>8}"
-            f"{'torch':>8}{'fu/np':>7}{'fu/torch':>9}{'np/torch':>9}{'cpu f/n':>8}  |fused - numpy|")
+            f"{'torch':>8}{'fu/np':>7}{'fu/torch':>9}{'np/torch':>9}{'cpu f/n':>8}{'takes':>7}  |fused - numpy|")
     print(head + "\n" + "-" * len(head))
     for threads in args.threads:
         for name, batch in layers:
@@ -186,17 +186,19 @@ def main(argv=None) -> int:
                 workers = split_workers(spec, "winograd", threads)
                 cpu = {}
                 best = interleaved_best(contenders, args.rounds, cpu)
+                used = "numba" if jit.fused_winograd(spec, threads, workers) else "numpy"
             scale = np.abs(ya).max()
             diff = float(np.abs(ya - yb).max() / scale)
             rate = {k: 2 * spec.G / t / 1e9 for k, t in best.items()}
             row = {"layer": name, "batch": batch, "threads": threads, "workers": workers,
-                   "gflops": rate, "seconds": best, "cpu_seconds": cpu, "max_rel_diff": diff}
+                   "gflops": rate, "seconds": best, "cpu_seconds": cpu, "max_rel_diff": diff,
+                   "kernel_takes": used}
             result["rows"].append(row)
             t = rate.get("torch", float("nan"))
             print(f"{name:<26}{threads:>4}{workers:>6}{rate['numpy']:>8.1f}{rate['fused']:>8.1f}"
                   f"{rate['fused1']:>8.1f}{t:>8.1f}{rate['fused'] / rate['numpy']:>7.2f}"
                   f"{rate['fused'] / t:>9.2f}{rate['numpy'] / t:>9.2f}"
-                  f"{cpu['numpy'] / cpu['fused']:>8.2f}  {diff:.1e}"
+                  f"{cpu['numpy'] / cpu['fused']:>8.2f}{used:>7}  {diff:.1e}"
                   + "".join(f"  {k} {v:.1f}" for k, v in rate.items() if k.endswith("MiB")))
     print("\nstages of the fused method on its first block at 1 thread (best of the rounds, ms)")
     for name, batch in layers:

@@ -119,7 +119,7 @@ def conv2d_blas(spec: ConvSpec, x: np.ndarray, w: np.ndarray, method: str | None
     threads = current_threads()
     if workers is None:
         workers = split_workers(spec, method, threads)
-    fused = jit.fused_winograd(spec, threads) if method == "winograd" else None
+    fused = jit.fused_winograd(spec, threads, workers) if method == "winograd" else None
     y = np.empty(spec.output_shape, dtype=spec.dtype_acc)
 
     def run(piece, xp, yp):

@@ -3,9 +3,10 @@ and where numba keeps its compiled code.  Pure, no MPI.
 
 numba is optional: without it (or where it cannot be used) the numpy transforms of
 `parconv.winograd` run, with the same products and the same additions.  With it, the fused
-transforms are taken for stride-1 floating Winograd blocks when the process has at least
-`MIN_THREADS` BLAS threads (or always, or never, by ``$PARCONV_JIT``), imported and compiled on
-the first such block only.  Why the thread floor: numba's first call in a process costs about a
+transforms are taken for stride-1 floating Winograd blocks run as pieces side by side on
+single-threaded BLAS (`parconv.blas_split`) when the process has at least `MIN_THREADS` BLAS
+threads (``$PARCONV_JIT``: also at one thread, or never), imported and compiled on the first
+such block only.  Why the thread floor: numba's first call in a process costs about a
 second even with its disk cache warm (importing numba, loading the compiled code; a cold cache
 compiles for 3-5 s), which a rank of a many-rank run (one BLAS thread each, one block each)
 would never earn back, whereas the fused transforms pay most at 2 threads, where the numpy
@@ -55,13 +56,20 @@ def numba_cache_dir() -> Path | None:
     return None if value.strip().lower() in _OFF else Path(value) / "numba"
 
 
-def fused_winograd(spec: ConvSpec, threads: int):
+def fused_winograd(spec: ConvSpec, threads: int, workers: int):
     """``conv_winograd`` of `parconv.winograd_fused` for this block at ``threads`` BLAS
-    threads, or None where the numpy transforms run (not stride 1, `mode`, the thread floor,
-    numba absent or unusable, no cache folder)."""
+    threads run as ``workers`` pieces side by side (`parconv.blasconv.split_workers`), or None
+    where the numpy transforms run: not a stride-1 Winograd block, `mode`, the thread floor,
+    products on several BLAS threads, numba absent or unusable, no cache folder.
+
+    The fused form's products, (tiles x C) @ (C x K), ran slower on two OpenBLAS threads than
+    the numpy form's (K x C) @ (C x tiles) (36 against 26 ms on resnet50.layer4.1.conv2's
+    block at batch 8, load 1.7), so it takes only blocks whose products each get one BLAS
+    thread: the pieces of the threaded split, or one thread."""
     from .winograd import applies
     state = mode()
-    if not applies(spec) or state == "off" or (state == "auto" and threads < MIN_THREADS):
+    if (not applies(spec) or state == "off" or workers != threads
+            or (state == "auto" and threads < MIN_THREADS)):
         return None
     return _load()
 

@@ -37,7 +37,7 @@ def test_no_cache_folder_means_numpy_transforms(monkeypatch):
     monkeypatch.setenv(jit.JIT_ENV, "on")
     jit._load.cache_clear()
     try:
-        assert jit.fused_winograd(SPEC, 2) is None
+        assert jit.fused_winograd(SPEC, 2, 2) is None
     finally:
         jit._load.cache_clear()
 
@@ -54,24 +54,31 @@ def test_mode(monkeypatch, value, expected):
 
 def test_gate(monkeypatch, numba_present):
     monkeypatch.delenv(jit.JIT_ENV, raising=False)
-    assert jit.fused_winograd(SPEC, 1) is None                 # below MIN_THREADS
-    assert jit.fused_winograd(SPEC, jit.MIN_THREADS) is not None
-    assert jit.fused_winograd(SPEC.replace(stride=(2, 2)), 2) is None
+    assert jit.fused_winograd(SPEC, 1, 1) is None              # below MIN_THREADS
+    assert jit.fused_winograd(SPEC, jit.MIN_THREADS, jit.MIN_THREADS) is not None
+    assert jit.fused_winograd(SPEC, 2, 1) is None              # products on 2 BLAS threads
+    assert jit.fused_winograd(SPEC.replace(stride=(2, 2)), 2, 2) is None
     assert jit.fused_winograd(spec_for_dtype("int8", **{
         k: getattr(SPEC, k) for k in ("batch", "in_channels", "out_channels", "in_size",
-                                      "kernel_size", "padding")}), 2) is None
+                                      "kernel_size", "padding")}), 2, 2) is None
     monkeypatch.setenv(jit.JIT_ENV, "off")
-    assert jit.fused_winograd(SPEC, 4) is None
+    assert jit.fused_winograd(SPEC, 4, 4) is None
     monkeypatch.setenv(jit.JIT_ENV, "on")
-    assert jit.fused_winograd(SPEC, 1) is not None
+    assert jit.fused_winograd(SPEC, 1, 1) is not None
+    assert jit.fused_winograd(SPEC, 2, 1) is None
 
 
-@pytest.mark.parametrize("threads, transforms", [(1, "numpy"), (2, "numba")])
-def test_kernel_reports_the_transforms(monkeypatch, numba_present, threads, transforms):
+#: large enough for the threaded split at 2 threads (blasconv.split_workers)
+BIG = SPEC.replace(batch=4, in_channels=32, out_channels=32, in_size=(32, 32))
+
+
+@pytest.mark.parametrize("threads, transforms, workers", [(1, "numpy", 1), (2, "numba", 2)])
+def test_kernel_reports_the_transforms(monkeypatch, numba_present, threads, transforms,
+                                       workers):
     monkeypatch.delenv(jit.JIT_ENV, raising=False)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal(SPEC.input_shape).astype(np.float32)
-    w = rng.standard_normal(SPEC.weight_shape).astype(np.float32)
-    y, stats = NumpyKernel(threads=threads, method="winograd").run(SPEC, x, w)
-    assert stats["transforms"] == transforms
-    np.testing.assert_allclose(y, reference_conv2d(SPEC, x, w), rtol=1e-4, atol=1e-3)
+    x = rng.standard_normal(BIG.input_shape).astype(np.float32)
+    w = rng.standard_normal(BIG.weight_shape).astype(np.float32)
+    y, stats = NumpyKernel(threads=threads, method="winograd").run(BIG, x, w)
+    assert stats["transforms"] == transforms and stats["workers"] == workers
+    np.testing.assert_allclose(y, reference_conv2d(BIG, x, w), rtol=1e-4, atol=2e-3)

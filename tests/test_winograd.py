@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from parconv import jit, winograd, winograd_s2
+from parconv.blas import limit_threads
 from parconv.blasconv import choose_method, conv2d_blas
 from parconv.errors import ParconvError
 from parconv.kernels import NumpyKernel, reference_conv2d
@@ -37,7 +38,7 @@ def assert_winograd_matches_reference(spec, seed=0):
     y, how = conv2d_blas(spec, x, w, "winograd")
     ref = reference_conv2d(spec, x, w)
     assert how["method"] == "winograd" and y.dtype == ref.dtype and y.shape == ref.shape
-    fused = winograd.applies(spec) and jit.mode() == "on"
+    fused = winograd.applies(spec) and jit.mode() == "on"      # (the fixture's one thread)
     assert how["transforms"] == ("numba" if fused else "numpy")
     tol = 1e-4 if spec.dtype_acc == "float32" else 1e-12
     np.testing.assert_allclose(y, ref, rtol=tol, atol=tol * spec.in_channels * 9)
@@ -46,7 +47,8 @@ def assert_winograd_matches_reference(spec, seed=0):
 @pytest.fixture(params=["nchw", "channels_last", "fused"])
 def layout(request, monkeypatch):
     """Both tile layouts of the numpy transforms on every shape (the threshold normally picks
-    by the image width), and the numba-fused transforms (parconv.winograd_fused)."""
+    by the image width), and the numba-fused transforms (parconv.winograd_fused), at one BLAS
+    thread."""
     if request.param == "fused":
         if jit._load() is None:
             pytest.skip("numba is not installed")
@@ -54,7 +56,8 @@ def layout(request, monkeypatch):
     else:
         monkeypatch.setenv(jit.JIT_ENV, "off")
     monkeypatch.setattr(winograd, "CHANNELS_LAST_BELOW", 0 if request.param == "nchw" else 10 ** 6)
-    return request.param
+    with limit_threads(1):      # one call on one BLAS thread: "on" takes the fused transforms
+        yield request.param
 
 
 @pytest.fixture
