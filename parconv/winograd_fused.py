@@ -195,10 +195,10 @@ def _channels_last(spec: ConvSpec, x: np.ndarray, n0: int, n1: int, i0: int,
 
 
 def _planes(buf: np.ndarray, rows: int, length: int) -> np.ndarray:
-    """(16, rows length) C-contiguous view of ``buf`` whose 16 planes start `PLANE_PAD`
-    elements apart beyond their size (the transforms run along all 16 planes at once, and
-    planes a multiple of 4 KiB apart would share the L1 cache's sets); ``.reshape(16, rows,
-    length)`` is the matrices' view."""
+    """(16, rows length + `PLANE_PAD`) C-contiguous view of ``buf``: 16 planes that start
+    `PLANE_PAD` elements apart beyond their size (the transforms run along all 16 planes at
+    once, and planes a multiple of 4 KiB apart would share the L1 cache's sets); `_matrices`
+    gives the products' (16, rows, length) view of it."""
     step = rows * length + PLANE_PAD
     return buf[:16 * step].reshape(16, step)
 
