@@ -274,8 +274,14 @@ def table(result: dict) -> str:
 
 def run(layers=LAYERS, threads=(1, 2), rounds: int = 5, ranks=(1,), gemm_size: int = 1024,
         gemmini: bool = True, conv: bool = True) -> dict:
-    """Everything the benchmark measures, as a JSON-ready dict.  Local."""
+    """Everything the benchmark measures, as a JSON-ready dict.  Local.
+
+    numba's Winograd kernels are loaded up front (`parconv.jit.preload`), so that the rows show
+    the kernel of a process that runs many blocks (a one-shot run loads them only after 2 s of
+    Winograd work); the table names the rows that took them."""
     prepare()
+    from .jit import preload
+    preload()
     start = time.perf_counter()
     conv = [conv_rates(name, batch, t, rounds, gemm_size) for t in threads
             for name, batch in layers] if conv else []

@@ -21,6 +21,8 @@ Stride-1 Winograd takes numba-compiled transforms where `parconv.jit` says so.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from . import jit, winograd, winograd_s2
@@ -119,8 +121,10 @@ def conv2d_blas(spec: ConvSpec, x: np.ndarray, w: np.ndarray, method: str | None
     threads = current_threads()
     if workers is None:
         workers = split_workers(spec, method, threads)
-    fused = jit.fused_winograd(spec, threads, workers) if method == "winograd" else None
+    eligible = method == "winograd" and jit.eligible(spec, threads, workers)
+    fused = jit.fused_winograd(spec, threads, workers) if eligible else None
     y = np.empty(spec.output_shape, dtype=spec.dtype_acc)
+    start = time.perf_counter()
 
     def run(piece, xp, yp):
         if method == "winograd":
@@ -136,6 +140,8 @@ def conv2d_blas(spec: ConvSpec, x: np.ndarray, w: np.ndarray, method: str | None
         workers = run_split(spec, x, y, workers, run, align=2 if method == "winograd" else 1)
     else:
         run(spec, x, y)
+    if eligible and fused is None:
+        jit.record(time.perf_counter() - start)
     return y, {"method": method, "compute_dtype": arith.dtype.name, "exact_group": arith.limit,
                "workers": workers, "transforms": None if method != "winograd" else
                "numba" if fused else "numpy"}

@@ -37,7 +37,7 @@ def test_no_cache_folder_means_numpy_transforms(monkeypatch):
     monkeypatch.setenv(jit.JIT_ENV, "on")
     jit._load.cache_clear()
     try:
-        assert jit.fused_winograd(SPEC, 2, 2) is None
+        assert not jit.preload() and jit.fused_winograd(SPEC, 2, 2) is None
     finally:
         jit._load.cache_clear()
 
@@ -52,33 +52,60 @@ def test_mode(monkeypatch, value, expected):
     assert jit.mode() == expected
 
 
-def test_gate(monkeypatch, numba_present):
+@pytest.fixture
+def fresh(monkeypatch):
+    """A process that has not loaded the fused kernels nor spent time in Winograd blocks."""
+    monkeypatch.setattr(jit, "_state", {"spent": 0.0, "loaded": False})
     monkeypatch.delenv(jit.JIT_ENV, raising=False)
-    assert jit.fused_winograd(SPEC, 1, 1) is None              # below MIN_THREADS
-    assert jit.fused_winograd(SPEC, jit.MIN_THREADS, jit.MIN_THREADS) is not None
-    assert jit.fused_winograd(SPEC, 2, 1) is None              # products on 2 BLAS threads
-    assert jit.fused_winograd(SPEC.replace(stride=(2, 2)), 2, 2) is None
-    assert jit.fused_winograd(spec_for_dtype("int8", **{
+
+
+def test_eligible(monkeypatch):
+    monkeypatch.delenv(jit.JIT_ENV, raising=False)
+    assert not jit.eligible(SPEC, 1, 1)                       # below MIN_THREADS
+    assert jit.eligible(SPEC, jit.MIN_THREADS, jit.MIN_THREADS)
+    assert not jit.eligible(SPEC, 2, 1)                       # products on 2 BLAS threads
+    assert not jit.eligible(SPEC.replace(stride=(2, 2)), 2, 2)
+    assert not jit.eligible(spec_for_dtype("int8", **{
         k: getattr(SPEC, k) for k in ("batch", "in_channels", "out_channels", "in_size",
-                                      "kernel_size", "padding")}), 2, 2) is None
+                                      "kernel_size", "padding")}), 2, 2)
     monkeypatch.setenv(jit.JIT_ENV, "off")
-    assert jit.fused_winograd(SPEC, 4, 4) is None
+    assert not jit.eligible(SPEC, 4, 4)
+    monkeypatch.setenv(jit.JIT_ENV, "on")
+    assert jit.eligible(SPEC, 1, 1) and not jit.eligible(SPEC, 2, 1)
+
+
+def test_auto_loads_after_enough_numpy_time(fresh, numba_present):
+    assert jit.fused_winograd(SPEC, 2, 2) is None
+    jit.record(jit.AFTER_SECONDS / 2)
+    assert jit.fused_winograd(SPEC, 2, 2) is None
+    jit.record(jit.AFTER_SECONDS / 2)
+    assert jit.fused_winograd(SPEC, 2, 2) is not None
+    assert jit.fused_winograd(SPEC, 1, 1) is None             # still not eligible
+
+
+def test_preload_and_on(fresh, numba_present, monkeypatch):
+    assert jit.preload() and jit.fused_winograd(SPEC, 2, 2) is not None
+    monkeypatch.setattr(jit, "_state", {"spent": 0.0, "loaded": False})
     monkeypatch.setenv(jit.JIT_ENV, "on")
     assert jit.fused_winograd(SPEC, 1, 1) is not None
-    assert jit.fused_winograd(SPEC, 2, 1) is None
 
 
 #: large enough for the threaded split at 2 threads (blasconv.split_workers)
 BIG = SPEC.replace(batch=4, in_channels=32, out_channels=32, in_size=(32, 32))
 
 
-@pytest.mark.parametrize("threads, transforms, workers", [(1, "numpy", 1), (2, "numba", 2)])
-def test_kernel_reports_the_transforms(monkeypatch, numba_present, threads, transforms,
-                                       workers):
-    monkeypatch.delenv(jit.JIT_ENV, raising=False)
+def test_kernel_reports_the_transforms_and_records_its_time(fresh, numba_present):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(BIG.input_shape).astype(np.float32)
     w = rng.standard_normal(BIG.weight_shape).astype(np.float32)
-    y, stats = NumpyKernel(threads=threads, method="winograd").run(BIG, x, w)
-    assert stats["transforms"] == transforms and stats["workers"] == workers
-    np.testing.assert_allclose(y, reference_conv2d(BIG, x, w), rtol=1e-4, atol=2e-3)
+    ref = reference_conv2d(BIG, x, w)
+    kernels = {t: NumpyKernel(threads=t, method="winograd") for t in (1, 2)}
+    for threads, transforms, workers in [(1, "numpy", 1), (2, "numpy", 2)]:
+        y, stats = kernels[threads].run(BIG, x, w)
+        assert (stats["transforms"], stats["workers"]) == (transforms, workers)
+        np.testing.assert_allclose(y, ref, rtol=1e-4, atol=2e-3)
+    assert 0 < jit._state["spent"] < jit.AFTER_SECONDS   # the 2-thread call only
+    jit.preload()
+    y, stats = kernels[2].run(BIG, x, w)
+    assert (stats["transforms"], stats["workers"]) == ("numba", 2)
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=2e-3)
