@@ -138,7 +138,7 @@ def main(argv=None) -> int:
         print("bench_winograd_fused: numba is not installed (pip install numba); skipped")
         return 0
     from parconv import jit
-    if jit._load() is None:
+    if not jit.preload():
         print("bench_winograd_fused: numba cannot be used here (no cache folder?); skipped")
         return 0
     from parconv import winograd, winograd_fused
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     print(f"load {os.getloadavg()}, numba {numba.__version__}, torch "
           f"{torch.__version__ if torch else 'absent'}; GFLOP/s = 2 G / best wall time; "
           f"cpu f/n: numpy / fused best process CPU time; split: pieces side by side; fused1: "
-          f"fused as one call on T BLAS threads; takes: the transforms NumpyKernel takes there (parconv.jit); |fused - numpy|: largest difference / largest "
+          f"fused as one call on T BLAS threads; takes: the transforms NumpyKernel takes there once numba is loaded (parconv.jit); |fused - numpy|: largest difference / largest "
           f"|output|")
     head = (f"{'layer':<26}{'thr':>4}{'split':>6}{'numpy':>8}{'fused':>8}{'fused1':>8}"
             f"{'torch':>8}{'fu/np':>7}{'fu/torch':>9}{'np/torch':>9}{'cpu f/n':>8}{'takes':>7}  |fused - numpy|")
