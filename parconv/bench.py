@@ -122,7 +122,8 @@ def conv_rates(name: str, batch: int, threads: int, rounds: int, gemm_size: int)
         x, w = _operands(spec)
         kernel = NumpyKernel(threads=threads)
         contenders[f"parconv_{dtype}"] = (lambda k=kernel, s=spec, x=x, w=w: k.run(s, x, w))
-        out[f"method_{dtype}"] = kernel.run(spec, x, w)[1]["method"]
+        how = kernel.run(spec, x, w)[1]
+        out[f"method_{dtype}"], out[f"transforms_{dtype}"] = how["method"], how["transforms"]
         if torch is not None and dtype != "int8":
             xt, wt = torch.from_numpy(x), torch.from_numpy(w)
 
@@ -250,6 +251,10 @@ def table(result: dict) -> str:
                 f"{f32 / sg:>7.2f}{r['parconv_float64_gflops']:>7.1f}{(t64 or nan):>8.1f}"
                 f"{r['dgemm_gflops']:>7.1f}{r['parconv_int8_gflops']:>7.1f}"
                 f"{r['parconv_int8_gflops'] / f32:>7.2f}")
+        fused = [f"{r['layer']} @ {r['threads']}" for r in result["conv"]
+                 if r.get("transforms_float32") == "numba"]
+        lines.append("float32 Winograd transforms compiled by numba (parconv.jit) on: "
+                     + (", ".join(fused) if fused else "none (numpy transforms everywhere)"))
     if result["gemmini"]:
         head = (f"{'Gemmini node, int8, 1 thread':<30}{'P':>4}{'search s':>10}{'exec s':>9}"
                 f"{'node s':>9}{'numpy s':>9}{'(s+e)/np':>10}{'node/np':>9}{'e/np':>7}")
@@ -269,8 +274,14 @@ def table(result: dict) -> str:
 
 def run(layers=LAYERS, threads=(1, 2), rounds: int = 5, ranks=(1,), gemm_size: int = 1024,
         gemmini: bool = True, conv: bool = True) -> dict:
-    """Everything the benchmark measures, as a JSON-ready dict.  Local."""
+    """Everything the benchmark measures, as a JSON-ready dict.  Local.
+
+    numba's Winograd kernels are loaded up front (`parconv.jit.preload`), so that the rows show
+    the kernel of a process that runs many blocks (a one-shot run loads them only after 2 s of
+    Winograd work); the table names the rows that took them."""
     prepare()
+    from .jit import preload
+    preload()
     start = time.perf_counter()
     conv = [conv_rates(name, batch, t, rounds, gemm_size) for t in threads
             for name, batch in layers] if conv else []

@@ -16,13 +16,16 @@ and non-square shapes; none builds the full im2col matrix):
 Integers are computed exactly on floating-point BLAS in groups of products whose partial sums
 are exact (`parconv.blas_exact`).  With more than one BLAS thread, the methods in `SPLIT` run
 the block as that many pieces side by side on single-threaded BLAS (`parconv.blas_split`).
+Stride-1 Winograd takes numba-compiled transforms where `parconv.jit` says so.
 """
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
-from . import winograd, winograd_s2
+from . import jit, winograd, winograd_s2
 from .blas import current_threads
 from .blas_exact import arithmetic
 from .blas_layout import taps
@@ -97,7 +100,8 @@ def conv2d_blas(spec: ConvSpec, x: np.ndarray, w: np.ndarray, method: str | None
     """The block's convolution (N, K, H, W) in ``spec.dtype_acc`` and how it was computed
     (``method``, ``compute_dtype``, ``exact_group``: products per exact integer group or None;
     ``workers``: threads of single-threaded BLAS that ran its pieces side by side, 1 for one
-    call on the BLAS threads).  ``x`` and ``w`` must already have the spec's shapes and
+    call on the BLAS threads; ``transforms``: "numba" or "numpy" for the Winograd method,
+    `parconv.jit`, else None).  ``x`` and ``w`` must already have the spec's shapes and
     types.  Local.
 
     ``workers`` (default `split_workers` for the current BLAS thread count) > 1 cuts the block
@@ -114,13 +118,17 @@ def conv2d_blas(spec: ConvSpec, x: np.ndarray, w: np.ndarray, method: str | None
                            f"and dilation 1, got {spec.describe()}")
     if method not in METHODS:
         raise ParconvError(f"method must be gemm, taps, im2col or winograd, got {method!r}")
+    threads = current_threads()
     if workers is None:
-        workers = split_workers(spec, method, current_threads())
+        workers = split_workers(spec, method, threads)
+    eligible = method == "winograd" and jit.eligible(spec, threads, workers)
+    fused = jit.fused_winograd(spec, threads, workers) if eligible else None
     y = np.empty(spec.output_shape, dtype=spec.dtype_acc)
+    start = time.perf_counter()
 
     def run(piece, xp, yp):
         if method == "winograd":
-            winograd_form(piece).conv_winograd(piece, xp, w, arith.dtype, yp)
+            (fused or winograd_form(piece).conv_winograd)(piece, xp, w, arith.dtype, yp)
         elif method == "gemm":
             conv_gemm(piece, xp, w, arith, yp)
         elif method == "taps":
@@ -132,8 +140,11 @@ def conv2d_blas(spec: ConvSpec, x: np.ndarray, w: np.ndarray, method: str | None
         workers = run_split(spec, x, y, workers, run, align=2 if method == "winograd" else 1)
     else:
         run(spec, x, y)
+    if eligible and fused is None:
+        jit.record(time.perf_counter() - start)
     return y, {"method": method, "compute_dtype": arith.dtype.name, "exact_group": arith.limit,
-               "workers": workers}
+               "workers": workers, "transforms": None if method != "winograd" else
+               "numba" if fused else "numpy"}
 
 
 def split_workers(spec: ConvSpec, method: str, threads: int) -> int:

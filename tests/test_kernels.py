@@ -299,9 +299,10 @@ def test_column_groups_cover_the_reduction_once():
                 assert len(p) == 1 if piece is None else sum(c1 - c0 for _, c0, c1 in p) <= piece
 
 
-def test_bench_writes_its_table_and_json(tmp_path, capsys):
+def test_bench_writes_its_table_and_json(tmp_path, capsys, monkeypatch):
     # a small layer, one round: the figures are measured, the verdicts follow from them
     import json
+    monkeypatch.delenv("PARCONV_JIT", raising=False)
     from parconv.bench import main
     path = tmp_path / "bench.json"
     assert main(["--layers", "alexnet.conv5:1", "--threads", "1", "--rounds", "1",
@@ -316,6 +317,8 @@ def test_bench_writes_its_table_and_json(tmp_path, capsys):
         assert target["met"] == (target["value"] >= 0.6 if "int8" in target["target"]
                                  or "SGEMM" in target["target"] else target["value"] >= 1.0)
     assert "alexnet.conv5" in out and "targets:" in out
+    # 1 thread: the numpy transforms (parconv.jit's thread floor), and the table says so
+    assert row["transforms_float32"] in ("numpy", None) and "numpy transforms everywhere" in out
     assert main(["--layers", "nope"]) == 2
     assert main(["--no-gemmini", "--only-gemmini"]) == 2
     # the Gemmini node alone: fresh node, search and executor next to the numpy kernel

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from parconv import winograd, winograd_s2
+from parconv import jit, winograd, winograd_s2
+from parconv.blas import limit_threads
 from parconv.blasconv import choose_method, conv2d_blas
 from parconv.errors import ParconvError
 from parconv.kernels import NumpyKernel, reference_conv2d
@@ -37,15 +38,26 @@ def assert_winograd_matches_reference(spec, seed=0):
     y, how = conv2d_blas(spec, x, w, "winograd")
     ref = reference_conv2d(spec, x, w)
     assert how["method"] == "winograd" and y.dtype == ref.dtype and y.shape == ref.shape
+    fused = winograd.applies(spec) and jit.mode() == "on"      # (the fixture's one thread)
+    assert how["transforms"] == ("numba" if fused else "numpy")
     tol = 1e-4 if spec.dtype_acc == "float32" else 1e-12
     np.testing.assert_allclose(y, ref, rtol=tol, atol=tol * spec.in_channels * 9)
 
 
-@pytest.fixture(params=["nchw", "channels_last"])
+@pytest.fixture(params=["nchw", "channels_last", "fused"])
 def layout(request, monkeypatch):
-    """Both tile layouts on every shape (the threshold normally picks by the image width)."""
+    """Both tile layouts of the numpy transforms on every shape (the threshold normally picks
+    by the image width), and the numba-fused transforms (parconv.winograd_fused), at one BLAS
+    thread."""
+    if request.param == "fused":
+        if jit._load() is None:
+            pytest.skip("numba is not installed")
+        monkeypatch.setenv(jit.JIT_ENV, "on")
+    else:
+        monkeypatch.setenv(jit.JIT_ENV, "off")
     monkeypatch.setattr(winograd, "CHANNELS_LAST_BELOW", 0 if request.param == "nchw" else 10 ** 6)
-    return request.param
+    with limit_threads(1):      # one call on one BLAS thread: "on" takes the fused transforms
+        yield request.param
 
 
 @pytest.fixture
@@ -54,6 +66,9 @@ def tiny_blocks(monkeypatch):
     monkeypatch.setattr(winograd, "BLOCK_BYTES", 1)
     monkeypatch.setattr(winograd_s2, "BLOCK_BYTES", 1)
     monkeypatch.setattr(winograd, "MIN_TILES", 5)
+    if jit._load() is not None:
+        from parconv import winograd_fused
+        monkeypatch.setattr(winograd_fused, "BLOCK_BYTES", 1)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -76,6 +91,9 @@ def test_winograd_on_blocks_of_several_images(layout, monkeypatch):
     # 5 images of 4 x (4 + 1) tiles, 40 tiles a block: blocks of 2, 2 (and 1) images
     monkeypatch.setattr(winograd, "MIN_TILES", 40)
     monkeypatch.setattr(winograd, "BLOCK_BYTES", 1)
+    if layout == "fused":     # 16 tiles an image: blocks of 3 and 2 images
+        from parconv import winograd_fused
+        monkeypatch.setattr(winograd_fused, "BLOCK_BYTES", 1)
     spec = spec_for_dtype("float64", batch=5, in_channels=3, out_channels=4, in_size=(8, 7),
                           kernel_size=(3, 3), padding=(1, 1))
     assert [b[1] - b[0] for b in winograd.tile_blocks(5, 4, 5, 40)] == [1, 2, 2]
