@@ -27,6 +27,7 @@ import functools
 import os
 from pathlib import Path
 
+from .cache_folders import cache_folder
 from .spec import ConvSpec
 
 #: "0"/"off": never the fused transforms; "1"/"on": also below MIN_THREADS; unset or "auto":
@@ -37,10 +38,6 @@ MIN_THREADS = 2
 #: seconds the process spends in eligible Winograd blocks on the numpy transforms before "auto"
 #: loads the fused ones (loading costs about a second: then at most a third of the time spent)
 AFTER_SECONDS = 2.0
-#: the variable and the values that switch the project's disk caches off (as in
-#: parconv.gemmini.tiling_cache)
-CACHE_ENV = "PARCONV_CACHE_DIR"
-_OFF = ("", "0", "off", "none", "false")
 #: seconds recorded (`record`) and whether the fused kernels are loaded (`preload`, or by
 #: `fused_winograd`)
 _state = {"spent": 0.0, "loaded": False}
@@ -58,10 +55,7 @@ def numba_cache_dir() -> Path | None:
     """The folder of numba's compiled code (module docstring), or None when caching is off."""
     if os.environ.get("NUMBA_CACHE_DIR"):
         return Path(os.environ["NUMBA_CACHE_DIR"])
-    value = os.environ.get(CACHE_ENV)
-    if value is None:
-        return Path.home() / ".cache" / "parconv" / "numba"
-    return None if value.strip().lower() in _OFF else Path(value) / "numba"
+    return cache_folder("numba", inside="numba")
 
 
 def eligible(spec: ConvSpec, threads: int, workers: int) -> bool:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
+from parconv.cache_folders import CACHE_ENV
 from parconv.errors import ParconvError
 from parconv.gemmini.config import GemminiConfig
 from parconv.gemmini.executor import TileExecutor
@@ -348,7 +349,7 @@ def test_kernel_totals_add_bytes_and_recompute_ratios():
 @pytest.fixture
 def cache_in(tmp_path, monkeypatch):
     from parconv.gemmini import tiling_cache
-    monkeypatch.setenv(tiling_cache.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     tiling_cache.clear_memory()
     yield tmp_path
     tiling_cache.clear_memory()
@@ -405,7 +406,7 @@ def test_tiling_cache_off_and_concurrent_writers(cache_in, monkeypatch):
     assert [p.name for p in cache_in.iterdir()] == [name]
     assert tiling_cache._read(cache_in / name, key).tiling == choice.tiling
     assert tiling_cache._read(cache_in / name, key + "other code") is None
-    monkeypatch.setenv(tiling_cache.CACHE_ENV, "off")
+    monkeypatch.setenv(CACHE_ENV, "off")
     assert tiling_cache.cache_dir() is None
     assert not tiling_cache._write(cache_in / name / "below a file", name, key, choice)
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from parconv import jit
+from parconv.cache_folders import CACHE_ENV
 from parconv.kernels import NumpyKernel, reference_conv2d
 from parconv.spec import spec_for_dtype
 
@@ -21,11 +22,11 @@ def numba_present():
 
 def test_cache_folder_follows_the_project_cache(monkeypatch, tmp_path):
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
-    monkeypatch.delenv(jit.CACHE_ENV, raising=False)
+    monkeypatch.delenv(CACHE_ENV, raising=False)
     assert jit.numba_cache_dir() == Path.home() / ".cache" / "parconv" / "numba"
-    monkeypatch.setenv(jit.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     assert jit.numba_cache_dir() == tmp_path / "numba"
-    monkeypatch.setenv(jit.CACHE_ENV, "off")
+    monkeypatch.setenv(CACHE_ENV, "off")
     assert jit.numba_cache_dir() is None
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "mine"))
     assert jit.numba_cache_dir() == tmp_path / "mine"
@@ -33,7 +34,7 @@ def test_cache_folder_follows_the_project_cache(monkeypatch, tmp_path):
 
 def test_no_cache_folder_means_numpy_transforms(monkeypatch):
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
-    monkeypatch.setenv(jit.CACHE_ENV, "off")
+    monkeypatch.setenv(CACHE_ENV, "off")
     monkeypatch.setenv(jit.JIT_ENV, "on")
     jit._load.cache_clear()
     try:

@@ -26,13 +26,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..cache_folders import cache_folder
 from ..spec import ConvSpec
 from .config import GemminiConfig
 from .tiled.choose import TilingChoice, choose_tiling
 
-#: environment variable naming the cache folder ("off", "0", "none" or "" disable it)
-CACHE_ENV = "PARCONV_CACHE_DIR"
-_OFF = ("", "0", "off", "none", "false")
 #: tilings kept per process
 MEMORY_ENTRIES = 512
 
@@ -55,11 +53,8 @@ def code_version() -> str:
 
 
 def cache_dir() -> Path | None:
-    """The on-disk cache folder, or None when disabled."""
-    value = os.environ.get(CACHE_ENV)
-    if value is None:
-        return Path.home() / ".cache" / "parconv" / "tilings"
-    return None if value.strip().lower() in _OFF else Path(value)
+    """The on-disk cache folder, or None when disabled (`parconv.cache_folders`)."""
+    return cache_folder("tilings")
 
 
 def _normal(spec: ConvSpec) -> ConvSpec:

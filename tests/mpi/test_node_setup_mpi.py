@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
+from parconv.cache_folders import CACHE_ENV
 from parconv.conv import distributed_conv2d
 from parconv.errors import ParconvError
 from parconv.gemmini import tiling_cache
@@ -90,7 +91,7 @@ def test_a_failed_setup_is_raised_on_every_rank():
 
 def test_gemmini_runs_search_each_block_shape_once(monkeypatch):
     comm = MPI.COMM_WORLD
-    monkeypatch.setenv(tiling_cache.CACHE_ENV, "off")
+    monkeypatch.setenv(CACHE_ENV, "off")
     tiling_cache.clear_memory()
     spec = ConvSpec(batch=comm.size + 1, in_channels=8, out_channels=16, in_size=(9, 7),  # uneven
                     kernel_size=3, padding=1, name="shared-setup")
