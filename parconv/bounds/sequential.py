@@ -297,11 +297,6 @@ def _outputs_written(spec: ConvSpec) -> float:
     return float(output_bytes(spec) * spec.size_output)
 
 
-#: the byte splits of the screening estimates (`term_upper`): a coarser grid than
-#: `workfn.SHARE_STEPS`, since it is evaluated for every length, rule and program
-SCREEN_STEPS = 6
-
-
 def term_upper(prog, work: float, M: float, outputs: float = 0.0):
     """``upper(lengths, weighted)``: for each length, a value never below the segment term of a
     work function whose program's maximum is at most that of ``prog`` (the same program, or one
@@ -317,8 +312,7 @@ def term_upper(prog, work: float, M: float, outputs: float = 0.0):
             if everything <= X:          # F = all the work: this length and longer ones give 0
                 out.extend([0.0] * (len(lengths) - len(out)))
                 break
-            low = feasible_log_work(weighted_prog, X, SCREEN_STEPS)
-            high = segments(work, n, math.exp(low))
+            high = segments(work, n, math.exp(feasible_log_work(weighted_prog, X)))
             out.append(high - outputs if weighted else high)
         return out
     return upper
