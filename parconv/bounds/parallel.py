@@ -88,9 +88,10 @@ def parallel_bounds(spec: ConvSpec, P: int, M: float | None = None, owned=None) 
     B_MI_plain = max(0.0, solve_traffic(spec, work, usable).value - owned_bytes)
     B_MD_plain = 0.0
     if M is not None and spec.G_eff > 0:
+        screen, refine = term_upper(layer_program(spec), work, M)
         B_MD_plain = best_segment(
-            M, lambda S: segments(work, S, solve_work(spec, 2.0 * M + S).value),
-            term_upper(layer_program(spec), work, M))[0]
+            M, lambda S: segments(work, S, solve_work(spec, 2.0 * M + S).value), screen,
+            refine=lambda S: refine((S,))[0])[0]
     B_MI_poly = B_MD_poly = 0.0
     if spec.G_eff > 0 and is_strided(spec):
         for e in WEIGHT_EXPONENTS:
@@ -98,8 +99,9 @@ def parallel_bounds(spec: ConvSpec, P: int, M: float | None = None, owned=None) 
             if M is not None:
                 prog, total = polyphase_program(spec, e)
                 share = partial(_polyphase_share, spec, e, P, M)
-                upper = term_upper(prog, math.exp(total) / P, M)
-                B_MD_poly = max(B_MD_poly, best_segment(M, share, upper)[0])
+                screen, refine = term_upper(prog, math.exp(total) / P, M)
+                B_MD_poly = max(B_MD_poly, best_segment(
+                    M, share, screen, refine=lambda S: refine((S,))[0])[0])
     B_MI, B_MD = max(B_MI_plain, B_MI_poly), max(B_MD_plain, B_MD_poly)
     binding = "memory-dependent" if B_MD > B_MI else "memory-independent"
     return ParallelBound(B_MI=B_MI, B_MD=B_MD, binding=binding, value=max(B_MI, B_MD), P=P, M=M,

@@ -26,7 +26,7 @@ from ..spec import ConvSpec
 from .border import reuse_constant, reuse_witness
 from .checks import check_bytes, check_spec
 from .polyphase import WEIGHT_EXPONENTS, is_strided, polyphase_program, polyphase_work
-from .workfn import (feasible_log_work, layer_program, output_bytes, output_weighted, solve_work,
+from .workfn import (SHARE_STEPS, feasible_log_work, layer_program, output_bytes, output_weighted, solve_work,
                      used_filter_size, witness_program)
 
 __all__ = ["work_function", "closed_form_work", "sequential_bound", "sequential_bound_two_memory",
@@ -93,15 +93,18 @@ def segment_budget(M: float, length: int, weighted: bool) -> float:
 
 def best_segment(M: float, term: Callable[[int], float],
                  upper: Callable[[tuple[int, ...]], list[float]] | None = None,
-                 floor: float = 0.0) -> tuple[float, int]:
+                 floor: float = 0.0,
+                 refine: Callable[[int], float] | None = None) -> tuple[float, int]:
     """The largest segment term over the lengths of `segment_lengths`, and its length.
 
     Local.  ``term(n)`` is one segment term at length n (`segment_term`, e.g.
     ``S (ceil(work / F(2M + S)) - 1)`` for segments of S transfers, theory.md 3.3); every length
     gives a valid lower bound.  ``upper(lengths)`` gives, for every length at once, a value never
     below its term; a length is then solved only if its upper value exceeds `floor` and every
-    term found so far, in decreasing order of the upper values.  The result is the same maximum
-    when it exceeds `floor`, and (value <= floor, 0) otherwise.
+    term found so far, in decreasing order of the upper values, and (with ``refine(n)``, a
+    tighter value never below the term, computed only for those lengths) only if its refined
+    value does too.  The result is the same maximum when it exceeds `floor`, and
+    (value <= floor, 0) otherwise.
     """
     lengths = segment_lengths(M)
     order = sorted(zip([math.inf] * len(lengths) if upper is None else upper(lengths), lengths),
@@ -110,6 +113,8 @@ def best_segment(M: float, term: Callable[[int], float],
     for high, S in order:
         if high <= best:
             break
+        if refine is not None and refine(S) <= best:
+            continue
         value = term(S)
         if value > best:
             best, best_S = value, S
@@ -202,14 +207,16 @@ def sequential_bound(spec: ConvSpec, M: float) -> SequentialBound:
                            polyphase_weighted=poly_weighted)
 
 
-def _best_rule(M: float, term, upper=None, floor: float = 0.0) -> tuple[float, int, bool]:
+def _best_rule(M: float, term, uppers=None, floor: float = 0.0) -> tuple[float, int, bool]:
     """(value, length, weighted) of the largest ``term(length, weighted)`` over both segment
-    rules, as `best_segment` (with ``upper(length, weighted)`` and `floor` likewise)."""
+    rules, as `best_segment`; ``uppers`` is a `term_upper` pair (screen, refine) or None."""
     best = (floor, 0, False)
     for weighted in (False, True):
-        value, length = best_segment(
-            M, lambda n: term(n, weighted),
-            None if upper is None else (lambda ns: upper(ns, weighted)), best[0])
+        screen = refine = None
+        if uppers is not None:
+            screen = (lambda ns: uppers[0](ns, weighted))
+            refine = (lambda n: uppers[1]((n,), weighted)[0])
+        value, length = best_segment(M, lambda n: term(n, weighted), screen, best[0], refine)
         if length:
             best = (value, length, weighted)
     return best
@@ -297,13 +304,22 @@ def _outputs_written(spec: ConvSpec) -> float:
     return float(output_bytes(spec) * spec.size_output)
 
 
+#: the byte splits of the first screen of `term_upper` (a divisor of `workfn.SHARE_STEPS`:
+#: its points are a subset, so the finer screen is never looser)
+SCREEN_STEPS = 8
+
+
 def term_upper(prog, work: float, M: float, outputs: float = 0.0):
-    """``upper(lengths, weighted)``: for each length, a value never below the segment term of a
-    work function whose program's maximum is at most that of ``prog`` (the same program, or one
-    whose rows are never above it).  From feasible points of ``prog`` (`feasible_log_work`, no
-    solve): a value F_low <= F, and the term's expression with F_low in place of F.  Local.
-    `best_segment` uses it to solve only the lengths that can hold the maximum."""
-    def upper(lengths: tuple[int, ...], weighted: bool = False) -> list[float]:
+    """(screen, refine): ``upper(lengths, weighted)`` functions giving, for each length, a value
+    never below the segment term of a work function whose program's maximum is at most that of
+    ``prog`` (the same program, or one whose rows are never above it).  Local.
+
+    From feasible points of ``prog`` (`feasible_log_work`, no solve): a value F_low <= F, and
+    the term's expression with F_low in place of F; ``screen`` on a coarse grid of byte splits
+    (`SCREEN_STEPS`, cheap, for every length), ``refine`` on the fine one (only where the screen
+    cannot rule a length out).  `best_segment` solves only the lengths both leave open."""
+    def upper(lengths: tuple[int, ...], weighted: bool = False,
+              steps: int = SHARE_STEPS) -> list[float]:
         weighted_prog = output_weighted(prog, 2 if weighted else 1)
         everything = float(weighted_prog.bytes_per @ weighted_prog.sizes)
         out = []
@@ -312,10 +328,10 @@ def term_upper(prog, work: float, M: float, outputs: float = 0.0):
             if everything <= X:          # F = all the work: this length and longer ones give 0
                 out.extend([0.0] * (len(lengths) - len(out)))
                 break
-            high = segments(work, n, math.exp(feasible_log_work(weighted_prog, X)))
+            high = segments(work, n, math.exp(feasible_log_work(weighted_prog, X, steps)))
             out.append(high - outputs if weighted else high)
         return out
-    return upper
+    return partial(upper, steps=SCREEN_STEPS), upper
 
 
 def sequential_bound_two_memory(spec: ConvSpec, M_scratch: float, M_acc: float) -> SequentialBound:

@@ -406,13 +406,14 @@ def _shares(steps: int) -> np.ndarray:
     return np.array(points, dtype=float) / steps
 
 
-def feasible_log_work(prog: LayerProgram, X: float) -> float:
+def feasible_log_work(prog: LayerProgram, X: float, steps: int = SHARE_STEPS) -> float:
     """A lower bound on the log of the maximum of ``prog`` within X bytes (of F(X) for the
     layer program), from feasible points only: for each split of the X bytes among the three
     arrays (`_shares`, each array at most its cap), the smallest row.  Any such point meets the
     budget and the caps, so its value is attained and the maximum is at least as large; a margin
     absorbs rounding.  Local.  Cheap (no solve): it certifies that a term built on F(X) is small
-    without solving for F(X)."""
-    x = np.minimum(prog.sizes, _shares(SHARE_STEPS) * (X * (1.0 - 1e-12)) / prog.bytes_per)
+    without solving for F(X).  A coarser grid (fewer `steps`) is cheaper and its value lower; a
+    divisor of `SHARE_STEPS` gives a subset of its points, so never a higher value."""
+    x = np.minimum(prog.sizes, _shares(steps) * (X * (1.0 - 1e-12)) / prog.bytes_per)
     values = (np.log(x) @ prog.rows.T + prog.offsets).min(axis=1)
     return float(values.max()) - _FEASIBLE_PAD
