@@ -135,9 +135,10 @@ def _bound_lines(report: dict) -> list[str]:
         line += f"; busiest rank / bound = {float(ratio):.3f}"
     lines = [line]
     if not bound.get("B_MD"):
-        lines.append("    (B_MD is 0: the busy rank's share of the work fits in --memory "
-                     f"{human_bytes(bound.get('M') or 0)} in one "
-                     "segment, so only the memory-independent bound applies)")
+        lines.append("    (B_MD is 0: with --memory "
+                     f"{human_bytes(bound.get('M') or 0)} the busy rank's share of the work "
+                     "fits in a single segment of every length (docs/theory.md 4.4), so only "
+                     "the memory-independent bound applies)")
     return lines
 
 
