@@ -16,7 +16,6 @@ Run:  OMP_NUM_THREADS=1 python experiments/bench_winograd_fused.py [--rounds 7]
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from parconv.blas import limit_threads, prepare  # noqa: E402
 from parconv.blas_split import run_split  # noqa: E402
 from parconv.blasconv import split_workers, winograd_form  # noqa: E402
 from parconv.layers import get_layer  # noqa: E402
+from parconv.report import write_json  # noqa: E402
 
 LAYERS = (("resnet50.layer1.0.conv2", 8), ("resnet50.layer2.1.conv2", 8),
           ("resnet50.layer3.1.conv2", 8), ("resnet50.layer4.1.conv2", 8))
@@ -219,7 +219,7 @@ def main(argv=None) -> int:
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1) + "\n")
+        write_json(result, str(path))          # atomically: never a half-written file
         print(f"wrote {path}")
     return 0
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import sys
@@ -34,6 +33,7 @@ from .blas import blas_info, limit_threads, prepare
 from .errors import ParconvError
 from .kernels import NumpyKernel
 from .layers import get_layer
+from .report import write_json
 
 #: (layer, batch) of the kernel issue
 LAYERS = (("resnet50.layer1.0.conv2", 8), ("resnet50.layer3.0.conv2", 8),
@@ -334,7 +334,7 @@ def main(argv=None) -> int:
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1) + "\n")
+        write_json(result, str(path))          # atomically: never a half-written file
         print(f"\nwrote {path} ({result['seconds']:.0f} s)")
     return 0
 
