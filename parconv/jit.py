@@ -14,8 +14,8 @@ on the numpy transforms (`record`), or when asked up front (`preload`, as the be
 ``PARCONV_JIT=on`` loads them on the first eligible block.  Ranks with one BLAS thread (a
 many-rank run on few cores) never load them in "auto" mode.
 
-numba's cache follows the project's cache folder (``$PARCONV_CACHE_DIR``, as the Gemmini
-tilings of `parconv.gemmini.tiling_cache`): ``$PARCONV_CACHE_DIR/numba``, by default
+numba's cache follows the project's cache folder (``$PARCONV_CACHE_DIR``, the rule of
+`parconv.cache_folders`, as the Gemmini tilings): ``$PARCONV_CACHE_DIR/numba``, by default
 ``~/.cache/parconv/numba``, unless ``$NUMBA_CACHE_DIR`` names one; never the installed
 package's folder.  With ``PARCONV_CACHE_DIR=off`` (and no ``$NUMBA_CACHE_DIR``) the fused
 transforms are not used, since every process would compile them anew.
