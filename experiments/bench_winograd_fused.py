@@ -26,12 +26,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from parconv.bench import _operands, _torch, interleaved_best, machine  # noqa: E402
+from parconv.bench import _operands, _torch, interleaved_best, machine, save_json  # noqa: E402
 from parconv.blas import limit_threads, prepare  # noqa: E402
 from parconv.blas_split import run_split  # noqa: E402
 from parconv.blasconv import split_workers, winograd_form  # noqa: E402
 from parconv.layers import get_layer  # noqa: E402
-from parconv.report import write_json  # noqa: E402
 
 LAYERS = (("resnet50.layer1.0.conv2", 8), ("resnet50.layer2.1.conv2", 8),
           ("resnet50.layer3.1.conv2", 8), ("resnet50.layer4.1.conv2", 8))
@@ -217,10 +216,7 @@ def main(argv=None) -> int:
             print(f"compile, {label} cache: " + ", ".join(f"{k} {v:.2f} s"
                                                        for k, v in times.items()))
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(result, str(path))          # atomically: never a half-written file
-        print(f"wrote {path}")
+        print(f"wrote {save_json(result, args.json)}")
     return 0
 
 

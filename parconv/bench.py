@@ -144,6 +144,15 @@ def conv_rates(name: str, batch: int, threads: int, rounds: int, gemm_size: int)
     return out
 
 
+def save_json(result: dict, path: str) -> Path:
+    """Write a benchmark's ``result`` to ``path`` atomically (`parconv.report.write_json`),
+    creating its folder; returns the path."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_json(result, str(target))
+    return target
+
+
 def forget_shapes() -> None:
     """Forget everything the Gemmini node keeps per block shape (the tilings of
     `parconv.gemmini.tiling_cache` and the shape-keyed caches of the search, the cycle model and
@@ -332,10 +341,7 @@ def main(argv=None) -> int:
                  not args.no_gemmini, not args.only_gemmini)
     print(table(result))
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(result, str(path))          # atomically: never a half-written file
-        print(f"\nwrote {path} ({result['seconds']:.0f} s)")
+        print(f"\nwrote {save_json(result, args.json)} ({result['seconds']:.0f} s)")
     return 0
 
 
