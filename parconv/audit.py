@@ -20,13 +20,14 @@ from .mpi import distribute
 from .mpi.agree import collectively
 from .nodes import get_kernel
 from .plan import PHASES
-from .plan.predict import BALANCE_PHASES, RECEIVED_BOUND_PHASES
+from .plan.predict import (BALANCE_PHASES, END_PHASES, RECEIVED_BOUND_PHASES, SENT_BOUND_PHASES,
+                           START_PHASES)
 from .plan.blocks import block_starts
 from .regions import sub_spec
 
-#: phases the engine counts, in report order: the balanced start, the algorithm, then the data
-#: distribution
-COUNTED = BALANCE_PHASES + PHASES + ("scatter", "gather", "check")
+#: phases the engine counts, in report order: the balanced start, the algorithm, the balanced end,
+#: then the data distribution
+COUNTED = START_PHASES + PHASES + END_PHASES + ("scatter", "gather", "check")
 COUNT_KEYS = ("sent", "received", "messages")
 #: relative tolerance per float type, scaled by sqrt(C R S) and the largest |reference| value
 FLOAT_RTOL = {"float16": 1e-2, "float32": 1e-5, "float64": 1e-12}
@@ -50,9 +51,9 @@ def gather_counts(grid, table: dict | None = None) -> dict[str, np.ndarray]:
 
 def measured_bound_volume(counts: dict) -> np.ndarray:
     """Per rank: received bytes of balance (input and filter), filter, input and halos plus
-    sent partial-sum bytes."""
+    sent partial sums (reduce) and sent finished outputs (balance_out)."""
     received = sum(counts[p][:, 1] for p in RECEIVED_BOUND_PHASES)
-    return received + counts["reduce"][:, 0]
+    return received + sum(counts[p][:, 0] for p in SENT_BOUND_PHASES)
 
 
 def predictions(plan, performed, root: int) -> dict:
@@ -68,7 +69,7 @@ def predictions(plan, performed, root: int) -> dict:
     if "scatter" in performed:
         out["scatter"] = plan.predicted_scatter if root == 0 else plan.predict_scatter(root)
     if "gather" in performed:
-        out["gather"] = plan.predicted_gather if root == 0 else plan.predict_gather(root)
+        out["gather"] = plan.predict_gather(root, balanced="balance" in performed)
     return out
 
 
@@ -165,7 +166,7 @@ def build_report(grid, plan, counts, performed, stats, times, check=None,
                  combine=None, memory=None) -> dict:
     """The run report (design.md "Report (JSON)"), the same dict on every rank.  Collective over
     ``grid.world``.  ``bytes.sent`` / ``received`` sum the algorithm's phases (parconv.plan.PHASES,
-    after BALANCE_PHASES when the run started balanced);
+    with BALANCE_PHASES when the run started balanced);
     the distribution phases that ran (scatter, gather, check) are listed in ``per_phase`` only.
     ``times``: ``{"time_s": ..., ...}`` already agreed over the ranks (parconv.conv), merged into
     the report; ``memory``: the `memory_section`."""
@@ -177,7 +178,7 @@ def build_report(grid, plan, counts, performed, stats, times, check=None,
                  for p in shown}
     bound = checked_bound(plan, balanced)
     value = float(bound.value)
-    totals = (BALANCE_PHASES if balanced else ()) + PHASES
+    totals = START_PHASES + PHASES + END_PHASES if balanced else PHASES
     predicted = plan.predicted_bound_volume if balanced else \
         plan.predicted_unbalanced_bound_volume
     report = {
@@ -279,17 +280,19 @@ def _reference_box(spec, source, box, c_step: int) -> np.ndarray:
     return acc.astype(spec.dtype_out)
 
 
-def local_check(comm, spec, local, source, piece) -> dict:
-    """``{"max_abs_err", "tolerance", "ok"}`` of every rank's output piece against the serial
-    reference, each rank recomputing its own piece from ``source``; the ranks agree on the
-    largest error and the largest |reference| (Allreduce).  Collective over ``comm``; no data
-    moves.  ``local``: the rank's schedule (None when idle)."""
+def local_check(comm, spec, local, source, piece, boxes) -> dict:
+    """``{"max_abs_err", "tolerance", "ok"}`` of every rank's owned outputs against the serial
+    reference, each rank recomputing its own ``boxes`` (global, in the order of the flat
+    ``piece``) from ``source``; the ranks agree on the largest error and the largest |reference|
+    (Allreduce).  Collective over ``comm``; no data moves.  ``local``: the rank's schedule
+    (None when idle; the reference then sums all input channels at once)."""
     err, scale = 0.0, 0.0
+    c_step = max(1, local.c[1] - local.c[0]) if local is not None else spec.in_channels
     with collectively(comm):
-        if local is not None:
+        if boxes:
             offset = 0
-            for box in local.output_piece_boxes():
-                ref = _reference_box(spec, source, box, max(1, local.c[1] - local.c[0]))
+            for box in boxes:
+                ref = _reference_box(spec, source, box, c_step)
                 got = np.asarray(piece[offset:offset + ref.size]).reshape(ref.shape)
                 offset += ref.size
                 if ref.size:   # NaN for NaN and equal infinities agree (parconv.compare)

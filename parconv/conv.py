@@ -9,11 +9,13 @@ bound (it may never be below).
 
 Data: by default every rank reads or makes its part of the balanced initial layout through a data
 source (``seed=`` or ``source=``, parconv.data) and the counted phases "balance" / "balance_bias"
-(parconv.mpi.balance) hand every worker its work piece, so the run is held against the problem's
-bound (every rank, idle ones included, owning at most ceil(|A_j| / P) initially).  Global arrays
-on a root (``x, w, bias``) are scattered as that initial layout and balanced the same way.
-Per-rank ``blocks`` are work pieces already: no balance phase runs, and the run is held against
-the bound of that layout (``plan.layout_bound``).  Nothing is gathered unless ``gather=True``.
+(parconv.mpi.balance) hand every worker its work piece; after the layer "balance_out"
+(parconv.mpi.balance_out) moves the surplus of every output piece larger than ceil(|O| / P) to
+ranks with room.  So the run is held against the problem's bound (every rank, idle ones included,
+owning at most ceil(|A_j| / P) of each array at the start and of the output at the end).  Global
+arrays on a root (``x, w, bias``) are scattered as that initial layout and balanced the same way.
+Per-rank ``blocks`` are work pieces already: no balance phase runs, each rank keeps its output
+piece, and the run is held against the bound of that layout (``plan.layout_bound``).  Nothing is gathered unless ``gather=True``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from .errors import ParconvError, ParconvRuntimeError
 from .mpi import distribute
 from .mpi.agree import collectively, patient_allgather_flags, patient_bcast
 from .mpi.balance import BalanceExchange
+from .mpi.balance_out import OutputBalanceExchange
 from .mpi.exchange import LayerExchange, LayerTypes
 from .mpi.node_setup import share_node_setup
 from .mpi.pipeline import KernelChunks, run_layer
@@ -42,7 +45,7 @@ from .plan import Plan, make_plan
 from .spec import ConvSpec
 
 #: phases timed once per call, and per repeat of the layer ("layer": one whole repeat)
-ONCE = ("plan", "setup", "scatter", "balance", "gather", "check")
+ONCE = ("plan", "setup", "scatter", "balance", "balance_out", "gather", "check")
 REPEATED = ("filter", "bias", "input", "halo_h", "halo_w", "kernel", "reduce", "layer")
 #: the once-phases timed before the repeats
 _BEFORE = 4
@@ -57,7 +60,9 @@ MIN_CHUNK_BUDGET = 1 << 20
 class ConvResult:
     """What `distributed_conv2d` returns on every rank.
 
-    output_piece : flat ndarray of dtype_out (None on idle ranks), this rank's owned output
+    output_piece : flat ndarray of dtype_out, the outputs this rank owns at the end (its part of
+        the balanced final layout; with ``blocks``, its output piece; None or empty when it owns
+        none)
     output_boxes : global (N, K, H, W) boxes the piece covers, in order
     output : the whole output on the root when ``gather=True`` (None elsewhere)
     plan : the Plan that ran
@@ -292,11 +297,12 @@ def distributed_conv2d(comm, spec: ConvSpec, *, x=None, w=None, bias=None, block
             split = getattr(kernel, "name", None) in SPLITTABLE_KERNELS
             return made, KernelChunks(spec, local, split, max(MIN_CHUNK_BUDGET, made.nbytes // 2))
 
-        balancer = None
+        balancer, finisher = None, None
         with collectively(comm):   # one agreement for the data and the exchanges (no root)
             data = _data(comm, plan, local, flags, x, w, bias, blocks, source, seed, root)
             if data.mode != "blocks":
                 balancer = BalanceExchange(proc_grid.world, plan, comm.Get_rank())
+                finisher = OutputBalanceExchange(proc_grid.world, plan, comm.Get_rank())
             if data.mode == "source":
                 balancer.load_source(data.source)   # exactly this rank's initial layout
             exchange, chunks = planned_exchange()
@@ -314,7 +320,7 @@ def distributed_conv2d(comm, spec: ConvSpec, *, x=None, w=None, bias=None, block
             once["balance"] = time.perf_counter() - balance_start
         once["setup"] = (time.perf_counter() - started - once["scatter"] - once["balance"])
         run = _Run(proc_grid, plan, local, kernel, data, root, baseline, once)
-        return run.execute(exchange, chunks, repeat, overlap, gather, check)
+        return run.execute(exchange, chunks, repeat, overlap, gather, check, finisher)
 
 
 class _Run:
@@ -324,7 +330,11 @@ class _Run:
         self.grid, self.plan, self.local, self.kernel = grid, plan, local, kernel
         self.data, self.root, self.baseline, self.once = data, root, baseline, once
 
-    def execute(self, exchange, chunks, repeat, overlap, gather, check) -> ConvResult:
+    def execute(self, exchange, chunks, repeat, overlap, gather, check,
+                finisher=None) -> ConvResult:
+        """Run the layer ``repeat`` times, then the balanced end (``finisher``, an
+        `OutputBalanceExchange`, when the run started balanced), gather, check and report.
+        Collective over the grid's world."""
         grid, plan, data, root = self.grid, self.plan, self.data, self.root
         world = grid.world.comm
         performed = (["scatter"] if data.mode == "root" else []) + \
@@ -346,16 +356,22 @@ class _Run:
                     raise ParconvRuntimeError(f"repeat {i} counted {table}, the first counted "
                                               f"{tables[0]}")
         piece = None if exchange is None else exchange.output
+        boxes = self.local.output_piece_boxes() if self.local is not None else []
+        if finisher is not None:   # the balanced final layout: at most ceil(|O| / P) per rank
+            began = time.perf_counter()
+            piece, boxes = finisher.run(piece), finisher.boxes
+            self.once["balance_out"] = time.perf_counter() - began
+        balanced = finisher is not None
         output, verdict = None, None
         if gather or (check and data.source is None):
             performed.append("gather")
             began = time.perf_counter()
-            output = distribute.gather_output(grid, plan, piece, root)
+            output = distribute.gather_output(grid, plan, piece, root, balanced)
             self.once["gather"] = time.perf_counter() - began
         if check:
             began = time.perf_counter()
             if data.source is not None:
-                verdict = local_check(world, plan.spec, self.local, data.source, piece)
+                verdict = local_check(world, plan.spec, self.local, data.source, piece, boxes)
                 verdict["how"] = "every rank against its own serial recomputation (no gather)"
             else:   # no source to read from: the legacy check on the root
                 performed += ["check"] if data.mode == "blocks" else []
@@ -383,7 +399,6 @@ class _Run:
         except ParconvRuntimeError as error:
             error.report = report
             raise
-        boxes = self.local.output_piece_boxes() if self.local is not None else []
         return ConvResult(piece, boxes, output if gather else None, plan, report)
 
 

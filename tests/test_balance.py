@@ -92,17 +92,40 @@ def test_matching_example_of_the_module_doc():
 @pytest.mark.parametrize("P", [3, 5, 7])
 def test_bound_volume_counts_the_balance_phase_input_and_filter_not_bias(spec, P):
     """The predicted bound-comparable volume of a balanced run is the unbalanced one plus the
-    input and filter bytes each worker receives in "balance" ("balance_bias" stays out), it is
-    never below the problem's bound, and the two balance phases add up to the whole phase."""
+    input and filter bytes each worker receives in "balance" ("balance_bias" stays out) and the
+    outputs it sends in "balance_out", it is never below the problem's bound, and the two start
+    phases add up to the whole balance phase."""
     plan = make_plan(spec, P)
     balance, bias = plan.predicted["balance"], plan.predicted["balance_bias"]
+    out = plan.predicted["balance_out"]
     assert np.array_equal(plan.predicted_bound_volume,
-                          plan.predicted_unbalanced_bound_volume + balance["received"])
+                          plan.predicted_unbalanced_bound_volume + balance["received"]
+                          + out["sent"])
     for key in ("sent", "received"):
         assert np.array_equal(balance[key] + bias[key], plan.predicted_balance[key])
     expected_bias = plan.balance["bias"].predicted["received"]
     assert np.array_equal(bias["received"], expected_bias)
     assert plan.max_volume >= plan.bound.value * (1 - 1e-9)
+
+
+@pytest.mark.parametrize("spec", AWKWARD, ids=lambda s: s.describe()[:50])
+@pytest.mark.parametrize("P", [3, 5, 7, 17])
+def test_balanced_end_owns_at_most_the_cap_and_partitions_the_output(spec, P):
+    """After "balance_out" no rank owns more than ceil(|O| / P) outputs; the final boxes of all
+    ranks partition the output; a worker sends exactly its piece's surplus, at p_out bytes."""
+    plan = make_plan(spec, P)
+    cap = -(-spec.size_output // P)
+    seen = np.zeros(spec.output_shape, dtype=np.int64)
+    for rank in range(P):
+        boxes = plan.final_layout(rank)["boxes"]
+        owned = 0
+        for box in boxes:
+            seen[tuple(slice(lo, hi) for lo, hi in box)] += 1
+            owned += int(np.prod([hi - lo for lo, hi in box]))
+        assert owned <= cap and owned == plan.output_balance.owned_all[rank]
+        piece = plan.owned_elements["output"][rank] if plan.is_active(rank) else 0
+        assert plan.predicted["balance_out"]["sent"][rank] == max(0, piece - cap) * spec.p_out
+    assert (seen == 1).all()
 
 
 def test_the_issue_layer_is_uneven_and_the_balance_phase_moves_it():

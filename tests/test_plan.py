@@ -163,8 +163,10 @@ def test_planner_beats_baselines_and_respects_bound_for_every_P(name):
 
 def test_bound_volume_is_received_inputs_filters_plus_sent_partial_sums():
     plan = make_plan(AWKWARD[1], 6, grid=(1, 1, 2, 3, 1))
-    total = sum(plan.predicted[p]["received"] for p in BOUND_PHASES if p != "reduce")
-    assert np.array_equal(plan.predicted_bound_volume, total + plan.predicted["reduce"]["sent"])
+    total = sum(plan.predicted[p]["received"] for p in BOUND_PHASES
+                if p not in ("reduce", "balance_out"))
+    sent = plan.predicted["reduce"]["sent"] + plan.predicted["balance_out"]["sent"]
+    assert np.array_equal(plan.predicted_bound_volume, total + sent)
 
 
 def test_one_by_one_stride_two_moves_no_unread_rows():
@@ -193,7 +195,14 @@ def test_idle_ranks_when_cheaper_and_scatter_gather_conservation():
     total = (spec.size_input * spec.p_in + spec.size_filter * spec.p_weight
              + spec.out_channels * spec.p_bias)
     assert plan.predict_scatter()["received"].sum() + root_bytes == total
-    assert plan.predict_gather()["received"][0] == (
+    # the gather collects the balanced final layout (at most ceil(|O| / P) outputs per rank,
+    # the idle rank included) or, unbalanced, the output pieces
+    final = plan.final_layout(0)["boxes"]
+    kept = sum(int(np.prod([hi - lo for lo, hi in box])) for box in final)
+    assert plan.output_balance.owned_all.max() <= -(-spec.size_output // 7)
+    assert plan.output_balance.owned_all[-1] > 0
+    assert plan.predict_gather()["received"][0] == (spec.size_output - kept) * spec.p_out
+    assert plan.predict_gather(balanced=False)["received"][0] == (
         spec.size_output - np.subtract(*root.output_piece[::-1])) * spec.p_out
 
 

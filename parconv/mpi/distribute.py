@@ -145,28 +145,40 @@ def gather_owned(grid, plan, pieces, root: int, phase: str = "check"):
     return x, w, b
 
 
-def gather_output(grid, plan, piece: np.ndarray | None, root: int) -> np.ndarray | None:
-    """Assemble the global output (N, K, H, W) on the root from every rank's owned piece.
+def owned_output_boxes(plan, rank: int, balanced: bool) -> list:
+    """Global boxes of the outputs ``rank`` owns at the end: its part of the balanced final
+    layout (after "balance_out"), or its output piece when the run was not balanced.  Local."""
+    if balanced:
+        return plan.final_layout(rank)["boxes"]
+    return plan.schedule(rank).output_piece_boxes() if plan.is_active(rank) else []
 
-    Collective over ``grid.world`` (phase "gather").  ``piece`` is this rank's flat output piece
-    (dtype_out; None on idle ranks).  Returns the output on the root, None elsewhere.  Example:
-    P_C = 2, rank c=0 owns the first half of the flat block (a, b, d, e), rank c=1 the second;
-    the root writes both halves into Out[n block, k block, h block, w block].
+
+def gather_output(grid, plan, piece: np.ndarray | None, root: int,
+                  balanced: bool = True) -> np.ndarray | None:
+    """Assemble the global output (N, K, H, W) on the root from every rank's owned outputs.
+
+    Collective over ``grid.world`` (phase "gather").  ``piece`` is the flat outputs this rank
+    owns (dtype_out, in the order of `owned_output_boxes`; None when it owns none).  Returns the
+    output on the root, None elsewhere; the root builds every rank's boxes (O(P), like any
+    gather).  Example: P_C = 2, unbalanced, rank c=0 owns the first half of the flat block
+    (a, b, d, e), rank c=1 the second; the root writes both halves into Out[n block, k block,
+    h block, w block].
     """
     spec = plan.spec
     mine = np.zeros(0, dtype=spec.dtype_out) if piece is None else \
         np.ascontiguousarray(piece, dtype=spec.dtype_out).reshape(-1)
-    counts, out = None, None
+    counts, out, boxes = None, None, None
     if grid.world.rank == root:
-        counts = np.zeros(plan.ranks, dtype=np.int64)
-        counts[:plan.active] = [int(np.diff(plan.schedule(r).output_piece)[0])
-                                for r in range(plan.active)]
+        boxes = [owned_output_boxes(plan, r, balanced) for r in range(plan.ranks)]
+        counts = np.array([sum(int(np.prod([hi - lo for lo, hi in box])) for box in mine_boxes)
+                           for mine_boxes in boxes], dtype=np.int64)
         out = np.empty(int(counts.sum()), dtype=spec.dtype_out)
     grid.world.Gatherv(mine, out, counts, root, "gather")
     if grid.world.rank != root:
         return None
     result = np.zeros(spec.output_shape, dtype=spec.dtype_out)
     offsets = np.concatenate(([0], np.cumsum(counts)))
-    for r in range(plan.active):
-        write_boxes(result, plan.schedule(r).output_piece_boxes(), out[offsets[r]:offsets[r + 1]])
+    for r in range(plan.ranks):
+        if counts[r]:
+            write_boxes(result, boxes[r], out[offsets[r]:offsets[r + 1]])
     return result

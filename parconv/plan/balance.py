@@ -20,6 +20,12 @@ message per segment; bytes = touched elements x element size), after which every
 its work piece and the algorithm runs unchanged.  Untouched input elements inside a segment
 are owned by the holder and never move.
 
+The output is balanced the same way at the end (`make_output_balance`): a rank whose output
+piece after the reduce-scatter has more than ``ceil(|O| / P)`` elements keeps the first ``cap``
+and sends the surplus, as finished outputs, to ranks with room in phase "balance_out"; the roles
+are reversed (the *worker* computed the segment and sends it, the *holder* owns it at the end).
+Theorem 4.3 of docs/theory.md assumes both ends balanced.
+
 Everything per rank is found by binary search in the two O(P) prefix sums; the phase's
 prediction over all ranks is vectorised.  Example: touched counts per rank (5, 1, 0) -> T = 6,
 cap = 2; rank 0 keeps 2 and has surplus 3; rank 1 has deficit 1, rank 2 deficit 2; segments:
@@ -33,8 +39,10 @@ from functools import cached_property
 
 import numpy as np
 
-#: the arrays the balanced layout covers (the output is produced in place by the reduce-scatter)
+#: the arrays the balanced initial layout covers (the output: `make_output_balance`)
 ARRAYS = ("input", "filter", "bias")
+#: the array the balanced final layout covers
+OUTPUT = "output"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -80,6 +88,14 @@ class Balance:
         lo, hi = self.deficit_starts[rank], self.deficit_starts[rank + 1]
         held = int(min(hi, self.surplus_starts[-1]) - min(lo, self.surplus_starts[-1]))
         return self.kept(rank) + held
+
+    @cached_property
+    def owned_all(self) -> np.ndarray:
+        """`owned` of every rank (length P), vectorised."""
+        total = self.surplus_starts[-1]
+        held = np.minimum(self.deficit_starts[1:], total) - np.minimum(self.deficit_starts[:-1],
+                                                                       total)
+        return np.minimum(self.counts, self.cap) + held
 
     @staticmethod
     def _cut(starts_b, lo, hi):
@@ -147,6 +163,56 @@ def predict_balance(balances: dict) -> dict:
     pairs = np.unique(np.concatenate([b.segments[0] * P + b.segments[1] for b in parts]))
     return {"sent": sent, "received": received,
             "messages": np.bincount(pairs // P, minlength=P).astype(np.int64)}
+
+
+def predict_output_balance(balance: Balance) -> dict:
+    """The "balance_out" phase: every worker sends its surplus output segments to their holders,
+    one message per (worker, holder) pair (the balance phase reversed).  Arrays of length P."""
+    P = balance.counts.size
+    holder, worker, count = balance.segments
+    size = count * balance.itemsize
+    pairs = np.unique(worker * P + holder)
+    return {"sent": np.bincount(worker, weights=size, minlength=P).astype(np.int64),
+            "received": np.bincount(holder, weights=size, minlength=P).astype(np.int64),
+            "messages": np.bincount(pairs // P, minlength=P).astype(np.int64)}
+
+
+def make_output_balance(spec, output_counts, ranks: int) -> Balance:
+    """The `Balance` of the output over ``ranks`` ranks (idle ranks included): every element of
+    an output piece is owned by someone at the end, so the counts are the piece sizes of the
+    active ranks (``output_counts``) and the element size is the stored output's.  Local, pure."""
+    counts = np.zeros(ranks, dtype=np.int64)
+    values = np.asarray(output_counts, dtype=np.int64).reshape(-1)
+    counts[:values.size] = values
+    return Balance(OUTPUT, counts, spec.p_out)
+
+
+def final_layout(balance: Balance, schedule_of, rank: int) -> dict:
+    """What ``rank`` owns at the end in the balanced final layout of the output and what it
+    moves in "balance_out".  ``schedule_of(r)``: rank r's RankSchedule (None when idle).
+
+    Returns ``{"kept": flat range (lo, hi) of its own output block it keeps (None when it has no
+    piece), "sends": [(holder, lo, hi)] flat ranges of its own block it sends, "held": [(worker,
+    lo, hi)] flat ranges of other workers' blocks it receives, "boxes": global (N, K, H, W)
+    boxes of what it owns, kept first, then held in order}``.  Local; O(its segments).
+    Example: piece sizes (5, 1, 0), cap 2: rank 0 keeps flat [0, 2) of its piece and sends
+    [2, 3) to rank 1 and [3, 5) to rank 2.
+    """
+    mine = schedule_of(rank)
+    out = {"kept": None, "sends": [], "held": [], "boxes": []}
+    if mine is not None and balance.counts[rank] > 0:
+        lo = mine.output_piece[0]
+        out["kept"] = (int(lo), int(lo) + balance.kept(rank))
+        out["boxes"] += mine.block_boxes(OUTPUT, *out["kept"])
+        holders, ranges = balance.receives(rank)   # the segments of its piece others own
+        out["sends"] = [(int(h), int(lo + a), int(lo + b)) for h, (a, b) in zip(holders, ranges)]
+    workers, ranges = balance.holds(rank)
+    for worker, (a, b) in zip(workers.tolist(), ranges.tolist()):
+        theirs = schedule_of(worker)
+        base = theirs.output_piece[0]
+        out["held"].append((worker, int(base + a), int(base + b)))
+        out["boxes"] += theirs.block_boxes(OUTPUT, int(base + a), int(base + b))
+    return out
 
 
 def _flat(schedule, array: str, ranges: np.ndarray) -> np.ndarray:

@@ -10,8 +10,9 @@ Phases: ``filter`` and ``bias`` (all-gather over the N-H-W group), ``input`` (al
 touched input elements over the K group), ``halo_h`` and ``halo_w`` (halo exchange, height first so
 that corners come along), ``reduce`` (reduce-scatter of partial sums over the C group).  A run that
 starts from the balanced layout (parconv.plan.balance) first runs ``balance`` (surplus input and
-filter elements to their workers) and ``balance_bias``; their prediction is `GridPrediction.balance`
-(arrays over all P ranks: idle ranks hold and send surpluses too).
+filter elements to their workers) and ``balance_bias``, and ends with ``balance_out`` (surplus
+finished outputs from their workers to ranks with room); their prediction is
+`GridPrediction.balance` (arrays over all P ranks: idle ranks hold and move surpluses too).
 """
 
 from __future__ import annotations
@@ -21,16 +22,21 @@ import dataclasses
 import numpy as np
 
 from .axis import axis_layout
-from .balance import make_balance, predict_balance
+from .balance import make_balance, make_output_balance, predict_balance, predict_output_balance
 from .blocks import OWNERSHIPS, block_sizes
 from .footprint import Footprint, footprint_terms
 
 PHASES = ("filter", "bias", "input", "halo_h", "halo_w", "reduce")
-#: run first when the run starts from the balanced layout: input + filter surpluses, then bias
-BALANCE_PHASES = ("balance", "balance_bias")
-#: received bytes of these phases plus the sent bytes of ``reduce`` are the bound-comparable volume
-#: (bias bytes, in "bias" and "balance_bias", stay out of it)
+#: run when the run starts from the balanced layout: input + filter surpluses, then bias, before
+#: the layer (START_PHASES); the output surpluses after it (END_PHASES, the balanced final layout)
+START_PHASES = ("balance", "balance_bias")
+END_PHASES = ("balance_out",)
+BALANCE_PHASES = START_PHASES + END_PHASES
+#: received bytes of these phases plus the sent bytes of SENT_BOUND_PHASES are the
+#: bound-comparable volume (bias bytes, in "bias" and "balance_bias", stay out of it)
 RECEIVED_BOUND_PHASES = ("balance", "filter", "input", "halo_h", "halo_w")
+#: partial sums (reduce) and finished outputs (balance_out) a rank sends
+SENT_BOUND_PHASES = ("reduce", "balance_out")
 #: input ownership of the (H, W) axes when none is given (parconv.plan.blocks.OWNERSHIPS)
 ALIGNED = ("aligned", "aligned")
 
@@ -86,9 +92,10 @@ class GridPrediction:
     @property
     def bound_volume(self) -> np.ndarray:
         """Per active rank: received input and filter bytes (balance phase included) plus sent
-        partial sums."""
+        partial sums and sent surplus outputs (balance_out)."""
         vol = self.unbalanced_bound_volume
-        return vol + self.balance["balance"]["received"][:vol.size]
+        return (vol + self.balance["balance"]["received"][:vol.size]
+                + self.balance["balance_out"]["sent"][:vol.size])
 
     @property
     def max_volume(self) -> int:
@@ -126,11 +133,13 @@ class _Grid:
         self.q = (self.a * PH + self.d) * PW + self.e   # index in the N-H-W group
 
 
-def balance_phases(balances: dict) -> dict:
-    """BALANCE_PHASES predicted from the `Balance` of each array: input and filter travel
-    together in "balance", the bias in "balance_bias" (like "filter" and "bias")."""
+def balance_phases(balances: dict, output) -> dict:
+    """BALANCE_PHASES predicted from the `Balance` of each array and of the output: input and
+    filter travel together in "balance", the bias in "balance_bias" (like "filter" and "bias"),
+    the output's surplus in "balance_out"."""
     return {"balance": predict_balance({k: balances[k] for k in ("input", "filter")}),
-            "balance_bias": predict_balance({"bias": balances["bias"]})}
+            "balance_bias": predict_balance({"bias": balances["bias"]}),
+            "balance_out": predict_output_balance(output)}
 
 
 def predict_grid(spec, dims: tuple[int, int, int, int, int], node="numpy",
@@ -214,7 +223,8 @@ def predict_grid(spec, dims: tuple[int, int, int, int, int], node="numpy",
     work = {name: np.ascontiguousarray(v + full).reshape(-1).astype(np.int64)
             for name, v in (("input", touched_mine), ("filter", mine), ("bias", mine_b))}
     ranks = int(np.prod(dims)) if ranks is None else int(ranks)
-    balance = balance_phases(make_balance(spec, work, ranks))
+    balance = balance_phases(make_balance(spec, work, ranks),
+                             make_output_balance(spec, (mine_o + full).reshape(-1), ranks))
     return GridPrediction(tuple(dims), flat, memory.total, owned, memory, work, balance,
                           ownership)
 

@@ -12,15 +12,16 @@ import numpy as np
 
 from ..errors import ParconvError
 from ..spec import ConvSpec
-from .balance import layout_elements, make_balance, predict_balance, rank_layout
+from .balance import (final_layout, layout_elements, make_balance, make_output_balance,
+                      predict_balance, rank_layout)
 from .dims import GridDims
 from .footprint import STAGES
-from .predict import (ALIGNED, BALANCE_PHASES, PHASES, RECEIVED_BOUND_PHASES, GridPrediction,
-                      owned_piece_sizes)
+from .predict import (ALIGNED, BALANCE_PHASES, PHASES, RECEIVED_BOUND_PHASES, SENT_BOUND_PHASES,
+                      GridPrediction, owned_piece_sizes)
 from .schedule import RankSchedule, rank_schedule
 from .text import plan_table
 
-BOUND_PHASES = RECEIVED_BOUND_PHASES + ("reduce",)
+BOUND_PHASES = RECEIVED_BOUND_PHASES + SENT_BOUND_PHASES
 #: schedules a plan keeps (most recent ranks)
 SCHEDULE_CACHE = 8
 
@@ -58,7 +59,8 @@ class Plan:
 
     #: caches derived from the fields, left out when a plan is pickled (broadcast)
     _DERIVED = ("_schedules", "predicted", "predicted_bound_volume", "footprints", "balance",
-                "predicted_balance", "predicted_unbalanced_bound_volume", "initial_elements")
+                "predicted_balance", "predicted_unbalanced_bound_volume", "initial_elements",
+                "output_balance")
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k not in self._DERIVED}
@@ -159,12 +161,16 @@ class Plan:
                    "bias": self.spec.p_bias}
         return self._root_phase(root, weights, outward=True, elements=self.initial_elements)
 
-    def predict_gather(self, root: int = 0) -> dict:
-        """Bytes of collecting every rank's owned output piece (stored type) on ``root``; from
-        the stored ``owned_elements`` like `predict_scatter`."""
-        if root == 0 and "predicted_gather" in self.__dict__:
+    def predict_gather(self, root: int = 0, balanced: bool = True) -> dict:
+        """Bytes of collecting every rank's owned output (stored type) on ``root``: its part of
+        the balanced final layout (`final_layout`), or with ``balanced=False`` (a run from
+        user-given work pieces, no "balance_out") its output piece (``owned_elements``)."""
+        if root == 0 and balanced and "predicted_gather" in self.__dict__:
             return self.predicted_gather
-        return self._root_phase(root, {"output": self.spec.p_out}, outward=False)
+        elements = {"output": (self.output_balance.owned_all if balanced
+                               else self._pad(self.owned_elements["output"]))}
+        return self._root_phase(root, {"output": self.spec.p_out}, outward=False,
+                                elements=elements)
 
     def _root_phase(self, root, weights, outward, elements=None):
         """Root-to-all (``outward``) or all-to-root traffic: one message per peer and phase."""
@@ -194,6 +200,17 @@ class Plan:
     def predicted_balance(self) -> dict:
         """Bytes and messages of the "balance" phase that moves surpluses to their workers."""
         return predict_balance(self.balance)
+
+    @cached_property
+    def output_balance(self):
+        """The `Balance` of the output over all P ranks: each owns at most ceil(|O| / P) outputs
+        at the end (phase "balance_out" moves the surplus of larger pieces)."""
+        return make_output_balance(self.spec, self.owned_elements["output"], self.ranks)
+
+    def final_layout(self, rank: int) -> dict:
+        """What ``rank`` owns at the end of a balanced run and moves in "balance_out"
+        (`parconv.plan.balance.final_layout`)."""
+        return final_layout(self.output_balance, self.schedule, rank)
 
     def initial_layout(self, rank: int) -> dict:
         """What ``rank`` owns in the balanced layout and moves in the balance phase

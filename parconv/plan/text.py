@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .predict import BALANCE_PHASES, PHASES
+from .predict import END_PHASES, PHASES, START_PHASES
 
 
 def human_bytes(n: float) -> str:
@@ -38,13 +38,13 @@ def plan_table(plan) -> str:
              "",
              f"busiest rank {busiest} at {plan.coords(busiest)}:",
              f"  {'phase':<12} {'sent':>12} {'received':>12} {'messages':>9}"]
-    for phase in BALANCE_PHASES + PHASES:
+    for phase in START_PHASES + PHASES + END_PHASES:
         d = plan.predicted[phase]
         lines.append(f"  {phase:<12} {human_bytes(d['sent'][busiest]):>12} "
                      f"{human_bytes(d['received'][busiest]):>12} {d['messages'][busiest]:>9}")
     lines += [
         f"  bound-comparable volume (received input+filter, balance included, sent partial "
-        f"sums): "
+        f"sums and balance_out outputs): "
         f"{human_bytes(plan.max_volume)} ({plan.max_volume} B)",
         _footprint_line(plan),
         "",
