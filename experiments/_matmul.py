@@ -10,11 +10,14 @@ element, padding zeros included because they are stored), B the filter (p_F byte
 output (partial sums moved at p_O = min(p_acc, p_out) bytes, as in parconv's bounds).
 
 A grid p1 x p2 x p3 splits m, n and k into balanced blocks.  Rank (i, j, l) computes
-Y_ij += A_il B_lj.  At the start every block is split in balanced flat pieces among the ranks that
-need it (A_il among the p2 ranks j, B_lj among the p1 ranks i, and the final Y_ij among the p3
-ranks l), so every rank owns 1/P of each matrix; the rank receives the rest of A_il and B_lj and
-sends its partial sums of Y_ij except its own piece.  This is the 3-D algorithm; p3 = 1 is the
-2-D (output-stationary) one.  Building A from the distributed input is not counted, so these
+Y_ij += A_il B_lj.  Every block is split in balanced flat pieces among the ranks that need it
+(A_il among the p2 ranks j, B_lj among the p1 ranks i, and the final Y_ij among the p3 ranks l).
+Where the blocks are uneven a piece can exceed ceil(|X| / P), which the problem (and its bound)
+forbids: then the rank owns only the first ceil(|X| / P) elements of its piece at the start (of
+Y: at the end) and the surplus is owned by ranks with room.  So the rank receives all of A_il
+and B_lj but what it owns, and sends its partial sums of Y_ij except its own piece (p_acc bytes)
+and its final piece's surplus (p_out bytes).  This is the 3-D algorithm; p3 = 1 is the 2-D
+(output-stationary) one.  Building A from the distributed input is not counted, so these
 figures are a lower estimate of the im2col route.
 """
 
@@ -33,8 +36,14 @@ def im2col_dims(spec) -> tuple[int, int, int]:
 
 
 def element_bytes(spec) -> tuple[int, int, int]:
-    """(p_A, p_B, p_Y): im2col input, filter, partial sums (min of accumulator and output)."""
+    """(p_A, p_B, p_Y): im2col input, filter, partial sums (min of accumulator and output: the
+    bound's weight; parconv's grid sends partial sums at p_acc, see `volume_bytes`)."""
     return spec.p_in, spec.p_weight, min(spec.p_acc, spec.p_out)
+
+
+def volume_bytes(spec) -> tuple[tuple[int, int, int], int]:
+    """((p_A, p_B, partial sum), finished output) as the grid algorithm moves them."""
+    return (spec.p_in, spec.p_weight, spec.p_acc), spec.p_out
 
 
 def gemm_spec(spec):
@@ -50,23 +59,28 @@ def _sizes(n: int, p: int) -> np.ndarray:
     return base + (np.arange(p) < extra).astype(np.int64)
 
 
-def _not_owned(block: np.ndarray, parts: int, axis_len: int) -> np.ndarray:
-    """block - (piece j of block split in `parts`), j along a new last axis of length parts."""
-    j = np.arange(axis_len)
+def _pieces(block: np.ndarray, parts: int) -> np.ndarray:
+    """Piece j of each block split in `parts`, j along a new last axis of length parts."""
+    j = np.arange(parts)
     base, extra = np.divmod(block[..., None], parts)
-    return block[..., None] - base - (j < extra)
+    return base + (j < extra)
 
 
-def grid_volumes(m: int, n: int, k: int, grid, p) -> np.ndarray:
+def grid_volumes(m: int, n: int, k: int, grid, p, p_final=None) -> np.ndarray:
     """Bytes every rank (i, j, l) of grid (p1, p2, p3) receives (A, B) and sends (Y), shape
-    (p1, p2, p3)."""
+    (p1, p2, p3); ``p_final``: bytes of a finished output (default p[2], the partial sum's)."""
     p1, p2, p3 = grid
     pa, pb, py = p
+    p_final = py if p_final is None else p_final
+    P = p1 * p2 * p3
+    cap_a, cap_b, cap_y = (-(-size // P) for size in (m * k, k * n, m * n))
     mi, nj, kl = _sizes(m, p1), _sizes(n, p2), _sizes(k, p3)
-    recv_a = _not_owned(np.outer(mi, kl), p2, p2)                      # (i, l, j)
-    recv_b = _not_owned(np.outer(kl, nj), p1, p1)                      # (l, j, i)
-    sent_y = _not_owned(np.outer(mi, nj), p3, p3)                      # (i, j, l)
-    return (pa * recv_a.transpose(0, 2, 1) + pb * recv_b.transpose(2, 1, 0) + py * sent_y)
+    block_a, block_b, block_y = np.outer(mi, kl), np.outer(kl, nj), np.outer(mi, nj)
+    recv_a = block_a[..., None] - np.minimum(_pieces(block_a, p2), cap_a)   # (i, l, j)
+    recv_b = block_b[..., None] - np.minimum(_pieces(block_b, p1), cap_b)   # (l, j, i)
+    piece_y = _pieces(block_y, p3)                                            # (i, j, l)
+    sent_y = py * (block_y[..., None] - piece_y) + p_final * np.maximum(piece_y - cap_y, 0)
+    return pa * recv_a.transpose(0, 2, 1) + pb * recv_b.transpose(2, 1, 0) + sent_y
 
 
 def grids(m: int, n: int, k: int, P: int):
@@ -80,14 +94,14 @@ def grids(m: int, n: int, k: int, P: int):
                 yield p1, p2, rest // p2
 
 
-def best_grid(m: int, n: int, k: int, P: int, p, two_d: bool = False):
+def best_grid(m: int, n: int, k: int, P: int, p, two_d: bool = False, p_final=None):
     """(grid, busiest rank's bytes) of the grid minimising the busiest rank's bytes; with
     `two_d` only grids with a factor 1.  None when no grid of P ranks fits."""
     best = None
     for grid in grids(m, n, k, P):
         if two_d and 1 not in grid and P > 1:
             continue
-        volume = int(grid_volumes(m, n, k, grid, p).max())
+        volume = int(grid_volumes(m, n, k, grid, p, p_final).max())
         if best is None or volume < best[1]:
             best = (grid, volume)
     return best

@@ -48,8 +48,9 @@ def row_for(spec, P: int) -> tuple[dict, dict]:
     plan = make_plan(spec, P)
     m, n, k = MM.im2col_dims(spec)
     p = MM.element_bytes(spec)
-    grid3, vol3 = MM.best_grid(m, n, k, P, p)
-    grid2, vol2 = MM.best_grid(m, n, k, P, p, two_d=True) or (None, None)
+    moved, final = MM.volume_bytes(spec)
+    grid3, vol3 = MM.best_grid(m, n, k, P, moved, p_final=final)
+    grid2, vol2 = MM.best_grid(m, n, k, P, moved, two_d=True, p_final=final) or (None, None)
     bound = MM.tight_bound(m, n, k, P, p)
     gemm = MM.gemm_spec(spec)
     # memory-independent: the matmul's blocks may exceed the planner's default 1 GiB per rank

@@ -150,6 +150,21 @@ def test_matmul_grid_volume_by_hand():
     assert (volumes == 4 * 8).all()
 
 
+def test_matmul_grid_volume_uneven_blocks_own_at_most_the_cap():
+    """3 x 1 x 1 grid of a 4 x 1 x 1 matmul (m = 4 over 3 ranks: A and Y blocks of 2, 1, 1 rows,
+    within the cap ceil(4 / 3) = 2): only the single B element moves, to the two ranks that do
+    not own it.  1 x 1 x 2 on m = 3, n = 1, k = 3 (k blocks 2, 1; caps: A ceil(9 / 2) = 5, Y
+    ceil(3 / 2) = 2): the first rank's A block of 6 elements exceeds the cap, so it owns 5 and
+    receives 1 from a holder."""
+    assert MM.grid_volumes(4, 1, 1, (3, 1, 1), (1, 1, 1)).ravel().tolist() == [0, 1, 1]
+    volumes = MM.grid_volumes(3, 1, 3, (1, 1, 2), (1, 1, 4), p_final=4)
+    # rank l=0: A 3x2 = 6 > cap 5 -> receives 1; B 2x1 piece of its own (p1 = 1): 0;
+    # Y (3 x 1) split in 2 pieces (2, 1): sends 3 - 2 = 1 partial sum at 4 B
+    assert volumes[0, 0, 0] == 1 + 4 * 1
+    # rank l=1: A 3x1 = 3 <= 5; sends 3 - 1 = 2 partial sums
+    assert volumes[0, 0, 1] == 4 * 2
+
+
 def test_matmul_bound_equal_weights_closed_form():
     """Al Daas et al.'s three cases for m >= n >= k, equal element sizes."""
     def closed(m, n, k, P):
