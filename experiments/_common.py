@@ -235,6 +235,25 @@ def measured_row(report: dict, plan) -> dict:
             **{f"t_{k}_s": v for k, v in times.items()}}
 
 
+def fresh_reports(out: str, folder: str) -> str:
+    """An empty ``out/folder/reports`` for this run's reports.  The reports of an earlier run
+    are moved, not deleted, to ``out/folder/superseded/<UTC time>/`` (outside what
+    `collect_reports` reads), so the table gathers exactly this run's reports: stale ones of
+    shapes or memories the study no longer runs, or of another revision, would make
+    launch.collect refuse the mixed revisions."""
+    reports = os.path.join(out, folder, "reports")
+    old = [f for f in os.listdir(reports)] if os.path.isdir(reports) else []
+    if old:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = os.path.join(out, folder, "superseded", stamp)
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        os.replace(reports, aside)
+        print(f"moved the {len(old)} files of an earlier run's reports to "
+              f"{os.path.relpath(aside, REPO)}", file=sys.stderr)
+    os.makedirs(reports, exist_ok=True)
+    return reports
+
+
 def collect_reports(out: str, folder: str) -> list[str]:
     """Gather the run reports of ``out/folder/reports`` with ``python -m launch.collect``."""
     target = os.path.join(out, folder)

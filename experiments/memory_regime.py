@@ -108,8 +108,7 @@ def rank_sweep(spec, ranks, memories) -> list[dict]:
 def measure(args, out, ranks) -> tuple[list[dict], list[str], dict]:
     """Default memory, a memory between the two frontier grids, and one below M_min."""
     spec = get_layer(MEASURED_LAYER, batch=32)
-    reports = os.path.join(out, "measured", "reports")
-    os.makedirs(reports, exist_ok=True)
+    reports = C.fresh_reports(out, "measured")
     rows, commands, refusal = [], [], {}
     for P in C.progress(ranks, "mpirun"):
         front = frontier(spec, P)

@@ -67,8 +67,7 @@ def predicted_rows(layers, ranks, batch_of, memory) -> tuple[list[dict], list[st
 def measure(args, out, layers, ranks, batch_of) -> tuple[list[dict], list[str]]:
     """mpirun every (layer, P) at batch ``batch_of(P)``; each run checked against the planner
     here."""
-    reports = os.path.join(out, "measured", "reports")
-    os.makedirs(reports, exist_ok=True)
+    reports = C.fresh_reports(out, "measured")
     rows, commands = [], []
     for name, P in C.progress([(n, P) for n in layers for P in ranks], "mpirun"):
         spec = get_layer(name, batch=batch_of(P))

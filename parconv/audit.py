@@ -197,6 +197,8 @@ def build_report(grid, plan, counts, performed, stats, times, check=None,
         # "problem": the problem's bound (balanced start); "layout": that of user-given blocks
         "bound_checked": "problem" if bound is plan.bound else "layout",
         "balanced_start": balanced,
+        # the balanced final layout ("balance_out") runs exactly when the start was balanced
+        "balanced_end": balanced,
         "ratio_to_bound": float(volume.max()) / value if value > 0 else None,
         "predicted_ratio_to_bound": (float(np.max(predicted)) / value if value > 0 else None),
         "baselines": plan.baselines,

@@ -125,7 +125,7 @@ def _bound_lines(report: dict) -> list[str]:
     bound = report.get("bound")
     if not bound:
         return []
-    which = {"problem": "problem's bound (balanced start)",
+    which = {"problem": "problem's bound (balanced start and end)",
              "layout": "bound of the given blocks' layout"}.get(report.get("bound_checked"),
                                                                "bound")
     line = (f"  {which}: B_MI {human_bytes(bound.get('B_MI', 0))}, B_MD "

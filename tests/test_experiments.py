@@ -24,6 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 600
 sys.path.insert(0, os.path.join(REPO, "experiments"))
 
+import _common as C  # noqa: E402
 import _matmul as MM  # noqa: E402
 
 
@@ -180,3 +181,18 @@ def test_matmul_bound_equal_weights_closed_form():
                        (1000, 1000, 1000, 64)]:
         assert MM.tight_bound(m, n, k, P, (1, 1, 1)) == pytest.approx(closed(m, n, k, P),
                                                                        rel=1e-9)
+
+
+def test_fresh_reports_moves_an_earlier_runs_reports_aside(tmp_path, capsys):
+    """A rerun gathers only its own reports: the old ones are moved (never deleted) out of the
+    folder launch.collect reads."""
+    old = tmp_path / "measured" / "reports"
+    old.mkdir(parents=True)
+    (old / "stale-P8.json").write_text("{}")
+    reports = C.fresh_reports(str(tmp_path), "measured")
+    assert os.listdir(reports) == []
+    moved = list((tmp_path / "measured" / "superseded").glob("*/stale-P8.json"))
+    assert len(moved) == 1 and moved[0].read_text() == "{}"
+    assert "moved the 1 files" in capsys.readouterr().err
+    assert C.fresh_reports(str(tmp_path), "measured") == reports   # empty: nothing to move
+
