@@ -30,6 +30,9 @@ partial_output      the partial output block in dtype_acc (kernel .. reduce)
 bias_add            the second partial block while the bias is added (c == 0)
 reduce_buffers      reduce-scatter receive buffer (P_C pieces), the summed piece and its
                     cast to dtype_out (reduce)
+balance_out_buffers the output piece, the surplus it sends, the segments it receives and
+                    the final outputs it owns, dtype_out (balance_out; an upper estimate:
+                    at most ceil(|O| / P) received and owned)
 ==================  ====================================================================  ====
 
 ``kernel_workspace`` for the numpy node is parconv.blas_workspace.workspace_bytes: the phase
@@ -66,6 +69,7 @@ STAGES = {
     "kernel": _HELD + ("kernel_window", "kernel_workspace"),
     "bias": _HELD + ("partial_output", "bias_add"),
     "reduce": _HELD + ("partial_output", "reduce_buffers"),
+    "balance_out": _HELD + ("balance_out_buffers",),
 }
 TERMS = tuple(dict.fromkeys(t for terms in STAGES.values() for t in terms))
 #: terms that depend on the node kernel
@@ -152,7 +156,8 @@ def footprint_terms(spec, g, sizes: dict, phases: dict, node="numpy") -> Footpri
 
     ``sizes`` holds per-rank element counts from predict_grid (arrays broadcast over the grid):
     ``input_piece``, ``filter_piece``, ``bias_piece``, ``input_block``, ``touched_piece``,
-    ``touched_block``, ``output_piece``, and the extents ``span_rows``, ``span_cols``,
+    ``touched_block``, ``output_piece``, ``output_cap`` (ceil(|O| / P) over all P ranks: the
+    most outputs a rank owns at the end), and the extents ``span_rows``, ``span_cols``,
     ``buf_rows``, ``buf_cols``; ``phases`` the predicted bytes (the halo buffers are the halo
     bytes).  ``node``: a kernel name or object (`node_name`).
     """
@@ -174,6 +179,8 @@ def footprint_terms(spec, g, sizes: dict, phases: dict, node="numpy") -> Footpri
     else:
         work = _numpy_workspace(spec, nN, nC, nK, nH, nW)
     piece_out = sizes["output_piece"]
+    cap_out = sizes["output_cap"]
+    kept_out = np.minimum(piece_out, cap_out)
     PC = full.shape[2]
     terms = {
         "runtime": np.int64(RUNTIME_BYTES),
@@ -191,5 +198,7 @@ def footprint_terms(spec, g, sizes: dict, phases: dict, node="numpy") -> Footpri
         "partial_output": spec.p_acc * n_out,
         "bias_add": spec.p_acc * n_out * bias_here,
         "reduce_buffers": spec.p_acc * piece_out * (PC + 1) + spec.p_out * piece_out,
+        "balance_out_buffers": spec.p_out * (piece_out + (piece_out - kept_out) + cap_out
+                                             + (cap_out - kept_out)),
     }
     return Footprint(name, terms, full.shape)

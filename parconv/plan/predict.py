@@ -211,9 +211,11 @@ def predict_grid(spec, dims: tuple[int, int, int, int, int], node="numpy",
         unbalanced = sum(phases[p]["received"] for p in RECEIVED_BOUND_PHASES if p in phases)
         if int((unbalanced + phases["reduce"]["sent"] + full).max()) > stop_above:
             return None
+    ranks = int(np.prod(dims)) if ranks is None else int(ranks)
     sizes = dict(input_piece=_piece(block, PK, b), filter_piece=mine, bias_piece=mine_b,
                  input_block=block, touched_piece=touched_mine, touched_block=touched_block,
-                 output_piece=mine_o, span_rows=_shape(3, hl.span_sizes),
+                 output_piece=mine_o, output_cap=-(-spec.size_output // ranks),
+                 span_rows=_shape(3, hl.span_sizes),
                  span_cols=_shape(4, wl.span_sizes), buf_rows=_shape(3, hl.buf_sizes),
                  buf_cols=_shape(4, wl.buf_sizes))
     memory = footprint_terms(spec, g, sizes, phases, node)
@@ -222,7 +224,6 @@ def predict_grid(spec, dims: tuple[int, int, int, int, int], node="numpy",
     owned = (int(touched_mine.max()), int(mine.max()), int(mine_o.max()))
     work = {name: np.ascontiguousarray(v + full).reshape(-1).astype(np.int64)
             for name, v in (("input", touched_mine), ("filter", mine), ("bias", mine_b))}
-    ranks = int(np.prod(dims)) if ranks is None else int(ranks)
     balance = balance_phases(make_balance(spec, work, ranks),
                              make_output_balance(spec, (mine_o + full).reshape(-1), ranks))
     return GridPrediction(tuple(dims), flat, memory.total, owned, memory, work, balance,
