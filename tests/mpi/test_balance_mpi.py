@@ -185,3 +185,39 @@ def test_command_line_input_file_starts_balanced(tmp_path_factory):
               and max(report["bytes"]["bound_volume"]) >= plan.bound.value * (1 - 1e-9))
         detail = f"wrong {wrong}, check {report['check']}, bound {report['bound_checked']}"
     agree_all(comm, ok, detail)
+
+
+def test_balanced_end_writes_the_output_file_from_every_owner(tmp_path_factory):
+    """K = P - 1 output channels of a 3 x 3 image (9 outputs each): on 4 ranks one rank is idle
+    and the busy ranks' pieces (9) exceed ceil(|O| / P) (7), so "balance_out" hands the idle
+    rank outputs to own.  python -m parconv.run --input/--output (in this job) writes the file
+    from every owner; it equals the reference, and the report's balance_out equals the plan's."""
+    from parconv import run
+    comm = MPI.COMM_WORLD
+    spec = ConvSpec(batch=1, in_channels=2, out_channels=max(comm.size - 1, 1), in_size=(3, 3),
+                    kernel_size=3, padding=1)
+    data = random_layer_data(spec, SEED)
+    plan = make_plan(spec, comm.size)
+    folder = str(tmp_path_factory.mktemp("balance_end")) if comm.rank == 0 else None
+    folder = comm.bcast(folder, root=0)
+    if comm.rank == 0:
+        write_layer_file(f"{folder}/layer.h5", spec, *data)
+    comm.Barrier()
+    code = run.main(["--input", f"{folder}/layer.h5", "--output", f"{folder}/out.h5",
+                     "--node", "numpy", "--check", "--quiet", "--report", f"{folder}/r.json"])
+    ok, detail = code == 0, f"exit {code}"
+    if comm.rank == 0 and ok:
+        import json
+
+        import h5py
+        report = json.load(open(f"{folder}/r.json"))
+        with h5py.File(f"{folder}/out.h5", "r") as handle:
+            written = handle["output"][...]
+        reference = reference_conv2d(spec, *data).astype(spec.dtype_out)
+        moved = plan.predicted["balance_out"]
+        ok = (np.array_equal(written, reference)
+              and report["bytes"]["per_phase"]["balance_out"]["sent"] == moved["sent"].tolist()
+              and (comm.size != 4 or (plan.active == 3 and moved["received"][3] > 0)))
+        detail = f"written == reference {np.array_equal(written, reference)}, balance_out " \
+                 f"{report['bytes']['per_phase']['balance_out']}, plan {moved}"
+    agree_all(comm, ok, detail)
