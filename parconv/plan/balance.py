@@ -133,9 +133,13 @@ class Balance:
     # ---- every rank (vectorised) ----------------------------------------------------------------
     @cached_property
     def segments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(holder, worker, touched elements) of every segment, in stream order."""
-        cuts = np.union1d(self.surplus_starts, self.deficit_starts)
-        cuts = cuts[cuts <= self.surplus_starts[-1]]
+        """(holder, worker, touched elements) of every segment, in stream order (both
+        nondecreasing along it)."""
+        total = self.surplus_starts[-1]
+        if total == 0:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, empty
+        cuts = _sorted_union(self.surplus_starts, self.deficit_starts[self.deficit_starts <= total])
         lo, hi = cuts[:-1], cuts[1:]
         worker = np.searchsorted(self.surplus_starts, lo, side="right") - 1
         holder = np.searchsorted(self.deficit_starts, lo, side="right") - 1
@@ -153,6 +157,23 @@ class Balance:
                 "messages": np.bincount(holder, minlength=P).astype(np.int64)}
 
 
+def _sorted_union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The distinct values of two sorted arrays, sorted: a merge (the stable sort finds the two
+    runs) instead of np.union1d's full sort, since the planner does this for every grid."""
+    merged = np.concatenate((a, b))
+    merged.sort(kind="stable")
+    keep = np.ones(merged.size, dtype=bool)
+    keep[1:] = merged[1:] != merged[:-1]
+    return merged[keep]
+
+
+def _distinct_sorted(keys: np.ndarray) -> np.ndarray:
+    """The distinct values of a nondecreasing array."""
+    keep = np.ones(keys.size, dtype=bool)
+    keep[1:] = keys[1:] != keys[:-1]
+    return keys[keep]
+
+
 def predict_balance(balances: dict) -> dict:
     """The "balance" phase over all arrays: bytes add up; a holder sends one message to each
     distinct worker (its segments of all arrays travel together).  Arrays of length P."""
@@ -160,7 +181,14 @@ def predict_balance(balances: dict) -> dict:
     P = parts[0].counts.size
     sent = sum(b.predicted["sent"] for b in parts)
     received = sum(b.predicted["received"] for b in parts)
-    pairs = np.unique(np.concatenate([b.segments[0] * P + b.segments[1] for b in parts]))
+    # each array's (holder, worker) keys are nondecreasing in stream order: merge, not sort
+    keys = [b.segments[0] * P + b.segments[1] for b in parts]
+    if len(keys) == 1:
+        pairs = _distinct_sorted(keys[0])
+    elif len(keys) == 2:
+        pairs = _sorted_union(*keys)
+    else:
+        pairs = np.unique(np.concatenate(keys))
     return {"sent": sent, "received": received,
             "messages": np.bincount(pairs // P, minlength=P).astype(np.int64)}
 
@@ -171,7 +199,7 @@ def predict_output_balance(balance: Balance) -> dict:
     P = balance.counts.size
     holder, worker, count = balance.segments
     size = count * balance.itemsize
-    pairs = np.unique(worker * P + holder)
+    pairs = _distinct_sorted(worker * P + holder)   # nondecreasing in stream order
     return {"sent": np.bincount(worker, weights=size, minlength=P).astype(np.int64),
             "received": np.bincount(holder, weights=size, minlength=P).astype(np.int64),
             "messages": np.bincount(pairs // P, minlength=P).astype(np.int64)}
