@@ -15,7 +15,8 @@ ranks with room.  So the run is held against the problem's bound (every rank, id
 owning at most ceil(|A_j| / P) of each array at the start and of the output at the end).  Global
 arrays on a root (``x, w, bias``) are scattered as that initial layout and balanced the same way.
 Per-rank ``blocks`` are work pieces already: no balance phase runs, each rank keeps its output
-piece, and the run is held against the bound of that layout (``plan.layout_bound``).  Nothing is gathered unless ``gather=True``.
+piece, and the run is held against the bound of that layout (``plan.layout_bound``).  Nothing
+is gathered unless ``gather=True``.
 """
 
 from __future__ import annotations

@@ -116,6 +116,7 @@ class LayerRun:
         table = {**distribution, **tables[-1], **grid.counters.take()}
         counts = gather_counts(grid, table)
         working = (0 if exchange is None else exchange.nbytes) + \
+            (0 if finisher is None else finisher.nbytes) + \
             sum(int(np.asarray(p).nbytes) for p in pieces if p is not None)
         memory = memory_section(grid, self.baseline, peak_rss_bytes(), working)
         times = _times(world, self.once, seconds, overlaps)
