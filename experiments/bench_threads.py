@@ -1,0 +1,123 @@
+"""The float32 CPU kernel at 2 BLAS threads: variants of how the block uses the threads.
+
+Per layer, side by side in one process (parconv.bench's timing: best of the rounds, the
+contenders interleaved, each call after a pause), at T BLAS threads:
+
+* ``shared`` / ``own``: the threaded split's Winograd pieces sharing one filter transform
+  (`parconv.blasconv.SHARED_FILTERS`) or each making its own;
+* ``one``: the block as one call on T-threaded BLAS (``workers=1``), and ``channels``: stride-1
+  Winograd on a small map split by channels (`parconv.winograd_split`), where that applies;
+* ``torch``: torch's conv2d on T threads, if installed;
+
+and the time of the filter transform alone on T BLAS threads.  Results must agree (float
+rounding of BLAS's summation order only).
+
+Run:  OMP_NUM_THREADS=1 python experiments/bench_threads.py [--threads 2] [--rounds 7]
+      [--layers resnet50.layer3.0.conv2:8 ...]
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from parconv import blasconv, winograd_split  # noqa: E402
+from parconv.bench import _operands, _torch, interleaved_best, machine  # noqa: E402
+from parconv.blas import limit_threads, prepare  # noqa: E402
+from parconv.blasconv import conv2d_blas, winograd_form  # noqa: E402
+from parconv.layers import get_layer  # noqa: E402
+
+LAYERS = (("resnet50.layer3.0.conv2", 8), ("resnet50.layer4.1.conv2", 8),
+          ("resnet50.layer3.1.conv2", 8), ("resnet50.layer1.0.conv2", 8))
+
+
+def shared(flag: bool, run):
+    def call():
+        before = blasconv.SHARED_FILTERS
+        blasconv.SHARED_FILTERS = flag
+        try:
+            return run()
+        finally:
+            blasconv.SHARED_FILTERS = before
+    return call
+
+
+def contenders(spec, x, w, threads: int) -> dict:
+    """The variants that apply to this block (module docstring)."""
+    dtype = np.dtype(spec.dtype_in)
+    out = {}
+    split = conv2d_blas(spec, x, w, "winograd")[1]["workers"] > 1
+    if split and not winograd_split.applies(spec, threads):
+        out["shared"] = shared(True, lambda: conv2d_blas(spec, x, w, "winograd"))
+        out["own"] = shared(False, lambda: conv2d_blas(spec, x, w, "winograd"))
+    out["one"] = lambda: conv2d_blas(spec, x, w, "winograd", workers=1)
+    if winograd_split.applies(spec, threads):
+        y = np.empty(spec.output_shape, dtype)
+        out["channels"] = lambda: winograd_split.conv_winograd(spec, x, w, dtype, y, threads)
+    torch = _torch()
+    if torch is not None:
+        xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+
+        def conv():
+            with torch.no_grad():
+                torch.nn.functional.conv2d(xt, wt, stride=spec.stride, padding=spec.padding)
+        out["torch"] = conv
+    form = winograd_form(spec)
+    out["filters"] = lambda: form.filter_transform(w, dtype)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--layers", nargs="+", metavar="NAME:BATCH")
+    parser.add_argument("--json", default="experiments/results/kernels/bench_threads.json")
+    args = parser.parse_args(argv)
+    layers = LAYERS if not args.layers else [(s.split(":")[0], int(s.split(":")[1]))
+                                             for s in args.layers]
+    prepare()
+    torch = _torch()
+    if torch is not None:
+        torch.set_num_threads(args.threads)
+    print(f"load {os.getloadavg()[0]:.2f}, {args.threads} threads, best of {args.rounds}; "
+          "ms (GFLOP/s)")
+    rows = []
+    for name, batch in layers:
+        spec = get_layer(name, batch=batch, dtype="float32")
+        x, w = _operands(spec)
+        with limit_threads(args.threads):
+            runs = contenders(spec, x, w, args.threads)
+            results = {k: f() for k, f in runs.items() if k not in ("torch", "filters")}
+            ref = conv2d_blas(spec, x, w, "winograd", workers=1)[0]
+            scale = float(np.abs(ref).max())
+            errors = {k: float(np.abs((r[0] if isinstance(r, tuple) else ref) - ref).max()
+                               / scale) for k, r in results.items()}
+            best = interleaved_best(runs, args.rounds)
+        if "channels" in runs:
+            # conv_winograd of winograd_split writes into its own buffer: compare it there
+            y = np.empty(spec.output_shape, np.float32)
+            with limit_threads(args.threads):
+                winograd_split.conv_winograd(spec, x, w, np.float32, y, args.threads)
+            errors["channels"] = float(np.abs(y - ref).max() / scale)
+        row = {"layer": name, "batch": batch, "threads": args.threads,
+               "ms": {k: t * 1e3 for k, t in best.items()}, "error": errors}
+        rows.append(row)
+        figures = "  ".join(
+            f"{k} {t * 1e3:.2f}" + ("" if k == "filters" else f" ({2 * spec.G / t / 1e9:.0f})")
+            for k, t in best.items())
+        print(f"{name}:{batch}  {figures}  max error {max(errors.values()):.1e}", flush=True)
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
