@@ -9,7 +9,9 @@ contenders interleaved, each call after a pause), at T BLAS threads:
   Winograd on a small map split by channels (`parconv.winograd_split`), where that applies;
 * ``torch``: torch's conv2d on T threads, if installed;
 
-and the time of the filter transform alone on T BLAS threads.  Results must agree (float
+and the time of the filter transform alone on T BLAS threads, and as a control of how many
+cores the process really got, the 1024^2 SGEMM's speed-up from 1 to T threads; also the best process CPU time
+of each (both threads counted: less disturbed by other load than the wall time).  Results must agree (float
 rounding of BLAS's summation order only).
 
 Run:  OMP_NUM_THREADS=1 python experiments/bench_threads.py [--threads 2] [--rounds 7]
@@ -69,6 +71,14 @@ def contenders(spec, x, w, threads: int) -> dict:
         out["torch"] = conv
     form = winograd_form(spec)
     out["filters"] = lambda: form.filter_transform(w, dtype)
+    # the control: how many cores the process gets now (SGEMM at T threads / at 1)
+    square = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
+    out["sgemm"] = lambda: square @ square
+
+    def sgemm_one():
+        with limit_threads(1):
+            square @ square
+    out["sgemm1"] = sgemm_one
     return out
 
 
@@ -93,12 +103,14 @@ def main(argv=None) -> int:
         x, w = _operands(spec)
         with limit_threads(args.threads):
             runs = contenders(spec, x, w, args.threads)
-            results = {k: f() for k, f in runs.items() if k not in ("torch", "filters")}
+            results = {k: f() for k, f in runs.items()
+                       if k not in ("torch", "filters", "sgemm", "sgemm1")}
             ref = conv2d_blas(spec, x, w, "winograd", workers=1)[0]
             scale = float(np.abs(ref).max())
             errors = {k: float(np.abs((r[0] if isinstance(r, tuple) else ref) - ref).max()
                                / scale) for k, r in results.items()}
-            best = interleaved_best(runs, args.rounds)
+            cpu = {}
+            best = interleaved_best(runs, args.rounds, cpu)
         if "channels" in runs:
             # conv_winograd of winograd_split writes into its own buffer: compare it there
             y = np.empty(spec.output_shape, np.float32)
@@ -106,12 +118,18 @@ def main(argv=None) -> int:
                 winograd_split.conv_winograd(spec, x, w, np.float32, y, args.threads)
             errors["channels"] = float(np.abs(y - ref).max() / scale)
         row = {"layer": name, "batch": batch, "threads": args.threads,
-               "ms": {k: t * 1e3 for k, t in best.items()}, "error": errors}
+               "ms": {k: t * 1e3 for k, t in best.items()},
+               "cpu_ms": {k: t * 1e3 for k, t in cpu.items()}, "error": errors}
         rows.append(row)
+        row["sgemm_speedup"] = best["sgemm1"] / best["sgemm"]
         figures = "  ".join(
-            f"{k} {t * 1e3:.2f}" + ("" if k == "filters" else f" ({2 * spec.G / t / 1e9:.0f})")
-            for k, t in best.items())
-        print(f"{name}:{batch}  {figures}  max error {max(errors.values()):.1e}", flush=True)
+            f"{k} {t * 1e3:.2f}" + (f" ({2 * spec.G / t / 1e9:.0f})" if k in results or
+                                    k == "torch" else "")
+            for k, t in best.items() if k not in ("sgemm", "sgemm1"))
+        figures += f"  [SGEMM {args.threads} thr / 1 thr: {row['sgemm_speedup']:.2f}]"
+        print(f"{name}:{batch}  {figures}  max error {max(errors.values()):.1e}\n"
+              f"{'':>10}CPU ms (both threads): "
+              + "  ".join(f"{k} {t * 1e3:.2f}" for k, t in cpu.items()), flush=True)
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)

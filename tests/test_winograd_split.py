@@ -87,3 +87,17 @@ def test_an_error_in_one_thread_is_raised_and_no_thread_waits(monkeypatch):
     with limit_threads(2), pytest.raises(ValueError, match="before the barrier"):
         winograd_split.conv_winograd(spec, x, w, np.float64, np.empty(spec.output_shape), 2)
     assert threading.active_count() < 20
+
+
+def test_the_kernel_splits_small_maps_by_channels_at_two_threads():
+    from parconv.blasconv import conv2d_blas, split_workers
+    spec = _spec("float32", batch=2, channels=(128, 128), size=(7, 7))
+    x, w = random_operands(spec)
+    with limit_threads(2):
+        assert split_workers(spec, "winograd", 2) == 2
+        y, how = conv2d_blas(spec, x, w, "winograd")
+        one, _ = conv2d_blas(spec, x, w, "winograd", workers=1)
+    assert (how["split"], how["workers"], how["transforms"]) == ("channels", 2, "numpy")
+    assert np.abs(y - one).max() <= 1e-5 * np.abs(one).max()
+    with limit_threads(1):
+        assert conv2d_blas(spec, x, w, "winograd")[1]["split"] is None
