@@ -5,8 +5,7 @@ contenders interleaved, each call after a pause), at T BLAS threads:
 
 * ``shared`` / ``own``: the threaded split's Winograd pieces sharing one filter transform
   (`parconv.blasconv.SHARED_FILTERS`) or each making its own;
-* ``one``: the block as one call on T-threaded BLAS (``workers=1``), and ``channels``: stride-1
-  Winograd on a small map split by channels (`parconv.winograd_split`), where that applies;
+* ``one``: the block as one call on T-threaded BLAS (``workers=1``);
 * ``torch``: torch's conv2d on T threads, if installed;
 
 and the time of the filter transform alone on T BLAS threads, and as a control of how many
@@ -28,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from parconv import blasconv, winograd_split  # noqa: E402
+from parconv import blasconv  # noqa: E402
 from parconv.bench import _operands, _torch, interleaved_best, machine  # noqa: E402
 from parconv.blas import limit_threads, prepare  # noqa: E402
 from parconv.blasconv import conv2d_blas, winograd_form  # noqa: E402
@@ -54,13 +53,10 @@ def contenders(spec, x, w, threads: int) -> dict:
     dtype = np.dtype(spec.dtype_in)
     out = {}
     split = conv2d_blas(spec, x, w, "winograd")[1]["workers"] > 1
-    if split and not winograd_split.applies(spec, threads):
+    if split:
         out["shared"] = shared(True, lambda: conv2d_blas(spec, x, w, "winograd"))
         out["own"] = shared(False, lambda: conv2d_blas(spec, x, w, "winograd"))
     out["one"] = lambda: conv2d_blas(spec, x, w, "winograd", workers=1)
-    if winograd_split.applies(spec, threads):
-        y = np.empty(spec.output_shape, dtype)
-        out["channels"] = lambda: winograd_split.conv_winograd(spec, x, w, dtype, y, threads)
     torch = _torch()
     if torch is not None:
         xt, wt = torch.from_numpy(x), torch.from_numpy(w)
@@ -107,16 +103,9 @@ def main(argv=None) -> int:
                        if k not in ("torch", "filters", "sgemm", "sgemm1")}
             ref = conv2d_blas(spec, x, w, "winograd", workers=1)[0]
             scale = float(np.abs(ref).max())
-            errors = {k: float(np.abs((r[0] if isinstance(r, tuple) else ref) - ref).max()
-                               / scale) for k, r in results.items()}
+            errors = {k: float(np.abs(r[0] - ref).max() / scale) for k, r in results.items()}
             cpu = {}
             best = interleaved_best(runs, args.rounds, cpu)
-        if "channels" in runs:
-            # conv_winograd of winograd_split writes into its own buffer: compare it there
-            y = np.empty(spec.output_shape, np.float32)
-            with limit_threads(args.threads):
-                winograd_split.conv_winograd(spec, x, w, np.float32, y, args.threads)
-            errors["channels"] = float(np.abs(y - ref).max() / scale)
         row = {"layer": name, "batch": batch, "threads": args.threads,
                "ms": {k: t * 1e3 for k, t in best.items()},
                "cpu_ms": {k: t * 1e3 for k, t in cpu.items()}, "error": errors}

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from . import jit, winograd, winograd_s2, winograd_split
+from . import jit, winograd, winograd_s2
 from .blas import current_threads
 from .blas_exact import arithmetic
 from .blas_layout import taps
@@ -46,9 +46,6 @@ SPLIT = {("taps", "int"), ("taps", "float"), ("gemm", "int"), ("winograd", "floa
 #: whether the threaded split's Winograd pieces share the block's filter transform
 #: (`conv2d_blas`); a switch for side-by-side measurement (experiments/bench_threads.py)
 SHARED_FILTERS = True
-#: whether small-map stride-1 Winograd blocks below the pixel floor run split by channels
-#: (`channel_split`) rather than as one call on the BLAS threads
-CHANNEL_SPLIT = True
 #: the fewest output pixels per piece (Winograd on resnet50.layer4.1.conv2, 392 pixels at batch
 #: 8, ran 0.81x split: each piece's 16 products get too short)
 MIN_PIECE_PIXELS = 512
@@ -106,14 +103,12 @@ def conv2d_blas(spec: ConvSpec, x: np.ndarray, w: np.ndarray, method: str | None
     """The block's convolution (N, K, H, W) in ``spec.dtype_acc`` and how it was computed
     (``method``, ``compute_dtype``, ``exact_group``: products per exact integer group or None;
     ``workers``: threads of single-threaded BLAS that ran its pieces side by side, 1 for one
-    call on the BLAS threads; ``split``: "rows", "channels" or None for one call;
-    ``transforms``: "numba" or "numpy" for the Winograd method,
+    call on the BLAS threads; ``transforms``: "numba" or "numpy" for the Winograd method,
     `parconv.jit`, else None).  ``x`` and ``w`` must already have the spec's shapes and
     types.  Local.
 
     ``workers`` (default `split_workers` for the current BLAS thread count) > 1 cuts the block
-    into that many pieces run side by side (`parconv.blas_split`), or a small-map Winograd
-    block by channels (`channel_split`, `parconv.winograd_split`).  Sums reach ``y`` through an
+    into that many pieces run side by side (`parconv.blas_split`).  Sums reach ``y`` through an
     unsafe cast: exact integers (below 2**24 / 2**53 for one group) or int32/int64 sums, and
     int64 -> int32 keeps the low 32 bits (two's-complement wrap-around, like the hardware).
     """
@@ -129,8 +124,7 @@ def conv2d_blas(spec: ConvSpec, x: np.ndarray, w: np.ndarray, method: str | None
     threads = current_threads()
     if workers is None:
         workers = split_workers(spec, method, threads)
-    by_channels = method == "winograd" and channel_split(spec, workers)
-    eligible = method == "winograd" and not by_channels and jit.eligible(spec, threads, workers)
+    eligible = method == "winograd" and jit.eligible(spec, threads, workers)
     fused = jit.fused_winograd(spec, threads, workers) if eligible else None
     y = np.empty(spec.output_shape, dtype=spec.dtype_acc)
     start = time.perf_counter()
@@ -138,8 +132,7 @@ def conv2d_blas(spec: ConvSpec, x: np.ndarray, w: np.ndarray, method: str | None
     # the split's pieces share one filter transform (made here on the BLAS threads), instead
     # of each making all of it
     u = (winograd_form(spec).filter_transform(w, arith.dtype)
-         if method == "winograd" and workers > 1 and SHARED_FILTERS and not by_channels
-         else None)
+         if method == "winograd" and workers > 1 and SHARED_FILTERS else None)
 
     def run(piece, xp, yp):
         if method == "winograd":
@@ -151,39 +144,24 @@ def conv2d_blas(spec: ConvSpec, x: np.ndarray, w: np.ndarray, method: str | None
         else:
             conv_im2col(piece, xp, w, arith, yp, channels_first=channels_first(piece))
 
-    if by_channels:
-        winograd_split.conv_winograd(spec, x, w, arith.dtype, y, workers)
-    elif workers > 1:
+    if workers > 1:
         workers = run_split(spec, x, y, workers, run, align=2 if method == "winograd" else 1)
     else:
         run(spec, x, y)
     if eligible and fused is None:
         jit.record(time.perf_counter() - start)
     return y, {"method": method, "compute_dtype": arith.dtype.name, "exact_group": arith.limit,
-               "workers": workers, "split": "channels" if by_channels else
-               "rows" if workers > 1 else None, "transforms": None if method != "winograd" else
+               "workers": workers, "transforms": None if method != "winograd" else
                "numba" if fused else "numpy"}
 
 
 def split_workers(spec: ConvSpec, method: str, threads: int) -> int:
     """How many pieces `conv2d_blas` runs side by side: ``threads`` where the method and
     input kind are in `SPLIT` and every piece keeps `MIN_PIECE_MACS` multiply-adds and
-    `MIN_PIECE_PIXELS` output pixels, or where a Winograd block splits by channels
-    (`channel_split`), else 1 (one call on the BLAS threads)."""
+    `MIN_PIECE_PIXELS` output pixels, else 1 (one call on the BLAS threads)."""
     kind = "int" if np.dtype(spec.dtype_in).kind in "iu" else "float"
     if threads <= 1 or (method, kind) not in SPLIT:
         return 1
-    if method == "winograd" and channel_split(spec, threads):
-        return threads
     pixels = spec.batch * spec.out_size[0] * spec.out_size[1]
     return threads if (spec.G >= threads * MIN_PIECE_MACS
                        and pixels >= threads * MIN_PIECE_PIXELS) else 1
-
-
-def channel_split(spec: ConvSpec, workers: int) -> bool:
-    """Whether `conv2d_blas` runs a Winograd block on ``workers`` threads split by channels
-    (`parconv.winograd_split`) instead of by output rows: where that applies and the rows
-    would give pieces below `MIN_PIECE_PIXELS`."""
-    pixels = spec.batch * spec.out_size[0] * spec.out_size[1]
-    return (CHANNEL_SPLIT and winograd_split.applies(spec, workers)
-            and pixels < workers * MIN_PIECE_PIXELS)

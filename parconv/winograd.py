@@ -109,17 +109,15 @@ def filter_transform(w: np.ndarray, dtype) -> np.ndarray:
 
 
 def split_phases(spec: ConvSpec, x: np.ndarray, parts: list[np.ndarray], n0: int,
-                 n1: int, channels_last: bool = False, channels: slice = slice(None)) -> None:
+                 n1: int, channels_last: bool = False) -> None:
     """Images [n0, n1) of the zero-padded input split by row and column parity into ``parts``:
     ``parts[a][b, n, c, i, j] = xpad[n, c, 2 i + a, 2 j + b]``, each (2, N, C, tH + 1, tW + 1),
-    or (2, N, tH + 1, tW + 1, C) ``channels_last``; only the input ``channels`` (a slice)."""
+    or (2, N, tH + 1, tW + 1, C) ``channels_last``."""
     (ph, pw), (H_in, W_in) = spec.padding, spec.in_size
-    x = x[:, channels]
     for a in (0, 1):
         part = parts[a][:, n0:n1]
         if channels_last:
             part = part.transpose(0, 1, 4, 2, 3)           # the (b, n, c, i, j) view
-        part = part[:, :, channels]
         i0, i1 = _held(ph - a, H_in, part.shape[3])
         for b in (0, 1):
             j0, j1 = _held(pw - b, W_in, part.shape[4])
@@ -154,7 +152,7 @@ def conv_winograd(spec: ConvSpec, x: np.ndarray, w: np.ndarray, dtype, y: np.nda
     dtype = np.dtype(dtype)
     N, C, K = spec.batch, spec.in_channels, spec.out_channels
     tH, tW = tile_grid(spec)
-    u = filter_transform(w, dtype) if u is None else u                          # (BLAS threads as given)
+    u = filter_transform(w, dtype) if u is None else u      # (BLAS threads as given)
     last = tW < CHANNELS_LAST_BELOW
     shape = (2, N, tH + 1, tW + 1, C) if last else (2, N, C, tH + 1, tW + 1)
     parts = [np.empty(shape, dtype=dtype) for _ in (0, 1)]
@@ -173,20 +171,15 @@ def run_blocks(spec: ConvSpec, dtype, per_tile, block_bytes: int, split, run) ->
     With several BLAS threads the products use them and the transforms run in this thread
     (measured: T Python workers sharing the buffers, each with single-threaded BLAS, ran slower
     at 2 threads on resnet50.layer1.0.conv2 and layer4.1.conv2)."""
-    blocks, buffers = block_buffers(spec, dtype, per_tile, block_bytes)
+    N = spec.batch
+    tH, tW = tile_grid(spec)
+    per = int(sum(per_tile)) * dtype.itemsize
+    blocks = tile_blocks(N, tH, tW + 1, max(MIN_TILES, block_bytes // per))
+    most = max((n1 - n0) * (i1 - i0) for n0, n1, i0, i1 in blocks) * (tW + 1)
+    buffers = [np.empty(width * most, dtype=dtype) for width in per_tile]
     split()
     for block in blocks:
         run(block, buffers)
-
-
-def block_buffers(spec: ConvSpec, dtype, per_tile, block_bytes: int):
-    """The blocks of `run_blocks` and their buffers (``per_tile`` elements each per tile of
-    the largest block)."""
-    tH, tW = tile_grid(spec)
-    per = int(sum(per_tile)) * dtype.itemsize
-    blocks = tile_blocks(spec.batch, tH, tW + 1, max(MIN_TILES, block_bytes // per))
-    most = max((n1 - n0) * (i1 - i0) for n0, n1, i0, i1 in blocks) * (tW + 1)
-    return blocks, [np.empty(width * most, dtype=dtype) for width in per_tile]
 
 
 def _block(spec, parts, u, block, buffers, y) -> None:
@@ -262,57 +255,36 @@ def _block_channels_last(spec, parts, u, block, buffers, y) -> None:
     """`_block` on channels-last parts: no dropped column (the column shift is a view whose
     rows are contiguous runs of tW C values); M^T = U V^T; the last operation writes the
     (n, i, j, k) tiles into the NCHW output."""
-    input_channels_last(parts, block, buffers, 0, spec.in_channels)
-    output_channels_last(spec, u, block, buffers, y, 0, spec.out_channels)
-
-
-def input_channels_last(parts, block, buffers, c0: int, c1: int) -> None:
-    """The input transform of one block of channels-last parts for channels [c0, c1): V
-    (16 coefficients of (tiles, C)) in ``buffers[1]``.  Each channel reads only its own values,
-    so threads may transform disjoint channel ranges of one block side by side."""
     n0, n1, i0, i1 = block
-    C, tW = parts[0].shape[-1], parts[0].shape[3] - 1
+    C, K, (H, W) = spec.in_channels, spec.out_channels, spec.out_size
+    tW = parts[0].shape[3] - 1
     nb, rows = n1 - n0, i1 - i0
     length = nb * rows * tW
-    tbuf, vbuf = buffers[:2]
-    t = tbuf[:8 * C * nb * rows * (tW + 1)].reshape(4, 2, nb, rows, tW + 1, C)[..., c0:c1]
-    ev, od = parts[0][:, n0:n1, i0:i1 + 1, :, c0:c1], parts[1][:, n0:n1, i0:i1 + 1, :, c0:c1]
+    tbuf, vbuf, mbuf, sbuf = buffers
+    t = tbuf[:8 * C * nb * rows * (tW + 1)].reshape(4, 2, nb, rows, tW + 1, C)
+    ev, od = parts[0][:, n0:n1, i0:i1 + 1], parts[1][:, n0:n1, i0:i1 + 1]
     d0, d1, d2, d3 = ev[:, :, :-1], od[:, :, :-1], ev[:, :, 1:], od[:, :, 1:]
     np.subtract(d0, d2, out=t[0])
     np.add(d1, d2, out=t[1])
     np.subtract(d2, d1, out=t[2])
     np.subtract(d1, d3, out=t[3])
-    v = vbuf[:16 * C * length].reshape(4, 4, nb, rows, tW, C)[..., c0:c1]
+    v = vbuf[:16 * C * length].reshape(4, 4, nb, rows, tW, C)
     e0, e1 = t[:, 0, :, :, :-1], t[:, 0, :, :, 1:]
     o0, o1 = t[:, 1, :, :, :-1], t[:, 1, :, :, 1:]
     np.subtract(e0, e1, out=v[:, 0])
     np.add(o0, e1, out=v[:, 1])
     np.subtract(e1, o0, out=v[:, 2])
     np.subtract(o0, o1, out=v[:, 3])
-
-
-def output_channels_last(spec, u, block, buffers, y, k0: int, k1: int) -> None:
-    """The 16 products and the output transform of one block for output channels [k0, k1),
-    from the whole V of `input_channels_last`: ``u`` holds those channels' transformed filters
-    (16, k1 - k0, C), and the tiles go to ``y[:, k0:k1]``.  Threads may run disjoint channel
-    ranges of one block side by side (each writes only its rows of M and of the row sums)."""
-    n0, n1, i0, i1 = block
-    C, K, (H, W) = spec.in_channels, spec.out_channels, spec.out_size
-    tW = tile_grid(spec)[1]
-    nb, rows = n1 - n0, i1 - i0
-    length = nb * rows * tW
-    _, vbuf, mbuf, sbuf = buffers
-    v = vbuf[:16 * C * length].reshape(16, length, C)
-    m = mbuf[:16 * K * length].reshape(16, K, length)[:, k0:k1]
+    m = mbuf[:16 * K * length].reshape(16, K, length)
     # M^T = U V^T (K x tiles): BLAS reads V transposed in place (U^T as the operand ran 1.6x
     # slower), and the output transform works on the NCHW-like (K, tiles) layout
-    np.matmul(u, v.transpose(0, 2, 1), out=m)
-    m = m.reshape(4, 4, k1 - k0, length)
-    s = sbuf[:8 * K * length].reshape(2, 4, K, length)[:, :, k0:k1]
+    np.matmul(u, v.reshape(16, length, C).transpose(0, 2, 1), out=m)
+    m = m.reshape(4, 4, K, length)
+    s = sbuf[:8 * K * length].reshape(2, 4, K, length)
     _output_rows(m, s)
-    half = mbuf[:4 * K * length].reshape(2, 2, K, length)[:, :, k0:k1]  # m is consumed
+    half = mbuf[:4 * K * length].reshape(2, 2, K, length)  # m is consumed
     np.add(s[:, 0], s[:, 1], out=half[0])
     np.subtract(s[:, 1], s[:, 2], out=half[1])
-    half = half.reshape(2, 2, k1 - k0, nb, rows, tW).transpose(0, 1, 3, 2, 4, 5)
-    s = s.reshape(2, 4, k1 - k0, nb, rows, tW).transpose(0, 1, 3, 2, 4, 5)   # (n, k, i, j)
-    _write_tiles(half, s, y[n0:n1, k0:k1], i0, i1, H, W)
+    half = half.reshape(2, 2, K, nb, rows, tW).transpose(0, 1, 3, 2, 4, 5)
+    s = s.reshape(2, 4, K, nb, rows, tW).transpose(0, 1, 3, 2, 4, 5)   # (n, k, i, j) views
+    _write_tiles(half, s, y[n0:n1], i0, i1, H, W)
