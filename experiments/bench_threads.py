@@ -4,7 +4,8 @@ Per layer, side by side in one process (parconv.bench's timing: best of the roun
 contenders interleaved, each call after a pause), at T BLAS threads:
 
 * ``shared`` / ``own``: the threaded split's Winograd pieces sharing one filter transform
-  (`parconv.blasconv.SHARED_FILTERS`) or each making its own;
+  (`parconv.blasconv.SHARED_FILTERS`; stride 2 only, so the two are the same code at stride 1)
+  or each making its own;
 * ``one``: the block as one call on T-threaded BLAS (``workers=1``);
 * ``torch``: torch's conv2d on T threads, if installed;
 
@@ -27,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from parconv import blasconv  # noqa: E402
+from parconv import blasconv, jit  # noqa: E402
 from parconv.bench import _operands, _torch, interleaved_best, machine  # noqa: E402
 from parconv.blas import limit_threads, prepare  # noqa: E402
 from parconv.blasconv import conv2d_blas, winograd_form  # noqa: E402
@@ -88,6 +89,7 @@ def main(argv=None) -> int:
     layers = LAYERS if not args.layers else [(s.split(":")[0], int(s.split(":")[1]))
                                              for s in args.layers]
     prepare()
+    jit.preload()       # as parconv.bench: stride-1 pieces take the fused transforms if numba is there
     torch = _torch()
     if torch is not None:
         torch.set_num_threads(args.threads)
