@@ -154,8 +154,8 @@ def conv_winograd(spec: ConvSpec, x: np.ndarray, w: np.ndarray, dtype, y: np.nda
     """The layer by F(2x2, 3x3) with fused transforms (module docstring) into ``y`` (N, K, H,
     W).
 
-    ``u``: the transformed filters (`filter_transform`) if already made (the threaded split's
-    pieces share one), else made here."""
+    ``u``: the transformed filters (`filter_transform`) if already made, else (None) made here
+    (`parconv.blasconv` passes None at stride 1: see `blasconv.SHARED_FILTERS`)."""
     dtype = np.dtype(dtype)
     N, C, K = spec.batch, spec.in_channels, spec.out_channels
     tH, tW = tile_grid(spec)
