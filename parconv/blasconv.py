@@ -43,6 +43,9 @@ METHODS = ("gemm", "taps", "im2col", "winograd")
 #: not im2col (its one long product per block scales well: 0.63-1.04x split) nor float gemm
 #: (0.93-1.22x)
 SPLIT = {("taps", "int"), ("taps", "float"), ("gemm", "int"), ("winograd", "float")}
+#: whether the threaded split's stride-2 Winograd pieces share the block's filter transform
+#: (`conv2d_blas`); a switch for side-by-side measurement (experiments/bench_threads.py)
+SHARED_FILTERS = True
 #: the fewest output pixels per piece (Winograd on resnet50.layer4.1.conv2, 392 pixels at batch
 #: 8, ran 0.81x split: each piece's 16 products get too short)
 MIN_PIECE_PIXELS = 512
@@ -126,9 +129,16 @@ def conv2d_blas(spec: ConvSpec, x: np.ndarray, w: np.ndarray, method: str | None
     y = np.empty(spec.output_shape, dtype=spec.dtype_acc)
     start = time.perf_counter()
 
+    # the stride-2 split's pieces share one filter transform (numpy copies and sums, made here)
+    # instead of each making all of it; not stride 1, whose filter transform is a product:
+    # made here on the BLAS threads, their spinning after it slowed the pieces (1.5x CPU time)
+    u = (winograd_s2.filter_transform(w, arith.dtype)
+         if method == "winograd" and workers > 1 and SHARED_FILTERS
+         and winograd_form(spec) is winograd_s2 else None)
+
     def run(piece, xp, yp):
         if method == "winograd":
-            (fused or winograd_form(piece).conv_winograd)(piece, xp, w, arith.dtype, yp)
+            (fused or winograd_form(piece).conv_winograd)(piece, xp, w, arith.dtype, yp, u)
         elif method == "gemm":
             conv_gemm(piece, xp, w, arith, yp)
         elif method == "taps":

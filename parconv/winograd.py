@@ -143,12 +143,16 @@ def _zero_outside(part: np.ndarray, i0: int, i1: int, j0: int, j1: int) -> None:
     part[:, :, :, j1:] = 0
 
 
-def conv_winograd(spec: ConvSpec, x: np.ndarray, w: np.ndarray, dtype, y: np.ndarray) -> None:
-    """The layer by F(2x2, 3x3) (module docstring) into ``y`` (N, K, H, W)."""
+def conv_winograd(spec: ConvSpec, x: np.ndarray, w: np.ndarray, dtype, y: np.ndarray,
+                  u: np.ndarray | None = None) -> None:
+    """The layer by F(2x2, 3x3) (module docstring) into ``y`` (N, K, H, W).
+
+    ``u``: the transformed filters (`filter_transform`) if already made, else (None) made here
+    (`parconv.blasconv` passes None at stride 1: see `blasconv.SHARED_FILTERS`)."""
     dtype = np.dtype(dtype)
     N, C, K = spec.batch, spec.in_channels, spec.out_channels
     tH, tW = tile_grid(spec)
-    u = filter_transform(w, dtype)                          # (BLAS threads as given)
+    u = filter_transform(w, dtype) if u is None else u      # (BLAS threads as given)
     last = tW < CHANNELS_LAST_BELOW
     shape = (2, N, tH + 1, tW + 1, C) if last else (2, N, C, tH + 1, tW + 1)
     parts = [np.empty(shape, dtype=dtype) for _ in (0, 1)]

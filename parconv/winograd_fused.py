@@ -149,13 +149,17 @@ def _diff3(a, b, c, out):
         out[q] = (a[q] - b[q]) - c[q]
 
 
-def conv_winograd(spec: ConvSpec, x: np.ndarray, w: np.ndarray, dtype, y: np.ndarray) -> None:
+def conv_winograd(spec: ConvSpec, x: np.ndarray, w: np.ndarray, dtype, y: np.ndarray,
+                  u: np.ndarray | None = None) -> None:
     """The layer by F(2x2, 3x3) with fused transforms (module docstring) into ``y`` (N, K, H,
-    W)."""
+    W).
+
+    ``u``: the transformed filters (`filter_transform`) if already made, else (None) made here
+    (`parconv.blasconv` passes None at stride 1: see `blasconv.SHARED_FILTERS`)."""
     dtype = np.dtype(dtype)
     N, C, K = spec.batch, spec.in_channels, spec.out_channels
     tH, tW = tile_grid(spec)
-    u = filter_transform(w, dtype)
+    u = filter_transform(w, dtype) if u is None else u
     per = (16 * (C + K) + 8 * C) * dtype.itemsize
     blocks = tile_blocks(N, tH, tW, max(winograd.MIN_TILES, BLOCK_BYTES // per))
     most = max((n1 - n0) * (i1 - i0) for n0, n1, i0, i1 in blocks) * tW

@@ -103,12 +103,16 @@ def filter_transform(w: np.ndarray, dtype) -> np.ndarray:
     return u
 
 
-def conv_winograd(spec: ConvSpec, x: np.ndarray, w: np.ndarray, dtype, y: np.ndarray) -> None:
-    """The layer by the polyphase form (module docstring) into ``y`` (N, K, H, W)."""
+def conv_winograd(spec: ConvSpec, x: np.ndarray, w: np.ndarray, dtype, y: np.ndarray,
+                  u: np.ndarray | None = None) -> None:
+    """The layer by the polyphase form (module docstring) into ``y`` (N, K, H, W).
+
+    ``u``: the transformed filters (`filter_transform`) if already made (the threaded split's
+    pieces share one), else made here."""
     dtype = np.dtype(dtype)
     C, K = spec.in_channels, spec.out_channels
     tH, tW = winograd.tile_grid(spec)
-    u = filter_transform(w, dtype)
+    u = filter_transform(w, dtype) if u is None else u
     plan = blocks(spec, dtype.itemsize)
     images = max(n1 - n0 for n0, n1, _, _ in plan)
     rows = max(i1 - i0 for _, _, i0, i1 in plan)

@@ -162,3 +162,26 @@ def test_an_error_in_a_piece_is_raised_and_the_threads_restored(monkeypatch):
         with pytest.raises(ParconvError, match="piece failed"):
             conv2d_blas(spec, x, w, "taps", workers=2)
         assert current_threads() == 2
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_stride_2_winograd_pieces_share_one_filter_transform(monkeypatch, stride):
+    import parconv.winograd as winograd
+    import parconv.winograd_s2 as winograd_s2
+    form = winograd if stride == 1 else winograd_s2
+    calls = []
+    original = form.filter_transform
+
+    def counting(w, dtype):
+        calls.append(w.shape)
+        return original(w, dtype)
+
+    monkeypatch.setattr(form, "filter_transform", counting)
+    monkeypatch.setenv("PARCONV_JIT", "off")      # the numpy transforms, whose calls are counted
+    spec = spec_for_dtype("float64", batch=4, in_channels=6, out_channels=5, in_size=(12, 10),
+                          kernel_size=(3, 3), stride=(stride, stride), padding=(1, 1))
+    x, w = random_operands(spec)
+    y, how = conv2d_blas(spec, x, w, "winograd", workers=2)
+    # stride 2: made once, not once per piece; stride 1: once per piece
+    assert how["workers"] == 2 and len(calls) == (1 if stride == 2 else 2)
+    np.testing.assert_allclose(y, reference_conv2d(spec, x, w), rtol=1e-10, atol=1e-10)
