@@ -66,6 +66,19 @@ def axis_taps(n_in: int, n_out: int, kernel: int, stride: int, pad: int, dil: in
     return mats
 
 
+def _axis_rho(n_in: int, n_out: int, kernel: int, stride: int, pad: int, dil: int,
+              residue: int | None) -> tuple[int, int]:
+    """(number of used taps, rho: the most (output, tap) pairs that read one row), counted from
+    the rows each tap reads, without building the tap matrices (wide axes need only rho)."""
+    taps = used_rows(n_in, n_out, kernel, stride, pad, dil, residue)
+    if not taps:
+        return 0, 0
+    counts = np.zeros(n_in, dtype=np.int64)
+    for rows in taps:
+        counts += np.bincount(rows[rows >= 0], minlength=n_in)
+    return len(taps), int(counts.max())
+
+
 class _Norm:
     """``v -> ||sum_r v_r P_r||_2`` for a stack of v, from the Gram blocks ``P_r^T P_r'``.
 
@@ -190,13 +203,12 @@ def axis_reuse(n_in: int, n_out: int, kernel: int, stride: int, pad: int, dil: i
     """kappa of one axis (or of one polyphase class of its taps, `residue`): a certified upper
     bound on the squared spectral norm of its tensor, never above its rho (the most taps that
     read one row).  Local."""
-    mats = axis_taps(n_in, n_out, kernel, stride, pad, dil, residue)
-    if not mats:
+    used, rho = _axis_rho(n_in, n_out, kernel, stride, pad, dil, residue)
+    if not used:
         return 1.0
-    rho = int(sum(mats).sum(axis=1).max())
-    if rho == 1 or n_out > MAX_OUT or len(mats) > MAX_TAPS:
+    if rho == 1 or n_out > MAX_OUT or used > MAX_TAPS:
         return float(rho)
-    _, upper = spectral_bound(mats)
+    _, upper = spectral_bound(axis_taps(n_in, n_out, kernel, stride, pad, dil, residue))
     return min(float(rho), upper * upper)
 
 
@@ -207,13 +219,12 @@ def axis_reuse_witness(n_in: int, n_out: int, kernel: int, stride: int, pad: int
     ``||M(v)||^2`` at the unit tap vectors, the edge midpoints and the centroid of the octant
     (each attained by a unit v, so at most the maximum), less a rounding margin.  Where
     `axis_reuse` keeps rho it is rho.  Local."""
-    mats = axis_taps(n_in, n_out, kernel, stride, pad, dil, residue)
-    if not mats:
+    m, rho = _axis_rho(n_in, n_out, kernel, stride, pad, dil, residue)
+    if not m:
         return 1.0
-    rho = int(sum(mats).sum(axis=1).max())
-    m = len(mats)
     if rho == 1 or n_out > MAX_OUT or m > MAX_TAPS:
         return float(rho)
+    mats = axis_taps(n_in, n_out, kernel, stride, pad, dil, residue)
     points = [np.eye(m)[i] for i in range(m)]
     points += [(points[i] + points[j]) / math.sqrt(2.0) for i in range(m) for j in range(i)]
     points.append(np.full(m, m ** -0.5))
