@@ -11,7 +11,6 @@ Run:  OMP_NUM_THREADS=1 python experiments/bench_split.py [--threads 2] [--round
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from parconv.bench import LAYERS, _operands, interleaved_best, machine  # noqa: E402
+from parconv.bench import LAYERS, _operands, interleaved_best, machine, save_json  # noqa: E402
 from parconv.blas import limit_threads, prepare  # noqa: E402
 from parconv.blasconv import choose_method, conv2d_blas, winograd_form  # noqa: E402
 from parconv.layers import get_layer  # noqa: E402
@@ -77,9 +76,7 @@ def main(argv=None) -> int:
                       f"{gflops['split']:>8.1f}{gflops['split'] / gflops['one']:>10.2f}  {same}",
                       flush=True)
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1) + "\n")
+        save_json({"machine": machine(), "rows": rows}, args.json)
     return 0
 
 

@@ -19,7 +19,6 @@ Run:  OMP_NUM_THREADS=1 python experiments/bench_threads.py [--threads 2] [--rou
 """
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from parconv import blasconv, jit  # noqa: E402
-from parconv.bench import _operands, _torch, interleaved_best, machine  # noqa: E402
+from parconv.bench import _operands, _torch, interleaved_best, machine, save_json  # noqa: E402
 from parconv.blas import limit_threads, prepare  # noqa: E402
 from parconv.blasconv import conv2d_blas, winograd_form  # noqa: E402
 from parconv.layers import get_layer  # noqa: E402
@@ -122,9 +121,7 @@ def main(argv=None) -> int:
               f"{'':>10}CPU ms (both threads): "
               + "  ".join(f"{k} {t * 1e3:.2f}" for k, t in cpu.items()), flush=True)
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1) + "\n")
+        save_json({"machine": machine(), "rows": rows}, args.json)
     return 0
 
 
