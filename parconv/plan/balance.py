@@ -85,13 +85,11 @@ class Balance:
 
     def owned(self, rank: int) -> int:
         """Touched elements ``rank`` owns initially: kept plus held segments (<= cap)."""
-        lo, hi = self.deficit_starts[rank], self.deficit_starts[rank + 1]
-        held = int(min(hi, self.surplus_starts[-1]) - min(lo, self.surplus_starts[-1]))
-        return self.kept(rank) + held
+        return int(self.owned_all[rank])
 
     @cached_property
     def owned_all(self) -> np.ndarray:
-        """`owned` of every rank (length P), vectorised."""
+        """`owned` of every rank (length P), from the two prefix sums."""
         total = self.surplus_starts[-1]
         held = np.minimum(self.deficit_starts[1:], total) - np.minimum(self.deficit_starts[:-1],
                                                                        total)
@@ -139,7 +137,8 @@ class Balance:
         if total == 0:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty, empty
-        cuts = _sorted_union(self.surplus_starts, self.deficit_starts[self.deficit_starts <= total])
+        cuts = _merged_distinct([self.surplus_starts,
+                                 self.deficit_starts[self.deficit_starts <= total]])
         lo, hi = cuts[:-1], cuts[1:]
         worker = np.searchsorted(self.surplus_starts, lo, side="right") - 1
         holder = np.searchsorted(self.deficit_starts, lo, side="right") - 1
@@ -148,61 +147,50 @@ class Balance:
     @cached_property
     def predicted(self) -> dict:
         """``{"sent", "received", "messages"}`` of this array's part of the balance phase
-        (arrays of length P): each holder sends its segments, one message a segment."""
-        P = self.counts.size
-        holder, worker, count = self.segments
-        size = count * self.itemsize
-        return {"sent": np.bincount(holder, weights=size, minlength=P).astype(np.int64),
-                "received": np.bincount(worker, weights=size, minlength=P).astype(np.int64),
-                "messages": np.bincount(holder, minlength=P).astype(np.int64)}
+        (arrays of length P): each holder sends its segments, one message a segment (a pair
+        (holder, worker) has one segment per array)."""
+        return _moved([self], reverse=False)
 
 
-def _sorted_union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The distinct values of two sorted arrays, sorted: a merge (the stable sort finds the two
-    runs) instead of np.union1d's full sort, since the planner does this for every grid."""
-    merged = np.concatenate((a, b))
+def _merged_distinct(keys: list) -> np.ndarray:
+    """The distinct values of several nondecreasing arrays, sorted: the stable sort merges their
+    runs, cheaper than np.unique's full sort, which the planner would pay for every grid."""
+    merged = np.concatenate(keys)
     merged.sort(kind="stable")
     keep = np.ones(merged.size, dtype=bool)
     keep[1:] = merged[1:] != merged[:-1]
     return merged[keep]
 
 
-def _distinct_sorted(keys: np.ndarray) -> np.ndarray:
-    """The distinct values of a nondecreasing array."""
-    keep = np.ones(keys.size, dtype=bool)
-    keep[1:] = keys[1:] != keys[:-1]
-    return keys[keep]
+def _moved(balances: list, reverse: bool) -> dict:
+    """Bytes sent and received and messages per rank (arrays of length P) of moving every
+    segment of ``balances`` at once: from holder to worker, or with ``reverse`` from worker to
+    holder; one message per distinct (sender, receiver) pair, all arrays together."""
+    P = balances[0].counts.size
+    sent, received = np.zeros(P, dtype=np.int64), np.zeros(P, dtype=np.int64)
+    keys = []
+    for balance in balances:
+        holder, worker, count = balance.segments
+        sender, receiver = (worker, holder) if reverse else (holder, worker)
+        size = count * balance.itemsize
+        sent += np.bincount(sender, weights=size, minlength=P).astype(np.int64)
+        received += np.bincount(receiver, weights=size, minlength=P).astype(np.int64)
+        keys.append(sender * P + receiver)   # nondecreasing in stream order
+    pairs = _merged_distinct(keys)
+    return {"sent": sent, "received": received,
+            "messages": np.bincount(pairs // P, minlength=P).astype(np.int64)}
 
 
 def predict_balance(balances: dict) -> dict:
     """The "balance" phase over all arrays: bytes add up; a holder sends one message to each
     distinct worker (its segments of all arrays travel together).  Arrays of length P."""
-    parts = list(balances.values())
-    P = parts[0].counts.size
-    sent = sum(b.predicted["sent"] for b in parts)
-    received = sum(b.predicted["received"] for b in parts)
-    # each array's (holder, worker) keys are nondecreasing in stream order: merge, not sort
-    keys = [b.segments[0] * P + b.segments[1] for b in parts]
-    if len(keys) == 1:
-        pairs = _distinct_sorted(keys[0])
-    elif len(keys) == 2:
-        pairs = _sorted_union(*keys)
-    else:
-        pairs = np.unique(np.concatenate(keys))
-    return {"sent": sent, "received": received,
-            "messages": np.bincount(pairs // P, minlength=P).astype(np.int64)}
+    return _moved(list(balances.values()), reverse=False)
 
 
 def predict_output_balance(balance: Balance) -> dict:
     """The "balance_out" phase: every worker sends its surplus output segments to their holders,
     one message per (worker, holder) pair (the balance phase reversed).  Arrays of length P."""
-    P = balance.counts.size
-    holder, worker, count = balance.segments
-    size = count * balance.itemsize
-    pairs = _distinct_sorted(worker * P + holder)   # nondecreasing in stream order
-    return {"sent": np.bincount(worker, weights=size, minlength=P).astype(np.int64),
-            "received": np.bincount(holder, weights=size, minlength=P).astype(np.int64),
-            "messages": np.bincount(pairs // P, minlength=P).astype(np.int64)}
+    return _moved([balance], reverse=True)
 
 
 def make_output_balance(spec, output_counts, ranks: int) -> Balance:
