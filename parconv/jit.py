@@ -4,15 +4,16 @@ and where numba keeps its compiled code.  Pure, no MPI.
 numba is optional: without it (or where it cannot be used) the numpy transforms of
 `parconv.winograd` run, with the same products and the same additions.  With it, the fused
 transforms may run stride-1 floating Winograd blocks whose products each get one BLAS thread
-(the threaded split's pieces, `parconv.blas_split`) in a process with at least `MIN_THREADS`
-BLAS threads (`eligible`; ``$PARCONV_JIT``: also at one thread, or never).  numba's first call
+(a process on one BLAS thread, or the threaded split's pieces, `parconv.blas_split`;
+`eligible`; ``$PARCONV_JIT``: at once, or never).  numba's first call
 in a process costs about a second even with its disk cache warm (importing numba, loading the
 compiled code; a cold cache compiles for 3-5 s), against some 5-8 ms saved per call of a 56x56
 layer at batch 8: a one-shot run (`parconv.run`, a block per rank) would only lose.  So by
 default ("auto") they are loaded once the process has spent `AFTER_SECONDS` in eligible blocks
 on the numpy transforms (`record`), or when asked up front (`preload`, as the benchmark does);
-``PARCONV_JIT=on`` loads them on the first eligible block.  Ranks with one BLAS thread (a
-many-rank run on few cores) never load them in "auto" mode.
+``PARCONV_JIT=on`` loads them on the first eligible block.  Loading adds about 66 MB to the
+process's resident memory (measured: 29 -> 95 MB), paid only by a rank that has done the 2 s of
+Winograd work first.
 
 numba's cache follows the project's cache folder (``$PARCONV_CACHE_DIR``, the rule of
 `parconv.cache_folders`, as the Gemmini tilings): ``$PARCONV_CACHE_DIR/numba``, by default
@@ -30,11 +31,9 @@ from pathlib import Path
 from .cache_folders import cache_folder
 from .spec import ConvSpec
 
-#: "0"/"off": never the fused transforms; "1"/"on": also below MIN_THREADS; unset or "auto":
-#: from MIN_THREADS BLAS threads on
+#: "0"/"off": never the fused transforms; "1"/"on": from the first eligible block; unset or
+#: "auto": once the process has spent AFTER_SECONDS in eligible blocks
 JIT_ENV = "PARCONV_JIT"
-#: the fewest BLAS threads of the process for which the fused transforms are taken by default
-MIN_THREADS = 2
 #: seconds the process spends in eligible Winograd blocks on the numpy transforms before "auto"
 #: loads the fused ones (loading costs about a second: then at most a third of the time spent)
 AFTER_SECONDS = 2.0
@@ -62,15 +61,14 @@ def eligible(spec: ConvSpec, threads: int, workers: int) -> bool:
     """Whether the fused transforms may run this block at ``threads`` BLAS threads run as
     ``workers`` pieces side by side (`parconv.blasconv.split_workers`): a stride-1 float
     Winograd block, `mode` not "off", every product on one BLAS thread (the threaded split's
-    pieces, or one thread) and, in "auto" mode, at least `MIN_THREADS` threads.
+    pieces, or one thread).  At one thread the fused transforms ran the float32 layer
+    1.01-1.48x faster than the numpy ones (design.md 4.5), so there is no thread floor.
 
     Why one BLAS thread per product: the fused form's products, (tiles x C) @ (C x K), ran
     slower on two OpenBLAS threads than the numpy form's (K x C) @ (C x tiles) (36 against 26 ms
     on resnet50.layer4.1.conv2's block at batch 8, load 1.7)."""
     from .winograd import applies
-    state = mode()
-    return (applies(spec) and state != "off" and workers == threads
-            and (state == "on" or threads >= MIN_THREADS))
+    return applies(spec) and mode() != "off" and workers == threads
 
 
 def fused_winograd(spec: ConvSpec, threads: int, workers: int):
