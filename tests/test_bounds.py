@@ -14,9 +14,9 @@ from parconv.bounds import (busy_processor_footprint, closed_form_work, im2col_b
                             work_function)
 from parconv.bounds.sequential import (best_segment, segment_lengths, segment_term, segments,
                                        sequential_bound_value)
-from parconv.bounds.workfn import (feasible_log_work, layer_program, output_bytes, polish_traffic_dual,
-                                   polish_work_dual, solve_traffic, solve_work, traffic_program,
-                                   used_filter_size, witness_program)
+from parconv.bounds.traffic import polish_traffic_dual, solve_traffic, traffic_program
+from parconv.bounds.workfn import (feasible_log_work, layer_program, output_bytes, polish_work_dual,
+                                   solve_work, used_filter_size, witness_program)
 from parconv.bounds.border import reuse_constant
 from parconv.errors import ParconvError
 from parconv.layers import get_layer

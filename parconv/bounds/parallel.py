@@ -16,7 +16,8 @@ from .checks import check_bytes, check_owned, check_ranks, check_spec
 from .polyphase import (WEIGHT_EXPONENTS, is_strided, polyphase_program, polyphase_traffic,
                         polyphase_work)
 from .sequential import best_segment, segments, term_upper
-from .workfn import layer_program, output_bytes, solve_traffic, solve_work, used_filter_size
+from .traffic import solve_traffic
+from .workfn import layer_program, output_bytes, solve_work, used_filter_size
 
 __all__ = ["parallel_bounds", "busy_processor_footprint", "ParallelBound"]
 

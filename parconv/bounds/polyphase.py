@@ -29,9 +29,9 @@ import numpy as np
 
 from ..spec import ConvSpec
 from .border import axis_reuse, axis_sigma, combine
-from .workfn import (GAP_TOL, LOG_PAD, LayerProgram, _make_feasible, _traffic_dual,
-                     _traffic_primal, _work_dual, _work_primal, layer_program, polish_traffic_dual,
-                     output_weighted, polish_work_dual, witness_program)
+from .traffic import make_feasible, polish_traffic_dual, traffic_dual, traffic_primal
+from .workfn import (GAP_TOL, LOG_PAD, LayerProgram, layer_program, output_weighted,
+                     polish_work_dual, witness_program, work_dual, work_primal)
 
 __all__ = ["Phase", "phases", "polyphase_program", "polyphase_work", "polyphase_traffic",
            "WEIGHT_EXPONENTS"]
@@ -213,7 +213,7 @@ def polyphase_work(spec: ConvSpec, exponent: float, X: float,
     prog = output_weighted(prog, output_weight)
     if float(prog.bytes_per @ prog.sizes) <= X:
         return math.exp(total), math.exp(total)
-    u, t_primal, lam = _work_primal(prog, X)
+    u, t_primal, lam = work_primal(prog, X)
     # certify on the rows active at the primal point: fewer rows relax the maximum, so the dual
     # of the reduced program is still never below the true maximum
     active = prog.rows @ u + prog.offsets - t_primal < ACTIVE_SLACK
@@ -222,7 +222,7 @@ def polyphase_work(spec: ConvSpec, exponent: float, X: float,
     candidates = [np.eye(len(sub.offsets))[i] for i in range(len(sub.offsets))]
     if lam.sum() > 0:
         candidates.append(lam / lam.sum())
-    best, best_lam = min(((_work_dual(sub, c, X), c) for c in candidates), key=lambda t: t[0])
+    best, best_lam = min(((work_dual(sub, c, X), c) for c in candidates), key=lambda t: t[0])
     if best - t_primal > GAP_TOL * max(1.0, abs(t_primal)):
         best, best_lam = polish_work_dual(sub, best_lam, X)
     return math.exp(min(best, total) + LOG_PAD), math.exp(total)
@@ -243,8 +243,8 @@ def polyphase_traffic(spec: ConvSpec, exponent: float, P: int,
     sub = _subprogram(prog, np.array([f != "G" for f in prog.families]))
     rhs = total - math.log(P) - sub.offsets
     lower, upper = np.log(np.asarray(owned, dtype=float)), sub.caps
-    u, lam = _traffic_primal(sub, rhs, lower, upper)
-    u = _make_feasible(sub.rows, rhs, u, upper)
+    u, lam = traffic_primal(sub, rhs, lower, upper)
+    u = make_feasible(sub.rows, rhs, u, upper)
     primal = float(sub.bytes_per @ np.exp(u))
     # certify on the rows active at the primal point (fewer rows lower the minimum: still valid);
     # a primal point raised to feasibility may leave no row active: then certify on all rows
@@ -252,7 +252,7 @@ def polyphase_traffic(spec: ConvSpec, exponent: float, P: int,
     if not active.any():
         active[:] = True
     sub, rhs, lam = _subprogram(sub, active), rhs[active], lam[active]
-    best = _traffic_dual(sub, lam, rhs, lower, upper)[0]
+    best = traffic_dual(sub, lam, rhs, lower, upper)[0]
     if primal - best > GAP_TOL * primal:
         best = max(best, polish_traffic_dual(sub, lam, rhs, lower, upper))
     return min(best * math.exp(-LOG_PAD) - LOG_PAD, primal)

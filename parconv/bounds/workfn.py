@@ -9,10 +9,8 @@ linear, ``T <= a_i . u + b_i`` (one row per inequality, see `layer_program`), th
   point, hence a value that may be slightly LOW; the value returned is the dual value
   ``min_{lambda, nu} g(lambda, nu)``, which by weak duality is never below the true maximum
   whatever lambda and nu are, so a bound built on it stays valid even if the optimiser stops early.
-* The busy processor's minimum traffic (the memory-independent bound) minimises
-  ``sum_j p_j exp(u_j)`` under ``a_i . u + b_i >= T0`` and ``log o_j <= u_j <= U_j``; its
-  Lagrangian dual ``h(lambda)`` is C^1 and concave, and every lambda >= 0 gives a value that is
-  never above the true minimum.
+* The busy processor's minimum traffic (the memory-independent bound) is the second program,
+  on the same rows: `parconv.bounds.traffic`.
 
 Both return the primal point as well, and the gap between primal and dual (a few 1e-12 relative in
 practice) tells how tight the certificate is.
@@ -156,7 +154,7 @@ class WorkSolution:
     slack: dict  # family -> smallest log slack of its rows at the primal point
 
 
-def _work_dual(prog: LayerProgram, lam: np.ndarray, X: float) -> float:
+def work_dual(prog: LayerProgram, lam: np.ndarray, X: float) -> float:
     """min over nu > 0 of the Lagrangian dual g(lambda, nu) of the work function, for lambda on
     the simplex: an upper bound on log F(X).  Exact in nu.
 
@@ -183,7 +181,7 @@ def _work_dual(prog: LayerProgram, lam: np.ndarray, X: float) -> float:
     return best
 
 
-def _work_primal(prog: LayerProgram, X: float) -> tuple[np.ndarray, float, np.ndarray]:
+def work_primal(prog: LayerProgram, X: float) -> tuple[np.ndarray, float, np.ndarray]:
     """SLSQP on (T, u); returns a FEASIBLE u, its T, and the inequality multipliers."""
     caps, logp, log_x = prog.caps, np.log(prog.bytes_per), math.log(X)
     u0 = np.minimum(caps, np.log(X / (3.0 * prog.bytes_per)))
@@ -203,11 +201,11 @@ def _work_primal(prog: LayerProgram, X: float) -> tuple[np.ndarray, float, np.nd
     excess = logsumexp(u + logp) - log_x
     if excess > 0:  # shifting every u by -excess meets the budget exactly
         u = u - excess
-    lam = _multipliers(res, m)
+    lam = multipliers(res, m)
     return u, float(np.min(prog.rows @ u + prog.offsets)), np.clip(lam, 0.0, None)
 
 
-def _multipliers(res, m: int) -> np.ndarray:
+def multipliers(res, m: int) -> np.ndarray:
     """The first m inequality multipliers of an SLSQP result (zeros if SciPy gives none); they
     only seed the dual, whose value is valid for any non-negative lambda."""
     lam = np.asarray(getattr(res, "multipliers", np.zeros(m)), dtype=float).ravel()[:m]
@@ -219,12 +217,12 @@ def _multipliers(res, m: int) -> np.ndarray:
 def polish_work_dual(prog: LayerProgram, lam0: np.ndarray, X: float) -> tuple[float, np.ndarray]:
     """Minimise the (convex) dual over the simplex from lam0; every point tried is a valid bound,
     so the smallest value seen is returned."""
-    seen = [(_work_dual(prog, lam0, X), lam0)]
+    seen = [(work_dual(prog, lam0, X), lam0)]
 
     def objective(lam):
         lam = np.clip(lam, 0.0, None)
         lam = lam / lam.sum() if lam.sum() > 0 else np.full_like(lam, 1.0 / len(lam))
-        value = _work_dual(prog, lam, X)
+        value = work_dual(prog, lam, X)
         seen.append((value, lam))
         return value
 
@@ -267,11 +265,11 @@ def solve_work(spec: ConvSpec, X: float, output_weight: int = 1) -> WorkSolution
         x = tuple(float(v) for v in prog.sizes)
         slack = _slacks(prog, prog.caps, math.log(spec.G_eff))
         return WorkSolution(float(spec.G_eff), float(spec.G_eff), x, slack)
-    u, t_primal, lam = _work_primal(prog, X)
+    u, t_primal, lam = work_primal(prog, X)
     candidates = _closed_form_duals(prog)
     if lam.sum() > 0:
         candidates.append(lam / lam.sum())
-    best, best_lam = min(((_work_dual(prog, c, X), c) for c in candidates), key=lambda t: t[0])
+    best, best_lam = min(((work_dual(prog, c, X), c) for c in candidates), key=lambda t: t[0])
     if best - t_primal > GAP_TOL * max(1.0, abs(t_primal)):
         best, best_lam = polish_work_dual(prog, best_lam, X)
     log_upper = min(best, math.log(spec.G_eff)) + LOG_PAD
@@ -282,114 +280,6 @@ def solve_work(spec: ConvSpec, X: float, output_weight: int = 1) -> WorkSolution
 def _slacks(prog: LayerProgram, u: np.ndarray, t: float) -> dict:
     values = prog.rows @ u + prog.offsets - t
     return {f: float(values[prog.index(f)].min()) for f in sorted(set(prog.families))}
-
-
-# ---- the busy processor's minimum traffic (memory-independent bound) ----------------------------
-@dataclasses.dataclass(frozen=True)
-class TrafficSolution:
-    """min sum_j p_j x_j: `value` certified (never above the minimum), `primal_value` attained at
-    the feasible point `x`."""
-
-    value: float
-    primal_value: float
-    x: tuple[float, float, float]
-
-
-def _traffic_dual(prog, lam, rhs, lower, upper) -> tuple[float, np.ndarray]:
-    """h(lambda) and its gradient: a lower bound on min sum p_j x_j for any lambda >= 0.
-
-    ``h = lambda . rhs + sum_j min_{lower_j <= u_j <= upper_j} (p_j e^{u_j} - s_j u_j)`` with
-    s = rows^T lambda and rhs_i = T0 - b_i; the inner minimiser is ``clip(log(s_j/p_j))``.
-    """
-    s = prog.rows.T @ lam
-    p = prog.bytes_per
-    with np.errstate(divide="ignore"):
-        u = np.clip(np.log(s / p), lower, upper)
-    value = float(lam @ rhs + np.sum(p * np.exp(u) - s * u))
-    return value, rhs - prog.rows @ u
-
-
-def _traffic_primal(prog, rhs, lower, upper) -> tuple[np.ndarray, np.ndarray]:
-    """SLSQP on u minimising log sum p e^u; returns u and the row multipliers, rescaled to the
-    objective sum p e^u.
-
-    The start balances bytes (p_j x_j equal, the AM-GM optimum of the H1 row) and is raised to
-    feasibility, which is usually close to the optimum.
-    """
-    rows, logp = prog.rows, np.log(prog.bytes_per)
-    h1 = prog.families.index("H1")
-    level = (2.0 * rhs[h1] + logp.sum()) / 3.0  # log of the equal byte share
-    start = _make_feasible(rows, rhs, np.clip(level - logp, lower, upper), upper)
-    constraints = [{"type": "ineq", "fun": lambda u: rows @ u - rhs, "jac": lambda u: rows}]
-    res = minimize(lambda u: logsumexp(u + logp), start,
-                   jac=lambda u: softmax(u + logp), method="SLSQP",
-                   bounds=list(zip(lower, upper)), constraints=constraints,
-                   options={"ftol": 1e-12, "maxiter": 100})
-    u = np.clip(res.x, lower, upper)
-    return u, _multipliers(res, len(rhs)) * math.exp(logsumexp(u + logp))
-
-
-def traffic_program(spec: ConvSpec, work: int, owned: tuple[int, int, int]):
-    """(program without the G_eff row, rhs_i = log(work) - b_i, lower = log o_j, upper = log |A_j|)
-    of the busy processor's problem; needs work >= 1 and G_eff >= 1.  Local."""
-    prog = layer_program(spec)
-    keep = ~prog.index("G")  # |V| <= G_eff holds for every work <= G_eff
-    sub = dataclasses.replace(prog, rows=prog.rows[keep], offsets=prog.offsets[keep],
-                              families=tuple(f for f, k in zip(prog.families, keep) if k))
-    rhs = math.log(work) - sub.offsets
-    lower = np.log(np.clip(np.asarray(owned, float), 1.0, prog.sizes))
-    return sub, rhs, lower, prog.caps
-
-
-@lru_cache(maxsize=8192)
-def solve_traffic(spec: ConvSpec, work: int, owned: tuple[int, int, int]) -> TrafficSolution:
-    """min p_I x_I + p_F x_F + p_O x_O over the section-2 inequalities at |V| = work and
-    owned_j <= x_j <= |A_j| (theory.md section 4).  Local.
-
-    The primal point is made feasible by raising it (every inequality is monotone in x) up to the
-    caps; the certified value is the dual at the SLSQP multipliers, or after an L-BFGS-B polish of
-    the concave dual when the gap to the primal exceeds `GAP_TOL`.
-    """
-    if work <= 0 or spec.G_eff == 0:
-        return TrafficSolution(0.0, 0.0, (0.0, 0.0, 0.0))
-    prog, rhs, lower, upper = traffic_program(spec, work, owned)
-    u, lam = _traffic_primal(prog, rhs, lower, upper)
-    u = _make_feasible(prog.rows, rhs, u, upper)
-    primal = float(prog.bytes_per @ np.exp(u))
-    best = _traffic_dual(prog, lam, rhs, lower, upper)[0]
-    if primal - best > GAP_TOL * primal:
-        best = max(best, polish_traffic_dual(prog, lam, rhs, lower, upper))
-    certified = best * math.exp(-LOG_PAD) - LOG_PAD
-    return TrafficSolution(min(certified, primal), primal, tuple(float(v) for v in np.exp(u)))
-
-
-def _make_feasible(rows, rhs, u, upper) -> np.ndarray:
-    """Raise u uniformly (not past the caps) until every row holds; the caps themselves are
-    feasible, so this ends.  Overshooting twice the shortfall makes rows whose free coefficients
-    sum to at least 1/2 hold in one step (a solver's point is off by ~1e-12 at most)."""
-    for _ in range(60):
-        short = float(np.max(rhs - rows @ u))
-        if short <= 0:
-            return u
-        u = np.minimum(upper, u + max(2.0 * short, 1e-12))
-    return upper.copy()
-
-
-def polish_traffic_dual(prog, lam0, rhs, lower, upper) -> float:
-    """Maximise h over lambda >= 0 with L-BFGS-B (h is C^1 and concave); scaled so that the
-    variables are O(1).  Returns the largest value seen (each is a valid lower bound)."""
-    scale = max(float(lam0.max()), 1.0)
-    seen = [_traffic_dual(prog, lam0, rhs, lower, upper)[0]]
-
-    def negative(mu):
-        value, grad = _traffic_dual(prog, mu * scale, rhs, lower, upper)
-        seen.append(value)
-        return -value / scale, -grad
-
-    minimize(negative, lam0 / scale, jac=True, method="L-BFGS-B",
-             bounds=[(0.0, None)] * len(lam0), options={"ftol": 1e-15, "gtol": 1e-12,
-                                                        "maxiter": 500})
-    return max(seen)
 
 
 # ---- a cheap lower bound on F(X) --------------------------------------------------------------
