@@ -227,7 +227,7 @@ def test_rank_killed_by_a_signal_ends_the_job(tmp_path):
 
 def test_default_layer_uses_at_least_three_grid_dimensions_at_64_ranks():
     from parconv.plan import make_plan
-    from parconv.run import DEFAULT_LAYER, build_parser, build_spec
+    from parconv.run_args import DEFAULT_LAYER, build_parser, build_spec
     spec = build_spec(build_parser().parse_args([]))
     assert spec.name == DEFAULT_LAYER and spec.batch == 8 and spec.dtype_in == "int8"
     plan = make_plan(spec, 64)
@@ -238,7 +238,7 @@ def test_flags_override_the_layer_and_the_file(tmp_path):
     from mpi4py import MPI
 
     from parconv.mpi.hdf5 import read_layer_meta
-    from parconv.run import build_parser, build_spec
+    from parconv.run_args import build_parser, build_spec
     parse = build_parser().parse_args
     spec = build_spec(parse(["--layer", "resnet50.conv1", "--batch", "3", "--stride", "1x2"]))
     assert (spec.batch, spec.in_channels, spec.stride, spec.kernel_size) == (3, 3, (1, 2), (7, 7))
