@@ -1,5 +1,6 @@
 """The busy processor's minimum traffic (theory.md 4.3, the memory-independent bound): the
-second of the two programs of `parconv.bounds.workfn`, certified the same way.  Pure, no MPI.
+second of the two geometric programs of the bounds (the first, F(X), and the rows they share
+are in `parconv.bounds.workfn`), certified the same way.  Pure, no MPI.
 
 With u = log x and the section-2 rows of `workfn.layer_program` at |V| = work, minimise
 ``sum_j p_j exp(u_j)`` under ``a_i . u + b_i >= log work`` and ``log o_j <= u_j <= U_j``.  Its
