@@ -196,3 +196,12 @@ def test_fresh_reports_moves_an_earlier_runs_reports_aside(tmp_path, capsys):
     assert "moved the 1 files" in capsys.readouterr().err
     assert C.fresh_reports(str(tmp_path), "measured") == reports   # empty: nothing to move
 
+
+
+def test_halo_profile_dp_equals_exhaustion_and_the_identity_holds():
+    import numpy as np
+    import halo_profile as HP
+    for rows, cols in ((2, 2), (3, 3), (2, 4), (4, 3)):
+        assert (HP.class_profile(rows, cols, rows * cols).tolist()
+                == HP.exhaustive_profile(rows, cols))
+    HP.check_identity(200, np.random.default_rng(1))

@@ -1,0 +1,199 @@
+# python experiments/halo_profile.py [--layer vgg16.conv1_2] [--batch 32] [--ranks 64] [--check-box 4]
+"""How much of a halo an isoperimetric argument could charge (issue 8, theory.md 5.7; analysis).
+
+For a 3x3, stride-1, dilation-1 layer padded by 1, with X the input pixels and Y the output
+positions a processor holds in one image plane (all channels; the vertex reduction of 5.7), the
+effective (output, tap) pairs are exactly
+
+    2 pairs(X, Y) = 9 (|X| + |Y|) - sum_t |Y ^ (X - t)|          (^: symmetric difference)
+
+and the triangle inequality on the taps t, -t gives
+
+    sum_t |Y ^ (X - t)| >= Phi(Z) + | |X| - |Y| |,   Z = X or Y,
+    Phi(Z) = sum over d in (2,0), (0,2), (2,2), (2,-2) of |Z ^ (Z + d)|.
+
+Phi splits over the four classes of 2Z^2 (row and column parity); on each it is the cut of the
+king's graph with the plane's outside counted.  Its least value for w points in a B_h x B_w box
+is taken here over sets whose rows and columns are centred intervals (rearranging a column, or a
+row, to a centred interval never raises the cut: the one-dimensional Riesz inequality for the
+window {-1, 0, 1}), by a DP over unimodal row lengths, and checked by exhaustion on a small box.
+
+The script prints both checks and, for the layer at P ranks (each busy processor holding 1/f
+of an image plane), what the argument would charge: if a processor's pairs must reach its share
+of a plane's pairs, F / f, then |X| + |Y| >= (2 F / f + LB) / 9 with LB = sum of the four class
+profiles, so beyond its share of inputs and outputs it holds delta = (LB - 2 (9 A - F) / f) / 9
+pixels, C delta input elements.  It assumes the four classes hold equal numbers of points (the
+case of every grid block); an unequal split is what the argument does not yet bound (theory.md
+5.7).  Nothing here enters parconv's bounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+from parconv.errors import ParconvError  # noqa: E402
+from parconv.layers import get_layer  # noqa: E402
+from parconv.plan import make_plan  # noqa: E402
+
+TAPS = [(i, j) for i in (-1, 0, 1) for j in (-1, 0, 1)]
+#: the doubled tap differences of Phi (one of each pair t, -t)
+PHI_SHIFTS = ((2, 0), (0, 2), (2, 2), (2, -2))
+#: the king's graph directions on one parity class (PHI_SHIFTS halved)
+KING = ((1, 0), (0, 1), (1, 1), (1, -1))
+
+
+def _shifted(Z: np.ndarray, d) -> np.ndarray:
+    """Z moved by d inside its zero frame (the frame is wide enough that nothing wraps)."""
+    return np.roll(Z, d, axis=(0, 1))
+
+
+def window_terms(X: np.ndarray, Y: np.ndarray) -> tuple[int, int, int]:
+    """(pairs, sum_t |Y ^ (X - t)|, Phi(Y)) of two framed boolean planes."""
+    pairs = sum(int((Y & _shifted(X, (-a, -b))).sum()) for a, b in TAPS)
+    sym = sum(int((Y ^ _shifted(X, (-a, -b))).sum()) for a, b in TAPS)
+    phi = sum(int((Y ^ _shifted(Y, d)).sum()) for d in PHI_SHIFTS)
+    return pairs, sym, phi
+
+
+def framed(block: np.ndarray, pad: int = 3) -> np.ndarray:
+    return np.pad(block.astype(bool), pad)
+
+
+def check_identity(trials: int, rng) -> None:
+    """The identity and both inequalities on random sets (fails loudly)."""
+    for _ in range(trials):
+        h, w = rng.integers(2, 9, 2)
+        X = framed(rng.random((h, w)) < rng.random())
+        Y = framed(rng.random((h, w)) < rng.random())
+        pairs, sym, phi_y = window_terms(X, Y)
+        phi_x = window_terms(Y, X)[2]
+        gap = abs(int(X.sum()) - int(Y.sum()))
+        assert 2 * pairs == 9 * (int(X.sum()) + int(Y.sum())) - sym
+        assert sym >= phi_y + gap and sym >= phi_x + gap, (sym, phi_x, phi_y, gap)
+
+
+def class_profile(rows: int, cols: int, wmax: int) -> np.ndarray:
+    """Least king's-graph cut (outside counted) of w points, w = 0..wmax, over sets in a rows x
+    cols box whose rows are centred intervals of unimodal lengths.  A row costs 2 (its ends);
+    consecutive rows of lengths u, v cost 3 |u - v| plus 4 if u = v, 2 if |u - v| = 1 (the
+    nested centred intervals' (1,0) and diagonal edges), a first or last row of length l 3 l."""
+    inf = np.iinfo(np.int64).max // 4
+    length = np.arange(cols + 1)
+    delta = length[None, :] - length[:, None]
+    step = 2 + 3 * np.abs(delta) + np.where(delta == 0, 4, np.where(np.abs(delta) == 1, 2, 0))
+    width = wmax + 1
+    rising = np.full((cols + 1, width), inf, np.int64)
+    falling = rising.copy()
+    for size in range(1, min(cols, wmax) + 1):
+        rising[size, size] = 2 + 3 * size
+    ends = 3 * length[:, None]
+    best = np.minimum((rising + ends).min(axis=0), (falling + ends).min(axis=0))
+    best[0] = 0
+    for _ in range(1, rows):
+        up = np.full_like(rising, inf)
+        down = np.full_like(falling, inf)
+        for size in range(1, min(cols, wmax) + 1):
+            up[size, size:] = (rising[:size + 1, :width - size]
+                               + step[:size + 1, size][:, None]).min(axis=0)
+            down[size, size:] = (np.minimum(rising[size:, :width - size],
+                                            falling[size:, :width - size])
+                                 + step[size:, size][:, None]).min(axis=0)
+        rising, falling = np.minimum(up, inf), np.minimum(down, inf)
+        best = np.minimum(best, np.minimum((rising + ends).min(axis=0),
+                                           (falling + ends).min(axis=0)))
+    return best
+
+
+def exhaustive_profile(rows: int, cols: int) -> list[int]:
+    """The same least cut over every subset of a rows x cols box (2^(rows cols) sets)."""
+    cells = rows * cols
+    best = [None] * (cells + 1)
+    for mask in range(1 << cells):
+        bits = np.array([(mask >> k) & 1 for k in range(cells)], bool).reshape(rows, cols)
+        Z = framed(bits, 2)
+        cut = sum(int((Z ^ _shifted(Z, d)).sum()) for d in KING)
+        w = int(bits.sum())
+        best[w] = cut if best[w] is None else min(best[w], cut)
+    return best
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layer", default="vgg16.conv1_2")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--ranks", type=int, default=64)
+    parser.add_argument("--check-box", type=int, default=4,
+                        help="side of the box checked by exhaustion (2^(side^2) sets; default 4)")
+    args = parser.parse_args()
+    spec = get_layer(args.layer, batch=args.batch)
+    if (spec.kernel_size, spec.stride, spec.dilation, spec.padding) != ((3, 3), (1, 1), (1, 1),
+                                                                       (1, 1)):
+        raise ParconvError(f"{args.layer}: the argument is written for 3x3 stride-1 layers padded "
+                           f"by 1 (got kernel {spec.kernel_size}, stride {spec.stride}, padding "
+                           f"{spec.padding}, dilation {spec.dilation})")
+    if args.ranks <= spec.batch:
+        raise ParconvError(f"--ranks {args.ranks} <= batch {spec.batch}: a processor can hold "
+                           f"whole planes, there is no halo to charge")
+    rng = np.random.default_rng(0)
+    started = time.perf_counter()
+    check_identity(2000, rng)
+    print(f"identity and tap-pair inequality: 2000 random pairs of sets, all hold "
+          f"({time.perf_counter() - started:.1f} s)")
+    side = args.check_box
+    exact = exhaustive_profile(side, side)
+    dp = class_profile(side, side, side * side)
+    mismatch = [w for w in range(side * side + 1) if exact[w] != dp[w]]
+    print(f"class profile, {side}x{side} box: DP equals exhaustion at every size"
+          if not mismatch else f"class profile, {side}x{side} box: DP differs at sizes {mismatch}")
+    H, W = spec.in_size
+    A = H * W
+    F = (3 * H - 2) * (3 * W - 2)
+    f = args.ranks // spec.batch
+    share = -(-A // f)
+    print(f"{args.layer}: plane {H}x{W}, A = {A} pixels, F = {F} effective pairs, 9 A - F = "
+          f"{9 * A - F}; P = {args.ranks}: a busy processor's share 1/{f} of a plane, "
+          f"{share} pixels")
+    if f == 2:
+        P = framed(np.ones((H, W), bool))
+        plane = window_terms(P, P)
+        half = np.zeros((H, W), bool)
+        half[:, : W // 2] = True
+        Yh = framed(half)
+        Xh = framed(np.pad(np.ones((H, W // 2 + 1), bool), ((0, 0), (0, W // 2 - 1))))
+        print(f"  whole plane X = Y: pairs {plane[0]}, sum_t {plane[1]}, Phi {plane[2]}")
+        print(f"  half plane Y, X one column wider (the planner's block): "
+              f"{window_terms(Xh, Yh)}  (pairs, sum_t, Phi(Y))")
+    per_class = -(-share // 4)
+    rows, cols = -(-H // 2), -(-W // 2)
+    started = time.perf_counter()
+    profile = class_profile(rows, cols, per_class)
+    lb = 4 * int(profile[per_class])
+    delta = (lb - 2 * (9 * A - F) / f) / 9
+    print(f"  class profile at {per_class} points in a {rows}x{cols} class box: "
+          f"{int(profile[per_class])} ({time.perf_counter() - started:.1f} s); LB = {lb}")
+    plan = make_plan(spec, args.ranks)
+    busiest = int(np.argmax(plan.predicted_bound_volume))
+    halo = int(sum(plan.predicted[ph]["received"][busiest] for ph in ("halo_h", "halo_w")))
+    item = np.dtype(spec.dtype_in).itemsize
+    need = plan.max_volume / 1.3 - plan.bound.value
+    print(f"  delta = {delta:.1f} pixels = {delta * spec.in_channels * item:.0f} input bytes "
+          f"(balanced classes); the planner's halo {halo} bytes; the bound is "
+          f"{plan.bound.value:.0f} against the plan's {plan.max_volume} (ratio "
+          f"{plan.max_volume / plan.bound.value:.4f}): ratio 1.3 needs {need:.0f} bytes more")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ParconvError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
