@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..bounds.workfn import minimize
 from ..spec import ConvSpec
 from .model import DEPENDS, LOOPS, REUSE_LOOPS, extents
+from .slsqp import minimize_slsqp
 
 
 class Signomial:
@@ -118,7 +118,7 @@ def relax(spec: ConvSpec, order: str, budgets, free: str) -> np.ndarray:
             for names, cap in budgets]
     # one constraint of len(budgets) rows: the rows SLSQP stacks from one constraint per
     # budget, with one call per point instead of one per budget
-    constraints = [_log_constraints(uses, base, mask)] if uses else []
+    constraint = _log_constraints(uses, base, mask) if uses else None
 
     def fun(z):
         value, grad = objective.value_grad(_full(base, mask, z))
@@ -127,10 +127,9 @@ def relax(spec: ConvSpec, order: str, budgets, free: str) -> np.ndarray:
     z0 = np.zeros(int(mask.sum()))
     if not z0.size:
         return np.exp(base)
-    result = minimize(fun, z0, jac=True, method="SLSQP", constraints=constraints,
-                      bounds=list(zip(np.zeros(z0.size), np.log(ext[mask]))),
-                      options={"maxiter": 200, "ftol": 1e-10})
-    z = result.x if result.success and np.all(np.isfinite(result.x)) else z0
+    x, success = minimize_slsqp(fun, z0, np.zeros(z0.size), np.log(ext[mask]), constraint,
+                                maxiter=200, ftol=1e-10)
+    z = x if success and np.all(np.isfinite(x)) else z0
     return np.clip(np.exp(_full(base, mask, z)), 1.0, ext)
 
 
