@@ -79,7 +79,8 @@ def _drive(slsqp, fun, x0, lower, upper, constraint, maxiter, ftol):
         size += 2 * n * (n + 1)
     buffer = np.zeros(max(size, 1), dtype=np.float64)
     # the objective and its gradient come from one evaluation; scipy memoises it per point
-    at, value, grad = x.copy(), *fun(x.copy())
+    # (the same numbers: the evaluations are deterministic, the memo only skips repeats)
+    at, (value, grad) = x.tobytes(), fun(x.copy())
     fx, g = value, np.atleast_1d(grad)
     mult = np.zeros([max(1, m + 2 * n + 2)], dtype=np.float64)
     C = np.zeros([max(1, m), n], dtype=np.float64, order="F")
@@ -90,15 +91,15 @@ def _drive(slsqp, fun, x0, lower, upper, constraint, maxiter, ftol):
         slsqp(state, fx, g, C, d, x, mult, xl, xu, buffer, indices)
         mode = state["mode"]
         if mode == 1:
-            if not np.array_equal(x, at):
-                at, (value, grad) = x.copy(), fun(x.copy())
+            if x.tobytes() != at:
+                at, (value, grad) = x.tobytes(), fun(x.copy())
             fx = value
             d[:m] = np.atleast_1d(con_fun(x)).ravel()
-        if mode == -1:
-            if not np.array_equal(x, at):   # (scipy keeps the value of the last mode 1)
-                at, (_, grad) = x.copy(), fun(x.copy())
+        elif mode == -1:
+            if x.tobytes() != at:      # (scipy keeps the value of the last mode 1)
+                at, (_, grad) = x.tobytes(), fun(x.copy())
             g = np.atleast_1d(grad)
             C[:m, :] = np.atleast_2d(con_jac(x))
-        if abs(mode) != 1:
+        else:
             break
     return x, state["mode"] == 0
