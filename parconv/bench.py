@@ -162,7 +162,8 @@ def forget_shapes() -> None:
     from .gemmini.tiling_cache import clear_memory
     clear_memory()
     for module in ("parconv.tiling.model", "parconv.tiling.totals", "parconv.gemmini.cycles",
-                   "parconv.gemmini.tiled.choose", "parconv.bounds.polyphase",
+                   "parconv.gemmini.tiled.choose", "parconv.gemmini.vendor.heuristics",
+                   "parconv.bounds.polyphase",
                    "parconv.bounds.workfn", "parconv.bounds.border",
                    "parconv.bounds.set_reuse"):
         for name, value in vars(importlib.import_module(module)).items():
