@@ -161,7 +161,8 @@ def forget_shapes() -> None:
     import importlib
     from .gemmini.tiling_cache import clear_memory
     clear_memory()
-    for module in ("parconv.tiling.model", "parconv.tiling.totals", "parconv.gemmini.cycles",
+    for module in ("parconv.tiling.model", "parconv.tiling.totals", "parconv.tiling.relax",
+                   "parconv.gemmini.cycles",
                    "parconv.gemmini.tiled.choose", "parconv.gemmini.vendor.heuristics",
                    "parconv.bounds.polyphase",
                    "parconv.bounds.workfn", "parconv.bounds.border",

@@ -13,6 +13,8 @@ every candidate with the exact model.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from ..spec import ConvSpec
@@ -55,8 +57,10 @@ def _window(stride: int, dil: int, out_loop: str, tap_loop: str) -> Signomial:
             + Signomial.monomial(1 - stride - dil))
 
 
+@lru_cache(maxsize=64)
 def footprints(spec: ConvSpec) -> dict[str, Signomial]:
-    """Bytes of one block of each array as signomials (halo included, no granularity)."""
+    """Bytes of one block of each array as signomials (halo included, no granularity); once
+    per layer shape (the relaxations of its loop orders share them; never modified)."""
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
     return {"input": Signomial.monomial(spec.p_in, N=1, C=1) * _window(sh, dh, "H", "R")
             * _window(sw, dw, "W", "S"),
@@ -70,16 +74,23 @@ def _trips(spec: ConvSpec, loops: str) -> Signomial:
     return Signomial.monomial(float(np.prod([ext[l] for l in loops])), **{l: -1 for l in loops})
 
 
+@lru_cache(maxsize=64)
+def _input_windows(spec: ConvSpec) -> Signomial:
+    """The input bytes of `modelled_traffic` before the reloads of its order (every order's
+    first factors, the same products once per layer shape)."""
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    n, c = spec.batch, spec.in_channels
+    return (Signomial.monomial(spec.p_in * n * c) * _trips(spec, "HR") * _window(sh, dh, "H", "R")
+            * _trips(spec, "WS") * _window(sw, dw, "W", "S"))
+
+
 def modelled_traffic(spec: ConvSpec, order: str) -> Signomial:
     """Continuous traffic (bytes) of the loop order `order` as a signomial in the block sizes."""
     def outside(array: str) -> str:
         innermost = max(order.index(l) for l in DEPENDS[array])
         return "".join(l for l in REUSE_LOOPS[array] if order.index(l) < innermost)
 
-    (sh, sw), (dh, dw) = spec.stride, spec.dilation
-    n, c = spec.batch, spec.in_channels
-    inputs = (Signomial.monomial(spec.p_in * n * c) * _trips(spec, "HR") * _window(sh, dh, "H", "R")
-              * _trips(spec, "WS") * _window(sw, dw, "W", "S") * _trips(spec, outside("input")))
+    inputs = _input_windows(spec) * _trips(spec, outside("input"))
     filters = Signomial.monomial(spec.p_weight * spec.size_filter) * _trips(spec, outside("filter"))
     out = spec.size_output
     total = inputs + filters + Signomial.monomial(spec.p_out * out)
