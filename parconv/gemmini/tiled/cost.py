@@ -256,6 +256,10 @@ def _cost_pieces(spec, plans, batch, config, bias, strided, dilated, piece) -> N
             {**{f"dram_{k}": v for k, v in per_tile.items()}, **rows, "exec": exec_cycles,
              "passes": passes, "mem_bound": (tile_dma > exec_cycles).astype(np.int64)}.items()}
     roofline = np.maximum(exec_cycles, tile_dma)
+    whole = {"exec": exec_cycles, "passes": passes, "load_in": load_in, "short_passes": short,
+             "short_rows": short_rows, "load_w": load_w, "moved": moved, "in_lines": in_lines,
+             "w_lines": w_lines, "stores": stores, "in_bytes": per_tile["input"],
+             "w_bytes": per_tile["weight"], "other_lines": line_rows, **commands}
     for j, (index, lo, hi) in enumerate(batch):
         plan, a, b = plans[index], bounds[j], bounds[j + 1]
         plan["chunks"].append({
@@ -265,14 +269,7 @@ def _cost_pieces(spec, plans, batch, config, bias, strided, dilated, piece) -> N
             "exec_sum": int(ints["exec"][j]), "passes_sum": int(ints["passes"][j]),
             "mem_bound": int(ints["mem_bound"][j]),
             "cycles": float(roofline[a:b].sum()), "dma": float(tile_dma[a:b].sum()),
-            "arrays": {
-                "exec": exec_cycles[a:b], "passes": passes[a:b], "load_in": load_in[a:b],
-                "short_passes": short[a:b], "short_rows": short_rows[a:b],
-                "load_w": load_w[a:b], "moved": moved[a:b],
-                "in_lines": in_lines[a:b], "w_lines": w_lines[a:b],
-                "stores": stores[a:b], "in_bytes": per_tile["input"][a:b],
-                "w_bytes": per_tile["weight"][a:b], "other_lines": line_rows[a:b],
-                **{k: v[a:b] for k, v in commands.items()}}})
+            "arrays": {k: v[a:b] for k, v in whole.items()}, "batch": (whole, a, b)})
 
 
 def _lookup(tables: list, sizes: list, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -310,10 +307,18 @@ def _calibrated_all(plans: list, constants: CycleConstants, dim: int) -> list[fl
     whose loads are already the non-consecutive ones) are spread over its loads.  Each plan's
     sums are sums of its own contiguous slice, so every figure has the bits of `layer_cycles`
     on that plan alone (a product with the plan's miss fraction is the same product, per tile)."""
-    arrays = [c["arrays"] for plan in plans for c in plan["chunks"]]
-    if not arrays:
+    chunks = [c for plan in plans for c in plan["chunks"]]
+    if not chunks:
         return []
-    cat = {k: np.concatenate([np.ravel(a[k]) for a in arrays]).astype(float) for k in arrays[0]}
+    whole, _, _ = chunks[0]["batch"]
+    if all(c["batch"][0] is whole for c in chunks) and \
+            [c["batch"][1] for c in chunks] == [0] + [c["batch"][2] for c in chunks[:-1]] \
+            and chunks[-1]["batch"][2] == len(whole["exec"]):
+        # one batch, in plan order: its arrays are already the plans' tiles laid end to end
+        cat = {k: np.asarray(v, dtype=float) for k, v in whole.items()}
+    else:
+        cat = {k: np.concatenate([np.ravel(c["arrays"][k]) for c in chunks]).astype(float)
+               for k in chunks[0]["arrays"]}
     sizes = [sum(int(np.size(c["arrays"]["exec"])) for c in plan["chunks"]) for plan in plans]
     starts = np.cumsum([0] + sizes)
     frac_in, frac_w = [], []
