@@ -186,8 +186,11 @@ def _cost_pieces(spec, plans, batch, config, bias, strided, dilated, piece) -> N
                          axis=1)
     ends = np.cumsum(sizes)
     starts = ends - sizes
-    prev, nxt = np.empty_like(cur), np.empty_like(cur)
-    prev[:, 1:], nxt[:, :-1] = cur[:, :-1], cur[:, 1:]
+    # a tile's block indices differ from the next tile's exactly where the next one's differ
+    # from its previous: one comparison gives both, the pieces' ends are fixed below
+    changed, changes = np.empty(cur.shape, dtype=bool), np.empty(cur.shape, dtype=bool)
+    np.not_equal(cur[:, 1:], cur[:, :-1], out=changed[:, 1:])
+    changes[:, :-1] = changed[:, 1:]
     # the tile before each piece's first and after its last (itself at the plan's ends)
     edge_strides = np.array([[math.prod(plan["dims"][plan["order"].index(loop) + 1:])
                               for loop in LOOPS] for plan in chosen], dtype=np.int64).T
@@ -195,14 +198,13 @@ def _cost_pieces(spec, plans, batch, config, bias, strided, dilated, piece) -> N
     before = np.array([max(lo - 1, 0) for _, lo, _ in batch], dtype=np.int64)
     after = np.array([min(hi, plan["total"] - 1) for plan, (_, _, hi) in zip(chosen, batch)],
                      dtype=np.int64)
-    prev[:, starts] = before // edge_strides % edge_trips
-    nxt[:, ends - 1] = after // edge_strides % edge_trips
+    changed[:, starts] = cur[:, starts] != before // edge_strides % edge_trips
+    changes[:, ends - 1] = cur[:, ends - 1] != after // edge_strides % edge_trips
     trips = per_tile([plan["trips"] for plan in chosen])
     flat = np.concatenate([np.arange(lo, hi, dtype=np.int64) for _, lo, hi in batch])
     last_tile = np.repeat([plan["total"] - 1 for plan in chosen], sizes)
     t = per_tile([plan["t"] for plan in chosen])
     crs = [_I[loop] for loop in "CRS"]
-    changed, changes = cur != prev, cur != nxt
     head, tail = flat == 0, flat == last_tile
     reduction_start = ~cur[crs].any(axis=0)
     reduction_end = (cur[crs] == trips[crs] - 1).all(axis=0)
