@@ -36,6 +36,13 @@ class TripCounts:
         return self._table[tiles + self._at]
 
 
+@lru_cache(maxsize=64)
+def trip_counts(ext: tuple) -> TripCounts:
+    """The `TripCounts` of the loop extents ``ext`` (a tuple), built once per layer shape (the
+    optimiser's scorer and the Gemmini screen of one search share it; never modified)."""
+    return TripCounts(ext)
+
+
 def _all_blocks(extent: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every block of every block size 1..extent of one loop: (starts, ends, index of the first
     block of each size)."""

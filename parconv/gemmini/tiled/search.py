@@ -36,7 +36,7 @@ import numpy as np
 from ...spec import ConvSpec
 from ...tiling import LOOPS, clip_array, extents
 from ...tiling.candidates import grid, ladder
-from ...tiling.totals import TripCounts, traffic_totals_clipped
+from ...tiling.totals import traffic_totals_clipped, trip_counts
 from .. import call_rules as rules
 from ..cycles import LINE_BYTES, load_constants
 
@@ -218,7 +218,7 @@ class Screen:
         self.extents = np.asarray(extents(spec))
         self.best: tuple | None = None          # (key, tile, order)
         self._exec = _LoopSumTables(spec, config, strided)
-        self._trips = TripCounts(self.extents)
+        self._trips = trip_counts(tuple(extents(spec)))
 
     def offer(self, tiles: np.ndarray) -> bool:
         """Score the fitting rows of ``tiles`` under every order; True if the best improved."""
