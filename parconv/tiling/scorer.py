@@ -16,7 +16,7 @@ import operator
 import numpy as np
 
 from ..spec import ConvSpec
-from .candidates import grid, ladder
+from .candidates import ladder_pairs
 from .model import LOOPS, Tiling, clip_array, extents
 from .totals import trip_counts, traffic_totals_clipped
 
@@ -43,9 +43,8 @@ class Scorer:
         once per search (every local search of one search uses the same)."""
         key = (free, granularity)
         if key not in self._pairs:
-            ladders = {l: ladder(int(self.extents[_I[l]]), granularity if l in "KC" else 1)
-                       for l in free}
-            self._pairs[key] = [((a, b), grid([ladders[a], ladders[b]]))
+            steps = {l: (int(self.extents[_I[l]]), granularity if l in "KC" else 1) for l in free}
+            self._pairs[key] = [((a, b), ladder_pairs(*steps[a], *steps[b]))
                                 for a, b in itertools.combinations(free, 2)]
         return self._pairs[key]
 
