@@ -70,7 +70,17 @@ _ROWS = {loops: [_I[loop] for loop in loops] for loops in ("NCHWRS", "KCRS", "NK
 def _piece_lines(row_bytes: np.ndarray, piece: int, steps: np.ndarray) -> np.ndarray:
     """`mean_piece_lines` of each row (its own start step), evaluated once per distinct (row
     length, step) pair (the tiles of a few candidates have a few)."""
-    key = row_bytes.astype(np.int64) * (int(steps.max()) + 1) + steps
+    width = int(steps.max()) + 1
+    key = row_bytes.astype(np.int64) * width + steps
+    top = int(key.max()) + 1
+    if top <= 4 * key.size:
+        # few small keys: a table indexed by the key instead of sorting the tiles' keys
+        present = np.zeros(top, dtype=bool)
+        present[key] = True
+        table = np.zeros(top)
+        table[present] = [row_piece_lines(int(k) // width, piece, int(k) % width)
+                          for k in np.flatnonzero(present)]
+        return table[key].reshape(np.shape(row_bytes))
     values, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     lines = np.array([row_piece_lines(int(row_bytes[i]), piece, int(steps[i])) for i in first],
                      dtype=float)
