@@ -127,12 +127,15 @@ def relax(spec: ConvSpec, order: str, budgets, free: str) -> np.ndarray:
     feet = footprints(spec)
     uses = [(sum((feet[name] for name in names[1:]), feet[names[0]]), cap)
             for names, cap in budgets]
+    # the objective and every budget at one point from one y (SLSQP asks for all of them at
+    # each point it visits)
+    values = _point_values([objective, *(use for use, _ in uses)], base, mask)
     # one constraint of len(budgets) rows: the rows SLSQP stacks from one constraint per
     # budget, with one call per point instead of one per budget
-    constraint = _log_constraints(uses, base, mask) if uses else None
+    constraint = _log_constraints(values, [cap for _, cap in uses], mask) if uses else None
 
     def fun(z):
-        value, grad = objective.value_grad(_full(base, mask, z))
+        value, grad = values(z)[0]
         return np.log(value), grad[mask] / value
 
     z0 = np.zeros(int(mask.sum()))
@@ -150,23 +153,32 @@ def _full(base: np.ndarray, mask: np.ndarray, z: np.ndarray) -> np.ndarray:
     return y
 
 
-def _log_constraints(uses: list, base: np.ndarray, mask: np.ndarray) -> dict:
-    """``log(cap) - log(use) >= 0`` for each (use, cap) of ``uses``, as one SLSQP constraint."""
-    last = {}          # SLSQP asks for the values and the gradients at the same point: one sum
+def _point_values(signomials: list, base: np.ndarray, mask: np.ndarray):
+    """``values(z)``: the (value, gradient) of each signomial at the block sizes of ``z``, the
+    last point's kept."""
+    last = {}
 
-    def value_grad(z):
+    def values(z):
         key = z.tobytes()
         if key not in last:
             last.clear()
             y = _full(base, mask, z)
-            last[key] = [use.value_grad(y) for use, _ in uses]
+            last[key] = [signomial.value_grad(y) for signomial in signomials]
         return last[key]
 
+    return values
+
+
+def _log_constraints(values, caps: list, mask: np.ndarray) -> dict:
+    """``log(cap) - log(use) >= 0`` for each cap of ``caps`` and use (``values(z)[1:]``), as one
+    SLSQP constraint."""
+    log_caps = [np.log(cap) for cap in caps]
+
     def fun(z):
-        return np.array([np.log(cap) - np.log(value)
-                         for (_, cap), (value, _) in zip(uses, value_grad(z))])
+        return np.array([log_cap - np.log(value)
+                         for log_cap, (value, _) in zip(log_caps, values(z)[1:])])
 
     def jac(z):
-        return np.array([-grad[mask] / value for value, grad in value_grad(z)])
+        return np.array([-grad[mask] / value for value, grad in values(z)[1:]])
 
     return {"type": "ineq", "fun": fun, "jac": jac}
