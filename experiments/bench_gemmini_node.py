@@ -34,9 +34,9 @@ from parconv.layers import get_layer  # noqa: E402
 
 #: modules of the node that keep shape-keyed caches (as `parconv.bench.forget_shapes`), in
 #: this version or in an earlier one (a baseline's missing modules are skipped)
-CACHED = ("tiling.model", "tiling.totals", "tiling.search", "gemmini.cycles",
-          "gemmini.tiled.choose", "bounds.polyphase", "bounds.workfn", "bounds.border",
-          "bounds.set_reuse")
+CACHED = ("tiling.model", "tiling.totals", "tiling.relax", "tiling.candidates", "tiling.search",
+          "gemmini.cycles", "gemmini.tiled.choose", "gemmini.vendor.heuristics",
+          "bounds.polyphase", "bounds.workfn", "bounds.border", "bounds.set_reuse")
 
 
 def load_baseline(commit: str, folder: str):

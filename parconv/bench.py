@@ -161,9 +161,10 @@ def forget_shapes() -> None:
     import importlib
     from .gemmini.tiling_cache import clear_memory
     clear_memory()
-    for module in ("parconv.tiling.model", "parconv.tiling.totals", "parconv.gemmini.cycles",
-                   "parconv.gemmini.tiled.choose", "parconv.bounds.polyphase",
-                   "parconv.bounds.workfn", "parconv.bounds.border",
+    for module in ("parconv.tiling.model", "parconv.tiling.totals", "parconv.tiling.relax",
+                   "parconv.tiling.candidates", "parconv.gemmini.cycles",
+                   "parconv.gemmini.tiled.choose", "parconv.gemmini.vendor.heuristics",
+                   "parconv.bounds.polyphase", "parconv.bounds.workfn", "parconv.bounds.border",
                    "parconv.bounds.set_reuse"):
         for name, value in vars(importlib.import_module(module)).items():
             if hasattr(value, "cache_clear") and name != "load_constants":

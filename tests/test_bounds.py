@@ -15,8 +15,9 @@ from parconv.bounds import (busy_processor_footprint, closed_form_work, im2col_b
 from parconv.bounds.sequential import (best_segment, segment_lengths, segment_term, segments,
                                        sequential_bound_value)
 from parconv.bounds.traffic import polish_traffic_dual, solve_traffic, traffic_program
-from parconv.bounds.workfn import (feasible_log_work, layer_program, output_bytes, polish_work_dual,
-                                   solve_work, used_filter_size, witness_program)
+from parconv.bounds.workfn import (feasible_log_work, feasible_log_works, layer_program,
+                                   output_bytes, polish_work_dual, solve_work, used_filter_size,
+                                   witness_program)
 from parconv.bounds.border import reuse_constant
 from parconv.errors import ParconvError
 from parconv.layers import get_layer
@@ -370,6 +371,18 @@ def test_bound_value_equals_the_full_bound_on_tiny_layers(spec, M):
     assert sequential_bound_value(spec, M) == sequential_bound(spec, M).value
     for prog in (layer_program(spec), witness_program(spec)):
         assert math.exp(feasible_log_work(prog, 3.0 * M)) <= solve_work(spec, 3.0 * M).value
+
+
+def test_feasible_log_works_are_the_scalar_values_bit_for_bit():
+    from parconv.bounds.polyphase import polyphase_program
+    spec = get_layer("resnet50.conv1", batch=4)
+    M = 327680.0
+    budgets = [2 * M + n for n in segment_lengths(M)]
+    for prog in (layer_program(spec), witness_program(spec),
+                 polyphase_program(spec, 0.5, witness=True)[0]):
+        for steps in (8, 16):
+            many = feasible_log_works(prog, budgets, steps)
+            assert many.tolist() == [feasible_log_work(prog, X, steps) for X in budgets]
 
 
 def test_im2col_bound_formula_and_the_direct_advantage():

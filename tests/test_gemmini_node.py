@@ -46,3 +46,30 @@ def test_the_library_tilings_calibrated_cycles_include_its_tile_search():
     totals = kernel.combine([stats, stats])
     assert totals["vendor"]["search_cycles"] == 2 * search
     assert totals["parconv"]["search_cycles"] == 0.0
+
+
+def test_forget_shapes_clears_every_shape_cache_of_the_search():
+    # parconv.bench.forget_shapes is what makes a benchmarked block "fresh": every lru_cache of
+    # the search's packages must be empty after it, but the per-process ones (the fitted
+    # constants, the hash of the sources)
+    import importlib
+    import pkgutil
+
+    from parconv.bench import forget_shapes
+    from parconv.gemmini.tiled.choose import choose_tiling
+    from parconv.layers import get_layer
+    spec = get_layer("resnet50.conv1", batch=1, dtype="int8")
+    choose_tiling(spec, GemminiKernel(disk_cache=False).node_config(spec))
+    forget_shapes()
+    kept = []
+    for package in ("parconv.tiling", "parconv.gemmini", "parconv.bounds"):
+        for info in pkgutil.walk_packages(importlib.import_module(package).__path__,
+                                          package + "."):
+            if info.name.endswith("__main__"):
+                continue
+            module = importlib.import_module(info.name)
+            kept += [f"{info.name}.{name}" for name, value in vars(module).items()
+                     if hasattr(value, "cache_info") and value.__module__ == info.name
+                     and value.cache_info().currsize
+                     and name not in ("load_constants", "code_version")]
+    assert not kept

@@ -26,8 +26,8 @@ from ..spec import ConvSpec
 from .border import reuse_constant, reuse_witness
 from .checks import check_bytes, check_spec
 from .polyphase import WEIGHT_EXPONENTS, is_strided, polyphase_program, polyphase_work
-from .workfn import (SHARE_STEPS, feasible_log_work, layer_program, output_bytes, output_weighted, solve_work,
-                     used_filter_size, witness_program)
+from .workfn import (SHARE_STEPS, feasible_log_works, layer_program, output_bytes,
+                     output_weighted, solve_work, used_filter_size, witness_program)
 
 __all__ = ["work_function", "closed_form_work", "sequential_bound", "sequential_bound_two_memory",
            "sequential_bound_value", "im2col_bound", "segments", "segment_lengths", "best_segment",
@@ -314,7 +314,7 @@ def term_upper(prog, work: float, M: float, outputs: float = 0.0):
     never below the segment term of a work function whose program's maximum is at most that of
     ``prog`` (the same program, or one whose rows are never above it).  Local.
 
-    From feasible points of ``prog`` (`feasible_log_work`, no solve): a value F_low <= F, and
+    From feasible points of ``prog`` (`feasible_log_works`, no solve): a value F_low <= F, and
     the term's expression with F_low in place of F; ``screen`` on a coarse grid of byte splits
     (`SCREEN_STEPS`, cheap, for every length), ``refine`` on the fine one (only where the screen
     cannot rule a length out).  `best_segment` solves only the lengths both leave open."""
@@ -322,15 +322,15 @@ def term_upper(prog, work: float, M: float, outputs: float = 0.0):
               steps: int = SHARE_STEPS) -> list[float]:
         weighted_prog = output_weighted(prog, 2 if weighted else 1)
         everything = float(weighted_prog.bytes_per @ weighted_prog.sizes)
+        budgets = [segment_budget(M, n, weighted) for n in lengths]
+        # F = all the work from the first budget holding everything: 0 there and beyond
+        count = next((i for i, X in enumerate(budgets) if everything <= X), len(budgets))
+        logs = feasible_log_works(weighted_prog, budgets[:count], steps).tolist() if count else []
         out = []
-        for n in lengths:
-            X = segment_budget(M, n, weighted)
-            if everything <= X:          # F = all the work: this length and longer ones give 0
-                out.extend([0.0] * (len(lengths) - len(out)))
-                break
-            high = segments(work, n, math.exp(feasible_log_work(weighted_prog, X, steps)))
+        for n, log_work in zip(lengths, logs):
+            high = segments(work, n, math.exp(log_work))
             out.append(high - outputs if weighted else high)
-        return out
+        return out + [0.0] * (len(lengths) - count)
     return partial(upper, steps=SCREEN_STEPS), upper
 
 

@@ -27,19 +27,16 @@ SET_PAD = 1e-12
 
 
 def used_rows(n_in: int, n_out: int, kernel: int, stride: int, pad: int, dil: int,
-               residue: int | None) -> list[np.ndarray]:
+              residue: int | None) -> list[np.ndarray]:
     """Per used tap (one that reads some row; of class `residue` if given): the row each output
-    reads, -1 where that falls in the padding."""
-    h = np.arange(n_out)
-    taps = []
-    for r in range(kernel):
-        if residue is not None and (dil * r - pad) % stride != residue:
-            continue
-        x = stride * h + dil * r - pad
-        x = np.where((x >= 0) & (x < n_in), x, -1)
-        if (x >= 0).any():
-            taps.append(x)
-    return taps
+    reads, -1 where that falls in the padding (rows of one array, all taps at once)."""
+    r = np.arange(kernel)
+    if residue is not None:
+        r = r[(dil * r - pad) % stride == residue]
+    x = stride * np.arange(n_out)[None, :] + dil * r[:, None] - pad
+    inside = (x >= 0) & (x < n_in)
+    x = np.where(inside, x, -1)
+    return list(x[inside.any(axis=1)])
 
 
 def densest(reads: list[list[int]]) -> np.ndarray:

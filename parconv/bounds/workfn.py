@@ -307,3 +307,11 @@ def feasible_log_work(prog: LayerProgram, X: float, steps: int = SHARE_STEPS) ->
     x = np.minimum(prog.sizes, _shares(steps) * (X * (1.0 - 1e-12)) / prog.bytes_per)
     values = (np.log(x) @ prog.rows.T + prog.offsets).min(axis=1)
     return float(values.max()) - _FEASIBLE_PAD
+
+
+def feasible_log_works(prog: LayerProgram, budgets, steps: int = SHARE_STEPS) -> np.ndarray:
+    """`feasible_log_work` of each of ``budgets`` (bytes) from one vectorised evaluation."""
+    X = np.asarray(budgets, dtype=float)[:, None, None]
+    x = np.minimum(prog.sizes, _shares(steps) * (X * (1.0 - 1e-12)) / prog.bytes_per)
+    values = (np.log(x) @ prog.rows.T + prog.offsets).min(axis=2)
+    return values.max(axis=1) - _FEASIBLE_PAD

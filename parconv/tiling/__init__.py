@@ -1,7 +1,7 @@
 """Node-level tilings of one convolution (docs/theory.md section 6).  Pure, no MPI.
 
 * `model`: tilings, memories, footprints and the exact traffic of a (tiling, loop order) pair;
-* `relax`: the continuous relaxation of the tiling problem;
+* `relax`: the continuous relaxation of the tiling problem (its SLSQP solves: `slsqp`);
 * `search`: the optimiser (relaxation, integer neighbourhood, local search), with its
   candidate sizes (`candidates`), scoring and local search (`scorer`) and the vectorised exact
   traffic (`totals`).

@@ -4,12 +4,14 @@ Pure data, no MPI.
 * `near_sizes`: integer sizes around one continuous optimum of the relaxation;
 * `ladder`: every size that is the smallest with its trip count, and granularity multiples (the
   values a pairwise move tries; also the Gemmini screen's, `parconv.gemmini.tiled.search`);
-* `grid`: every combination of per-loop value sets, one row each.
+* `grid`: every combination of per-loop value sets, one row each;
+* `ladder_pairs`: the `grid` of two ladders, once per pair of (extent, granularity).
 """
 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 
@@ -47,3 +49,14 @@ def grid(values: list) -> np.ndarray:
         inner //= sizes[j]
         out[:, j] = np.tile(np.repeat(column, inner), total // (inner * sizes[j]))
     return out
+
+
+@lru_cache(maxsize=256)
+def ladder_pairs(extent_a: int, granularity_a: int, extent_b: int, granularity_b: int
+                 ) -> np.ndarray:
+    """``grid([ladder(extent_a, granularity_a), ladder(extent_b, granularity_b)])``, built once
+    per layer shape (the optimiser's pairwise moves and the Gemmini screen's share most of
+    them); read-only."""
+    pairs = grid([ladder(extent_a, granularity_a), ladder(extent_b, granularity_b)])
+    pairs.setflags(write=False)
+    return pairs

@@ -13,11 +13,13 @@ every candidate with the exact model.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
-from ..bounds.workfn import minimize
 from ..spec import ConvSpec
 from .model import DEPENDS, LOOPS, REUSE_LOOPS, extents
+from .slsqp import minimize_slsqp
 
 
 class Signomial:
@@ -55,8 +57,10 @@ def _window(stride: int, dil: int, out_loop: str, tap_loop: str) -> Signomial:
             + Signomial.monomial(1 - stride - dil))
 
 
+@lru_cache(maxsize=64)
 def footprints(spec: ConvSpec) -> dict[str, Signomial]:
-    """Bytes of one block of each array as signomials (halo included, no granularity)."""
+    """Bytes of one block of each array as signomials (halo included, no granularity); once
+    per layer shape (the relaxations of its loop orders share them; never modified)."""
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
     return {"input": Signomial.monomial(spec.p_in, N=1, C=1) * _window(sh, dh, "H", "R")
             * _window(sw, dw, "W", "S"),
@@ -70,16 +74,23 @@ def _trips(spec: ConvSpec, loops: str) -> Signomial:
     return Signomial.monomial(float(np.prod([ext[l] for l in loops])), **{l: -1 for l in loops})
 
 
+@lru_cache(maxsize=64)
+def _input_windows(spec: ConvSpec) -> Signomial:
+    """The input bytes of `modelled_traffic` before the reloads of its order (every order's
+    first factors, the same products once per layer shape)."""
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    n, c = spec.batch, spec.in_channels
+    return (Signomial.monomial(spec.p_in * n * c) * _trips(spec, "HR") * _window(sh, dh, "H", "R")
+            * _trips(spec, "WS") * _window(sw, dw, "W", "S"))
+
+
 def modelled_traffic(spec: ConvSpec, order: str) -> Signomial:
     """Continuous traffic (bytes) of the loop order `order` as a signomial in the block sizes."""
     def outside(array: str) -> str:
         innermost = max(order.index(l) for l in DEPENDS[array])
         return "".join(l for l in REUSE_LOOPS[array] if order.index(l) < innermost)
 
-    (sh, sw), (dh, dw) = spec.stride, spec.dilation
-    n, c = spec.batch, spec.in_channels
-    inputs = (Signomial.monomial(spec.p_in * n * c) * _trips(spec, "HR") * _window(sh, dh, "H", "R")
-              * _trips(spec, "WS") * _window(sw, dw, "W", "S") * _trips(spec, outside("input")))
+    inputs = _input_windows(spec) * _trips(spec, outside("input"))
     filters = Signomial.monomial(spec.p_weight * spec.size_filter) * _trips(spec, outside("filter"))
     out = spec.size_output
     total = inputs + filters + Signomial.monomial(spec.p_out * out)
@@ -116,21 +127,23 @@ def relax(spec: ConvSpec, order: str, budgets, free: str) -> np.ndarray:
     feet = footprints(spec)
     uses = [(sum((feet[name] for name in names[1:]), feet[names[0]]), cap)
             for names, cap in budgets]
+    # the objective and every budget at one point from one y (SLSQP asks for all of them at
+    # each point it visits)
+    values = _point_values([objective, *(use for use, _ in uses)], base, mask)
     # one constraint of len(budgets) rows: the rows SLSQP stacks from one constraint per
     # budget, with one call per point instead of one per budget
-    constraints = [_log_constraints(uses, base, mask)] if uses else []
+    constraint = _log_constraints(values, [cap for _, cap in uses], mask) if uses else None
 
     def fun(z):
-        value, grad = objective.value_grad(_full(base, mask, z))
+        value, grad = values(z)[0]
         return np.log(value), grad[mask] / value
 
     z0 = np.zeros(int(mask.sum()))
     if not z0.size:
         return np.exp(base)
-    result = minimize(fun, z0, jac=True, method="SLSQP", constraints=constraints,
-                      bounds=list(zip(np.zeros(z0.size), np.log(ext[mask]))),
-                      options={"maxiter": 200, "ftol": 1e-10})
-    z = result.x if result.success and np.all(np.isfinite(result.x)) else z0
+    x, success = minimize_slsqp(fun, z0, np.zeros(z0.size), np.log(ext[mask]), constraint,
+                                maxiter=200, ftol=1e-10)
+    z = x if success and np.all(np.isfinite(x)) else z0
     return np.clip(np.exp(_full(base, mask, z)), 1.0, ext)
 
 
@@ -140,23 +153,32 @@ def _full(base: np.ndarray, mask: np.ndarray, z: np.ndarray) -> np.ndarray:
     return y
 
 
-def _log_constraints(uses: list, base: np.ndarray, mask: np.ndarray) -> dict:
-    """``log(cap) - log(use) >= 0`` for each (use, cap) of ``uses``, as one SLSQP constraint."""
-    last = {}          # SLSQP asks for the values and the gradients at the same point: one sum
+def _point_values(signomials: list, base: np.ndarray, mask: np.ndarray):
+    """``values(z)``: the (value, gradient) of each signomial at the block sizes of ``z``, the
+    last point's kept."""
+    last = {}
 
-    def value_grad(z):
+    def values(z):
         key = z.tobytes()
         if key not in last:
             last.clear()
             y = _full(base, mask, z)
-            last[key] = [use.value_grad(y) for use, _ in uses]
+            last[key] = [signomial.value_grad(y) for signomial in signomials]
         return last[key]
 
+    return values
+
+
+def _log_constraints(values, caps: list, mask: np.ndarray) -> dict:
+    """``log(cap) - log(use) >= 0`` for each cap of ``caps`` and use (``values(z)[1:]``), as one
+    SLSQP constraint."""
+    log_caps = [np.log(cap) for cap in caps]
+
     def fun(z):
-        return np.array([np.log(cap) - np.log(value)
-                         for (_, cap), (value, _) in zip(uses, value_grad(z))])
+        return np.array([log_cap - np.log(value)
+                         for log_cap, (value, _) in zip(log_caps, values(z)[1:])])
 
     def jac(z):
-        return np.array([-grad[mask] / value for value, grad in value_grad(z)])
+        return np.array([-grad[mask] / value for value, grad in values(z)[1:]])
 
     return {"type": "ineq", "fun": fun, "jac": jac}

@@ -16,9 +16,9 @@ import operator
 import numpy as np
 
 from ..spec import ConvSpec
-from .candidates import grid, ladder
+from .candidates import ladder_pairs
 from .model import LOOPS, Tiling, clip_array, extents
-from .totals import TripCounts, traffic_totals_clipped
+from .totals import trip_counts, traffic_totals_clipped
 
 _I = {loop: i for i, loop in enumerate(LOOPS)}
 #: pairwise moves scored in one vectorised call (`local_search`; the later ones of a call are
@@ -36,16 +36,15 @@ class Scorer:
         self.best: tuple | None = None          # (total, tiles, tile tuple, order)
         self.moves: dict = {}                   # pairwise move -> best of its grid
         self._pairs: dict = {}                  # (free loops, granularity) -> pair grids
-        self.trips = TripCounts(self.extents)   # trip counts of clipped tiles
+        self.trips = trip_counts(tuple(extents(spec)))   # of clipped tiles
 
     def pair_grids(self, free: str, granularity: int) -> list:
         """((a, b), every combination of the two ladders) for each pair of free loops, built
         once per search (every local search of one search uses the same)."""
         key = (free, granularity)
         if key not in self._pairs:
-            ladders = {l: ladder(int(self.extents[_I[l]]), granularity if l in "KC" else 1)
-                       for l in free}
-            self._pairs[key] = [((a, b), grid([ladders[a], ladders[b]]))
+            steps = {l: (int(self.extents[_I[l]]), granularity if l in "KC" else 1) for l in free}
+            self._pairs[key] = [((a, b), ladder_pairs(*steps[a], *steps[b]))
                                 for a, b in itertools.combinations(free, 2)]
         return self._pairs[key]
 

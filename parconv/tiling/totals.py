@@ -36,6 +36,13 @@ class TripCounts:
         return self._table[tiles + self._at]
 
 
+@lru_cache(maxsize=64)
+def trip_counts(ext: tuple) -> TripCounts:
+    """The `TripCounts` of the loop extents ``ext`` (a tuple), built once per layer shape (the
+    optimiser's scorer and the Gemmini screen of one search share it; never modified)."""
+    return TripCounts(ext)
+
+
 def _all_blocks(extent: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every block of every block size 1..extent of one loop: (starts, ends, index of the first
     block of each size)."""
@@ -113,39 +120,41 @@ def traffic_totals_clipped(spec: ConvSpec, t: np.ndarray, trips: np.ndarray,
 
 def _multipliers(trips: np.ndarray, code: np.ndarray, orders: tuple) -> list:
     """Per array, the (len(orders), m) products of the trip counts of its reuse loops whose
-    mask meets ``code``: one operation per reuse loop and distinct mask, shared by the orders
-    with that mask (an order whose mask is 0 skips the loop)."""
+    mask meets ``code``.  Reuse loops with the same mask in an order multiply together or not
+    at all, so their trip counts are multiplied first (once for every mask and order that
+    shares the loops) and one selection per distinct mask follows (exact integers)."""
     out = []
-    for steps in _factor_plan(orders):
-        rows = [None] * len(orders)
-        for loop, shared in steps:
-            column = trips[:, loop]
+    for groups in _factor_plan(orders):
+        result = np.ones((len(orders), len(code)), dtype=np.int64)
+        for loops, shared in groups:
+            column = trips[:, loops[0]]
+            for loop in loops[1:]:
+                column = column * trips[:, loop]
             for bits, users in shared:
                 factor = np.where(code & bits, column, 1)
                 for o in users:
-                    rows[o] = factor if rows[o] is None else rows[o] * factor
-        result = np.ones((len(orders), len(code)), dtype=np.int64)
-        for o, row in enumerate(rows):
-            if row is not None:
-                result[o] = row
+                    result[o] *= factor
         out.append(result)
     return out
 
 
 @lru_cache(maxsize=64)
 def _factor_plan(orders: tuple) -> tuple:
-    """`_mask_table` as, per array, (reuse loop, ((mask, orders with that mask), ...)) for each
-    loop, nonzero masks only: the work of `_multipliers` decided once per tuple of orders."""
+    """`_mask_table` as, per array, ((reuse loops with one mask), ((mask, orders), ...)) groups:
+    in each order the loops of one nonzero mask, grouped over the orders by the same loops
+    (their product is shared) and then by the same mask (the selection is shared)."""
     plan = []
     for loops, masks in _mask_table(orders):
-        steps = []
-        for loop, mask in zip(loops, masks):
-            users: dict = {}
-            for o, bits in enumerate(mask.tolist()):
-                if bits:
-                    users.setdefault(bits, []).append(o)
-            steps.append((loop, tuple((bits, tuple(os)) for bits, os in users.items())))
-        plan.append(tuple(steps))
+        groups: dict = {}
+        for o in range(len(orders)):
+            by_mask: dict = {}
+            for loop, mask in zip(loops, masks):
+                if int(mask[o]):
+                    by_mask.setdefault(int(mask[o]), []).append(loop)
+            for bits, members in by_mask.items():
+                groups.setdefault(tuple(members), {}).setdefault(bits, []).append(o)
+        plan.append(tuple((members, tuple((bits, tuple(users)) for bits, users in shared.items()))
+                          for members, shared in groups.items()))
     return tuple(plan)
 
 

@@ -70,7 +70,17 @@ _ROWS = {loops: [_I[loop] for loop in loops] for loops in ("NCHWRS", "KCRS", "NK
 def _piece_lines(row_bytes: np.ndarray, piece: int, steps: np.ndarray) -> np.ndarray:
     """`mean_piece_lines` of each row (its own start step), evaluated once per distinct (row
     length, step) pair (the tiles of a few candidates have a few)."""
-    key = row_bytes.astype(np.int64) * (int(steps.max()) + 1) + steps
+    width = int(steps.max()) + 1
+    key = row_bytes.astype(np.int64) * width + steps
+    top = int(key.max()) + 1
+    if top <= 4 * key.size:
+        # few small keys: a table indexed by the key instead of sorting the tiles' keys
+        present = np.zeros(top, dtype=bool)
+        present[key] = True
+        table = np.zeros(top)
+        table[present] = [row_piece_lines(int(k) // width, piece, int(k) % width)
+                          for k in np.flatnonzero(present)]
+        return table[key].reshape(np.shape(row_bytes))
     values, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     lines = np.array([row_piece_lines(int(row_bytes[i]), piece, int(steps[i])) for i in first],
                      dtype=float)
@@ -186,8 +196,11 @@ def _cost_pieces(spec, plans, batch, config, bias, strided, dilated, piece) -> N
                          axis=1)
     ends = np.cumsum(sizes)
     starts = ends - sizes
-    prev, nxt = np.empty_like(cur), np.empty_like(cur)
-    prev[:, 1:], nxt[:, :-1] = cur[:, :-1], cur[:, 1:]
+    # a tile's block indices differ from the next tile's exactly where the next one's differ
+    # from its previous: one comparison gives both, the pieces' ends are fixed below
+    changed, changes = np.empty(cur.shape, dtype=bool), np.empty(cur.shape, dtype=bool)
+    np.not_equal(cur[:, 1:], cur[:, :-1], out=changed[:, 1:])
+    changes[:, :-1] = changed[:, 1:]
     # the tile before each piece's first and after its last (itself at the plan's ends)
     edge_strides = np.array([[math.prod(plan["dims"][plan["order"].index(loop) + 1:])
                               for loop in LOOPS] for plan in chosen], dtype=np.int64).T
@@ -195,14 +208,13 @@ def _cost_pieces(spec, plans, batch, config, bias, strided, dilated, piece) -> N
     before = np.array([max(lo - 1, 0) for _, lo, _ in batch], dtype=np.int64)
     after = np.array([min(hi, plan["total"] - 1) for plan, (_, _, hi) in zip(chosen, batch)],
                      dtype=np.int64)
-    prev[:, starts] = before // edge_strides % edge_trips
-    nxt[:, ends - 1] = after // edge_strides % edge_trips
+    changed[:, starts] = cur[:, starts] != before // edge_strides % edge_trips
+    changes[:, ends - 1] = cur[:, ends - 1] != after // edge_strides % edge_trips
     trips = per_tile([plan["trips"] for plan in chosen])
     flat = np.concatenate([np.arange(lo, hi, dtype=np.int64) for _, lo, hi in batch])
     last_tile = np.repeat([plan["total"] - 1 for plan in chosen], sizes)
     t = per_tile([plan["t"] for plan in chosen])
     crs = [_I[loop] for loop in "CRS"]
-    changed, changes = cur != prev, cur != nxt
     head, tail = flat == 0, flat == last_tile
     reduction_start = ~cur[crs].any(axis=0)
     reduction_end = (cur[crs] == trips[crs] - 1).all(axis=0)
@@ -256,6 +268,10 @@ def _cost_pieces(spec, plans, batch, config, bias, strided, dilated, piece) -> N
             {**{f"dram_{k}": v for k, v in per_tile.items()}, **rows, "exec": exec_cycles,
              "passes": passes, "mem_bound": (tile_dma > exec_cycles).astype(np.int64)}.items()}
     roofline = np.maximum(exec_cycles, tile_dma)
+    whole = {"exec": exec_cycles, "passes": passes, "load_in": load_in, "short_passes": short,
+             "short_rows": short_rows, "load_w": load_w, "moved": moved, "in_lines": in_lines,
+             "w_lines": w_lines, "stores": stores, "in_bytes": per_tile["input"],
+             "w_bytes": per_tile["weight"], "other_lines": line_rows, **commands}
     for j, (index, lo, hi) in enumerate(batch):
         plan, a, b = plans[index], bounds[j], bounds[j + 1]
         plan["chunks"].append({
@@ -265,14 +281,7 @@ def _cost_pieces(spec, plans, batch, config, bias, strided, dilated, piece) -> N
             "exec_sum": int(ints["exec"][j]), "passes_sum": int(ints["passes"][j]),
             "mem_bound": int(ints["mem_bound"][j]),
             "cycles": float(roofline[a:b].sum()), "dma": float(tile_dma[a:b].sum()),
-            "arrays": {
-                "exec": exec_cycles[a:b], "passes": passes[a:b], "load_in": load_in[a:b],
-                "short_passes": short[a:b], "short_rows": short_rows[a:b],
-                "load_w": load_w[a:b], "moved": moved[a:b],
-                "in_lines": in_lines[a:b], "w_lines": w_lines[a:b],
-                "stores": stores[a:b], "in_bytes": per_tile["input"][a:b],
-                "w_bytes": per_tile["weight"][a:b], "other_lines": line_rows[a:b],
-                **{k: v[a:b] for k, v in commands.items()}}})
+            "arrays": {k: v[a:b] for k, v in whole.items()}, "batch": (whole, a, b)})
 
 
 def _lookup(tables: list, sizes: list, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -310,10 +319,18 @@ def _calibrated_all(plans: list, constants: CycleConstants, dim: int) -> list[fl
     whose loads are already the non-consecutive ones) are spread over its loads.  Each plan's
     sums are sums of its own contiguous slice, so every figure has the bits of `layer_cycles`
     on that plan alone (a product with the plan's miss fraction is the same product, per tile)."""
-    arrays = [c["arrays"] for plan in plans for c in plan["chunks"]]
-    if not arrays:
+    chunks = [c for plan in plans for c in plan["chunks"]]
+    if not chunks:
         return []
-    cat = {k: np.concatenate([np.ravel(a[k]) for a in arrays]).astype(float) for k in arrays[0]}
+    whole, _, _ = chunks[0]["batch"]
+    if all(c["batch"][0] is whole for c in chunks) and \
+            [c["batch"][1] for c in chunks] == [0] + [c["batch"][2] for c in chunks[:-1]] \
+            and chunks[-1]["batch"][2] == len(whole["exec"]):
+        # one batch, in plan order: its arrays are already the plans' tiles laid end to end
+        cat = {k: np.asarray(v, dtype=float) for k, v in whole.items()}
+    else:
+        cat = {k: np.concatenate([np.ravel(c["arrays"][k]) for c in chunks]).astype(float)
+               for k in chunks[0]["arrays"]}
     sizes = [sum(int(np.size(c["arrays"]["exec"])) for c in plan["chunks"]) for plan in plans]
     starts = np.cumsum([0] + sizes)
     frac_in, frac_w = [], []

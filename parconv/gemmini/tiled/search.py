@@ -35,8 +35,8 @@ import numpy as np
 
 from ...spec import ConvSpec
 from ...tiling import LOOPS, clip_array, extents
-from ...tiling.candidates import grid, ladder
-from ...tiling.totals import TripCounts, traffic_totals_clipped
+from ...tiling.candidates import ladder_pairs
+from ...tiling.totals import traffic_totals_clipped, trip_counts
 from .. import call_rules as rules
 from ..cycles import LINE_BYTES, load_constants
 
@@ -218,7 +218,7 @@ class Screen:
         self.extents = np.asarray(extents(spec))
         self.best: tuple | None = None          # (key, tile, order)
         self._exec = _LoopSumTables(spec, config, strided)
-        self._trips = TripCounts(self.extents)
+        self._trips = trip_counts(tuple(extents(spec)))
 
     def offer(self, tiles: np.ndarray) -> bool:
         """Score the fitting rows of ``tiles`` under every order; True if the best improved."""
@@ -327,8 +327,9 @@ def refine(spec: ConvSpec, memory, config, seeds, orders, strided: bool = False,
     window = (ext[5], ext[6])
     free = "NKCHW" if screen.best[1][5:] == window else LOOPS
     granular = {"K": config.dim, "C": config.dim, "W": config.dim}
-    ladders = {loop: ladder(ext[_I[loop]], granular.get(loop, 1)) for loop in free}
-    pairs = [((a, b), grid([ladders[a], ladders[b]])) for a, b in itertools.combinations(free, 2)]
+    steps = {loop: (int(ext[_I[loop]]), granular.get(loop, 1)) for loop in free}
+    pairs = [((a, b), ladder_pairs(*steps[a], *steps[b]))
+             for a, b in itertools.combinations(free, 2)]
 
     # the other five block sizes of a tile, per pair (itemgetter of five items: a tuple)
     others = [operator.itemgetter(*(i for i in range(len(LOOPS)) if i not in (_I[a], _I[b])))

@@ -10,6 +10,7 @@ its steps (the core's cost of the search, priced by `parconv.gemmini.cycles.auto
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 from ...errors import ParconvError
@@ -134,8 +135,12 @@ def conv_auto(spec, config: GemminiConfig | None = None, pool=None) -> VendorCon
     3x3, 56x56, 64 -> 64, stride 1, batch 1: phase 1 ends at (1,22,23,16,3,3,16), phase 2 cannot
     grow pocols, phase 3 grows kchs to 64: (1,22,23,16,3,3,64), 2976 spad rows, 506 acc rows.
     """
-    config = (config or DEFAULT_CONFIG).for_spec(spec)
-    pool = as_pool(pool)
+    return _conv_auto_of(spec, (config or DEFAULT_CONFIG).for_spec(spec), as_pool(pool))
+
+
+@functools.lru_cache(maxsize=256)
+def _conv_auto_of(spec, config: GemminiConfig, pool) -> VendorConvTile:
+    # once per layer shape: the library's cost and its replayed tile search both start from it
     downsample = uses_downsample(spec, config, pool)
     max_args = conv_extents(spec, pool)
 
