@@ -164,8 +164,8 @@ def forget_shapes() -> None:
     for module in ("parconv.tiling.model", "parconv.tiling.totals", "parconv.tiling.relax",
                    "parconv.tiling.candidates", "parconv.gemmini.cycles",
                    "parconv.gemmini.tiled.choose", "parconv.gemmini.vendor.heuristics",
-                   "parconv.bounds.polyphase", "parconv.bounds.workfn", "parconv.bounds.border",
-                   "parconv.bounds.set_reuse"):
+                   "parconv.bounds.polyphase", "parconv.bounds.workfn", "parconv.bounds.traffic",
+                   "parconv.bounds.border", "parconv.bounds.set_reuse"):
         for name, value in vars(importlib.import_module(module)).items():
             if hasattr(value, "cache_clear") and name != "load_constants":
                 value.cache_clear()
