@@ -46,7 +46,7 @@ from parconv.gemmini.config import GemminiConfig  # noqa: E402
 from parconv.gemmini.cycles import (CONSTANTS_PATH, FIELDS, CycleConstants,  # noqa: E402
                                     auto_search_cycles, call_cycles, layer_cycles)
 from parconv.gemmini.vendor.calibrated import commands_of, short_of  # noqa: E402
-from parconv.gemmini.vendor.calls import vendor_layer_cost  # noqa: E402
+from parconv.gemmini.vendor.layer_cost import vendor_layer_cost  # noqa: E402
 from parconv.gemmini.vendor.firesim import firesim_cost  # noqa: E402
 from parconv.gemmini.vendor.heuristics import auto_search_steps  # noqa: E402
 from parconv.spec import ConvSpec  # noqa: E402

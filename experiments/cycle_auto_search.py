@@ -39,7 +39,7 @@ from parconv.gemmini.config import GemminiConfig  # noqa: E402
 def main() -> int:
     from calibrate_cycles import (FINAL, MEASURED, PREVIOUS, START, model_cycles, resnet_rows,
                                   row_spec)
-    from parconv.gemmini.vendor.calls import vendor_layer_cost
+    from parconv.gemmini.vendor.layer_cost import vendor_layer_cost
     constants = cycles.load_constants()
     theta = constants.vector()
     rows = resnet_rows()

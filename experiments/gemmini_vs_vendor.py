@@ -3,7 +3,7 @@
 
 Every ResNet-50 convolution (batch 1 and 4), every VGG-16 convolution (batch 1 and 4) and every
 AlexNet convolution (batch 1 and 4) is modelled with both tilings (analytical models:
-`parconv.gemmini.vendor.calls.vendor_layer_cost` for the library's loop,
+`parconv.gemmini.vendor.layer_cost.vendor_layer_cost` for the library's loop,
 `parconv.gemmini.tiled.cost.tiling_cost` for parconv's; the executor counts the same bytes, see
 tests/test_gemmini_exec.py, and ``--execute N`` re-checks N layers on data).  Default Gemmini
 (256 KiB scratchpad, 64 KiB accumulator), ``dev`` semantics.  Speed is the calibrated cycle model
@@ -38,7 +38,7 @@ sys.path.insert(0, ROOT)
 
 from parconv.gemmini.config import GemminiConfig  # noqa: E402
 from parconv.gemmini.tiled.choose import choose_tiling, vendor_tuple  # noqa: E402
-from parconv.gemmini.vendor.calls import vendor_layer_cost  # noqa: E402
+from parconv.gemmini.vendor.layer_cost import vendor_layer_cost  # noqa: E402
 from parconv.gemmini.vendor.heuristics import conv_auto  # noqa: E402
 from parconv.layers import get_layer, layer_names  # noqa: E402
 from parconv.spec import ConvSpec  # noqa: E402

@@ -16,7 +16,7 @@ from parconv.gemmini.cycles import (FIELDS, CycleConstants, call_cycles, command
                                     load_misses, mean_lines, mean_piece_lines,
                                     pass_floor_cycles, row_piece_lines)
 from parconv.gemmini.tiled.cost import tiling_cost
-from parconv.gemmini.vendor.calls import vendor_layer_cost
+from parconv.gemmini.vendor.layer_cost import vendor_layer_cost
 from parconv.gemmini.vendor.firesim import firesim_cost
 from parconv.gemmini.vendor.heuristics import auto_search_steps
 from parconv.gemmini.config import GemminiConfig

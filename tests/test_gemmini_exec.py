@@ -26,7 +26,7 @@ from parconv.gemmini.tiled.choose import (GemminiMemory, choose_tiling, run_parc
 from parconv.gemmini.tiled.cost import tiling_cost
 from parconv.gemmini.tiled.search import (CYCLE_SLACK, _LoopSumTables, bias_totals,
                                           exec_and_passes, exec_totals)
-from parconv.gemmini.vendor.calls import vendor_layer_cost
+from parconv.gemmini.vendor.layer_cost import vendor_layer_cost
 from parconv.gemmini.vendor.run import run_vendor
 from parconv.kernels import reference_conv2d
 from parconv.layers import get_layer

@@ -27,7 +27,7 @@ def test_the_library_tilings_calibrated_cycles_include_its_tile_search():
     # the vendor block is tiled_conv_auto (it searches its tile on the core first); parconv's
     # tiling is given to tiled_conv and searches nothing; the totals add the ranks' searches
     from parconv.gemmini.cycles import auto_search_cycles
-    from parconv.gemmini.vendor.calls import vendor_layer_cost
+    from parconv.gemmini.vendor.layer_cost import vendor_layer_cost
     from parconv.gemmini.vendor.heuristics import auto_search_steps
     kernel = GemminiKernel(disk_cache=False)
     spec = ConvSpec(batch=1, in_channels=32, out_channels=48, in_size=(12, 12), kernel_size=3,

@@ -18,8 +18,8 @@ Pure modules, no MPI:
 from .config import (DEFAULT_CONFIG, NAMED_CONFIGS, NO_POOL, GemminiConfig, Pool,
                      downsample_eligible, footprint_rows, uses_downsample)
 from .cycles import CycleConstants, call_cycles, load_constants
-from .vendor.calls import (LayerCost, VendorCall, VendorLoop, cost_by_walking, iter_calls,
-                           vendor_layer_cost, vendor_loop)
+from .vendor.calls import VendorCall, VendorLoop, iter_calls, vendor_loop
+from .vendor.layer_cost import LayerCost, cost_by_walking, vendor_layer_cost
 from .vendor.firesim import firesim_cost
 from .vendor.heuristics import (VendorConvTile, VendorMatmulTile, conv_auto, conv_extents,
                                 matmul_auto)

@@ -4,7 +4,7 @@ Pure integers, no MPI.  One *call* is one ``sp_tiled_conv`` (one ``loop_conv_ws`
 ``tiled_conv``'s loop nest ``b -> porow -> pocol -> poch -> krow -> kcol -> kch``.  Every function
 here is elementwise: it takes Python ints or numpy integer arrays (broadcasting), so the literal
 call-by-call walk (`parconv.gemmini.vendor.calls.iter_calls`) and the grouped evaluation of a whole layer
-(`parconv.gemmini.vendor.calls.vendor_layer_cost`) share one definition.  A tile executor that moves real
+(`parconv.gemmini.vendor.layer_cost.vendor_layer_cost`) share one definition.  A tile executor that moves real
 data must follow the same windows to count the same bytes.
 
 Windows of one call along one spatial axis (rows; columns likewise), `axis_window`:

@@ -5,7 +5,7 @@ interface").  Pure, no MPI.
 tiling (`parconv.gemmini.tiled.choose.choose_tiling`, searched once per block shape and kept in
 the process and on disk: `parconv.gemmini.tiling_cache`), returns the exact partial output, and
 evaluates the vendor tiling (``tiled_conv_auto``) on the same block with the analytical model of
-`parconv.gemmini.vendor.calls` (the executor is run once, for parconv's tiling).
+`parconv.gemmini.vendor.layer_cost` (the executor is run once, for parconv's tiling).
 
 Element sizes on a rank: the local block's output is a partial sum that the engine reduces over
 the C group, so it leaves Gemmini as ``spec.dtype_out`` (int32 for int8 layers: a full-precision

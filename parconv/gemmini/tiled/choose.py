@@ -50,7 +50,7 @@ from .. import call_rules
 from ..config import DEFAULT_CONFIG, GemminiConfig
 from ..executor import TileExecutor
 from ..schedule_check import TileSchedule
-from ..vendor.calls import vendor_layer_cost
+from ..vendor.layer_cost import vendor_layer_cost
 from ..vendor.run import run_vendor
 from .cost import ModelCost, tiling_costs
 from .search import CYCLE_SLACK, bias_totals, refine

@@ -1,7 +1,7 @@
 """Inputs of the calibrated cycle model for the library's loop, per group of identical calls.
 
 Pure numpy.  `calibration_terms` turns the call groups of
-`parconv.gemmini.vendor.calls.vendor_layer_cost` into the quantities of
+`parconv.gemmini.vendor.layer_cost.vendor_layer_cost` into the quantities of
 `parconv.gemmini.cycles.layer_cycles` (execute cycles, passes, DMA lines that hit or miss the L2,
 bytes moved, store rows, missed bytes); `calibrated_total` sums the model over the groups.  The fit
 (``experiments/calibrate_cycles.py``) evaluates the terms once per measured layer and the model

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ...errors import ParconvError
 from ..config import GemminiConfig
-from .calls import LayerCost, vendor_layer_cost
+from .layer_cost import LayerCost, vendor_layer_cost
 from .heuristics import conv_extents
 
 #: the library letters of a DOSA loop order

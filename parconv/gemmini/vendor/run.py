@@ -3,7 +3,7 @@
 `vendor_calls` turns the loop nest of `parconv.gemmini.vendor.calls.vendor_loop` into the executor's
 `TileCall` records (the library's windows, truncation and pointer rules, from
 `parconv.gemmini.call_rules`); `run_vendor` executes them on data.  The executor then moves the
-data and counts the bytes itself, which must equal `parconv.gemmini.vendor.calls.vendor_layer_cost`.
+data and counts the bytes itself, which must equal `parconv.gemmini.vendor.layer_cost.vendor_layer_cost`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def vendor_calls(loop) -> list[TileCall]:
     """
     if loop.pooled:
         raise ParconvError("the tile executor does not model a fused max-pool; use "
-                           "parconv.gemmini.vendor.calls.vendor_layer_cost for pooled layers")
+                           "parconv.gemmini.vendor.layer_cost.vendor_layer_cost for pooled layers")
     step = 2 if loop.downsample else 1
     starts = [[int(v) for v in loop.starts(i)] for i in range(7)]
     sizes = [[int(v) for v in loop.sizes(i)] for i in range(7)]
