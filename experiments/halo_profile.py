@@ -18,18 +18,21 @@ is taken here over sets whose rows and columns are centred intervals (rearrangin
 row, to a centred interval never raises the cut: the one-dimensional Riesz inequality for the
 window {-1, 0, 1}), by a DP over unimodal row lengths, and checked by exhaustion on a small box.
 
-The script prints both checks and, for the layer at P ranks (each busy processor holding 1/f
+The script prints its checks and, for the layer at P ranks (each busy processor holding 1/f
 of an image plane), what the argument would charge: if a processor's pairs must reach its share
 of a plane's pairs, F / f, then |X| + |Y| >= (2 F / f + LB) / 9 with LB = sum of the four class
 profiles, so beyond its share of inputs and outputs it holds delta = (LB - 2 (9 A - F) / f) / 9
-pixels, C delta input elements.  It assumes the four classes hold equal numbers of points (the
-case of every grid block); an unequal split is what the argument does not yet bound (theory.md
-5.7).  Nothing here enters parconv's bounds.
+pixels, C delta input elements: first with the four classes holding equal numbers of points
+(the case of every grid block), then for any split, where the class counts bound the sum too
+(`median_term`: at least 6 times their spread).  One image only; several images and the
+filter are what the argument does not yet cover (theory.md 5.7).  Nothing here enters
+parconv's bounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -67,8 +70,33 @@ def framed(block: np.ndarray, pad: int = 3) -> np.ndarray:
     return np.pad(block.astype(bool), pad)
 
 
+def class_counts(Z: np.ndarray) -> np.ndarray:
+    """Points of Z in each parity class (row parity, column parity), as a 2x2 array."""
+    return np.array([[int(Z[p::2, q::2].sum()) for q in (0, 1)] for p in (0, 1)])
+
+
+def count_term(y: np.ndarray, x: np.ndarray) -> int:
+    """sum_t sum_c | y_c - x_(c + t) |, the classes' share of sum_t |Y ^ (X - t)| (taps t mod 2:
+    (0,0) once, (1,0) and (0,1) twice, (1,1) four times)."""
+    return sum(int(np.abs(y - np.roll(x, (-a, -b), axis=(0, 1))).sum()) for a, b in TAPS)
+
+
+def median_term(z: np.ndarray) -> float:
+    """The least count_term over the other set's class counts, given this set's: per class e of
+    the other set, the weighted L1 distance of the four counts from their weighted median."""
+    total = 0.0
+    for e in itertools.product((0, 1), repeat=2):
+        values, weights = [], []
+        for c in itertools.product((0, 1), repeat=2):
+            sigma = ((e[0] - c[0]) % 2, (e[1] - c[1]) % 2)
+            values.append(z[c])
+            weights.append(sum(1 for a, b in TAPS if (a % 2, b % 2) == sigma))
+        total += min(sum(w * abs(v - m) for v, w in zip(values, weights)) for m in values)
+    return total
+
+
 def check_identity(trials: int, rng) -> None:
-    """The identity and both inequalities on random sets (fails loudly)."""
+    """The identity and the three inequalities on random sets (fails loudly)."""
     for _ in range(trials):
         h, w = rng.integers(2, 9, 2)
         X = framed(rng.random((h, w)) < rng.random())
@@ -78,6 +106,9 @@ def check_identity(trials: int, rng) -> None:
         gap = abs(int(X.sum()) - int(Y.sum()))
         assert 2 * pairs == 9 * (int(X.sum()) + int(Y.sum())) - sym
         assert sym >= phi_y + gap and sym >= phi_x + gap, (sym, phi_x, phi_y, gap)
+        cy, cx = class_counts(Y), class_counts(X)
+        assert sym >= count_term(cy, cx) >= max(median_term(cy), median_term(cx))
+        assert median_term(cy) >= 6 * (cy.max() - cy.min())
 
 
 def class_profile(rows: int, cols: int, wmax: int) -> np.ndarray:
@@ -172,13 +203,29 @@ def main() -> int:
         print(f"  half plane Y, X one column wider (the planner's block): "
               f"{window_terms(Xh, Yh)}  (pairs, sum_t, Phi(Y))")
     per_class = -(-share // 4)
-    rows, cols = -(-H // 2), -(-W // 2)
+    boxes = sorted({(len(range(p, H, 2)), len(range(q, W, 2))) for p in (0, 1) for q in (0, 1)})
     started = time.perf_counter()
-    profile = class_profile(rows, cols, per_class)
-    lb = 4 * int(profile[per_class])
+    profiles = [class_profile(r, c, r * c) for r, c in boxes]
+    # the least cut of at least w points in any class box (suffix minimum: monotone in w)
+    size = min(r * c for r, c in boxes) + 1
+    least = np.minimum.accumulate(np.min([p[:size] for p in profiles], axis=0)[::-1])[::-1]
+    lb = 4 * int(least[per_class])
+    print(f"  class profile at {per_class} points in the {boxes} class boxes: "
+          f"{int(least[per_class])} ({time.perf_counter() - started:.1f} s); with equal classes "
+          f"LB = {lb}")
     delta = (lb - 2 * (9 * A - F) / f) / 9
-    print(f"  class profile at {per_class} points in a {rows}x{cols} class box: "
-          f"{int(profile[per_class])} ({time.perf_counter() - started:.1f} s); LB = {lb}")
+    # any class split: the larger of X and Y has z >= z0 points; a spread of at least E between
+    # its class counts gives sum_t >= 6 E (median_term), a smaller one leaves every class at least
+    # z0 / 4 - 3 E / 4 points, hence sum_t >= 4 least(...)
+    z0 = -(-2 * F // (9 * f * 2))
+    spread = np.arange(0, z0 + 1)
+    floor = np.clip(np.ceil(z0 / 4 - 0.75 * spread).astype(np.int64), 0, size - 1)
+    certified = np.minimum(6 * spread, 4 * least[floor])
+    best = int(np.argmax(certified))
+    delta_any = (int(certified[best]) - 2 * (9 * A - F) / f) / 9
+    print(f"  any class split (the larger set has >= {z0} points; spread threshold E = {best}): "
+          f"sum_t >= {int(certified[best])}, delta >= {delta_any:.1f} pixels = "
+          f"{delta_any * spec.in_channels * np.dtype(spec.dtype_in).itemsize:.0f} input bytes")
     plan = make_plan(spec, args.ranks)
     busiest = int(np.argmax(plan.predicted_bound_volume))
     halo = int(sum(plan.predicted[ph]["received"][busiest] for ph in ("halo_h", "halo_w")))
