@@ -24,9 +24,9 @@ of a plane's pairs, F / f, then |X| + |Y| >= (2 F / f + LB) / 9 with LB = sum of
 profiles, so beyond its share of inputs and outputs it holds delta = (LB - 2 (9 A - F) / f) / 9
 pixels, C delta input elements: first with the four classes holding equal numbers of points
 (the case of every grid block), then for any split, where the class counts bound the sum too
-(`median_term`: at least 6 times their spread).  One image only; several images and the
-filter are what the argument does not yet cover (theory.md 5.7).  Nothing here enters
-parconv's bounds.
+(`median_term`: at least 6 times their spread), and last over any number of planes (the
+bound's subadditive minorant).  The combination with the filter is what the argument does not
+yet cover (theory.md 5.7).  Nothing here enters parconv's bounds.
 """
 
 from __future__ import annotations
@@ -156,6 +156,49 @@ def exhaustive_profile(rows: int, cols: int) -> list[int]:
     return best
 
 
+def split_bound(least: np.ndarray, zmax: int) -> np.ndarray:
+    """For z = 0..zmax, a lower bound on sum_t |Y ^ (X - t)| when the larger of X and Y has z
+    points in any split over the classes: max over E of min(6 E, 4 least(ceil(z / 4 - 3 E / 4)))
+    (a spread of at least E, or every class above that floor).  ``least``: the monotone class
+    profile.  The first term rises with E and the second falls, so the best E is where they
+    cross, found by bisection for every z at once."""
+    z = np.arange(zmax + 1, dtype=np.float64)
+    top = len(least) - 1
+
+    def second(E):
+        return 4 * least[np.clip(np.ceil(z / 4 - 0.75 * E).astype(np.int64), 0, top)]
+
+    low, high = np.zeros(zmax + 1, np.int64), np.full(zmax + 1, zmax + 1, np.int64)
+    while np.any(high - low > 1):           # largest E with 6 E <= second(E)
+        mid = (low + high) // 2
+        ok = 6 * mid <= second(mid)
+        low, high = np.where(ok, mid, low), np.where(ok, high, mid)
+    return np.maximum(np.minimum(6 * low, second(low)), np.minimum(6 * high, second(high)))
+
+
+def min_plus(a: np.ndarray, b: np.ndarray, zmax: int) -> np.ndarray:
+    """c(z) = min over u of a(u) + b(z - u), z = 0..zmax (a, b defined on 0..len - 1)."""
+    big = np.iinfo(np.int64).max // 4
+    out = np.full(zmax + 1, big, np.int64)
+    for z in range(zmax + 1):
+        u = np.arange(max(0, z - len(b) + 1), min(z, len(a) - 1) + 1)
+        if u.size:
+            out[z] = int((a[u] + b[z - u]).min())
+    return out
+
+
+def subadditive_hull(bound: np.ndarray) -> np.ndarray:
+    """The largest subadditive function below ``bound``: hull(z) = min(bound(z), min over
+    0 < u <= z / 2 of hull(u) + hull(z - u)).  A processor whose larger sets in several planes
+    have z_n points, sum z_n >= z, has sum_n bound(z_n) >= hull(z) (``bound`` is nondecreasing:
+    shrink the z_n to sum z, then apply subadditivity)."""
+    hull = bound.astype(np.int64).copy()
+    for z in range(2, len(hull)):
+        u = np.arange(1, z // 2 + 1)
+        hull[z] = min(hull[z], int((hull[u] + hull[z - u]).min()))
+    return hull
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layer", default="vgg16.conv1_2")
@@ -203,9 +246,11 @@ def main() -> int:
         print(f"  half plane Y, X one column wider (the planner's block): "
               f"{window_terms(Xh, Yh)}  (pairs, sum_t, Phi(Y))")
     per_class = -(-share // 4)
-    boxes = sorted({(len(range(p, H, 2)), len(range(q, W, 2))) for p in (0, 1) for q in (0, 1)})
+    class_boxes = [(len(range(p, H, 2)), len(range(q, W, 2))) for p in (0, 1) for q in (0, 1)]
+    boxes = sorted(set(class_boxes))
     started = time.perf_counter()
     profiles = [class_profile(r, c, r * c) for r, c in boxes]
+    by_box = dict(zip(boxes, profiles))
     # the least cut of at least w points in any class box (suffix minimum: monotone in w)
     size = min(r * c for r, c in boxes) + 1
     least = np.minimum.accumulate(np.min([p[:size] for p in profiles], axis=0)[::-1])[::-1]
@@ -218,14 +263,21 @@ def main() -> int:
     # its class counts gives sum_t >= 6 E (median_term), a smaller one leaves every class at least
     # z0 / 4 - 3 E / 4 points, hence sum_t >= 4 least(...)
     z0 = -(-2 * F // (9 * f * 2))
-    spread = np.arange(0, z0 + 1)
-    floor = np.clip(np.ceil(z0 / 4 - 0.75 * spread).astype(np.int64), 0, size - 1)
-    certified = np.minimum(6 * spread, 4 * least[floor])
-    best = int(np.argmax(certified))
-    delta_any = (int(certified[best]) - 2 * (9 * A - F) / f) / 9
-    print(f"  any class split (the larger set has >= {z0} points; spread threshold E = {best}): "
-          f"sum_t >= {int(certified[best])}, delta >= {delta_any:.1f} pixels = "
-          f"{delta_any * spec.in_channels * np.dtype(spec.dtype_in).itemsize:.0f} input bytes")
+    item = np.dtype(spec.dtype_in).itemsize
+    # Phi >= sum of the classes' least cuts whatever the split: its minimum over splits (a
+    # min-plus power of the class profiles), with the counts' bound beside it
+    classes = [np.minimum.accumulate(by_box[box][::-1])[::-1] for box in class_boxes]
+    every = classes[0]
+    for other in classes[1:4]:
+        every = min_plus(every, other, z0)
+    bound = np.maximum(split_bound(least, z0), every[: z0 + 1])
+    assert np.all(np.diff(bound) >= 0)
+    for what, value in (("any class split, one plane", int(bound[z0])),
+                        ("any class split, any number of planes",
+                         int(subadditive_hull(bound)[z0]))):
+        delta_any = (value - 2 * (9 * A - F) / f) / 9
+        print(f"  {what} (the larger sets hold >= {z0} points): sum_t >= {value}, delta >= "
+              f"{delta_any:.1f} pixels = {delta_any * spec.in_channels * item:.0f} input bytes")
     plan = make_plan(spec, args.ranks)
     busiest = int(np.argmax(plan.predicted_bound_volume))
     halo = int(sum(plan.predicted[ph]["received"][busiest] for ph in ("halo_h", "halo_w")))
