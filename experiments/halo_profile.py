@@ -1,5 +1,5 @@
 # python experiments/halo_profile.py [--layer vgg16.conv1_2] [--batch 32] [--ranks 64] [--check-box 4]
-"""How much of a halo an isoperimetric argument could charge (issue 8, theory.md 5.7; analysis).
+"""The halo an isoperimetric argument charges, and the bound it gives (issue 8, theory.md 5.7).
 
 For a 3x3, stride-1, dilation-1 layer padded by 1, with X the input pixels and Y the output
 positions a processor holds in one image plane (all channels; the vertex reduction of 5.7), the
@@ -14,9 +14,9 @@ and the triangle inequality on the taps t, -t gives
 
 Phi splits over the four classes of 2Z^2 (row and column parity); on each it is the cut of the
 king's graph with the plane's outside counted.  Its least value for w points in a B_h x B_w box
-is taken here over sets whose rows and columns are centred intervals (rearranging a column, or a
-row, to a centred interval never raises the cut: the one-dimensional Riesz inequality for the
-window {-1, 0, 1}), by a DP over unimodal row lengths, and checked by exhaustion on a small box.
+is exact over sets whose rows are centred intervals, which lose nothing (centring a row never
+raises the cut, `class_profile`), by a DP over the row lengths, and checked by exhaustion on
+small boxes.
 
 The script prints its checks and, for the layer at P ranks (each busy processor holding 1/f
 of an image plane), what the argument would charge: if a processor's pairs must reach its share
@@ -25,8 +25,9 @@ profiles, so beyond its share of inputs and outputs it holds delta = (LB - 2 (9 
 pixels, C delta input elements: first with the four classes holding equal numbers of points
 (the case of every grid block), then for any split, where the class counts bound the sum too
 (`median_term`: at least 6 times their spread), and last over any number of planes (the
-bound's subadditive minorant).  The combination with the filter is what the argument does not
-yet cover (theory.md 5.7).  Nothing here enters parconv's bounds.
+bound's subadditive minorant), and finally what that does to the bound itself: the constraint
+x_I / C + x_O / K >= pixels joined to B_MI's program by weak duality (`joint_bound`).  Nothing
+here enters parconv's reported bounds yet (theory.md 5.7).
 """
 
 from __future__ import annotations
@@ -112,35 +113,32 @@ def check_identity(trials: int, rng) -> None:
 
 
 def class_profile(rows: int, cols: int, wmax: int) -> np.ndarray:
-    """Least king's-graph cut (outside counted) of w points, w = 0..wmax, over sets in a rows x
-    cols box whose rows are centred intervals of unimodal lengths.  A row costs 2 (its ends);
-    consecutive rows of lengths u, v cost 3 |u - v| plus 4 if u = v, 2 if |u - v| = 1 (the
-    nested centred intervals' (1,0) and diagonal edges), a first or last row of length l 3 l."""
+    """Least king's-graph cut (outside counted) of w points, w = 0..wmax, in a rows x cols box.
+
+    Centring every row of a set (a centred interval of the same length) never raises the cut: a
+    row's own cut becomes 2, its least, and between consecutive rows of lengths u, v the cut is
+    3 (u + v) - 2 sum_t |A ∩ (B - t)| (t in {-1, 0, 1}), where the sum is at most 3 min(u, v)
+    less 2 if u = v (at most one t makes A = B - t) and less 1 if |u - v| = 1 (the shorter set
+    cannot lie in all three translates of the longer: their common part is the longer set's points
+    with both neighbours in it, at most its length less 2), which centred intervals attain.  So the least cut is a DP
+    over row lengths (any sequence, empty rows included): a row costs 2 if non-empty, consecutive
+    rows 3 |u - v| + 2 if u = v >= 1, + 1 if |u - v| = 1 and both >= 1, the outside rows 3 l."""
     inf = np.iinfo(np.int64).max // 4
     length = np.arange(cols + 1)
-    delta = length[None, :] - length[:, None]
-    step = 2 + 3 * np.abs(delta) + np.where(delta == 0, 4, np.where(np.abs(delta) == 1, 2, 0))
+    u, v = length[:, None], length[None, :]
+    both = np.minimum(u, v) >= 1
+    step = (3 * np.abs(u - v) + 2 * (v > 0)
+            + np.where(both & (u == v), 4, np.where(both & (np.abs(u - v) == 1), 2, 0)))
     width = wmax + 1
-    rising = np.full((cols + 1, width), inf, np.int64)
-    falling = rising.copy()
-    for size in range(1, min(cols, wmax) + 1):
-        rising[size, size] = 2 + 3 * size
-    ends = 3 * length[:, None]
-    best = np.minimum((rising + ends).min(axis=0), (falling + ends).min(axis=0))
-    best[0] = 0
+    cost = np.full((cols + 1, width), inf, np.int64)
+    for size in range(0, min(cols, wmax) + 1):
+        cost[size, size] = 3 * size + 2 * (size > 0)
     for _ in range(1, rows):
-        up = np.full_like(rising, inf)
-        down = np.full_like(falling, inf)
-        for size in range(1, min(cols, wmax) + 1):
-            up[size, size:] = (rising[:size + 1, :width - size]
-                               + step[:size + 1, size][:, None]).min(axis=0)
-            down[size, size:] = (np.minimum(rising[size:, :width - size],
-                                            falling[size:, :width - size])
-                                 + step[size:, size][:, None]).min(axis=0)
-        rising, falling = np.minimum(up, inf), np.minimum(down, inf)
-        best = np.minimum(best, np.minimum((rising + ends).min(axis=0),
-                                           (falling + ends).min(axis=0)))
-    return best
+        new = np.full_like(cost, inf)
+        for size in range(0, min(cols, wmax) + 1):
+            new[size, size:] = (cost[:, :width - size] + step[:, size][:, None]).min(axis=0)
+        cost = np.minimum(new, inf)
+    return (cost + 3 * length[:, None]).min(axis=0)
 
 
 def exhaustive_profile(rows: int, cols: int) -> list[int]:
@@ -197,6 +195,43 @@ def subadditive_hull(bound: np.ndarray) -> np.ndarray:
         u = np.arange(1, z // 2 + 1)
         hull[z] = min(hull[z], int((hull[u] + hull[z - u]).min()))
     return hull
+
+
+def joint_bound(spec, P: int, pixels: float, steps: int = 40) -> tuple[float, float]:
+    """(B_MI, the halo-joint value) in bytes for the busy processor of ``spec`` on P ranks, given
+    that its inputs and outputs must cover ``pixels`` pixels (x_I / C + x_O / K >= pixels).
+
+    B_MI's convex program cannot take that constraint as a row, so it enters by weak duality:
+    for every mu >= 0, mu pixels + min over B_MI's feasible set of (p_I - mu / C) x_I + p_F x_F +
+    (p_O - mu / K) x_O is a lower bound on the traffic (the added term is <= 0 wherever the
+    constraint holds); the inner minimum is B_MI's own program at shifted prices, certified by
+    its dual.  The best mu of a grid below the largest that keeps every price positive."""
+    from parconv.bounds.parallel import parallel_bounds
+    from parconv.bounds.traffic import (make_feasible, polish_traffic_dual, traffic_dual,
+                                        traffic_primal, traffic_program)
+    from parconv.bounds.workfn import GAP_TOL, LOG_PAD, output_bytes, used_filter_size
+    import dataclasses
+    import math
+    owned = parallel_bounds(spec, P).owned
+    usable = (owned[0], min(owned[1], used_filter_size(spec)), owned[2])
+    prices = np.array([spec.p_in, spec.p_weight, output_bytes(spec)], float)
+    owned_bytes = float(prices @ np.asarray(usable, float))
+    work = -(-spec.G_eff // P)
+    prog, rhs, lower, upper = traffic_program(spec, work, usable)
+    C, K = spec.in_channels, spec.out_channels
+    top = min(prices[0] * C, prices[2] * K)
+    values = []
+    for mu in np.linspace(0.0, top, steps, endpoint=False):
+        shifted = prices - mu * np.array([1.0 / C, 0.0, 1.0 / K])
+        sub = dataclasses.replace(prog, bytes_per=shifted)
+        u, lam = traffic_primal(sub, rhs, lower, upper)
+        u = make_feasible(sub.rows, rhs, u, upper)
+        primal = float(shifted @ np.exp(u))
+        best = traffic_dual(sub, lam, rhs, lower, upper)[0]
+        if primal - best > GAP_TOL * primal:
+            best = max(best, polish_traffic_dual(sub, lam, rhs, lower, upper))
+        values.append(mu * pixels + best * math.exp(-LOG_PAD) - LOG_PAD - owned_bytes)
+    return values[0], max(values)
 
 
 def main() -> int:
@@ -278,6 +313,10 @@ def main() -> int:
         delta_any = (value - 2 * (9 * A - F) / f) / 9
         print(f"  {what} (the larger sets hold >= {z0} points): sum_t >= {value}, delta >= "
               f"{delta_any:.1f} pixels = {delta_any * spec.in_channels * item:.0f} input bytes")
+    # the pixels its inputs and outputs must cover, 2 less for the vertex reduction's fractional
+    # pixel and position
+    pixels = (2 * F / f + int(subadditive_hull(bound)[z0])) / 9 - 2
+    base, joint = joint_bound(spec, args.ranks, pixels)
     plan = make_plan(spec, args.ranks)
     busiest = int(np.argmax(plan.predicted_bound_volume))
     halo = int(sum(plan.predicted[ph]["received"][busiest] for ph in ("halo_h", "halo_w")))
@@ -287,6 +326,9 @@ def main() -> int:
           f"(balanced classes); the planner's halo {halo} bytes; the bound is "
           f"{plan.bound.value:.0f} against the plan's {plan.max_volume} (ratio "
           f"{plan.max_volume / plan.bound.value:.4f}): ratio 1.3 needs {need:.0f} bytes more")
+    print(f"  with the filter (x_I / C + x_O / K >= {pixels:.1f}, by weak duality over B_MI's "
+          f"program): {base:.0f} -> {joint:.0f} bytes, the plan's ratio "
+          f"{plan.max_volume / max(joint, plan.bound.value):.4f}")
     return 0
 
 
