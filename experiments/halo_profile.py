@@ -19,7 +19,7 @@ raises the cut, `class_profile`), by a DP over the row lengths, and checked by e
 small boxes.
 
 The script prints its checks and, for the layer at P ranks (each busy processor holding 1/f
-of an image plane), what the argument would charge: if a processor's pairs must reach its share
+of an image plane, f = P / N), what the argument would charge: if a processor's pairs must reach its share
 of a plane's pairs, F / f, then |X| + |Y| >= (2 F / f + LB) / 9 with LB = sum of the four class
 profiles, so beyond its share of inputs and outputs it holds delta = (LB - 2 (9 A - F) / f) / 9
 pixels, C delta input elements: first with the four classes holding equal numbers of points
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import os
 import sys
 import time
@@ -211,7 +212,6 @@ def joint_bound(spec, P: int, pixels: float, steps: int = 40) -> tuple[float, fl
                                         traffic_primal, traffic_program)
     from parconv.bounds.workfn import GAP_TOL, LOG_PAD, output_bytes, used_filter_size
     import dataclasses
-    import math
     owned = parallel_bounds(spec, P).owned
     usable = (owned[0], min(owned[1], used_filter_size(spec)), owned[2])
     prices = np.array([spec.p_in, spec.p_weight, output_bytes(spec)], float)
@@ -265,12 +265,14 @@ def main() -> int:
     H, W = spec.in_size
     A = H * W
     F = (3 * H - 2) * (3 * W - 2)
-    f = args.ranks // spec.batch
-    share = -(-A // f)
+    # a busy processor does at least ceil(G_eff / P) iterations: N F / P pairs of whole-channel
+    # pixels and positions (a share 1/f of a plane, f = P / N, not necessarily an integer)
+    f = args.ranks / spec.batch
+    share = math.ceil(A / f)
     print(f"{args.layer}: plane {H}x{W}, A = {A} pixels, F = {F} effective pairs, 9 A - F = "
-          f"{9 * A - F}; P = {args.ranks}: a busy processor's share 1/{f} of a plane, "
+          f"{9 * A - F}; P = {args.ranks}: a busy processor's share 1/{f:g} of a plane, "
           f"{share} pixels")
-    if f == 2:
+    if args.ranks == 2 * spec.batch:
         P = framed(np.ones((H, W), bool))
         plane = window_terms(P, P)
         half = np.zeros((H, W), bool)
@@ -297,7 +299,7 @@ def main() -> int:
     # any class split: the larger of X and Y has z >= z0 points; a spread of at least E between
     # its class counts gives sum_t >= 6 E (median_term), a smaller one leaves every class at least
     # z0 / 4 - 3 E / 4 points, hence sum_t >= 4 least(...)
-    z0 = -(-2 * F // (9 * f * 2))
+    z0 = math.ceil(F / (9 * f))
     item = np.dtype(spec.dtype_in).itemsize
     # Phi >= sum of the classes' least cuts whatever the split: its minimum over splits (a
     # min-plus power of the class profiles), with the counts' bound beside it
@@ -307,20 +309,19 @@ def main() -> int:
         every = min_plus(every, other, z0)
     bound = np.maximum(split_bound(least, z0), every[: z0 + 1])
     assert np.all(np.diff(bound) >= 0)
+    planes = int(subadditive_hull(bound)[z0])
     for what, value in (("any class split, one plane", int(bound[z0])),
-                        ("any class split, any number of planes",
-                         int(subadditive_hull(bound)[z0]))):
+                        ("any class split, any number of planes", planes)):
         delta_any = (value - 2 * (9 * A - F) / f) / 9
         print(f"  {what} (the larger sets hold >= {z0} points): sum_t >= {value}, delta >= "
               f"{delta_any:.1f} pixels = {delta_any * spec.in_channels * item:.0f} input bytes")
     # the pixels its inputs and outputs must cover, 2 less for the vertex reduction's fractional
     # pixel and position
-    pixels = (2 * F / f + int(subadditive_hull(bound)[z0])) / 9 - 2
+    pixels = (2 * F / f + planes) / 9 - 2
     base, joint = joint_bound(spec, args.ranks, pixels)
     plan = make_plan(spec, args.ranks)
     busiest = int(np.argmax(plan.predicted_bound_volume))
     halo = int(sum(plan.predicted[ph]["received"][busiest] for ph in ("halo_h", "halo_w")))
-    item = np.dtype(spec.dtype_in).itemsize
     need = plan.max_volume / 1.3 - plan.bound.value
     print(f"  delta = {delta:.1f} pixels = {delta * spec.in_channels * item:.0f} input bytes "
           f"(balanced classes); the planner's halo {halo} bytes; the bound is "
