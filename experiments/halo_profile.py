@@ -207,11 +207,11 @@ def joint_bound(spec, P: int, pixels: float, steps: int = 40) -> tuple[float, fl
     (p_O - mu / K) x_O is a lower bound on the traffic (the added term is <= 0 wherever the
     constraint holds); the inner minimum is B_MI's own program at shifted prices, certified by
     its dual.  The best mu of a grid below the largest that keeps every price positive."""
-    from parconv.bounds.parallel import parallel_bounds
-    from parconv.bounds.traffic import (make_feasible, polish_traffic_dual, traffic_dual,
-                                        traffic_primal, traffic_program)
-    from parconv.bounds.workfn import GAP_TOL, LOG_PAD, output_bytes, used_filter_size
     import dataclasses
+
+    from parconv.bounds.parallel import parallel_bounds
+    from parconv.bounds.traffic import minimum_traffic, traffic_program
+    from parconv.bounds.workfn import output_bytes, used_filter_size
     owned = parallel_bounds(spec, P).owned
     usable = (owned[0], min(owned[1], used_filter_size(spec)), owned[2])
     prices = np.array([spec.p_in, spec.p_weight, output_bytes(spec)], float)
@@ -224,13 +224,7 @@ def joint_bound(spec, P: int, pixels: float, steps: int = 40) -> tuple[float, fl
     for mu in np.linspace(0.0, top, steps, endpoint=False):
         shifted = prices - mu * np.array([1.0 / C, 0.0, 1.0 / K])
         sub = dataclasses.replace(prog, bytes_per=shifted)
-        u, lam = traffic_primal(sub, rhs, lower, upper)
-        u = make_feasible(sub.rows, rhs, u, upper)
-        primal = float(shifted @ np.exp(u))
-        best = traffic_dual(sub, lam, rhs, lower, upper)[0]
-        if primal - best > GAP_TOL * primal:
-            best = max(best, polish_traffic_dual(sub, lam, rhs, lower, upper))
-        values.append(mu * pixels + best * math.exp(-LOG_PAD) - LOG_PAD - owned_bytes)
+        values.append(mu * pixels + minimum_traffic(sub, rhs, lower, upper).value - owned_bytes)
     return values[0], max(values)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..spec import ConvSpec
 from .border import axis_reuse, axis_sigma, combine
-from .traffic import make_feasible, polish_traffic_dual, traffic_dual, traffic_primal
+from .traffic import certify_traffic, make_feasible, traffic_primal
 from .workfn import (GAP_TOL, LOG_PAD, LayerProgram, layer_program, output_weighted,
                      polish_work_dual, witness_program, work_dual, work_primal)
 
@@ -252,7 +252,4 @@ def polyphase_traffic(spec: ConvSpec, exponent: float, P: int,
     if not active.any():
         active[:] = True
     sub, rhs, lam = _subprogram(sub, active), rhs[active], lam[active]
-    best = traffic_dual(sub, lam, rhs, lower, upper)[0]
-    if primal - best > GAP_TOL * primal:
-        best = max(best, polish_traffic_dual(sub, lam, rhs, lower, upper))
-    return min(best * math.exp(-LOG_PAD) - LOG_PAD, primal)
+    return certify_traffic(sub, lam, rhs, lower, upper, primal)

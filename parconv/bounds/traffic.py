@@ -19,8 +19,9 @@ import numpy as np
 from ..spec import ConvSpec
 from .workfn import GAP_TOL, LOG_PAD, layer_program, logsumexp, minimize, multipliers, softmax
 
-__all__ = ["TrafficSolution", "traffic_program", "solve_traffic", "traffic_dual", "traffic_primal",
-           "make_feasible", "polish_traffic_dual"]
+__all__ = ["TrafficSolution", "traffic_program", "solve_traffic", "minimum_traffic",
+           "certify_traffic", "traffic_dual", "traffic_primal", "make_feasible",
+           "polish_traffic_dual"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,15 +91,27 @@ def solve_traffic(spec: ConvSpec, work: int, owned: tuple[int, int, int]) -> Tra
     """
     if work <= 0 or spec.G_eff == 0:
         return TrafficSolution(0.0, 0.0, (0.0, 0.0, 0.0))
-    prog, rhs, lower, upper = traffic_program(spec, work, owned)
+    return minimum_traffic(*traffic_program(spec, work, owned))
+
+
+def minimum_traffic(prog, rhs, lower, upper) -> TrafficSolution:
+    """`solve_traffic` on a given program (its prices ``prog.bytes_per``, all positive): the
+    SLSQP point raised to feasibility and the dual certificate at its multipliers.  Local."""
     u, lam = traffic_primal(prog, rhs, lower, upper)
     u = make_feasible(prog.rows, rhs, u, upper)
     primal = float(prog.bytes_per @ np.exp(u))
+    return TrafficSolution(certify_traffic(prog, lam, rhs, lower, upper, primal), primal,
+                           tuple(float(v) for v in np.exp(u)))
+
+
+def certify_traffic(prog, lam, rhs, lower, upper, primal: float) -> float:
+    """A value never above the program's minimum: its dual at the multipliers ``lam``, polished
+    with L-BFGS-B when the gap to ``primal`` exceeds `GAP_TOL`, less a margin against rounding,
+    and at most ``primal``."""
     best = traffic_dual(prog, lam, rhs, lower, upper)[0]
     if primal - best > GAP_TOL * primal:
         best = max(best, polish_traffic_dual(prog, lam, rhs, lower, upper))
-    certified = best * math.exp(-LOG_PAD) - LOG_PAD
-    return TrafficSolution(min(certified, primal), primal, tuple(float(v) for v in np.exp(u)))
+    return min(best * math.exp(-LOG_PAD) - LOG_PAD, primal)
 
 
 def make_feasible(rows, rhs, u, upper) -> np.ndarray:
