@@ -165,7 +165,7 @@ def forget_shapes() -> None:
                    "parconv.tiling.candidates", "parconv.gemmini.cycles",
                    "parconv.gemmini.tiled.choose", "parconv.gemmini.vendor.heuristics",
                    "parconv.bounds.polyphase", "parconv.bounds.workfn", "parconv.bounds.traffic",
-                   "parconv.bounds.border", "parconv.bounds.set_reuse"):
+                   "parconv.bounds.border", "parconv.bounds.set_reuse", "parconv.bounds.halo"):
         for name, value in vars(importlib.import_module(module)).items():
             if hasattr(value, "cache_clear") and name != "load_constants":
                 value.cache_clear()

@@ -13,6 +13,7 @@ from functools import partial
 
 from ..spec import ConvSpec
 from .checks import check_bytes, check_owned, check_ranks, check_spec
+from .halo import halo_term
 from .polyphase import (WEIGHT_EXPONENTS, is_strided, polyphase_program, polyphase_traffic,
                         polyphase_work)
 from .sequential import best_segment, segments, term_upper
@@ -28,7 +29,8 @@ class ParallelBound:
     partial-sum bytes), theory.md section 4.
 
     B_MI and B_MD are the larger of the section-4 value (``*_plain``) and the polyphase value
-    (``*_polyphase``, docs/theory.md 4.7; 0 for a layer with one phase)."""
+    (``*_polyphase``, docs/theory.md 4.7; 0 for a layer with one phase); B_MI also of the halo
+    value (``B_MI_halo``, docs/theory.md 4.8; 0 where it does not apply)."""
 
     B_MI: float
     B_MD: float
@@ -41,17 +43,20 @@ class ParallelBound:
     B_MD_plain: float = 0.0
     B_MI_polyphase: float = 0.0
     B_MD_polyphase: float = 0.0
+    B_MI_halo: float = 0.0
 
     def to_dict(self) -> dict:
         return {"B_MI": self.B_MI, "B_MD": self.B_MD, "binding": self.binding,
                 "value": self.value, "P": self.P, "M": self.M, "owned": list(self.owned),
                 "B_MI_plain": self.B_MI_plain, "B_MD_plain": self.B_MD_plain,
-                "B_MI_polyphase": self.B_MI_polyphase, "B_MD_polyphase": self.B_MD_polyphase}
+                "B_MI_polyphase": self.B_MI_polyphase, "B_MD_polyphase": self.B_MD_polyphase,
+                "B_MI_halo": self.B_MI_halo}
 
 
 def parallel_bounds(spec: ConvSpec, P: int, M: float | None = None, owned=None) -> ParallelBound:
     """max(B_MI, B_MD) for P processors (theory.md section 4), each the larger of its section-4
-    value and its polyphase value on a strided or dilated layer (docs/theory.md 4.7).  Local.
+    value and its polyphase value on a strided or dilated layer (docs/theory.md 4.7), B_MI also
+    of its halo value on a 3x3 stride-1 layer (docs/theory.md 4.8).  Local.
 
     B_MI = min over x of sum_j p_j (x_j - o_j) subject to the section-2 inequalities at
     |V| = ceil(G_eff / P) and o_j <= x_j <= |A_j|: a convex program in log variables, solved with a
@@ -103,11 +108,12 @@ def parallel_bounds(spec: ConvSpec, P: int, M: float | None = None, owned=None) 
                 screen, refine = term_upper(prog, math.exp(total) / P, M)
                 B_MD_poly = max(B_MD_poly, best_segment(
                     M, share, screen, refine=lambda S: refine((S,))[0])[0])
-    B_MI, B_MD = max(B_MI_plain, B_MI_poly), max(B_MD_plain, B_MD_poly)
+    B_MI_halo = max(0.0, halo_term(spec, work, usable) - owned_bytes)
+    B_MI, B_MD = max(B_MI_plain, B_MI_poly, B_MI_halo), max(B_MD_plain, B_MD_poly)
     binding = "memory-dependent" if B_MD > B_MI else "memory-independent"
     return ParallelBound(B_MI=B_MI, B_MD=B_MD, binding=binding, value=max(B_MI, B_MD), P=P, M=M,
                          owned=owned, B_MI_plain=B_MI_plain, B_MD_plain=B_MD_plain,
-                         B_MI_polyphase=B_MI_poly, B_MD_polyphase=B_MD_poly)
+                         B_MI_polyphase=B_MI_poly, B_MD_polyphase=B_MD_poly, B_MI_halo=B_MI_halo)
 
 
 def busy_processor_footprint(spec: ConvSpec, P: int, owned=None) -> tuple[float, float, float]:
