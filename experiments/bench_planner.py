@@ -4,8 +4,9 @@
 Run:  python experiments/bench_planner.py [--batch 32] [--ranks 8,64,512,4096] [--out DIR]
 
 Prints, per layer and P: the chosen grid, the busiest rank's bound-comparable volume, the problem's
-bound (balanced shares, idle ranks included) before the polyphase bound ("old": section 4 only)
-and after ("new": the larger of section 4 and the polyphase bound), which term binds, both ratios,
+bound (balanced shares, idle ranks included) before the polyphase and halo terms ("old": section 4
+only) and after ("new": the largest of section 4, the polyphase bound and the halo term), which
+term binds (``MI-halo``: theory.md 4.8), both ratios,
 and for every row whose new ratio is above 1.15 the reason and the best alternative found.  The
 plan is the automatic one (every grid with both input ownerships, aligned and centred, on each
 split axis; ``ownership`` gives the chosen H,W pair); ``aligned_*`` is the same planner held to
@@ -106,8 +107,8 @@ def row_for(name: str, batch: int, P: int) -> dict:
     busiest = int(np.argmax(plan.predicted_bound_volume))
     halo = int(sum(plan.predicted[ph]["received"][busiest] for ph in ("halo_h", "halo_w")))
     kind = "MI" if bound.B_MI >= bound.B_MD else "MD"
-    poly = (bound.B_MI_polyphase > bound.B_MI_plain if kind == "MI"
-            else bound.B_MD_polyphase > bound.B_MD_plain)
+    term = (bound.B_MI_term if kind == "MI"
+            else "polyphase" if bound.B_MD_polyphase > bound.B_MD_plain else "section 4")
     ratio = plan.max_volume / bound.value if bound.value > 0 else None
     started = time.perf_counter()
     aligned = make_plan(spec, P, ownership="aligned")
@@ -116,7 +117,7 @@ def row_for(name: str, batch: int, P: int) -> dict:
            "ownership": ",".join(plan.ownership), "max_volume": plan.max_volume,
            "halo_bytes": halo, "bound_old": round(old),
            "bound_new": round(bound.value),
-           "binding_new": f"{kind}-{'polyphase' if poly else 'section4'}",
+           "binding_new": f"{kind}-{term.replace(' ', '')}",
            "layout_bound": round(plan.layout_bound.value),
            "ratio_old": round(plan.max_volume / old, 4) if old > 0 else "n/a",
            "ratio_new": round(ratio, 4) if ratio is not None else "n/a",
@@ -151,7 +152,7 @@ def plot(rows: list[dict], path: str) -> None:
     ranks = sorted({r["P"] for r in rows})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, key, title in ((axes[0], "ratio_old", "section-4 bound (old)"),
-                           (axes[1], "ratio_new", "with the polyphase bound (new)")):
+                           (axes[1], "ratio_new", "with the polyphase and halo terms (new)")):
         for i, P in enumerate(ranks):
             vals = [r[key] for r in rows if r["P"] == P and r[key] != "n/a"]
             ax.scatter(np.full(len(vals), i) + np.random.default_rng(i).uniform(-.15, .15,

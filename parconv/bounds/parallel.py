@@ -45,6 +45,13 @@ class ParallelBound:
     B_MD_polyphase: float = 0.0
     B_MI_halo: float = 0.0
 
+    @property
+    def B_MI_term(self) -> str:
+        """Which value B_MI is: 'section 4', 'polyphase' or 'halo' (the first of equals)."""
+        values = {"section 4": self.B_MI_plain, "polyphase": self.B_MI_polyphase,
+                  "halo": self.B_MI_halo}
+        return max(values, key=values.get)
+
     def to_dict(self) -> dict:
         return {"B_MI": self.B_MI, "B_MD": self.B_MD, "binding": self.binding,
                 "value": self.value, "P": self.P, "M": self.M, "owned": list(self.owned),

@@ -48,8 +48,8 @@ def plan_table(plan) -> str:
         f"{human_bytes(plan.max_volume)} ({plan.max_volume} B)",
         _footprint_line(plan),
         "",
-        f"lower bound: B_MI = {human_bytes(bound.B_MI)}, B_MD = {human_bytes(bound.B_MD)} "
-        f"({bound.binding} binds)",
+        f"lower bound: B_MI = {human_bytes(bound.B_MI)} ({bound.B_MI_term} term), B_MD = "
+        f"{human_bytes(bound.B_MD)} ({bound.binding} binds)",
         "ratio to bound: " + ("n/a (the bound is 0)" if plan.ratio_to_bound is None
                               else f"{plan.ratio_to_bound:.3f}"),
         "",
