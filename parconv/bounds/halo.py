@@ -59,10 +59,25 @@ def class_profile(rows: int, cols: int, wmax: int | None = None) -> np.ndarray:
     at most 4 of its 8 neighbours in the set, never raises the cut), so truncating at wmax is
     exact.
     """
-    return _class_profile(rows, cols, rows * cols if wmax is None else min(wmax, rows * cols))
+    wmax = rows * cols if wmax is None else min(wmax, rows * cols)
+    return _longest(_stored("profile", rows, cols), wmax, lambda: _class_profile(rows, cols, wmax))
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=128)
+def _stored(what: str, rows: int, cols: int) -> dict:
+    """The longest table of ``what`` computed so far for a box (its prefixes are the shorter
+    tables: every entry depends only on smaller sizes).  `cache_clear` forgets them all."""
+    return {}
+
+
+def _longest(store: dict, size: int, compute) -> np.ndarray:
+    """The table for sizes 0 .. size, sliced from the longest one stored or computed."""
+    table = store.get("table")
+    if table is None or len(table) <= size:
+        table = store["table"] = compute()
+    return table[:size + 1]
+
+
 def _class_profile(rows: int, cols: int, wmax: int) -> np.ndarray:
     width = wmax + 1
     length = np.arange(cols + 1)
@@ -145,7 +160,9 @@ def window_sum_bound(rows: int, cols: int, z0: int) -> int:
         raise ValueError(f"z0 = {z0} outside [0, {rows * cols}]")
     if z0 == 0:
         return 0
-    return int(_window_table(rows, cols, min(rows * cols, 1 << (z0 - 1).bit_length()))[z0])
+    zmax = min(rows * cols, 1 << (z0 - 1).bit_length())
+    return int(_longest(_stored("window", rows, cols), zmax,
+                        lambda: _window_table(rows, cols, zmax))[z0])
 
 
 def plane_bound(rows: int, cols: int, zmax: int) -> np.ndarray:
@@ -172,7 +189,6 @@ def plane_bound(rows: int, cols: int, zmax: int) -> np.ndarray:
     return np.maximum(_split_bound(least, zmax), every)
 
 
-@lru_cache(maxsize=64)
 def _window_table(rows: int, cols: int, zmax: int) -> np.ndarray:
     """`window_sum_bound` for z0 = 0 .. zmax: the largest subadditive minorant of `plane_bound`
     (a processor's planes have sum_n plane_bound(z_n) >= it at sum_n z_n).  Read-only."""
