@@ -47,8 +47,9 @@ def centre_box(spec: ConvSpec) -> tuple[int, int]:
 
 
 def class_profile(rows: int, cols: int, wmax: int | None = None) -> np.ndarray:
-    """Least king's-graph cut (each boundary edge counted twice, the outside of the box counted)
-    of w points of a rows x cols box, for w = 0 .. wmax (default rows cols).  Local; read-only.
+    """Least king's-graph cut (every edge between the set and the rest of Z^2, so edges leaving
+    the box count) of w points of a rows x cols box, for w = 0 .. wmax (default rows cols).
+    Local; the array is read-only.
 
     Centring every row of a set never raises the cut (docs/theory.md 4.8), so the least cut is a
     DP over row lengths: the top and bottom rows cost 3 l against the outside, a non-empty row 2,
@@ -95,6 +96,8 @@ def _class_profile(rows: int, cols: int, wmax: int) -> np.ndarray:
             np.minimum(backward[x], backward[x + 1] + 3, out=backward[x])
         best = np.full_like(cost, _INF)
         best[0, :lim] = (cur + 3 * length[:, None]).min(axis=0)     # an empty row
+        # a row of length v >= 1 after one of length u: 3 |u - v| + 2, and 4 more if u = v,
+        # 2 more if |u - v| = 1 (u >= 1): the forward / backward minima give |u - v| >= 2
         for v in range(1, min(cols, lim - 1) + 1):
             far = [cur[0] + 3 * v + 2]                               # after an empty row
             if v >= 3:
