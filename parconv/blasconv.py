@@ -96,10 +96,12 @@ def _costs(spec: ConvSpec) -> dict:
 
 def exact_winograd_applies(spec: ConvSpec) -> bool:
     """Whether an integer block may take the exact Winograd form (`parconv.winograd_exact`):
-    integer types, 3x3 filters, stride 1, dilation 1 (its data decide whether it runs:
-    `winograd_exact.exact_bound`)."""
+    integer inputs and filters, a signed accumulator of at least 32 bits (which holds its
+    results, of magnitude below 9 2^22), 3x3 filters, stride 1, dilation 1 (its data decide
+    whether it runs: `winograd_exact.exact_bound`)."""
+    acc = np.dtype(spec.dtype_acc)
     return (np.dtype(spec.dtype_in).kind in "iu" and np.dtype(spec.dtype_weight).kind in "iu"
-            and np.dtype(spec.dtype_acc).kind in "iu" and tuple(spec.kernel_size) == (3, 3)
+            and acc.kind == "i" and acc.itemsize >= 4 and tuple(spec.kernel_size) == (3, 3)
             and tuple(spec.stride) == (1, 1) and tuple(spec.dilation) == (1, 1))
 
 
