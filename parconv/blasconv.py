@@ -159,6 +159,11 @@ def conv2d_blas(spec: ConvSpec, x: np.ndarray, w: np.ndarray, method: str | None
     into that many pieces run side by side (`parconv.blas_split`).  Sums reach ``y`` through an
     unsafe cast: exact integers (below 2**24 / 2**53 for one group) or int32/int64 sums, and
     int64 -> int32 keeps the low 32 bits (two's-complement wrap-around, like the hardware).
+
+    An integer block chosen for "winograd" runs the exact form (`parconv.winograd_exact`:
+    ``compute_dtype`` float32, ``exact_group`` None, ``transforms`` "numba") where
+    `_exact_winograd` allows it, else `direct_method`; forced (``method="winograd"``) there,
+    it raises ParconvError with the reason.
     """
     arith = arithmetic(spec, x, w)
     forced, method = method is not None, method or choose_method(spec)
