@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from parconv import jit, winograd_exact
 from parconv.blas import limit_threads
 from parconv.blas_workspace import workspace_bytes
-from parconv.blasconv import conv2d_blas, direct_method, exact_winograd_applies
+from parconv.blasconv import choose_method, conv2d_blas, direct_method, exact_winograd_applies
 from parconv.errors import ParconvError
 from parconv.kernels import NumpyKernel, reference_conv2d
 from parconv.layers import get_layer
@@ -79,8 +79,15 @@ def test_at_the_bound_it_is_still_exact(numba_on):
     np.testing.assert_array_equal(y, reference_conv2d(spec, x, f))
 
 
+def wide(**kwargs):
+    """A block the cost model gives to Winograd."""
+    spec = spec3x3(**{"in_channels": 32, "out_channels": 32, "in_size": (16, 16), **kwargs})
+    assert choose_method(spec) == "winograd" and direct_method(spec) != "winograd"
+    return spec
+
+
 def test_data_beyond_the_bound_take_the_direct_method(numba_on):
-    spec = spec3x3(in_channels=64, out_channels=3, in_size=(8, 8))
+    spec = wide(in_channels=64)
     x = np.full(spec.input_shape, -128, np.int8)
     f = np.full(spec.weight_shape, -128, np.int8)
     assert not winograd_exact.exact_bound(winograd_exact.filters(f), 128)
@@ -93,7 +100,7 @@ def test_data_beyond_the_bound_take_the_direct_method(numba_on):
 
 def test_without_numba_it_is_refused_or_skipped(monkeypatch):
     monkeypatch.setenv(jit.JIT_ENV, "off")
-    spec = spec3x3()
+    spec = wide()
     x, f = int8_operands(spec)
     y, how = NumpyKernel(threads=1).run(spec, x, f)
     assert how["method"] == direct_method(spec)
@@ -144,3 +151,20 @@ def test_the_quick_refusal_agrees_with_the_bound():
             u = winograd_exact.exact_filters(f, magnitude)
             assert (u is not None) == winograd_exact.exact_bound(winograd_exact.filters(f),
                                                                  magnitude)
+
+
+def test_direct_runs_of_eligible_blocks_count_towards_loading(monkeypatch):
+    # "auto": the integer blocks that would take the exact form once numba is loaded record
+    # their time as the float Winograd blocks do (parconv.jit.record)
+    monkeypatch.setattr(jit, "_state", {"spent": 0.0, "loaded": False})
+    monkeypatch.delenv(jit.JIT_ENV, raising=False)
+    spec = wide()
+    x, f = int8_operands(spec)
+    with limit_threads(1):
+        y, how = conv2d_blas(spec, x, f)
+    assert how["method"] == direct_method(spec) and jit._state["spent"] > 0
+    np.testing.assert_array_equal(y, reference_conv2d(spec, x, f))
+    stride2 = spec3x3(in_channels=32, out_channels=32, in_size=(16, 16), stride=(2, 2))
+    before = jit._state["spent"]
+    conv2d_blas(stride2, *int8_operands(stride2))
+    assert jit._state["spent"] == before
