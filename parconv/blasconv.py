@@ -111,8 +111,7 @@ def _exact_winograd(spec: ConvSpec, x: np.ndarray, w: np.ndarray, threads: int,
     Winograd form, else (None, reason).  It runs where the numba transforms would run a float
     block of the same shape now (`parconv.jit.fused_winograd`: same thread rule and loading
     policy) and the data pass `winograd_exact.exact_bound`."""
-    twin = spec.replace(dtype_in="float32", dtype_weight="float32", dtype_acc="float32")
-    if jit.fused_winograd(twin, threads, workers) is None:
+    if jit.fused_winograd(_float_twin(spec), threads, workers) is None:
         return None, ("the numba transforms are not loaded or not usable at "
                       f"{threads} BLAS threads in {workers} pieces (parconv.jit)")
     from . import winograd_exact      # numba is importable: fused_winograd loaded it
@@ -120,6 +119,11 @@ def _exact_winograd(spec: ConvSpec, x: np.ndarray, w: np.ndarray, threads: int,
     if u is None:
         return None, "its data exceed the exact float32 bound (winograd_exact.exact_bound)"
     return winograd_exact, u
+
+
+def _float_twin(spec: ConvSpec) -> ConvSpec:
+    """The float32 block of the same shape (whose numba rule the exact form follows)."""
+    return spec.replace(dtype_in="float32", dtype_weight="float32", dtype_acc="float32")
 
 
 def winograd_form(spec: ConvSpec):
@@ -186,9 +190,8 @@ def conv2d_blas(spec: ConvSpec, x: np.ndarray, w: np.ndarray, method: str | None
             if forced:
                 raise ParconvError(f"method 'winograd' cannot run the integer block "
                                    f"{spec.describe()} exactly: {found}")
-            twin = spec.replace(dtype_in="float32", dtype_weight="float32",
-                                dtype_acc="float32")
-            pending = jit.eligible(twin, threads, workers)   # auto: count towards loading
+            # "auto": this time counts towards loading numba, as a float block's would
+            pending = jit.eligible(_float_twin(spec), threads, workers)
             method = direct_method(spec)
             workers = given if given is not None else split_workers(spec, method, threads)
         else:
