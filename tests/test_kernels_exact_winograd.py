@@ -168,3 +168,17 @@ def test_direct_runs_of_eligible_blocks_count_towards_loading(monkeypatch):
     before = jit._state["spent"]
     conv2d_blas(stride2, *int8_operands(stride2))
     assert jit._state["spent"] == before
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("workers", [2, 3, 7])
+def test_split_pieces_are_bit_identical(numba_on, batch, workers):
+    # odd batches and row counts, cuts inside images on even rows, more workers than tile rows
+    spec = spec3x3(batch=batch, in_channels=24, out_channels=7, in_size=(13, 11),
+                   padding=(1, 2), padding_end=(0, 1))
+    x, f = int8_operands(spec, batch)
+    ref = reference_conv2d(spec, x, f)
+    with limit_threads(workers):
+        y, how = conv2d_blas(spec, x, f, "winograd", workers=workers)
+    assert how["method"] == "winograd" and 1 < how["workers"] <= workers
+    np.testing.assert_array_equal(y, ref)
