@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import winograd, winograd_s2
+from . import winograd, winograd_exact, winograd_s2
 from .blas_exact import EXACT_BELOW
 from .blas_methods import COLUMNS_BYTES, MIN_ROWS, TAP_BLOCK_BYTES
-from .blasconv import _GATHER_COST, _SHORT_COST, GEMM_MIN_PIXELS, winograd_form
+from .blasconv import (_GATHER_COST, _SHORT_COST, GEMM_MIN_PIXELS, exact_winograd_applies,
+                       winograd_form)
 from .spec import ConvSpec
 
 
@@ -88,7 +89,32 @@ def workspace_bytes(spec: ConvSpec, n, c, k, out_h, out_w, padded: bool = True,
         method = np.where((method != 0) & (cost < np.minimum(taps_cost, im2col_cost)), 3, method)
         model = _winograd_bytes if form is winograd else _winograd_s2_bytes
         choices.append(model(n, c, k, H, W, cb) + y)
-    return np.choose(method, choices)
+    direct = np.choose(method, choices)
+    if not exact_winograd_applies(spec):
+        return direct
+    # integers: the exact Winograd form where the model takes it and the data allow it, else
+    # the direct method: budget the larger
+    cost = winograd.relative_cost(n, c, k, np.maximum(H, 1), np.maximum(W, 1), _SHORT_COST)
+    chosen = (method != 0) & (cost < np.minimum(taps_cost, im2col_cost))
+    return np.where(chosen, np.maximum(direct, _winograd_exact_bytes(n, c, k, H, W) + y),
+                    direct)
+
+
+def _winograd_exact_bytes(n, c, k, H, W):
+    """parconv.winograd_exact's allocations: the float32 filters (their float32 copy, U and
+    the bound's |U|), and V, M and the channels-last input rows of the largest block of
+    `winograd.tile_blocks` (`winograd_exact.BLOCK_BYTES`; not the 2 KiB of plane padding)."""
+    tH, tW = -(-H // 2), -(-W // 2)
+    tiles = np.maximum(winograd.MIN_TILES,
+                       winograd_exact.BLOCK_BYTES // ((16 * (c + k) + 8 * c) * 4))
+    image = tH * tW
+    whole = tiles >= image
+    images = -(-n // -(-n // np.maximum(tiles // np.maximum(image, 1), 1)))
+    rows = -(-tH // -(-tH // np.maximum(1, tiles // np.maximum(tW, 1))))
+    nb, rb = np.where(whole, images, 1), np.where(whole, tH, np.minimum(rows, tH))
+    most = nb * rb * tW
+    return 4 * (9 * k * c + 2 * 16 * k * c + 16 * c * most + 16 * k * most
+                + nb * (2 * rb + 2) * (2 * tW + 2) * c)
 
 
 def _winograd_s2_bytes(n, c, k, H, W, item: int):

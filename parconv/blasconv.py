@@ -11,7 +11,9 @@ and non-square shapes; none builds the full im2col matrix):
 * ``"winograd"`` (floating types, 3x3, dilation 1): stride 1 by F(2x2, 3x3), 2.25x fewer
   multiply-adds in 16 products per block of tiles (`parconv.winograd`); stride 2 by its
   polyphase form, F(2, 2) on the even taps and the odd tap direct per axis, 1.44x fewer in 16
-  products (`parconv.winograd_s2`).
+  products (`parconv.winograd_s2`); integers of stride 1 by the exact F(2x2, 3x3) of
+  `parconv.winograd_exact`, where its data keep every float32 sum exact (else their direct
+  method, `direct_method`).
 
 Integers are computed exactly on floating-point BLAS in groups of products whose partial sums
 are exact (`parconv.blas_exact`).  With more than one BLAS thread, the methods in `SPLIT` run
@@ -26,8 +28,8 @@ import time
 import numpy as np
 
 from . import jit, winograd, winograd_s2
-from .blas import current_threads
-from .blas_exact import arithmetic
+from .blas import current_threads, limit_threads
+from .blas_exact import arithmetic, magnitude
 from .blas_layout import taps
 from .blas_methods import conv_gemm, conv_im2col, conv_taps
 from .blas_split import MIN_PIECE_MACS, run_split
@@ -41,8 +43,9 @@ METHODS = ("gemm", "taps", "im2col", "winograd")
 #: (experiments/bench_split.py): taps 1.2-2.6x (its nine thin products per block scale worst
 #: on BLAS threads), int8 gemm 0.9-1.1x, float Winograd 1.03-1.18x (not on small maps, below);
 #: not im2col (its one long product per block scales well: 0.63-1.04x split) nor float gemm
-#: (0.93-1.22x)
-SPLIT = {("taps", "int"), ("taps", "float"), ("gemm", "int"), ("winograd", "float")}
+#: (0.93-1.22x); integer Winograd takes the float rule (the same products and input transform)
+SPLIT = {("taps", "int"), ("taps", "float"), ("gemm", "int"), ("winograd", "float"),
+         ("winograd", "int")}
 #: whether the threaded split's stride-2 Winograd pieces share the block's filter transform
 #: (`conv2d_blas`); a switch for side-by-side measurement (experiments/bench_threads.py)
 SHARED_FILTERS = True
@@ -60,18 +63,67 @@ def choose_method(spec: ConvSpec) -> str:
     "taps" computes ``Hq Wq / (H W)`` times the products and its products have inner dimension
     C; "im2col" computes exactly the products, with inner dimension C R S, but gathers C R S
     values per output row (cost relative to the products about `_GATHER_COST` / K);
-    "winograd" (where it applies) costs `winograd.relative_cost`.  The cheapest wins.
+    "winograd" (where it applies, integers included: `exact_winograd_applies`) costs
+    `winograd.relative_cost`.  The cheapest wins.  An integer block chosen for "winograd" runs
+    `direct_method` instead where its data do not allow the exact form (`conv2d_blas`).
     """
+    costs = _costs(spec)
+    return min(costs, key=costs.get)
+
+
+def direct_method(spec: ConvSpec) -> str:
+    """The cheapest of "gemm", "taps" and "im2col" for this block (`choose_method`'s rule
+    without Winograd)."""
+    costs = _costs(spec)
+    costs.pop("winograd", None)
+    return min(costs, key=costs.get)
+
+
+def _costs(spec: ConvSpec) -> dict:
+    """`choose_method`'s modelled cost of each method that applies, relative to the direct
+    products at full speed ("gemm" alone where it applies)."""
     (H, W), (R, S), C, K = spec.out_size, spec.kernel_size, spec.in_channels, spec.out_channels
     if _gemm_applies(spec) and H * W >= GEMM_MIN_PIXELS:
-        return "gemm"
+        return {"gemm": 1.0}
     _, (Hq, Wq) = taps(spec)
     costs = {"taps": (Hq * Wq) / (H * W) * (1 + _SHORT_COST / C),
              "im2col": 1 + _SHORT_COST / (C * R * S) + _GATHER_COST / K}
-    form = winograd_form(spec)
+    form = winograd_form(spec) or (winograd if exact_winograd_applies(spec) else None)
     if form is not None:
         costs["winograd"] = form.relative_cost(spec.batch, C, K, H, W, _SHORT_COST)
-    return min(costs, key=costs.get)
+    return costs
+
+
+def exact_winograd_applies(spec: ConvSpec) -> bool:
+    """Whether an integer block may take the exact Winograd form (`parconv.winograd_exact`):
+    integer inputs and filters, a signed accumulator of at least 32 bits (which holds its
+    results, of magnitude below 9 2^22), 3x3 filters, stride 1, dilation 1 (its data decide
+    whether it runs: `winograd_exact.exact_bound`)."""
+    acc = np.dtype(spec.dtype_acc)
+    return (np.dtype(spec.dtype_in).kind in "iu" and np.dtype(spec.dtype_weight).kind in "iu"
+            and acc.kind == "i" and acc.itemsize >= 4 and tuple(spec.kernel_size) == (3, 3)
+            and tuple(spec.stride) == (1, 1) and tuple(spec.dilation) == (1, 1))
+
+
+def _exact_winograd(spec: ConvSpec, x: np.ndarray, w: np.ndarray, threads: int,
+                    workers: int):
+    """(`parconv.winograd_exact`, its float32 filters U) where an integer block runs the exact
+    Winograd form, else (None, reason).  It runs where the numba transforms would run a float
+    block of the same shape now (`parconv.jit.fused_winograd`: same thread rule and loading
+    policy) and the data pass `winograd_exact.exact_bound`."""
+    if jit.fused_winograd(_float_twin(spec), threads, workers) is None:
+        return None, ("the numba transforms are not loaded or not usable at "
+                      f"{threads} BLAS threads in {workers} pieces (parconv.jit)")
+    from . import winograd_exact      # numba is importable: fused_winograd loaded it
+    u = winograd_exact.exact_filters(w, magnitude(x))
+    if u is None:
+        return None, "its data exceed the exact float32 bound (winograd_exact.exact_bound)"
+    return winograd_exact, u
+
+
+def _float_twin(spec: ConvSpec) -> ConvSpec:
+    """The float32 block of the same shape (whose numba rule the exact form follows)."""
+    return spec.replace(dtype_in="float32", dtype_weight="float32", dtype_acc="float32")
 
 
 def winograd_form(spec: ConvSpec):
@@ -111,20 +163,40 @@ def conv2d_blas(spec: ConvSpec, x: np.ndarray, w: np.ndarray, method: str | None
     into that many pieces run side by side (`parconv.blas_split`).  Sums reach ``y`` through an
     unsafe cast: exact integers (below 2**24 / 2**53 for one group) or int32/int64 sums, and
     int64 -> int32 keeps the low 32 bits (two's-complement wrap-around, like the hardware).
+
+    An integer block chosen for "winograd" runs the exact form (`parconv.winograd_exact`:
+    ``compute_dtype`` float32, ``exact_group`` None, ``transforms`` "numba") where
+    `_exact_winograd` allows it, else `direct_method`; forced (``method="winograd"``) there,
+    it raises ParconvError with the reason.
     """
     arith = arithmetic(spec, x, w)
-    method = method or choose_method(spec)
+    forced, method = method is not None, method or choose_method(spec)
     if method == "gemm" and not _gemm_applies(spec):
         raise ParconvError(f"method 'gemm' needs a 1x1 unpadded block, got {spec.describe()}")
-    if method == "winograd" and winograd_form(spec) is None:
-        raise ParconvError("method 'winograd' needs a floating-point 3x3 block of stride 1 or 2 "
-                           f"and dilation 1, got {spec.describe()}")
+    if method == "winograd" and winograd_form(spec) is None and not exact_winograd_applies(spec):
+        raise ParconvError("method 'winograd' needs a 3x3 block of dilation 1 and stride 1 or 2 "
+                           f"(integers: stride 1), got {spec.describe()}")
     if method not in METHODS:
         raise ParconvError(f"method must be gemm, taps, im2col or winograd, got {method!r}")
     threads = current_threads()
+    given = workers
     if workers is None:
         workers = split_workers(spec, method, threads)
-    eligible = method == "winograd" and jit.eligible(spec, threads, workers)
+    exact, u, pending = None, None, False
+    if method == "winograd" and exact_winograd_applies(spec):
+        with limit_threads(1):      # a small product: no BLAS threads left spinning after it
+            exact, found = _exact_winograd(spec, x, w, threads, workers)
+        if exact is None:
+            if forced:
+                raise ParconvError(f"method 'winograd' cannot run the integer block "
+                                   f"{spec.describe()} exactly: {found}")
+            # "auto": this time counts towards loading numba, as a float block's would
+            pending = jit.eligible(_float_twin(spec), threads, workers)
+            method = direct_method(spec)
+            workers = given if given is not None else split_workers(spec, method, threads)
+        else:
+            u = found
+    eligible = method == "winograd" and exact is None and jit.eligible(spec, threads, workers)
     fused = jit.fused_winograd(spec, threads, workers) if eligible else None
     y = np.empty(spec.output_shape, dtype=spec.dtype_acc)
     start = time.perf_counter()
@@ -132,12 +204,14 @@ def conv2d_blas(spec: ConvSpec, x: np.ndarray, w: np.ndarray, method: str | None
     # the stride-2 split's pieces share one filter transform (numpy copies and sums, made here)
     # instead of each making all of it; not stride 1, whose filter transform is a product:
     # made here on the BLAS threads, their spinning after it slowed the pieces (1.5x CPU time)
-    u = (winograd_s2.filter_transform(w, arith.dtype)
-         if method == "winograd" and workers > 1 and SHARED_FILTERS
-         and winograd_form(spec) is winograd_s2 else None)
+    if (exact is None and method == "winograd" and workers > 1 and SHARED_FILTERS
+            and winograd_form(spec) is winograd_s2):
+        u = winograd_s2.filter_transform(w, arith.dtype)
 
     def run(piece, xp, yp):
-        if method == "winograd":
+        if exact is not None:
+            exact.conv_winograd_exact(piece, xp, u, yp)
+        elif method == "winograd":
             (fused or winograd_form(piece).conv_winograd)(piece, xp, w, arith.dtype, yp, u)
         elif method == "gemm":
             conv_gemm(piece, xp, w, arith, yp)
@@ -150,11 +224,13 @@ def conv2d_blas(spec: ConvSpec, x: np.ndarray, w: np.ndarray, method: str | None
         workers = run_split(spec, x, y, workers, run, align=2 if method == "winograd" else 1)
     else:
         run(spec, x, y)
-    if eligible and fused is None:
+    if (eligible and fused is None) or pending:
         jit.record(time.perf_counter() - start)
-    return y, {"method": method, "compute_dtype": arith.dtype.name, "exact_group": arith.limit,
+    return y, {"method": method,
+               "compute_dtype": "float32" if exact is not None else arith.dtype.name,
+               "exact_group": None if exact is not None else arith.limit,
                "workers": workers, "transforms": None if method != "winograd" else
-               "numba" if fused else "numpy"}
+               "numba" if fused or exact is not None else "numpy"}
 
 
 def split_workers(spec: ConvSpec, method: str, threads: int) -> int:

@@ -26,8 +26,8 @@ buffers (they stay in the last-level cache).
 
 Float32 accuracy: B and A hold only 0 and +-1 and G only 0, +-1/2, +-1, so rounding comes from
 the same sums as the direct method's plus one short sum per transform; the measured error is
-stated in docs/design.md (kernel section).  Integers never come here (their exact path needs
-the products themselves).
+stated in docs/design.md (kernel section).  Integers never come here (their exact form is
+`parconv.winograd_exact`).
 """
 
 from __future__ import annotations

@@ -237,12 +237,13 @@ def test_random_shapes_every_method(tiny_blocks, h, w, r, s, sh, sw, dh, dw, pad
 
 
 def test_methods_are_chosen_by_shape():
-    from parconv.blasconv import choose_method
+    from parconv.blasconv import choose_method, direct_method
     from parconv.layers import get_layer
     assert choose_method(get_layer("resnet50.layer2.0.conv1", batch=2)) == "gemm"
-    assert choose_method(get_layer("resnet50.layer4.1.conv2", batch=2)) == "im2col"  # 9x9 grid
+    assert direct_method(get_layer("resnet50.layer4.1.conv2", batch=2)) == "im2col"  # 9x9 grid
     assert choose_method(get_layer("resnet50.conv1", batch=1)) == "im2col"           # C = 3
-    assert choose_method(get_layer("resnet50.layer1.0.conv2", batch=2)) == "taps"
+    assert choose_method(get_layer("resnet50.layer1.0.conv2", batch=2)) == "winograd"  # exact
+    assert direct_method(get_layer("resnet50.layer1.0.conv2", batch=2)) == "taps"
     spec = get_layer("resnet50.layer1.0.conv2", batch=1)
     x, w = random_operands(spec.replace(in_size=(8, 8)))
     with pytest.raises(ParconvError, match="gemm"):

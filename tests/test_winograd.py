@@ -204,8 +204,8 @@ def test_method_is_refused_where_it_does_not_apply():
         with pytest.raises(ParconvError, match="winograd"):
             conv2d_blas(spec, *operands(spec), "winograd")
     spec = spec_for_dtype("int8", batch=1, in_channels=2, out_channels=2, in_size=(6, 6),
-                          kernel_size=(3, 3))
-    assert not winograd.applies(spec)            # integers stay on the exact path
+                          kernel_size=(3, 3), stride=(2, 2))
+    assert not winograd_s2.applies(spec)         # integers: stride 1 only (winograd_exact)
     x = np.ones(spec.input_shape, np.int8)
     with pytest.raises(ParconvError, match="winograd"):
         NumpyKernel(method="winograd").run(spec, x, np.ones(spec.weight_shape, np.int8))
@@ -216,7 +216,8 @@ def test_chooser_takes_winograd_for_wide_float_layers_only():
         "winograd"
     assert choose_method(get_layer("resnet50.layer4.1.conv2", batch=8, dtype="float64")) == \
         "winograd"
-    assert choose_method(get_layer("resnet50.layer1.0.conv2", batch=8)) == "taps"   # int8
+    # int8: the exact form where its data allow it (else taps: tests/test_kernels_exact_winograd)
+    assert choose_method(get_layer("resnet50.layer1.0.conv2", batch=8)) == "winograd"
     assert choose_method(get_layer("resnet50.layer3.0.conv2", batch=8, dtype="float32")) == \
         "winograd"                                                              # stride 2
     assert choose_method(get_layer("resnet50.layer3.0.conv2", batch=8)) == "im2col"   # int8
