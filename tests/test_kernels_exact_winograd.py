@@ -17,10 +17,13 @@ from parconv.spec import spec_for_dtype
 
 @pytest.fixture
 def numba_on(monkeypatch):
-    """numba's transforms from the first eligible block (skipped without numba)."""
+    """numba's transforms from the first eligible block (skipped without numba), on one BLAS
+    thread unless a test sets its own (the transforms' rule: one thread per product)."""
     if jit._load() is None:
         pytest.skip("numba is not installed")
     monkeypatch.setenv(jit.JIT_ENV, "on")
+    with limit_threads(1):
+        yield
 
 
 def int8_operands(spec, seed=0, low=-128, high=128):
