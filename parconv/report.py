@@ -128,7 +128,8 @@ def _bound_lines(report: dict) -> list[str]:
     which = {"problem": "problem's bound (balanced start and end)",
              "layout": "bound of the given blocks' layout"}.get(report.get("bound_checked"),
                                                                "bound")
-    line = (f"  {which}: B_MI {human_bytes(bound.get('B_MI', 0))}, B_MD "
+    term = f" ({bound['B_MI_term']} term)" if bound.get("B_MI_term") else ""
+    line = (f"  {which}: B_MI {human_bytes(bound.get('B_MI', 0))}{term}, B_MD "
             f"{human_bytes(bound.get('B_MD', 0))}, binding {bound.get('binding', '?')}")
     ratio = report.get("ratio_to_bound")
     if ratio is not None:

@@ -464,7 +464,8 @@ def test_binding_switches_from_memory_dependent_to_independent():
                              "owned": [spec.size_input_touched, spec.size_filter,
                                        spec.size_output],
                              "B_MI_plain": 0.0, "B_MD_plain": one.B_MD, "B_MI_polyphase": 0.0,
-                             "B_MD_polyphase": 0.0, "B_MI_halo": 0.0}
+                             "B_MD_polyphase": 0.0, "B_MI_halo": 0.0,
+                             "B_MI_term": "section 4"}
 
 
 def test_bad_arguments_name_the_field():

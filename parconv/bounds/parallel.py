@@ -57,7 +57,7 @@ class ParallelBound:
                 "value": self.value, "P": self.P, "M": self.M, "owned": list(self.owned),
                 "B_MI_plain": self.B_MI_plain, "B_MD_plain": self.B_MD_plain,
                 "B_MI_polyphase": self.B_MI_polyphase, "B_MD_polyphase": self.B_MD_polyphase,
-                "B_MI_halo": self.B_MI_halo}
+                "B_MI_halo": self.B_MI_halo, "B_MI_term": self.B_MI_term}
 
 
 def parallel_bounds(spec: ConvSpec, P: int, M: float | None = None, owned=None) -> ParallelBound:
