@@ -219,3 +219,13 @@ def test_the_halo_raises_B_MI_on_small_and_catalogue_layers_and_only_where_it_ap
         layer = get_layer(name, batch=32)
         assert not applies(layer) and parallel_bounds(layer, 64).B_MI_halo == 0.0
     assert halo_term(spec, -(-spec.G_eff // 16), (1, 1, 1)) == 0.0
+
+
+def test_planes_whose_tables_cost_too_much_are_left_out():
+    """A 600x600 plane at P = 2N: its tables would take minutes, the term is 0 (still a bound)."""
+    from parconv.bounds.halo import TABLE_BUDGET, table_cost
+    spec = halo_spec(4, 8, 8, 600, 600)
+    work = -(-spec.G_eff // 8)
+    assert table_cost(*centre_box(spec), -(-work // (9 * 64))) > TABLE_BUDGET
+    assert halo_term(spec, work, (1, 1, 1)) == 0.0
+    assert table_cost(224, 224, 24939) <= TABLE_BUDGET      # the catalogue's largest plane

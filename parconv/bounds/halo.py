@@ -25,9 +25,13 @@ from .traffic import minimum_traffic, traffic_program
 from .workfn import output_bytes
 
 __all__ = ["applies", "centre_box", "class_profile", "plane_bound", "window_sum_bound",
-           "halo_pixels", "halo_traffic", "halo_term"]
+           "halo_pixels", "halo_traffic", "halo_term", "table_cost", "TABLE_BUDGET"]
 
 _INF = np.iinfo(np.int64).max // 4
+#: the largest tables computed (`table_cost`: DP cells of the class profile and pairs of the
+#: minorant): a 224x224 plane at P = 2N costs 4.3e8 (about 3-4 s and 60 MB, once per process),
+#: a 300x300 one 1.6e9 (its term is left out)
+TABLE_BUDGET = 6 * 10 ** 8
 #: evaluations of the concave dual function in mu (golden section; every one is a valid bound)
 MU_STEPS = 24
 
@@ -209,13 +213,25 @@ def halo_term(spec: ConvSpec, work: int, usable: tuple[int, int, int]) -> float:
     It applies to 3x3 stride-1 layers whose busy processor's larger sets fit one plane (at most
     rows cols points in all, z0 of `halo_pixels`): a processor holding whole planes has no halo
     to charge, and beyond one plane the minorant would need every split of z0 over the planes.
+    Planes whose tables would cost more than `TABLE_BUDGET` (`table_cost`) are left out too (0
+    is a bound as well), so the planner never spends more than seconds on it.
     """
     if work <= 0 or spec.G_eff == 0 or not applies(spec):
         return 0.0
     rows, cols = centre_box(spec)
-    if _larger_sets(spec, work) > rows * cols:
+    z0 = _larger_sets(spec, work)
+    if z0 > rows * cols or table_cost(rows, cols, z0) > TABLE_BUDGET:
         return 0.0
     return halo_traffic(spec, work, usable)
+
+
+def table_cost(rows: int, cols: int, z0: int) -> int:
+    """The work of `window_sum_bound`'s tables at z0 on a rows x cols box: the class profile's
+    DP cells (rows x cols x points, per class box) and the minorant's pairs (zmax^2 / 4)."""
+    zmax = min(rows * cols, 1 << max(z0 - 1, 0).bit_length())
+    half_rows, half_cols = -(-rows // 2), -(-cols // 2)
+    points = min(zmax, half_rows * half_cols)
+    return half_rows * (half_cols + 1) * (points + 1) + zmax * zmax // 4
 
 
 def _larger_sets(spec: ConvSpec, work: int) -> int:
