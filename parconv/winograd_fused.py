@@ -10,8 +10,9 @@ of a chain of numpy passes over the block's buffers.  Per block of whole images 
   small scratch, then the column transform writes each tile's 16 coefficients, C contiguous
   values each, into the 16 (tiles x C) matrices ``V[k]``;
 * the 16 products ``M[k] = V[k] U[k]^T`` (tiles x C) @ (C x K) on BLAS;
-* `output_transform`: per tile row, A^T M A along its tW K contiguous values into a scratch,
-  then its four output phases into the NCHW rows.
+* `output_transform` (`output_transform_into` with the scratch given): per tile row, A^T M A
+  along its tW K contiguous values into a scratch, then its four output phases into the NCHW
+  rows.
 
 Every compiled inner loop stores to one array and loads from at most three, so that LLVM's
 run-time overlap checks stay few enough for it to vectorise the loop (loops storing to 16
@@ -100,7 +101,17 @@ def _add(a, b, out):
 def output_transform(m, n0, n1, i0, i1, tW, y):
     """The 2x2 outputs ``A^T M A`` of the tiles of `input_transform`'s order from ``m``
     (`_planes` (16, tiles K + pad): ``M[k][tile, f]`` at ``m[k, tile K + f]``) into ``y`` (N,
-    K, H, W), rows 2 i0 .. of images n0 .., clipped at H and W.
+    K, H, W), rows 2 i0 .. of images n0 .., clipped at H and W, added in ``m``'s type."""
+    span = tW * y.shape[1]
+    output_transform_into(m, n0, n1, i0, i1, tW, y, np.empty((8, span), dtype=m.dtype),
+                          np.empty((4, span), dtype=m.dtype))
+
+
+@numba.njit(nogil=True, cache=_CACHE)
+def output_transform_into(m, n0, n1, i0, i1, tW, y, s, out):
+    """`output_transform` with the scratch rows ``s`` (8, tW K) and ``out`` (4, tW K) given:
+    the sums are formed in their type (float64 scratch adds float32 products exactly:
+    `parconv.winograd_exact`).
 
     Rows and columns of the transform run along tW K contiguous values (one store, at most
     three loads per loop, so that they vectorise); the last loop moves the tile row's four
@@ -108,8 +119,7 @@ def output_transform(m, n0, n1, i0, i1, tW, y):
     K, H, W = y.shape[1], y.shape[2], y.shape[3]
     rows = i1 - i0
     span = tW * K
-    s = np.empty((8, span), dtype=m.dtype)
-    out = np.empty((4, span), dtype=m.dtype)
+    zero = np.zeros(1, dtype=s.dtype)[0]
     for n in range(n0, n1):
         for i in range(i0, i1):
             at = ((n - n0) * rows + (i - i0)) * span
@@ -117,13 +127,13 @@ def output_transform(m, n0, n1, i0, i1, tW, y):
             # - m[12 + q] (column q of the tile)
             for q in range(4):
                 _sum3(m[q, at:at + span], m[4 + q, at:at + span], m[8 + q, at:at + span],
-                      s[q])
+                      s[q], zero)
                 _diff3(m[4 + q, at:at + span], m[8 + q, at:at + span],
-                       m[12 + q, at:at + span], s[4 + q])
+                       m[12 + q, at:at + span], s[4 + q], zero)
             # columns: output column 0 = s0 + s1 + s2, column 1 = s1 - s2 - s3 (per row a)
             for a in range(2):
-                _sum3(s[4 * a], s[4 * a + 1], s[4 * a + 2], out[2 * a])
-                _diff3(s[4 * a + 1], s[4 * a + 2], s[4 * a + 3], out[2 * a + 1])
+                _sum3(s[4 * a], s[4 * a + 1], s[4 * a + 2], out[2 * a], zero)
+                _diff3(s[4 * a + 1], s[4 * a + 2], s[4 * a + 3], out[2 * a + 1], zero)
             for a in range(2):
                 row = 2 * i + a
                 if row >= H:
@@ -138,15 +148,16 @@ def output_transform(m, n0, n1, i0, i1, tW, y):
 
 
 @numba.njit(nogil=True, cache=_CACHE, inline="always")
-def _sum3(a, b, c, out):
+def _sum3(a, b, c, out, zero):
+    # (a + b) + c in the type of ``zero`` (out's): adding it first widens a float32 a
     for q in range(out.shape[0]):
-        out[q] = (a[q] + b[q]) + c[q]
+        out[q] = ((zero + a[q]) + b[q]) + c[q]
 
 
 @numba.njit(nogil=True, cache=_CACHE, inline="always")
-def _diff3(a, b, c, out):
+def _diff3(a, b, c, out, zero):
     for q in range(out.shape[0]):
-        out[q] = (a[q] - b[q]) - c[q]
+        out[q] = ((zero + a[q]) - b[q]) - c[q]
 
 
 def conv_winograd(spec: ConvSpec, x: np.ndarray, w: np.ndarray, dtype, y: np.ndarray,
