@@ -56,8 +56,8 @@ def phase_images(spec: ConvSpec, x: np.ndarray, dtype, phases, grid, tail: int =
         else:
             flat = np.zeros((N * Hq * Wq + tail, C), dtype=dtype)
             image = flat[:N * Hq * Wq].reshape(N, Hq, Wq, C)
-        i0, i1 = _held(ph - a, sh, H_in, Hq)
-        j0, j1 = _held(pw - b, sw, W_in, Wq)
+        i0, i1 = held(ph - a, sh, H_in, Hq)
+        j0, j1 = held(pw - b, sw, W_in, Wq)
         if i1 > i0 and j1 > j0:
             rows = slice(sh * i0 + a - ph, sh * (i1 - 1) + a - ph + 1, sh)
             cols = slice(sw * j0 + b - pw, sw * (j1 - 1) + b - pw + 1, sw)
@@ -75,8 +75,9 @@ def phase_views(flat: dict, spec: ConvSpec, grid) -> dict:
     return {p: v[:size].reshape(spec.batch, *grid, spec.in_channels) for p, v in flat.items()}
 
 
-def _held(pad: int, stride: int, extent: int, count: int) -> tuple[int, int]:
-    """Indices i in [0, count) with 0 <= stride i - pad < extent, as a range."""
+def held(pad: int, stride: int, extent: int, count: int) -> tuple[int, int]:
+    """Indices i in [0, count) with 0 <= stride i - pad < extent (the positions that read the
+    input, not its padding), as a half-open range."""
     i0 = max(0, -(-pad // stride))
     i1 = min(count, -(-(extent + pad) // stride))
     return i0, max(i0, i1)

@@ -7,8 +7,14 @@ Pure, no MPI.
   image (`parconv.blas_layout`), accumulated in place (BLAS beta = 1) into an output over the
   same (n, i, j) grid; the grid's extra columns and rows (``Wq - W`` and ``Hq - H`` of them) are
   computed and dropped.  Blocks of rows that stay in the cache; no copy per tap.
-* ``"im2col"``: blocks of output rows of the im2col matrix, sized to `COLUMNS_BYTES`, gathered
-  from the phase images, one product per block.
+* ``"im2col"``: the products of the im2col matrix, inner dimension C R S.  Where the filter rows
+  are adjacent (dilation 1 along H) and output rows are wide (`ROWS_MIN_WIDTH`), as *row bands*
+  (`_im2col_rows`): per input row the C S values each output pixel reads from it, gathered once;
+  the im2col rows of output row i are then the R consecutive gathered input rows from sh i on,
+  a contiguous matrix, so one stacked product per band reads them in place (the stride-2 7x7
+  stem gathers 3.5x fewer values than its im2col matrix holds; exact groups are ranges of the
+  matrix's rows).  Elsewhere blocks of output rows of the im2col matrix, sized to
+  `COLUMNS_BYTES`, gathered from the phase images, one product per block and exact group.
 
 Each writes its output blocks to the NCHW result while they are still in the cache; integers
 are summed in exact groups (`parconv.blas_exact`).
@@ -17,10 +23,11 @@ are summed in exact groups (`parconv.blas_exact`).
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from .blas import current_threads, matmul_into
 from .blas_exact import Arithmetic, Sums, column_groups
-from .blas_layout import phase_images, phase_views, pixel_blocks, tap_major, taps
+from .blas_layout import held, phase_images, phase_views, pixel_blocks, tap_major, taps
 from .spec import ConvSpec
 
 #: bytes of im2col columns gathered at once (rows of a block x columns of a piece; 4 MiB ran
@@ -32,6 +39,11 @@ COLUMNS_BYTES = 4 << 20
 TAP_BLOCK_BYTES = 2 << 20
 #: fewest rows per block (shorter products run BLAS poorly)
 MIN_ROWS = 256
+#: narrowest output rows that "im2col" runs as row bands (their products are W wide): speed
+#: of row bands / blocks at one thread, float32 / int8 (experiments/bench_stem.py --widths,
+#: two runs): W = 112 (the stem) 1.40-1.44 / 1.10-1.12, W = 56 1.18-1.33 / 1.08-1.15,
+#: W = 28 0.80-1.03 / 0.85-1.08, W = 14 0.53-0.64, W = 7 0.31-0.35
+ROWS_MIN_WIDTH = 32
 
 
 def _gemm_in_place(spec: ConvSpec, x: np.ndarray, arith: Arithmetic, y: np.ndarray) -> bool:
@@ -137,7 +149,11 @@ def conv_im2col(spec: ConvSpec, x: np.ndarray, w: np.ndarray, arith: Arithmetic,
     """Blocks of im2col rows gathered from the phase images, one product per block and piece,
     into ``y``.  Each block's output is K x pixels (written to NCHW in runs of the block's
     pixels).  With ``channels_first`` the transposed columns (C R S x pixels) are gathered
-    from channel-first phase images: runs of W values instead of runs of C (few channels)."""
+    from channel-first phase images: runs of W values instead of runs of C (few channels).
+    Row bands instead where `rows_apply` (module docstring)."""
+    if rows_apply(spec, arith):
+        _im2col_rows(spec, x, w, arith, y)
+        return
     tap_list, grid = taps(spec)
     N, C, K, (H, W) = spec.batch, spec.in_channels, spec.out_channels, spec.out_size
     images = phase_images(spec, x, arith.dtype, {t.phase for t in tap_list}, grid,
@@ -189,3 +205,86 @@ def conv_im2col(spec: ConvSpec, x: np.ndarray, w: np.ndarray, arith: Arithmetic,
         sums.run(out, groups, products)
         np.copyto(y[n0:n1, :, h0:h1, :],
                   out.reshape(K, n1 - n0, h1 - h0, W).transpose(1, 0, 2, 3), casting="unsafe")
+
+
+def rows_apply(spec: ConvSpec, arith: Arithmetic) -> bool:
+    """Whether "im2col" runs as row bands: dilation 1 along H (the R filter rows of an output
+    row read adjacent input rows), output rows of at least `ROWS_MIN_WIDTH` pixels (the
+    products' width) and products of a floating type (`blas_exact.arithmetic`)."""
+    return (spec.dilation[0] == 1 and spec.out_size[1] >= ROWS_MIN_WIDTH
+            and arith.dtype.kind == "f")
+
+
+def band_rows(spec: ConvSpec, item: int) -> int:
+    """Output rows per band of `_im2col_rows`: its gathered input rows within `COLUMNS_BYTES`
+    (at least one output row)."""
+    (sh, _), (R, S), C, W = spec.stride, spec.kernel_size, spec.in_channels, spec.out_size[1]
+    gathered = COLUMNS_BYTES // max(1, C * S * W * item)
+    return max(1, min(spec.out_size[0], (gathered - R) // sh + 1))
+
+
+def _im2col_rows(spec: ConvSpec, x: np.ndarray, w: np.ndarray, arith: Arithmetic,
+                 y: np.ndarray) -> None:
+    """"im2col" by row bands (module docstring), into ``y``.
+
+    Per band of output rows [h0, h1) of one image, ``g[u, c, s, j]`` = the input value tap
+    column s of output column j reads in input row ``sh h0 + u - ph`` (zero in the padding);
+    output row i's im2col matrix (R C S x W, rows in (r, c, s) order) is ``g[sh (i - h0) :
+    sh (i - h0) + R]`` flattened, and one stacked product of the (K x R C S) filters with
+    these overlapping views writes the band: straight into ``y`` where its type is the
+    products', else through a band block in the arithmetic's ``out`` type, the exact groups
+    (consecutive rows of the matrix) added there as `blas_exact.Sums` adds them.
+    """
+    (sh, sw), (_, dw), (ph, pw) = spec.stride, spec.dilation, spec.padding
+    (R, S), (H, W), (H_in, W_in) = spec.kernel_size, spec.out_size, spec.in_size
+    N, C, K = spec.batch, spec.in_channels, spec.out_channels
+    dtype, depth = arith.dtype, R * C * S
+    # (K, R, C, S): the (r, c, s) order of the gathered rows
+    wm = np.ascontiguousarray(w.transpose(0, 2, 1, 3), dtype=dtype).reshape(K, depth)
+    band = band_rows(spec, dtype.itemsize)
+    g = np.empty(((band - 1) * sh + R, C, S, W), dtype=dtype)
+    step = arith.limit or depth
+    groups = [(a, min(depth, a + step)) for a in range(0, depth, step)]
+    direct = y.dtype == dtype
+    block = None if direct else np.empty((band, K, W), dtype=arith.out)
+    buffer = np.empty((band, K, W), dtype=dtype) if arith.out != dtype else None
+    ints = np.empty((band, K, W), dtype=arith.out) if len(groups) > 1 else None
+    cols = [held(pw - dw * s, sw, W_in, W) for s in range(S)]
+    for n in range(N):
+        for h0 in range(0, H, band):
+            h1 = min(H, h0 + band)
+            rows = (h1 - h0 - 1) * sh + R
+            # input rows sh h0 - ph + [0, rows): the held ones are [u0, u1)
+            u0 = min(rows, max(0, ph - sh * h0))
+            u1 = max(u0, min(rows, H_in + ph - sh * h0))
+            part = g[:rows]
+            part[:u0] = 0
+            part[u1:] = 0
+            for s, (j0, j1) in enumerate(cols):
+                dst = part[u0:u1, :, s]
+                dst[:, :, :j0] = 0
+                dst[:, :, j1:] = 0
+                if j1 > j0:
+                    i0, c0 = sh * h0 + u0 - ph, dw * s + sw * j0 - pw
+                    dst[:, :, j0:j1] = x[n, :, i0:i0 + u1 - u0,
+                                         c0:c0 + sw * (j1 - j0 - 1) + 1:sw].transpose(1, 0, 2)
+            strides = g.strides
+            matrices = as_strided(part, shape=(h1 - h0, depth, W),
+                                  strides=(sh * strides[0], strides[2], strides[3]),
+                                  writeable=False)
+            target = y[n, :, h0:h1, :].transpose(1, 0, 2)
+            if direct:
+                np.matmul(wm, matrices, out=target)
+                continue
+            out = block[:h1 - h0]
+            for index, (a, b) in enumerate(groups):
+                sums = out if buffer is None else buffer[:h1 - h0]
+                np.matmul(wm[:, a:b], matrices[:, a:b], out=sums)
+                if buffer is None:
+                    continue
+                if index == 0:
+                    np.copyto(out, sums, casting="unsafe")      # exact integers
+                else:
+                    np.copyto(ints[:h1 - h0], sums, casting="unsafe")
+                    np.add(out, ints[:h1 - h0], out=out)         # wraps like int32 hardware
+            np.copyto(target, out, casting="unsafe")

@@ -3,7 +3,7 @@
 The planner's footprint (parconv.plan.footprint) budgets the numpy node with it, vectorised over
 every rank of a grid.  It mirrors the allocations of the four methods at one BLAS thread
 (parconv.blas_methods, parconv.winograd*: phase images, tap-major filters, exact-group sums,
-im2col columns, the returned output), so a change there must change this too;
+im2col row bands or columns, the returned output), so a change there must change this too;
 tests/test_plan.py holds it to tracemalloc's peak.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from . import winograd, winograd_exact, winograd_s2
 from .blas_exact import EXACT_BELOW
-from .blas_methods import COLUMNS_BYTES, MIN_ROWS, TAP_BLOCK_BYTES
+from .blas_methods import COLUMNS_BYTES, MIN_ROWS, ROWS_MIN_WIDTH, TAP_BLOCK_BYTES
 from .blasconv import (_GATHER_COST, _SHORT_COST, GEMM_MIN_PIXELS, exact_winograd_applies,
                        winograd_form)
 from .spec import ConvSpec
@@ -68,6 +68,19 @@ def workspace_bytes(spec: ConvSpec, n, c, k, out_h, out_w, padded: bool = True,
                           np.minimum(H, np.maximum(1, crows // np.maximum(W, 1))) * W)
     im2col_bytes = (phases * cb * n * Hq * Wq * c + 2 * filters
                     + cb * block_rows * widest + k * block_rows * (sums_per + out_item) + y)
+    if dh == 1:
+        # "im2col" by row bands where blas_methods.rows_apply: the (r, c, s) filters, one band
+        # of gathered input rows and, for integers, the band's block, group buffer and integers
+        band = np.maximum(1, np.minimum(H, (COLUMNS_BYTES // np.maximum(1, c * S * W * cb) - R)
+                                        // sh + 1))
+        if limit is None:
+            band_item = 0
+        else:
+            out_int = 8 if cb == 8 else acc.itemsize
+            band_item = np.where(multi, cb + 2 * out_int, cb if cb == 4 else cb + out_int)
+        rows_bytes = (filters + cb * ((band - 1) * sh + R) * c * S * W
+                      + band_item * band * k * W + y)
+        im2col_bytes = np.where(W >= ROWS_MIN_WIDTH, rows_bytes, im2col_bytes)
     # "gemm": one image at a time, straight into the output when the types allow
     cast_w = 0 if np.dtype(spec.dtype_weight) == np.dtype(cb == 4 and "float32" or "float64") \
         else cb * k * c

@@ -31,7 +31,7 @@ from . import jit, winograd, winograd_s2
 from .blas import current_threads, limit_threads
 from .blas_exact import arithmetic, magnitude
 from .blas_layout import taps
-from .blas_methods import conv_gemm, conv_im2col, conv_taps
+from .blas_methods import ROWS_MIN_WIDTH, conv_gemm, conv_im2col, conv_taps
 from .blas_split import MIN_PIECE_MACS, run_split
 from .errors import ParconvError
 from .spec import ConvSpec
@@ -42,10 +42,13 @@ METHODS = ("gemm", "taps", "im2col", "winograd")
 #: (blas_split), measured side by side at 2 threads on an otherwise idle machine
 #: (experiments/bench_split.py): taps 1.2-2.6x (its nine thin products per block scale worst
 #: on BLAS threads), int8 gemm 0.9-1.1x, float Winograd 1.03-1.18x (not on small maps, below);
-#: not im2col (its one long product per block scales well: 0.63-1.04x split) nor float gemm
-#: (0.93-1.22x); integer Winograd takes the float rule (the same products and input transform)
+#: im2col by row bands (`blas_methods.rows_apply`; one short product per output row) on the
+#: stem 1.03-1.36x int8 and 0.83-1.29x float32 in that script, 1.35-1.8x float32 with torch's
+#: conv2d between the calls as parconv.bench runs them; not im2col's blocks (dilation along H
+#: or narrow rows: one long product per block, 0.63-1.04x split) nor float gemm (0.93-1.22x);
+#: integer Winograd takes the float rule (the same products and input transform)
 SPLIT = {("taps", "int"), ("taps", "float"), ("gemm", "int"), ("winograd", "float"),
-         ("winograd", "int")}
+         ("winograd", "int"), ("im2col", "int"), ("im2col", "float")}
 #: whether the threaded split's stride-2 Winograd pieces share the block's filter transform
 #: (`conv2d_blas`); a switch for side-by-side measurement (experiments/bench_threads.py)
 SHARED_FILTERS = True
@@ -235,11 +238,14 @@ def conv2d_blas(spec: ConvSpec, x: np.ndarray, w: np.ndarray, method: str | None
 
 def split_workers(spec: ConvSpec, method: str, threads: int) -> int:
     """How many pieces `conv2d_blas` runs side by side: ``threads`` where the method and
-    input kind are in `SPLIT` and every piece keeps `MIN_PIECE_MACS` multiply-adds and
-    `MIN_PIECE_PIXELS` output pixels, else 1 (one call on the BLAS threads)."""
+    input kind are in `SPLIT` (im2col: where it runs by row bands) and every piece
+    keeps `MIN_PIECE_MACS` multiply-adds and `MIN_PIECE_PIXELS` output pixels, else 1 (one
+    call on the BLAS threads)."""
     kind = "int" if np.dtype(spec.dtype_in).kind in "iu" else "float"
     if threads <= 1 or (method, kind) not in SPLIT:
         return 1
+    if method == "im2col" and (spec.dilation[0] != 1 or spec.out_size[1] < ROWS_MIN_WIDTH):
+        return 1        # its blocks, not row bands (blas_methods.rows_apply)
     pixels = spec.batch * spec.out_size[0] * spec.out_size[1]
     return threads if (spec.G >= threads * MIN_PIECE_MACS
                        and pixels >= threads * MIN_PIECE_PIXELS) else 1

@@ -142,7 +142,9 @@ def test_split_workers_follow_the_threads_the_method_and_the_size():
     assert split_workers(tiny, "taps", 2) == 1          # too small to be worth a thread
     small_map = big.replace(in_channels=512, out_channels=512, in_size=(7, 7))
     assert small_map.G >= 2 * (1 << 24) and split_workers(small_map, "taps", 2) == 1
-    assert split_workers(big, "im2col", 2) == 1         # its long products scale on BLAS
+    assert split_workers(big, "im2col", 2) == 2         # row bands: a short product per row
+    # dilated rows: im2col's blocks, whose long products scale on BLAS
+    assert split_workers(big.replace(dilation=(2, 1)), "im2col", 2) == 1
     assert split_workers(big.replace(dtype_in="float32", dtype_acc="float32"), "winograd",
                          2) == 2
 

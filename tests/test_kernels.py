@@ -127,6 +127,7 @@ def tiny_blocks(monkeypatch):
     monkeypatch.setattr(blas_methods, "COLUMNS_BYTES", 96)
     monkeypatch.setattr(blas_methods, "TAP_BLOCK_BYTES", 40)
     monkeypatch.setattr(blas_methods, "MIN_ROWS", 1)
+    monkeypatch.setattr(blas_methods, "ROWS_MIN_WIDTH", 1)
 
 
 def methods_for(spec):
@@ -185,6 +186,50 @@ def test_int8_extremes_at_the_group_boundary(channels, kernel, group):
     assert stats["exact_group"] == group
     if kernel == 1:
         assert int(y[0, 0, 0, 0]) == channels * 2 ** 14
+
+
+@pytest.mark.parametrize("dtype, channels, stride, pads, extreme", [
+    ("int8", 3, (2, 2), (3, 3, 2, 3), False), ("int8", 40, (1, 2), (1, 0, 0, 2), True),
+    ("int16", 5, (2, 1), (0, 2, 1, 0), True), ("float64", 4, (3, 2), (2, 1, 2, 2), False)])
+def test_im2col_row_bands_match_the_blocks(monkeypatch, dtype, channels, stride, pads, extreme):
+    # the row bands (dilation 1 along H) against the blocks of the general form, bands of one
+    # output row and of several; extremes: several exact groups (40 x 5 x 7 > 1024 products
+    # of 2**14), int16 sums past 2**31 in float64 groups
+    import parconv.blas_methods as blas_methods
+    from parconv.blas_exact import arithmetic
+    from parconv.blasconv import conv2d_blas
+    spec = spec_for_dtype(dtype, batch=2, in_channels=channels, out_channels=6, in_size=(11, 13),
+                          kernel_size=(5, 7), stride=stride, dilation=(1, 2), padding=pads[:2],
+                          padding_end=pads[2:])
+    x, w = random_operands(spec, seed=5)
+    monkeypatch.setattr(blas_methods, "ROWS_MIN_WIDTH", spec.out_size[1] + 1)
+    assert not blas_methods.rows_apply(spec, arithmetic(spec, x, w))       # rows too narrow
+    monkeypatch.setattr(blas_methods, "ROWS_MIN_WIDTH", spec.out_size[1])
+    if extreme:
+        info = np.iinfo(x.dtype)
+        x[...] = info.min
+        w[...] = info.min
+        w[1] = info.max
+    assert blas_methods.rows_apply(spec, arithmetic(spec, x, w))
+    ref = reference_conv2d(spec, x, w)
+    bands = []
+    for columns in (blas_methods.COLUMNS_BYTES, 96):
+        monkeypatch.setattr(blas_methods, "ROWS_MIN_WIDTH", spec.out_size[1])
+        monkeypatch.setattr(blas_methods, "COLUMNS_BYTES", columns)
+        bands.append(blas_methods.band_rows(spec, arithmetic(spec, x, w).dtype.itemsize))
+        y, _ = conv2d_blas(spec, x, w, "im2col")
+        monkeypatch.setattr(blas_methods, "rows_apply", lambda spec, arith: False)
+        blocks, _ = conv2d_blas(spec, x, w, "im2col")
+        monkeypatch.undo()
+        if dtype == "float64":
+            np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12 * channels)
+            np.testing.assert_allclose(y, blocks, rtol=1e-12, atol=1e-12 * channels)
+        else:
+            np.testing.assert_array_equal(y, ref)
+            np.testing.assert_array_equal(y, blocks)
+    assert bands[0] == spec.out_size[0] and bands[1] == 1
+    if extreme and dtype == "int8":
+        assert arithmetic(spec, x, w).limit == 1024
 
 
 def test_small_integers_need_no_groups():

@@ -298,6 +298,7 @@ def _kernel_peak(kernel, spec, x, w) -> int:
 
 @pytest.mark.parametrize("spec, dims", [
     (get_layer("resnet50.conv1", batch=2), (1, 2, 1, 2, 1)),                 # im2col, int8
+    (get_layer("resnet50.conv1", batch=2, dtype="float32"), (1, 1, 1, 2, 2)),  # row bands
     (get_layer("resnet50.layer3.0.conv2", batch=2), (1, 1, 2, 2, 2)),        # per tap, int8
     (get_layer("resnet50.layer2.0.downsample.0", batch=2, dtype="float32"), (2, 1, 1, 1, 3)),
     (get_layer("resnet50.layer2.0.conv1", batch=2), (1, 2, 1, 1, 2)),         # 1x1, int8
