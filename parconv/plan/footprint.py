@@ -29,7 +29,8 @@ kernel_workspace    the node kernel's own peak, its output included (kernel)    
 partial_output      the partial output block in dtype_acc (kernel .. reduce)
 bias_add            the second partial block while the bias is added (c == 0)
 reduce_buffers      reduce-scatter receive buffer (P_C pieces), the summed piece and its
-                    cast to dtype_out (reduce)
+                    cast to dtype_out (reduce); with P_C = 1 only the cast (none when
+                    dtype_out is dtype_acc: the partial block is the output)
 balance_out_buffers the output piece, the surplus it sends, the segments it receives and
                     the final outputs it owns, dtype_out (balance_out; an upper estimate:
                     at most ceil(|O| / P) received and owned)
@@ -197,8 +198,19 @@ def footprint_terms(spec, g, sizes: dict, phases: dict, node="numpy") -> Footpri
         "kernel_workspace": work * has_span,
         "partial_output": spec.p_acc * n_out,
         "bias_add": spec.p_acc * n_out * bias_here,
-        "reduce_buffers": spec.p_acc * piece_out * (PC + 1) + spec.p_out * piece_out,
+        "reduce_buffers": _reduce_bytes(spec, piece_out, PC),
         "balance_out_buffers": spec.p_out * (piece_out + (piece_out - kept_out) + cap_out
                                              + (cap_out - kept_out)),
     }
     return Footprint(name, terms, full.shape)
+
+
+def _reduce_bytes(spec, piece_out, PC: int):
+    """The reduce stage's buffers (`parconv.mpi.exchange`): over a C group of ``PC`` ranks the
+    (PC, piece) receive buffer, the output piece and, when dtype_out is not dtype_acc, the sum
+    in dtype_acc before its cast; with ``PC`` = 1 the output piece in dtype_out only where it is
+    not dtype_acc (else the partial block itself is the output)."""
+    cast = np.dtype(spec.dtype_out) != np.dtype(spec.dtype_acc)
+    if PC == 1:
+        return spec.p_out * piece_out * cast
+    return spec.p_acc * piece_out * (PC + cast) + spec.p_out * piece_out
