@@ -43,10 +43,16 @@ def workspace_bytes(spec: ConvSpec, n, c, k, out_h, out_w, padded: bool = True,
             (1 << (8 * np.dtype(spec.dtype_in).itemsize - 1)) ** 2)
     reduction = c * R * S
     groups = np.ones_like(c) if limit is None else -(-reduction // limit)
-    # Sums: scratch, plus buffer and integers when the groups are added in the accumulator
+    # Sums (blas_exact): a scratch, and a buffer and integers where the groups are added in an
+    # integer type (blas_exact.arithmetic: integers in several float32 groups, in int32, or in
+    # float64 groups, in int64; compared by type, not size: float32 -> int32 has both)
     multi = groups > 1
-    out_item = np.where(multi, acc.itemsize, cb) if limit is not None else acc.itemsize
-    sums_per = cb + np.where(out_item != cb, cb + acc.itemsize, 0)
+    if limit is None:
+        out_item, sums_per = acc.itemsize, cb
+    else:
+        buffered = multi | (cb == 8)
+        out_item = np.where(buffered, 8 if cb == 8 else acc.itemsize, cb)
+        sums_per = cb + np.where(buffered, cb + out_item, 0)
     y = acc.itemsize * n * k * H * W
     Hq, Wq = H + (dh * (R - 1)) // sh, W + (dw * (S - 1)) // sw
     phases = len({(dh * r) % sh for r in range(R)}) * len({(dw * s) % sw for s in range(S)})

@@ -296,6 +296,14 @@ def _kernel_peak(kernel, spec, x, w) -> int:
         tracemalloc.stop()
 
 
+def _full_range(rng, shape, dtype) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    info = np.iinfo(dtype)
+    return rng.integers(int(info.min), int(info.max) + 1, shape).astype(dtype)
+
+
 @pytest.mark.parametrize("spec, dims", [
     (get_layer("resnet50.conv1", batch=2), (1, 2, 1, 2, 1)),                 # im2col, int8
     (get_layer("resnet50.conv1", batch=2, dtype="float32"), (1, 1, 1, 2, 2)),  # row bands
@@ -304,6 +312,7 @@ def _kernel_peak(kernel, spec, x, w) -> int:
     (get_layer("resnet50.layer2.0.conv1", batch=2), (1, 2, 1, 1, 2)),         # 1x1, int8
     (get_layer("resnet50.layer3.0.conv2", batch=2, dtype="float32"), (2, 2, 1, 1, 1)),  # s2
     (AWKWARD[3], (1, 1, 1, 3, 2)),                                             # dilated float32
+    (get_layer("resnet50.layer3.0.conv2", batch=8), (1, 1, 1, 1, 1)),        # im2col groups
     (get_layer("resnet50.layer1.0.conv2", batch=1, dtype="float64"), (1, 1, 1, 3, 1)),
 ])
 def test_numpy_kernel_workspace_is_its_measured_peak(spec, dims, monkeypatch):
@@ -322,8 +331,10 @@ def test_numpy_kernel_workspace_is_its_measured_peak(spec, dims, monkeypatch):
         if local.local_spec is None:
             assert terms["kernel_workspace"] == 0
             continue
-        x = rng.integers(-8, 8, local.local_spec.input_shape).astype(spec.dtype_in)
-        w = rng.integers(-8, 8, local.local_spec.weight_shape).astype(spec.dtype_weight)
+        # integers over their whole range: the data the budget is for (most exact groups)
+        x, w = (_full_range(rng, shape, dtype) for shape, dtype in (
+            (local.local_spec.input_shape, spec.dtype_in),
+            (local.local_spec.weight_shape, spec.dtype_weight)))
         # one BLAS thread, as the footprint models it (at T threads the kernel's threaded split
         # holds up to T blocks of its method's buffers at once: blas_split)
         monkeypatch.setenv(jit.JIT_ENV, "off")
