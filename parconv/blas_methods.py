@@ -207,20 +207,25 @@ def conv_im2col(spec: ConvSpec, x: np.ndarray, w: np.ndarray, arith: Arithmetic,
                   out.reshape(K, n1 - n0, h1 - h0, W).transpose(1, 0, 2, 3), casting="unsafe")
 
 
+def row_bands_fit(spec: ConvSpec) -> bool:
+    """Whether the block's shape takes "im2col" by row bands: dilation 1 along H (the R filter
+    rows of an output row read adjacent input rows) and output rows of at least
+    `ROWS_MIN_WIDTH` pixels (the products' width)."""
+    return spec.dilation[0] == 1 and spec.out_size[1] >= ROWS_MIN_WIDTH
+
+
 def rows_apply(spec: ConvSpec, arith: Arithmetic) -> bool:
-    """Whether "im2col" runs as row bands: dilation 1 along H (the R filter rows of an output
-    row read adjacent input rows), output rows of at least `ROWS_MIN_WIDTH` pixels (the
-    products' width) and products of a floating type (`blas_exact.arithmetic`)."""
-    return (spec.dilation[0] == 1 and spec.out_size[1] >= ROWS_MIN_WIDTH
-            and arith.dtype.kind == "f")
+    """Whether "im2col" runs as row bands: `row_bands_fit` and products of a floating type
+    (`blas_exact.arithmetic`)."""
+    return row_bands_fit(spec) and arith.dtype.kind == "f"
 
 
-def band_rows(spec: ConvSpec, item: int) -> int:
-    """Output rows per band of `_im2col_rows`: its gathered input rows within `COLUMNS_BYTES`
-    (at least one output row)."""
-    (sh, _), (R, S), C, W = spec.stride, spec.kernel_size, spec.in_channels, spec.out_size[1]
-    gathered = COLUMNS_BYTES // max(1, C * S * W * item)
-    return max(1, min(spec.out_size[0], (gathered - R) // sh + 1))
+def band_rows(rows, channels, taps_s, width, taps_r, stride, item):
+    """Output rows per band of `_im2col_rows` (numpy arrays broadcast): its gathered input rows,
+    ``channels taps_s width item`` bytes each, within `COLUMNS_BYTES`, at least one and at most
+    ``rows`` (the output height)."""
+    gathered = COLUMNS_BYTES // np.maximum(1, channels * taps_s * width * item)
+    return np.maximum(1, np.minimum(rows, (gathered - taps_r) // stride + 1))
 
 
 def _im2col_rows(spec: ConvSpec, x: np.ndarray, w: np.ndarray, arith: Arithmetic,
@@ -241,14 +246,15 @@ def _im2col_rows(spec: ConvSpec, x: np.ndarray, w: np.ndarray, arith: Arithmetic
     dtype, depth = arith.dtype, R * C * S
     # (K, R, C, S): the (r, c, s) order of the gathered rows
     wm = np.ascontiguousarray(w.transpose(0, 2, 1, 3), dtype=dtype).reshape(K, depth)
-    band = band_rows(spec, dtype.itemsize)
+    band = int(band_rows(H, C, S, W, R, sh, dtype.itemsize))
     g = np.empty(((band - 1) * sh + R, C, S, W), dtype=dtype)
     step = arith.limit or depth
     groups = [(a, min(depth, a + step)) for a in range(0, depth, step)]
     direct = y.dtype == dtype
     block = None if direct else np.empty((band, K, W), dtype=arith.out)
+    # as blas_exact.Sums: a group buffer and integers where groups are added in an integer type
     buffer = np.empty((band, K, W), dtype=dtype) if arith.out != dtype else None
-    ints = np.empty((band, K, W), dtype=arith.out) if len(groups) > 1 else None
+    ints = None if buffer is None else np.empty((band, K, W), dtype=arith.out)
     cols = [held(pw - dw * s, sw, W_in, W) for s in range(S)]
     for n in range(N):
         for h0 in range(0, H, band):

@@ -13,7 +13,8 @@ import numpy as np
 
 from . import winograd, winograd_exact, winograd_s2
 from .blas_exact import EXACT_BELOW
-from .blas_methods import COLUMNS_BYTES, MIN_ROWS, ROWS_MIN_WIDTH, TAP_BLOCK_BYTES
+from .blas_methods import (COLUMNS_BYTES, MIN_ROWS, ROWS_MIN_WIDTH, TAP_BLOCK_BYTES,
+                           band_rows)
 from .blasconv import (_GATHER_COST, _SHORT_COST, GEMM_MIN_PIXELS, exact_winograd_applies,
                        winograd_form)
 from .spec import ConvSpec
@@ -75,15 +76,12 @@ def workspace_bytes(spec: ConvSpec, n, c, k, out_h, out_w, padded: bool = True,
     im2col_bytes = (phases * cb * n * Hq * Wq * c + 2 * filters
                     + cb * block_rows * widest + k * block_rows * (sums_per + out_item) + y)
     if dh == 1:
-        # "im2col" by row bands where blas_methods.rows_apply: the (r, c, s) filters, one band
-        # of gathered input rows and, for integers, the band's block, group buffer and integers
-        band = np.maximum(1, np.minimum(H, (COLUMNS_BYTES // np.maximum(1, c * S * W * cb) - R)
-                                        // sh + 1))
-        if limit is None:
-            band_item = 0
-        else:
-            out_int = 8 if cb == 8 else acc.itemsize
-            band_item = np.where(multi, cb + 2 * out_int, cb if cb == 4 else cb + out_int)
+        # "im2col" by row bands where blas_methods.row_bands_fit: the (r, c, s) filters and one
+        # band of gathered input rows
+        band = band_rows(H, c, S, W, R, sh, cb)
+        # floats straight into the output; integers: a block in the groups' sum type and the
+        # buffers of Sums (less its scratch)
+        band_item = 0 if limit is None else out_item + sums_per - cb
         rows_bytes = (filters + cb * ((band - 1) * sh + R) * c * S * W
                       + band_item * band * k * W + y)
         im2col_bytes = np.where(W >= ROWS_MIN_WIDTH, rows_bytes, im2col_bytes)

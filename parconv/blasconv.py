@@ -31,7 +31,7 @@ from . import jit, winograd, winograd_s2
 from .blas import current_threads, limit_threads
 from .blas_exact import arithmetic, magnitude
 from .blas_layout import taps
-from .blas_methods import ROWS_MIN_WIDTH, conv_gemm, conv_im2col, conv_taps
+from .blas_methods import conv_gemm, conv_im2col, conv_taps, row_bands_fit
 from .blas_split import MIN_PIECE_MACS, run_split
 from .errors import ParconvError
 from .spec import ConvSpec
@@ -244,8 +244,8 @@ def split_workers(spec: ConvSpec, method: str, threads: int) -> int:
     kind = "int" if np.dtype(spec.dtype_in).kind in "iu" else "float"
     if threads <= 1 or (method, kind) not in SPLIT:
         return 1
-    if method == "im2col" and (spec.dilation[0] != 1 or spec.out_size[1] < ROWS_MIN_WIDTH):
-        return 1        # its blocks, not row bands (blas_methods.rows_apply)
+    if method == "im2col" and not row_bands_fit(spec):
+        return 1        # its blocks, not row bands
     pixels = spec.batch * spec.out_size[0] * spec.out_size[1]
     return threads if (spec.G >= threads * MIN_PIECE_MACS
                        and pixels >= threads * MIN_PIECE_PIXELS) else 1

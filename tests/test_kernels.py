@@ -216,7 +216,9 @@ def test_im2col_row_bands_match_the_blocks(monkeypatch, dtype, channels, stride,
     for columns in (blas_methods.COLUMNS_BYTES, 96):
         monkeypatch.setattr(blas_methods, "ROWS_MIN_WIDTH", spec.out_size[1])
         monkeypatch.setattr(blas_methods, "COLUMNS_BYTES", columns)
-        bands.append(blas_methods.band_rows(spec, arithmetic(spec, x, w).dtype.itemsize))
+        (H, W), (R, S) = spec.out_size, spec.kernel_size
+        bands.append(int(blas_methods.band_rows(H, channels, S, W, R, spec.stride[0],
+                                                arithmetic(spec, x, w).dtype.itemsize)))
         y, _ = conv2d_blas(spec, x, w, "im2col")
         monkeypatch.setattr(blas_methods, "rows_apply", lambda spec, arith: False)
         blocks, _ = conv2d_blas(spec, x, w, "im2col")
