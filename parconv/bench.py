@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import blas_mkl
 from .blas import blas_info, limit_threads, prepare
 from .errors import ParconvError
 from .kernels import NumpyKernel
@@ -116,6 +117,11 @@ def conv_rates(name: str, batch: int, threads: int, rounds: int, gemm_size: int)
         dtype) for dtype in ("float32", "float64")}
     contenders["sgemm"] = lambda: square["float32"] @ square["float32"]
     contenders["dgemm"] = lambda: square["float64"] @ square["float64"]
+    if threads == 1 and blas_mkl.enabled():
+        # the kernel's one-thread products run on MKL: its GEMM is the machine's too
+        product = {d: np.empty_like(a) for d, a in square.items()}
+        for dtype, key in (("float32", "sgemm_mkl"), ("float64", "dgemm_mkl")):
+            contenders[key] = (lambda d=dtype: blas_mkl.gemm(square[d], square[d], product[d]))
     for dtype in ("float32", "float64", "int8"):
         spec = get_layer(name, batch=batch, dtype=dtype)
         flops = 2 * spec.G
@@ -124,6 +130,7 @@ def conv_rates(name: str, batch: int, threads: int, rounds: int, gemm_size: int)
         contenders[f"parconv_{dtype}"] = (lambda k=kernel, s=spec, x=x, w=w: k.run(s, x, w))
         how = kernel.run(spec, x, w)[1]
         out[f"method_{dtype}"], out[f"transforms_{dtype}"] = how["method"], how["transforms"]
+        out[f"products_{dtype}"] = how["products"]
         if torch is not None and dtype != "int8":
             xt, wt = torch.from_numpy(x), torch.from_numpy(w)
 
@@ -137,9 +144,13 @@ def conv_rates(name: str, batch: int, threads: int, rounds: int, gemm_size: int)
     cpu = {}
     with limit_threads(threads):
         best = interleaved_best(contenders, rounds, cpu)
-    work = {key: 2 * gemm_size ** 3 if key in ("sgemm", "dgemm") else flops for key in best}
+    work = {key: 2 * gemm_size ** 3 if key[1:5] == "gemm" else flops for key in best}
     out.update({f"{key}_gflops": work[key] / t / 1e9 for key, t in best.items()})
     out.update({f"{key}_gflops_cpu": work[key] / t / 1e9 for key, t in cpu.items() if t > 0})
+    for key in ("sgemm", "dgemm"):
+        # the machine's rate: the faster of numpy's BLAS and MKL (where the kernel uses it)
+        out[f"{key}_numpy_gflops"] = out[f"{key}_gflops"]
+        out[f"{key}_gflops"] = max(out[f"{key}_gflops"], out.get(f"{key}_mkl_gflops", 0.0))
     out["seconds"], out["cpu_seconds"] = best, cpu
     return out
 
@@ -249,7 +260,8 @@ def table(result: dict) -> str:
                 f"{'sgemm':>7}{'/sgemm':>7}{'f64':>7}{'torch64':>8}{'dgemm':>7}{'int8':>7}"
                 f"{'i8/f32':>7}")
         lines += [f"GFLOP/s (2 G / best time; SGEMM/DGEMM of {result['gemm_size']}^2 interleaved "
-                  f"with each layer's runs)", head, "-" * len(head)]
+                  f"with each layer's runs, the faster of numpy's BLAS and MKL where the "
+                  f"kernel's products ran on MKL)", head, "-" * len(head)]
         nan = float("nan")
         for r in result["conv"]:
             sg, t32, t64 = r["sgemm_gflops"], r.get("torch_float32_gflops"), \
@@ -265,6 +277,10 @@ def table(result: dict) -> str:
                  if r.get("transforms_float32") == "numba"]
         lines.append("float32 Winograd transforms compiled by numba (parconv.jit) on: "
                      + (", ".join(fused) if fused else "none (numpy transforms everywhere)"))
+        on_mkl = [f"{r['layer']} @ {r['threads']}" for r in result["conv"]
+                  if r.get("products_float32") == "mkl"]
+        lines.append("float32 products on MKL's sequential GEMM (parconv.blas_mkl) on: "
+                     + (", ".join(on_mkl) if on_mkl else "none (numpy's BLAS everywhere)"))
     if result["gemmini"]:
         head = (f"{'Gemmini node, int8, 1 thread':<30}{'P':>4}{'search s':>10}{'exec s':>9}"
                 f"{'node s':>9}{'numpy s':>9}{'(s+e)/np':>10}{'node/np':>9}{'e/np':>7}")

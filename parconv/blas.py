@@ -1,10 +1,13 @@
-"""The BLAS under the CPU kernel: which library runs, with how many threads, and the in-place
-accumulating matrix product.  Pure, no MPI.
+"""The BLAS under the CPU kernel: which library runs, with how many threads, and the kernel's
+matrix products (`matmul`, and `matmul_into` accumulating in place).  Pure, no MPI.
 
 numpy and scipy each ship their own OpenBLAS (or link the same MKL/OpenBLAS); both honour the
 environment (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``) and `threadpoolctl` limits.  The kernel
 never sets a thread count itself unless asked (`limit_threads`): with P ranks on a node the
-launcher sets ``OMP_NUM_THREADS`` = cores / ranks (run.sh, launch/mpirun.sh).
+launcher sets ``OMP_NUM_THREADS`` = cores / ranks (run.sh, launch/mpirun.sh).  Products on one
+BLAS thread run on MKL's sequential GEMM where `parconv.blas_mkl` enables it (faster on the
+short inner dimensions of convolutions); the thread controls here leave that MKL out, since it
+starts no threads.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import threading
 from pathlib import Path
 
 import numpy as np
+
+from . import blas_mkl
 
 
 #: matrix side of the warm-up products (large enough to fill the packing buffers of one thread)
@@ -65,6 +70,13 @@ def fortran_blas():
     return sys.modules[_FBLAS]
 
 
+def _libraries(controller) -> list:
+    """threadpoolctl's BLAS libraries whose threads the kernel controls: all but an MKL that
+    `parconv.blas_mkl` loaded sequential (it has no threads to set)."""
+    return [lib for lib in controller.lib_controllers if lib.user_api == "blas"
+            and not (lib.internal_api == "mkl" and blas_mkl.loaded())]
+
+
 def blas_info() -> dict:
     """The BLAS libraries in this process and their current thread counts.  Local.
 
@@ -73,12 +85,17 @@ def blas_info() -> dict:
     dict
         ``blas_threads``: the largest thread count of the loaded BLAS libraries (what one
         matrix product may use; None when threadpoolctl is missing); ``blas``: one string per
-        library, e.g. ``"openblas 0.3.31 Haswell pthreads, 2 threads"``.
+        library, e.g. ``"openblas 0.3.31 Haswell pthreads, 2 threads"``; ``products``: what
+        runs the single-threaded products, "mkl" (`parconv.blas_mkl`) or "numpy".
     """
+    products = "mkl" if blas_mkl.loaded() and blas_mkl.enabled() else "numpy"
+    mkl = [f"{blas_mkl.version()}, sequential (single-thread products)"] if products == "mkl" \
+        else []
     controller = _controller()
     if controller is None:
-        return {"blas_threads": None, "blas": ["unknown (threadpoolctl not installed)"]}
-    libraries = [lib for lib in controller.lib_controllers if lib.user_api == "blas"]
+        return {"blas_threads": None, "blas": ["unknown (threadpoolctl not installed)"] + mkl,
+                "products": products}
+    libraries = _libraries(controller)
     names = []
     for lib in libraries:
         info = lib.info()
@@ -86,14 +103,15 @@ def blas_info() -> dict:
                  info.get("threading_layer")]
         names.append(" ".join(str(p) for p in parts if p) + f", {lib.num_threads} threads")
     threads = max((lib.num_threads for lib in libraries), default=None)
-    return {"blas_threads": threads, "blas": names}
+    return {"blas_threads": threads, "blas": names + mkl, "products": products}
 
 
 def prepare() -> None:
-    """Load scipy's BLAS and threadpoolctl's view now (about a second, once per process), so
-    that the first kernel call is not the one that pays for it.  Local."""
+    """Load scipy's BLAS, threadpoolctl's view and, where enabled, MKL now (about a second, once
+    per process), so that the first kernel call is not the one that pays for it.  Local."""
     _controller()
     _gemm(np.dtype(np.float32))
+    blas_mkl.enabled()
 
 
 #: BLAS thread counts `warm_up` has run with in this process
@@ -112,9 +130,11 @@ def warm_up() -> None:
     _WARMED.add(threads)
     for dtype in (np.float32, np.float64):
         a = np.ones((WARM_UP_SIZE, WARM_UP_SIZE), dtype=dtype)
-        np.matmul(a, a)
         out = np.zeros_like(a)
+        np.matmul(a, a, out=out)
         matmul_into(out, a, a, accumulate=True)
+        if blas_mkl.enabled():
+            blas_mkl.gemm(a, a, out, beta=1.0)
 
 
 def current_threads() -> int:
@@ -122,8 +142,7 @@ def current_threads() -> int:
     controller = _controller()
     if controller is None:
         return 1
-    return max((lib.num_threads for lib in controller.lib_controllers
-                if lib.user_api == "blas"), default=1)
+    return max((lib.num_threads for lib in _libraries(controller)), default=1)
 
 
 @contextlib.contextmanager
@@ -138,14 +157,27 @@ def limit_threads(threads: int | None):
     if controller is None:
         yield
         return
-    libraries = [lib for lib in controller.lib_controllers if lib.user_api == "blas"]
+    libraries = _libraries(controller)
     current = [lib.num_threads for lib in libraries]
     wanted = int(threads) if threads is not None else min(current, default=1)
-    if all(n == wanted for n in current):
-        yield
-        return
-    with controller.limit(limits=wanted, user_api="blas"):
-        yield
+    _LIMITS.append(wanted)
+    try:
+        if all(n == wanted for n in current):
+            yield
+        else:
+            with controller.limit(limits=wanted, user_api="blas"):
+                yield
+    finally:
+        _LIMITS.pop()
+
+
+#: the thread counts `limit_threads` has set, innermost last: products know they run on one
+#: BLAS thread without asking the libraries (a limit is process-wide, as this list is)
+_LIMITS: list = []
+
+
+def _single_thread() -> bool:
+    return (_LIMITS[-1] if _LIMITS else current_threads()) == 1
 
 
 #: per thread: whether accumulating products avoid scipy's BLAS wrapper (`numpy_products`)
@@ -166,6 +198,26 @@ def numpy_products():
         _LOCAL.numpy = before
 
 
+def _on_mkl(out: np.ndarray) -> bool:
+    """Whether this product may run on MKL: floats, one BLAS thread, MKL enabled."""
+    return out.dtype.kind == "f" and _single_thread() and blas_mkl.enabled()
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """``out = a @ b`` with numpy matmul's stacking (``out`` given, C-contiguous rows): on MKL
+    where `_on_mkl` and the operands suit it (`blas_mkl.gemm`), else numpy.  Local."""
+    if out.ndim > 3 and _on_mkl(out):
+        # stacks of stacks (the stride-2 Winograd's 3 x 3 coefficient groups): one call per
+        # leading index, operands broadcast as numpy does
+        def pick(m, i):
+            return m if m.ndim < out.ndim else m[i if m.shape[0] > 1 else 0]
+        for i in range(out.shape[0]):
+            matmul(pick(a, i), pick(b, i), out[i])
+        return
+    if not (_on_mkl(out) and blas_mkl.gemm(a, b, out)):
+        np.matmul(a, b, out=out)
+
+
 @functools.lru_cache(maxsize=4)
 def _gemm(dtype: np.dtype):
     blas = fortran_blas()
@@ -181,10 +233,13 @@ def matmul_into(out: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool,
     ``a`` (m, k) and C- or F-contiguous ``b`` (k, n) is one BLAS call with beta = 1 on the
     transposed (column-major) views, so the product never leaves the output; other operands go
     through ``scratch`` (shape of ``out``; allocated when not given) and one addition, as do
-    all operands inside `numpy_products`.
+    all operands inside `numpy_products`.  On MKL (`matmul`) every operand with contiguous rows
+    or columns accumulates in place, inside `numpy_products` too (ctypes releases the GIL).
     """
     if not accumulate:
-        np.matmul(a, b, out=out)
+        matmul(a, b, out)
+        return
+    if _on_mkl(out) and blas_mkl.gemm(a, b, out, beta=1.0):
         return
     gemm = None if getattr(_LOCAL, "numpy", False) else _gemm(out.dtype)
     if (gemm is not None and a.dtype == out.dtype and b.dtype == out.dtype

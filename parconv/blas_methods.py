@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from .blas import current_threads, matmul_into
+from .blas import current_threads, matmul, matmul_into
 from .blas_exact import Arithmetic, Sums, column_groups
 from .blas_layout import held, phase_images, phase_views, pixel_blocks, tap_major, taps
 from .spec import ConvSpec
@@ -67,7 +67,7 @@ def conv_gemm(spec: ConvSpec, x: np.ndarray, w: np.ndarray, arith: Arithmetic,
     (sh, sw), (H, W), C, K = spec.stride, spec.out_size, spec.in_channels, spec.out_channels
     wm = w.reshape(K, C).astype(arith.dtype, copy=False)
     if _gemm_in_place(spec, x, arith, y):
-        np.matmul(wm, x.reshape(spec.batch, C, H * W), out=y.reshape(spec.batch, K, H * W))
+        matmul(wm, x.reshape(spec.batch, C, H * W), y.reshape(spec.batch, K, H * W))
         return
     groups = column_groups(C, 1, arith.limit)
     direct = arith.out == y.dtype
@@ -93,7 +93,7 @@ def conv_gemm(spec: ConvSpec, x: np.ndarray, w: np.ndarray, arith: Arithmetic,
         if aliased:
             ints = y[n].reshape(K * H * W)
             sums_view = ints.view(arith.dtype)
-            np.matmul(wm, flat, out=sums_view.reshape(K, H * W))
+            matmul(wm, flat, sums_view.reshape(K, H * W))
             # element i is read before it is written: a 1-d cast in place is exact
             np.copyto(ints, sums_view, casting="unsafe")
             continue
@@ -280,12 +280,12 @@ def _im2col_rows(spec: ConvSpec, x: np.ndarray, w: np.ndarray, arith: Arithmetic
                                   writeable=False)
             target = y[n, :, h0:h1, :].transpose(1, 0, 2)
             if direct:
-                np.matmul(wm, matrices, out=target)
+                matmul(wm, matrices, target)
                 continue
             out = block[:h1 - h0]
             for index, (a, b) in enumerate(groups):
                 sums = out if buffer is None else buffer[:h1 - h0]
-                np.matmul(wm[:, a:b], matrices[:, a:b], out=sums)
+                matmul(wm[:, a:b], matrices[:, a:b], sums)
                 if buffer is None:
                     continue
                 if index == 0:

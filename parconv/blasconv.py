@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from . import jit, winograd, winograd_s2
+from . import blas_mkl, jit, winograd, winograd_s2
 from .blas import current_threads, limit_threads
 from .blas_exact import arithmetic, magnitude
 from .blas_layout import taps
@@ -49,6 +49,10 @@ METHODS = ("gemm", "taps", "im2col", "winograd")
 #: integer Winograd takes the float rule (the same products and input transform)
 SPLIT = {("taps", "int"), ("taps", "float"), ("gemm", "int"), ("winograd", "float"),
          ("winograd", "int"), ("im2col", "int"), ("im2col", "float")}
+#: what splits in addition where the pieces' products run on MKL (`parconv.blas_mkl`): float
+#: gemm, 1.13-1.30x split against 0.91-0.94x on OpenBLAS (resnet50.layer2.0.conv1 at batch 8,
+#: 2 threads, two runs each of experiments/bench_split.py, AVX-512 Xeon)
+SPLIT_MKL = {("gemm", "float")}
 #: whether the threaded split's stride-2 Winograd pieces share the block's filter transform
 #: (`conv2d_blas`); a switch for side-by-side measurement (experiments/bench_threads.py)
 SHARED_FILTERS = True
@@ -238,11 +242,13 @@ def conv2d_blas(spec: ConvSpec, x: np.ndarray, w: np.ndarray, method: str | None
 
 def split_workers(spec: ConvSpec, method: str, threads: int) -> int:
     """How many pieces `conv2d_blas` runs side by side: ``threads`` where the method and
-    input kind are in `SPLIT` (im2col: where it runs by row bands) and every piece
+    input kind are in `SPLIT` (or `SPLIT_MKL`, where MKL runs the pieces' products; im2col:
+    where it runs by row bands) and every piece
     keeps `MIN_PIECE_MACS` multiply-adds and `MIN_PIECE_PIXELS` output pixels, else 1 (one
     call on the BLAS threads)."""
     kind = "int" if np.dtype(spec.dtype_in).kind in "iu" else "float"
-    if threads <= 1 or (method, kind) not in SPLIT:
+    if threads <= 1 or ((method, kind) not in SPLIT
+                        and not ((method, kind) in SPLIT_MKL and blas_mkl.enabled())):
         return 1
     if method == "im2col" and not row_bands_fit(spec):
         return 1        # its blocks, not row bands

@@ -100,13 +100,19 @@ class NumpyKernel:
             unlimited), ``blas_threads`` (BLAS threads this rank's products could use),
             ``workers`` (threads that ran pieces of the block side by side, each on one BLAS
             thread, `parconv.blas_split`; 1 when the products ran on the ``blas_threads``)
-            and ``blas`` (the BLAS libraries, version, CPU kernel and threads).
+            ``blas`` (the BLAS libraries, version, CPU kernel and threads) and ``products``
+            ("mkl" where MKL's sequential GEMM ran the products, `parconv.blas_mkl`, else
+            "numpy").
         """
         start = time.perf_counter()
         x, w = _checked_operands(spec, x, w)
         with limit_threads(self.threads):
             y, how = conv2d_blas(spec, x, w, self.method)
             threads = blas_info()
+        # MKL runs the products of one BLAS thread: a single-threaded call's or the pieces'
+        if threads["products"] == "mkl" and how["workers"] == 1 \
+                and (threads["blas_threads"] or 1) > 1:
+            threads["products"] = "numpy"
         return y, {"kernel": self.name, "macs": int(spec.G), **how, **threads,
                    "time_s": time.perf_counter() - start}
 

@@ -148,6 +148,20 @@ def _stats_per_rank(node: dict) -> list[dict]:
     return [s for s in per_rank if isinstance(s, dict)]
 
 
+def _cpu_summary(per_rank: list[dict]) -> str:
+    """The CPU kernel's methods, BLAS threads, split pieces and product library over the
+    ranks (each the distinct values seen), or "" when the stats do not hold them."""
+    def seen(key):
+        values = [s.get(key) for s in per_rank]
+        flat = [v for value in values for v in (value if isinstance(value, list) else [value])]
+        return sorted({str(v) for v in flat if v is not None})
+    parts = [f"{label} {'/'.join(values)}" for label, values in (
+        ("method", seen("method")), ("BLAS threads per rank", seen("blas_threads")),
+        ("pieces side by side", seen("workers")), ("products on", seen("products")))
+        if values]
+    return "; " + ", ".join(parts) if parts else ""
+
+
 def _tiling_figures(per_rank: list[dict], which: str) -> dict | None:
     """Summed DRAM bytes and cycles of one tiling ('parconv' or 'vendor') over the ranks."""
     entries = [s[which] for s in per_rank if isinstance(s.get(which), dict)]
@@ -169,7 +183,7 @@ def _node_lines(report: dict) -> list[str]:
     macs = (node.get("totals") or {}).get("macs") or sum(int(s.get("macs", 0)) for s in per_rank)
     lines = [f"  node kernel {kernel}: {int(macs):,} MACs; DRAM traffic summed over ranks:"
              if _tiling_figures(per_rank, "parconv") else
-             f"  node kernel {kernel}: {int(macs):,} MACs"]
+             f"  node kernel {kernel}: {int(macs):,} MACs{_cpu_summary(per_rank)}"]
     bound = sum(float(s.get("bound_bytes", 0)) for s in per_rank)
     for which in ("parconv", "vendor"):
         figures = _tiling_figures(per_rank, which)

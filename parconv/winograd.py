@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .blas import matmul
 from .spec import ConvSpec
 
 #: bytes of transform buffers (V, M and their temporaries) per block
@@ -104,7 +105,7 @@ def filter_transform(w: np.ndarray, dtype) -> np.ndarray:
     K, C = w.shape[:2]
     kron = np.kron(_G, _G).astype(dtype)                     # (16, 9): (a b) x (r s)
     u = np.empty((16, K * C), dtype=dtype)
-    np.matmul(kron, w.reshape(K * C, 9).astype(dtype, copy=False).T, out=u)
+    matmul(kron, w.reshape(K * C, 9).astype(dtype, copy=False).T, u)
     return u.reshape(16, K, C)
 
 
@@ -212,7 +213,7 @@ def _block(spec, parts, u, block, buffers, y) -> None:
     np.subtract(o0, o1, out=v[:, 3, :-1])
     v[:, :, -1] = 0                                         # (in a dropped column)
     m = mbuf[:16 * K * length].reshape(16, K, length)
-    np.matmul(u, v.reshape(16, C, length), out=m)
+    matmul(u, v.reshape(16, C, length), m)
     # rows A^T M, then columns (A^T M) A: the last operation writes the NCHW output
     m = m.reshape(4, 4, K, length)
     s = sbuf[:8 * K * length].reshape(2, 4, K, length)
@@ -278,7 +279,7 @@ def _block_channels_last(spec, parts, u, block, buffers, y) -> None:
     m = mbuf[:16 * K * length].reshape(16, K, length)
     # M^T = U V^T (K x tiles): BLAS reads V transposed in place (U^T as the operand ran 1.6x
     # slower), and the output transform works on the NCHW-like (K, tiles) layout
-    np.matmul(u, v.reshape(16, length, C).transpose(0, 2, 1), out=m)
+    matmul(u, v.reshape(16, length, C).transpose(0, 2, 1), m)
     m = m.reshape(4, 4, K, length)
     s = sbuf[:8 * K * length].reshape(2, 4, K, length)
     _output_rows(m, s)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .blas import matmul
 from .spec import ConvSpec
 from .winograd import MIN_TILES, filter_transform, tile_blocks, tile_grid
 
@@ -87,5 +88,5 @@ def conv_winograd_exact(spec: ConvSpec, x: np.ndarray, u: np.ndarray, y: np.ndar
         _channels_last(spec, x, n0, n1, i0, xcl)           # int8 -> float32, exact
         v, m = _planes(vbuf, length, C), _planes(mbuf, length, K)
         input_transform(xcl, tW, v)
-        np.matmul(_matrices(v, length, C), u.transpose(0, 2, 1), out=_matrices(m, length, K))
+        matmul(_matrices(v, length, C), u.transpose(0, 2, 1), _matrices(m, length, K))
         output_transform(m, n0, n1, i0, i1, tW, y)

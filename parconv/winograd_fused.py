@@ -32,6 +32,7 @@ import numpy as np
 
 from . import winograd
 from .jit import numba_cache_dir
+from .blas import matmul
 from .spec import ConvSpec
 from .winograd import filter_transform, tile_blocks, tile_grid
 
@@ -187,7 +188,7 @@ def conv_winograd(spec: ConvSpec, x: np.ndarray, w: np.ndarray, dtype, y: np.nda
         v, m = _planes(vbuf, length, C), _planes(mbuf, length, K)
         input_transform(xcl, tW, v)
         # M[k] = V[k] U[k]^T (tiles x K): BLAS reads U[k] transposed in place
-        np.matmul(_matrices(v, length, C), u.transpose(0, 2, 1), out=_matrices(m, length, K))
+        matmul(_matrices(v, length, C), u.transpose(0, 2, 1), _matrices(m, length, K))
         output_transform(m, n0, n1, i0, i1, tW, y)
 
 

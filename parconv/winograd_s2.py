@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import winograd
+from .blas import matmul
 from .spec import ConvSpec
 
 #: bytes of block buffers (input copy, row differences, V and M) per block
@@ -179,10 +180,10 @@ def _block(spec, x, u, block, buffers, y) -> None:
                                                                 (21, 25)))
     mee, meo = mee.reshape(3, 3, L, K), meo.reshape(3, 2, L, K)
     moe, moo = moe.reshape(3, 2, L, K), moo.reshape(2, 2, L, K)
-    np.matmul(vee, u[:3, :3].transpose(0, 1, 3, 2), out=mee)
-    np.matmul(veo.reshape(3, 2 * L, C), u[:3, 3].transpose(0, 2, 1), out=meo.reshape(3, 2 * L, K))
-    np.matmul(voe.reshape(3, 2 * L, C), u[3, :3].transpose(0, 2, 1), out=moe.reshape(3, 2 * L, K))
-    np.matmul(voo.reshape(4 * L, C), u[3, 3].T, out=moo.reshape(4 * L, K))
+    matmul(vee, u[:3, :3].transpose(0, 1, 3, 2), mee)
+    matmul(veo.reshape(3, 2 * L, C), u[:3, 3].transpose(0, 2, 1), meo.reshape(3, 2 * L, K))
+    matmul(voe.reshape(3, 2 * L, C), u[3, :3].transpose(0, 2, 1), moe.reshape(3, 2 * L, K))
+    matmul(voo.reshape(4 * L, C), u[3, 3].T, moo.reshape(4 * L, K))
     # columns: meo[k, b] becomes row coefficient k of output column b, moo[a, b] odd row a's
     for b, (l0, l1) in enumerate(_SUMS):
         for k in range(3):

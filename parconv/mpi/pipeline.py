@@ -121,16 +121,26 @@ def _run_chunk(exchange, chunks, chunk, kernel, copy_window: bool):
     return stats
 
 
+#: what the numpy kernel's calls say about how they ran, kept over a chunked block's calls
+DESCRIPTIVE = ("method", "compute_dtype", "blas_threads", "workers", "products", "transforms")
+
+
 def merge_stats(kernel, calls: list) -> dict:
     """One kernel call's stats as they are; several calls of a chunked block: macs and times
-    summed (the numpy kernel's figures), with the number of calls."""
+    summed (the numpy kernel's figures), with the number of calls, and each of `DESCRIPTIVE`
+    the calls report: its value where they agree, else the sorted list of their values."""
     calls = [s for s in calls if s is not None]
     name = getattr(kernel, "name", type(kernel).__name__)
     if len(calls) == 1:
         return calls[0]
-    return {"kernel": name, "macs": int(sum(int(s.get("macs", 0)) for s in calls)),
-            "time_s": float(sum(float(s.get("time_s", 0.0)) for s in calls)),
-            "calls": len(calls)}
+    merged = {"kernel": name, "macs": int(sum(int(s.get("macs", 0)) for s in calls)),
+              "time_s": float(sum(float(s.get("time_s", 0.0)) for s in calls)),
+              "calls": len(calls)}
+    for key in DESCRIPTIVE:
+        values = sorted({s[key] for s in calls if s.get(key) is not None}, key=str)
+        if values:
+            merged[key] = values[0] if len(values) == 1 else values
+    return merged
 
 
 def run_layer(world, exchange, chunks, kernel, pieces, overlap: bool = True,
