@@ -102,9 +102,9 @@ def _library():
             if lib.MKL_Set_Threading_Layer(_SEQUENTIAL) != _SEQUENTIAL:
                 return None
             lib.MKL_Set_Interface_Layer(_LP64)
-        except AttributeError:
+            _declare(lib)
+        except AttributeError:      # not MKL's runtime, or one without the batch calls
             continue
-        _declare(lib)
         return lib
     return None
 

@@ -34,6 +34,7 @@ import traceback
 
 import numpy as np
 
+from . import blas_mkl
 from .cli import list_layers
 from .conv import distributed_conv2d, shared_plan
 from .errors import ParconvError, ParconvRuntimeError
@@ -101,6 +102,7 @@ def _execute(comm, args, argv, say) -> int:
         raise ParconvError(f"--seed must be >= 0, got {args.seed}")
     if args.repeat < 1:
         raise ParconvError(f"--repeat must be >= 1, got {args.repeat}")
+    blas_mkl.choice()       # a bad $PARCONV_BLAS is bad input, refused before any work
     meta = read_layer_meta(comm, args.input) if args.input else None
     spec = build_spec(args, meta)
     targets = _output_targets(comm, args, spec)

@@ -131,6 +131,11 @@ def test_missing_input_file(tmp_path):
                  tmp_path)
 
 
+def test_unknown_blas_choice_is_bad_input(tmp_path):
+    assert_fails([*SMALL, "--node", "numpy"], 2, ["PARCONV_BLAS='openblas'", "auto, mkl or numpy"],
+                 tmp_path, env={"PARCONV_BLAS": "openblas"})
+
+
 def test_channel_mismatch(tmp_path):
     path = write_file(tmp_path / "mismatch.h5", input=np.zeros((1, 2, 5, 5), np.int8),
                       weight=np.zeros((3, 4, 3, 3), np.int8))

@@ -49,7 +49,6 @@ import numpy as np
 
 from ..errors import ParconvError
 from ..spec import ConvSpec
-from ..blas import matmul
 from ..blas_exact import magnitude
 from .call_rules import exec_cycles as call_exec_cycles, passes as call_passes
 from .rectangles import rectangles, schedule_rectangles
@@ -327,31 +326,22 @@ class TileExecutor:
                     target = self._y[a:b, k[0]:k[1], h[0] + i:h[0] + j, w[0]:w[1]]
                     patches = view.reshape(b - a, depth, -1)
                     if self._assign and target.flags.c_contiguous:
-                        matmul(weights, patches, target.reshape(b - a, -1, patches.shape[2]))
+                        np.matmul(weights, patches, out=target.reshape(b - a, -1, patches.shape[2]))
                     elif self._assign:        # each output written once: the buffer is unset
-                        target[...] = _product(weights, patches).reshape(target.shape)
+                        target[...] = np.matmul(weights, patches).reshape(target.shape)
                     else:
-                        _accumulate(target, _product(weights, patches).reshape(target.shape))
+                        _accumulate(target, np.matmul(weights, patches).reshape(target.shape))
                     continue
                 # small images: (c, r, s) x (n, h, w), one product for all images of the piece
                 view = np.lib.stride_tricks.as_strided(
                     origin[a:, :, sh * i:], shape=(nC, nR, nS, b - a, j - i, nW),
                     strides=(bc, bR * dh, bC * dw, bN, bR * sh, bC * sw), writeable=False)
-                product = _product(weights, view.reshape(depth, -1)).reshape(-1, b - a, j - i,
-                                                                              nW)
+                product = (weights @ view.reshape(depth, -1)).reshape(-1, b - a, j - i, nW)
                 target = self._y[a:b, k[0]:k[1], h[0] + i:h[0] + j, w[0]:w[1]]
                 if self._assign:
                     target[...] = product.transpose(1, 0, 2, 3)
                 else:
                     _accumulate(target, product.transpose(1, 0, 2, 3))
-
-
-def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` (``a`` 2-d, ``b`` 2-d or a stack) in a new array, through `parconv.blas.matmul`
-    (MKL's GEMM on one BLAS thread where installed, as the numpy kernel's products)."""
-    out = np.empty(b.shape[:-2] + (a.shape[0], b.shape[-1]), dtype=np.result_type(a, b))
-    matmul(a, b, out)
-    return out
 
 
 def _accumulate(target: np.ndarray, product: np.ndarray) -> None:
