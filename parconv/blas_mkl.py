@@ -44,6 +44,8 @@ _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 _SEQUENTIAL, _LP64 = 1, 0
 _INT_MAX = (1 << 31) - 1
 _LOCK = threading.Lock()
+#: products run on MKL in this process (`calls`; threads may lose an increment, never all)
+_CALLS = [0]
 
 
 def choice(value: str | None = None) -> str:
@@ -154,6 +156,12 @@ def loaded() -> bool:
     return bool(_library.cache_info().currsize) and _library() is not None
 
 
+def calls() -> int:
+    """How many products `gemm` has run on MKL in this process (a kernel call compares the
+    count before and after to say which library ran its products)."""
+    return _CALLS[0]
+
+
 def version() -> str | None:
     """MKL's version string, or None where it is not loaded."""
     if not loaded():
@@ -257,4 +265,5 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray, beta: float = 0.0) -> bo
         getattr(lib, f"cblas_{prefix}gemm_batch_strided")(
             _ROW_MAJOR, pa[0], pb[0], m, n, k, 1.0, ptr(a2), pa[1], sa, ptr(b2), pb[1], sb,
             beta, ptr(c2), pc[1], sc, count)
+    _CALLS[0] += 1
     return True

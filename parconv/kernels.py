@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from . import blas_mkl
 from .blas import blas_info, limit_threads, prepare
 from .blasconv import METHODS, conv2d_blas
 from .errors import ParconvError
@@ -101,18 +102,16 @@ class NumpyKernel:
             ``workers`` (threads that ran pieces of the block side by side, each on one BLAS
             thread, `parconv.blas_split`; 1 when the products ran on the ``blas_threads``)
             ``blas`` (the BLAS libraries, version, CPU kernel and threads) and ``products``
-            ("mkl" where MKL's sequential GEMM ran the products, `parconv.blas_mkl`, else
-            "numpy").
+            ("mkl" where MKL's sequential GEMM ran products of this call, `parconv.blas_mkl`,
+            else "numpy").
         """
         start = time.perf_counter()
         x, w = _checked_operands(spec, x, w)
+        on_mkl = blas_mkl.calls()
         with limit_threads(self.threads):
             y, how = conv2d_blas(spec, x, w, self.method)
             threads = blas_info()
-        # MKL runs the products of one BLAS thread: a single-threaded call's or the pieces'
-        if threads["products"] == "mkl" and how["workers"] == 1 \
-                and (threads["blas_threads"] or 1) > 1:
-            threads["products"] = "numpy"
+        threads["products"] = "mkl" if blas_mkl.calls() > on_mkl else "numpy"
         return y, {"kernel": self.name, "macs": int(spec.G), **how, **threads,
                    "time_s": time.perf_counter() - start}
 
