@@ -88,7 +88,7 @@ def blas_info() -> dict:
         library, e.g. ``"openblas 0.3.31 Haswell pthreads, 2 threads"``; ``products``: what
         runs the single-threaded products, "mkl" (`parconv.blas_mkl`) or "numpy".
     """
-    products = "mkl" if blas_mkl.loaded() and blas_mkl.enabled() else "numpy"
+    products = "mkl" if blas_mkl.active() else "numpy"
     mkl = [f"{blas_mkl.version()}, sequential (single-thread products)"] if products == "mkl" \
         else []
     controller = _controller()
@@ -107,11 +107,11 @@ def blas_info() -> dict:
 
 
 def prepare() -> None:
-    """Load scipy's BLAS, threadpoolctl's view and, where enabled, MKL now (about a second, once
-    per process), so that the first kernel call is not the one that pays for it.  Local."""
+    """Load scipy's BLAS and threadpoolctl's view now (about a second, once per process), so
+    that the first kernel call is not the one that pays for it.  Local.  (MKL is loaded by the
+    numpy node itself, `parconv.kernels.NumpyKernel`: other nodes never load it.)"""
     _controller()
     _gemm(np.dtype(np.float32))
-    blas_mkl.enabled()
 
 
 #: BLAS thread counts `warm_up` has run with in this process
@@ -133,7 +133,7 @@ def warm_up() -> None:
         out = np.zeros_like(a)
         np.matmul(a, a, out=out)
         matmul_into(out, a, a, accumulate=True)
-        if blas_mkl.enabled():
+        if blas_mkl.active():
             blas_mkl.gemm(a, a, out, beta=1.0)
 
 
@@ -199,8 +199,8 @@ def numpy_products():
 
 
 def _on_mkl(out: np.ndarray) -> bool:
-    """Whether this product may run on MKL: floats, one BLAS thread, MKL enabled."""
-    return out.dtype.kind == "f" and _single_thread() and blas_mkl.enabled()
+    """Whether this product may run on MKL: floats, one BLAS thread, MKL active."""
+    return out.dtype.kind == "f" and _single_thread() and blas_mkl.active()
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:

@@ -19,8 +19,8 @@ releases the GIL during each call, so the split's threads run their products sid
 
 ``$PARCONV_BLAS`` chooses: ``auto`` (default) uses MKL where it loads and the CPU is Intel's
 (MKL's tuned paths are for Intel CPUs; other CPUs keep OpenBLAS), ``mkl`` wherever it loads,
-``numpy`` never.  Loaded when the numpy node starts (`parconv.blas.prepare`: 18 ms and 15 MB
-of resident memory, measured on a warm page cache), so the Gemmini node never loads it.
+``numpy`` never.  Loaded when the numpy node is made (`parconv.kernels.NumpyKernel`: 18 ms and
+15 MB of resident memory, measured on a warm page cache), so the Gemmini node never loads it.
 """
 
 from __future__ import annotations
@@ -154,6 +154,13 @@ def _enabled(setting: str) -> bool:
 def loaded() -> bool:
     """Whether MKL has been loaded (sequential) in this process."""
     return bool(_library.cache_info().currsize) and _library() is not None
+
+
+def active() -> bool:
+    """Whether products run on MKL now: loaded (by the numpy node, `enabled`) and still chosen
+    by ``$PARCONV_BLAS``.  Never loads it: other users of the products (a warm-up, another
+    node) leave MKL out of the process."""
+    return loaded() and enabled()
 
 
 def calls() -> int:

@@ -248,7 +248,7 @@ def split_workers(spec: ConvSpec, method: str, threads: int) -> int:
     call on the BLAS threads)."""
     kind = "int" if np.dtype(spec.dtype_in).kind in "iu" else "float"
     if threads <= 1 or ((method, kind) not in SPLIT
-                        and not ((method, kind) in SPLIT_MKL and blas_mkl.enabled())):
+                        and not ((method, kind) in SPLIT_MKL and blas_mkl.active())):
         return 1
     if method == "im2col" and not row_bands_fit(spec):
         return 1        # its blocks, not row bands

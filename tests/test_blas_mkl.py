@@ -2,6 +2,10 @@
 on every operand layout the kernel passes, the fall-backs, the ``$PARCONV_BLAS`` choice, and the
 kernel's results with the products on MKL against the same kernel on numpy's BLAS."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from numpy.lib.stride_tricks import as_strided
@@ -219,3 +223,21 @@ def test_split_pieces_run_their_products_on_mkl(monkeypatch, spec, method):
         np.testing.assert_array_equal(y, expected)
     else:
         np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+@needs_mkl
+def test_only_the_numpy_node_loads_mkl():
+    # a fresh process: the Gemmini node and the warm-up leave MKL out, the numpy node loads it
+    script = (
+        "from parconv.blas import warm_up\n"
+        "from parconv.nodes import get_kernel\n"
+        "def mapped():\n"
+        "    return any('libmkl' in line for line in open('/proc/self/maps'))\n"
+        "get_kernel('gemmini'); warm_up()\n"
+        "print(mapped())\n"
+        "get_kernel('numpy'); warm_up()\n"
+        "print(mapped())\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, blas_mkl.BLAS_ENV: "mkl"}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]
