@@ -85,16 +85,14 @@ def blas_info() -> dict:
     dict
         ``blas_threads``: the largest thread count of the loaded BLAS libraries (what one
         matrix product may use; None when threadpoolctl is missing); ``blas``: one string per
-        library, e.g. ``"openblas 0.3.31 Haswell pthreads, 2 threads"``; ``products``: what
-        runs the single-threaded products, "mkl" (`parconv.blas_mkl`) or "numpy".
+        library, e.g. ``"openblas 0.3.31 Haswell pthreads, 2 threads"``, MKL's last where it
+        runs the single-thread products (`parconv.blas_mkl`).
     """
-    products = "mkl" if blas_mkl.active() else "numpy"
-    mkl = [f"{blas_mkl.version()}, sequential (single-thread products)"] if products == "mkl" \
-        else []
+    mkl = [f"{blas_mkl.version()}, sequential (single-thread products)"] \
+        if blas_mkl.active() else []
     controller = _controller()
     if controller is None:
-        return {"blas_threads": None, "blas": ["unknown (threadpoolctl not installed)"] + mkl,
-                "products": products}
+        return {"blas_threads": None, "blas": ["unknown (threadpoolctl not installed)"] + mkl}
     libraries = _libraries(controller)
     names = []
     for lib in libraries:
@@ -103,7 +101,7 @@ def blas_info() -> dict:
                  info.get("threading_layer")]
         names.append(" ".join(str(p) for p in parts if p) + f", {lib.num_threads} threads")
     threads = max((lib.num_threads for lib in libraries), default=None)
-    return {"blas_threads": threads, "blas": names + mkl, "products": products}
+    return {"blas_threads": threads, "blas": names + mkl}
 
 
 def prepare() -> None:
@@ -160,24 +158,11 @@ def limit_threads(threads: int | None):
     libraries = _libraries(controller)
     current = [lib.num_threads for lib in libraries]
     wanted = int(threads) if threads is not None else min(current, default=1)
-    _LIMITS.append(wanted)
-    try:
-        if all(n == wanted for n in current):
-            yield
-        else:
-            with controller.limit(limits=wanted, user_api="blas"):
-                yield
-    finally:
-        _LIMITS.pop()
-
-
-#: the thread counts `limit_threads` has set, innermost last: products know they run on one
-#: BLAS thread without asking the libraries (a limit is process-wide, as this list is)
-_LIMITS: list = []
-
-
-def _single_thread() -> bool:
-    return (_LIMITS[-1] if _LIMITS else current_threads()) == 1
+    if all(n == wanted for n in current):
+        yield
+        return
+    with controller.limit(limits=wanted, user_api="blas"):
+        yield
 
 
 #: per thread: whether accumulating products avoid scipy's BLAS wrapper (`numpy_products`)
@@ -200,7 +185,8 @@ def numpy_products():
 
 def _on_mkl(out: np.ndarray) -> bool:
     """Whether this product may run on MKL: floats, one BLAS thread, MKL active."""
-    return out.dtype.kind == "f" and _single_thread() and blas_mkl.active()
+    # asking the libraries costs about 2 us, next to products of tens of us and more
+    return out.dtype.kind == "f" and current_threads() == 1 and blas_mkl.active()
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:

@@ -112,9 +112,9 @@ class NumpyKernel:
         with limit_threads(self.threads):
             y, how = conv2d_blas(spec, x, w, self.method)
             threads = blas_info()
-        threads["products"] = "mkl" if blas_mkl.calls() > on_mkl else "numpy"
+        products = "mkl" if blas_mkl.calls() > on_mkl else "numpy"
         return y, {"kernel": self.name, "macs": int(spec.G), **how, **threads,
-                   "time_s": time.perf_counter() - start}
+                   "products": products, "time_s": time.perf_counter() - start}
 
 
 def reference_conv2d(spec: ConvSpec, x: np.ndarray, w: np.ndarray, bias=None) -> np.ndarray:

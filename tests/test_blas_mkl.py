@@ -11,6 +11,7 @@ import pytest
 from numpy.lib.stride_tricks import as_strided
 
 from parconv import blas, blas_mkl, blasconv
+from parconv.bench import _operands
 from parconv.errors import ParconvError
 from parconv.kernels import NumpyKernel, reference_conv2d
 from parconv.spec import ConvSpec
@@ -24,6 +25,21 @@ needs_mkl = pytest.mark.skipif(not _loaded(), reason="MKL (the mkl wheel) does n
 
 def _rng():
     return np.random.default_rng(7)
+
+
+@pytest.fixture
+def mkl_calls(monkeypatch):
+    """The outcomes of `blas_mkl.gemm` while the test runs (True: MKL ran the product)."""
+    calls = []
+    real = blas_mkl.gemm
+
+    def spy(*args, **kwargs):
+        done = real(*args, **kwargs)
+        calls.append(done)
+        return done
+
+    monkeypatch.setattr(blas_mkl, "gemm", spy)
+    return calls
 
 
 @needs_mkl
@@ -139,24 +155,10 @@ _SPECS = [
 @needs_mkl
 @pytest.mark.parametrize("spec, method", _SPECS, ids=[f"{m}-{s.dtype_in}" for s, m in _SPECS])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_kernel_on_mkl_matches_numpy_blas(monkeypatch, spec, method, threads):
-    rng = _rng()
-    if spec.dtype_in == "int8":
-        x = rng.integers(-128, 128, spec.input_shape).astype(np.int8)
-        w = rng.integers(-128, 128, spec.weight_shape).astype(np.int8)
-    else:
-        x = rng.standard_normal(spec.input_shape).astype(spec.dtype_in)
-        w = rng.standard_normal(spec.weight_shape).astype(spec.dtype_in)
-    calls = []
-    real = blas_mkl.gemm
-
-    def spy(*args, **kwargs):
-        done = real(*args, **kwargs)
-        calls.append(done)
-        return done
-
+def test_kernel_on_mkl_matches_numpy_blas(monkeypatch, mkl_calls, spec, method, threads):
+    x, w = _operands(spec)
+    calls = mkl_calls
     monkeypatch.setenv(blas_mkl.BLAS_ENV, "mkl")
-    monkeypatch.setattr(blas_mkl, "gemm", spy)
     on_mkl, stats = NumpyKernel(threads=threads, method=method).run(spec, x, w)
     assert stats["method"] == method
     # MKL runs one thread's products: a call on one BLAS thread, or the pieces of the split
@@ -203,17 +205,9 @@ def test_products_on_several_threads_stay_on_numpy(monkeypatch):
 
 @needs_mkl
 @pytest.mark.parametrize("spec, method", _SPECS, ids=[f"{m}-{s.dtype_in}" for s, m in _SPECS])
-def test_split_pieces_run_their_products_on_mkl(monkeypatch, spec, method):
-    rng = _rng()
-    if spec.dtype_in == "int8":
-        x = rng.integers(-128, 128, spec.input_shape).astype(np.int8)
-        w = rng.integers(-128, 128, spec.weight_shape).astype(np.int8)
-    else:
-        x = rng.standard_normal(spec.input_shape).astype(spec.dtype_in)
-        w = rng.standard_normal(spec.weight_shape).astype(spec.dtype_in)
-    calls = []
-    real = blas_mkl.gemm
-    monkeypatch.setattr(blas_mkl, "gemm", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+def test_split_pieces_run_their_products_on_mkl(monkeypatch, mkl_calls, spec, method):
+    x, w = _operands(spec)
+    calls = mkl_calls
     monkeypatch.setenv(blas_mkl.BLAS_ENV, "mkl")
     with blas.limit_threads(2):
         y, how = blasconv.conv2d_blas(spec, x, w, method, workers=2)
