@@ -183,24 +183,98 @@ def numpy_products():
         _LOCAL.numpy = before
 
 
-def _on_mkl(out: np.ndarray) -> bool:
+def _on_mkl(out: np.ndarray, threads: int) -> bool:
     """Whether this product may run on MKL: floats, one BLAS thread, MKL active."""
-    # asking the libraries costs about 2 us, next to products of tens of us and more
-    return out.dtype.kind == "f" and current_threads() == 1 and blas_mkl.active()
+    return out.dtype.kind == "f" and threads == 1 and blas_mkl.active()
+
+
+#: fewest multiply-adds per share before a product on T BLAS threads is cut into T shares on
+#: MKL (`_mkl_shares`; handing a share to a thread costs some 20-50 us)
+MIN_SHARE_MACS = 1 << 23
+
+
+@functools.lru_cache(maxsize=4)
+def _share_pool(workers: int):
+    """Idle threads for `_mkl_shares` (kept: starting threads per product costs more)."""
+    import concurrent.futures
+    return concurrent.futures.ThreadPoolExecutor(max_workers=workers,
+                                                 thread_name_prefix="parconv-gemm")
+
+
+def _mkl_shares(a: np.ndarray, b: np.ndarray, out: np.ndarray, beta: float,
+                threads: int) -> bool:
+    """``out = a @ b + beta out`` (2-d or 3-d, `blas_mkl.gemm`'s operands) cut into T shares
+    run side by side on T threads of MKL's sequential GEMM, where the process has T > 1 BLAS
+    threads, MKL is active and every share has at least `MIN_SHARE_MACS` multiply-adds: the
+    matrices of a stack (the 16 Winograd coefficient products), else the columns of one
+    product (or its rows, when it has more).  Local.
+
+    Why: numpy's OpenBLAS on 2 threads ran the 16 products of resnet50.layer4.1.conv2's
+    Winograd block (392 x 512 x 512) at 1.0-1.1x its one-thread speed, MKL's sequential GEMM
+    on two threads of a share each at 1.9x (design.md 4.5).  Returns False (nothing computed)
+    where this does not apply; a share MKL refuses (`blas_mkl.gemm` False) is computed by
+    numpy afterwards.
+    """
+    if threads <= 1 or out.dtype.kind != "f" or out.ndim not in (2, 3) or not blas_mkl.active():
+        return False
+    m, n = out.shape[-2:]
+    count = out.shape[0] if out.ndim == 3 else 1
+    k = a.shape[-1]
+    if count * m * n * k < 2 * MIN_SHARE_MACS:
+        return False
+    shares = max(1, min(threads, count * m * n * k // MIN_SHARE_MACS))
+    if out.ndim == 3 and count >= shares:
+        cuts = [count * i // shares for i in range(shares + 1)]
+
+        def part(i):
+            s = slice(cuts[i], cuts[i + 1])
+            return (a if a.ndim == 2 else a[s]), (b if b.ndim == 2 else b[s]), out[s]
+    elif out.ndim == 2 and n >= m:
+        cuts = [n * i // shares for i in range(shares + 1)]
+
+        def part(i):
+            return a, b[:, cuts[i]:cuts[i + 1]], out[:, cuts[i]:cuts[i + 1]]
+    elif out.ndim == 2:
+        cuts = [m * i // shares for i in range(shares + 1)]
+
+        def part(i):
+            return a[cuts[i]:cuts[i + 1]], b, out[cuts[i]:cuts[i + 1]]
+    else:
+        return False
+
+    def run(i):
+        pa, pb, pout = part(i)
+        return blas_mkl.gemm(pa, pb, pout, beta=beta)
+
+    futures = [_share_pool(threads).submit(run, i) for i in range(1, shares)]
+    done = [run(0)] + [future.result() for future in futures]
+    for i, ok in enumerate(done):
+        if not ok:
+            pa, pb, pout = part(i)
+            if beta:
+                pout += np.matmul(pa, pb)
+            else:
+                np.matmul(pa, pb, out=pout)
+    return True
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     """``out = a @ b`` with numpy matmul's stacking (``out`` given, C-contiguous rows): on MKL
-    where `_on_mkl` and the operands suit it (`blas_mkl.gemm`), else numpy.  Local."""
-    if out.ndim > 3 and _on_mkl(out):
-        # stacks of stacks (the stride-2 Winograd's 3 x 3 coefficient groups): one call per
-        # leading index, operands broadcast as numpy does
+    where `_on_mkl` and the operands suit it (`blas_mkl.gemm`), in shares on MKL where the
+    process has several BLAS threads (`_mkl_shares`), else numpy.  Local."""
+    # asking the libraries costs about 2 us, next to products of tens of us and more
+    threads = current_threads()
+    if out.ndim <= 3 and _mkl_shares(a, b, out, 0.0, threads):
+        return
+    if out.ndim > 3 and out.dtype.kind == "f" and blas_mkl.active():
+        # stacks of stacks (the stride-2 Winograd's 3 x 3 coefficient groups): one call (or
+        # one set of shares) per leading index, operands broadcast as numpy does
         def pick(m, i):
             return m if m.ndim < out.ndim else m[i if m.shape[0] > 1 else 0]
         for i in range(out.shape[0]):
             matmul(pick(a, i), pick(b, i), out[i])
         return
-    if not (_on_mkl(out) and blas_mkl.gemm(a, b, out)):
+    if not (_on_mkl(out, threads) and blas_mkl.gemm(a, b, out)):
         np.matmul(a, b, out=out)
 
 
@@ -225,7 +299,9 @@ def matmul_into(out: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool,
     if not accumulate:
         matmul(a, b, out)
         return
-    if _on_mkl(out) and blas_mkl.gemm(a, b, out, beta=1.0):
+    threads = current_threads()
+    if (_on_mkl(out, threads) and blas_mkl.gemm(a, b, out, beta=1.0)) \
+            or _mkl_shares(a, b, out, 1.0, threads):
         return
     gemm = None if getattr(_LOCAL, "numpy", False) else _gemm(out.dtype)
     if (gemm is not None and a.dtype == out.dtype and b.dtype == out.dtype

@@ -60,15 +60,19 @@ def numba_cache_dir() -> Path | None:
 def eligible(spec: ConvSpec, threads: int, workers: int) -> bool:
     """Whether the fused transforms may run this block at ``threads`` BLAS threads run as
     ``workers`` pieces side by side (`parconv.blasconv.split_workers`): a stride-1 float
-    Winograd block, `mode` not "off", every product on one BLAS thread (the threaded split's
-    pieces, or one thread).  At one thread the fused transforms ran the float32 layer
-    1.01-1.48x faster than the numpy ones (design.md 4.5), so there is no thread floor.
+    Winograd block, `mode` not "off", and its products on MKL or on one BLAS thread each (the
+    threaded split's pieces, or one thread; with MKL active, a block on T > 1 threads runs its
+    16 products as T shares on MKL, `parconv.blas.matmul`).  At one thread the fused
+    transforms ran the float32 layer 1.01-1.48x faster than the numpy ones (design.md 4.5), so
+    there is no thread floor.
 
-    Why one BLAS thread per product: the fused form's products, (tiles x C) @ (C x K), ran
+    Why not on several OpenBLAS threads: the fused form's products, (tiles x C) @ (C x K), ran
     slower on two OpenBLAS threads than the numpy form's (K x C) @ (C x tiles) (36 against 26 ms
-    on resnet50.layer4.1.conv2's block at batch 8, load 1.7)."""
+    on resnet50.layer4.1.conv2's block at batch 8, load 1.7); on MKL's shares the fused form
+    ran that block at 6.4-6.7 ms against 7.7 for the numpy form (2 threads, AVX-512 Xeon)."""
+    from . import blas_mkl
     from .winograd import applies
-    return applies(spec) and mode() != "off" and workers == threads
+    return applies(spec) and mode() != "off" and (workers == threads or blas_mkl.active())
 
 
 def fused_winograd(spec: ConvSpec, threads: int, workers: int):

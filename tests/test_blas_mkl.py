@@ -188,9 +188,9 @@ def test_float_gemm_splits_only_where_mkl_runs_the_pieces(monkeypatch):
 
 
 @needs_mkl
-def test_products_on_several_threads_stay_on_numpy(monkeypatch):
+def test_small_products_on_several_threads_stay_on_numpy(monkeypatch):
     monkeypatch.setenv(blas_mkl.BLAS_ENV, "mkl")
-    a = np.ones((64, 64), dtype=np.float32)
+    a = np.ones((64, 64), dtype=np.float32)      # below 2 MIN_SHARE_MACS: not worth shares
     out = np.empty_like(a)
     calls = []
     monkeypatch.setattr(blas_mkl, "gemm", lambda *args, **kw: calls.append(1) or False)
@@ -201,6 +201,58 @@ def test_products_on_several_threads_stay_on_numpy(monkeypatch):
         blas.matmul(a, a, out)
     assert calls
     np.testing.assert_array_equal(out, a @ a)
+
+
+_SHARE_CASES = {
+    # (a shape, b shape): a stack of 16 (the Winograd products), one wide product (the filter
+    # transform: columns), one tall product (rows), a stack with a shared 2-d operand
+    "stack": ((16, 96, 128), (16, 128, 160)),
+    "columns": ((16, 9), (9, 80000)),
+    "rows": ((3000, 128), (128, 64)),
+    "shared filters": ((64, 128), (6, 128, 2000)),
+}
+
+
+@needs_mkl
+@pytest.mark.parametrize("case", list(_SHARE_CASES))
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_products_on_several_threads_run_in_shares_on_mkl(monkeypatch, mkl_calls, case,
+                                                           accumulate):
+    monkeypatch.setenv(blas_mkl.BLAS_ENV, "mkl")
+    monkeypatch.setattr(blas, "MIN_SHARE_MACS", 1 << 16)
+    rng = _rng()
+    sa, sb = _SHARE_CASES[case]
+    a, b = (rng.standard_normal(s).astype(np.float32) for s in (sa, sb))
+    expected = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    out = rng.standard_normal(expected.shape).astype(np.float32)
+    before = out.astype(np.float64)
+    with blas.limit_threads(2):
+        if accumulate and out.ndim == 2:
+            blas.matmul_into(out, a, b, accumulate=True)
+            expected = expected + before
+        else:
+            blas.matmul(a, b, out)
+    assert len(mkl_calls) == 2 and all(mkl_calls)     # one share per thread, both on MKL
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+@needs_mkl
+def test_a_share_mkl_refuses_is_computed_by_numpy(monkeypatch):
+    monkeypatch.setenv(blas_mkl.BLAS_ENV, "mkl")
+    monkeypatch.setattr(blas, "MIN_SHARE_MACS", 1 << 16)
+    real = blas_mkl.gemm
+    seen = []
+
+    def refuse_second(a, b, out, beta=0.0):
+        seen.append(out.shape)
+        return False if len(seen) == 2 else real(a, b, out, beta=beta)
+
+    monkeypatch.setattr(blas_mkl, "gemm", refuse_second)
+    a, b = (_rng().standard_normal(s).astype(np.float32) for s in _SHARE_CASES["stack"])
+    out = np.zeros((16, 96, 160), dtype=np.float32)
+    with blas.limit_threads(2):
+        blas.matmul(a, b, out)
+    np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-4)
 
 
 @needs_mkl

@@ -61,9 +61,14 @@ def fresh(monkeypatch):
 
 
 def test_eligible(monkeypatch):
+    from parconv import blas_mkl
     monkeypatch.delenv(jit.JIT_ENV, raising=False)
+    monkeypatch.setattr(blas_mkl, "active", lambda: False)
     assert jit.eligible(SPEC, 1, 1) and jit.eligible(SPEC, 2, 2)   # no thread floor
-    assert not jit.eligible(SPEC, 2, 1)                       # products on 2 BLAS threads
+    assert not jit.eligible(SPEC, 2, 1)                       # products on 2 OpenBLAS threads
+    monkeypatch.setattr(blas_mkl, "active", lambda: True)
+    assert jit.eligible(SPEC, 2, 1)                           # products in shares on MKL
+    monkeypatch.setattr(blas_mkl, "active", lambda: False)
     assert not jit.eligible(SPEC.replace(stride=(2, 2)), 2, 2)
     assert not jit.eligible(spec_for_dtype("int8", **{
         k: getattr(SPEC, k) for k in ("batch", "in_channels", "out_channels", "in_size",
@@ -75,13 +80,14 @@ def test_eligible(monkeypatch):
 
 
 def test_auto_loads_after_enough_numpy_time(fresh, numba_present):
+    from parconv import blas_mkl
     assert jit.fused_winograd(SPEC, 2, 2) is None
     jit.record(jit.AFTER_SECONDS / 2)
     assert jit.fused_winograd(SPEC, 2, 2) is None
     jit.record(jit.AFTER_SECONDS / 2)
     assert jit.fused_winograd(SPEC, 2, 2) is not None
     assert jit.fused_winograd(SPEC, 1, 1) is not None         # one thread too, once loaded
-    assert jit.fused_winograd(SPEC, 2, 1) is None             # products on 2 BLAS threads
+    assert (jit.fused_winograd(SPEC, 2, 1) is None) != blas_mkl.active()   # 2 OpenBLAS threads
 
 
 def test_preload_and_on(fresh, numba_present, monkeypatch):
