@@ -8,7 +8,9 @@ Two tables, each timed with parconv.bench's interleaved best-of rounds:
   square, float32, numpy's matmul against `blas_mkl.gemm`, back to back;
 * per layer (the benchmark's five by default), type and BLAS thread count, the whole kernel
   (`NumpyKernel`) with ``PARCONV_BLAS=mkl`` and ``=numpy`` alternating in one process, a
-  pause before each call (parconv.bench's timing).
+  pause before each pair of calls (parconv.bench's timing).  For int8 the MKL side runs int8
+  products on MKL's int8 GEMM where the CPU has VNNI or AMX (parconv.blas_mkl_int), the numpy
+  side the float path in exact groups.
 
 MKL is not a requirement of parconv: where it does not load this script says so and exits 0.
 
@@ -27,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from parconv import blas_mkl  # noqa: E402
 from parconv.bench import LAYERS, _operands, interleaved_best, machine, save_json  # noqa: E402
+from parconv.bench import with_blas  # noqa: E402
 from parconv.blas import limit_threads, prepare  # noqa: E402
 from parconv.kernels import NumpyKernel  # noqa: E402
 from parconv.layers import get_layer  # noqa: E402
@@ -41,15 +44,7 @@ class _Products:
         self.kernel, self.spec, self.x, self.w, self.setting = kernel, spec, x, w, setting
 
     def __call__(self):
-        before = os.environ.get(blas_mkl.BLAS_ENV)
-        os.environ[blas_mkl.BLAS_ENV] = self.setting
-        try:
-            return self.kernel.run(self.spec, self.x, self.w)
-        finally:
-            if before is None:
-                del os.environ[blas_mkl.BLAS_ENV]
-            else:
-                os.environ[blas_mkl.BLAS_ENV] = before
+        return with_blas(self.setting, self.kernel.run, self.spec, self.x, self.w)
 
 
 def shapes_table(rounds: int) -> list[dict]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import blas_mkl
+from . import blas_mkl, blas_mkl_int
 
 
 #: matrix side of the warm-up products (large enough to fill the packing buffers of one thread)
@@ -215,7 +215,13 @@ def _mkl_shares(a: np.ndarray, b: np.ndarray, out: np.ndarray, beta: float,
     where this does not apply; a share MKL refuses (`blas_mkl.gemm` False) is computed by
     numpy afterwards.
     """
-    if threads <= 1 or out.dtype.kind != "f" or out.ndim not in (2, 3) or not blas_mkl.active():
+    if threads <= 1 or out.ndim not in (2, 3) or not blas_mkl.active():
+        return False
+    if _integer(out):
+        product = blas_mkl_int.gemm
+    elif out.dtype.kind == "f":
+        product = blas_mkl.gemm
+    else:
         return False
     m, n = out.shape[-2:]
     count = out.shape[0] if out.ndim == 3 else 1
@@ -244,27 +250,53 @@ def _mkl_shares(a: np.ndarray, b: np.ndarray, out: np.ndarray, beta: float,
 
     def run(i):
         pa, pb, pout = part(i)
-        return blas_mkl.gemm(pa, pb, pout, beta=beta)
+        return product(pa, pb, pout, beta=beta)
 
     futures = [_share_pool(threads).submit(run, i) for i in range(1, shares)]
     done = [run(0)] + [future.result() for future in futures]
     for i, ok in enumerate(done):
         if not ok:
             pa, pb, pout = part(i)
-            if beta:
+            if _integer(out):
+                _integer_product(pa, pb, pout, beta)
+            elif beta:
                 pout += np.matmul(pa, pb)
             else:
                 np.matmul(pa, pb, out=pout)
     return True
 
 
+def _integer(out: np.ndarray) -> bool:
+    """Whether this is an int8 product into int32 (`parconv.blas_mkl_int`)."""
+    return out.dtype == np.int32
+
+
+def _integer_product(a: np.ndarray, b: np.ndarray, out: np.ndarray, beta: float) -> None:
+    """``out = a @ b + beta out`` for the int8 products (a uint8 ``a`` stands for ``a - 128``):
+    on MKL's int8 GEMM, else exactly in numpy's int32 arithmetic (slow, for operands MKL
+    refuses)."""
+    if blas_mkl_int.gemm(a, b, out, beta=beta):
+        return
+    left = a.astype(np.int32) - 128 if a.dtype == np.uint8 else a.astype(np.int32)
+    product = np.matmul(left, b.astype(np.int32))
+    if beta:
+        out += product
+    else:
+        out[...] = product
+
+
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     """``out = a @ b`` with numpy matmul's stacking (``out`` given, C-contiguous rows): on MKL
     where `_on_mkl` and the operands suit it (`blas_mkl.gemm`), in shares on MKL where the
-    process has several BLAS threads (`_mkl_shares`), else numpy.  Local."""
+    process has several BLAS threads (`_mkl_shares`), else numpy.  int8 operands into an int32
+    ``out`` (``a`` int8, or uint8 standing for ``a - 128``) run on MKL's int8 GEMM
+    (`parconv.blas_mkl_int`; the caller checked `blas_mkl_int.ready`).  Local."""
     # asking the libraries costs about 2 us, next to products of tens of us and more
     threads = current_threads()
     if out.ndim <= 3 and _mkl_shares(a, b, out, 0.0, threads):
+        return
+    if _integer(out):
+        _integer_product(a, b, out, 0.0)
         return
     if out.ndim > 3 and out.dtype.kind == "f" and blas_mkl.active():
         # stacks of stacks (the stride-2 Winograd's 3 x 3 coefficient groups): one call (or
@@ -302,6 +334,9 @@ def matmul_into(out: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool,
     threads = current_threads()
     if (_on_mkl(out, threads) and blas_mkl.gemm(a, b, out, beta=1.0)) \
             or _mkl_shares(a, b, out, 1.0, threads):
+        return
+    if _integer(out):
+        _integer_product(a, b, out, 1.0)
         return
     gemm = None if getattr(_LOCAL, "numpy", False) else _gemm(out.dtype)
     if (gemm is not None and a.dtype == out.dtype and b.dtype == out.dtype

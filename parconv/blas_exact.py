@@ -22,24 +22,57 @@ EXACT_BELOW = {np.dtype(np.float32): 2 ** 24, np.dtype(np.float64): 2 ** 53}
 
 @dataclasses.dataclass(frozen=True)
 class Arithmetic:
-    """How a block is summed: ``dtype`` of the products, at most ``limit`` products per exact
-    group (None: no limit), ``out`` the type the groups are added in."""
+    """How a block is summed: ``dtype`` of the products' operands, at most ``limit`` products
+    per exact group (None: no limit), ``out`` the type the groups are added in.  ``dtype``
+    int8 with ``out`` int32: the int8 products of `parconv.blas_mkl_int` (`integer`), whose
+    sums are int32 already."""
 
     dtype: np.dtype
     limit: int | None
     out: np.dtype
 
+    @property
+    def integer(self) -> bool:
+        """Whether the products are int8 products with int32 sums (MKL's int8 GEMM)."""
+        return self.dtype == np.int8
+
+    @property
+    def result(self) -> np.dtype:
+        """The type the products write: int32 for `integer` products, else ``dtype``."""
+        return np.dtype(np.int32) if self.integer else self.dtype
+
+
+#: the int8 products' sums (`Arithmetic.integer`)
+INTEGER = Arithmetic(np.dtype(np.int8), None, np.dtype(np.int32))
+
+
+def integer_products(spec: ConvSpec) -> bool:
+    """Whether the block's products may run as int8 products with int32 sums
+    (`parconv.blas_mkl_int`): int8 inputs and filters, a signed accumulator of at least 32 bits
+    whose true sums stay within int32 (C R S 2^14 < 2^31; `parconv.spec` refuses int32
+    accumulators beyond that), and MKL's int8 GEMM `ready` in this process."""
+    acc = np.dtype(spec.dtype_acc)
+    terms = spec.in_channels * spec.kernel_size[0] * spec.kernel_size[1]
+    if not (np.dtype(spec.dtype_in) == np.int8 and np.dtype(spec.dtype_weight) == np.int8
+            and acc.kind == "i" and acc.itemsize >= 4 and terms << 14 < 1 << 31):
+        return False
+    from . import blas_mkl_int
+    return blas_mkl_int.ready()
+
 
 def arithmetic(spec: ConvSpec, x: np.ndarray, w: np.ndarray) -> Arithmetic:
     """The products' type and group length for this block's data.  Local.
 
-    Floats compute in their accumulator type.  Integers use float32 when groups of at least
-    min(C R S, 128) products stay exact for the data's largest magnitudes, else float64, else
-    (products beyond 2**53) exact int64 arithmetic without BLAS.
+    Floats compute in their accumulator type.  int8 blocks take the int8 products
+    (`integer_products`, `INTEGER`) where MKL's int8 GEMM is ready.  Other integers use
+    float32 when groups of at least min(C R S, 128) products stay exact for the data's largest
+    magnitudes, else float64, else (products beyond 2**53) exact int64 arithmetic without BLAS.
     """
     acc = np.dtype(spec.dtype_acc)
     if np.issubdtype(np.dtype(spec.dtype_in), np.floating):
         return Arithmetic(acc, None, acc)
+    if integer_products(spec):
+        return INTEGER
     bound = magnitude(x) * magnitude(w)
     reduction = spec.in_channels * spec.kernel_size[0] * spec.kernel_size[1]
     for dtype in (np.dtype(np.float32), np.dtype(np.float64)):
@@ -99,8 +132,8 @@ class Sums:
 
     def __init__(self, arith: Arithmetic, size: int):
         self.arith = arith
-        self.scratch = np.empty(size, dtype=arith.dtype)
-        self.buffer = np.empty(size, dtype=arith.dtype) if arith.out != arith.dtype else None
+        self.scratch = np.empty(size, dtype=arith.result)
+        self.buffer = np.empty(size, dtype=arith.result) if arith.out != arith.result else None
         self.ints = np.empty(size, dtype=arith.out) if self.buffer is not None else None
         self.size, self._block = size, None
 

@@ -41,11 +41,12 @@ def taps(spec: ConvSpec) -> tuple[list[Tap], tuple[int, int]]:
 
 
 def phase_images(spec: ConvSpec, x: np.ndarray, dtype, phases, grid, tail: int = 0,
-                 channels_first: bool = False) -> dict:
+                 channels_first: bool = False, shift: bool = False) -> dict:
     """Channels-last phase images of ``dtype``, zero where the padding is: per phase a flat
     (N Hq Wq + tail, C) array whose first N Hq Wq rows are the (N, Hq, Wq, C) image and whose
     ``tail`` rows are zeros.  With ``channels_first``: per phase a (C, N, Hq, Wq) array (and
-    no tail)."""
+    no tail).  With ``shift`` (int8): uint8 images of the values plus 128, padding and tail
+    included (the left operands of `parconv.blas_mkl_int`)."""
     (sh, sw), (ph, pw), (H_in, W_in) = spec.stride, spec.padding, spec.in_size
     Hq, Wq = grid
     N, C = spec.batch, spec.in_channels
@@ -65,6 +66,9 @@ def phase_images(spec: ConvSpec, x: np.ndarray, dtype, phases, grid, tail: int =
                 image[:, :, i0:i1, j0:j1] = x[:, :, rows, cols].transpose(1, 0, 2, 3)
             else:
                 image[:, i0:i1, j0:j1, :] = x[:, :, rows, cols].transpose(0, 2, 3, 1)
+        if shift:
+            flat = flat.view(np.uint8)
+            np.bitwise_xor(flat, np.uint8(0x80), out=flat)      # + 128 in two's complement
         out[(a, b)] = flat
     return out
 

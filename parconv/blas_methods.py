@@ -17,7 +17,9 @@ Pure, no MPI.
   `COLUMNS_BYTES`, gathered from the phase images, one product per block and exact group.
 
 Each writes its output blocks to the NCHW result while they are still in the cache; integers
-are summed in exact groups (`parconv.blas_exact`).
+are summed in exact groups (`parconv.blas_exact`), or as int8 products with int32 sums where
+MKL's int8 GEMM runs them (`parconv.blas_mkl_int`: the left operand of each product, the
+filters or, for "taps", the phase images, is then held shifted to uint8).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from .blas import current_threads, matmul, matmul_into
 from .blas_exact import Arithmetic, Sums, column_groups
+from .blas_mkl_int import shifted
 from .blas_layout import held, phase_images, phase_views, pixel_blocks, tap_major, taps
 from .spec import ConvSpec
 
@@ -47,10 +50,17 @@ ROWS_MIN_WIDTH = 32
 
 
 def _gemm_in_place(spec: ConvSpec, x: np.ndarray, arith: Arithmetic, y: np.ndarray) -> bool:
-    """Whether "gemm" runs as one product from ``x`` into ``y``: one group, stride 1, and
-    ``x`` C-contiguous of the products' type (blas_workspace: floats)."""
-    return (arith.limit is None and arith.out == y.dtype == arith.dtype
+    """Whether "gemm" runs as one product from ``x`` into ``y``: one group whose sums have
+    ``y``'s type, stride 1, and ``x`` C-contiguous of the products' type (blas_workspace:
+    floats, and int8 products into int32)."""
+    return (arith.limit is None and arith.out == y.dtype == arith.result
             and tuple(spec.stride) == (1, 1) and x.dtype == arith.dtype and x.flags.c_contiguous)
+
+
+def _left(m: np.ndarray, arith: Arithmetic) -> np.ndarray:
+    """A left operand used in many products, in the form the products take it: for the int8
+    products shifted to uint8 once (`blas_mkl_int.shifted`), else as it is."""
+    return shifted(m) if arith.integer else m
 
 
 def _aliased_output(arith: Arithmetic, y: np.ndarray) -> bool:
@@ -65,7 +75,7 @@ def conv_gemm(spec: ConvSpec, x: np.ndarray, w: np.ndarray, arith: Arithmetic,
     """1x1, unpadded: per image (K x C) @ (C x H W) on the NCHW data, into ``y``.  Floats of
     stride 1 on C-contiguous data: one stacked product for all images, no buffer at all."""
     (sh, sw), (H, W), C, K = spec.stride, spec.out_size, spec.in_channels, spec.out_channels
-    wm = w.reshape(K, C).astype(arith.dtype, copy=False)
+    wm = _left(w.reshape(K, C).astype(arith.dtype, copy=False), arith)
     if _gemm_in_place(spec, x, arith, y):
         matmul(wm, x.reshape(spec.batch, C, H * W), y.reshape(spec.batch, K, H * W))
         return
@@ -115,10 +125,11 @@ def conv_taps(spec: ConvSpec, x: np.ndarray, w: np.ndarray, arith: Arithmetic,
     N, C, K, (H, W) = spec.batch, spec.in_channels, spec.out_channels, spec.out_size
     # a block reads up to the largest tap offset past its end: zero rows there
     tail = max(t.offset for t in tap_list)
-    flat = phase_images(spec, x, arith.dtype, {t.phase for t in tap_list}, (Hq, Wq), tail)
+    flat = phase_images(spec, x, arith.dtype, {t.phase for t in tap_list}, (Hq, Wq), tail,
+                        shift=arith.integer)
     wk = tap_major(w, arith.dtype)
     groups = column_groups(C, len(tap_list), arith.limit)
-    rows = max(MIN_ROWS, TAP_BLOCK_BYTES * current_threads() // (K * arith.dtype.itemsize))
+    rows = max(MIN_ROWS, TAP_BLOCK_BYTES * current_threads() // (K * arith.result.itemsize))
     # whole images (their grid rows Hq included) or rows h0:h1 of one image
     blocks = [(n0, n1, h0, h1, (h0, h1) == (0, H),
                (n1 - n0) * Hq * Wq if (h0, h1) == (0, H) else (h1 - h0) * Wq)
@@ -161,7 +172,9 @@ def conv_im2col(spec: ConvSpec, x: np.ndarray, w: np.ndarray, arith: Arithmetic,
     if not channels_first:
         images = phase_views(images, spec, grid)
     wk = tap_major(w, arith.dtype)
-    item = arith.dtype.itemsize
+    # blocks sized by the sums' type (int8 products: as many rows as float32 ones, so that no
+    # buffer outgrows the float path's, which the planner budgets: blas_workspace)
+    item = arith.result.itemsize
     groups = column_groups(C, len(tap_list), arith.limit,
                            piece=max(1, COLUMNS_BYTES // (MIN_ROWS * item)))
     widest = max(sum(c1 - c0 for _, c0, c1 in piece) for group in groups for piece in group)
@@ -169,8 +182,8 @@ def conv_im2col(spec: ConvSpec, x: np.ndarray, w: np.ndarray, arith: Arithmetic,
     for group in groups:
         for piece in group:
             # (K, columns of the piece): copies of runs of c1 - c0 filter values
-            weights[id(piece)] = np.concatenate([wk[tap_list[t].r, tap_list[t].s, :, c0:c1]
-                                                 for t, c0, c1 in piece], axis=1)
+            weights[id(piece)] = _left(np.concatenate([wk[tap_list[t].r, tap_list[t].s, :, c0:c1]
+                                                       for t, c0, c1 in piece], axis=1), arith)
     blocks = pixel_blocks(N, H, W, max(MIN_ROWS, COLUMNS_BYTES // (widest * item)))
     block_rows = max((n1 - n0) * (h1 - h0) * W for n0, n1, h0, h1 in blocks)
     columns = np.empty(block_rows * widest, dtype=arith.dtype)

@@ -15,8 +15,8 @@ from . import winograd, winograd_exact, winograd_s2
 from .blas_exact import EXACT_BELOW
 from .blas_methods import (COLUMNS_BYTES, MIN_ROWS, ROWS_MIN_WIDTH, TAP_BLOCK_BYTES,
                            band_rows)
-from .blasconv import (_GATHER_COST, _SHORT_COST, GEMM_MIN_PIXELS, exact_winograd_applies,
-                       winograd_form)
+from .blasconv import (_GATHER_COST, _SHORT_COST, _SHORT_COST_INT, GEMM_MIN_PIXELS,
+                       exact_winograd_applies, winograd_form)
 from .spec import ConvSpec
 
 
@@ -107,6 +107,23 @@ def workspace_bytes(spec: ConvSpec, n, c, k, out_h, out_w, padded: bool = True,
         model = _winograd_bytes if form is winograd else _winograd_s2_bytes
         choices.append(model(n, c, k, H, W, cb) + y)
     direct = np.choose(method, choices)
+    if np.dtype(spec.dtype_in) == np.int8 and np.dtype(spec.dtype_weight) == np.int8:
+        # where MKL's int8 GEMM runs the products (parconv.blas_mkl_int) the block may take
+        # "im2col" by blocks instead: int8 phase images, the int8 filters, a piece's copy and
+        # its shifted copy, the int8 columns of blocks sized as the float ones, and int32 Sums
+        # (scratch and block); its "taps" and "gemm" hold less than the float path's
+        int_rows = np.maximum(MIN_ROWS, COLUMNS_BYTES // np.maximum(reduction * 4, 1))
+        int_rows = np.where(int_rows >= H * W,
+                            np.minimum(n, int_rows // np.maximum(H * W, 1)) * H * W,
+                            np.minimum(H, np.maximum(1, int_rows // np.maximum(W, 1))) * W)
+        int_im2col = (phases * n * Hq * Wq * c + 3 * k * c * R * S + int_rows * reduction
+                      + 8 * k * int_rows + y)
+        # the int8 products' choice (blasconv._costs): "gemm" where it applies, else the
+        # cheaper of "taps" and "im2col" at their short-product cost
+        int_taps = image / np.maximum(H * W, 1) * (1 + _SHORT_COST_INT / c)
+        int_takes_im2col = ~(gemm & (H * W >= GEMM_MIN_PIXELS)) & (
+            1 + _SHORT_COST_INT / reduction + _GATHER_COST / k < int_taps)
+        direct = np.where(int_takes_im2col, np.maximum(direct, int_im2col), direct)
     if not exact_winograd_applies(spec):
         return direct
     # integers: the exact Winograd form where the model takes it and the data allow it, else

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import blas_mkl, jit, winograd, winograd_s2
 from .blas import current_threads, limit_threads
-from .blas_exact import arithmetic, magnitude
+from .blas_exact import arithmetic, integer_products, magnitude
 from .blas_layout import taps
 from .blas_methods import conv_gemm, conv_im2col, conv_taps, row_bands_fit
 from .blas_split import MIN_PIECE_MACS, run_split
@@ -93,6 +93,11 @@ def _costs(spec: ConvSpec) -> dict:
     if _gemm_applies(spec) and H * W >= GEMM_MIN_PIXELS:
         return {"gemm": 1.0}
     _, (Hq, Wq) = taps(spec)
+    if integer_products(spec):
+        # int8 products (parconv.blas_mkl_int): no Winograd (its exact form runs float32
+        # products, 3-4x slower than these), and short inner dimensions cost these more
+        return {"taps": (Hq * Wq) / (H * W) * (1 + _SHORT_COST_INT / C),
+                "im2col": 1 + _SHORT_COST_INT / (C * R * S) + _GATHER_COST / K}
     costs = {"taps": (Hq * Wq) / (H * W) * (1 + _SHORT_COST / C),
              "im2col": 1 + _SHORT_COST / (C * R * S) + _GATHER_COST / K}
     form = winograd_form(spec) or (winograd if exact_winograd_applies(spec) else None)
@@ -153,6 +158,11 @@ def _gemm_applies(spec: ConvSpec) -> bool:
 
 #: relative cost of products with inner dimension d: 1 + _SHORT_COST / d (measured)
 _SHORT_COST = 4.0
+#: the same for the int8 products of MKL's int8 GEMM (measured at batch 8, one thread, int8
+#: GOP/s "taps" / "im2col": resnet50.layer1.0.conv2 186 / 221, layer3.0.conv2 406 / 589,
+#: layer4.1.conv2 316 / 671; design.md 4.5): their nine products of depth C lose to one of
+#: depth 9 C far more than float products do
+_SHORT_COST_INT = 64.0
 #: cost of gathering one im2col value, in multiply-adds of the product (measured)
 _GATHER_COST = 16.0
 
@@ -243,15 +253,16 @@ def conv2d_blas(spec: ConvSpec, x: np.ndarray, w: np.ndarray, method: str | None
 def split_workers(spec: ConvSpec, method: str, threads: int) -> int:
     """How many pieces `conv2d_blas` runs side by side: ``threads`` where the method and
     input kind are in `SPLIT` (or `SPLIT_MKL`, where MKL runs the pieces' products; im2col:
-    where it runs by row bands) and every piece
+    where it runs by row bands or on int8 products: split at 2 threads, resnet50.layer3.0.conv2
+    ran 642-662 GOP/s against 443-452 unsplit, the stem 143-155 against 100-125) and every piece
     keeps `MIN_PIECE_MACS` multiply-adds and `MIN_PIECE_PIXELS` output pixels, else 1 (one
     call on the BLAS threads)."""
     kind = "int" if np.dtype(spec.dtype_in).kind in "iu" else "float"
     if threads <= 1 or ((method, kind) not in SPLIT
                         and not ((method, kind) in SPLIT_MKL and blas_mkl.active())):
         return 1
-    if method == "im2col" and not row_bands_fit(spec):
-        return 1        # its blocks, not row bands
+    if method == "im2col" and not row_bands_fit(spec) and not integer_products(spec):
+        return 1        # its blocks of float products, not row bands
     pixels = spec.batch * spec.out_size[0] * spec.out_size[1]
     return threads if (spec.G >= threads * MIN_PIECE_MACS
                        and pixels >= threads * MIN_PIECE_PIXELS) else 1

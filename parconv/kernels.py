@@ -98,13 +98,14 @@ class NumpyKernel:
             Partial output without bias.
         stats : dict
             ``kernel``, ``macs`` (= spec.G), ``time_s`` (wall time of the call), ``method``,
-            ``compute_dtype``, ``exact_group`` (products per exact integer group, None when
-            unlimited), ``blas_threads`` (BLAS threads this rank's products could use),
+            ``compute_dtype`` (the products' operand type: "int8" for int8 products with int32
+            sums on MKL's int8 GEMM, `parconv.blas_mkl_int`), ``exact_group`` (products per
+            exact integer group, None when unlimited), ``blas_threads`` (BLAS threads this rank's products could use),
             ``workers`` (threads that ran pieces of the block side by side, each on one BLAS
             thread, `parconv.blas_split`; 1 when the products ran on the ``blas_threads``)
             ``blas`` (the BLAS libraries, version, CPU kernel and threads) and ``products``
-            ("mkl" where MKL's sequential GEMM ran products of this call, `parconv.blas_mkl`,
-            else "numpy").
+            ("mkl" where MKL's sequential GEMM, or its int8 GEMM, ran products of this call,
+            `parconv.blas_mkl`, else "numpy").
         """
         start = time.perf_counter()
         x, w = _checked_operands(spec, x, w)

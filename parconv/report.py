@@ -149,15 +149,17 @@ def _stats_per_rank(node: dict) -> list[dict]:
 
 
 def _cpu_summary(per_rank: list[dict]) -> str:
-    """The CPU kernel's methods, BLAS threads, split pieces and product library over the
-    ranks (each the distinct values seen), or "" when the stats do not hold them."""
+    """The CPU kernel's methods, BLAS threads, split pieces, the products' operand type (int8:
+    MKL's int8 GEMM) and product library over the ranks (each the distinct values seen), or ""
+    when the stats do not hold them."""
     def seen(key):
         values = [s.get(key) for s in per_rank]
         flat = [v for value in values for v in (value if isinstance(value, list) else [value])]
         return sorted({str(v) for v in flat if v is not None})
     parts = [f"{label} {'/'.join(values)}" for label, values in (
         ("method", seen("method")), ("BLAS threads per rank", seen("blas_threads")),
-        ("pieces side by side", seen("workers")), ("products on", seen("products")))
+        ("pieces side by side", seen("workers")), ("products in", seen("compute_dtype")),
+        ("products on", seen("products")))
         if values]
     return "; " + ", ".join(parts) if parts else ""
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import as_strided
 
-from parconv import blas, blas_mkl, blasconv
+from parconv import blas, blas_mkl, blas_mkl_int, blasconv
 from parconv.bench import _operands
 from parconv.errors import ParconvError
 from parconv.kernels import NumpyKernel, reference_conv2d
@@ -29,16 +29,19 @@ def _rng():
 
 @pytest.fixture
 def mkl_calls(monkeypatch):
-    """The outcomes of `blas_mkl.gemm` while the test runs (True: MKL ran the product)."""
+    """The outcomes of `blas_mkl.gemm` and `blas_mkl_int.gemm` while the test runs (True: MKL
+    ran the product)."""
     calls = []
-    real = blas_mkl.gemm
 
-    def spy(*args, **kwargs):
-        done = real(*args, **kwargs)
-        calls.append(done)
-        return done
+    def spy(real):
+        def run(*args, **kwargs):
+            done = real(*args, **kwargs)
+            calls.append(done)
+            return done
+        return run
 
-    monkeypatch.setattr(blas_mkl, "gemm", spy)
+    monkeypatch.setattr(blas_mkl, "gemm", spy(blas_mkl.gemm))
+    monkeypatch.setattr(blas_mkl_int, "gemm", spy(blas_mkl_int.gemm))
     return calls
 
 
@@ -161,8 +164,10 @@ def test_kernel_on_mkl_matches_numpy_blas(monkeypatch, mkl_calls, spec, method, 
     monkeypatch.setenv(blas_mkl.BLAS_ENV, "mkl")
     on_mkl, stats = NumpyKernel(threads=threads, method=method).run(spec, x, w)
     assert stats["method"] == method
-    # MKL runs one thread's products: a call on one BLAS thread, or the pieces of the split
-    single = threads == 1 or stats["workers"] > 1
+    # MKL runs one thread's products: a call on one BLAS thread, or the pieces of the split;
+    # int8 products (blas_mkl_int) on any thread count
+    single = threads == 1 or stats["workers"] > 1 or (spec.dtype_in == "int8"
+                                                      and blas_mkl_int.ready())
     assert any(calls) == single and stats["products"] == ("mkl" if single else "numpy")
     monkeypatch.setenv(blas_mkl.BLAS_ENV, "numpy")
     calls.clear()

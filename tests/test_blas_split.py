@@ -91,7 +91,7 @@ def test_split_equals_one_call(shape, batch, dtype):
                 np.testing.assert_allclose(y, ref, rtol=10 * tol, atol=tol * 30)
 
 
-def test_split_int8_is_bit_identical_on_a_real_layer_with_groups():
+def test_split_int8_is_bit_identical_on_a_real_layer_with_groups(float_int8_path):
     # int8 extremes over more than 1024 products: exact groups summed in int32 in every piece
     spec = spec_for_dtype("int8", batch=3, in_channels=130, out_channels=4, in_size=(9, 7),
                           kernel_size=(3, 3), padding=(1, 1))
@@ -133,7 +133,7 @@ def test_pieces_run_on_single_threaded_blas_and_the_caller_s_count_is_reported(m
     assert stats["blas_threads"] == 1 and stats["workers"] == 1 and seen[0][1] == 1
 
 
-def test_split_workers_follow_the_threads_the_method_and_the_size():
+def test_split_workers_follow_the_threads_the_method_and_the_size(float_int8_path):
     big = spec_for_dtype("int8", batch=8, in_channels=64, out_channels=64, in_size=(56, 56),
                          kernel_size=(3, 3), padding=(1, 1))
     tiny = big.replace(batch=1, in_size=(4, 4))

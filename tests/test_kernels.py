@@ -169,7 +169,7 @@ def test_every_method_on_tiny_blocks(tiny_blocks, monkeypatch, shape, dtype, fir
 @pytest.mark.parametrize("channels, kernel, group", [(1024, 1, None), (1025, 1, 1024),
                                                      (113, 3, None), (114, 3, 1024),
                                                      (2050, 1, 1024), (300, 3, 1024)])
-def test_int8_extremes_at_the_group_boundary(channels, kernel, group):
+def test_int8_extremes_at_the_group_boundary(float_int8_path, channels, kernel, group):
     # -128 * -128 = 2**14: 1024 products reach 2**24, the last integer float32 holds with all
     # below it; one more product must start a new group, and the groups add exactly in int32
     from parconv.blas_exact import arithmetic
@@ -191,7 +191,7 @@ def test_int8_extremes_at_the_group_boundary(channels, kernel, group):
 @pytest.mark.parametrize("dtype, channels, stride, pads, extreme", [
     ("int8", 3, (2, 2), (3, 3, 2, 3), False), ("int8", 40, (1, 2), (1, 0, 0, 2), True),
     ("int16", 5, (2, 1), (0, 2, 1, 0), True), ("float64", 4, (3, 2), (2, 1, 2, 2), False)])
-def test_im2col_row_bands_match_the_blocks(monkeypatch, dtype, channels, stride, pads, extreme):
+def test_im2col_row_bands_match_the_blocks(float_int8_path, monkeypatch, dtype, channels, stride, pads, extreme):
     # the row bands (dilation 1 along H) against the blocks of the general form, bands of one
     # output row and of several; extremes: several exact groups (40 x 5 x 7 > 1024 products
     # of 2**14), int16 sums past 2**31 in float64 groups
@@ -223,6 +223,7 @@ def test_im2col_row_bands_match_the_blocks(monkeypatch, dtype, channels, stride,
         monkeypatch.setattr(blas_methods, "rows_apply", lambda spec, arith: False)
         blocks, _ = conv2d_blas(spec, x, w, "im2col")
         monkeypatch.undo()
+        monkeypatch.setenv("PARCONV_BLAS", "numpy")     # float_int8_path again after the undo
         if dtype == "float64":
             np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12 * channels)
             np.testing.assert_allclose(y, blocks, rtol=1e-12, atol=1e-12 * channels)
@@ -283,7 +284,7 @@ def test_random_shapes_every_method(tiny_blocks, h, w, r, s, sh, sw, dh, dw, pad
     assert_methods_match_reference(spec, *random_operands(spec, seed))
 
 
-def test_methods_are_chosen_by_shape():
+def test_methods_are_chosen_by_shape(float_int8_path):
     from parconv.blasconv import choose_method, direct_method
     from parconv.layers import get_layer
     assert choose_method(get_layer("resnet50.layer2.0.conv1", batch=2)) == "gemm"

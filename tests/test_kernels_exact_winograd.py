@@ -58,7 +58,7 @@ def test_exact_winograd_is_bit_identical_on_any_shape(numba_on, h, w, c, k, n, p
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_a_layer_takes_it_by_itself_at_one_and_two_threads(numba_on, threads):
+def test_a_layer_takes_it_by_itself_at_one_and_two_threads(float_int8_path, numba_on, threads):
     spec = get_layer("resnet50.layer1.0.conv2", batch=4).replace(in_size=(20, 18))
     x, f = int8_operands(spec, 3)
     with limit_threads(threads):
@@ -89,7 +89,7 @@ def wide(**kwargs):
     return spec
 
 
-def test_data_beyond_the_bound_take_the_direct_method(numba_on):
+def test_data_beyond_the_bound_take_the_direct_method(float_int8_path, numba_on):
     spec = wide(in_channels=64)
     x = np.full(spec.input_shape, -128, np.int8)
     f = np.full(spec.weight_shape, -128, np.int8)
@@ -101,7 +101,7 @@ def test_data_beyond_the_bound_take_the_direct_method(numba_on):
         conv2d_blas(spec, x, f, "winograd")
 
 
-def test_without_numba_it_is_refused_or_skipped(monkeypatch):
+def test_without_numba_it_is_refused_or_skipped(float_int8_path, monkeypatch):
     monkeypatch.setenv(jit.JIT_ENV, "off")
     spec = wide()
     x, f = int8_operands(spec)
@@ -133,7 +133,7 @@ def _peak(spec, x, f) -> int:
 
 
 @pytest.mark.parametrize("batch, size", [(2, 56), (1, 20)])
-def test_the_memory_model_budgets_both_forms(numba_on, monkeypatch, batch, size):
+def test_the_memory_model_budgets_both_forms(float_int8_path, numba_on, monkeypatch, batch, size):
     spec = get_layer("resnet50.layer1.0.conv2", batch=batch).replace(in_size=(size, size))
     x, f = int8_operands(spec)
     budget = int(workspace_bytes(spec, batch, 64, 64, size, size, padded=True))
@@ -156,7 +156,7 @@ def test_the_quick_refusal_agrees_with_the_bound():
                                                                  magnitude)
 
 
-def test_direct_runs_of_eligible_blocks_count_towards_loading(monkeypatch):
+def test_direct_runs_of_eligible_blocks_count_towards_loading(float_int8_path, monkeypatch):
     # "auto": the integer blocks that would take the exact form once numba is loaded record
     # their time as the float Winograd blocks do (parconv.jit.record)
     monkeypatch.setattr(jit, "_state", {"spent": 0.0, "loaded": False})

@@ -211,7 +211,7 @@ def test_method_is_refused_where_it_does_not_apply():
         NumpyKernel(method="winograd").run(spec, x, np.ones(spec.weight_shape, np.int8))
 
 
-def test_chooser_takes_winograd_for_wide_float_layers_only():
+def test_chooser_takes_winograd_for_wide_float_layers_only(float_int8_path):
     assert choose_method(get_layer("resnet50.layer1.0.conv2", batch=8, dtype="float32")) == \
         "winograd"
     assert choose_method(get_layer("resnet50.layer4.1.conv2", batch=8, dtype="float64")) == \
