@@ -217,7 +217,9 @@ def _mkl_shares(a: np.ndarray, b: np.ndarray, out: np.ndarray, beta: float,
     """
     if threads <= 1 or out.ndim not in (2, 3) or not blas_mkl.active():
         return False
-    if _integer(out):
+    if _integer(out, b):
+        if not blas_mkl_int.ready():
+            return False
         product = blas_mkl_int.gemm
     elif out.dtype.kind == "f":
         product = blas_mkl.gemm
@@ -257,7 +259,7 @@ def _mkl_shares(a: np.ndarray, b: np.ndarray, out: np.ndarray, beta: float,
     for i, ok in enumerate(done):
         if not ok:
             pa, pb, pout = part(i)
-            if _integer(out):
+            if _integer(out, b):
                 _integer_product(pa, pb, pout, beta)
             elif beta:
                 pout += np.matmul(pa, pb)
@@ -266,16 +268,16 @@ def _mkl_shares(a: np.ndarray, b: np.ndarray, out: np.ndarray, beta: float,
     return True
 
 
-def _integer(out: np.ndarray) -> bool:
+def _integer(out: np.ndarray, b: np.ndarray) -> bool:
     """Whether this is an int8 product into int32 (`parconv.blas_mkl_int`)."""
-    return out.dtype == np.int32
+    return out.dtype == np.int32 and b.dtype == np.int8
 
 
 def _integer_product(a: np.ndarray, b: np.ndarray, out: np.ndarray, beta: float) -> None:
     """``out = a @ b + beta out`` for the int8 products (a uint8 ``a`` stands for ``a - 128``):
-    on MKL's int8 GEMM, else exactly in numpy's int32 arithmetic (slow, for operands MKL
-    refuses)."""
-    if blas_mkl_int.gemm(a, b, out, beta=beta):
+    on MKL's int8 GEMM where it is `ready`, else exactly in numpy's int32 arithmetic (slow: for
+    operands MKL refuses, or a caller on a machine without the int8 GEMM)."""
+    if blas_mkl_int.ready() and blas_mkl_int.gemm(a, b, out, beta=beta):
         return
     left = a.astype(np.int32) - 128 if a.dtype == np.uint8 else a.astype(np.int32)
     product = np.matmul(left, b.astype(np.int32))
@@ -289,13 +291,13 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     """``out = a @ b`` with numpy matmul's stacking (``out`` given, C-contiguous rows): on MKL
     where `_on_mkl` and the operands suit it (`blas_mkl.gemm`), in shares on MKL where the
     process has several BLAS threads (`_mkl_shares`), else numpy.  int8 operands into an int32
-    ``out`` (``a`` int8, or uint8 standing for ``a - 128``) run on MKL's int8 GEMM
-    (`parconv.blas_mkl_int`; the caller checked `blas_mkl_int.ready`).  Local."""
+    ``out`` (``a`` int8, or uint8 standing for ``a - 128``) run on MKL's int8 GEMM where it is
+    ready (`parconv.blas_mkl_int`), else exactly in numpy's int32 arithmetic.  Local."""
     # asking the libraries costs about 2 us, next to products of tens of us and more
     threads = current_threads()
     if out.ndim <= 3 and _mkl_shares(a, b, out, 0.0, threads):
         return
-    if _integer(out):
+    if _integer(out, b):
         _integer_product(a, b, out, 0.0)
         return
     if out.ndim > 3 and out.dtype.kind == "f" and blas_mkl.active():
@@ -335,7 +337,7 @@ def matmul_into(out: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool,
     if (_on_mkl(out, threads) and blas_mkl.gemm(a, b, out, beta=1.0)) \
             or _mkl_shares(a, b, out, 1.0, threads):
         return
-    if _integer(out):
+    if _integer(out, b):
         _integer_product(a, b, out, 1.0)
         return
     gemm = None if getattr(_LOCAL, "numpy", False) else _gemm(out.dtype)
