@@ -210,6 +210,34 @@ def _disjoint(count: int, m: int, n: int, ld: int, step: int) -> bool:
     return count == 1 or step >= (m - 1) * ld + n or (n <= step and (count - 1) * step + n <= ld)
 
 
+def stack_shapes(a: np.ndarray, b: np.ndarray, out: np.ndarray):
+    """(count, m, k, n) of ``out = a @ b``, 2-d or a stack of ``count`` (3-d; a 2-d operand
+    serves every matrix), or None where the shapes do not agree."""
+    if out.ndim not in (2, 3) or a.ndim not in (2, out.ndim) or b.ndim not in (2, out.ndim):
+        return None
+    count = out.shape[0] if out.ndim == 3 else 1
+    m, n = out.shape[-2:]
+    k = a.shape[-1]
+    if a.shape[-2:] != (m, k) or b.shape[-2:] != (k, n) \
+            or any(x.ndim == 3 and x.shape[0] != count for x in (a, b)):
+        return None
+    return count, m, k, n
+
+
+def nothing_to_multiply(out: np.ndarray, k: int, beta: float) -> bool:
+    """Whether the product ``out = a @ b + beta out`` has no products (an empty output, or an
+    inner dimension of 0: ``out = beta out``, done here)."""
+    if out.size == 0:
+        return True
+    if k == 0:
+        if beta == 0:
+            out[...] = 0
+        elif beta != 1:
+            out *= beta
+        return True
+    return False
+
+
 def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray, beta: float = 0.0) -> bool:
     """``out = a @ b + beta out`` on MKL for 2-d or 3-d (stacked) float32/float64 operands of
     one type; a 2-d ``a`` or ``b`` is used for every matrix of the stack.  Local.
@@ -220,26 +248,14 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray, beta: float = 0.0) -> bo
     then uses numpy.
     """
     lib = _library() if loaded() else None
+    shapes = stack_shapes(a, b, out)
     if lib is None or out.dtype not in (np.float32, np.float64) \
-            or a.dtype != out.dtype or b.dtype != out.dtype or out.ndim not in (2, 3):
+            or a.dtype != out.dtype or b.dtype != out.dtype or shapes is None:
         return False
-    count = out.shape[0] if out.ndim == 3 else 1
-    if a.ndim not in (2, out.ndim) or b.ndim not in (2, out.ndim):
-        return False
-    a2, b2, c2 = (m if m.ndim == 2 else m[0] for m in (a, b, out))
-    m, k = a2.shape
-    k2, n = b2.shape
-    if k != k2 or c2.shape != (m, n) or (a.ndim == 3 and a.shape[0] != count) \
-            or (b.ndim == 3 and b.shape[0] != count):
-        return False
-    if out.size == 0:
+    count, m, k, n = shapes
+    if nothing_to_multiply(out, k, beta):
         return True
-    if k == 0:
-        if beta == 0:
-            out[...] = 0
-        else:
-            out *= beta
-        return True
+    a2, b2, c2 = (x if x.ndim == 2 else x[0] for x in (a, b, out))
     pa, pb, pc = _operand(a2), _operand(b2), _operand(c2)
     sa, sb, sc = _stride(a, count), _stride(b, count), _stride(out, count)
     if None in (pa, pb, pc, sa, sb, sc) or pc[0] != _NO_TRANS or not _disjoint(count, m, n,

@@ -28,7 +28,7 @@ import threading
 import numpy as np
 
 from . import blas_mkl
-from .blas_mkl import _INT_MAX, _NO_TRANS, _ROW_MAJOR, _operand
+from .blas_mkl import _INT_MAX, _NO_TRANS, _ROW_MAJOR, _operand, nothing_to_multiply, stack_shapes
 
 #: MKL's one-offset-for-all C offset (``CblasFixOffset``)
 _FIX_OFFSET = 173
@@ -135,21 +135,12 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray, beta: float = 0.0) -> bo
     Call only where `ready` (it does not check the CPU).
     """
     fn = _function()
+    shapes = stack_shapes(a, b, out)
     if fn is None or out.dtype != np.int32 or a.dtype not in (np.int8, np.uint8) \
-            or b.dtype != np.int8 or out.ndim not in (2, 3) or a.ndim not in (2, out.ndim) \
-            or b.ndim not in (2, out.ndim) or beta not in (0.0, 1.0):
+            or b.dtype != np.int8 or shapes is None or beta not in (0.0, 1.0):
         return False
-    count = out.shape[0] if out.ndim == 3 else 1
-    m, n = out.shape[-2:]
-    k = a.shape[-1]
-    if a.shape[-2:] != (m, k) or b.shape[-2:] != (k, n) \
-            or any(x.ndim == 3 and x.shape[0] != count for x in (a, b)):
-        return False
-    if out.size == 0:
-        return True
-    if k == 0:
-        if beta == 0:
-            out[...] = 0
+    count, m, k, n = shapes
+    if nothing_to_multiply(out, k, beta):
         return True
     if np.may_share_memory(out, a) or np.may_share_memory(out, b):
         return False

@@ -27,24 +27,6 @@ def _rng():
     return np.random.default_rng(7)
 
 
-@pytest.fixture
-def mkl_calls(monkeypatch):
-    """The outcomes of `blas_mkl.gemm` and `blas_mkl_int.gemm` while the test runs (True: MKL
-    ran the product)."""
-    calls = []
-
-    def spy(real):
-        def run(*args, **kwargs):
-            done = real(*args, **kwargs)
-            calls.append(done)
-            return done
-        return run
-
-    monkeypatch.setattr(blas_mkl, "gemm", spy(blas_mkl.gemm))
-    monkeypatch.setattr(blas_mkl_int, "gemm", spy(blas_mkl_int.gemm))
-    return calls
-
-
 @needs_mkl
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
