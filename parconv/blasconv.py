@@ -15,8 +15,9 @@ and non-square shapes; none builds the full im2col matrix):
   `parconv.winograd_exact`, where its data keep every float32 sum exact (else their direct
   method, `direct_method`).
 
-Integers are computed exactly on floating-point BLAS in groups of products whose partial sums
-are exact (`parconv.blas_exact`).  With more than one BLAS thread, the methods in `SPLIT` run
+Integers are computed exactly: int8 blocks as int8 products with int32 sums on MKL's int8 GEMM
+where it is ready (`parconv.blas_mkl_int`; their own method costs, no Winograd), otherwise on
+floating-point BLAS in groups of products whose partial sums are exact (`parconv.blas_exact`).  With more than one BLAS thread, the methods in `SPLIT` run
 the block as that many pieces side by side on single-threaded BLAS (`parconv.blas_split`).
 Stride-1 Winograd takes numba-compiled transforms where `parconv.jit` says so.
 """
