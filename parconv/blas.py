@@ -116,12 +116,16 @@ def prepare() -> None:
 _WARMED: set = set()
 
 
-def warm_up() -> None:
+def warm_up(int8: bool = False) -> None:
     """Run one small product per BLAS and type, so that the libraries allocate their packing
     buffers now: a fixed cost of the runtime (a few MiB per process) that a memory baseline
     taken afterwards holds, rather than the first layer's peak.  Once per process and BLAS
-    thread count (the buffers stay allocated).  Local."""
+    thread count (the buffers stay allocated).  ``int8``: the layer is int8, so where MKL is
+    active its int8 GEMM is readied too (`blas_mkl_int.ready`: its first call and self-check,
+    about 20 ms and 14 MB).  Local."""
     prepare()
+    if int8 and blas_mkl.active():
+        blas_mkl_int.ready()
     threads = current_threads()
     if threads in _WARMED:
         return

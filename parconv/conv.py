@@ -245,7 +245,8 @@ def distributed_conv2d(comm, spec: ConvSpec, *, x=None, w=None, bias=None, block
     started = time.perf_counter()
     flags = _validate_call(comm, spec, root, blocks, source, seed, repeat)
     plan, kernel = _plan_and_kernel(comm, spec, plan, grid, memory, root, node)
-    warm_up()                     # BLAS packing buffers: part of the runtime, not of the layer
+    # BLAS packing buffers (and MKL's int8 GEMM for int8 layers): the runtime, not the layer
+    warm_up(int8=np.dtype(spec.dtype_in) == np.int8)
     baseline = peak_rss_bytes()   # after the imports planning needs (scipy on the root)
     once["plan"] = time.perf_counter() - started
     started = time.perf_counter()
