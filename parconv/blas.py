@@ -86,9 +86,9 @@ def blas_info() -> dict:
         ``blas_threads``: the largest thread count of the loaded BLAS libraries (what one
         matrix product may use; None when threadpoolctl is missing); ``blas``: one string per
         library, e.g. ``"openblas 0.3.31 Haswell pthreads, 2 threads"``, MKL's last where it
-        runs the single-thread products (`parconv.blas_mkl`).
+        runs products (`parconv.blas_mkl`: one thread's, and shares on several threads).
     """
-    mkl = [f"{blas_mkl.version()}, sequential (single-thread products)"] \
+    mkl = [f"{blas_mkl.version()}, sequential (one thread's products, shares on several)"] \
         if blas_mkl.active() else []
     controller = _controller()
     if controller is None:

@@ -1,4 +1,4 @@
-"""Intel MKL's sequential GEMM for the CPU kernel's single-threaded float products.  Pure, no MPI.
+"""Intel MKL's sequential GEMM for the CPU kernel's float products.  Pure, no MPI.
 
 numpy's OpenBLAS runs the kernel's products well on large squares but poorly on the short
 inner dimensions a convolution gives (C = 64 channels, a 1x1 layer's 256): on an AVX-512 Xeon,
@@ -9,8 +9,10 @@ thread, which is every product of the threaded split's pieces (`parconv.blas_spl
 through its CBLAS: ``cblas_?gemm`` for one matrix, ``cblas_?gemm_batch_strided`` for a stack
 whose output matrices lie one after another at one stride (the 16 Winograd coefficient
 products, a 1x1 layer's images); interleaved ones (the row bands' output rows, W apart in an
-NCHW image) take the grouped ``cblas_?gemm_batch`` with the matrices' addresses.  Products on several BLAS threads stay on numpy's
-BLAS.
+NCHW image) take the grouped ``cblas_?gemm_batch`` with the matrices' addresses.  A product on
+T > 1 BLAS threads that is not a piece of the split runs as T shares, each one of these calls
+on a thread of its own (`parconv.blas.matmul`); smaller ones stay on numpy's threaded BLAS.
+The int8 products are `parconv.blas_mkl_int`'s.
 
 MKL is loaded with its sequential threading layer (it starts no threads of its own, so the
 process's thread count stays what `parconv.blas.limit_threads` sets) and the LP64 interface
