@@ -227,11 +227,12 @@ def gemmini_block(name: str, batch: int, ranks: int, rounds: int) -> dict:
         plan, _ = cached_tiling(block, config, disk=False)
         best = interleaved_best(contenders, rounds)
         _, stats = gemmini.run(block, x, w)          # the kernel itself, tiling now cached
+        numpy_products = numpy_kernel.run(block, x, w)[1]["compute_dtype"]
     float_s = best.get("numpy_float")
     return {"layer": name, "batch": batch, "ranks": ranks, "block": block.describe(),
             "search_s": min(searches), "execute_s": best["execute"],
             "numpy_s": best["numpy"], "node_fresh_s": best["node"],
-            "numpy_int8_products": numpy_kernel.run(block, x, w)[1]["compute_dtype"] == "int8",
+            "numpy_int8_products": numpy_products == "int8",
             "numpy_float_products_s": float_s,
             "kernel_cached_s": stats["time_s"], "tiling_source_cached": stats["tiling_source"],
             "ratio_with_search": best["node"] / best["numpy"],

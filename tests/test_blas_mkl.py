@@ -14,7 +14,7 @@ from parconv import blas, blas_mkl, blas_mkl_int, blasconv
 from parconv.bench import _operands
 from parconv.errors import ParconvError
 from parconv.kernels import NumpyKernel, reference_conv2d
-from parconv.spec import ConvSpec
+from parconv.spec import spec_for_dtype
 
 def _loaded():
     return blas_mkl._library() is not None
@@ -116,24 +116,18 @@ def test_forcing_mkl_where_it_does_not_load_says_so(monkeypatch):
 
 _SPECS = [
     # (spec, method): one of each method, awkward padding and strides included
-    (ConvSpec(batch=3, in_channels=24, out_channels=20, in_size=(9, 11), kernel_size=(1, 1),
-              dtype_in="float32", dtype_weight="float32", dtype_acc="float32",
-              dtype_out="float32"), "gemm"),
-    (ConvSpec(batch=2, in_channels=16, out_channels=12, in_size=(10, 9), kernel_size=(3, 3),
-              padding=(1, 1), padding_end=(2, 0), dtype_in="float32", dtype_weight="float32",
-              dtype_acc="float32", dtype_out="float32"), "taps"),
-    (ConvSpec(batch=2, in_channels=3, out_channels=8, in_size=(40, 70), kernel_size=(7, 7),
-              stride=(2, 2), padding=(3, 3), dtype_in="float32", dtype_weight="float32",
-              dtype_acc="float32", dtype_out="float32"), "im2col"),
-    (ConvSpec(batch=2, in_channels=8, out_channels=6, in_size=(12, 10), kernel_size=(3, 3),
-              padding=(1, 1), dtype_in="float64", dtype_weight="float64", dtype_acc="float64",
-              dtype_out="float64"), "winograd"),
-    (ConvSpec(batch=2, in_channels=8, out_channels=6, in_size=(13, 12), kernel_size=(3, 3),
-              stride=(2, 2), padding=(1, 1), dtype_in="float32", dtype_weight="float32",
-              dtype_acc="float32", dtype_out="float32"), "winograd"),
-    (ConvSpec(batch=2, in_channels=5, out_channels=7, in_size=(9, 40), kernel_size=(3, 5),
-              padding=(1, 2), dtype_in="int8", dtype_weight="int8", dtype_acc="int32",
-              dtype_out="int32"), "im2col"),
+    (spec_for_dtype("float32", batch=3, in_channels=24, out_channels=20, in_size=(9, 11),
+                    kernel_size=(1, 1)), "gemm"),
+    (spec_for_dtype("float32", batch=2, in_channels=16, out_channels=12, in_size=(10, 9),
+                    kernel_size=(3, 3), padding=(1, 1), padding_end=(2, 0)), "taps"),
+    (spec_for_dtype("float32", batch=2, in_channels=3, out_channels=8, in_size=(40, 70),
+                    kernel_size=(7, 7), stride=(2, 2), padding=(3, 3)), "im2col"),
+    (spec_for_dtype("float64", batch=2, in_channels=8, out_channels=6, in_size=(12, 10),
+                    kernel_size=(3, 3), padding=(1, 1)), "winograd"),
+    (spec_for_dtype("float32", batch=2, in_channels=8, out_channels=6, in_size=(13, 12),
+                    kernel_size=(3, 3), stride=(2, 2), padding=(1, 1)), "winograd"),
+    (spec_for_dtype("int8", batch=2, in_channels=5, out_channels=7, in_size=(9, 40),
+                    kernel_size=(3, 5), padding=(1, 2)), "im2col"),
 ]
 
 
@@ -165,9 +159,8 @@ def test_kernel_on_mkl_matches_numpy_blas(monkeypatch, mkl_calls, spec, method, 
 
 @needs_mkl
 def test_float_gemm_splits_only_where_mkl_runs_the_pieces(monkeypatch):
-    spec = ConvSpec(batch=8, in_channels=256, out_channels=128, in_size=(56, 56),
-                    kernel_size=(1, 1), dtype_in="float32", dtype_weight="float32",
-                    dtype_acc="float32", dtype_out="float32")
+    spec = spec_for_dtype("float32", batch=8, in_channels=256, out_channels=128,
+                          in_size=(56, 56), kernel_size=(1, 1))
     monkeypatch.setenv(blas_mkl.BLAS_ENV, "mkl")
     assert blasconv.split_workers(spec, "gemm", 2) == 2
     monkeypatch.setenv(blas_mkl.BLAS_ENV, "numpy")

@@ -10,7 +10,7 @@ from parconv.bench import _operands
 from parconv.blas_exact import INTEGER, arithmetic
 from parconv.kernels import NumpyKernel, reference_conv2d
 from parconv.layers import get_layer
-from parconv.spec import ConvSpec
+from parconv.spec import spec_for_dtype
 
 
 def _ready():
@@ -126,25 +126,20 @@ def test_numpy_blas_keeps_the_float_path(float_int8_path):
 
 _SPECS = [
     # (spec, method): each direct method on int8 products, awkward shapes included
-    (ConvSpec(batch=3, in_channels=24, out_channels=20, in_size=(12, 11), kernel_size=(1, 1),
-              dtype_in="int8", dtype_weight="int8", dtype_acc="int32", dtype_out="int32"),
-     "gemm"),
-    (ConvSpec(batch=3, in_channels=24, out_channels=20, in_size=(12, 11), kernel_size=(1, 1),
-              stride=(2, 2), dtype_in="int8", dtype_weight="int8", dtype_acc="int64",
-              dtype_out="int64"), "gemm"),
-    (ConvSpec(batch=2, in_channels=16, out_channels=12, in_size=(10, 9), kernel_size=(3, 3),
-              padding=(1, 1), padding_end=(2, 0), dtype_in="int8", dtype_weight="int8",
-              dtype_acc="int32", dtype_out="int32"), "taps"),
-    (ConvSpec(batch=2, in_channels=3, out_channels=8, in_size=(40, 70), kernel_size=(7, 7),
-              stride=(2, 2), padding=(3, 3), dtype_in="int8", dtype_weight="int8",
-              dtype_acc="int32", dtype_out="int32"), "im2col"),
-    (ConvSpec(batch=2, in_channels=40, out_channels=6, in_size=(11, 13), kernel_size=(5, 7),
-              stride=(1, 2), dilation=(2, 1), padding=(1, 0), padding_end=(0, 2),
-              dtype_in="int8", dtype_weight="int8", dtype_acc="int32", dtype_out="int32"),
-     "im2col"),
-    (ConvSpec(batch=2, in_channels=64, out_channels=16, in_size=(14, 14), kernel_size=(3, 3),
-              padding=(1, 1), dtype_in="int8", dtype_weight="int8", dtype_acc="int32",
-              dtype_out="int32"), None),
+    (spec_for_dtype("int8", batch=3, in_channels=24, out_channels=20, in_size=(12, 11),
+                    kernel_size=(1, 1)), "gemm"),
+    (spec_for_dtype("int8", batch=3, in_channels=24, out_channels=20, in_size=(12, 11),
+                    kernel_size=(1, 1), stride=(2, 2)).replace(dtype_acc="int64",
+                                                               dtype_out="int64"), "gemm"),
+    (spec_for_dtype("int8", batch=2, in_channels=16, out_channels=12, in_size=(10, 9),
+                    kernel_size=(3, 3), padding=(1, 1), padding_end=(2, 0)), "taps"),
+    (spec_for_dtype("int8", batch=2, in_channels=3, out_channels=8, in_size=(40, 70),
+                    kernel_size=(7, 7), stride=(2, 2), padding=(3, 3)), "im2col"),
+    (spec_for_dtype("int8", batch=2, in_channels=40, out_channels=6, in_size=(11, 13),
+                    kernel_size=(5, 7), stride=(1, 2), dilation=(2, 1), padding=(1, 0),
+                    padding_end=(0, 2)), "im2col"),
+    (spec_for_dtype("int8", batch=2, in_channels=64, out_channels=16, in_size=(14, 14),
+                    kernel_size=(3, 3), padding=(1, 1)), None),
 ]
 
 
