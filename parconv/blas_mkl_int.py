@@ -153,6 +153,7 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray, beta: float = 0.0) -> bo
             return False
         calls.append((a2, b2, c2, pa, pb, pc))
     if a.dtype == np.int8:
+        # shifted only once the operands are known to suit: a refusal copies nothing
         a = shifted(a)
         calls = [(a if a.ndim == 2 else a[i], b2, c2, _operand(a if a.ndim == 2 else a[i]),
                   pb, pc) for i, (_, b2, c2, _, pb, pc) in enumerate(calls)]
