@@ -107,7 +107,8 @@ def blas_info() -> dict:
 def prepare() -> None:
     """Load scipy's BLAS and threadpoolctl's view now (about a second, once per process), so
     that the first kernel call is not the one that pays for it.  Local.  (MKL is loaded by the
-    numpy node itself, `parconv.kernels.NumpyKernel`: other nodes never load it.)"""
+    node kernels themselves, `parconv.kernels.NumpyKernel` and
+    `parconv.gemmini.kernel.GemminiKernel`, where ``$PARCONV_BLAS`` allows it.)"""
     _controller()
     _gemm(np.dtype(np.float32))
 

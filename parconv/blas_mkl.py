@@ -21,8 +21,10 @@ releases the GIL during each call, so the split's threads run their products sid
 
 ``$PARCONV_BLAS`` chooses: ``auto`` (default) uses MKL where it loads and the CPU is Intel's
 (MKL's tuned paths are for Intel CPUs; other CPUs keep OpenBLAS), ``mkl`` wherever it loads,
-``numpy`` never.  Loaded when the numpy node is made (`parconv.kernels.NumpyKernel`: 18 ms and
-15 MB of resident memory, measured on a warm page cache), so the Gemmini node never loads it.
+``numpy`` never.  Loaded when a node kernel is made (`parconv.kernels.NumpyKernel`: 18 ms and
+15 MB of resident memory, measured on a warm page cache; `parconv.gemmini.kernel.GemminiKernel`,
+whose executor runs int8 tiles on the int8 GEMM) or an int8 layer's tiles are executed
+(`parconv.gemmini.executor`); planning never loads it.
 """
 
 from __future__ import annotations
@@ -159,9 +161,9 @@ def loaded() -> bool:
 
 
 def active() -> bool:
-    """Whether products run on MKL now: loaded (by the numpy node, `enabled`) and still chosen
-    by ``$PARCONV_BLAS``.  Never loads it: other users of the products (a warm-up, another
-    node) leave MKL out of the process."""
+    """Whether products run on MKL now: loaded (by a node kernel, `enabled`) and still chosen
+    by ``$PARCONV_BLAS``.  Never loads it: other users of the products (a warm-up, the
+    planner) leave MKL out of the process."""
     return loaded() and enabled()
 
 

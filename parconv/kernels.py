@@ -87,7 +87,7 @@ class NumpyKernel:
             raise ParconvError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         self.threads, self.method = threads, method
         prepare()   # load the BLAS now, not inside the first (timed) call
-        blas_mkl.enabled()  # and MKL where it runs the products (only this node loads it)
+        blas_mkl.enabled()  # and MKL where it runs the products
 
     def run(self, spec: ConvSpec, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, dict]:
         """Convolve one local block.  Local.

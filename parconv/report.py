@@ -148,20 +148,27 @@ def _stats_per_rank(node: dict) -> list[dict]:
     return [s for s in per_rank if isinstance(s, dict)]
 
 
+def _seen(per_rank: list[dict], key: str) -> list[str]:
+    """The distinct values of ``key`` over the ranks' stats (lists flattened), sorted."""
+    values = [s.get(key) for s in per_rank]
+    flat = [v for value in values for v in (value if isinstance(value, list) else [value])]
+    return sorted({str(v) for v in flat if v is not None})
+
+
+def _summary(per_rank: list[dict], fields) -> str:
+    """``"; label a/b, ..."`` for the ``(label, key)`` fields the stats hold, or ""."""
+    parts = [f"{label} {'/'.join(values)}" for label, values in
+             ((label, _seen(per_rank, key)) for label, key in fields) if values]
+    return "; " + ", ".join(parts) if parts else ""
+
+
 def _cpu_summary(per_rank: list[dict]) -> str:
     """The CPU kernel's methods, BLAS threads, split pieces, the products' operand type (int8:
     MKL's int8 GEMM) and product library over the ranks (each the distinct values seen), or ""
     when the stats do not hold them."""
-    def seen(key):
-        values = [s.get(key) for s in per_rank]
-        flat = [v for value in values for v in (value if isinstance(value, list) else [value])]
-        return sorted({str(v) for v in flat if v is not None})
-    parts = [f"{label} {'/'.join(values)}" for label, values in (
-        ("method", seen("method")), ("BLAS threads per rank", seen("blas_threads")),
-        ("pieces side by side", seen("workers")), ("products in", seen("compute_dtype")),
-        ("products on", seen("products")))
-        if values]
-    return "; " + ", ".join(parts) if parts else ""
+    return _summary(per_rank, (("method", "method"), ("BLAS threads per rank", "blas_threads"),
+                               ("pieces side by side", "workers"),
+                               ("products in", "compute_dtype"), ("products on", "products")))
 
 
 def _tiling_figures(per_rank: list[dict], which: str) -> dict | None:
@@ -183,8 +190,10 @@ def _node_lines(report: dict) -> list[str]:
     per_rank = _stats_per_rank(node)
     kernel = node.get("kernel") or (per_rank[0].get("kernel") if per_rank else "?")
     macs = (node.get("totals") or {}).get("macs") or sum(int(s.get("macs", 0)) for s in per_rank)
-    lines = [f"  node kernel {kernel}: {int(macs):,} MACs; DRAM traffic summed over ranks:"
-             if _tiling_figures(per_rank, "parconv") else
+    tiles = _summary(per_rank, (("tiles' products in", "compute_dtype"),
+                                ("products on", "products")))
+    lines = [f"  node kernel {kernel}: {int(macs):,} MACs{tiles}; DRAM traffic summed over "
+             "ranks:" if _tiling_figures(per_rank, "parconv") else
              f"  node kernel {kernel}: {int(macs):,} MACs{_cpu_summary(per_rank)}"]
     bound = sum(float(s.get("bound_bytes", 0)) for s in per_rank)
     for which in ("parconv", "vendor"):

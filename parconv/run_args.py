@@ -87,9 +87,9 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     node.add_argument("--node", choices=("gemmini", "numpy"), default=DEFAULT_NODE,
                       help=f"node kernel: the Gemmini accelerator model or the numpy CPU kernel "
                            f"(default {DEFAULT_NODE}); the numpy kernel's float products run "
-                           f"on MKL where it is installed, and its int8 ones on MKL's int8 GEMM "
-                           f"where the CPU has VNNI or AMX ($PARCONV_BLAS=auto|mkl|numpy, "
-                           f"auto: on Intel CPUs)")
+                           f"on MKL where it is installed, and its int8 ones (and the Gemmini "
+                           f"model's int8 tiles) on MKL's int8 GEMM where the CPU has VNNI or "
+                           f"AMX ($PARCONV_BLAS=auto|mkl|numpy, auto: on Intel CPUs)")
     node.add_argument("--grid", default="auto", metavar="auto|NxKxCxHxW",
                       help="processor grid; auto = chosen from the bound; a forced grid must "
                            "multiply to the number of ranks (default auto)")

@@ -252,18 +252,23 @@ def test_split_pieces_run_their_products_on_mkl(monkeypatch, mkl_calls, spec, me
 
 
 @needs_mkl
-def test_only_the_numpy_node_loads_mkl():
-    # a fresh process: the Gemmini node and the warm-up leave MKL out, the numpy node loads it
+@pytest.mark.parametrize("node", ["gemmini", "numpy"])
+@pytest.mark.parametrize("setting", ["mkl", "numpy"])
+def test_only_the_node_kernels_load_mkl(node, setting):
+    # a fresh process: planning and the warm-up leave MKL out; making either node kernel loads
+    # it (the Gemmini executor runs int8 tiles on its int8 GEMM), unless $PARCONV_BLAS=numpy
     script = (
         "from parconv.blas import warm_up\n"
+        "from parconv.layers import get_layer\n"
         "from parconv.nodes import get_kernel\n"
+        "from parconv.plan import make_plan\n"
         "def mapped():\n"
         "    return any('libmkl' in line for line in open('/proc/self/maps'))\n"
-        "get_kernel('gemmini'); warm_up()\n"
+        "make_plan(get_layer('resnet50.layer3.0.conv2'), 4); warm_up(int8=True)\n"
         "print(mapped())\n"
-        "get_kernel('numpy'); warm_up()\n"
+        f"get_kernel({node!r}); warm_up(int8=True)\n"
         "print(mapped())\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env={**os.environ, blas_mkl.BLAS_ENV: "mkl"}, timeout=120)
+                          env={**os.environ, blas_mkl.BLAS_ENV: setting}, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["False", "True"]
+    assert done.stdout.split() == ["False", str(setting == "mkl")]

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
+from parconv import blas_mkl, blas_mkl_int
 from parconv.cache_folders import CACHE_ENV
 from parconv.errors import ParconvError
 from parconv.gemmini.config import GemminiConfig
@@ -412,9 +413,9 @@ def test_tiling_cache_off_and_concurrent_writers(cache_in, monkeypatch):
 
 
 @pytest.mark.parametrize("low, high", [(-128, 128), (-8, 8)])
-def test_executor_products_float32_when_exact(low, high):
+def test_executor_products_float32_when_exact(low, high, float_int8_path):
     # float32 products exactly when the taps of one channel sum below 2**24: the reduction is
-    # cut into channel groups whose float32 sums are exact
+    # cut into channel groups whose float32 sums are exact (the float path: no MKL int8 GEMM)
     import dataclasses
     spec = ConvSpec(batch=1, in_channels=20, out_channels=33, in_size=(13, 10),
                     kernel_size=(3, 3), padding=(1, 1))
@@ -446,6 +447,73 @@ def test_executor_products_float32_when_exact(low, high):
     del executor.FLOAT32_EXACT
     assert executor._product_type([long_tile], x, w) == np.float64
     assert executor._product_type(calls, np.zeros_like(x), w) == np.float32
+
+
+def _int8_ready() -> bool:
+    return blas_mkl.enabled() and blas_mkl_int.ready()
+
+
+@pytest.mark.skipif(not _int8_ready(), reason="MKL's int8 GEMM is not ready on this machine")
+@pytest.mark.parametrize("spec", [
+    ConvSpec(batch=2, in_channels=20, out_channels=33, in_size=(13, 10), kernel_size=(3, 3),
+             padding=(1, 1)),
+    ConvSpec(batch=3, in_channels=17, out_channels=40, in_size=(40, 37), kernel_size=(3, 2),
+             stride=(2, 1), padding=(2, 0), dilation=(1, 2)),
+    ConvSpec(batch=1, in_channels=300, out_channels=24, in_size=(9, 9), kernel_size=(1, 1)),
+    ConvSpec(batch=2, in_channels=3, out_channels=20, in_size=(70, 70), kernel_size=(7, 7),
+             stride=(2, 2), padding=(3, 3)),
+    ConvSpec(batch=2, in_channels=4, out_channels=8, in_size=(128, 128), kernel_size=(1, 1)),
+    ConvSpec(batch=1, in_channels=8, out_channels=8, in_size=(130, 130), kernel_size=(3, 3),
+             padding=(0, 1)),
+], ids=["3x3", "strided-dilated", "1x1-deep", "stem", "large-map-1x1", "large-map-3x3"])
+def test_executor_int8_products_on_mkl_are_exact(spec, mkl_calls):
+    # where MKL's int8 GEMM is ready the tiles' products are int8 with int32 sums (no groups),
+    # bit-identical to the reference on extreme operands, with a bias near 2**30, for
+    # parconv's tiling and the library's (whose output blocks cover part of the rows)
+    rng = np.random.default_rng(11)
+    x = rng.choice(np.array([-128, 127, -1, 0, 1], np.int8), spec.input_shape)
+    w = rng.choice(np.array([-128, 127, -3, 5], np.int8), spec.weight_shape)
+    x.reshape(-1)[:64], w.reshape(-1)[:64] = -128, -128
+    want = reference_conv2d(spec, x, w)
+    y, stats, plan = run_parconv(spec, x, w)
+    np.testing.assert_array_equal(y, want)
+    assert stats.products == "int8" and mkl_calls and all(mkl_calls)
+    y_vendor, vendor_stats, _ = run_vendor(spec, x, w)
+    np.testing.assert_array_equal(y_vendor, want)
+    assert vendor_stats.products == "int8"
+    executor = TileExecutor(plan.model, plan.config)
+    calls = tiling_calls(plan.model, plan.tiling, plan.order, plan.config, plan.subsampled)
+    bias = np.full(spec.out_channels, 2 ** 30, dtype=np.int32)
+    y, _ = executor.run(calls, x, w, bias)
+    assert executor.products == np.int8 and executor.chunk is None
+    np.testing.assert_array_equal(y, reference_conv2d(spec, x, w, bias))
+
+
+@pytest.mark.skipif(not _int8_ready(), reason="MKL's int8 GEMM is not ready on this machine")
+@pytest.mark.parametrize("columns", [(0, 9), (2, 7)], ids=["whole-rows", "part-of-rows"])
+def test_int8_tile_products_add_into_any_output_block(columns):
+    # an output block of whole rows takes the products in place (beta = 1), one of part of
+    # the rows through a buffer: both add exactly what int64 arithmetic adds
+    rng = np.random.default_rng(3)
+    y = rng.integers(-2 ** 30, 2 ** 30, (3, 6, 5, 9)).astype(np.int32)
+    w = rng.integers(-128, 128, (4, 10)).astype(np.int8)
+    lo, hi = columns
+    patches = rng.integers(-128, 128, (2, 10, 3 * (hi - lo))).astype(np.int8)
+    want = y.astype(np.int64)
+    want[1:3, 2:6, 1:4, lo:hi] += np.matmul(w.astype(np.int64), patches.astype(np.int64)
+                                            ).reshape(2, 4, 3, hi - lo)
+    TileExecutor._add_int8(y[1:3, 2:6, 1:4, lo:hi], blas_mkl_int.shifted(w), patches)
+    np.testing.assert_array_equal(y, want)
+
+
+def test_executor_int8_products_follow_the_blas_setting(float_int8_path):
+    # PARCONV_BLAS=numpy keeps MKL's int8 GEMM out of the executor as out of the numpy kernel
+    spec = ConvSpec(batch=1, in_channels=8, out_channels=16, in_size=(12, 12),
+                    kernel_size=(3, 3), padding=(1, 1))
+    x, w, _ = _data(spec)
+    y, stats, _ = run_parconv(spec, x, w)
+    assert stats.products == "float32"
+    np.testing.assert_array_equal(y, reference_conv2d(spec, x, w))
 
 
 def test_single_product_split_by_rows_is_exact():

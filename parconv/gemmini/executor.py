@@ -31,10 +31,12 @@ they are summed once all calls are counted.
 
 The data: once the schedule is checked, every tile's product (implicit im2col of its window times
 its weight block) is computed from one zero-padded copy of the input, exactly: int8 x int8 summed
-into the int32 accumulator with wrap-around, on float32 BLAS in channel groups whose partial sums
-stay below 2**24 (max|x| max|w| per product), else float64 (exact below 2**53); the groups are
-summed in float32 when the whole reduction stays below 2**24 and no bias is added, else in int32
-(wrap-around).  Integer sums are
+into the int32 accumulator, as int8 products with int32 sums on MKL's int8 GEMM where it is
+ready (`parconv.blas_exact.integer_products`, the numpy kernel's products: the filters shifted
+to uint8 once, the input copy kept in int8), else on float32 BLAS in channel groups whose partial
+sums stay below 2**24 (max|x| max|w| per product), else float64 (exact below 2**53); those
+groups are summed in float32 when the whole reduction stays below 2**24 and no bias is added,
+else in int32 (wrap-around).  Integer sums are
 exact, so the order of the products changes no bit, and the numpy work is grouped: the tiles of
 one (C, R, S) block whose (N, H, W, K) blocks tile a rectangle are one product over it
 (`parconv.gemmini.rectangles`; the capacity checks, the residency and the counters above stay per
@@ -49,7 +51,10 @@ import numpy as np
 
 from ..errors import ParconvError
 from ..spec import ConvSpec
-from ..blas_exact import magnitude
+from .. import blas_mkl
+from ..blas import matmul, matmul_into
+from ..blas_exact import integer_products, magnitude
+from ..blas_mkl_int import shifted
 from .call_rules import exec_cycles as call_exec_cycles, passes as call_passes
 from .rectangles import rectangles, schedule_rectangles
 from .schedule_check import TileCall, TileSchedule, check_schedule, max_taps, tile_blocks
@@ -75,6 +80,9 @@ class ExecutionStats:
     max_spad_rows: int = 0
     max_acc_rows: int = 0
     peak: int = 256
+    #: the products' operand type: "int8" (int8 products with int32 sums on MKL's int8 GEMM),
+    #: else the float type of the BLAS products (`TileExecutor._product_type`)
+    products: str = ""
 
     @property
     def total_bytes(self) -> int:
@@ -90,7 +98,8 @@ class ExecutionStats:
                 "mvin_rows": dict(self.mvin_rows), "mvout_rows": dict(self.mvout_rows),
                 "calls": self.calls, "passes": self.passes, "exec_cycles": self.exec_cycles,
                 "cycles": self.cycles, "utilization": self.utilization, "macs": self.macs,
-                "max_spad_rows": self.max_spad_rows, "max_acc_rows": self.max_acc_rows}
+                "max_spad_rows": self.max_spad_rows, "max_acc_rows": self.max_acc_rows,
+                "products": self.products}
 
 
 class TileExecutor:
@@ -157,7 +166,7 @@ class TileExecutor:
         # weights' together (the workspace stays within the node's footprint,
         # parconv.plan.footprint, which counts both operands at 8 bytes an element), at most 1 Mi
         self.piece = min(max((x.size + w.size) // 4, 1 << 14), self.PIECE_ELEMENTS)
-        self._stats = ExecutionStats(peak=self.config.dim ** 2)
+        self._stats = ExecutionStats(peak=self.config.dim ** 2, products=self.products.name)
         record = check_schedule(calls, spec, self.config, bias is not None, self._stats)
         self._count_cycles(record)
         return self._compute(calls, x, w, bias), self._stats
@@ -167,7 +176,14 @@ class TileExecutor:
         """float32 for integer tiles when the taps of one input channel of every tile sum to
         an integer below 2**24 (at most max|x| max|w| per product, nR nS products): the
         reduction is then cut into float32 products of whole channels that are exact, twice
-        as fast as float64 (`_product`).  Otherwise ``self.compute``."""
+        as fast as float64 (`_product`).  int8 tiles with int32 sums take int8 products
+        instead where MKL's int8 GEMM is ready (`parconv.blas_exact.integer_products`):
+        exact, no channel groups.  Otherwise ``self.compute``."""
+        # MKL loaded here where $PARCONV_BLAS allows it (`blas_mkl.enabled`), so that the
+        # choice depends on the machine and the setting, not on what the process ran before
+        if np.dtype(self.spec.dtype_in) == np.int8 and blas_mkl.enabled() \
+                and integer_products(self.spec):
+            return np.dtype(np.int8)
         if self.compute != np.float64 or np.issubdtype(np.dtype(self.spec.dtype_in),
                                                        np.floating):
             return self.compute
@@ -211,7 +227,9 @@ class TileExecutor:
         (H, W), (R, S), (H_in, W_in) = spec.out_size, spec.kernel_size, spec.in_size
         rows = max(ph + H_in, sh * (H - 1) + dh * (R - 1) + 1)
         cols = max(pw + W_in, sw * (W - 1) + dw * (S - 1) + 1)
-        self._w = w.astype(self.products, copy=False)
+        # int8 products take the filters shifted to uint8 once (MKL's unsigned left operand)
+        self._w = shifted(w) if self.products == np.int8 else \
+            w.astype(self.products, copy=False)
         if not self.floating:
             return self._compute_slabs(calls, x, bias, rows, cols)
         if (rows, cols) == (H_in, W_in):
@@ -325,7 +343,9 @@ class TileExecutor:
                         strides=(bN, bc, bR * dh, bC * dw, bR * sh, bC * sw), writeable=False)
                     target = self._y[a:b, k[0]:k[1], h[0] + i:h[0] + j, w[0]:w[1]]
                     patches = view.reshape(b - a, depth, -1)
-                    if self._assign and target.flags.c_contiguous:
+                    if self.products == np.int8:
+                        self._add_int8(target, weights, patches)
+                    elif self._assign and target.flags.c_contiguous:
                         np.matmul(weights, patches, out=target.reshape(b - a, -1, patches.shape[2]))
                     elif self._assign:        # each output written once: the buffer is unset
                         target[...] = np.matmul(weights, patches).reshape(target.shape)
@@ -336,18 +356,40 @@ class TileExecutor:
                 view = np.lib.stride_tricks.as_strided(
                     origin[a:, :, sh * i:], shape=(nC, nR, nS, b - a, j - i, nW),
                     strides=(bc, bR * dh, bC * dw, bN, bR * sh, bC * sw), writeable=False)
-                product = (weights @ view.reshape(depth, -1)).reshape(-1, b - a, j - i, nW)
+                patches = view.reshape(depth, -1)
+                if self.products == np.int8:
+                    product = np.empty((weights.shape[0], patches.shape[1]), np.int32)
+                    matmul(weights, patches, product)
+                else:
+                    product = weights @ patches
+                product = product.reshape(-1, b - a, j - i, nW)
                 target = self._y[a:b, k[0]:k[1], h[0] + i:h[0] + j, w[0]:w[1]]
                 if self._assign:
                     target[...] = product.transpose(1, 0, 2, 3)
                 else:
                     _accumulate(target, product.transpose(1, 0, 2, 3))
 
+    @staticmethod
+    def _add_int8(target: np.ndarray, weights: np.ndarray, patches: np.ndarray) -> None:
+        """``target += weights @ patches`` per image on MKL's int8 GEMM (`parconv.blas`):
+        ``target`` (n, K, h, w) int32, ``weights`` (K, depth) uint8 standing for the int8
+        filters, ``patches`` (n, depth, h w) int8.  In place where the (h, w) block of an image
+        is one run of rows (whole output rows: one call with beta = 1), else through a
+        product buffer and one addition."""
+        try:
+            rows = target.reshape(target.shape[0], target.shape[1], -1, copy=False)
+        except ValueError:            # part of the output rows: (h, w) is not one stride
+            product = np.empty(target.shape[:2] + patches.shape[2:], np.int32)
+            matmul(weights, patches, product)
+            target += product.reshape(target.shape)
+            return
+        matmul_into(rows, weights, patches, accumulate=True)
+
 
 def _accumulate(target: np.ndarray, product: np.ndarray) -> None:
     """``target += product``; an integer target receives the exact integer products with int32
     wrap-around (float32 products are below 2**24, float64 ones below 2**53: via int64)."""
-    if target.dtype.kind == "f":
+    if target.dtype.kind == "f" or product.dtype == target.dtype:
         target += product
     elif product.dtype == np.float32:
         target += product.astype(target.dtype)

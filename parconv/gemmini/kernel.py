@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from .. import blas_mkl
 from ..errors import ParconvError
 from ..kernels import _checked_operands
 from ..spec import ConvSpec
@@ -73,6 +74,9 @@ class GemminiKernel:
     def __init__(self, config: GemminiConfig | None = None, disk_cache: bool = True) -> None:
         self.config = config or DEFAULT_CONFIG
         self.disk_cache = disk_cache
+        # MKL where $PARCONV_BLAS allows it: the executor's int8 tiles run on its int8 GEMM
+        # (readied for int8 layers by `parconv.blas.warm_up`, before the memory baseline)
+        blas_mkl.enabled()
         #: how `setup` found a tiling (search, disk), reported by the `run` that uses it
         self._setup_info: dict = {}
 
@@ -117,8 +121,11 @@ class GemminiKernel:
             with M = scratchpad + accumulator) and ``ratio_to_bound`` (parconv's bytes / bound);
             ``tiling_source`` ("memory", "peer", "disk" or "search": where the tiling came
             from; "peer": searched by another rank with an equal block),
-            ``search_s`` (seconds searching it, 0 when cached) and ``execute_s`` (seconds in the
-            tile executor).
+            ``search_s`` (seconds searching it, 0 when cached), ``compute_dtype`` (the tiles'
+            products: "int8" for int8 products with int32 sums on MKL's int8 GEMM, else the
+            float type of exact float products, `parconv.gemmini.executor`), ``products``
+            ("mkl" where MKL ran them, else "numpy") and ``execute_s`` (seconds in the tile
+            executor).
 
         Raises
         ------
@@ -134,9 +141,10 @@ class GemminiKernel:
         plan, found = cached_tiling(spec, config, disk=self.disk_cache)
         if found["source"] == "memory":     # the search `setup` did is this run's search
             found = self._setup_info.pop(key_text(spec, config), found)
-        begin = time.perf_counter()
+        begin, on_mkl = time.perf_counter(), blas_mkl.calls()
         y, executed, plan = run_parconv(spec, x, w, plan=plan)
         execute = time.perf_counter() - begin
+        products = "mkl" if blas_mkl.calls() > on_mkl else "numpy"
         bound = block_bound(model_spec(spec, plan.config), config.scratch_bytes,
                             config.acc_total_bytes)
         ours = tiling_figures(plan.tiling.as_tuple(), plan.order, plan.schedule,
@@ -148,6 +156,7 @@ class GemminiKernel:
                  "parconv": ours, "vendor": vendor_figures(plan.vendor),
                  "bound_bytes": bound, "ratio_to_bound": total / bound if bound > 0 else None,
                  "tiling_source": found["source"], "search_s": found["search_s"],
+                 "compute_dtype": executed.products, "products": products,
                  "execute_s": execute, "time_s": time.perf_counter() - start}
         return y, stats
 
