@@ -491,18 +491,22 @@ def test_executor_int8_products_on_mkl_are_exact(spec, mkl_calls):
 
 @pytest.mark.skipif(not _int8_ready(), reason="MKL's int8 GEMM is not ready on this machine")
 @pytest.mark.parametrize("columns", [(0, 9), (2, 7)], ids=["whole-rows", "part-of-rows"])
-def test_int8_tile_products_add_into_any_output_block(columns):
-    # an output block of whole rows takes the products in place (beta = 1), one of part of
-    # the rows through a buffer: both add exactly what int64 arithmetic adds
+@pytest.mark.parametrize("assign", [False, True], ids=["add", "assign"])
+def test_int8_tile_products_go_into_any_output_block(columns, assign):
+    # an output block of whole rows takes the products in place (beta = 1, or 0 to assign),
+    # one of part of the rows through a buffer: both give exactly what int64 arithmetic does
     rng = np.random.default_rng(3)
     y = rng.integers(-2 ** 30, 2 ** 30, (3, 6, 5, 9)).astype(np.int32)
     w = rng.integers(-128, 128, (4, 10)).astype(np.int8)
     lo, hi = columns
     patches = rng.integers(-128, 128, (2, 10, 3 * (hi - lo))).astype(np.int8)
     want = y.astype(np.int64)
-    want[1:3, 2:6, 1:4, lo:hi] += np.matmul(w.astype(np.int64), patches.astype(np.int64)
-                                            ).reshape(2, 4, 3, hi - lo)
-    TileExecutor._add_int8(y[1:3, 2:6, 1:4, lo:hi], blas_mkl_int.shifted(w), patches)
+    product = np.matmul(w.astype(np.int64), patches.astype(np.int64)).reshape(2, 4, 3, hi - lo)
+    if assign:
+        want[1:3, 2:6, 1:4, lo:hi] = product
+    else:
+        want[1:3, 2:6, 1:4, lo:hi] += product
+    TileExecutor._int8_into(y[1:3, 2:6, 1:4, lo:hi], blas_mkl_int.shifted(w), patches, assign)
     np.testing.assert_array_equal(y, want)
 
 

@@ -30,7 +30,8 @@ of a call are everything it moves in and the stores issued right after it (gemmi
 they are summed once all calls are counted.
 
 The data: once the schedule is checked, every tile's product (implicit im2col of its window times
-its weight block) is computed from one zero-padded copy of the input, exactly: int8 x int8 summed
+its weight block) is computed from one zero-padded copy of the input (the input itself where
+int8 products need no padding), exactly: int8 x int8 summed
 into the int32 accumulator, as int8 products with int32 sums on MKL's int8 GEMM where it is
 ready (`parconv.blas_exact.integer_products`, the numpy kernel's products: the filters shifted
 to uint8 once, the input copy kept in int8), else on float32 BLAS in channel groups whose partial
@@ -268,26 +269,35 @@ class TileExecutor:
         blocks = schedule_rectangles(calls) if isinstance(calls, TileSchedule) else \
             rectangles(tile_blocks(calls))
         whole = tuple((0, e) for e in (N, H, W, K, C, R, S))
-        self._assign = bias is None and blocks == [whole] and self.acc_type.kind == "f" and (
+        # one product writes every output once: float sums or int8 products (beta = 0)
+        self._assign = bias is None and blocks == [whole] and (
+            self.acc_type.kind == "f" or self.products == np.int8) and (
             self.chunk is None or C * R * S <= self.chunk)
         out_type = np.dtype(spec.dtype_acc)
         # images per slab: about two product pieces of converted input
         slab = min(N, max(1, 2 * self.piece // max(C * rows * cols, 1)))
         # zero padding around the copied images (none to keep when they fill the buffer)
         filled = (rows, cols) == (H_in, W_in) and (ph, pw) == (0, 0)
-        x_buffer = (np.empty if filled else np.zeros)((slab, C, rows, cols), self.products)
+        # nothing to convert or pad: the tiles read the images themselves
+        direct = filled and x.dtype == self.products
+        x_buffer = None if direct else \
+            (np.empty if filled else np.zeros)((slab, C, rows, cols), self.products)
         # float32 sums of a slab into y's own bytes (int32: the same size), cast there in place
         aliased = self.acc_type != out_type and self.acc_type.itemsize == out_type.itemsize
         if self.acc_type == out_type:         # int32 sums (wrap-around) straight into y
-            y, y_buffer = np.zeros((N, K, H, W), out_type), None
+            y = (np.empty if self._assign else np.zeros)((N, K, H, W), out_type)
+            y_buffer = None
         else:                                 # float32 sums of a slab, then cast into y
             y = np.empty((N, K, H, W), out_type)
             y_buffer = y.view(self.acc_type) if aliased else np.empty((slab, K, H, W),
                                                                       self.acc_type)
         for a in range(0, N, slab):
             b = min(a + slab, N)
-            self._x = x_buffer[:b - a]
-            np.copyto(self._x[:, :, ph:ph + H_in, pw:pw + W_in], x[a:b], casting="unsafe")
+            if direct:
+                self._x = x[a:b]
+            else:
+                self._x = x_buffer[:b - a]
+                np.copyto(self._x[:, :, ph:ph + H_in, pw:pw + W_in], x[a:b], casting="unsafe")
             self._y = y[a:b] if y_buffer is None else \
                 y_buffer[a:b] if aliased else y_buffer[:b - a]
             if y_buffer is not None and not self._assign:
@@ -336,15 +346,16 @@ class TileExecutor:
             b = min(a + step_n, n[1])
             for i in range(0, nH, step_h):
                 j = min(i + step_h, nH)
-                if (j - i) * nW >= self.FOLD_BELOW:
+                if (j - i) * nW >= self.FOLD_BELOW or b - a == 1:
                     # (c, r, s) x (h, w) per image: the image's own rows, no transposition
+                    # (one image: the same product as folding, without the transposed add)
                     view = np.lib.stride_tricks.as_strided(
                         origin[a:, :, sh * i:], shape=(b - a, nC, nR, nS, j - i, nW),
                         strides=(bN, bc, bR * dh, bC * dw, bR * sh, bC * sw), writeable=False)
                     target = self._y[a:b, k[0]:k[1], h[0] + i:h[0] + j, w[0]:w[1]]
                     patches = view.reshape(b - a, depth, -1)
                     if self.products == np.int8:
-                        self._add_int8(target, weights, patches)
+                        self._int8_into(target, weights, patches, self._assign)
                     elif self._assign and target.flags.c_contiguous:
                         np.matmul(weights, patches, out=target.reshape(b - a, -1, patches.shape[2]))
                     elif self._assign:        # each output written once: the buffer is unset
@@ -370,20 +381,24 @@ class TileExecutor:
                     _accumulate(target, product.transpose(1, 0, 2, 3))
 
     @staticmethod
-    def _add_int8(target: np.ndarray, weights: np.ndarray, patches: np.ndarray) -> None:
-        """``target += weights @ patches`` per image on MKL's int8 GEMM (`parconv.blas`):
-        ``target`` (n, K, h, w) int32, ``weights`` (K, depth) uint8 standing for the int8
-        filters, ``patches`` (n, depth, h w) int8.  In place where the (h, w) block of an image
-        is one run of rows (whole output rows: one call with beta = 1), else through a
-        product buffer and one addition."""
+    def _int8_into(target: np.ndarray, weights: np.ndarray, patches: np.ndarray,
+                   assign: bool = False) -> None:
+        """``target += weights @ patches`` (``assign``: ``target = ...``) per image on MKL's
+        int8 GEMM (`parconv.blas`): ``target`` (n, K, h, w) int32, ``weights`` (K, depth) uint8
+        standing for the int8 filters, ``patches`` (n, depth, h w) int8.  In place where the
+        (h, w) block of an image is one run of rows (whole output rows: one call, beta = 1 or
+        0), else through a product buffer and one addition or copy."""
         try:
             rows = target.reshape(target.shape[0], target.shape[1], -1, copy=False)
         except ValueError:            # part of the output rows: (h, w) is not one stride
             product = np.empty(target.shape[:2] + patches.shape[2:], np.int32)
             matmul(weights, patches, product)
-            target += product.reshape(target.shape)
+            if assign:
+                target[...] = product.reshape(target.shape)
+            else:
+                target += product.reshape(target.shape)
             return
-        matmul_into(rows, weights, patches, accumulate=True)
+        matmul_into(rows, weights, patches, accumulate=not assign)
 
 
 def _accumulate(target: np.ndarray, product: np.ndarray) -> None:
