@@ -190,8 +190,7 @@ def _node_lines(report: dict) -> list[str]:
     per_rank = _stats_per_rank(node)
     kernel = node.get("kernel") or (per_rank[0].get("kernel") if per_rank else "?")
     macs = (node.get("totals") or {}).get("macs") or sum(int(s.get("macs", 0)) for s in per_rank)
-    tiles = _summary(per_rank, (("tiles' products in", "compute_dtype"),
-                                ("products on", "products")))
+    tiles = _summary(per_rank, (("tiles' products in", "compute_dtype"), ("on", "products")))
     lines = [f"  node kernel {kernel}: {int(macs):,} MACs{tiles}; DRAM traffic summed over "
              "ranks:" if _tiling_figures(per_rank, "parconv") else
              f"  node kernel {kernel}: {int(macs):,} MACs{_cpu_summary(per_rank)}"]

@@ -273,7 +273,7 @@ def test_report_json_and_summary(tmp_path):
               "ratio_to_bound": np.float64(4 / 3), "check": {"ok": np.bool_(True),
                                                               "max_abs_err": np.int64(0)},
               "node": {"kernel": "gemmini", "per_rank": [
-                  {"kernel": "gemmini", "macs": 100,
+                  {"kernel": "gemmini", "macs": 100, "compute_dtype": "int8", "products": "mkl",
                    "parconv": {"dram_bytes": {"total": 7}, "cycles": 2},
                    "vendor": {"dram_bytes": {"total": 9}, "cycles": 3}}, None]}}
     path = tmp_path / "r.json"
@@ -285,6 +285,7 @@ def test_report_json_and_summary(tmp_path):
     assert "busiest rank 1" in text and "maximum over ranks" in text
     assert "measured == predicted" in text
     assert "1.333" in text and "parconv tiling" in text and "vendor tiling" in text
+    assert "100 MACs; tiles' products in int8, on mkl; DRAM traffic" in text
 
 
 RANK_1_FAILS_ALONE = """
