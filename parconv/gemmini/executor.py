@@ -368,11 +368,8 @@ class TileExecutor:
                     origin[a:, :, sh * i:], shape=(nC, nR, nS, b - a, j - i, nW),
                     strides=(bc, bR * dh, bC * dw, bN, bR * sh, bC * sw), writeable=False)
                 patches = view.reshape(depth, -1)
-                if self.products == np.int8:
-                    product = np.empty((weights.shape[0], patches.shape[1]), np.int32)
-                    matmul(weights, patches, product)
-                else:
-                    product = weights @ patches
+                product = _int8_product(weights, patches) if self.products == np.int8 \
+                    else weights @ patches
                 product = product.reshape(-1, b - a, j - i, nW)
                 target = self._y[a:b, k[0]:k[1], h[0] + i:h[0] + j, w[0]:w[1]]
                 if self._assign:
@@ -391,14 +388,21 @@ class TileExecutor:
         try:
             rows = target.reshape(target.shape[0], target.shape[1], -1, copy=False)
         except ValueError:            # part of the output rows: (h, w) is not one stride
-            product = np.empty(target.shape[:2] + patches.shape[2:], np.int32)
-            matmul(weights, patches, product)
+            product = _int8_product(weights, patches)
             if assign:
                 target[...] = product.reshape(target.shape)
             else:
                 target += product.reshape(target.shape)
             return
         matmul_into(rows, weights, patches, accumulate=not assign)
+
+
+def _int8_product(weights: np.ndarray, patches: np.ndarray) -> np.ndarray:
+    """``weights @ patches`` as a new int32 array: uint8 ``weights`` standing for int8 filters
+    (`parconv.blas_mkl_int.shifted`), int8 ``patches`` (2-d or stacked), on MKL's int8 GEMM."""
+    product = np.empty(patches.shape[:-2] + (weights.shape[0], patches.shape[-1]), np.int32)
+    matmul(weights, patches, product)
+    return product
 
 
 def _accumulate(target: np.ndarray, product: np.ndarray) -> None:
